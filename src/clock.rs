@@ -1,0 +1,15 @@
+//! A cheap monotonic millisecond clock on `tokio::time::Instant`, so deadlines stored in
+//! atomics follow paused time in tests.
+
+use std::sync::OnceLock;
+use tokio::time::Instant;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the first call in this process.
+pub fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}

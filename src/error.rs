@@ -1,0 +1,144 @@
+//! Every way a request can fail inside rouse, and the one place that turns a failure into an
+//! HTTP response. Each body is one plain-text line that names the cause and, where the client
+//! or operator can act, what to do; a `rouse-error` header carries a stable short code so that
+//! tools can tell rouse's own 502/503/504 from a backend's.
+
+use crate::body::ProxyBody;
+use http::{HeaderValue, Response, StatusCode, header};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A failure of one request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request has neither a Host header nor an authority.
+    #[error("the request has no Host header; send one naming the service")]
+    MissingHost,
+    /// No service lists the request's host.
+    #[error("no service matches host {0:?}; check the Host header or the services' hosts")]
+    NoService(String),
+    /// The revision's held-request limit is reached.
+    #[error(
+        "revision {revision} is at capacity and {held} requests are already waiting; retry later"
+    )]
+    QueueFull {
+        /// The revision.
+        revision: String,
+        /// Requests held at the time.
+        held: usize,
+    },
+    /// The revision's held-bytes limit is reached.
+    #[error(
+        "revision {revision} is at capacity and its queue holds its byte limit of request bodies; retry later"
+    )]
+    QueueBytes {
+        /// The revision.
+        revision: String,
+    },
+    /// The request was held for the queue's `max_wait` without a free endpoint.
+    #[error("revision {revision} had no free endpoint for {waited:?}; retry later")]
+    QueueTimeout {
+        /// The revision.
+        revision: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Connecting to an endpoint failed (refused, unreachable, or the handshake failed).
+    #[error("upstream {endpoint} refused or failed the connection: {reason}")]
+    Connect {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The cause as text.
+        reason: String,
+    },
+    /// Connecting to an endpoint took longer than `upstream.connect_timeout`.
+    #[error("upstream {endpoint} did not accept a connection within {timeout:?}")]
+    ConnectTimeout {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The upstream connection failed after the request was (at least partly) sent.
+    #[error("upstream {endpoint} failed during the request: {source}")]
+    Upstream {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The transport error.
+        source: hyper::Error,
+    },
+    /// No response headers within `timeouts.response_start`.
+    #[error("no response started within the {0:?} response_start timeout")]
+    ResponseStartTimeout(Duration),
+    /// The whole request exceeded `timeouts.request`.
+    #[error("request timeout: exceeded the {0:?} request timeout")]
+    RequestTimeout(Duration),
+    /// rouse is shutting down and no longer takes requests on this path.
+    #[error("rouse is shutting down; retry on another instance")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// The status code clients see.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoService(_) => StatusCode::NOT_FOUND,
+            ProxyError::QueueFull { .. }
+            | ProxyError::QueueBytes { .. }
+            | ProxyError::QueueTimeout { .. }
+            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. }
+            | ProxyError::ResponseStartTimeout(_)
+            | ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable short name for the `rouse-error` header and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "missing-host",
+            ProxyError::NoService(_) => "no-service",
+            ProxyError::QueueFull { .. } => "queue-full",
+            ProxyError::QueueBytes { .. } => "queue-bytes",
+            ProxyError::QueueTimeout { .. } => "queue-timeout",
+            ProxyError::Connect { .. } => "connect-failed",
+            ProxyError::ConnectTimeout { .. } => "connect-timeout",
+            ProxyError::Upstream { .. } => "upstream-failed",
+            ProxyError::ResponseStartTimeout(_) => "response-start-timeout",
+            ProxyError::RequestTimeout(_) => "request-timeout",
+            ProxyError::ShuttingDown => "shutting-down",
+        }
+    }
+
+    /// True for overload answers, which carry `Retry-After`.
+    fn retry_after(&self) -> Option<&'static str> {
+        matches!(
+            self,
+            ProxyError::QueueFull { .. }
+                | ProxyError::QueueBytes { .. }
+                | ProxyError::QueueTimeout { .. }
+                | ProxyError::ShuttingDown
+        )
+        .then_some("1")
+    }
+
+    /// Builds the response for this error.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut text = self.to_string();
+        text.push('\n');
+        let mut res = Response::new(ProxyBody::full(text));
+        *res.status_mut() = self.status();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert("rouse-error", HeaderValue::from_static(self.code()));
+        if let Some(secs) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        res
+    }
+}

@@ -1,0 +1,22 @@
+//! rouse: a concurrency-aware reverse proxy and activator for request-driven, scale-to-zero
+//! workloads.
+//!
+//! The crate is a set of shared blocks — [`server`], [`upstream`], [`router`], [`split`],
+//! [`balance`], [`revision`] (endpoint slots and the bounded wait queue), [`metrics`],
+//! [`error`] — that the [`roles`] compose. See `docs/architecture.md` for the request flow.
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod revision;
+pub mod roles;
+pub mod router;
+pub mod server;
+pub mod split;
+pub mod upstream;

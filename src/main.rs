@@ -1,0 +1,107 @@
+//! The `rouse` command: parses the CLI, sets up logging and runs a role until a signal.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rouse::config::Config;
+use rouse::roles::gateway::Gateway;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+#[derive(Parser)]
+#[command(
+    name = "rouse",
+    version,
+    about = "Concurrency-aware reverse proxy and activator for scale-to-zero workloads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway described by a YAML config file.
+    Run {
+        /// Path of the YAML config.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check a config file and exit: 0 if valid, 1 with every problem and its key path if not.
+    Validate {
+        /// Path of the YAML config.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    // RUST_LOG takes the same `target=level,...` form as env_logger, without regexes.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| "info".parse().expect("static filter parses"));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(filter)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} services, {} revisions)",
+                    config.display(),
+                    cfg.services.len(),
+                    cfg.services
+                        .iter()
+                        .map(|s| s.revisions.len())
+                        .sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_logging();
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rouse: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let gw = Gateway::start(cfg)
+        .await
+        .context("cannot start the gateway listeners")?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: draining in-flight requests");
+    let report = gw.shutdown().await;
+    tracing::info!(?report, "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

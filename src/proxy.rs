@@ -1,0 +1,271 @@
+//! The forwarding path shared by the gateway roles: route → split → take an endpoint slot
+//! (holding the request if none is free) → rewrite headers → send → stream the response back.
+//!
+//! The route table is read once per request from an `ArcSwap` snapshot, and nothing from it is
+//! held across an `.await` except the `Arc<Revision>` that the request is committed to, so a
+//! reload never waits for requests and requests never see half a config.
+
+use crate::body::{Completion, ProxyBody};
+use crate::config::Protocol;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::metrics::{Metrics, Unrouted};
+use crate::revision::{Lease, Revision};
+use crate::router::{RouteTable, Timeouts};
+use crate::server::Handler;
+use crate::upstream::SendError;
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tracing::debug;
+
+/// The gateway's request handler.
+#[derive(Debug)]
+pub struct Proxy {
+    table: ArcSwap<RouteTable>,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// A proxy serving `table`.
+    pub fn new(table: RouteTable, metrics: Arc<Metrics>) -> Proxy {
+        metrics.set_live(table.revisions().to_vec());
+        Proxy {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Replaces the snapshot; requests already routed finish on the revisions they chose.
+    pub fn swap(&self, table: RouteTable) {
+        self.metrics.set_live(table.revisions().to_vec());
+        self.table.store(Arc::new(table));
+    }
+
+    /// The metrics this proxy records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let Some(host) = request_host(&req) else {
+            self.metrics.unrouted(Unrouted::BadRequest);
+            return ProxyError::MissingHost.into_response();
+        };
+        let (rev, timeouts) = {
+            let table = self.table.load();
+            let Some(svc) = table.service(&host) else {
+                self.metrics.unrouted(Unrouted::NoService);
+                return ProxyError::NoService(host).into_response();
+            };
+            let route = svc.route(req.uri().path(), req.headers());
+            for (k, v) in route.set_headers.iter() {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            let arm = route.pick(req.headers());
+            for (k, v) in arm.set_headers.iter() {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            (arm.revision.clone(), svc.timeouts)
+        };
+        let deadline = timeouts.request.map(|d| start + d);
+        let start_by = match (timeouts.response_start.map(|d| start + d), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let forwarding = forward(&rev, req, peer, host, start, deadline, timeouts);
+        let result = match start_by {
+            None => forwarding.await,
+            Some(t) => match tokio::time::timeout_at(t, forwarding).await {
+                Ok(r) => r,
+                Err(_) => Err(timeout_error(timeouts, deadline, t)),
+            },
+        };
+        match result {
+            Ok(res) => res,
+            Err(e) => {
+                let e = match e {
+                    // Report the configured limit, not the time waited.
+                    ProxyError::RequestTimeout(_) => {
+                        ProxyError::RequestTimeout(timeouts.request.unwrap_or_default())
+                    }
+                    e => e,
+                };
+                debug!(revision = %rev.name, error = %e, "request failed");
+                rev.metrics
+                    .record(e.status().as_u16(), start.elapsed().as_secs_f64());
+                e.into_response()
+            }
+        }
+    }
+}
+
+impl Handler for Proxy {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        self.handle(req, peer)
+    }
+}
+
+fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> ProxyError {
+    match (deadline, t.response_start) {
+        (Some(d), _) if d <= fired => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
+        (_, Some(rs)) => ProxyError::ResponseStartTimeout(rs),
+        _ => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
+    }
+}
+
+/// The host a request is addressed to: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    let h = req.headers().get(header::HOST)?.to_str().ok()?;
+    (!h.is_empty()).then(|| h.to_owned())
+}
+
+/// Declared request body size, for the queue's byte bound.
+fn declared_len(req: &Request<Incoming>) -> u64 {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn forward(
+    rev: &Arc<Revision>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    host: String,
+    start: Instant,
+    deadline: Option<Instant>,
+    timeouts: Timeouts,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let acquired = rev.acquire(declared_len(&req), deadline).await?;
+    prepare(&mut req, rev.protocol, peer, &host);
+    let mut lease = acquired.lease;
+    let mut retried = false;
+    loop {
+        let ep = lease.endpoint().clone();
+        let sent = match rev.protocol {
+            Protocol::Http1 => ep
+                .pool
+                .send_h1(ep.addr, req)
+                .await
+                .map(|(r, c)| (r, Some(c))),
+            Protocol::H2c => ep.pool.send_h2(ep.addr, req).await.map(|r| (r, None)),
+        };
+        match sent {
+            Ok((res, conn)) => return Ok(respond(res, lease, conn, start, deadline, timeouts)),
+            Err(SendError::Failed(source)) => {
+                return Err(ProxyError::Upstream {
+                    endpoint: ep.addr,
+                    source,
+                });
+            }
+            Err(SendError::Connect { req: back, error }) => {
+                ep.metrics.connect_errors.inc();
+                ep.eject(rev.eject_for);
+                debug!(endpoint = %ep.addr, %error, retried, "connect failed");
+                if retried {
+                    return Err(connect_error(ep.addr, error));
+                }
+                // The request never left rouse: give the slot back and take one elsewhere (the
+                // failed endpoint is now ejected, so it is chosen again only if it is the last).
+                retried = true;
+                drop(lease);
+                lease = match rev.acquire(0, deadline).await {
+                    Ok(a) => a.lease,
+                    Err(_) => return Err(connect_error(ep.addr, error)),
+                };
+                req = *back;
+            }
+        }
+    }
+}
+
+fn connect_error(endpoint: SocketAddr, e: crate::upstream::ConnectError) -> ProxyError {
+    match e {
+        crate::upstream::ConnectError::Timeout(timeout) => {
+            ProxyError::ConnectTimeout { endpoint, timeout }
+        }
+        other => ProxyError::Connect {
+            endpoint,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn respond(
+    res: Response<Incoming>,
+    lease: Lease,
+    conn: Option<crate::upstream::Pooled>,
+    start: Instant,
+    deadline: Option<Instant>,
+    timeouts: Timeouts,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let done = Completion::new(lease, conn, start, parts.status.as_u16());
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, done, timeouts.idle, deadline),
+    )
+}
+
+/// Rewrites a client request into the upstream request for `protocol`.
+fn prepare(req: &mut Request<Incoming>, protocol: Protocol, peer: SocketAddr, host: &str) {
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h);
+    // rouse answers `Expect: 100-continue` itself when the body is first read.
+    h.remove(header::EXPECT);
+    headers::add_forwarded(h, peer.ip(), "http", host);
+    // The upstream authority: a route may have rewritten Host; otherwise the client's.
+    let authority = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(host)
+        .to_owned();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match protocol {
+        Protocol::Http1 => {
+            *req.uri_mut() = Uri::from(pq);
+            *req.version_mut() = Version::HTTP_11;
+            if !req.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(&authority)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        Protocol::H2c => {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = authority.parse().ok();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! A revision's live state: its endpoints, their in-flight counts, and the bounded queue where
+//! requests wait when no endpoint can take them (the breaker).
+//!
+//! Admission is one level, not Knative's two (a revision semaphore plus per-pod breakers that
+//! can disagree): a request takes a slot directly on an endpoint with a compare-and-swap
+//! ([`balance::pick`]), so `container_concurrency` is never exceeded and a free slot anywhere is
+//! never left unused while requests wait.
+//!
+//! Waiting: while anyone is held, new arrivals queue behind them (no barging), so waiters are
+//! served roughly in arrival order. A waiter registers on a [`Notify`] *before* re-checking for
+//! a slot, and a finished request (or a new endpoint) notifies after releasing its slot, so no
+//! wake-up is lost. A held request is a future: if the client goes away the future is dropped,
+//! and its [`Hold`] guard gives the queue slot back at once.
+//!
+//! The slot itself is a [`Lease`], an RAII guard that the response body carries until it ends,
+//! so streaming responses and upgraded connections count as in flight for their whole life.
+
+use crate::balance::{self, Slot};
+use crate::clock;
+use crate::config::{self, Protocol};
+use crate::error::ProxyError;
+use crate::metrics::{EndpointMetrics, Reject, RevisionMetrics};
+use crate::upstream::{Pool, PoolSettings};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One backend address of a revision.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    in_flight: AtomicU32,
+    /// `clock::now_ms()` until which the balancer avoids this endpoint.
+    ejected_until: AtomicU64,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: EndpointMetrics,
+}
+
+impl Endpoint {
+    /// Creates an endpoint with an empty connection pool.
+    pub fn new(addr: SocketAddr, pool: PoolSettings, metrics: EndpointMetrics) -> Endpoint {
+        Endpoint {
+            addr,
+            in_flight: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            pool: Pool::new(pool),
+            metrics,
+        }
+    }
+
+    /// Requests in flight to this endpoint.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the balancer away from this endpoint for `for_` (after a refused connection).
+    pub fn eject(&self, for_: Duration) {
+        let until = clock::now_ms() + u64::try_from(for_.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until.store(until, Ordering::Relaxed);
+    }
+}
+
+impl Slot for Arc<Endpoint> {
+    fn load(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    fn healthy(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || clock::now_ms() >= until
+    }
+    fn try_take(&self, limit: u32) -> bool {
+        if limit == 0 {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v < limit).then_some(v + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Bounds of the wait queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most requests held at once.
+    pub max_requests: usize,
+    /// Most declared body bytes held at once.
+    pub max_bytes: u64,
+    /// Longest a request is held; `None` = until its request deadline.
+    pub max_wait: Option<Duration>,
+}
+
+impl From<&config::Queue> for QueueLimits {
+    fn from(q: &config::Queue) -> Self {
+        QueueLimits {
+            max_requests: q.max_requests,
+            max_bytes: q.max_bytes.0,
+            max_wait: (!q.max_wait.0.is_zero()).then_some(q.max_wait.0),
+        }
+    }
+}
+
+/// The fixed settings of a revision.
+#[derive(Debug, Clone)]
+pub struct RevisionSpec {
+    /// Owning service's name.
+    pub service: Arc<str>,
+    /// The revision's name.
+    pub name: Arc<str>,
+    /// Protocol spoken to endpoints.
+    pub protocol: Protocol,
+    /// Per-endpoint limit; 0 = unlimited.
+    pub container_concurrency: u32,
+    /// Queue bounds.
+    pub limits: QueueLimits,
+    /// How long to avoid an endpoint that refused a connection.
+    pub eject_for: Duration,
+}
+
+/// The live state of one revision, shared by every route that points at it.
+#[derive(Debug)]
+pub struct Revision {
+    /// Owning service's name.
+    pub service: Arc<str>,
+    /// The revision's name.
+    pub name: Arc<str>,
+    /// Protocol spoken to endpoints.
+    pub protocol: Protocol,
+    /// Per-endpoint limit; 0 = unlimited.
+    pub container_concurrency: u32,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    held: AtomicUsize,
+    held_bytes: AtomicU64,
+    limits: QueueLimits,
+    wake: Notify,
+    /// How long to avoid an endpoint that refused a connection.
+    pub eject_for: Duration,
+    /// Pre-resolved metric handles.
+    pub metrics: RevisionMetrics,
+}
+
+impl Revision {
+    /// Creates a revision with the given endpoints.
+    pub fn new(
+        spec: RevisionSpec,
+        endpoints: Vec<Arc<Endpoint>>,
+        metrics: RevisionMetrics,
+    ) -> Revision {
+        Revision {
+            service: spec.service,
+            name: spec.name,
+            protocol: spec.protocol,
+            container_concurrency: spec.container_concurrency,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            held: AtomicUsize::new(0),
+            held_bytes: AtomicU64::new(0),
+            limits: spec.limits,
+            wake: Notify::new(),
+            eject_for: spec.eject_for,
+            metrics,
+        }
+    }
+
+    /// The current endpoints.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Replaces the endpoint set and wakes every held request to try the new set.
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.endpoints.store(Arc::new(endpoints));
+        self.wake.notify_waiters();
+    }
+
+    /// Requests held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Requests proxied to endpoints right now.
+    pub fn in_flight(&self) -> u32 {
+        self.endpoints.load().iter().map(Slot::load).sum()
+    }
+
+    /// Takes a slot on some endpoint without waiting.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+        self.try_acquire_excluding(None)
+    }
+
+    /// Like [`Revision::try_acquire`] but never picks `avoid` (used to retry elsewhere).
+    pub fn try_acquire_excluding(self: &Arc<Self>, avoid: Option<SocketAddr>) -> Option<Lease> {
+        let eps = self.endpoints.load();
+        let i = match avoid {
+            None => balance::pick(&eps, self.container_concurrency)?,
+            Some(skip) => {
+                let others: Vec<Arc<Endpoint>> =
+                    eps.iter().filter(|e| e.addr != skip).cloned().collect();
+                let j = balance::pick(&others, self.container_concurrency)?;
+                return Some(Lease {
+                    rev: self.clone(),
+                    ep: others[j].clone(),
+                });
+            }
+        };
+        Some(Lease {
+            rev: self.clone(),
+            ep: eps[i].clone(),
+        })
+    }
+
+    /// Takes a slot, holding the request in the bounded queue while none is free.
+    ///
+    /// `body_bytes` is the declared request body size (counted against `max_bytes` while held);
+    /// `deadline` is the request's own deadline, if it has one.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        body_bytes: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Acquired, ProxyError> {
+        if self.held.load(Ordering::Acquire) == 0
+            && let Some(lease) = self.try_acquire()
+        {
+            return Ok(Acquired {
+                lease,
+                waited: None,
+            });
+        }
+        let hold = Hold::enter(self, body_bytes)?;
+        let wait_limit = self.limits.max_wait.map(|w| hold.since + w);
+        let until = match (wait_limit, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = self.try_acquire() {
+                let waited = hold.since.elapsed();
+                drop(hold);
+                return Ok(Acquired {
+                    lease,
+                    waited: Some(waited),
+                });
+            }
+            match until {
+                None => notified.await,
+                Some(t) => {
+                    if tokio::time::timeout_at(t, notified).await.is_err() {
+                        let waited = hold.since.elapsed();
+                        drop(hold);
+                        if deadline.is_some_and(|d| d <= t) && wait_limit.is_none_or(|w| w > t) {
+                            // The request's own deadline came first: the caller reports it.
+                            return Err(ProxyError::RequestTimeout(waited));
+                        }
+                        self.metrics.reject(Reject::QueueTimeout);
+                        return Err(ProxyError::QueueTimeout {
+                            revision: self.name.to_string(),
+                            waited,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&self) {
+        // A waiter registers before re-checking, and this runs after the slot is free, so either
+        // the waiter sees the slot or it receives this wake-up.
+        if self.held.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A slot on an endpoint, and how long the request waited for it.
+#[derive(Debug)]
+pub struct Acquired {
+    /// The slot.
+    pub lease: Lease,
+    /// `Some` if the request was held.
+    pub waited: Option<Duration>,
+}
+
+/// One taken in-flight slot on one endpoint; releases it (and wakes a waiter) on drop.
+#[derive(Debug)]
+pub struct Lease {
+    rev: Arc<Revision>,
+    ep: Arc<Endpoint>,
+}
+
+impl Lease {
+    /// The endpoint this slot is on.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.ep
+    }
+
+    /// The revision.
+    pub fn revision(&self) -> &Arc<Revision> {
+        &self.rev
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.ep.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.rev.release();
+    }
+}
+
+/// A place in a revision's queue; leaving (by success, timeout or client disconnect) frees it.
+struct Hold<'a> {
+    rev: &'a Revision,
+    bytes: u64,
+    since: Instant,
+}
+
+impl<'a> Hold<'a> {
+    fn enter(rev: &'a Revision, bytes: u64) -> Result<Hold<'a>, ProxyError> {
+        let l = rev.limits;
+        let prev = rev.held.fetch_add(1, Ordering::SeqCst);
+        if prev >= l.max_requests {
+            rev.held.fetch_sub(1, Ordering::SeqCst);
+            rev.metrics.reject(Reject::QueueFull);
+            return Err(ProxyError::QueueFull {
+                revision: rev.name.to_string(),
+                held: prev,
+            });
+        }
+        if bytes > 0 {
+            let prev_bytes = rev.held_bytes.fetch_add(bytes, Ordering::SeqCst);
+            if prev_bytes.saturating_add(bytes) > l.max_bytes {
+                rev.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                rev.held.fetch_sub(1, Ordering::SeqCst);
+                rev.metrics.reject(Reject::QueueBytes);
+                return Err(ProxyError::QueueBytes {
+                    revision: rev.name.to_string(),
+                });
+            }
+        }
+        Ok(Hold {
+            rev,
+            bytes,
+            since: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.rev.held.fetch_sub(1, Ordering::SeqCst);
+        if self.bytes > 0 {
+            self.rev.held_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        }
+        self.rev
+            .metrics
+            .queue_wait
+            .observe(self.since.elapsed().as_secs_f64());
+        // If this waiter was woken for a slot it no longer takes (client gone), pass it on.
+        self.rev.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn rev(cc: u32, n: usize, limits: QueueLimits) -> Arc<Revision> {
+        let m = Metrics::new();
+        let eps = (0..n)
+            .map(|i| {
+                Arc::new(Endpoint::new(
+                    SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    PoolSettings::default(),
+                    m.endpoint("s", "r", "e"),
+                ))
+            })
+            .collect();
+        Arc::new(Revision::new(
+            RevisionSpec {
+                service: "s".into(),
+                name: "r".into(),
+                protocol: Protocol::Http1,
+                container_concurrency: cc,
+                limits,
+                eject_for: Duration::from_secs(1),
+            },
+            eps,
+            m.revision("s", "r"),
+        ))
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_requests: 2,
+        max_bytes: 100,
+        max_wait: Some(Duration::from_secs(5)),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn waiter_gets_the_released_slot_and_bounds_hold() {
+        let r = rev(1, 1, LIMITS);
+        let first = r.acquire(0, None).await.unwrap();
+        assert!(first.waited.is_none());
+        let r2 = r.clone();
+        let waiter = tokio::spawn(async move { r2.acquire(0, None).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.held(), 1);
+        // Too many bytes for the queue, then too many requests.
+        assert!(matches!(
+            r.acquire(101, None).await,
+            Err(ProxyError::QueueBytes { .. })
+        ));
+        let r3 = r.clone();
+        let second = tokio::spawn(async move { r3.acquire(0, None).await.map(|a| a.waited) });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(matches!(
+            r.acquire(0, None).await,
+            Err(ProxyError::QueueFull { held: 2, .. })
+        ));
+        drop(first);
+        // Released after the 100 ms wait plus the 1 ms spent starting the second waiter; it
+        // keeps the slot, so the second waiter finds none.
+        let got = waiter.await.unwrap().unwrap();
+        assert_eq!(got.waited, Some(Duration::from_millis(101)));
+        // The second waiter times out after max_wait since nobody releases.
+        let err = second.await.unwrap().unwrap_err();
+        assert!(matches!(err, ProxyError::QueueTimeout { .. }), "{err:?}");
+        assert_eq!(r.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_waiter_frees_its_place_and_passes_wakeup() {
+        let r = rev(1, 1, LIMITS);
+        let first = r.acquire(0, None).await.unwrap();
+        let r2 = r.clone();
+        let gone = tokio::spawn(async move { r2.acquire(0, None).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let r3 = r.clone();
+        let stays = tokio::spawn(async move { r3.acquire(0, None).await.map(|a| a.waited) });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(r.held(), 2);
+        gone.abort();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(r.held(), 1);
+        drop(first);
+        assert!(stays.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_endpoints_wake_waiters() {
+        let r = rev(0, 0, LIMITS);
+        let r2 = r.clone();
+        let w = tokio::spawn(async move { r2.acquire(0, None).await.map(|a| a.waited) });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let m = Metrics::new();
+        r.set_endpoints(vec![Arc::new(Endpoint::new(
+            "127.0.0.1:1".parse().unwrap(),
+            PoolSettings::default(),
+            m.endpoint("s", "r", "e"),
+        ))]);
+        assert_eq!(w.await.unwrap().unwrap(), Some(Duration::from_millis(250)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_deadline_before_max_wait_is_a_request_timeout() {
+        let r = rev(1, 1, LIMITS);
+        let _first = r.acquire(0, None).await.unwrap();
+        let err = r
+            .acquire(0, Some(Instant::now() + Duration::from_secs(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::RequestTimeout(_)), "{err:?}");
+    }
+}

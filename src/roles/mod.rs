@@ -1,0 +1,4 @@
+//! The roles rouse runs as. Each is a short composition of the shared blocks; any decision
+//! that is not a config switch belongs in those blocks, not here.
+
+pub mod gateway;

@@ -1,0 +1,340 @@
+//! The route table: an immutable snapshot built from a validated config and swapped whole
+//! (`ArcSwap`) on reload, so the request path reads it without locks.
+//!
+//! Lookup order: host (exact, case-insensitive, port stripped; `*` as fallback), then the
+//! service's routes by longest path prefix (ties in file order, header matches ANDed), then the
+//! service's default traffic. Within the matched route a `rouse-tag` header selects a tagged
+//! arm; otherwise the split picks one.
+
+use crate::config::{self, Config, strip_port};
+use crate::metrics::Metrics;
+use crate::revision::{Endpoint, QueueLimits, Revision, RevisionSpec};
+use crate::split::Split;
+use crate::upstream::PoolSettings;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Header that selects a tagged arm of the matched route.
+pub const TAG_HEADER: HeaderName = HeaderName::from_static("rouse-tag");
+
+type Headers = Box<[(HeaderName, HeaderValue)]>;
+
+/// One arm of a split.
+#[derive(Debug)]
+pub struct Arm {
+    /// Where requests go.
+    pub revision: Arc<Revision>,
+    /// Headers set on requests sent through this arm.
+    pub set_headers: Headers,
+    tag: Option<Box<str>>,
+}
+
+/// A route: match conditions plus a split.
+#[derive(Debug)]
+pub struct Route {
+    path: Box<str>,
+    headers: Headers,
+    /// Headers set on every matching request.
+    pub set_headers: Headers,
+    arms: Box<[Arm]>,
+    split: Split,
+}
+
+impl Route {
+    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        path.starts_with(&*self.path)
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| headers.get_all(k).iter().any(|x| x == v))
+    }
+
+    /// The arm for a request: by `rouse-tag` if it names one, else by weighted choice.
+    pub fn pick(&self, headers: &HeaderMap) -> &Arm {
+        if let Some(tag) = headers.get(&TAG_HEADER)
+            && let Some(arm) = self.arms.iter().find(|a| {
+                a.tag
+                    .as_deref()
+                    .is_some_and(|t| t.as_bytes() == tag.as_bytes())
+            })
+        {
+            return arm;
+        }
+        // Validation guarantees a non-empty split summing to 100.
+        &self.arms[self.split.pick().unwrap_or(0)]
+    }
+}
+
+/// Per-request time limits of a service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// Total.
+    pub request: Option<Duration>,
+    /// Until response headers.
+    pub response_start: Option<Duration>,
+    /// Between body frames.
+    pub idle: Option<Duration>,
+}
+
+/// A service: routes (longest prefix first) and its default route.
+#[derive(Debug)]
+pub struct Service {
+    /// Name.
+    pub name: Arc<str>,
+    routes: Box<[Route]>,
+    default: Route,
+    /// Time limits.
+    pub timeouts: Timeouts,
+}
+
+impl Service {
+    /// The first route that matches, else the default.
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> &Route {
+        self.routes
+            .iter()
+            .find(|r| r.matches(path, headers))
+            .unwrap_or(&self.default)
+    }
+}
+
+/// The whole snapshot.
+#[derive(Debug)]
+pub struct RouteTable {
+    hosts: HashMap<Box<str>, usize>,
+    wildcard: Option<usize>,
+    services: Box<[Service]>,
+    revisions: Vec<Arc<Revision>>,
+}
+
+impl RouteTable {
+    /// Builds the table. Revisions present in `previous` with the same service, name, protocol
+    /// and concurrency keep their live state (in-flight counts, queue, pools), so a reload does
+    /// not disturb requests already running.
+    pub fn build(cfg: &Config, metrics: &Metrics, previous: Option<&RouteTable>) -> RouteTable {
+        let mut hosts = HashMap::new();
+        let mut wildcard = None;
+        let mut services = Vec::with_capacity(cfg.services.len());
+        let mut all = Vec::new();
+        let old: HashMap<(&str, &str), &Arc<Revision>> = previous
+            .map(|p| {
+                p.revisions
+                    .iter()
+                    .map(|r| ((&*r.service, &*r.name), r))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (si, s) in cfg.services.iter().enumerate() {
+            for h in &s.hosts {
+                let h = h.trim().to_ascii_lowercase();
+                if h == "*" {
+                    wildcard.get_or_insert(si);
+                } else {
+                    hosts.entry(h.into_boxed_str()).or_insert(si);
+                }
+            }
+            let name: Arc<str> = s.name.as_str().into();
+            let mut revs: HashMap<&str, Arc<Revision>> = HashMap::new();
+            for r in &s.revisions {
+                let rev = build_revision(cfg, &name, r, metrics, old.get(&(&*name, &*r.name)));
+                all.push(rev.clone());
+                revs.insert(&r.name, rev);
+            }
+            let route = |path: &str,
+                         match_headers: &BTreeMap<String, String>,
+                         set: &BTreeMap<String, String>,
+                         traffic: &[config::Target]| Route {
+                path: path.into(),
+                headers: header_list(match_headers),
+                set_headers: header_list(set),
+                arms: traffic
+                    .iter()
+                    .map(|t| Arm {
+                        revision: revs[t.revision.as_str()].clone(),
+                        set_headers: header_list(&t.set_headers),
+                        tag: t.tag.as_deref().map(Into::into),
+                    })
+                    .collect(),
+                split: Split::new(traffic.iter().map(|t| t.percent)),
+            };
+            let mut routes: Vec<Route> = s
+                .routes
+                .iter()
+                .map(|r| route(&r.path, &r.headers, &r.set_headers, &r.traffic))
+                .collect();
+            // Stable sort: equal prefixes keep file order.
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+            let empty = BTreeMap::new();
+            services.push(Service {
+                name: name.clone(),
+                default: route("/", &empty, &empty, &s.traffic),
+                routes: routes.into(),
+                timeouts: Timeouts {
+                    request: s.timeouts.request.map(|d| d.0),
+                    response_start: s.timeouts.response_start.map(|d| d.0),
+                    idle: s.timeouts.idle.map(|d| d.0),
+                },
+            });
+        }
+        RouteTable {
+            hosts,
+            wildcard,
+            services: services.into(),
+            revisions: all,
+        }
+    }
+
+    /// The service for a Host or `:authority` value (port and case ignored).
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        let h = strip_port(host);
+        let i = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(h.to_ascii_lowercase().as_str())
+        } else {
+            self.hosts.get(h)
+        };
+        i.copied().or(self.wildcard).map(|i| &self.services[i])
+    }
+
+    /// Every revision in the table.
+    pub fn revisions(&self) -> &[Arc<Revision>] {
+        &self.revisions
+    }
+}
+
+fn header_list(m: &BTreeMap<String, String>) -> Headers {
+    // Validation has checked every name and value.
+    m.iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn build_revision(
+    cfg: &Config,
+    service: &Arc<str>,
+    r: &config::Revision,
+    metrics: &Metrics,
+    old: Option<&&Arc<Revision>>,
+) -> Arc<Revision> {
+    if let Some(old) = old
+        && old.protocol == r.protocol
+        && old.container_concurrency == r.container_concurrency
+    {
+        let current = old.endpoints();
+        if current.len() == r.endpoints.len()
+            && current.iter().zip(&r.endpoints).all(|(e, a)| e.addr == a.0)
+        {
+            return (*old).clone();
+        }
+    }
+    let up = &cfg.upstream;
+    let pool = PoolSettings {
+        max_idle: if r.container_concurrency > 0 {
+            r.container_concurrency as usize
+        } else {
+            up.max_idle_per_endpoint
+        },
+        idle_timeout: up.pool_idle_timeout.0,
+        connect_timeout: up.connect_timeout.0,
+    };
+    let endpoints = r
+        .endpoints
+        .iter()
+        .map(|a| {
+            Arc::new(Endpoint::new(
+                a.0,
+                pool,
+                metrics.endpoint(service, &r.name, &a.0.to_string()),
+            ))
+        })
+        .collect();
+    Arc::new(Revision::new(
+        RevisionSpec {
+            service: service.clone(),
+            name: r.name.as_str().into(),
+            protocol: r.protocol,
+            container_concurrency: r.container_concurrency,
+            limits: QueueLimits::from(&r.queue),
+            eject_for: up.eject_after_connect_error.0,
+        },
+        endpoints,
+        metrics.revision(service, &r.name),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+listen: "127.0.0.1:0"
+services:
+  - name: a
+    hosts: ["A.example", "*"]
+    routes:
+      - path: /api
+        traffic: [{ revision: two, percent: 100 }]
+      - path: /api/v1
+        headers: { x-canary: "yes" }
+        traffic: [{ revision: three, percent: 100 }]
+      - path: /api/v1
+        traffic: [{ revision: one, percent: 100 }]
+    traffic:
+      - { revision: one, percent: 100 }
+      - { revision: three, percent: 0, tag: next }
+    revisions:
+      - { name: one, endpoints: ["127.0.0.1:1"] }
+      - { name: two, endpoints: ["127.0.0.1:2"] }
+      - { name: three, endpoints: ["127.0.0.1:3"] }
+"#;
+
+    fn pick<'a>(t: &'a RouteTable, host: &str, path: &str, h: &[(&str, &str)]) -> &'a str {
+        let mut hm = HeaderMap::new();
+        for (k, v) in h {
+            hm.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        &t.service(host)
+            .unwrap()
+            .route(path, &hm)
+            .pick(&hm)
+            .revision
+            .name
+    }
+
+    #[test]
+    fn precedence_longest_prefix_then_headers_then_default() {
+        let cfg = Config::parse(YAML).unwrap();
+        let t = RouteTable::build(&cfg, &Metrics::new(), None);
+        assert_eq!(pick(&t, "a.EXAMPLE:8080", "/", &[]), "one");
+        assert_eq!(pick(&t, "a.example", "/api/x", &[]), "two");
+        assert_eq!(
+            pick(&t, "a.example", "/api/v1/x", &[("x-canary", "yes")]),
+            "three"
+        );
+        assert_eq!(
+            pick(&t, "a.example", "/api/v1/x", &[("x-canary", "no")]),
+            "one"
+        );
+        assert_eq!(pick(&t, "other", "/", &[("rouse-tag", "next")]), "three");
+        assert_eq!(pick(&t, "other", "/", &[("rouse-tag", "nope")]), "one");
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_revisions() {
+        let cfg = Config::parse(YAML).unwrap();
+        let m = Metrics::new();
+        let t1 = RouteTable::build(&cfg, &m, None);
+        let changed = YAML.replace("127.0.0.1:3", "127.0.0.1:4");
+        let t2 = RouteTable::build(&Config::parse(&changed).unwrap(), &m, Some(&t1));
+        assert!(Arc::ptr_eq(&t1.revisions[0], &t2.revisions[0]));
+        assert!(!Arc::ptr_eq(&t1.revisions[2], &t2.revisions[2]));
+    }
+}

@@ -1,0 +1,285 @@
+//! The upstream client: per-endpoint pools of keep-alive HTTP/1.1 connections, or one shared
+//! HTTP/2 (h2c) connection, built on hyper's connection-level client.
+//!
+//! Why not hyper-util's pooled `Client`: rouse must know whether a request left the process.
+//! hyper's `try_send_request` hands back a request that was never written (a pooled connection
+//! the application had already closed), and a failed connect never touches the request, so
+//! both can be retried safely, here on a fresh connection and by the caller on another
+//! endpoint. Once any byte may have reached the backend the request is never retried.
+//!
+//! An HTTP/1.1 connection goes back to its pool only when its response body has been read to
+//! the end (see [`crate::body`]); a response abandoned half-way closes its connection.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+/// Pool tuning for one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Idle HTTP/1.1 connections kept at most.
+    pub max_idle: usize,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+    /// Time allowed for TCP connect.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_idle: 256,
+            idle_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Connections to one endpoint.
+pub struct Pool {
+    settings: PoolSettings,
+    /// Most recently returned last, so reuse is LIFO (warm connections) and expiry is a prefix.
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    /// Single-flight gate for opening the h2 connection, so a burst of first requests shares
+    /// one connection instead of each opening its own. Taken only when no usable connection
+    /// exists, never on the per-request path.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection borrowed for one HTTP/1.1 exchange; returned with [`Pool::put`].
+pub type Pooled = http1::SendRequest<Incoming>;
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made; the request never left rouse and is handed back.
+    Connect {
+        /// The untouched request.
+        req: Box<Request<Incoming>>,
+        /// What went wrong.
+        error: ConnectError,
+    },
+    /// The exchange failed after the request may have reached the backend.
+    Failed(hyper::Error),
+}
+
+/// A failed connection attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// TCP connect did not finish in time.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The HTTP handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(hyper::Error),
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(settings: PoolSettings) -> Pool {
+        Pool {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns a connection whose exchange finished cleanly.
+    pub fn put(&self, sender: Pooled) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        if idle.len() < self.settings.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn take_idle(&self) -> Option<Pooled> {
+        let mut idle = self.lock_idle();
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() >= self.settings.idle_timeout {
+                // Everything below is older still.
+                idle.clear();
+                return None;
+            }
+            if !c.sender.is_closed() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Number of idle HTTP/1.1 connections (for tests and metrics).
+    pub fn idle_len(&self) -> usize {
+        self.lock_idle().len()
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ConnectError> {
+        let t = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(t, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(t))??;
+        // Small request/response heads must not wait for Nagle.
+        stream.set_nodelay(true)?;
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<Pooled, ConnectError> {
+        let io = self.connect_tcp(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn h2_sender(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+        let current = || {
+            let slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            slot.as_ref().filter(|s| !s.is_closed()).cloned()
+        };
+        if let Some(s) = current() {
+            return Ok(s);
+        }
+        let _gate = self.h2_connecting.lock().await;
+        if let Some(s) = current() {
+            return Ok(s);
+        }
+        let io = self.connect_tcp(addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends an HTTP/1.1 request; on success also returns the connection, to be handed back
+    /// with [`Pool::put`] once the response body has ended.
+    pub async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        // A pooled connection may turn out closed; then the request comes back unsent and goes
+        // out once more on a fresh connection, which is never stale.
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.take_idle() {
+                Some(s) if !fresh => s,
+                _ => {
+                    fresh = true;
+                    match self.connect_h1(addr).await {
+                        Ok(s) => s,
+                        Err(error) => {
+                            return Err(SendError::Connect {
+                                req: Box::new(req),
+                                error,
+                            });
+                        }
+                    }
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    // A brand-new connection that is not usable: the backend closed it at once.
+                    return Err(SendError::Connect {
+                        req: Box::new(req),
+                        error: ConnectError::Io(std::io::ErrorKind::ConnectionReset.into()),
+                    });
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !fresh => {
+                        debug!(%addr, "pooled connection was closed; retrying on a new one");
+                        req = back;
+                        fresh = true;
+                    }
+                    _ => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Sends a request over the endpoint's shared HTTP/2 connection.
+    pub async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut retried = false;
+        loop {
+            let mut sender = match self.h2_sender(addr).await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(SendError::Connect {
+                        req: Box::new(req),
+                        error,
+                    });
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok(res),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !retried => {
+                        // The connection went away before this stream started (GOAWAY/close).
+                        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        req = back;
+                        retried = true;
+                    }
+                    _ => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+}

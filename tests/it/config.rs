@@ -1,0 +1,241 @@
+//! Invalid configuration is rejected at load with the key path of each problem.
+
+use crate::support::*;
+use rouse::config::Config;
+
+const GOOD: &str = r#"
+listen: "127.0.0.1:8080"
+admin: "127.0.0.1:9901"
+services:
+  - name: hello
+    hosts: ["hello.example.com", "hello"]
+    routes:
+      - path: /api
+        headers: { x-canary: "yes" }
+        set_headers: { x-route: api }
+        traffic:
+          - { revision: hello-v2, percent: 100 }
+    traffic:
+      - { revision: hello-v1, percent: 90 }
+      - { revision: hello-v2, percent: 10, tag: canary, set_headers: { x-rev: v2 } }
+      - { revision: hello-v3, percent: 0, tag: next }
+    revisions:
+      - name: hello-v1
+        protocol: http1
+        container_concurrency: 0
+        endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]
+      - name: hello-v2
+        container_concurrency: 4
+        endpoints: ["127.0.0.1:9003"]
+      - name: hello-v3
+        endpoints: ["127.0.0.1:9004"]
+"#;
+
+fn issues(yaml: &str) -> Vec<String> {
+    match Config::parse(yaml) {
+        Ok(_) => vec![],
+        Err(e) => e.issues().iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_rejected(yaml: &str, expected: &str) {
+    let got = issues(yaml);
+    assert!(
+        got.iter().any(|i| i.contains(expected)),
+        "expected an issue containing {expected:?}, got {got:#?}"
+    );
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let cfg = Config::parse(GOOD).unwrap();
+    assert_eq!(cfg.services[0].revisions[1].container_concurrency, 4);
+    assert_eq!(cfg.services[0].revisions[0].queue.max_requests, 1000);
+    // Every example shipped in config/ must load.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example configs found in {}", dir.display());
+}
+
+#[test]
+fn each_mistake_names_its_key_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "percent: 90",
+            "percent: 85",
+            "services[0].traffic: percents sum to 95, must be 100",
+        ),
+        (
+            "revision: hello-v3, percent: 0",
+            "revision: hello-v9, percent: 0",
+            "services[0].traffic[2].revision: \"hello-v9\" is not a revision of this service (known: hello-v1, hello-v2, hello-v3)",
+        ),
+        (
+            "tag: next",
+            "tag: canary",
+            "services[0].traffic[2].tag: \"canary\" is already the tag",
+        ),
+        (
+            "path: /api",
+            "path: api",
+            "services[0].routes[0].path: \"api\" must start with \"/\"",
+        ),
+        (
+            "x-canary: \"yes\"",
+            "\"bad header\": \"yes\"",
+            "services[0].routes[0].headers.bad header: \"bad header\" is not a valid header name",
+        ),
+        (
+            "x-route: api",
+            "connection: close",
+            "services[0].routes[0].set_headers.connection: \"connection\" is a hop-by-hop header",
+        ),
+        (
+            "- name: hello-v3",
+            "- name: hello-v1",
+            "services[0].revisions[2].name: \"hello-v1\" is already the name of revisions[0]",
+        ),
+        (
+            "\"127.0.0.1:9003\"",
+            "\"not-an-address\"",
+            "services[0].revisions[1].endpoints[0]: \"not-an-address\" is not an address",
+        ),
+        (
+            "\"127.0.0.1:9004\"",
+            "\"127.0.0.1:9001\", \"127.0.0.1:9001\"",
+            "services[0].revisions[2].endpoints[1]: 127.0.0.1:9001 is listed twice",
+        ),
+        (
+            "protocol: http1",
+            "protocol: http3",
+            "services[0].revisions[0].protocol: unknown variant `http3`",
+        ),
+        (
+            "container_concurrency: 4",
+            "container_concurrency: -1",
+            "services[0].revisions[1].container_concurrency",
+        ),
+        (
+            "container_concurrency: 0",
+            "container_concurency: 0",
+            "services[0].revisions[0].container_concurency: unknown field `container_concurency`, expected one of",
+        ),
+        (
+            "listen: \"127.0.0.1:8080\"",
+            "listen: \"nowhere\"",
+            "listen: \"nowhere\" is not an address",
+        ),
+        (
+            "\"hello.example.com\", ",
+            "\"hello.example.com:80\", ",
+            "services[0].hosts[0]: \"hello.example.com:80\" has a port",
+        ),
+        (
+            "hosts: [\"hello.example.com\", \"hello\"]",
+            "hosts: []",
+            "services[0].hosts: empty",
+        ),
+        (
+            "{ revision: hello-v2, percent: 100 }",
+            "{ revision: hello-v2, percent: 150 }",
+            "services[0].routes[0].traffic[0].percent: 150 is over 100",
+        ),
+        (
+            "endpoints: [\"127.0.0.1:9004\"]",
+            "endpoints: []",
+            "services[0].revisions[2].endpoints: empty",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(
+            GOOD.contains(from),
+            "case {from:?} does not apply to the example"
+        );
+        assert_rejected(&GOOD.replacen(from, to, 1), expected);
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once_and_units_are_checked() {
+    let yaml =
+        GOOD.replacen("percent: 90", "percent: 80", 1)
+            .replacen("path: /api", "path: api", 1);
+    assert_eq!(issues(&yaml).len(), 2, "{:#?}", issues(&yaml));
+    let timeouts = GOOD.replacen(
+        "    routes:",
+        "    timeouts: { request: soon }\n    routes:",
+        1,
+    );
+    assert_rejected(
+        &timeouts,
+        "services[0].timeouts.request: invalid duration \"soon\"",
+    );
+    let queue = GOOD.replacen(
+        "        endpoints: [\"127.0.0.1:9004\"]",
+        "        endpoints: [\"127.0.0.1:9004\"]\n        queue: { max_bytes: 12 parsecs }",
+        1,
+    );
+    assert_rejected(
+        &queue,
+        "services[0].revisions[2].queue.max_bytes: unknown size unit",
+    );
+    assert_rejected("listen: [", "");
+    assert_rejected("services: []\nlisten: 127.0.0.1:1", "services: no services");
+    assert_rejected("listen: 127.0.0.1:1", "missing key `services`");
+    let dup_host = format!(
+        "{GOOD}  - name: two\n    hosts: [\"HELLO\"]\n    traffic: [{{ revision: a, percent: 100 }}]\n    revisions: [{{ name: a, endpoints: [\"127.0.0.1:1\"] }}]\n"
+    );
+    assert_rejected(
+        &dup_host,
+        "services[1].hosts[0]: \"HELLO\" is already a host of services[0]",
+    );
+}
+
+#[test]
+fn validate_command_exits_nonzero_with_key_paths() {
+    let good = write_config("valid", GOOD);
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 services, 3 revisions)"));
+    let bad = write_config("invalid", &GOOD.replacen("percent: 90", "percent: 85", 1));
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services[0].traffic: percents sum to 95, must be 100"),
+        "{err}"
+    );
+    // `run` refuses to start on the same file, before binding anything.
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("percents sum to 95"));
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config", "/nonexistent/rouse.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}

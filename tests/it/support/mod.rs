@@ -1,0 +1,334 @@
+//! Test fixtures: counting backends, an in-process gateway, HTTP clients and a subprocess
+//! runner for the real binary. Everything binds `127.0.0.1:0`.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rouse::config::Config;
+use rouse::roles::gateway::Gateway;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What a backend has seen.
+#[derive(Default, Debug)]
+pub struct Seen {
+    pub requests: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    pub connections: AtomicUsize,
+    pub last_headers: Mutex<Option<HeaderMap>>,
+    pub last_version: Mutex<Option<Version>>,
+    pub last_uri: Mutex<Option<String>>,
+}
+
+/// A backend on loopback that counts what it sees. Its behaviour per request comes from the
+/// query string: `delay` (ms before headers), `status`, `size` (bytes of body, streamed in
+/// 64 KiB chunks), `body_delay` (ms between headers and body), `count` (reply with the number
+/// of request body bytes read).
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn query(uri: &http::Uri, key: &str) -> Option<u64> {
+    uri.query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+struct InFlight(Arc<Seen>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn backend_handle(
+    name: Arc<str>,
+    seen: Arc<Seen>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let guard = InFlight(seen.clone());
+    *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
+    *seen.last_version.lock().unwrap() = Some(req.version());
+    *seen.last_uri.lock().unwrap() = Some(req.uri().to_string());
+    let uri = req.uri().clone();
+    if let Some(ms) = query(&uri, "delay") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = query(&uri, "status").unwrap_or(200) as u16;
+    let mut builder = Response::builder()
+        .status(status)
+        .header("x-backend", &*name);
+    let body: Body = if query(&uri, "count").is_some() {
+        let mut n = 0usize;
+        let mut b = req.into_body();
+        while let Some(f) = b.frame().await {
+            if let Ok(d) = f.map(|f| f.into_data()) {
+                n += d.map(|d| d.len()).unwrap_or(0);
+            } else {
+                break;
+            }
+        }
+        drop(guard);
+        Full::new(Bytes::from(n.to_string())).boxed()
+    } else if let Some(size) = query(&uri, "size") {
+        builder = builder.header("content-length", size);
+        stream_body(size, query(&uri, "body_delay").unwrap_or(0), guard)
+    } else {
+        let delay = query(&uri, "body_delay").unwrap_or(0);
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let _ = tx.send_data(Bytes::from(name)).await;
+            drop(guard);
+        });
+        body.boxed()
+    };
+    Ok(builder.body(body).unwrap())
+}
+
+fn stream_body(size: u64, body_delay: u64, guard: InFlight) -> Body {
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+    tokio::spawn(async move {
+        if body_delay > 0 {
+            tokio::time::sleep(Duration::from_millis(body_delay)).await;
+        }
+        let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if tx.send_data(chunk.slice(..n)).await.is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        drop(guard);
+    });
+    body.boxed()
+}
+
+impl Backend {
+    /// Starts a backend named `name` (its name is its default response body).
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let name: Arc<str> = name.into();
+        let (s, n) = (seen.clone(), name.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let (s, n) = (s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        backend_handle(n.clone(), s.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            seen,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.seen.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen
+            .last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+/// A port on which nothing listens (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Parses YAML and starts an in-process gateway on ephemeral ports.
+pub async fn gateway(yaml: &str) -> Gateway {
+    let cfg = Config::parse(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    Gateway::start(cfg).await.expect("gateway starts")
+}
+
+/// An HTTP/1.1 pooled client.
+pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A raw h2c connection to `addr`, for requests whose `:authority` differs from the address.
+pub async fn h2_conn(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Collects a response from a low-level connection.
+pub async fn collect(res: Response<Incoming>) -> Got {
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body completes").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
+}
+
+/// A finished response: status, headers and whole body.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub version: Version,
+}
+
+impl Got {
+    pub fn header(&self, k: &str) -> &str {
+        self.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// GET `path` on `addr` with Host `host` and extra headers.
+pub async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Got {
+    let mut b = Request::get(format!("http://{addr}{path}")).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Sends a request and collects the response.
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
+    let res = client.request(req).await.expect("request completes");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body completes").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
+}
+
+/// Fetches the admin `/metrics` text.
+pub async fn metrics(gw: &Gateway) -> String {
+    let c = h1_client();
+    get(&c, gw.admin_addr().unwrap(), "admin", "/metrics", &[])
+        .await
+        .body
+}
+
+/// Value of the metric line starting with `prefix` (name plus labels), or 0.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Writes raw bytes to `addr` and reads until the peer closes or 2 s pass.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes a config file into a fresh temp dir and returns its path.
+pub fn write_config(name: &str, yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rouse-it-{}-{}-{}",
+        name,
+        std::process::id(),
+        fastrand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("config.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+/// Path of the built `rouse` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rouse")
+}
