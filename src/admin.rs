@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (OpenMetrics text), `/healthz` (the process is up) and
-//! `/readyz` (503 once draining, so load balancers stop sending before the data port closes).
+//! `/readyz` (503 from the moment draining starts, so health-checking load balancers take this
+//! instance out while in-flight requests finish).
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;

@@ -7,7 +7,7 @@
 //! count as in flight for as long as it really is. The body also enforces the idle and total
 //! timeouts once headers have been sent, by failing the stream (the only way left to signal it).
 
-use crate::revision::Lease;
+use crate::revision::{Active, Lease};
 use crate::upstream::Pooled;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -63,6 +63,7 @@ pub struct StreamTimeout(&'static str);
 #[derive(Debug)]
 pub struct Completion {
     lease: Option<Lease>,
+    _active: Active,
     conn: Option<Pooled>,
     start: Instant,
     status: u16,
@@ -70,10 +71,18 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Ties a lease (and an HTTP/1.1 connection to return) to a response of `status`.
-    pub fn new(lease: Lease, conn: Option<Pooled>, start: Instant, status: u16) -> Completion {
+    /// Ties a lease (and an HTTP/1.1 connection to return) to a response of `status`; the
+    /// request stays counted as active for autoscaling until this drops.
+    pub fn new(
+        lease: Lease,
+        conn: Option<Pooled>,
+        start: Instant,
+        status: u16,
+        active: Active,
+    ) -> Completion {
         Completion {
             lease: Some(lease),
+            _active: active,
             conn,
             start,
             status,

@@ -43,6 +43,16 @@ pub enum ProxyError {
         /// How long it waited.
         waited: Duration,
     },
+    /// The revision's backend failed to start, so there is nothing to forward to.
+    #[error("revision {revision} failed to start: {reason}; retrying in {}s", retry_after.as_secs().max(1))]
+    StartFailed {
+        /// The revision.
+        revision: String,
+        /// Exit status, deadline, last stderr line.
+        reason: String,
+        /// When the next attempt is due.
+        retry_after: Duration,
+    },
     /// Connecting to an endpoint failed (refused, unreachable, or the handshake failed).
     #[error("upstream {endpoint} refused or failed the connection: {reason}")]
     Connect {
@@ -73,9 +83,6 @@ pub enum ProxyError {
     /// The whole request exceeded `timeouts.request`.
     #[error("request timeout: exceeded the {0:?} request timeout")]
     RequestTimeout(Duration),
-    /// rouse is shutting down and no longer takes requests on this path.
-    #[error("rouse is shutting down; retry on another instance")]
-    ShuttingDown,
 }
 
 impl ProxyError {
@@ -87,7 +94,7 @@ impl ProxyError {
             ProxyError::QueueFull { .. }
             | ProxyError::QueueBytes { .. }
             | ProxyError::QueueTimeout { .. }
-            | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::StartFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. }
             | ProxyError::ResponseStartTimeout(_)
@@ -103,25 +110,24 @@ impl ProxyError {
             ProxyError::QueueFull { .. } => "queue-full",
             ProxyError::QueueBytes { .. } => "queue-bytes",
             ProxyError::QueueTimeout { .. } => "queue-timeout",
+            ProxyError::StartFailed { .. } => "start-failed",
             ProxyError::Connect { .. } => "connect-failed",
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::ResponseStartTimeout(_) => "response-start-timeout",
             ProxyError::RequestTimeout(_) => "request-timeout",
-            ProxyError::ShuttingDown => "shutting-down",
         }
     }
 
-    /// True for overload answers, which carry `Retry-After`.
-    fn retry_after(&self) -> Option<&'static str> {
-        matches!(
-            self,
+    /// Seconds for `Retry-After` on answers that mean "try again later".
+    fn retry_after(&self) -> Option<u64> {
+        match self {
             ProxyError::QueueFull { .. }
-                | ProxyError::QueueBytes { .. }
-                | ProxyError::QueueTimeout { .. }
-                | ProxyError::ShuttingDown
-        )
-        .then_some("1")
+            | ProxyError::QueueBytes { .. }
+            | ProxyError::QueueTimeout { .. } => Some(1),
+            ProxyError::StartFailed { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        }
     }
 
     /// Builds the response for this error.
@@ -137,7 +143,7 @@ impl ProxyError {
         );
         h.insert("rouse-error", HeaderValue::from_static(self.code()));
         if let Some(secs) = self.retry_after() {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

@@ -59,9 +59,9 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// so the view of a load balancer in front of rouse is kept.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: &str) {
     let ip = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
     };
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -83,13 +83,25 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
     } else {
         format!("for={node};host=\"{host}\";proto={proto}")
     };
-    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {elem}"),
-        _ => elem,
+    let fwd = match joined(headers, &header::FORWARDED) {
+        Some(prev) => format!("{prev}, {elem}"),
+        None => elem,
     };
     if let Ok(v) = HeaderValue::try_from(fwd) {
         headers.insert(header::FORWARDED, v);
     }
+}
+
+/// All lines of a list-valued header as one comma-separated value (RFC 9110 §5.3).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 #[cfg(test)]
@@ -116,8 +128,9 @@ mod tests {
     fn forwarded_appends_and_quotes_v6() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
         add_forwarded(&mut h, "::1".parse().unwrap(), "http", "a.example");
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, ::1");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 10.0.0.2, ::1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
         assert_eq!(

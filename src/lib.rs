@@ -2,10 +2,11 @@
 //! workloads.
 //!
 //! The crate is a set of shared blocks — [`server`], [`upstream`], [`router`], [`split`],
-//! [`balance`], [`revision`] (endpoint slots and the bounded wait queue), [`metrics`],
-//! [`error`] — that the [`roles`] compose. See `docs/architecture.md` for the request flow.
+//! [`balance`], [`revision`] (endpoint slots and the bounded wait queue), [`stats`], [`autoscaler`],
+//! [`scaler`], [`metrics`], [`error`] — that the [`roles`] compose. See `docs/architecture.md` for the request flow.
 
 pub mod admin;
+pub mod autoscaler;
 pub mod balance;
 pub mod body;
 pub mod clock;
@@ -17,6 +18,8 @@ pub mod proxy;
 pub mod revision;
 pub mod roles;
 pub mod router;
+pub mod scaler;
 pub mod server;
 pub mod split;
+pub mod stats;
 pub mod upstream;

@@ -22,11 +22,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gateway described by a YAML config file.
+    /// Serve the gateway described by a YAML config file (without one: the built-in demo).
     Run {
-        /// Path of the YAML config.
+        /// Path of the YAML config; omit it to run the demo in config/demo.yaml.
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Check a config file and exit: 0 if valid, 1 with every problem and its key path if not.
     Validate {
@@ -82,9 +82,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The demo served when `run` gets no config file.
+const DEMO: &str = include_str!("../config/demo.yaml");
+
 #[tokio::main]
-async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let cfg = Config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = match &path {
+        Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        None => {
+            tracing::info!("no --config given: serving the built-in demo (config/demo.yaml)");
+            Config::parse(DEMO).map_err(|e| anyhow::anyhow!("built-in demo: {e}"))?
+        }
+    };
     let gw = Gateway::start(cfg)
         .await
         .context("cannot start the gateway listeners")?;

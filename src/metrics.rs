@@ -60,6 +60,8 @@ pub enum Reject {
     QueueBytes,
     /// The request waited `max_wait` without an endpoint freeing up.
     QueueTimeout,
+    /// The revision's backend failed to start.
+    StartFailed,
 }
 
 impl Reject {
@@ -68,6 +70,7 @@ impl Reject {
             Reject::QueueFull => "queue_full",
             Reject::QueueBytes => "queue_bytes",
             Reject::QueueTimeout => "queue_timeout",
+            Reject::StartFailed => "start_failed",
         }
     }
 }
@@ -92,7 +95,17 @@ pub struct Metrics {
     rejected: Family<RejectLabels, Counter>,
     unrouted: Family<ReasonLabels, Counter>,
     config_reloads: Family<ReasonLabels, Counter>,
+    cold_start: HistogramFamily,
+    scale_events: Family<DirectionLabels, Counter>,
+    start_failures: Family<RevisionLabels, Counter>,
     live: Arc<ArcSwap<Vec<Arc<Revision>>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    service: String,
+    revision: String,
+    direction: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -117,6 +130,24 @@ impl Metrics {
         let rejected = Family::<RejectLabels, Counter>::default();
         let unrouted = Family::<ReasonLabels, Counter>::default();
         let config_reloads = Family::<ReasonLabels, Counter>::default();
+        let cold_start: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let scale_events = Family::<DirectionLabels, Counter>::default();
+        let start_failures = Family::<RevisionLabels, Counter>::default();
+        registry.register(
+            "rouse_cold_start_seconds",
+            "Time from the first request held for a revision with no endpoint to its forwarding",
+            cold_start.clone(),
+        );
+        registry.register(
+            "rouse_scale_events",
+            "Changes of a revision's desired endpoint count, by direction (up, down)",
+            scale_events.clone(),
+        );
+        registry.register(
+            "rouse_backend_start_failures",
+            "Backend processes that exited or missed their boot deadline before becoming ready",
+            start_failures.clone(),
+        );
         registry.register(
             "rouse_requests",
             "Requests answered, by service, revision and status class (2xx, 5xx, ...)",
@@ -163,6 +194,9 @@ impl Metrics {
             rejected,
             unrouted,
             config_reloads,
+            cold_start,
+            scale_events,
+            start_failures,
             live,
         }
     }
@@ -201,8 +235,25 @@ impl Metrics {
                 .map(|c| self.requests.get_or_create_owned(&l(c))),
             duration: self.duration.get_or_create_owned(&rl),
             queue_wait: self.queue_wait.get_or_create_owned(&rl),
-            rejected: [Reject::QueueFull, Reject::QueueBytes, Reject::QueueTimeout]
-                .map(|r| self.rejected.get_or_create_owned(&rej(r.label()))),
+            rejected: [
+                Reject::QueueFull,
+                Reject::QueueBytes,
+                Reject::QueueTimeout,
+                Reject::StartFailed,
+            ]
+            .map(|r| self.rejected.get_or_create_owned(&rej(r.label()))),
+            cold_start: self.cold_start.get_or_create_owned(&rl),
+            scale_up: self.scale_events.get_or_create_owned(&DirectionLabels {
+                service: service.to_owned(),
+                revision: revision.to_owned(),
+                direction: "up",
+            }),
+            scale_down: self.scale_events.get_or_create_owned(&DirectionLabels {
+                service: service.to_owned(),
+                revision: revision.to_owned(),
+                direction: "down",
+            }),
+            start_failures: self.start_failures.get_or_create_owned(&rl),
         }
     }
 
@@ -242,7 +293,12 @@ pub struct RevisionMetrics {
     duration: Histogram,
     /// Time spent held, observed when a held request leaves the queue (either way).
     pub queue_wait: Histogram,
-    rejected: [Counter; 3],
+    rejected: [Counter; 4],
+    /// First held request of a cold revision → its forwarding.
+    pub cold_start: Histogram,
+    scale_up: Counter,
+    scale_down: Counter,
+    start_failures: Counter,
 }
 
 impl RevisionMetrics {
@@ -259,8 +315,23 @@ impl RevisionMetrics {
             Reject::QueueFull => 0,
             Reject::QueueBytes => 1,
             Reject::QueueTimeout => 2,
+            Reject::StartFailed => 3,
         };
         self.rejected[i].inc();
+    }
+
+    /// Counts a change of the desired endpoint count.
+    pub fn scale_event(&self, up: bool) {
+        if up {
+            self.scale_up.inc();
+        } else {
+            self.scale_down.inc();
+        }
+    }
+
+    /// Counts a failed backend start.
+    pub fn start_failure(&self) {
+        self.start_failures.inc();
     }
 }
 
@@ -315,6 +386,18 @@ impl Collector for LiveCollector {
                 let labels = [("service", &*r.service), ("revision", &*r.name)];
                 let n = i64::try_from(r.endpoints().len()).unwrap_or(i64::MAX);
                 ConstGauge::new(n).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "rouse_revision_desired_scale",
+                "Endpoints the autoscaler wants for a revision (static revisions: their endpoint count)",
+                None,
+                gauge.metric_type(),
+            )?;
+            for r in revs.iter() {
+                let labels = [("service", &*r.service), ("revision", &*r.name)];
+                ConstGauge::new(i64::from(r.desired())).encode(e.encode_family(&labels)?)?;
             }
         }
         let mut e = encoder.encode_descriptor(

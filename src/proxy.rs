@@ -10,12 +10,12 @@ use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::{Metrics, Unrouted};
-use crate::revision::{Lease, Revision};
+use crate::revision::Revision;
 use crate::router::{RouteTable, Timeouts};
 use crate::server::Handler;
 use crate::upstream::SendError;
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -63,6 +63,9 @@ impl Proxy {
             self.metrics.unrouted(Unrouted::BadRequest);
             return ProxyError::MissingHost.into_response();
         };
+        // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
+        // header that a route sets.
+        headers::strip_hop_by_hop(req.headers_mut());
         let (rev, timeouts) = {
             let table = self.table.load();
             let Some(svc) = table.service(&host) else {
@@ -84,6 +87,13 @@ impl Proxy {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if rev.is_cold()
+            && let Some(p) = rev.cold_start().placeholder.clone()
+        {
+            rev.poke();
+            rev.metrics.record(p.status, start.elapsed().as_secs_f64());
+            return placeholder(&p);
+        }
         let forwarding = forward(&rev, req, peer, host, start, deadline, timeouts);
         let result = match start_by {
             None => forwarding.await,
@@ -156,8 +166,10 @@ async fn forward(
     deadline: Option<Instant>,
     timeouts: Timeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let active = rev.begin();
     let acquired = rev.acquire(declared_len(&req), deadline).await?;
     prepare(&mut req, rev.protocol, peer, &host);
+    let mark_cold = acquired.cold && rev.cold_start().header;
     let mut lease = acquired.lease;
     let mut retried = false;
     loop {
@@ -171,7 +183,15 @@ async fn forward(
             Protocol::H2c => ep.pool.send_h2(ep.addr, req).await.map(|r| (r, None)),
         };
         match sent {
-            Ok((res, conn)) => return Ok(respond(res, lease, conn, start, deadline, timeouts)),
+            Ok((res, conn)) => {
+                let done = Completion::new(lease, conn, start, res.status().as_u16(), active);
+                let mut res = respond(res, done, deadline, timeouts);
+                if mark_cold {
+                    res.headers_mut()
+                        .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+                }
+                return Ok(res);
+            }
             Err(SendError::Failed(source)) => {
                 return Err(ProxyError::Upstream {
                     endpoint: ep.addr,
@@ -211,17 +231,38 @@ fn connect_error(endpoint: SocketAddr, e: crate::upstream::ConnectError) -> Prox
     }
 }
 
+/// Marks responses that waited for a cold revision.
+const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
+
+fn placeholder(p: &crate::config::Placeholder) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(p.body.clone()));
+    *res.status_mut() =
+        http::StatusCode::from_u16(p.status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    for (k, v) in &p.headers {
+        // Validation has checked every name and value.
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            res.headers_mut().insert(k, v);
+        }
+    }
+    res.headers_mut()
+        .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+    res
+}
+
 fn respond(
     res: Response<Incoming>,
-    lease: Lease,
-    conn: Option<crate::upstream::Pooled>,
-    start: Instant,
+    done: Completion,
     deadline: Option<Instant>,
     timeouts: Timeouts,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let done = Completion::new(lease, conn, start, parts.status.as_u16());
+    // The client's connection has its own version; an HTTP/1.0 backend must not make rouse
+    // answer an HTTP/1.1 client as HTTP/1.0.
+    parts.version = Version::HTTP_11;
     Response::from_parts(
         parts,
         ProxyBody::upstream(body, done, timeouts.idle, deadline),
@@ -231,7 +272,6 @@ fn respond(
 /// Rewrites a client request into the upstream request for `protocol`.
 fn prepare(req: &mut Request<Incoming>, protocol: Protocol, peer: SocketAddr, host: &str) {
     let h = req.headers_mut();
-    headers::strip_hop_by_hop(h);
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     h.remove(header::EXPECT);
     headers::add_forwarded(h, peer.ip(), "http", host);

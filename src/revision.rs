@@ -19,11 +19,13 @@ use crate::balance::{self, Slot};
 use crate::clock;
 use crate::config::{self, Protocol};
 use crate::error::ProxyError;
-use crate::metrics::{EndpointMetrics, Reject, RevisionMetrics};
+use crate::metrics::{EndpointMetrics, Metrics, Reject, RevisionMetrics};
+use crate::stats::ConcurrencyStats;
 use crate::upstream::{Pool, PoolSettings};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -122,6 +124,26 @@ pub struct RevisionSpec {
     pub limits: QueueLimits,
     /// How long to avoid an endpoint that refused a connection.
     pub eject_for: Duration,
+    /// Connection pool settings for endpoints.
+    pub pool: PoolSettings,
+    /// Cold-start behaviour.
+    pub cold_start: ColdStart,
+}
+
+/// What requests see while a revision is cold.
+#[derive(Debug, Clone, Default)]
+pub struct ColdStart {
+    /// Answer at once with this instead of holding.
+    pub placeholder: Option<Arc<config::Placeholder>>,
+    /// Mark responses that waited with `rouse-cold-start: true`.
+    pub header: bool,
+}
+
+/// Why the revision's last start attempt failed, and until when new requests fail fast.
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: Arc<str>,
+    until: Instant,
 }
 
 /// The live state of one revision, shared by every route that points at it.
@@ -144,6 +166,16 @@ pub struct Revision {
     pub eject_for: Duration,
     /// Pre-resolved metric handles.
     pub metrics: RevisionMetrics,
+    pool: PoolSettings,
+    cold_start: ColdStart,
+    root_metrics: Arc<Metrics>,
+    stats: ConcurrencyStats,
+    /// Poked when a request finds no endpoint, so the autoscaler acts at once.
+    demand: Notify,
+    failure: Mutex<Option<Failure>>,
+    /// When the first request of the current cold start was held.
+    cold_since: Mutex<Option<Instant>>,
+    desired: AtomicU32,
 }
 
 impl Revision {
@@ -151,9 +183,11 @@ impl Revision {
     pub fn new(
         spec: RevisionSpec,
         endpoints: Vec<Arc<Endpoint>>,
-        metrics: RevisionMetrics,
+        metrics: &Arc<Metrics>,
     ) -> Revision {
+        let desired = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
         Revision {
+            metrics: metrics.revision(&spec.service, &spec.name),
             service: spec.service,
             name: spec.name,
             protocol: spec.protocol,
@@ -164,8 +198,120 @@ impl Revision {
             limits: spec.limits,
             wake: Notify::new(),
             eject_for: spec.eject_for,
-            metrics,
+            pool: spec.pool,
+            cold_start: spec.cold_start,
+            root_metrics: metrics.clone(),
+            stats: ConcurrencyStats::default(),
+            demand: Notify::new(),
+            failure: Mutex::new(None),
+            cold_since: Mutex::new(None),
+            desired: AtomicU32::new(desired),
         }
+    }
+
+    /// Builds an endpoint of this revision (pool settings and metric handles filled in).
+    pub fn make_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            addr,
+            self.pool,
+            self.root_metrics
+                .endpoint(&self.service, &self.name, &addr.to_string()),
+        ))
+    }
+
+    /// Sets the endpoints by address, keeping the live state of those already present.
+    /// Returns the endpoints that were removed (their in-flight requests keep running).
+    pub fn set_endpoint_addrs(&self, addrs: &[SocketAddr]) -> Vec<Arc<Endpoint>> {
+        let old = self.endpoints();
+        let next: Vec<Arc<Endpoint>> = addrs
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|e| e.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| self.make_endpoint(*a))
+            })
+            .collect();
+        let removed = old
+            .iter()
+            .filter(|e| !addrs.contains(&e.addr))
+            .cloned()
+            .collect();
+        self.set_endpoints(next);
+        removed
+    }
+
+    /// Time-weighted concurrency of this revision (held plus proxied).
+    pub fn stats(&self) -> &ConcurrencyStats {
+        &self.stats
+    }
+
+    /// Resolves when a request has found the revision without an endpoint.
+    pub async fn demand_notified(&self) {
+        self.demand.notified().await;
+    }
+
+    /// Endpoints the autoscaler currently wants.
+    pub fn desired(&self) -> u32 {
+        self.desired.load(Ordering::Relaxed)
+    }
+
+    /// Records the autoscaler's wish (for metrics).
+    pub fn set_desired(&self, n: u32) {
+        self.desired.store(n, Ordering::Relaxed);
+    }
+
+    /// Cold-start behaviour.
+    pub fn cold_start(&self) -> &ColdStart {
+        &self.cold_start
+    }
+
+    /// True while the revision has no endpoint at all.
+    pub fn is_cold(&self) -> bool {
+        self.endpoints.load().is_empty()
+    }
+
+    /// Signals demand without holding a request (used by placeholder answers).
+    pub fn poke(&self) {
+        self.demand.notify_one();
+    }
+
+    /// Marks the start attempt as failed: held requests that have no endpoint to go to get
+    /// 503 with `reason`, and new ones fail fast until `retry_in` has passed.
+    pub fn fail_start(&self, reason: &str, retry_in: Duration) {
+        self.metrics.start_failure();
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
+            reason: reason.into(),
+            until: Instant::now() + retry_in,
+        });
+        self.wake.notify_waiters();
+    }
+
+    /// Clears a start failure (a new attempt has begun or succeeded).
+    pub fn clear_failure(&self) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn failure(&self, since: Option<Instant>) -> Option<Failure> {
+        let f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.as_ref()
+            .filter(|f| Instant::now() < f.until || since.is_some())
+            .cloned()
+    }
+
+    fn start_failed(&self, f: Failure) -> ProxyError {
+        self.metrics.reject(Reject::StartFailed);
+        ProxyError::StartFailed {
+            revision: self.name.to_string(),
+            reason: f.reason.to_string(),
+            retry_after: f.until.saturating_duration_since(Instant::now()),
+        }
+    }
+
+    /// Counts a request as active (held or proxied) until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> Active {
+        self.stats.arrive(Instant::now());
+        Active(self.clone())
     }
 
     /// The current endpoints.
@@ -191,24 +337,8 @@ impl Revision {
 
     /// Takes a slot on some endpoint without waiting.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
-        self.try_acquire_excluding(None)
-    }
-
-    /// Like [`Revision::try_acquire`] but never picks `avoid` (used to retry elsewhere).
-    pub fn try_acquire_excluding(self: &Arc<Self>, avoid: Option<SocketAddr>) -> Option<Lease> {
         let eps = self.endpoints.load();
-        let i = match avoid {
-            None => balance::pick(&eps, self.container_concurrency)?,
-            Some(skip) => {
-                let others: Vec<Arc<Endpoint>> =
-                    eps.iter().filter(|e| e.addr != skip).cloned().collect();
-                let j = balance::pick(&others, self.container_concurrency)?;
-                return Some(Lease {
-                    rev: self.clone(),
-                    ep: others[j].clone(),
-                });
-            }
-        };
+        let i = balance::pick(&eps, self.container_concurrency)?;
         Some(Lease {
             rev: self.clone(),
             ep: eps[i].clone(),
@@ -230,9 +360,24 @@ impl Revision {
             return Ok(Acquired {
                 lease,
                 waited: None,
+                cold: false,
             });
         }
+        let cold = self.is_cold();
+        if cold {
+            // Tell the autoscaler now rather than at its next tick.
+            self.demand.notify_one();
+            if let Some(f) = self.failure(None) {
+                return Err(self.start_failed(f));
+            }
+        }
         let hold = Hold::enter(self, body_bytes)?;
+        if cold {
+            self.cold_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(hold.since);
+        }
         let wait_limit = self.limits.max_wait.map(|w| hold.since + w);
         let until = match (wait_limit, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -245,10 +390,17 @@ impl Revision {
             if let Some(lease) = self.try_acquire() {
                 let waited = hold.since.elapsed();
                 drop(hold);
+                self.end_cold_start();
                 return Ok(Acquired {
                     lease,
                     waited: Some(waited),
+                    cold,
                 });
+            }
+            if self.is_cold()
+                && let Some(f) = self.failure(Some(hold.since))
+            {
+                return Err(self.start_failed(f));
             }
             match until {
                 None => notified.await,
@@ -271,6 +423,23 @@ impl Revision {
         }
     }
 
+    fn end_cold_start(&self) {
+        let began = self
+            .cold_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = began {
+            let took = t.elapsed();
+            self.metrics.cold_start.observe(took.as_secs_f64());
+            tracing::info!(
+                service = %self.service, revision = %self.name,
+                "cold start: first held request forwarded after {} ms",
+                took.as_millis()
+            );
+        }
+    }
+
     fn release(&self) {
         // A waiter registers before re-checking, and this runs after the slot is free, so either
         // the waiter sees the slot or it receives this wake-up.
@@ -287,6 +456,18 @@ pub struct Acquired {
     pub lease: Lease,
     /// `Some` if the request was held.
     pub waited: Option<Duration>,
+    /// The request was held while the revision had no endpoint.
+    pub cold: bool,
+}
+
+/// A request counted as active for autoscaling; departs on drop.
+#[derive(Debug)]
+pub struct Active(Arc<Revision>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.stats.depart(Instant::now());
+    }
 }
 
 /// One taken in-flight slot on one endpoint; releases it (and wakes a waiter) on drop.
@@ -374,7 +555,7 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn rev(cc: u32, n: usize, limits: QueueLimits) -> Arc<Revision> {
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
         let eps = (0..n)
             .map(|i| {
                 Arc::new(Endpoint::new(
@@ -392,9 +573,11 @@ mod tests {
                 container_concurrency: cc,
                 limits,
                 eject_for: Duration::from_secs(1),
+                pool: PoolSettings::default(),
+                cold_start: ColdStart::default(),
             },
             eps,
-            m.revision("s", "r"),
+            &m,
         ))
     }
 

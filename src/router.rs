@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config, strip_port};
 use crate::metrics::Metrics;
-use crate::revision::{Endpoint, QueueLimits, Revision, RevisionSpec};
+use crate::revision::{ColdStart, Endpoint, QueueLimits, Revision, RevisionSpec};
 use crate::split::Split;
 use crate::upstream::PoolSettings;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -112,7 +112,11 @@ impl RouteTable {
     /// Builds the table. Revisions present in `previous` with the same service, name, protocol
     /// and concurrency keep their live state (in-flight counts, queue, pools), so a reload does
     /// not disturb requests already running.
-    pub fn build(cfg: &Config, metrics: &Metrics, previous: Option<&RouteTable>) -> RouteTable {
+    pub fn build(
+        cfg: &Config,
+        metrics: &Arc<Metrics>,
+        previous: Option<&RouteTable>,
+    ) -> RouteTable {
         let mut hosts = HashMap::new();
         let mut wildcard = None;
         let mut services = Vec::with_capacity(cfg.services.len());
@@ -218,7 +222,7 @@ fn build_revision(
     cfg: &Config,
     service: &Arc<str>,
     r: &config::Revision,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     old: Option<&&Arc<Revision>>,
 ) -> Arc<Revision> {
     if let Some(old) = old
@@ -261,9 +265,14 @@ fn build_revision(
             container_concurrency: r.container_concurrency,
             limits: QueueLimits::from(&r.queue),
             eject_for: up.eject_after_connect_error.0,
+            pool,
+            cold_start: ColdStart {
+                placeholder: r.cold_start.placeholder.clone().map(Arc::new),
+                header: r.cold_start.header,
+            },
         },
         endpoints,
-        metrics.revision(service, &r.name),
+        metrics,
     ))
 }
 
@@ -312,7 +321,7 @@ services:
     #[test]
     fn precedence_longest_prefix_then_headers_then_default() {
         let cfg = Config::parse(YAML).unwrap();
-        let t = RouteTable::build(&cfg, &Metrics::new(), None);
+        let t = RouteTable::build(&cfg, &Arc::new(Metrics::new()), None);
         assert_eq!(pick(&t, "a.EXAMPLE:8080", "/", &[]), "one");
         assert_eq!(pick(&t, "a.example", "/api/x", &[]), "two");
         assert_eq!(
@@ -330,7 +339,7 @@ services:
     #[test]
     fn reload_keeps_unchanged_revisions() {
         let cfg = Config::parse(YAML).unwrap();
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
         let t1 = RouteTable::build(&cfg, &m, None);
         let changed = YAML.replace("127.0.0.1:3", "127.0.0.1:4");
         let t2 = RouteTable::build(&Config::parse(&changed).unwrap(), &m, Some(&t1));

@@ -212,9 +212,10 @@ impl Pool {
         // out once more on a fresh connection, which is never stale.
         let mut fresh = false;
         loop {
-            let mut sender = match self.take_idle() {
-                Some(s) if !fresh => s,
-                _ => {
+            let pooled = if fresh { None } else { self.take_idle() };
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => {
                     fresh = true;
                     match self.connect_h1(addr).await {
                         Ok(s) => s,

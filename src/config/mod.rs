@@ -224,6 +224,203 @@ pub struct Revision {
     /// Bounds on requests held while no endpoint can take them.
     #[serde(default)]
     pub queue: Queue,
+    /// Autoscaling and the process scaler; absent = the static `endpoints`.
+    #[serde(default)]
+    pub scale: Option<Scale>,
+    /// What requests see while the revision has no ready endpoint.
+    #[serde(default)]
+    pub cold_start: ColdStart,
+}
+
+/// Autoscaling of one revision.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Fewest endpoints; 0 allows scale to zero.
+    #[serde(default)]
+    pub min: u32,
+    /// Most endpoints.
+    #[serde(default = "default_max_scale")]
+    pub max: u32,
+    /// Concurrency per endpoint to aim for; default 0.7 × container_concurrency, or 70 if that
+    /// is 0.
+    #[serde(default)]
+    pub target: Option<f64>,
+    /// No request active or held for this long → scale to zero (when `min` is 0).
+    #[serde(default = "default_idle_grace")]
+    pub idle_grace: Dur,
+    /// Long averaging window of the autoscaler.
+    #[serde(default = "default_stable_window")]
+    pub stable_window: Dur,
+    /// Short (panic) window as a percentage of the stable window.
+    #[serde(default = "default_panic_window_percentage")]
+    pub panic_window_percentage: f64,
+    /// Panic when the short window wants this percentage of the ready endpoints.
+    #[serde(default = "default_panic_threshold_percentage")]
+    pub panic_threshold_percentage: f64,
+    /// Most growth per decision, as a multiple of the ready endpoints.
+    #[serde(default = "default_max_scale_up_rate")]
+    pub max_scale_up_rate: f64,
+    /// Most shrinkage per decision, as a divisor of the ready endpoints.
+    #[serde(default = "default_max_scale_down_rate")]
+    pub max_scale_down_rate: f64,
+    /// Interval between autoscaler decisions.
+    #[serde(default = "default_tick")]
+    pub tick: Dur,
+    /// Start local processes on demand.
+    pub process: Option<Process>,
+}
+
+fn default_max_scale() -> u32 {
+    1
+}
+fn default_idle_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_stable_window() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_panic_window_percentage() -> f64 {
+    10.0
+}
+fn default_panic_threshold_percentage() -> f64 {
+    200.0
+}
+fn default_max_scale_up_rate() -> f64 {
+    1000.0
+}
+fn default_max_scale_down_rate() -> f64 {
+    2.0
+}
+fn default_tick() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+/// A backend started as a local process per endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// Program and arguments; `{port}` in any of them becomes the endpoint's port (also given
+    /// in the `PORT` environment variable).
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; default rouse's own.
+    #[serde(default)]
+    pub cwd: Option<std::path::PathBuf>,
+    /// How readiness is checked.
+    #[serde(default)]
+    pub ready: Ready,
+    /// A process not ready within this is killed and counted as failed to start.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout: Dur,
+    /// After SIGTERM, time before SIGKILL; also the longest wait for in-flight requests to
+    /// finish before SIGTERM when scaling down.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Dur,
+    /// Longest pause between attempts after failures to start (doubling from 1 s).
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+}
+
+fn default_boot_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_stop_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_max_backoff() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// Readiness check of a started process: `tcp`, or `{ http_get: "/path" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Ready {
+    /// A TCP connection to the port succeeds.
+    #[default]
+    Tcp,
+    /// `GET <path>` answers with a status below 500.
+    HttpGet(String),
+}
+
+impl<'de> Deserialize<'de> for Ready {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const FORMS: &str = "`tcp` or `{ http_get: \"/path\" }`";
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Ready;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "{FORMS}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ready, E> {
+                match v {
+                    "tcp" => Ok(Ready::Tcp),
+                    other => Err(E::custom(format!("unknown check {other:?}; use {FORMS}"))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Ready, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom(format!("empty; use {FORMS}")))?;
+                let ready = match key.as_str() {
+                    "http_get" => Ready::HttpGet(map.next_value()?),
+                    "tcp" => {
+                        map.next_value::<de::IgnoredAny>()?;
+                        Ready::Tcp
+                    }
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "unknown check {other:?}; use {FORMS}"
+                        )));
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(format!("give one check only: {FORMS}")));
+                }
+                Ok(ready)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Cold-start behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdStart {
+    /// Answer at once with this instead of holding the request (scale-up still starts).
+    pub placeholder: Option<Placeholder>,
+    /// Add `rouse-cold-start: true` to responses that waited for a cold revision.
+    pub header: bool,
+}
+
+impl Default for ColdStart {
+    fn default() -> Self {
+        ColdStart {
+            placeholder: None,
+            header: true,
+        }
+    }
+}
+
+/// A canned response.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placeholder {
+    /// Status code.
+    #[serde(default = "default_placeholder_status")]
+    pub status: u16,
+    /// Body text.
+    #[serde(default)]
+    pub body: String,
+    /// Headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_placeholder_status() -> u16 {
+    503
 }
 
 /// Bounds on held requests for one revision.
@@ -432,11 +629,24 @@ impl Validator {
                     format!("{:?} is already the name of revisions[{prev}]", r.name),
                 );
             }
-            if r.endpoints.is_empty() {
-                self.err(
+            match (&r.scale, r.endpoints.is_empty()) {
+                (None, true) => self.err(
                     format!("{rp}.endpoints"),
-                    "empty; list at least one ip:port",
-                );
+                    "empty; list at least one ip:port, or add scale.process to start processes",
+                ),
+                (Some(sc), _) => self.scale(&rp, r, sc),
+                (None, false) => {}
+            }
+            if let Some(p) = &r.cold_start.placeholder {
+                if http::StatusCode::from_u16(p.status).is_err() || p.status < 200 {
+                    self.err(
+                        format!("{rp}.cold_start.placeholder.status"),
+                        format!("{} is not a final HTTP status (200-599)", p.status),
+                    );
+                }
+                for (k, v) in &p.headers {
+                    self.header(&format!("{rp}.cold_start.placeholder.headers.{k}"), k, v);
+                }
             }
             let mut seen = HashMap::new();
             for (k, e) in r.endpoints.iter().enumerate() {
@@ -490,6 +700,87 @@ impl Validator {
                     format!("{p}.timeouts.{name}"),
                     "must be greater than 0; leave it out for no limit",
                 );
+            }
+        }
+    }
+
+    fn scale(&mut self, rp: &str, r: &Revision, sc: &Scale) {
+        let sp = format!("{rp}.scale");
+        if sc.max == 0 {
+            self.err(format!("{sp}.max"), "must be at least 1");
+        }
+        if sc.min > sc.max {
+            self.err(
+                format!("{sp}.min"),
+                format!("{} is above max {}", sc.min, sc.max),
+            );
+        }
+        if let Some(t) = sc.target
+            && !above(t, 0.0)
+        {
+            self.err(format!("{sp}.target"), "must be a number above 0");
+        }
+        if sc.idle_grace.0.is_zero() {
+            self.err(format!("{sp}.idle_grace"), "must be greater than 0");
+        }
+        if sc.tick.0.is_zero() {
+            self.err(format!("{sp}.tick"), "must be greater than 0");
+        } else if sc.stable_window.0 < sc.tick.0 {
+            self.err(
+                format!("{sp}.stable_window"),
+                "must be at least one tick long",
+            );
+        }
+        if !above(sc.panic_window_percentage, 0.0) || sc.panic_window_percentage > 100.0 {
+            self.err(
+                format!("{sp}.panic_window_percentage"),
+                "must be above 0 and at most 100",
+            );
+        }
+        if !above(sc.panic_threshold_percentage, 100.0) {
+            self.err(
+                format!("{sp}.panic_threshold_percentage"),
+                "must be above 100",
+            );
+        }
+        if !above(sc.max_scale_up_rate, 1.0) {
+            self.err(format!("{sp}.max_scale_up_rate"), "must be above 1");
+        }
+        if !above(sc.max_scale_down_rate, 1.0) {
+            self.err(format!("{sp}.max_scale_down_rate"), "must be above 1");
+        }
+        match &sc.process {
+            None => self.err(
+                format!("{sp}.process"),
+                "missing; scaling needs a process to start (command, ready)",
+            ),
+            Some(p) => {
+                if !r.endpoints.is_empty() {
+                    self.err(
+                        format!("{rp}.endpoints"),
+                        "must be empty when scale.process starts the endpoints",
+                    );
+                }
+                if p.command.first().is_none_or(|c| c.trim().is_empty()) {
+                    self.err(
+                        format!("{sp}.process.command"),
+                        "empty; give the program and its arguments, with {port} where the port goes",
+                    );
+                }
+                if let Ready::HttpGet(path) = &p.ready
+                    && !path.starts_with('/')
+                {
+                    self.err(
+                        format!("{sp}.process.ready.http_get"),
+                        format!("{path:?} must start with \"/\""),
+                    );
+                }
+                if p.boot_timeout.0.is_zero() {
+                    self.err(
+                        format!("{sp}.process.boot_timeout"),
+                        "must be greater than 0",
+                    );
+                }
             }
         }
     }
@@ -564,6 +855,11 @@ impl Validator {
             self.err(p, format!("{value:?} is not a valid header value"));
         }
     }
+}
+
+/// A finite number strictly above `min` (NaN and infinities fail).
+fn above(v: f64, min: f64) -> bool {
+    v.is_finite() && v > min
 }
 
 /// Removes a `:port` suffix from a host (keeps IPv6 brackets intact).

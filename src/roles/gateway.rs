@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::router::RouteTable;
+use crate::scaler::{self, ScaleHandle};
 use crate::server::{self, ServerSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Gateway {
     data: JoinHandle<usize>,
     admin: Option<JoinHandle<usize>>,
     drain_timeout: Duration,
+    scaling: Vec<ScaleHandle>,
 }
 
 /// What a shutdown left behind.
@@ -44,10 +46,8 @@ impl Gateway {
     /// Binds the listeners and starts serving `cfg`.
     pub async fn start(cfg: Config) -> std::io::Result<Gateway> {
         let metrics = Arc::new(Metrics::new());
-        let proxy = Arc::new(Proxy::new(
-            RouteTable::build(&cfg, &metrics, None),
-            metrics.clone(),
-        ));
+        let table = RouteTable::build(&cfg, &metrics, None);
+        let proxy = Arc::new(Proxy::new(table, metrics.clone()));
         let draining = Arc::new(AtomicBool::new(false));
         let settings = ServerSettings {
             max_header_bytes: usize::try_from(cfg.limits.max_header_bytes.0).unwrap_or(usize::MAX),
@@ -75,6 +75,8 @@ impl Gateway {
             }
             None => (None, None),
         };
+        // Backends start only once rouse can take the requests that wake them.
+        let scaling = start_scaling(&proxy.table(), &cfg);
         info!(%addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
@@ -86,6 +88,7 @@ impl Gateway {
             data,
             admin,
             drain_timeout,
+            scaling,
         })
     }
 
@@ -123,6 +126,10 @@ impl Gateway {
         while in_flight() > 0 && began.elapsed() < self.drain_timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Backends stop only once nothing is being proxied to them.
+        for h in self.scaling {
+            h.stop().await;
+        }
         let _ = self.stop_admin.send(true);
         if let Some(a) = self.admin {
             let _ = a.await;
@@ -132,4 +139,21 @@ impl Gateway {
             requests_left: in_flight(),
         }
     }
+}
+
+/// Starts autoscaling for every revision whose config has a `scale.process` section.
+fn start_scaling(table: &RouteTable, cfg: &Config) -> Vec<ScaleHandle> {
+    let mut handles = Vec::new();
+    for s in &cfg.services {
+        for r in &s.revisions {
+            let live = table
+                .revisions()
+                .iter()
+                .find(|x| *x.service == *s.name && *x.name == *r.name);
+            if let Some(h) = live.and_then(|rev| scaler::start(rev, r)) {
+                handles.push(h);
+            }
+        }
+    }
+    handles
 }

@@ -239,3 +239,84 @@ fn validate_command_exits_nonzero_with_key_paths() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
+
+#[test]
+fn scale_section_mistakes_name_their_key_paths() {
+    let base = |scale: &str| {
+        format!(
+            "listen: 127.0.0.1:1\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - name: r\n        scale:\n{scale}"
+        )
+    };
+    let proc_ =
+        "          process: { command: [\"python3\", \"-m\", \"http.server\", \"{port}\"] }\n";
+    assert!(
+        issues(&base(proc_)).is_empty(),
+        "{:#?}",
+        issues(&base(proc_))
+    );
+    let cases: &[(String, &str)] = &[
+        (
+            base("          max: 2\n"),
+            "services[0].revisions[0].scale.process: missing",
+        ),
+        (
+            base(&format!("          min: 3\n          max: 2\n{proc_}")),
+            "services[0].revisions[0].scale.min: 3 is above max 2",
+        ),
+        (
+            base(&format!("          max: 0\n{proc_}")),
+            "services[0].revisions[0].scale.max: must be at least 1",
+        ),
+        (
+            base(&format!("          target: 0\n{proc_}")),
+            "services[0].revisions[0].scale.target: must be a number above 0",
+        ),
+        (
+            base(&format!("          idle_grace: 0s\n{proc_}")),
+            "services[0].revisions[0].scale.idle_grace: must be greater than 0",
+        ),
+        (
+            base(&format!(
+                "          panic_threshold_percentage: 50\n{proc_}"
+            )),
+            "scale.panic_threshold_percentage: must be above 100",
+        ),
+        (
+            base("          process: { command: [] }\n"),
+            "services[0].revisions[0].scale.process.command: empty",
+        ),
+        (
+            base("          process: { command: [x], ready: udp }\n"),
+            "services[0].revisions[0].scale.process.ready: unknown check \"udp\"",
+        ),
+        (
+            base("          process: { command: [x], ready: { http_get: health } }\n"),
+            "scale.process.ready.http_get: \"health\" must start with \"/\"",
+        ),
+        (
+            base("          process: { command: [x], boot_timeout: never }\n"),
+            "scale.process.boot_timeout: invalid duration \"never\"",
+        ),
+        (
+            base(&proc_.replace("process:", "procss:")),
+            "services[0].revisions[0].scale.procss: unknown field `procss`",
+        ),
+        (
+            base(proc_).replace(
+                "      - name: r\n",
+                "      - name: r\n        endpoints: [\"127.0.0.1:9\"]\n",
+            ),
+            "services[0].revisions[0].endpoints: must be empty when scale.process starts the endpoints",
+        ),
+        (
+            base(proc_).replace(
+                "      - name: r\n",
+                "      - name: r\n        cold_start: { placeholder: { status: 42 } }\n",
+            ),
+            "services[0].revisions[0].cold_start.placeholder.status: 42 is not a final HTTP status",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        assert_rejected(yaml, expected);
+    }
+}

@@ -114,6 +114,10 @@ services:
     assert_eq!(get(&cl, at, "HELLO:8080", "/x", &[]).await.body, "v1");
     assert_eq!(get(&cl, at, "hello", "/api/x", &[]).await.body, "v2");
     assert_eq!(b.last_headers().get("x-route").unwrap(), "api");
+    // A client's Connection header cannot strip a header the route sets.
+    let sneaky = [("connection", "x-route")];
+    assert_eq!(get(&cl, at, "hello", "/api/x", &sneaky).await.body, "v2");
+    assert_eq!(b.last_headers().get("x-route").unwrap(), "api");
     // Longest prefix wins only when every header matches.
     let special = [("x-canary", "yes"), ("x-team", "blue")];
     assert_eq!(
@@ -608,4 +612,34 @@ async fn stale_pooled_connection_is_retried_before_any_byte_is_sent() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn http10_backend_answers_reach_http11_clients_as_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold")
+                    .await;
+            });
+        }
+    });
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{addr}\"] }}\n"
+    );
+    let gw = gateway(&yaml).await;
+    let out = raw(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.ends_with("old"), "{out}");
 }

@@ -1,5 +1,6 @@
 //! The one integration-test binary: every suite is a module, so the crate links once.
 
+mod activator;
 mod config;
 mod gateway;
 mod lifecycle;

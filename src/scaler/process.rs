@@ -1,0 +1,406 @@
+//! The process scaler: each endpoint is a local process started from the revision's command
+//! with a free loopback port, probed until ready, and stopped (SIGTERM, then SIGKILL after a
+//! grace period) when the revision scales down or rouse exits.
+//!
+//! One manager task per revision owns the set of instances; each instance has a task that owns
+//! its child process and reports back (ready, failed to start, exited). Readiness is probed
+//! every few milliseconds and reported the moment it passes, and the manager publishes the new
+//! endpoint set immediately, which wakes held requests with no probe period in between.
+
+use super::{Backoff, Scaler};
+use crate::config::{self, Ready};
+use crate::revision::{Endpoint, Revision};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How often a booting process is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// Longest a single probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// A process that exits sooner than this after becoming ready counts towards backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Starts backends as local processes.
+#[derive(Debug)]
+pub struct ProcessScaler {
+    desired: watch::Sender<u32>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ProcessScaler {
+    /// Starts the manager task for `rev`.
+    pub fn start(rev: Arc<Revision>, spec: &config::Process) -> ProcessScaler {
+        let (desired, desired_rx) = watch::channel(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(manage(rev, Arc::new(spec.clone()), desired_rx, stop_rx));
+        ProcessScaler {
+            desired,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+}
+
+impl Scaler for ProcessScaler {
+    fn scale(&self, desired: u32) {
+        self.desired.send_replace(desired);
+    }
+
+    fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = self.stop.send(true);
+            let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        })
+    }
+}
+
+enum Event {
+    Ready { id: u64, boot: Duration },
+    Failed { id: u64, reason: String },
+    Exited { id: u64, reason: String },
+}
+
+struct Instance {
+    id: u64,
+    addr: SocketAddr,
+    ready_at: Option<Instant>,
+    stop: Option<oneshot::Sender<Option<Arc<Endpoint>>>>,
+    task: JoinHandle<()>,
+}
+
+async fn manage(
+    rev: Arc<Revision>,
+    spec: Arc<config::Process>,
+    mut desired: watch::Receiver<u32>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut live: Vec<Instance> = Vec::new();
+    let mut stopping: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id = 0u64;
+    let mut backoff = Backoff::new(spec.max_backoff.0);
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        // Reconcile the instance count with the wish.
+        let want = *desired.borrow_and_update() as usize;
+        let can_start = retry_at.is_none_or(|t| Instant::now() >= t);
+        if live.len() < want && can_start {
+            retry_at = None;
+            rev.clear_failure();
+            while live.len() < want {
+                next_id += 1;
+                match start_instance(next_id, &rev, &spec, events_tx.clone()) {
+                    Ok(inst) => live.push(inst),
+                    Err(reason) => {
+                        warn!(service = %rev.service, revision = %rev.name, %reason, "cannot start backend");
+                        let pause = backoff.fail();
+                        rev.fail_start(&reason, pause);
+                        retry_at = Some(Instant::now() + pause);
+                        break;
+                    }
+                }
+            }
+        }
+        if live.len() > want {
+            // Booting instances go first (nothing is using them), then the newest ready ones.
+            live.sort_by_key(|i| (i.ready_at.is_none(), i.ready_at));
+            let victims: Vec<Instance> = live.drain(want..).collect();
+            let removed = publish(&rev, &live);
+            for mut v in victims {
+                let ep = removed.iter().find(|e| e.addr == v.addr).cloned();
+                if let Some(tx) = v.stop.take() {
+                    let _ = tx.send(ep);
+                }
+                stopping.push(v.task);
+            }
+        }
+        stopping.retain(|t| !t.is_finished());
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            r = desired.changed() => if r.is_err() { break },
+            () = sleep_until_opt(retry_at) => {}
+            Some(ev) = events.recv() => match ev {
+                Event::Ready { id, boot } => {
+                    if let Some(i) = live.iter_mut().find(|i| i.id == id) {
+                        i.ready_at = Some(Instant::now());
+                        info!(service = %rev.service, revision = %rev.name, addr = %i.addr,
+                            "backend ready after {} ms", boot.as_millis());
+                    }
+                    backoff.reset();
+                    rev.clear_failure();
+                    publish(&rev, &live);
+                }
+                Event::Failed { id, reason } => {
+                    live.retain(|i| i.id != id);
+                    let pause = backoff.fail();
+                    warn!(service = %rev.service, revision = %rev.name, %reason,
+                        "backend failed to start; next attempt in {} ms", pause.as_millis());
+                    retry_at = Some(Instant::now() + pause);
+                    if live.iter().all(|i| i.ready_at.is_none()) {
+                        rev.fail_start(&reason, pause);
+                    }
+                    publish(&rev, &live);
+                }
+                Event::Exited { id, reason } => {
+                    let short_lived = live
+                        .iter()
+                        .find(|i| i.id == id)
+                        .and_then(|i| i.ready_at)
+                        .is_some_and(|t| t.elapsed() < STABLE_AFTER);
+                    live.retain(|i| i.id != id);
+                    warn!(service = %rev.service, revision = %rev.name, %reason, "backend exited");
+                    publish(&rev, &live);
+                    if short_lived {
+                        retry_at = Some(Instant::now() + backoff.fail());
+                    }
+                }
+            },
+        }
+    }
+    // Shutdown: take every endpoint out, then stop all processes together.
+    rev.set_endpoint_addrs(&[]);
+    for mut i in live {
+        if let Some(tx) = i.stop.take() {
+            let _ = tx.send(None);
+        }
+        stopping.push(i.task);
+    }
+    for t in stopping {
+        let _ = t.await;
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Makes the ready instances the revision's endpoints; returns the endpoints taken out.
+fn publish(rev: &Revision, live: &[Instance]) -> Vec<Arc<Endpoint>> {
+    let ready: Vec<SocketAddr> = live
+        .iter()
+        .filter(|i| i.ready_at.is_some())
+        .map(|i| i.addr)
+        .collect();
+    rev.set_endpoint_addrs(&ready)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    // The kernel picks a free port; the small window until the child binds it is acceptable
+    // on loopback, and a lost race shows up as a failed start that is retried.
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn start_instance(
+    id: u64,
+    rev: &Arc<Revision>,
+    spec: &Arc<config::Process>,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<Instance, String> {
+    let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let p = port.to_string();
+    let args: Vec<String> = spec
+        .command
+        .iter()
+        .map(|a| a.replace("{port}", &p))
+        .collect();
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .env("PORT", &p)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", spec.command[0]))?;
+    info!(service = %rev.service, revision = %rev.name, %addr, pid = child.id(), "starting backend");
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let label = format!("{}/{}", rev.service, rev.name);
+    let task = tokio::spawn(run_instance(
+        id,
+        addr,
+        child,
+        spec.clone(),
+        label,
+        events,
+        stop_rx,
+    ));
+    Ok(Instance {
+        id,
+        addr,
+        ready_at: None,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Owns one child process from start to exit.
+async fn run_instance(
+    id: u64,
+    addr: SocketAddr,
+    mut child: Child,
+    spec: Arc<config::Process>,
+    label: String,
+    events: mpsc::UnboundedSender<Event>,
+    mut stop: oneshot::Receiver<Option<Arc<Endpoint>>>,
+) {
+    let started = Instant::now();
+    let last_err = Arc::new(Mutex::new(String::new()));
+    forward_output(&mut child, &label, &last_err);
+    let describe = |status: std::io::Result<std::process::ExitStatus>| {
+        let last = last_err.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("unknown status ({e})"),
+        };
+        if last.is_empty() {
+            status
+        } else {
+            format!("{status}; last stderr line: {last}")
+        }
+    };
+    // Boot: probe until ready, unless the process exits, misses its deadline, or is stopped.
+    let deadline = started + spec.boot_timeout.0;
+    let ready = async {
+        loop {
+            if probe(addr, &spec.ready).await {
+                return;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    };
+    tokio::select! {
+        () = ready => {
+            let _ = events.send(Event::Ready { id, boot: started.elapsed() });
+        }
+        status = child.wait() => {
+            // Let the output readers catch the last lines the process wrote.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let reason = format!("process exited before it was ready: {}", describe(status));
+            let _ = events.send(Event::Failed { id, reason });
+            return;
+        }
+        () = tokio::time::sleep_until(deadline) => {
+            terminate(&mut child, spec.stop_grace.0).await;
+            let reason = format!(
+                "process was not ready within the {:?} boot timeout{}",
+                spec.boot_timeout.0,
+                match last_err.lock().unwrap_or_else(|p| p.into_inner()).as_str() {
+                    "" => String::new(),
+                    l => format!("; last stderr line: {l}"),
+                }
+            );
+            let _ = events.send(Event::Failed { id, reason });
+            return;
+        }
+        _ = &mut stop => {
+            terminate(&mut child, spec.stop_grace.0).await;
+            return;
+        }
+    }
+    // Running: until it exits on its own or is told to stop.
+    tokio::select! {
+        status = child.wait() => {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = events.send(Event::Exited { id, reason: describe(status) });
+        }
+        ep = &mut stop => {
+            // Already out of the endpoint set: let its in-flight requests finish first.
+            if let Ok(Some(ep)) = ep {
+                let until = Instant::now() + spec.stop_grace.0;
+                while ep.in_flight() > 0 && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            terminate(&mut child, spec.stop_grace.0).await;
+            info!(%addr, backend = %label, "backend stopped");
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process is still there after `grace`.
+async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Sends the child's output to rouse's log, one line at a time, prefixed with the revision;
+/// remembers the last stderr line for failure messages.
+fn forward_output(child: &mut Child, label: &str, last_err: &Arc<Mutex<String>>) {
+    if let Some(out) = child.stdout.take() {
+        let label = label.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                info!(target: "backend", backend = %label, "{line}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let label = label.to_owned();
+        let last = last_err.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.trim().is_empty() {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = line.clone();
+                }
+                info!(target: "backend", backend = %label, stream = "stderr", "{line}");
+            }
+        });
+    }
+}
+
+/// One readiness check.
+async fn probe(addr: SocketAddr, how: &Ready) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let Ready::HttpGet(path) = how else {
+            return Some(true);
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: rouse-probe\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        // Read the whole (small) reply up to the server's close: hanging up mid-response makes
+        // many servers log a broken-pipe error for every probe.
+        let mut reply = Vec::with_capacity(256);
+        (&mut s).take(64 << 10).read_to_end(&mut reply).await.ok()?;
+        // "HTTP/1.1 200 ..." → the status code is bytes 9..12.
+        let code: u16 = std::str::from_utf8(reply.get(9..12)?).ok()?.parse().ok()?;
+        Some(code < 500)
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Some(true))
+    )
+}

@@ -1,0 +1,448 @@
+//! Scale from zero and back with real backend processes (tests/it/support/backend.py).
+
+use crate::support::*;
+use http::StatusCode;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// A one-revision service whose endpoints are backend.py processes.
+struct Spec<'a> {
+    cc: u32,
+    max: u32,
+    env: &'a str,
+    queue: &'a str,
+    scale: &'a str,
+    extra: &'a str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec {
+            cc: 0,
+            max: 1,
+            env: "",
+            queue: "",
+            scale: "",
+            extra: "",
+        }
+    }
+}
+
+fn yaml(s: &Spec) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
+    format!(
+        r#"
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+services:
+  - name: svc
+    hosts: ["*"]
+    traffic: [{{ revision: r, percent: 100 }}]
+    revisions:
+      - name: r
+        container_concurrency: {cc}
+        queue: {{ {queue} }}
+        {extra}
+        scale:
+          min: 0
+          max: {max}
+          {scale}
+          process:
+            command: ["python3", "{script}"]
+            env: {{ REVISION: r, {env} }}
+            ready: {{ http_get: "/" }}
+            stop_grace: 2s
+"#,
+        cc = s.cc,
+        max = s.max,
+        queue = s.queue,
+        extra = s.extra,
+        scale = s.scale,
+        env = s.env,
+    )
+}
+
+async fn gauge(gw: &rouse::roles::gateway::Gateway, name: &str) -> f64 {
+    metric(
+        &metrics(gw).await,
+        &format!("{name}{{service=\"svc\",revision=\"r\"}}"),
+    )
+}
+
+fn pid_alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_wake_a_cold_revision_and_all_succeed() {
+    let gw = gateway(&yaml(&Spec {
+        cc: 5,
+        max: 2,
+        env: "BOOT_DELAY_MS: \"300\"",
+        ..Spec::default()
+    }))
+    .await;
+    assert_eq!(
+        gauge(&gw, "rouse_revision_endpoints").await,
+        0.0,
+        "starts cold"
+    );
+    let c = h1_client();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (c, addr) = (c.clone(), gw.addr());
+        tasks.push(tokio::spawn(async move {
+            get(&c, addr, "x", "/?delay=50", &[]).await
+        }));
+    }
+    let mut pids = HashSet::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+        assert_eq!(got.header("rouse-cold-start"), "true");
+        let high: u32 = got.header("x-max-in-flight").parse().unwrap();
+        assert!(
+            high <= 5,
+            "backend saw {high} at once, container_concurrency is 5"
+        );
+        pids.insert(got.header("x-pid").to_owned());
+    }
+    assert!(!pids.is_empty() && pids.len() <= 2, "pids {pids:?}");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_cold_start_seconds_count{service=\"svc\",revision=\"r\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "rouse_scale_events_total{service=\"svc\",revision=\"r\",direction=\"up\"}"
+        ) >= 1.0
+    );
+    // Warm now: no cold-start header.
+    let warm = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(warm.status, StatusCode::OK);
+    assert_eq!(warm.header("rouse-cold-start"), "");
+    gw.shutdown().await;
+    for p in &pids {
+        assert!(!pid_alive(p), "backend {p} still running after shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
+    let gw = gateway(&yaml(&Spec {
+        env: "BOOT_DELAY_MS: \"1500\"",
+        queue: "max_requests: 3, max_bytes: 100",
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (c, addr) = (c.clone(), gw.addr());
+        held.push(tokio::spawn(
+            async move { get(&c, addr, "x", "/", &[]).await },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gauge(&gw, "rouse_revision_held_requests").await, 3.0);
+    let started = tokio::time::Instant::now();
+    let over = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(over.header("rouse-error"), "queue-full");
+    assert_eq!(over.header("retry-after"), "1");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    for t in held {
+        assert_eq!(
+            t.await.unwrap().status,
+            StatusCode::OK,
+            "held requests are served"
+        );
+    }
+    // Bytes: a fresh gateway, cold again, whose queue takes 100 declared body bytes.
+    gw.shutdown().await;
+
+    let gw = gateway(&yaml(&Spec {
+        env: "BOOT_DELAY_MS: \"1500\"",
+        queue: "max_bytes: 100",
+        ..Spec::default()
+    }))
+    .await;
+    let post = |n: usize| {
+        let c = c.clone();
+        let addr = gw.addr();
+        async move {
+            send(
+                &c,
+                http::Request::post(format!("http://{addr}/"))
+                    .header("host", "x")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'z'; n])))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let first = tokio::spawn(post(80));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = post(80).await;
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.header("rouse-error"), "queue-bytes");
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_rejected_requests_total{service=\"svc\",revision=\"r\",reason=\"queue_bytes\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_expiry_and_client_disconnect_free_the_queue() {
+    let gw = gateway(&yaml(&Spec {
+        env: "BOOT_DELAY_MS: \"2500\"",
+        queue: "max_requests: 1, max_wait: 400ms",
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let got = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(got.header("rouse-error"), "queue-timeout");
+    assert_eq!(got.header("retry-after"), "1");
+    assert!(got.body.contains("had no free endpoint"), "{}", got.body);
+    // A client that gives up while held frees its place at once: the queue holds one, and the
+    // next request is held rather than refused.
+    let addr = gw.addr();
+    let gone = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gauge(&gw, "rouse_revision_held_requests").await, 1.0);
+    gone.abort();
+    for _ in 0..50 {
+        if gauge(&gw, "rouse_revision_held_requests").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gauge(&gw, "rouse_revision_held_requests").await, 0.0);
+    let next = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        gauge(&gw, "rouse_revision_held_requests").await,
+        1.0,
+        "held, not refused"
+    );
+    // It times out too (the backend is still booting), but as a timeout, not as queue-full.
+    assert_eq!(next.await.unwrap().header("rouse-error"), "queue-timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_fails_to_boot_is_reported_and_backed_off() {
+    let gw = gateway(&yaml(&Spec {
+        env: "FAIL_BOOT: \"3\"",
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let got = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(got.header("rouse-error"), "start-failed");
+    assert!(
+        got.body.contains("revision r failed to start"),
+        "{}",
+        got.body
+    );
+    assert!(got.body.contains("exit status: 3"), "{}", got.body);
+    assert!(
+        got.body.contains("fatal: database unreachable"),
+        "{}",
+        got.body
+    );
+    assert!(!got.header("retry-after").is_empty());
+    // During the backoff new requests fail fast with the same reason, without a new attempt.
+    let started = tokio::time::Instant::now();
+    let again = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(again.header("rouse-error"), "start-failed");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_backend_start_failures_total{service=\"svc\",revision=\"r\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "rouse_rejected_requests_total{service=\"svc\",revision=\"r\",reason=\"start_failed\"}"
+        ) >= 2.0
+    );
+    // After the backoff the scaler tries again (and fails again: a second failure counted).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = get(&c, gw.addr(), "x", "/", &[]).await;
+    let m = metrics(&gw).await;
+    assert!(
+        metric(
+            &m,
+            "rouse_backend_start_failures_total{service=\"svc\",revision=\"r\"}"
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_misses_its_boot_deadline_is_killed_and_reported() {
+    let gw = gateway(
+        &yaml(&Spec {
+            env: "BOOT_DELAY_MS: \"5000\"",
+            ..Spec::default()
+        })
+        .replace(
+            "stop_grace: 2s",
+            "stop_grace: 2s\n            boot_timeout: 500ms",
+        ),
+    )
+    .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        got.body
+            .contains("was not ready within the 500ms boot timeout"),
+        "{}",
+        got.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_backend_is_replaced_and_held_requests_wait_for_it() {
+    let gw = gateway(&yaml(&Spec::default())).await;
+    let c = h1_client();
+    let first = get(&c, gw.addr(), "x", "/exit", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let old = first.header("x-pid").to_owned();
+    // The process is gone; the next request is held until a new one is ready.
+    let mut new = String::new();
+    for _ in 0..50 {
+        let got = get(&c, gw.addr(), "x", "/", &[]).await;
+        if got.status == StatusCode::OK {
+            new = got.header("x-pid").to_owned();
+            break;
+        }
+        // A request racing the crash may hit the dying process (502); nothing else is allowed.
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !new.is_empty() && new != old,
+        "replacement pid {new:?} vs {old}"
+    );
+    assert!(!pid_alive(&old));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_load_scales_up_to_more_than_one_process() {
+    let gw = gateway(&yaml(&Spec {
+        cc: 2,
+        max: 3,
+        scale: "target: 1\n          tick: 200ms\n          stable_window: 2s",
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, addr) = (c.clone(), gw.addr());
+        tasks.push(tokio::spawn(async move {
+            let mut pids = HashSet::new();
+            let until = tokio::time::Instant::now() + Duration::from_secs(4);
+            while tokio::time::Instant::now() < until {
+                let got = get(&c, addr, "x", "/?delay=100", &[]).await;
+                assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+                let high: u32 = got.header("x-max-in-flight").parse().unwrap();
+                assert!(high <= 2);
+                pids.insert(got.header("x-pid").to_owned());
+            }
+            pids
+        }));
+    }
+    let mut pids = HashSet::new();
+    for t in tasks {
+        pids.extend(t.await.unwrap());
+    }
+    assert!(pids.len() >= 2, "only {pids:?} served the load");
+    assert!(gauge(&gw, "rouse_revision_desired_scale").await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_revision_scales_to_zero_and_wakes_again() {
+    let gw = gateway(&yaml(&Spec {
+        scale: "idle_grace: 1s\n          tick: 200ms\n          stable_window: 2s",
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let first = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let pid = first.header("x-pid").to_owned();
+    assert_eq!(gauge(&gw, "rouse_revision_endpoints").await, 1.0);
+    // Idle past the grace period: back to zero, process stopped.
+    let mut zero = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if gauge(&gw, "rouse_revision_endpoints").await == 0.0 && !pid_alive(&pid) {
+            zero = true;
+            break;
+        }
+    }
+    assert!(zero, "revision did not scale to zero after idle_grace");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_scale_events_total{service=\"svc\",revision=\"r\",direction=\"down\"}"
+        ),
+        1.0
+    );
+    // And wakes again.
+    let again = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("rouse-cold-start"), "true");
+    assert_ne!(again.header("x-pid"), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholder_answers_at_once_while_the_revision_wakes() {
+    let gw = gateway(&yaml(&Spec {
+        extra: "cold_start: { placeholder: { status: 503, body: \"warming up\", headers: { retry-after: \"2\" } } }",
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let got = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(got.body, "warming up");
+    assert_eq!(got.header("retry-after"), "2");
+    // The placeholder started the revision: it becomes ready without further requests.
+    for _ in 0..100 {
+        if gauge(&gw, "rouse_revision_endpoints").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warm = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.body);
+}

@@ -1,0 +1,62 @@
+# A backend process for activator tests. Configured by environment:
+#   PORT            port to listen on (set by rouse)
+#   REVISION        name echoed in responses
+#   BOOT_DELAY_MS   sleep before listening (a slow boot)
+#   FAIL_BOOT       print a message to stderr and exit with this status instead of serving
+# Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1.
+# Every response carries x-pid, x-in-flight and x-max-in-flight (high-water mark).
+import http.server, os, sys, threading, time, urllib.parse
+
+rev = os.environ.get("REVISION", "rev")
+if os.environ.get("FAIL_BOOT"):
+    print("starting " + rev, flush=True)
+    print("fatal: database unreachable", file=sys.stderr, flush=True)
+    sys.exit(int(os.environ["FAIL_BOOT"]))
+time.sleep(int(os.environ.get("BOOT_DELAY_MS", "0")) / 1000)
+
+lock = threading.Lock()
+state = {"now": 0, "max": 0}
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # One write per response, sent at once (no Nagle delay behind a small header write).
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        self.handle_any()
+
+    def do_POST(self):
+        n = int(self.headers.get("content-length") or 0)
+        self.rfile.read(n)
+        self.handle_any()
+
+    def handle_any(self):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            now, high = state["now"], state["max"]
+        try:
+            q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            time.sleep(int(q.get("delay", ["0"])[0]) / 1000)
+            body = f"{rev} {os.getpid()}".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.send_header("x-pid", str(os.getpid()))
+            self.send_header("x-in-flight", str(now))
+            self.send_header("x-max-in-flight", str(high))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        finally:
+            with lock:
+                state["now"] -= 1
+        if self.path.startswith("/exit"):
+            os._exit(1)
+
+    def log_message(self, *args):
+        pass
+
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+srv.daemon_threads = True
+srv.serve_forever()
