@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_logging();
+            raise_fd_limit();
             match run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -84,6 +85,18 @@ fn main() -> ExitCode {
 
 /// The demo served when `run` gets no config file.
 const DEMO: &str = include_str!("../config/demo.yaml");
+
+/// Every held or proxied request holds one or two sockets; the usual soft limit of 1024 would
+/// cap rouse far below its queue bounds, so raise it to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+    }
+}
 
 #[tokio::main]
 async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -94,7 +94,10 @@ impl Proxy {
             rev.metrics.record(p.status, start.elapsed().as_secs_f64());
             return placeholder(&p);
         }
-        let forwarding = forward(&rev, req, peer, host, start, deadline, timeouts);
+        // Boxed: the handler future lives inside the client connection for the whole request,
+        // held ones included, so it must stay small; and a boxed future is not laid out twice
+        // by the two branches below.
+        let forwarding = Box::pin(forward(&rev, req, peer, host, start, deadline, timeouts));
         let result = match start_by {
             None => forwarding.await,
             Some(t) => match tokio::time::timeout_at(t, forwarding).await {
@@ -174,13 +177,15 @@ async fn forward(
     let mut retried = false;
     loop {
         let ep = lease.endpoint().clone();
+        // The send path (connect, handshake, exchange) is the largest state of this future;
+        // boxing it keeps a request that is only waiting in the queue small.
         let sent = match rev.protocol {
-            Protocol::Http1 => ep
-                .pool
-                .send_h1(ep.addr, req)
+            Protocol::Http1 => Box::pin(ep.pool.send_h1(ep.addr, req))
                 .await
                 .map(|(r, c)| (r, Some(c))),
-            Protocol::H2c => ep.pool.send_h2(ep.addr, req).await.map(|r| (r, None)),
+            Protocol::H2c => Box::pin(ep.pool.send_h2(ep.addr, req))
+                .await
+                .map(|r| (r, None)),
         };
         match sent {
             Ok((res, conn)) => {

@@ -1,0 +1,226 @@
+//! Activator figures: how fast a held request moves once an endpoint is ready, and how much
+//! memory 10 000 held requests cost. Run with `cargo bench --bench activator`; prints a
+//! markdown table (the figures in docs/benchmarks.md come from it).
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rouse::config::Config;
+use rouse::roles::gateway::Gateway;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A backend that reports the instant each request arrives.
+async fn timestamping_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Instant>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let _ = tx.send(Instant::now());
+                    async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Holds one request on a cold revision, publishes an endpoint, and times until the backend
+/// sees the request. Repeated `n` times.
+async fn ready_to_forwarded(n: usize) -> Vec<Duration> {
+    let (backend, mut arrivals) = timestamping_backend().await;
+    let cfg = Config::parse(&format!(
+        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{backend}\"] }}\n"
+    ))
+    .unwrap();
+    let gw = Gateway::start(cfg).await.unwrap();
+    let rev = gw.proxy().table().revisions()[0].clone();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        rev.set_endpoint_addrs(&[]);
+        let req = Request::get(format!("http://{}/", gw.addr()))
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let c = client.clone();
+        let pending = tokio::spawn(async move { c.request(req).await.unwrap().status() });
+        while rev.held() == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let ready = Instant::now();
+        rev.set_endpoint_addrs(&[backend]);
+        let arrived = arrivals.recv().await.unwrap();
+        out.push(arrived - ready);
+        assert!(pending.await.unwrap().is_success());
+    }
+    out
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn held_gauge(admin: SocketAddr) -> u64 {
+    let Ok(mut s) = TcpStream::connect(admin).await else {
+        return 0;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut body = String::new();
+    use tokio::io::AsyncReadExt;
+    let _ = s.read_to_string(&mut body).await;
+    body.lines()
+        .find(|l| l.starts_with("rouse_revision_held_requests{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts the release binary with a revision whose backend never becomes ready, opens
+/// `n` client connections that each send one request, and reads rouse's RSS once all are held.
+async fn rss_with_held(n: usize) -> (u64, u64, u64) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(format!("rouse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("held.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"listen: "{listen}"
+admin: "{admin}"
+services:
+  - name: s
+    hosts: ["*"]
+    traffic: [{{ revision: r, percent: 100 }}]
+    revisions:
+      - name: r
+        queue: {{ max_requests: 20000, max_wait: 300s }}
+        scale:
+          max: 1
+          process:
+            command: ["sleep", "600"]
+            boot_timeout: 300s
+            stop_grace: 1s
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rouse"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    while TcpStream::connect(listen).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_kib(pid, "VmRSS:");
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_gauge(admin).await < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = held_gauge(admin).await;
+    let rss = rss_kib(pid, "VmRSS:");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    drop(conns);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(held, n as u64, "not every request was held");
+    (idle, rss, held)
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn main() {
+    // `cargo bench` passes harness flags such as --bench; nothing here takes options.
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut lat = ready_to_forwarded(500).await;
+        lat.sort();
+        let (idle, rss, held) = rss_with_held(10_000).await;
+        println!("| measure | value |");
+        println!("|---|---|");
+        println!(
+            "| endpoint ready → held request at backend, p50 (500 cold starts) | {:.0} µs |",
+            percentile(&lat, 0.5).as_secs_f64() * 1e6
+        );
+        println!(
+            "| endpoint ready → held request at backend, p99 | {:.0} µs |",
+            percentile(&lat, 0.99).as_secs_f64() * 1e6
+        );
+        println!(
+            "| endpoint ready → held request at backend, max | {:.0} µs |",
+            lat.last().unwrap().as_secs_f64() * 1e6
+        );
+        println!(
+            "| RSS idle (release binary) | {:.1} MB |",
+            idle as f64 / 1024.0
+        );
+        println!(
+            "| RSS with {held} held requests | {:.1} MB ({:.1} KB per held request) |",
+            rss as f64 / 1024.0,
+            (rss - idle) as f64 / held as f64
+        );
+    });
+}
