@@ -107,23 +107,39 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
             Config::parse(DEMO).map_err(|e| anyhow::anyhow!("built-in demo: {e}"))?
         }
     };
+    let watch_every = cfg.watch_interval.0;
     let gw = Gateway::start(cfg)
         .await
         .context("cannot start the gateway listeners")?;
-    wait_for_signal().await?;
+    let reloader = path.as_deref().map(|p| gw.reloader(p));
+    let watcher = reloader
+        .clone()
+        .filter(|_| !watch_every.is_zero())
+        .map(|r| tokio::spawn(r.watch(watch_every)));
+    wait_for_stop(reloader.as_ref()).await?;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     tracing::info!("shutting down: draining in-flight requests");
     let report = gw.shutdown().await;
     tracing::info!(?report, "stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
+async fn wait_for_stop(reloader: Option<&rouse::roles::gateway::Reloader>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match reloader {
+                Some(r) => { let _ = r.reload().await; }
+                None => tracing::warn!("SIGHUP ignored: the built-in demo has no file to reload"),
+            },
+        }
     }
-    Ok(())
 }

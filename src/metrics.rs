@@ -45,6 +45,11 @@ struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -94,7 +99,7 @@ pub struct Metrics {
     connect_errors: Family<EndpointLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     unrouted: Family<ReasonLabels, Counter>,
-    config_reloads: Family<ReasonLabels, Counter>,
+    config_reloads: Family<ResultLabels, Counter>,
     cold_start: HistogramFamily,
     scale_events: Family<DirectionLabels, Counter>,
     start_failures: Family<RevisionLabels, Counter>,
@@ -129,7 +134,7 @@ impl Metrics {
         let connect_errors = Family::<EndpointLabels, Counter>::default();
         let rejected = Family::<RejectLabels, Counter>::default();
         let unrouted = Family::<ReasonLabels, Counter>::default();
-        let config_reloads = Family::<ReasonLabels, Counter>::default();
+        let config_reloads = Family::<ResultLabels, Counter>::default();
         let cold_start: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let scale_events = Family::<DirectionLabels, Counter>::default();
         let start_failures = Family::<RevisionLabels, Counter>::default();
@@ -180,7 +185,7 @@ impl Metrics {
         );
         registry.register(
             "rouse_config_reloads",
-            "Configuration reload attempts, by result",
+            "Configuration reload attempts, by result (ok, invalid)",
             config_reloads.clone(),
         );
         let live = Arc::new(ArcSwap::from_pointee(Vec::new()));
@@ -279,9 +284,9 @@ impl Metrics {
 
     /// Counts a configuration reload attempt.
     pub fn config_reload(&self, ok: bool) {
-        let reason = if ok { "ok" } else { "invalid" };
+        let result = if ok { "ok" } else { "invalid" };
         self.config_reloads
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 }

@@ -88,7 +88,7 @@ impl Proxy {
             (a, b) => a.or(b),
         };
         if rev.is_cold()
-            && let Some(p) = rev.cold_start().placeholder.clone()
+            && let Some(p) = rev.settings().cold_start.placeholder.clone()
         {
             rev.poke();
             rev.metrics.record(p.status, start.elapsed().as_secs_f64());
@@ -172,7 +172,7 @@ async fn forward(
     let active = rev.begin();
     let acquired = rev.acquire(declared_len(&req), deadline).await?;
     prepare(&mut req, rev.protocol, peer, &host);
-    let mark_cold = acquired.cold && rev.cold_start().header;
+    let mark_cold = acquired.cold && rev.settings().cold_start.header;
     let mut lease = acquired.lease;
     let mut retried = false;
     loop {
@@ -205,7 +205,7 @@ async fn forward(
             }
             Err(SendError::Connect { req: back, error }) => {
                 ep.metrics.connect_errors.inc();
-                ep.eject(rev.eject_for);
+                ep.eject(rev.settings().eject_for);
                 debug!(endpoint = %ep.addr, %error, retried, "connect failed");
                 if retried {
                     return Err(connect_error(ep.addr, error));

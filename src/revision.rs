@@ -109,7 +109,9 @@ impl From<&config::Queue> for QueueLimits {
     }
 }
 
-/// The fixed settings of a revision.
+/// What identifies a revision: a reload with the same identity updates the live revision in
+/// place (settings, endpoints) instead of replacing it, so in-flight counts, the queue and
+/// wake-ups stay in one place.
 #[derive(Debug, Clone)]
 pub struct RevisionSpec {
     /// Owning service's name.
@@ -118,13 +120,20 @@ pub struct RevisionSpec {
     pub name: Arc<str>,
     /// Protocol spoken to endpoints.
     pub protocol: Protocol,
+    /// Everything a reload may change.
+    pub settings: RevisionSettings,
+}
+
+/// The settings of a revision that a reload can change in place.
+#[derive(Debug, Clone)]
+pub struct RevisionSettings {
     /// Per-endpoint limit; 0 = unlimited.
     pub container_concurrency: u32,
     /// Queue bounds.
     pub limits: QueueLimits,
     /// How long to avoid an endpoint that refused a connection.
     pub eject_for: Duration,
-    /// Connection pool settings for endpoints.
+    /// Connection pool settings for new endpoints.
     pub pool: PoolSettings,
     /// Cold-start behaviour.
     pub cold_start: ColdStart,
@@ -155,19 +164,13 @@ pub struct Revision {
     pub name: Arc<str>,
     /// Protocol spoken to endpoints.
     pub protocol: Protocol,
-    /// Per-endpoint limit; 0 = unlimited.
-    pub container_concurrency: u32,
+    settings: ArcSwap<RevisionSettings>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     held: AtomicUsize,
     held_bytes: AtomicU64,
-    limits: QueueLimits,
     wake: Notify,
-    /// How long to avoid an endpoint that refused a connection.
-    pub eject_for: Duration,
     /// Pre-resolved metric handles.
     pub metrics: RevisionMetrics,
-    pool: PoolSettings,
-    cold_start: ColdStart,
     root_metrics: Arc<Metrics>,
     stats: ConcurrencyStats,
     /// Poked when a request finds no endpoint, so the autoscaler acts at once.
@@ -191,15 +194,11 @@ impl Revision {
             service: spec.service,
             name: spec.name,
             protocol: spec.protocol,
-            container_concurrency: spec.container_concurrency,
+            settings: ArcSwap::from_pointee(spec.settings),
             endpoints: ArcSwap::from_pointee(endpoints),
             held: AtomicUsize::new(0),
             held_bytes: AtomicU64::new(0),
-            limits: spec.limits,
             wake: Notify::new(),
-            eject_for: spec.eject_for,
-            pool: spec.pool,
-            cold_start: spec.cold_start,
             root_metrics: metrics.clone(),
             stats: ConcurrencyStats::default(),
             demand: Notify::new(),
@@ -209,11 +208,22 @@ impl Revision {
         }
     }
 
+    /// The current settings.
+    pub fn settings(&self) -> Arc<RevisionSettings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the settings (on reload) and lets held requests re-check against them.
+    pub fn update(&self, settings: RevisionSettings) {
+        self.settings.store(Arc::new(settings));
+        self.wake.notify_waiters();
+    }
+
     /// Builds an endpoint of this revision (pool settings and metric handles filled in).
     pub fn make_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
         Arc::new(Endpoint::new(
             addr,
-            self.pool,
+            self.settings.load().pool,
             self.root_metrics
                 .endpoint(&self.service, &self.name, &addr.to_string()),
         ))
@@ -259,11 +269,6 @@ impl Revision {
     /// Records the autoscaler's wish (for metrics).
     pub fn set_desired(&self, n: u32) {
         self.desired.store(n, Ordering::Relaxed);
-    }
-
-    /// Cold-start behaviour.
-    pub fn cold_start(&self) -> &ColdStart {
-        &self.cold_start
     }
 
     /// True while the revision has no endpoint at all.
@@ -338,7 +343,7 @@ impl Revision {
     /// Takes a slot on some endpoint without waiting.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
         let eps = self.endpoints.load();
-        let i = balance::pick(&eps, self.container_concurrency)?;
+        let i = balance::pick(&eps, self.settings.load().container_concurrency)?;
         Some(Lease {
             rev: self.clone(),
             ep: eps[i].clone(),
@@ -378,7 +383,7 @@ impl Revision {
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert(hold.since);
         }
-        let wait_limit = self.limits.max_wait.map(|w| hold.since + w);
+        let wait_limit = self.settings.load().limits.max_wait.map(|w| hold.since + w);
         let until = match (wait_limit, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -505,7 +510,7 @@ struct Hold<'a> {
 
 impl<'a> Hold<'a> {
     fn enter(rev: &'a Revision, bytes: u64) -> Result<Hold<'a>, ProxyError> {
-        let l = rev.limits;
+        let l = rev.settings.load().limits;
         let prev = rev.held.fetch_add(1, Ordering::SeqCst);
         if prev >= l.max_requests {
             rev.held.fetch_sub(1, Ordering::SeqCst);
@@ -570,11 +575,13 @@ mod tests {
                 service: "s".into(),
                 name: "r".into(),
                 protocol: Protocol::Http1,
-                container_concurrency: cc,
-                limits,
-                eject_for: Duration::from_secs(1),
-                pool: PoolSettings::default(),
-                cold_start: ColdStart::default(),
+                settings: RevisionSettings {
+                    container_concurrency: cc,
+                    limits,
+                    eject_for: Duration::from_secs(1),
+                    pool: PoolSettings::default(),
+                    cold_start: ColdStart::default(),
+                },
             },
             eps,
             &m,

@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config, strip_port};
 use crate::metrics::Metrics;
-use crate::revision::{ColdStart, Endpoint, QueueLimits, Revision, RevisionSpec};
+use crate::revision::{ColdStart, QueueLimits, Revision, RevisionSettings, RevisionSpec};
 use crate::split::Split;
 use crate::upstream::PoolSettings;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -109,9 +109,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table. Revisions present in `previous` with the same service, name, protocol
-    /// and concurrency keep their live state (in-flight counts, queue, pools), so a reload does
-    /// not disturb requests already running.
+    /// Builds the table. A revision present in `previous` with the same service, name and
+    /// protocol is the same live object, updated in place: its in-flight counts, queue, pools
+    /// and endpoints carry over, so a reload disturbs no request already running.
     pub fn build(
         cfg: &Config,
         metrics: &Arc<Metrics>,
@@ -225,55 +225,52 @@ fn build_revision(
     metrics: &Arc<Metrics>,
     old: Option<&&Arc<Revision>>,
 ) -> Arc<Revision> {
+    let up = &cfg.upstream;
+    let settings = RevisionSettings {
+        container_concurrency: r.container_concurrency,
+        limits: QueueLimits::from(&r.queue),
+        eject_for: up.eject_after_connect_error.0,
+        pool: PoolSettings {
+            max_idle: if r.container_concurrency > 0 {
+                r.container_concurrency as usize
+            } else {
+                up.max_idle_per_endpoint
+            },
+            idle_timeout: up.pool_idle_timeout.0,
+            connect_timeout: up.connect_timeout.0,
+        },
+        cold_start: ColdStart {
+            placeholder: r.cold_start.placeholder.clone().map(Arc::new),
+            header: r.cold_start.header,
+        },
+    };
+    let addrs: Vec<_> = r.endpoints.iter().map(|a| a.0).collect();
+    let scaled = r.scale.as_ref().is_some_and(|s| s.process.is_some());
     if let Some(old) = old
         && old.protocol == r.protocol
-        && old.container_concurrency == r.container_concurrency
     {
-        let current = old.endpoints();
-        if current.len() == r.endpoints.len()
-            && current.iter().zip(&r.endpoints).all(|(e, a)| e.addr == a.0)
-        {
-            return (*old).clone();
+        // Same revision: update in place. Static endpoints follow the file; a scaler owns
+        // the endpoints of a scaled revision.
+        old.update(settings);
+        if !scaled {
+            old.set_endpoint_addrs(&addrs);
+            old.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
         }
+        return (*old).clone();
     }
-    let up = &cfg.upstream;
-    let pool = PoolSettings {
-        max_idle: if r.container_concurrency > 0 {
-            r.container_concurrency as usize
-        } else {
-            up.max_idle_per_endpoint
-        },
-        idle_timeout: up.pool_idle_timeout.0,
-        connect_timeout: up.connect_timeout.0,
-    };
-    let endpoints = r
-        .endpoints
-        .iter()
-        .map(|a| {
-            Arc::new(Endpoint::new(
-                a.0,
-                pool,
-                metrics.endpoint(service, &r.name, &a.0.to_string()),
-            ))
-        })
-        .collect();
-    Arc::new(Revision::new(
+    let rev = Arc::new(Revision::new(
         RevisionSpec {
             service: service.clone(),
             name: r.name.as_str().into(),
             protocol: r.protocol,
-            container_concurrency: r.container_concurrency,
-            limits: QueueLimits::from(&r.queue),
-            eject_for: up.eject_after_connect_error.0,
-            pool,
-            cold_start: ColdStart {
-                placeholder: r.cold_start.placeholder.clone().map(Arc::new),
-                header: r.cold_start.header,
-            },
+            settings,
         },
-        endpoints,
+        Vec::new(),
         metrics,
-    ))
+    ));
+    rev.set_endpoint_addrs(&addrs);
+    rev.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
+    rev
 }
 
 #[cfg(test)]
@@ -337,13 +334,26 @@ services:
     }
 
     #[test]
-    fn reload_keeps_unchanged_revisions() {
+    fn reload_updates_revisions_in_place() {
         let cfg = Config::parse(YAML).unwrap();
         let m = Arc::new(Metrics::new());
         let t1 = RouteTable::build(&cfg, &m, None);
-        let changed = YAML.replace("127.0.0.1:3", "127.0.0.1:4");
+        let kept = t1.revisions[0].endpoints()[0].clone();
+        let changed = YAML
+            .replace("127.0.0.1:3", "127.0.0.1:4")
+            .replace("{ name: one,", "{ name: one, container_concurrency: 3,");
         let t2 = RouteTable::build(&Config::parse(&changed).unwrap(), &m, Some(&t1));
         assert!(Arc::ptr_eq(&t1.revisions[0], &t2.revisions[0]));
-        assert!(!Arc::ptr_eq(&t1.revisions[2], &t2.revisions[2]));
+        assert!(Arc::ptr_eq(&t1.revisions[2], &t2.revisions[2]));
+        assert_eq!(t2.revisions[0].settings().container_concurrency, 3);
+        // Unchanged endpoints keep their live state; changed ones are replaced.
+        assert!(Arc::ptr_eq(&kept, &t2.revisions[0].endpoints()[0]));
+        assert_eq!(t2.revisions[2].endpoints()[0].addr.port(), 4);
+        let h2 = YAML.replace("{ name: two,", "{ name: two, protocol: h2c,");
+        let t3 = RouteTable::build(&Config::parse(&h2).unwrap(), &m, Some(&t2));
+        assert!(
+            !Arc::ptr_eq(&t2.revisions[1], &t3.revisions[1]),
+            "new protocol, new revision"
+        );
     }
 }

@@ -75,6 +75,10 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
+    /// How often the config file is checked for changes (SIGHUP also reloads); 0 = only on
+    /// SIGHUP.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: Dur,
     /// Limits on what clients may send.
     #[serde(default)]
     pub limits: Limits,
@@ -83,6 +87,10 @@ pub struct Config {
     pub upstream: Upstream,
     /// The services, each with hosts, routes, traffic and revisions.
     pub services: Vec<Service>,
+}
+
+fn default_watch_interval() -> Dur {
+    Dur(Duration::from_secs(1))
 }
 
 fn default_drain_timeout() -> Dur {
@@ -233,7 +241,7 @@ pub struct Revision {
 }
 
 /// Autoscaling of one revision.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     /// Fewest endpoints; 0 allows scale to zero.
@@ -297,7 +305,7 @@ fn default_tick() -> Dur {
 }
 
 /// A backend started as a local process per endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Process {
     /// Program and arguments; `{port}` in any of them becomes the endpoint's port (also given

@@ -1,14 +1,15 @@
 //! The standalone gateway: YAML config → route table → data listener + admin listener, with
-//! drain on shutdown.
+//! live reload and drain on shutdown.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::router::RouteTable;
-use crate::scaler::{self, ScaleHandle};
+use crate::scaler::ScalerSet;
 use crate::server::{self, ServerSettings};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,21 +17,29 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
+
+/// What a reload can change, shared by the gateway and its reloader.
+#[derive(Debug)]
+struct Live {
+    proxy: Arc<Proxy>,
+    scalers: ScalerSet,
+    /// Listener settings fixed at start; a reload that changes them is told so.
+    fixed: (config::Addr, Option<config::Addr>),
+}
 
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     draining: Arc<AtomicBool>,
     stop_data: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     data: JoinHandle<usize>,
     admin: Option<JoinHandle<usize>>,
     drain_timeout: Duration,
-    scaling: Vec<ScaleHandle>,
 }
 
 /// What a shutdown left behind.
@@ -40,6 +49,13 @@ pub struct DrainReport {
     pub connections_left: usize,
     /// Proxied requests (streams, upgrades) still running at exit.
     pub requests_left: u32,
+}
+
+/// Re-reads a config file and applies it to a running gateway.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    live: Arc<Live>,
+    path: PathBuf,
 }
 
 impl Gateway {
@@ -75,20 +91,24 @@ impl Gateway {
             }
             None => (None, None),
         };
+        let live = Arc::new(Live {
+            proxy,
+            scalers: ScalerSet::default(),
+            fixed: (cfg.listen, cfg.admin),
+        });
         // Backends start only once rouse can take the requests that wake them.
-        let scaling = start_scaling(&proxy.table(), &cfg);
+        live.scalers.sync(&cfg, &live.proxy.table()).await;
         info!(%addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
             admin_addr,
-            proxy,
+            live,
             draining,
             stop_data,
             stop_admin,
             data,
             admin,
             drain_timeout,
-            scaling,
         })
     }
 
@@ -104,13 +124,22 @@ impl Gateway {
 
     /// The proxy (route table, metrics).
     pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
+        &self.live.proxy
     }
 
-    /// Replaces the route table with one built from `cfg` (which must be valid).
-    pub fn apply(&self, cfg: &Config) {
-        let table = RouteTable::build(cfg, self.proxy.metrics(), Some(&self.proxy.table()));
-        self.proxy.swap(table);
+    /// Applies a validated config: routes, splits and revision settings change at once;
+    /// autoscaled revisions that were added, removed or whose `scale` changed get their
+    /// scalers started or stopped.
+    pub async fn apply(&self, cfg: &Config) {
+        self.live.apply(cfg).await;
+    }
+
+    /// A reloader for `path`, for SIGHUP and the file watcher.
+    pub fn reloader(&self, path: &Path) -> Reloader {
+        Reloader {
+            live: self.live.clone(),
+            path: path.to_owned(),
+        }
     }
 
     /// Drains: readiness turns 503, the data port stops accepting, connections finish their
@@ -121,15 +150,13 @@ impl Gateway {
         let _ = self.stop_data.send(true);
         let connections_left = self.data.await.unwrap_or(0);
         // Upgraded connections outlive their HTTP connection; their leases still count.
-        let table = self.proxy.table();
+        let table = self.live.proxy.table();
         let in_flight = || table.revisions().iter().map(|r| r.in_flight()).sum::<u32>();
         while in_flight() > 0 && began.elapsed() < self.drain_timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Backends stop only once nothing is being proxied to them.
-        for h in self.scaling {
-            h.stop().await;
-        }
+        self.live.scalers.stop_all().await;
         let _ = self.stop_admin.send(true);
         if let Some(a) = self.admin {
             let _ = a.await;
@@ -141,19 +168,50 @@ impl Gateway {
     }
 }
 
-/// Starts autoscaling for every revision whose config has a `scale.process` section.
-fn start_scaling(table: &RouteTable, cfg: &Config) -> Vec<ScaleHandle> {
-    let mut handles = Vec::new();
-    for s in &cfg.services {
-        for r in &s.revisions {
-            let live = table
-                .revisions()
-                .iter()
-                .find(|x| *x.service == *s.name && *x.name == *r.name);
-            if let Some(h) = live.and_then(|rev| scaler::start(rev, r)) {
-                handles.push(h);
+impl Live {
+    async fn apply(&self, cfg: &Config) {
+        if cfg.listen != self.fixed.0 || cfg.admin != self.fixed.1 {
+            warn!("listen and admin addresses change only on restart; keeping the current ones");
+        }
+        let metrics = self.proxy.metrics().clone();
+        let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()));
+        self.proxy.swap(table);
+        self.scalers.sync(cfg, &self.proxy.table()).await;
+    }
+}
+
+impl Reloader {
+    /// Reads, validates and applies the file. An invalid file changes nothing: the running
+    /// config keeps serving, and the problems are logged with their key paths and counted.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let metrics = self.live.proxy.metrics().clone();
+        match Config::load(&self.path) {
+            Ok(cfg) => {
+                self.live.apply(&cfg).await;
+                metrics.config_reload(true);
+                info!(path = %self.path.display(), "config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                metrics.config_reload(false);
+                warn!(path = %self.path.display(), "config not reloaded, keeping the running one: {e}");
+                Err(e)
             }
         }
     }
-    handles
+
+    /// Checks the file every `interval` and reloads when its content changes. Runs until the
+    /// task is dropped. Comparing content rather than timestamps also catches Kubernetes'
+    /// ConfigMap updates, which swap a symlink.
+    pub async fn watch(self, interval: Duration) {
+        let mut last = std::fs::read(&self.path).ok();
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = std::fs::read(&self.path).ok();
+            if now.is_some() && now != last {
+                last = now;
+                let _ = self.reload().await;
+            }
+        }
+    }
 }

@@ -10,13 +10,17 @@
 pub mod process;
 
 use crate::autoscaler::{self, KpaSettings};
-use crate::config;
+use crate::config::{self, Config};
 use crate::revision::Revision;
+use crate::router::RouteTable;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::info;
 
 /// Runs a revision's backends.
 pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
@@ -115,5 +119,63 @@ impl Backoff {
     /// Back to the first step after a success.
     pub fn reset(&mut self) {
         self.next = Duration::from_secs(1).min(self.max);
+    }
+}
+
+/// The running scalers of a gateway, kept in step with its config across reloads.
+#[derive(Debug, Default)]
+pub struct ScalerSet {
+    /// Keyed by (service, revision), with the `scale` section each was started from.
+    running: Mutex<HashMap<(String, String), (config::Scale, ScaleHandle)>>,
+}
+
+impl ScalerSet {
+    /// Makes the running scalers match `cfg`'s autoscaled revisions in `table`: starts new
+    /// ones, restarts those whose `scale` section changed, stops those removed.
+    pub async fn sync(&self, cfg: &Config, table: &RouteTable) {
+        let mut running = self.running.lock().await;
+        let mut next = HashMap::new();
+        for s in &cfg.services {
+            for r in &s.revisions {
+                let Some(scale) = r.scale.as_ref().filter(|sc| sc.process.is_some()) else {
+                    continue;
+                };
+                let key = (s.name.clone(), r.name.clone());
+                let Some(rev) = table
+                    .revisions()
+                    .iter()
+                    .find(|x| *x.service == *s.name && *x.name == *r.name)
+                else {
+                    continue;
+                };
+                if let Some((old_scale, h)) = running.remove(&key) {
+                    if old_scale == *scale && Arc::ptr_eq(&h.revision, rev) {
+                        next.insert(key, (old_scale, h));
+                        continue;
+                    }
+                    // A changed scaler hands over a revision with no endpoints, so the old one
+                    // stops completely before the new one starts.
+                    info!(service = %s.name, revision = %r.name, "scale settings changed; restarting its scaler");
+                    h.stop().await;
+                }
+                if let Some(h) = start(rev, r) {
+                    next.insert(key, (scale.clone(), h));
+                }
+            }
+        }
+        // Revisions gone from the config: their backends stop once their requests finish.
+        for ((service, revision), (_, h)) in running.drain() {
+            info!(%service, %revision, "revision removed; stopping its backends");
+            tokio::spawn(h.stop());
+        }
+        *running = next;
+    }
+
+    /// Stops every scaler and its backends (at shutdown).
+    pub async fn stop_all(&self) {
+        let handles: Vec<_> = self.running.lock().await.drain().collect();
+        for (_, (_, h)) in handles {
+            h.stop().await;
+        }
     }
 }

@@ -4,4 +4,5 @@ mod activator;
 mod config;
 mod gateway;
 mod lifecycle;
+mod reload;
 mod support;
