@@ -77,6 +77,11 @@ pub enum ProxyError {
         /// The transport error.
         source: hyper::Error,
     },
+    /// A protocol upgrade (WebSocket) was asked of a revision that speaks h2c upstream.
+    #[error(
+        "revision {0} speaks h2c to its endpoints, which cannot carry an HTTP/1.1 upgrade (WebSocket); set its protocol to http1"
+    )]
+    UpgradeOverH2c(String),
     /// No response headers within `timeouts.response_start`.
     #[error("no response started within the {0:?} response_start timeout")]
     ResponseStartTimeout(Duration),
@@ -95,7 +100,9 @@ impl ProxyError {
             | ProxyError::QueueBytes { .. }
             | ProxyError::QueueTimeout { .. }
             | ProxyError::StartFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UpgradeOverH2c(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. }
             | ProxyError::ResponseStartTimeout(_)
             | ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -114,6 +121,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "connect-failed",
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
             ProxyError::Upstream { .. } => "upstream-failed",
+            ProxyError::UpgradeOverH2c(_) => "upgrade-over-h2c",
             ProxyError::ResponseStartTimeout(_) => "response-start-timeout",
             ProxyError::RequestTimeout(_) => "request-timeout",
         }

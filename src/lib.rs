@@ -22,4 +22,5 @@ pub mod scaler;
 pub mod server;
 pub mod split;
 pub mod stats;
+pub mod tunnel;
 pub mod upstream;

@@ -13,6 +13,7 @@ use crate::metrics::{Metrics, Unrouted};
 use crate::revision::Revision;
 use crate::router::{RouteTable, Timeouts};
 use crate::server::Handler;
+use crate::tunnel;
 use crate::upstream::SendError;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
@@ -63,6 +64,7 @@ impl Proxy {
             self.metrics.unrouted(Unrouted::BadRequest);
             return ProxyError::MissingHost.into_response();
         };
+        let upgrade = tunnel::requested(req.headers());
         // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
         // header that a route sets.
         headers::strip_hop_by_hop(req.headers_mut());
@@ -97,7 +99,15 @@ impl Proxy {
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small; and a boxed future is not laid out twice
         // by the two branches below.
-        let forwarding = Box::pin(forward(&rev, req, peer, host, start, deadline, timeouts));
+        let ctx = Ctx {
+            peer,
+            host,
+            start,
+            deadline,
+            timeouts,
+            upgrade,
+        };
+        let forwarding = Box::pin(forward(&rev, req, ctx));
         let result = match start_by {
             None => forwarding.await,
             Some(t) => match tokio::time::timeout_at(t, forwarding).await {
@@ -160,18 +170,32 @@ fn declared_len(req: &Request<Incoming>) -> u64 {
         .unwrap_or(0)
 }
 
-async fn forward(
-    rev: &Arc<Revision>,
-    mut req: Request<Incoming>,
+/// What `forward` needs besides the revision and the request.
+struct Ctx {
     peer: SocketAddr,
     host: String,
     start: Instant,
     deadline: Option<Instant>,
     timeouts: Timeouts,
+    /// The protocol a client asked to upgrade to (WebSocket), if any.
+    upgrade: Option<HeaderValue>,
+}
+
+async fn forward(
+    rev: &Arc<Revision>,
+    mut req: Request<Incoming>,
+    ctx: Ctx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let active = rev.begin();
-    let acquired = rev.acquire(declared_len(&req), deadline).await?;
-    prepare(&mut req, rev.protocol, peer, &host);
+    if ctx.upgrade.is_some() && rev.protocol == Protocol::H2c {
+        return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
+    }
+    let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
+    prepare(&mut req, rev.protocol, ctx.peer, &ctx.host);
+    let client_upgrade = ctx.upgrade.map(|proto| {
+        tunnel::mark(req.headers_mut(), proto);
+        hyper::upgrade::on(&mut req)
+    });
     let mark_cold = acquired.cold && rev.settings().cold_start.header;
     let mut lease = acquired.lease;
     let mut retried = false;
@@ -188,9 +212,26 @@ async fn forward(
                 .map(|r| (r, None)),
         };
         match sent {
-            Ok((res, conn)) => {
-                let done = Completion::new(lease, conn, start, res.status().as_u16(), active);
-                let mut res = respond(res, done, deadline, timeouts);
+            Ok((mut res, conn)) => {
+                let status = res.status().as_u16();
+                let switching = status == 101 && client_upgrade.is_some();
+                let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut res));
+                let proto = res.headers().get(header::UPGRADE).cloned();
+                // An upgraded connection never returns to the pool.
+                let conn = if switching { None } else { conn };
+                let done = Completion::new(lease, conn, ctx.start, status, active);
+                let mut res = match (client_upgrade, upstream_upgrade) {
+                    (Some(client), Some(upstream)) => {
+                        let (mut parts, _) = res.into_parts();
+                        headers::strip_hop_by_hop(&mut parts.headers);
+                        if let Some(p) = proto {
+                            tunnel::mark(&mut parts.headers, p);
+                        }
+                        tunnel::spawn(client, upstream, done, ctx.timeouts.idle);
+                        Response::from_parts(parts, ProxyBody::empty())
+                    }
+                    _ => respond(res, done, ctx.deadline, ctx.timeouts),
+                };
                 if mark_cold {
                     res.headers_mut()
                         .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
@@ -214,7 +255,7 @@ async fn forward(
                 // failed endpoint is now ejected, so it is chosen again only if it is the last).
                 retried = true;
                 drop(lease);
-                lease = match rev.acquire(0, deadline).await {
+                lease = match rev.acquire(0, ctx.deadline).await {
                     Ok(a) => a.lease,
                     Err(_) => return Err(connect_error(ep.addr, error)),
                 };

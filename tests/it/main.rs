@@ -4,5 +4,6 @@ mod activator;
 mod config;
 mod gateway;
 mod lifecycle;
+mod protocols;
 mod reload;
 mod support;
