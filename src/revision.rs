@@ -549,8 +549,10 @@ impl Drop for Hold<'_> {
             .metrics
             .queue_wait
             .observe(self.since.elapsed().as_secs_f64());
-        // If this waiter was woken for a slot it no longer takes (client gone), pass it on.
-        self.rev.release();
+        // No wake-up is passed on here. A waiter that leaves after being woken but before
+        // taking its slot drops its `Notified`, and tokio forwards that wake-up to the next
+        // waiter. An extra wake here would wake the next in line with no slot free, sending it
+        // to the back of the queue every time, and under steady churn it could starve.
     }
 }
 
@@ -642,6 +644,37 @@ mod tests {
         assert_eq!(r.held(), 1);
         drop(first);
         assert!(stays.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_in_arrival_order() {
+        let r = rev(
+            1,
+            1,
+            QueueLimits {
+                max_requests: 10,
+                ..LIMITS
+            },
+        );
+        let first = r.acquire(0, None).await.unwrap();
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for name in ["a", "b", "c", "d"] {
+            let (r, tx) = (r.clone(), tx.clone());
+            tokio::spawn(async move {
+                let got = r.acquire(0, None).await.unwrap();
+                tx.send(name).unwrap();
+                // Hold the slot briefly, as a real request would.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(got);
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(first);
+        let mut served = Vec::new();
+        for _ in 0..4 {
+            served.push(order.recv().await.unwrap());
+        }
+        assert_eq!(served, ["a", "b", "c", "d"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -90,7 +90,7 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         // 1. A header changes.
         (
             v("x-v: \"1\"", "{ revision: ra, percent: 100 }", &ra),
-            Box::new(|_, a, _, _| a.last_headers().get("x-v").is_some_and(|v| v == "1")),
+            Box::new(|_, a, _, _| a.headers_at("/h").get("x-v").is_some_and(|v| v == "1")),
         ),
         // 2. A revision is added at 0 % with a tag.
         (
@@ -119,7 +119,7 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
             ),
             Box::new(|g, a, b, _| {
                 let be = if g.body == "a" { a } else { b };
-                be.last_headers().get("x-v").is_some_and(|v| v == "2")
+                be.headers_at("/h").get("x-v").is_some_and(|v| v == "2")
             }),
         ),
         // 5. All to rb.
@@ -144,7 +144,7 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
                 &format!("{rb}{rc}"),
             ),
             Box::new(|g, _, _, c| {
-                g.body == "c" && c.last_headers().get("x-v").is_some_and(|v| v == "3")
+                g.body == "c" && c.headers_at("/h").get("x-v").is_some_and(|v| v == "3")
             }),
         ),
         // 8. rc gets a concurrency limit.
@@ -169,7 +169,7 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         (
             v("x-v: \"5\"", "{ revision: rb, percent: 100 }", &rb),
             Box::new(|g, _, b, _| {
-                g.body == "b" && b.last_headers().get("x-v").is_some_and(|v| v == "5")
+                g.body == "b" && b.headers_at("/h").get("x-v").is_some_and(|v| v == "5")
             }),
         ),
     ];

@@ -32,6 +32,8 @@ pub struct Seen {
     pub last_headers: Mutex<Option<HeaderMap>>,
     pub last_version: Mutex<Option<Version>>,
     pub last_uri: Mutex<Option<String>>,
+    /// Last headers seen per request path (without the query).
+    pub headers_by_path: Mutex<std::collections::HashMap<String, HeaderMap>>,
 }
 
 /// A backend on loopback that counts what it sees. Its behaviour per request comes from the
@@ -76,6 +78,10 @@ async fn backend_handle(
     seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let guard = InFlight(seen.clone());
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
+    seen.headers_by_path
+        .lock()
+        .unwrap()
+        .insert(req.uri().path().to_owned(), req.headers().clone());
     *seen.last_version.lock().unwrap() = Some(req.version());
     *seen.last_uri.lock().unwrap() = Some(req.uri().to_string());
     let uri = req.uri().clone();
@@ -176,6 +182,17 @@ impl Backend {
 
     pub fn max_in_flight(&self) -> usize {
         self.seen.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the last request to `path`.
+    pub fn headers_at(&self, path: &str) -> HeaderMap {
+        self.seen
+            .headers_by_path
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn last_headers(&self) -> HeaderMap {
