@@ -123,6 +123,14 @@ impl Kpa {
         }
     }
 
+    /// Forgets the windows and panic state (after a sleep at zero).
+    pub fn reset(&mut self) {
+        self.stable.values.clear();
+        self.panic.values.clear();
+        self.panic_since = None;
+        self.max_panic = 0;
+    }
+
     /// Notes demand seen between ticks (a request waiting for a cold revision).
     pub fn touch(&mut self, now: Instant) {
         self.last_active = Some(now);
@@ -204,8 +212,12 @@ pub async fn run(
             }
         }
         if idle_at_zero {
-            // Woken from sleep: restart the windows' clock from here.
+            // Woken from sleep at zero: what the windows remember is from before the idle
+            // period (which was never recorded), so start them afresh; the demand just seen
+            // is kept.
             rev.stats().take(Instant::now());
+            kpa.reset();
+            kpa.touch(Instant::now());
             next_tick = Instant::now() + settings.tick;
         }
         let now = Instant::now();
@@ -371,6 +383,23 @@ mod tests {
         assert_eq!(floor.decide(Instant::now(), 1, 0).desired, 1);
         floor.record(Instant::now(), 1000.0, 1000);
         assert_eq!(floor.decide(Instant::now(), 1, 1000).desired, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_forgets_old_load() {
+        let mut kpa = Kpa::new(settings());
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            kpa.record(Instant::now(), 50.0, 50);
+        }
+        tokio::time::advance(Duration::from_secs(300)).await;
+        kpa.reset();
+        kpa.touch(Instant::now());
+        assert_eq!(
+            kpa.decide(Instant::now(), 0, 1).desired,
+            1,
+            "not 5 from the old load"
+        );
     }
 
     #[tokio::test(start_paused = true)]

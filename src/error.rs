@@ -44,7 +44,7 @@ pub enum ProxyError {
         waited: Duration,
     },
     /// The revision's backend failed to start, so there is nothing to forward to.
-    #[error("revision {revision} failed to start: {reason}; retrying in {}s", retry_after.as_secs().max(1))]
+    #[error("revision {revision} failed to start: {reason}; retrying in {}s", ceil_secs(*retry_after))]
     StartFailed {
         /// The revision.
         revision: String,
@@ -90,6 +90,11 @@ pub enum ProxyError {
     RequestTimeout(Duration),
 }
 
+/// Whole seconds, rounded up, at least 1.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
 impl ProxyError {
     /// The status code clients see.
     pub fn status(&self) -> StatusCode {
@@ -133,7 +138,8 @@ impl ProxyError {
             ProxyError::QueueFull { .. }
             | ProxyError::QueueBytes { .. }
             | ProxyError::QueueTimeout { .. } => Some(1),
-            ProxyError::StartFailed { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            // Rounded up: a client that retries after this many seconds finds the attempt due.
+            ProxyError::StartFailed { retry_after, .. } => Some(ceil_secs(*retry_after)),
             _ => None,
         }
     }

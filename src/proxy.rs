@@ -94,7 +94,7 @@ impl Proxy {
         {
             rev.poke();
             rev.metrics.record(p.status, start.elapsed().as_secs_f64());
-            return placeholder(&p);
+            return placeholder(&p, rev.settings().cold_start.header);
         }
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small; and a boxed future is not laid out twice
@@ -280,7 +280,7 @@ fn connect_error(endpoint: SocketAddr, e: crate::upstream::ConnectError) -> Prox
 /// Marks responses that waited for a cold revision.
 const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
 
-fn placeholder(p: &crate::config::Placeholder) -> Response<ProxyBody> {
+fn placeholder(p: &crate::config::Placeholder, mark: bool) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(p.body.clone()));
     *res.status_mut() =
         http::StatusCode::from_u16(p.status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
@@ -293,8 +293,10 @@ fn placeholder(p: &crate::config::Placeholder) -> Response<ProxyBody> {
             res.headers_mut().insert(k, v);
         }
     }
-    res.headers_mut()
-        .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+    if mark {
+        res.headers_mut()
+            .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+    }
     res
 }
 

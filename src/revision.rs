@@ -152,6 +152,9 @@ pub struct ColdStart {
 #[derive(Debug, Clone)]
 struct Failure {
     reason: Arc<str>,
+    /// When the attempt failed.
+    at: Instant,
+    /// New requests fail fast until then.
     until: Instant,
 }
 
@@ -179,6 +182,10 @@ pub struct Revision {
     /// When the first request of the current cold start was held.
     cold_since: Mutex<Option<Instant>>,
     desired: AtomicU32,
+    /// Leases alive, on any endpoint (including ones already removed from the set).
+    leased: AtomicU32,
+    /// True while a scaler owns the endpoint set.
+    managed: std::sync::atomic::AtomicBool,
 }
 
 impl Revision {
@@ -205,7 +212,19 @@ impl Revision {
             failure: Mutex::new(None),
             cold_since: Mutex::new(None),
             desired: AtomicU32::new(desired),
+            leased: AtomicU32::new(0),
+            managed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks whether a scaler owns the endpoint set; returns the previous value.
+    pub fn set_managed(&self, managed: bool) -> bool {
+        self.managed.swap(managed, Ordering::Relaxed)
+    }
+
+    /// True while a scaler owns the endpoint set.
+    pub fn is_managed(&self) -> bool {
+        self.managed.load(Ordering::Relaxed)
     }
 
     /// The current settings.
@@ -285,10 +304,14 @@ impl Revision {
     /// 503 with `reason`, and new ones fail fast until `retry_in` has passed.
     pub fn fail_start(&self, reason: &str, retry_in: Duration) {
         self.metrics.start_failure();
+        let now = Instant::now();
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
             reason: reason.into(),
-            until: Instant::now() + retry_in,
+            at: now,
+            until: now + retry_in,
         });
+        // This cold start is over; the next one is timed from its own first request.
+        *self.cold_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.wake.notify_waiters();
     }
 
@@ -297,10 +320,13 @@ impl Revision {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn failure(&self, since: Option<Instant>) -> Option<Failure> {
+    /// The start failure that concerns a request: for a new arrival, one whose backoff is still
+    /// running; for a held request, also one that happened while it was held.
+    fn failure(&self, held_since: Option<Instant>) -> Option<Failure> {
         let f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         f.as_ref()
-            .filter(|f| Instant::now() < f.until || since.is_some())
+            .filter(|f| now < f.until || held_since.is_some_and(|t| f.at >= t))
             .cloned()
     }
 
@@ -335,15 +361,17 @@ impl Revision {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Requests proxied to endpoints right now.
+    /// Requests proxied to endpoints right now, including endpoints already taken out of the
+    /// set (a scaled-down backend finishing its last requests).
     pub fn in_flight(&self) -> u32 {
-        self.endpoints.load().iter().map(Slot::load).sum()
+        self.leased.load(Ordering::Relaxed)
     }
 
     /// Takes a slot on some endpoint without waiting.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
         let eps = self.endpoints.load();
         let i = balance::pick(&eps, self.settings.load().container_concurrency)?;
+        self.leased.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             rev: self.clone(),
             ep: eps[i].clone(),
@@ -497,6 +525,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.ep.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.rev.leased.fetch_sub(1, Ordering::Relaxed);
         self.rev.release();
     }
 }
@@ -541,7 +570,16 @@ impl<'a> Hold<'a> {
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        self.rev.held.fetch_sub(1, Ordering::SeqCst);
+        let left = self.rev.held.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.rev.is_cold() {
+            // Everyone waiting for this cold start gave up (timeout, disconnect): the next
+            // cold start is timed from its own first request, not from this one.
+            *self
+                .rev
+                .cold_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
         if self.bytes > 0 {
             self.rev.held_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
         }

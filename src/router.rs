@@ -252,9 +252,14 @@ fn build_revision(
         // Same revision: update in place. Static endpoints follow the file; a scaler owns
         // the endpoints of a scaled revision.
         old.update(settings);
+        let was_scaled = old.set_managed(scaled);
         if !scaled {
             old.set_endpoint_addrs(&addrs);
             old.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
+        } else if !was_scaled {
+            // Static until now: the scaler starts from zero and publishes its own endpoints.
+            old.set_endpoint_addrs(&[]);
+            old.set_desired(0);
         }
         return (*old).clone();
     }
@@ -268,6 +273,7 @@ fn build_revision(
         Vec::new(),
         metrics,
     ));
+    rev.set_managed(scaled);
     rev.set_endpoint_addrs(&addrs);
     rev.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
     rev

@@ -646,7 +646,7 @@ impl Validator {
                 (None, false) => {}
             }
             if let Some(p) = &r.cold_start.placeholder {
-                if http::StatusCode::from_u16(p.status).is_err() || p.status < 200 {
+                if !(200..=599).contains(&p.status) {
                     self.err(
                         format!("{rp}.cold_start.placeholder.status"),
                         format!("{} is not a final HTTP status (200-599)", p.status),
@@ -787,6 +787,18 @@ impl Validator {
                     self.err(
                         format!("{sp}.process.boot_timeout"),
                         "must be greater than 0",
+                    );
+                }
+                if p.stop_grace.0.is_zero() {
+                    self.err(
+                        format!("{sp}.process.stop_grace"),
+                        "must be greater than 0 (it is also how long in-flight requests may finish)",
+                    );
+                }
+                if p.max_backoff.0 < Duration::from_millis(100) {
+                    self.err(
+                        format!("{sp}.process.max_backoff"),
+                        "must be at least 100ms, or a failing command restarts in a tight loop",
                     );
                 }
             }

@@ -26,6 +26,7 @@ struct Live {
     scalers: ScalerSet,
     /// Listener settings fixed at start; a reload that changes them is told so.
     fixed: (config::Addr, Option<config::Addr>),
+    fixed_tuning: (config::ByteSize, config::Dur, config::Dur, config::Dur),
 }
 
 /// A running gateway.
@@ -95,6 +96,12 @@ impl Gateway {
             proxy,
             scalers: ScalerSet::default(),
             fixed: (cfg.listen, cfg.admin),
+            fixed_tuning: (
+                cfg.limits.max_header_bytes,
+                cfg.limits.header_read_timeout,
+                cfg.drain_timeout,
+                cfg.watch_interval,
+            ),
         });
         // Backends start only once rouse can take the requests that wake them.
         live.scalers.sync(&cfg, &live.proxy.table()).await;
@@ -172,6 +179,17 @@ impl Live {
     async fn apply(&self, cfg: &Config) {
         if cfg.listen != self.fixed.0 || cfg.admin != self.fixed.1 {
             warn!("listen and admin addresses change only on restart; keeping the current ones");
+        }
+        if (
+            cfg.limits.max_header_bytes,
+            cfg.limits.header_read_timeout,
+            cfg.drain_timeout,
+            cfg.watch_interval,
+        ) != self.fixed_tuning
+        {
+            warn!(
+                "limits, drain_timeout and watch_interval change only on restart; keeping the current ones"
+            );
         }
         let metrics = self.proxy.metrics().clone();
         let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()));

@@ -163,9 +163,10 @@ impl ScalerSet {
                 }
             }
         }
-        // Revisions gone from the config: their backends stop once their requests finish.
+        // Revisions removed or no longer autoscaled: their backends stop once their in-flight
+        // requests finish (bounded by stop_grace).
         for ((service, revision), (_, h)) in running.drain() {
-            info!(%service, %revision, "revision removed; stopping its backends");
+            info!(%service, %revision, "revision removed or no longer autoscaled; stopping its backends");
             tokio::spawn(h.stop());
         }
         *running = next;
@@ -173,9 +174,11 @@ impl ScalerSet {
 
     /// Stops every scaler and its backends (at shutdown).
     pub async fn stop_all(&self) {
-        let handles: Vec<_> = self.running.lock().await.drain().collect();
-        for (_, (_, h)) in handles {
-            h.stop().await;
+        // All at once: each may wait up to its stop_grace, and those waits should overlap.
+        let mut stopping = tokio::task::JoinSet::new();
+        for (_, (_, h)) in self.running.lock().await.drain() {
+            stopping.spawn(h.stop());
         }
+        while stopping.join_next().await.is_some() {}
     }
 }

@@ -77,6 +77,9 @@ struct Instance {
     id: u64,
     addr: SocketAddr,
     ready_at: Option<Instant>,
+    /// The live endpoint once published, so a stop can wait for its in-flight requests even
+    /// after it has left the endpoint set.
+    ep: Option<Arc<Endpoint>>,
     stop: Option<oneshot::Sender<Option<Arc<Endpoint>>>>,
     task: JoinHandle<()>,
 }
@@ -107,7 +110,11 @@ async fn manage(
                     Err(reason) => {
                         warn!(service = %rev.service, revision = %rev.name, %reason, "cannot start backend");
                         let pause = backoff.fail();
-                        rev.fail_start(&reason, pause);
+                        if live.iter().all(|i| i.ready_at.is_none()) {
+                            rev.fail_start(&reason, pause);
+                        } else {
+                            rev.metrics.start_failure();
+                        }
                         retry_at = Some(Instant::now() + pause);
                         break;
                     }
@@ -118,11 +125,10 @@ async fn manage(
             // Booting instances go first (nothing is using them), then the newest ready ones.
             live.sort_by_key(|i| (i.ready_at.is_none(), i.ready_at));
             let victims: Vec<Instance> = live.drain(want..).collect();
-            let removed = publish(&rev, &live);
+            publish(&rev, &mut live);
             for mut v in victims {
-                let ep = removed.iter().find(|e| e.addr == v.addr).cloned();
                 if let Some(tx) = v.stop.take() {
-                    let _ = tx.send(ep);
+                    let _ = tx.send(v.ep.take());
                 }
                 stopping.push(v.task);
             }
@@ -141,7 +147,7 @@ async fn manage(
                     }
                     backoff.reset();
                     rev.clear_failure();
-                    publish(&rev, &live);
+                    publish(&rev, &mut live);
                 }
                 Event::Failed { id, reason } => {
                     live.retain(|i| i.id != id);
@@ -151,8 +157,10 @@ async fn manage(
                     retry_at = Some(Instant::now() + pause);
                     if live.iter().all(|i| i.ready_at.is_none()) {
                         rev.fail_start(&reason, pause);
+                    } else {
+                        rev.metrics.start_failure();
                     }
-                    publish(&rev, &live);
+                    publish(&rev, &mut live);
                 }
                 Event::Exited { id, reason } => {
                     let short_lived = live
@@ -162,7 +170,7 @@ async fn manage(
                         .is_some_and(|t| t.elapsed() < STABLE_AFTER);
                     live.retain(|i| i.id != id);
                     warn!(service = %rev.service, revision = %rev.name, %reason, "backend exited");
-                    publish(&rev, &live);
+                    publish(&rev, &mut live);
                     if short_lived {
                         retry_at = Some(Instant::now() + backoff.fail());
                     }
@@ -170,11 +178,15 @@ async fn manage(
             },
         }
     }
-    // Shutdown: take every endpoint out, then stop all processes together.
-    rev.set_endpoint_addrs(&[]);
+    // Shutdown: take every endpoint out (unless the revision has meanwhile been given static
+    // endpoints by a reload), then stop all processes together, each after its in-flight
+    // requests finish.
+    if rev.is_managed() {
+        rev.set_endpoint_addrs(&[]);
+    }
     for mut i in live {
         if let Some(tx) = i.stop.take() {
-            let _ = tx.send(None);
+            let _ = tx.send(i.ep.take());
         }
         stopping.push(i.task);
     }
@@ -190,14 +202,19 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Makes the ready instances the revision's endpoints; returns the endpoints taken out.
-fn publish(rev: &Revision, live: &[Instance]) -> Vec<Arc<Endpoint>> {
+/// Makes the ready instances the revision's endpoints, and remembers each one's live
+/// endpoint for a later graceful stop.
+fn publish(rev: &Revision, live: &mut [Instance]) {
     let ready: Vec<SocketAddr> = live
         .iter()
         .filter(|i| i.ready_at.is_some())
         .map(|i| i.addr)
         .collect();
-    rev.set_endpoint_addrs(&ready)
+    rev.set_endpoint_addrs(&ready);
+    let eps = rev.endpoints();
+    for i in live.iter_mut().filter(|i| i.ready_at.is_some()) {
+        i.ep = eps.iter().find(|e| e.addr == i.addr).cloned();
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -251,6 +268,7 @@ fn start_instance(
         id,
         addr,
         ready_at: None,
+        ep: None,
         stop: Some(stop_tx),
         task,
     })
@@ -303,7 +321,6 @@ async fn run_instance(
             return;
         }
         () = tokio::time::sleep_until(deadline) => {
-            terminate(&mut child, spec.stop_grace.0).await;
             let reason = format!(
                 "process was not ready within the {:?} boot timeout{}",
                 spec.boot_timeout.0,
@@ -312,7 +329,9 @@ async fn run_instance(
                     l => format!("; last stderr line: {l}"),
                 }
             );
+            // Reported before the process is stopped, so held requests hear at once.
             let _ = events.send(Event::Failed { id, reason });
+            terminate(&mut child, spec.stop_grace.0).await;
             return;
         }
         _ = &mut stop => {

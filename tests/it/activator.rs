@@ -446,3 +446,33 @@ async fn placeholder_answers_at_once_while_the_revision_wakes() {
     let warm = get(&c, gw.addr(), "x", "/", &[]).await;
     assert_eq!(warm.status, StatusCode::OK, "{}", warm.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_start_the_next_attempt_holds_requests_again() {
+    let marker = write_config("fail-once", "").with_file_name("booted-once");
+    let gw = gateway(&yaml(&Spec {
+        env: &format!("FAIL_ONCE_FILE: \"{}\"", marker.display()),
+        ..Spec::default()
+    }))
+    .await;
+    let c = h1_client();
+    let failed = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(
+        failed.header("rouse-error"),
+        "start-failed",
+        "{}",
+        failed.body
+    );
+    assert!(failed.body.contains("exit status: 4"), "{}", failed.body);
+    assert_eq!(
+        failed.header("retry-after"),
+        "1",
+        "rounded up from just under 1 s"
+    );
+    // Once the backoff has passed, a request is held for the new attempt, which succeeds; the
+    // old failure must not answer it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ok = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.header("rouse-cold-start"), "true");
+}

@@ -321,3 +321,48 @@ async fn sighup_reloads_the_binary() {
     let _ = child.wait();
     assert!(switched, "SIGHUP did not reload the config");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_moves_between_static_and_scaled_endpoints() {
+    let a = Backend::start("static").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
+    let fixed = config(&format!(
+        "    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
+        a.addr
+    ));
+    let scaled = config(&format!(
+        "    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - name: r\n        scale:\n          process: {{ command: [\"python3\", \"{script}\"], env: {{ REVISION: proc }}, stop_grace: 1s }}\n"
+    ));
+    let path = write_config("static-scaled", &fixed);
+    let gw = gateway(&fixed).await;
+    let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
+    let c = h1_client();
+    assert_eq!(get(&c, gw.addr(), "x", "/", &[]).await.body, "static");
+    change(&gw, &path, &scaled, "ok").await;
+    let got = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert!(
+        got.body.starts_with("proc "),
+        "served by a started process: {}",
+        got.body
+    );
+    let pid = got.header("x-pid").to_owned();
+    change(&gw, &path, &fixed, "ok").await;
+    for _ in 0..20 {
+        let got = get(&c, gw.addr(), "x", "/", &[]).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+        assert_eq!(got.body, "static");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The process is stopped once it is no longer needed.
+    let mut gone = false;
+    for _ in 0..60 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "process {pid} still running");
+    watcher.abort();
+}

@@ -3,6 +3,7 @@
 #   REVISION        name echoed in responses
 #   BOOT_DELAY_MS   sleep before listening (a slow boot)
 #   FAIL_BOOT       print a message to stderr and exit with this status instead of serving
+#   FAIL_ONCE_FILE  fail the first boot only: fail (status 4) unless this file exists, creating it
 # Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1.
 # Every response carries x-pid, x-in-flight and x-max-in-flight (high-water mark).
 import http.server, os, sys, threading, time, urllib.parse
@@ -12,6 +13,11 @@ if os.environ.get("FAIL_BOOT"):
     print("starting " + rev, flush=True)
     print("fatal: database unreachable", file=sys.stderr, flush=True)
     sys.exit(int(os.environ["FAIL_BOOT"]))
+once = os.environ.get("FAIL_ONCE_FILE")
+if once and not os.path.exists(once):
+    open(once, "w").close()
+    print("first boot fails", file=sys.stderr, flush=True)
+    sys.exit(4)
 time.sleep(int(os.environ.get("BOOT_DELAY_MS", "0")) / 1000)
 
 lock = threading.Lock()
