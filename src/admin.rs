@@ -4,10 +4,9 @@
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::server::Handler;
+use crate::server::{ConnInfo, Handler};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,7 +37,7 @@ fn text(
 }
 
 impl Handler for Admin {
-    async fn call(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<ProxyBody> {
+    async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
         const PLAIN: &str = "text/plain; charset=utf-8";
         match req.uri().path() {
             "/metrics" => text(

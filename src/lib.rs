@@ -22,5 +22,6 @@ pub mod scaler;
 pub mod server;
 pub mod split;
 pub mod stats;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;

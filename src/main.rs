@@ -51,7 +51,15 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match Config::load(&config) {
+        Command::Validate { config } => match Config::load(&config).and_then(|cfg| {
+            rouse::tls::check(&cfg).map_err(|e| {
+                rouse::config::ConfigError::Invalid(vec![rouse::config::ConfigIssue {
+                    path: "tls".into(),
+                    message: e.to_string(),
+                }])
+            })?;
+            Ok(cfg)
+        }) {
             Ok(cfg) => {
                 println!(
                     "{}: valid ({} services, {} revisions)",

@@ -12,7 +12,7 @@ use crate::headers;
 use crate::metrics::{Metrics, Unrouted};
 use crate::revision::Revision;
 use crate::router::{RouteTable, Timeouts};
-use crate::server::Handler;
+use crate::server::{ConnInfo, Handler};
 use crate::tunnel;
 use crate::upstream::SendError;
 use arc_swap::ArcSwap;
@@ -22,6 +22,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -30,6 +31,8 @@ use tracing::debug;
 pub struct Proxy {
     table: ArcSwap<RouteTable>,
     metrics: Arc<Metrics>,
+    /// When non-zero, cleartext requests are redirected to HTTPS on this port.
+    redirect_https: AtomicU16,
 }
 
 impl Proxy {
@@ -39,7 +42,14 @@ impl Proxy {
         Proxy {
             table: ArcSwap::from_pointee(table),
             metrics,
+            redirect_https: AtomicU16::new(0),
         }
+    }
+
+    /// Redirects cleartext requests to HTTPS on `port` (`None` = serve them).
+    pub fn set_https_redirect(&self, port: Option<u16>) {
+        self.redirect_https
+            .store(port.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The current snapshot.
@@ -58,8 +68,12 @@ impl Proxy {
         &self.metrics
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
+        let https_port = self.redirect_https.load(Ordering::Relaxed);
+        if https_port != 0 && !conn.secure {
+            return redirect_to_https(&req, https_port);
+        }
         let Some(host) = request_host(&req) else {
             self.metrics.unrouted(Unrouted::BadRequest);
             return ProxyError::MissingHost.into_response();
@@ -100,7 +114,8 @@ impl Proxy {
         // held ones included, so it must stay small; and a boxed future is not laid out twice
         // by the two branches below.
         let ctx = Ctx {
-            peer,
+            peer: conn.peer,
+            proto: if conn.secure { "https" } else { "http" },
             host,
             start,
             deadline,
@@ -138,9 +153,9 @@ impl Handler for Proxy {
     fn call(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: ConnInfo,
     ) -> impl Future<Output = Response<ProxyBody>> + Send {
-        self.handle(req, peer)
+        self.handle(req, conn)
     }
 }
 
@@ -173,6 +188,7 @@ fn declared_len(req: &Request<Incoming>) -> u64 {
 /// What `forward` needs besides the revision and the request.
 struct Ctx {
     peer: SocketAddr,
+    proto: &'static str,
     host: String,
     start: Instant,
     deadline: Option<Instant>,
@@ -191,7 +207,7 @@ async fn forward(
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
     let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
-    prepare(&mut req, rev.protocol, ctx.peer, &ctx.host);
+    prepare(&mut req, rev.protocol, ctx.peer, ctx.proto, &ctx.host);
     let client_upgrade = ctx.upgrade.map(|proto| {
         tunnel::mark(req.headers_mut(), proto);
         hyper::upgrade::on(&mut req)
@@ -277,6 +293,24 @@ fn connect_error(endpoint: SocketAddr, e: crate::upstream::ConnectError) -> Prox
     }
 }
 
+/// 301 to the same host and path over HTTPS.
+fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = request_host(req).unwrap_or_default();
+    let name = crate::config::strip_port(&host);
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{pq}")
+    } else {
+        format!("https://{name}:{port}{pq}")
+    };
+    let mut res = Response::new(ProxyBody::empty());
+    *res.status_mut() = http::StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::try_from(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
 /// Marks responses that waited for a cold revision.
 const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
 
@@ -318,11 +352,17 @@ fn respond(
 }
 
 /// Rewrites a client request into the upstream request for `protocol`.
-fn prepare(req: &mut Request<Incoming>, protocol: Protocol, peer: SocketAddr, host: &str) {
+fn prepare(
+    req: &mut Request<Incoming>,
+    protocol: Protocol,
+    peer: SocketAddr,
+    proto: &'static str,
+    host: &str,
+) {
     let h = req.headers_mut();
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     h.remove(header::EXPECT);
-    headers::add_forwarded(h, peer.ip(), "http", host);
+    headers::add_forwarded(h, peer.ip(), proto, host);
     // The upstream authority: a route may have rewritten Host; otherwise the client's.
     let authority = h
         .get(header::HOST)

@@ -242,7 +242,7 @@ impl Revision {
     pub fn make_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
         Arc::new(Endpoint::new(
             addr,
-            self.settings.load().pool,
+            self.settings.load().pool.clone(),
             self.root_metrics
                 .endpoint(&self.service, &self.name, &addr.to_string()),
         ))

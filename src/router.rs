@@ -10,6 +10,7 @@ use crate::config::{self, Config, strip_port};
 use crate::metrics::Metrics;
 use crate::revision::{ColdStart, QueueLimits, Revision, RevisionSettings, RevisionSpec};
 use crate::split::Split;
+use crate::tls::TlsError;
 use crate::upstream::PoolSettings;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::{BTreeMap, HashMap};
@@ -116,7 +117,7 @@ impl RouteTable {
         cfg: &Config,
         metrics: &Arc<Metrics>,
         previous: Option<&RouteTable>,
-    ) -> RouteTable {
+    ) -> Result<RouteTable, TlsError> {
         let mut hosts = HashMap::new();
         let mut wildcard = None;
         let mut services = Vec::with_capacity(cfg.services.len());
@@ -141,7 +142,7 @@ impl RouteTable {
             let name: Arc<str> = s.name.as_str().into();
             let mut revs: HashMap<&str, Arc<Revision>> = HashMap::new();
             for r in &s.revisions {
-                let rev = build_revision(cfg, &name, r, metrics, old.get(&(&*name, &*r.name)));
+                let rev = build_revision(cfg, &name, r, metrics, old.get(&(&*name, &*r.name)))?;
                 all.push(rev.clone());
                 revs.insert(&r.name, rev);
             }
@@ -181,12 +182,12 @@ impl RouteTable {
                 },
             });
         }
-        RouteTable {
+        Ok(RouteTable {
             hosts,
             wildcard,
             services: services.into(),
             revisions: all,
-        }
+        })
     }
 
     /// The service for a Host or `:authority` value (port and case ignored).
@@ -224,7 +225,7 @@ fn build_revision(
     r: &config::Revision,
     metrics: &Arc<Metrics>,
     old: Option<&&Arc<Revision>>,
-) -> Arc<Revision> {
+) -> Result<Arc<Revision>, TlsError> {
     let up = &cfg.upstream;
     let settings = RevisionSettings {
         container_concurrency: r.container_concurrency,
@@ -238,6 +239,12 @@ fn build_revision(
             },
             idle_timeout: up.pool_idle_timeout.0,
             connect_timeout: up.connect_timeout.0,
+            tls: r
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::Upstream::new(t, r.protocol == config::Protocol::H2c))
+                .transpose()?
+                .map(Arc::new),
         },
         cold_start: ColdStart {
             placeholder: r.cold_start.placeholder.clone().map(Arc::new),
@@ -261,7 +268,7 @@ fn build_revision(
             old.set_endpoint_addrs(&[]);
             old.set_desired(0);
         }
-        return (*old).clone();
+        return Ok((*old).clone());
     }
     let rev = Arc::new(Revision::new(
         RevisionSpec {
@@ -276,7 +283,7 @@ fn build_revision(
     rev.set_managed(scaled);
     rev.set_endpoint_addrs(&addrs);
     rev.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
-    rev
+    Ok(rev)
 }
 
 #[cfg(test)]
@@ -324,7 +331,7 @@ services:
     #[test]
     fn precedence_longest_prefix_then_headers_then_default() {
         let cfg = Config::parse(YAML).unwrap();
-        let t = RouteTable::build(&cfg, &Arc::new(Metrics::new()), None);
+        let t = RouteTable::build(&cfg, &Arc::new(Metrics::new()), None).unwrap();
         assert_eq!(pick(&t, "a.EXAMPLE:8080", "/", &[]), "one");
         assert_eq!(pick(&t, "a.example", "/api/x", &[]), "two");
         assert_eq!(
@@ -343,12 +350,12 @@ services:
     fn reload_updates_revisions_in_place() {
         let cfg = Config::parse(YAML).unwrap();
         let m = Arc::new(Metrics::new());
-        let t1 = RouteTable::build(&cfg, &m, None);
+        let t1 = RouteTable::build(&cfg, &m, None).unwrap();
         let kept = t1.revisions[0].endpoints()[0].clone();
         let changed = YAML
             .replace("127.0.0.1:3", "127.0.0.1:4")
             .replace("{ name: one,", "{ name: one, container_concurrency: 3,");
-        let t2 = RouteTable::build(&Config::parse(&changed).unwrap(), &m, Some(&t1));
+        let t2 = RouteTable::build(&Config::parse(&changed).unwrap(), &m, Some(&t1)).unwrap();
         assert!(Arc::ptr_eq(&t1.revisions[0], &t2.revisions[0]));
         assert!(Arc::ptr_eq(&t1.revisions[2], &t2.revisions[2]));
         assert_eq!(t2.revisions[0].settings().container_concurrency, 3);
@@ -356,7 +363,7 @@ services:
         assert!(Arc::ptr_eq(&kept, &t2.revisions[0].endpoints()[0]));
         assert_eq!(t2.revisions[2].endpoints()[0].addr.port(), 4);
         let h2 = YAML.replace("{ name: two,", "{ name: two, protocol: h2c,");
-        let t3 = RouteTable::build(&Config::parse(&h2).unwrap(), &m, Some(&t2));
+        let t3 = RouteTable::build(&Config::parse(&h2).unwrap(), &m, Some(&t2)).unwrap();
         assert!(
             !Arc::ptr_eq(&t2.revisions[1], &t3.revisions[1]),
             "new protocol, new revision"

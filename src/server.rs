@@ -15,13 +15,22 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+/// What the handler knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// True on the TLS listener.
+    pub secure: bool,
+}
+
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request from `peer`.
+    /// Answers one request.
     fn call(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: ConnInfo,
     ) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
@@ -43,6 +52,15 @@ impl Default for ServerSettings {
     }
 }
 
+/// TLS for a listener.
+#[derive(Clone)]
+pub struct TlsListener {
+    /// The rustls acceptor (certificates, ALPN).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Time allowed for a handshake.
+    pub handshake_timeout: Duration,
+}
+
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
         if rx.changed().await.is_err() {
@@ -61,6 +79,7 @@ pub async fn serve<H: Handler>(
     settings: ServerSettings,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    tls: Option<TlsListener>,
 ) -> usize {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -72,6 +91,7 @@ pub async fn serve<H: Handler>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -88,17 +108,39 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let conn = ConnInfo { peer, secure: tls.is_some() };
                 let h = handler.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let h = h.clone();
-                    async move { Ok::<_, Infallible>(h.call(req, peer).await) }
+                    async move { Ok::<_, Infallible>(h.call(req, conn).await) }
                 });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let result = match tls {
+                        None => {
+                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            watcher.watch(c).await
+                        }
+                        Some(t) => {
+                            // The handshake runs here, not in the accept loop, so a slow client
+                            // cannot hold up others.
+                            match tokio::time::timeout(t.handshake_timeout, t.acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => {
+                                    let c = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                                    watcher.watch(c).await
+                                }
+                                Ok(Err(e)) => {
+                                    debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         debug!(%peer, error = %e, "client connection ended with an error");
                     }
                 });

@@ -14,22 +14,25 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
 /// Pool tuning for one endpoint.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// Idle HTTP/1.1 connections kept at most.
     pub max_idle: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
-    /// Time allowed for TCP connect.
+    /// Time allowed for TCP connect (and the TLS handshake, if any).
     pub connect_timeout: Duration,
+    /// TLS to the endpoint, if configured.
+    pub tls: Option<Arc<crate::tls::Upstream>>,
 }
 
 impl Default for PoolSettings {
@@ -38,6 +41,7 @@ impl Default for PoolSettings {
             max_idle: 256,
             idle_timeout: Duration::from_secs(4),
             connect_timeout: Duration::from_secs(3),
+            tls: None,
         }
     }
 }
@@ -93,6 +97,9 @@ pub enum ConnectError {
     /// TCP connect did not finish in time.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake failed (certificate not trusted, wrong name, no TLS on the port).
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     /// The HTTP handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(hyper::Error),
@@ -148,28 +155,39 @@ impl Pool {
         self.lock_idle().len()
     }
 
-    async fn connect_tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ConnectError> {
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         let t = self.settings.connect_timeout;
         let stream = tokio::time::timeout(t, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout(t))??;
         // Small request/response heads must not wait for Nagle.
         stream.set_nodelay(true)?;
-        Ok(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    async fn connect_tls(
+        &self,
+        tls: &crate::tls::Upstream,
+        addr: SocketAddr,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let t = self.settings.connect_timeout;
+        tokio::time::timeout(t, tls.connector.connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout(t))?
+            .map_err(ConnectError::Tls)
     }
 
     async fn connect_h1(&self, addr: SocketAddr) -> Result<Pooled, ConnectError> {
-        let io = self.connect_tcp(addr).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(%addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        let tcp = self.connect_tcp(addr).await?;
+        match &self.settings.tls {
+            None => h1_over(TokioIo::new(tcp), addr).await,
+            Some(tls) => h1_over(TokioIo::new(self.connect_tls(tls, addr, tcp).await?), addr).await,
+        }
     }
 
     async fn h2_sender(
@@ -187,16 +205,13 @@ impl Pool {
         if let Some(s) = current() {
             return Ok(s);
         }
-        let io = self.connect_tcp(addr).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream h2 connection ended with an error");
+        let tcp = self.connect_tcp(addr).await?;
+        let sender = match &self.settings.tls {
+            None => h2_over(TokioIo::new(tcp), addr).await?,
+            Some(tls) => {
+                h2_over(TokioIo::new(self.connect_tls(tls, addr, tcp).await?), addr).await?
             }
-        });
+        };
         *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok(sender)
     }
@@ -283,4 +298,38 @@ impl Pool {
             }
         }
     }
+}
+
+/// An HTTP/1.1 handshake over any transport; the connection runs on its own task.
+async fn h1_over<I>(io: I, addr: SocketAddr) -> Result<Pooled, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 handshake over any transport; the connection runs on its own task.
+async fn h2_over<I>(io: I, addr: SocketAddr) -> Result<http2::SendRequest<Incoming>, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%addr, error = %e, "upstream h2 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

@@ -79,6 +79,9 @@ pub struct Config {
     /// SIGHUP.
     #[serde(default = "default_watch_interval")]
     pub watch_interval: Dur,
+    /// A TLS listener (HTTPS, HTTP/2 over TLS); none if absent.
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// Limits on what clients may send.
     #[serde(default)]
     pub limits: Limits,
@@ -95,6 +98,53 @@ fn default_watch_interval() -> Dur {
 
 fn default_drain_timeout() -> Dur {
     Dur(Duration::from_secs(30))
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Address of the TLS listener.
+    pub listen: Addr,
+    /// Certificates, chosen by SNI.
+    pub certificates: Vec<Certificate>,
+    /// Answer every request on the cleartext `listen` port with a 301 to HTTPS.
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// Time a client has to complete the TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+}
+
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// A certificate chain and its key, PEM files, re-read when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// SNI names this certificate serves; `*.example.com` matches one label.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Serve this one when SNI is absent or matches nothing (default: the first).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// TLS from rouse to a revision's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of the CA certificates that sign the endpoints' certificates.
+    pub ca: std::path::PathBuf,
+    /// Name to verify the endpoints' certificates against; default: the endpoint's IP address.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Client-facing limits.
@@ -238,6 +288,9 @@ pub struct Revision {
     /// What requests see while the revision has no ready endpoint.
     #[serde(default)]
     pub cold_start: ColdStart,
+    /// Connect to the endpoints over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Autoscaling of one revision.
@@ -572,6 +625,34 @@ impl Validator {
         }
         if c.upstream.connect_timeout.0.is_zero() {
             self.err("upstream.connect_timeout", "must be greater than 0");
+        }
+        if let Some(t) = &c.tls {
+            if t.listen == c.listen && t.listen.0.port() != 0 {
+                self.err("tls.listen", "must differ from listen");
+            }
+            if t.certificates.is_empty() {
+                self.err(
+                    "tls.certificates",
+                    "empty; add at least one { cert: FILE, key: FILE }",
+                );
+            }
+            if t.certificates.iter().filter(|c| c.default).count() > 1 {
+                self.err("tls.certificates", "more than one is marked default");
+            }
+            for (i, cert) in t.certificates.iter().enumerate() {
+                for (j, h) in cert.hosts.iter().enumerate() {
+                    let bare = h.trim().strip_prefix("*.").unwrap_or(h.trim());
+                    if bare.is_empty() || bare.contains(['*', '/', ':', ' ']) {
+                        self.err(
+                            format!("tls.certificates[{i}].hosts[{j}]"),
+                            format!("{h:?} is not a host name or *.wildcard"),
+                        );
+                    }
+                }
+            }
+            if t.handshake_timeout.0.is_zero() {
+                self.err("tls.handshake_timeout", "must be greater than 0");
+            }
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut hosts: HashMap<String, usize> = HashMap::new();

@@ -7,7 +7,8 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::router::RouteTable;
 use crate::scaler::ScalerSet;
-use crate::server::{self, ServerSettings};
+use crate::server::{self, ServerSettings, TlsListener};
+use crate::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,9 @@ struct Live {
 pub struct Gateway {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    secure: Option<JoinHandle<usize>>,
+    cert_watch: Option<JoinHandle<()>>,
     live: Arc<Live>,
     draining: Arc<AtomicBool>,
     stop_data: watch::Sender<bool>,
@@ -62,8 +66,10 @@ pub struct Reloader {
 impl Gateway {
     /// Binds the listeners and starts serving `cfg`.
     pub async fn start(cfg: Config) -> std::io::Result<Gateway> {
+        // Unusable certificate or key files stop the start before anything binds.
+        tls::check(&cfg).map_err(std::io::Error::other)?;
         let metrics = Arc::new(Metrics::new());
-        let table = RouteTable::build(&cfg, &metrics, None);
+        let table = RouteTable::build(&cfg, &metrics, None).map_err(std::io::Error::other)?;
         let proxy = Arc::new(Proxy::new(table, metrics.clone()));
         let draining = Arc::new(AtomicBool::new(false));
         let settings = ServerSettings {
@@ -78,16 +84,53 @@ impl Gateway {
             listener,
             proxy.clone(),
             settings,
-            rx,
+            rx.clone(),
             drain_timeout,
+            None,
         ));
+        let (tls_addr, secure, cert_watch) = match &cfg.tls {
+            Some(t) => {
+                let store =
+                    Arc::new(tls::CertStore::load(&t.certificates).map_err(std::io::Error::other)?);
+                let l = TcpListener::bind(t.listen.0).await?;
+                let bound = l.local_addr()?;
+                let listener = TlsListener {
+                    acceptor: tokio_rustls::TlsAcceptor::from(store.server_config()),
+                    handshake_timeout: t.handshake_timeout.0,
+                };
+                let task = tokio::spawn(server::serve(
+                    l,
+                    proxy.clone(),
+                    settings,
+                    rx,
+                    drain_timeout,
+                    Some(listener),
+                ));
+                proxy.set_https_redirect(t.redirect_http.then_some(bound.port()));
+                let every = if cfg.watch_interval.0.is_zero() {
+                    Duration::from_secs(1)
+                } else {
+                    cfg.watch_interval.0
+                };
+                let watch = tokio::spawn(store.watch(every));
+                (Some(bound), Some(task), Some(watch))
+            }
+            None => (None, None, None),
+        };
         let (stop_admin, rx) = watch::channel(false);
         let (admin_addr, admin) = match cfg.admin {
             Some(a) => {
                 let l = TcpListener::bind(a.0).await?;
                 let bound = l.local_addr()?;
                 let h = Arc::new(Admin::new(metrics, draining.clone()));
-                let t = tokio::spawn(server::serve(l, h, settings, rx, Duration::from_secs(1)));
+                let t = tokio::spawn(server::serve(
+                    l,
+                    h,
+                    settings,
+                    rx,
+                    Duration::from_secs(1),
+                    None,
+                ));
                 (Some(bound), Some(t))
             }
             None => (None, None),
@@ -105,10 +148,13 @@ impl Gateway {
         });
         // Backends start only once rouse can take the requests that wake them.
         live.scalers.sync(&cfg, &live.proxy.table()).await;
-        info!(%addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
+        info!(%addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
             admin_addr,
+            tls_addr,
+            secure,
+            cert_watch,
             live,
             draining,
             stop_data,
@@ -122,6 +168,11 @@ impl Gateway {
     /// The data listener's bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listener's bound address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The admin listener's bound address, if any.
@@ -155,7 +206,13 @@ impl Gateway {
         let began = Instant::now();
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop_data.send(true);
-        let connections_left = self.data.await.unwrap_or(0);
+        let mut connections_left = self.data.await.unwrap_or(0);
+        if let Some(t) = self.secure {
+            connections_left += t.await.unwrap_or(0);
+        }
+        if let Some(w) = self.cert_watch {
+            w.abort();
+        }
         // Upgraded connections outlive their HTTP connection; their leases still count.
         let table = self.live.proxy.table();
         let in_flight = || table.revisions().iter().map(|r| r.in_flight()).sum::<u32>();
@@ -192,7 +249,13 @@ impl Live {
             );
         }
         let metrics = self.proxy.metrics().clone();
-        let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()));
+        let table = match RouteTable::build(cfg, &metrics, Some(&self.proxy.table())) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("config not applied: {e}");
+                return;
+            }
+        };
         self.proxy.swap(table);
         self.scalers.sync(cfg, &self.proxy.table()).await;
     }
@@ -203,7 +266,18 @@ impl Reloader {
     /// config keeps serving, and the problems are logged with their key paths and counted.
     pub async fn reload(&self) -> Result<(), ConfigError> {
         let metrics = self.live.proxy.metrics().clone();
-        match Config::load(&self.path) {
+        let loaded = Config::load(&self.path).and_then(|cfg| {
+            // TLS files are checked before anything changes, so a bad CA or key never
+            // half-applies a config.
+            tls::check(&cfg).map_err(|e| {
+                ConfigError::Invalid(vec![config::ConfigIssue {
+                    path: String::new(),
+                    message: e.to_string(),
+                }])
+            })?;
+            Ok(cfg)
+        });
+        match loaded {
             Ok(cfg) => {
                 self.live.apply(&cfg).await;
                 metrics.config_reload(true);

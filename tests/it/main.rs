@@ -7,3 +7,4 @@ mod lifecycle;
 mod protocols;
 mod reload;
 mod support;
+mod tls;

@@ -1,0 +1,287 @@
+//! TLS on rustls with the aws-lc-rs provider (the only crypto provider in the build): listener
+//! certificates chosen by SNI and reloaded when their files change, and TLS to upstreams.
+//!
+//! Protocol versions are rustls's safe defaults, TLS 1.2 and 1.3 only. The listener offers
+//! ALPN `h2` and `http/1.1`; the connection is then served by the same auto-detecting HTTP
+//! server as cleartext.
+
+use crate::config;
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// A certificate or key file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file holds no PEM certificate.
+    #[error("{0} contains no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
+    NoCertificate(PathBuf),
+    /// The file holds no usable private key.
+    #[error(
+        "{path} contains no usable private key (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {reason}"
+    )]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The key does not belong to the certificate.
+    #[error("the key in {key} does not match the certificate in {cert}: {reason}")]
+    Mismatch {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A CA bundle could not be used.
+    #[error("no usable CA certificate in {path}: {reason}")]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The one crypto provider rouse uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_owned()));
+    }
+    let der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| TlsError::BadKey {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, der, &provider()).map_err(|e| TlsError::Mismatch {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The loaded certificates, indexed by host name.
+#[derive(Debug)]
+struct Certs {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`: matches exactly one more label.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl Certs {
+    fn load(list: &[config::Certificate]) -> Result<Certs, TlsError> {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        for (i, c) in list.iter().enumerate() {
+            let ck = Arc::new(certified_key(&c.cert, &c.key)?);
+            for h in &c.hosts {
+                let h = h.trim().to_ascii_lowercase();
+                match h.strip_prefix("*.") {
+                    Some(suffix) => wildcard.insert(suffix.to_owned(), ck.clone()),
+                    None => exact.insert(h, ck.clone()),
+                };
+            }
+            // The one marked default, else the first.
+            if c.default || (i == 0 && default.is_none()) {
+                default = Some(ck);
+            }
+        }
+        Ok(Certs {
+            exact,
+            wildcard,
+            // Validation guarantees at least one certificate.
+            default: default
+                .ok_or_else(|| TlsError::NoCertificate(PathBuf::from("tls.certificates")))?,
+        })
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni else {
+            return self.default.clone();
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(c) = self.exact.get(&name) {
+            return c.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(c) = self.wildcard.get(parent)
+        {
+            return c.clone();
+        }
+        self.default.clone()
+    }
+}
+
+/// The listener's certificates, swappable at run time.
+#[derive(Debug)]
+pub struct CertStore {
+    sources: Vec<config::Certificate>,
+    current: ArcSwap<Certs>,
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load().pick(hello.server_name()))
+    }
+}
+
+impl CertStore {
+    /// Loads every certificate; fails on the first unusable file.
+    pub fn load(list: &[config::Certificate]) -> Result<CertStore, TlsError> {
+        Ok(CertStore {
+            current: ArcSwap::from_pointee(Certs::load(list)?),
+            sources: list.to_vec(),
+        })
+    }
+
+    fn fingerprint(&self) -> Vec<Option<Vec<u8>>> {
+        self.sources
+            .iter()
+            .flat_map(|c| [&c.cert, &c.key])
+            .map(|p| std::fs::read(p).ok())
+            .collect()
+    }
+
+    /// Re-reads the files every `interval` and swaps in the new certificates when any file
+    /// changed and all of them load. New handshakes use them; established connections keep
+    /// theirs. A bad file is logged and the previous certificates stay.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut last = self.fingerprint();
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = self.fingerprint();
+            if now == last {
+                continue;
+            }
+            last = now;
+            match Certs::load(&self.sources) {
+                Ok(c) => {
+                    self.current.store(Arc::new(c));
+                    info!("TLS certificates reloaded");
+                }
+                Err(e) => warn!("TLS certificates not reloaded, keeping the current ones: {e}"),
+            }
+        }
+    }
+
+    /// A rustls server config using this store, offering h2 and http/1.1.
+    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("the provider supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+/// TLS settings for connecting to one revision's endpoints.
+#[derive(Clone)]
+pub struct Upstream {
+    /// The connector (CA roots, ALPN).
+    pub connector: tokio_rustls::TlsConnector,
+    /// Name to verify the endpoint's certificate against; `None` = the endpoint's IP address.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Builds the client side from a revision's `tls` section; `h2` selects the ALPN offered.
+    pub fn new(cfg: &config::UpstreamTls, h2: bool) -> Result<Upstream, TlsError> {
+        let pem = read(&cfg.ca)?;
+        let mut roots = rustls::RootCertStore::empty();
+        let mut added = 0;
+        for c in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+            if roots.add(c).is_ok() {
+                added += 1;
+            }
+        }
+        if added == 0 {
+            return Err(TlsError::BadCa {
+                path: cfg.ca.clone(),
+                reason: "no PEM certificate could be added as a trust anchor".into(),
+            });
+        }
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("the provider supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let server_name = cfg
+            .server_name
+            .as_deref()
+            .map(|n| ServerName::try_from(n.to_owned()))
+            .transpose()
+            .map_err(|e| TlsError::BadCa {
+                path: cfg.ca.clone(),
+                reason: format!("invalid server_name: {e}"),
+            })?;
+        Ok(Upstream {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            server_name,
+        })
+    }
+}
+
+/// Loads every TLS file a config names, so `rouse validate` and start-up fail with a clear
+/// message instead of at the first handshake.
+pub fn check(cfg: &config::Config) -> Result<(), TlsError> {
+    if let Some(t) = &cfg.tls {
+        CertStore::load(&t.certificates)?;
+    }
+    for s in &cfg.services {
+        for r in &s.revisions {
+            if let Some(t) = &r.tls {
+                Upstream::new(t, r.protocol == config::Protocol::H2c)?;
+            }
+        }
+    }
+    Ok(())
+}

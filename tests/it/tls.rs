@@ -1,0 +1,364 @@
+//! TLS: SNI certificates, ALPN, live certificate reload, HTTP→HTTPS redirect, TLS upstreams,
+//! clear errors for unusable files. Certificates are made at test time by a throwaway CA.
+
+use crate::support::*;
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = write_config(name, "").parent().unwrap().to_owned();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca_pem: ca.pem(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// Issues a leaf for `names` into `<file>.pem` / `<file>.key`; returns its DER.
+    fn leaf(&self, file: &str, names: &[&str]) -> CertificateDer<'static> {
+        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        // Write to temp names and rename, so a watcher never reads half a pair.
+        std::fs::write(self.dir.join(format!("{file}.pem.tmp")), cert.pem()).unwrap();
+        std::fs::write(
+            self.dir.join(format!("{file}.key.tmp")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+        std::fs::rename(
+            self.dir.join(format!("{file}.key.tmp")),
+            self.dir.join(format!("{file}.key")),
+        )
+        .unwrap();
+        std::fs::rename(
+            self.dir.join(format!("{file}.pem.tmp")),
+            self.dir.join(format!("{file}.pem")),
+        )
+        .unwrap();
+        cert.der().clone()
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(rouse::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(pki: &Pki, addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Tls {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    pki.client(alpn)
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake with rouse")
+}
+
+fn peer_cert(s: &Tls) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+async fn get_over(s: Tls, host: &str) -> Got {
+    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(s);
+    let res = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send.send_request(
+            Request::get(format!("https://{host}/p"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(
+            Request::get("/p")
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    };
+    let (parts, body) = res.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned(),
+        version: parts.version,
+    }
+}
+
+fn tls_config(pki: &Pki, backend: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+watch_interval: 100ms
+tls:
+  listen: 127.0.0.1:0
+  {extra}
+  certificates:
+    - {{ cert: "{a}", key: "{ak}", hosts: [a.test] }}
+    - {{ cert: "{b}", key: "{bk}", hosts: [b.test, "*.wild.test"] }}
+services:
+  - name: s
+    hosts: ["*"]
+    traffic: [{{ revision: r, percent: 100 }}]
+    revisions:
+      - {{ name: r, endpoints: ["{backend}"] }}
+"#,
+        a = pki.path("a.pem"),
+        ak = pki.path("a.key"),
+        b = pki.path("b.pem"),
+        bk = pki.path("b.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_alpn_the_protocol() {
+    let pki = Pki::new("tls-sni");
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test", "*.wild.test"]);
+    let be = Backend::start("be").await;
+    let gw = gateway(&tls_config(&pki, be.addr, "")).await;
+    let addr = gw.tls_addr().unwrap();
+    assert_eq!(peer_cert(&handshake(&pki, addr, "a.test", &[]).await), a);
+    assert_eq!(peer_cert(&handshake(&pki, addr, "b.test", &[]).await), b);
+    assert_eq!(
+        peer_cert(&handshake(&pki, addr, "x.wild.test", &[]).await),
+        b
+    );
+    // No matching name: the default (first) certificate, which the client then rejects for
+    // the wrong name, as it should.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let err = pki
+        .client(&[])
+        .connect(ServerName::try_from("other.test").unwrap(), tcp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let h2 = handshake(&pki, addr, "a.test", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let got = get_over(h2, "a.test").await;
+    assert_eq!(
+        (got.status, got.version, got.body.as_str()),
+        (StatusCode::OK, Version::HTTP_2, "be")
+    );
+    let h1 = handshake(&pki, addr, "a.test", &[b"http/1.1"]).await;
+    let got = get_over(h1, "a.test").await;
+    assert_eq!(
+        (got.status, got.version),
+        (StatusCode::OK, Version::HTTP_11)
+    );
+    assert_eq!(
+        be.headers_at("/p").get("x-forwarded-proto").unwrap(),
+        "https"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_certificate_files_are_used_without_restart() {
+    let pki = Pki::new("tls-reload");
+    let old = pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let be = Backend::start("be").await;
+    let gw = gateway(&tls_config(&pki, be.addr, "")).await;
+    let addr = gw.tls_addr().unwrap();
+    let established = handshake(&pki, addr, "a.test", &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&established), old);
+    let new = pki.leaf("a", &["a.test"]);
+    assert_ne!(old, new);
+    let mut seen = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c = peer_cert(&handshake(&pki, addr, "a.test", &[]).await);
+        if c == new {
+            seen = Some(c);
+            break;
+        }
+    }
+    assert!(seen.is_some(), "new certificate never served");
+    // The connection made before the change is unaffected.
+    assert_eq!(get_over(established, "a.test").await.status, StatusCode::OK);
+    // A broken key file is refused and the current certificate stays.
+    std::fs::write(pki.dir.join("a.key"), "not a key").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(peer_cert(&handshake(&pki, addr, "a.test", &[]).await), new);
+}
+
+#[tokio::test]
+async fn cleartext_requests_can_be_redirected_to_https() {
+    let pki = Pki::new("tls-redirect");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let be = Backend::start("be").await;
+    let gw = gateway(&tls_config(&pki, be.addr, "redirect_http: true")).await;
+    let port = gw.tls_addr().unwrap().port();
+    let got = get(&h1_client(), gw.addr(), "a.test:8080", "/x?y=1", &[]).await;
+    assert_eq!(got.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        got.header("location"),
+        format!("https://a.test:{port}/x?y=1")
+    );
+    assert_eq!(be.requests(), 0);
+}
+
+/// A backend served over TLS with a certificate for 127.0.0.1.
+async fn tls_backend(pki: &Pki) -> SocketAddr {
+    pki.leaf("up", &["127.0.0.1", "up.test"]);
+    let certs: Vec<CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_file_iter(pki.dir.join("up.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = rustls::pki_types::pem::PemObject::from_pem_file(pki.dir.join("up.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(rouse::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(s) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"secure upstream"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_against_the_given_ca() {
+    let pki = Pki::new("tls-upstream");
+    let up = tls_backend(&pki).await;
+    let ca = pki.path("ca.pem");
+    let cfg = |tls: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{up}\"], tls: {{ {tls} }} }}\n"
+        )
+    };
+    let gw = gateway(&cfg(&format!("ca: \"{ca}\""))).await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (StatusCode::OK, "secure upstream")
+    );
+    let gw = gateway(&cfg(&format!("ca: \"{ca}\", server_name: up.test"))).await;
+    assert_eq!(
+        get(&h1_client(), gw.addr(), "x", "/", &[]).await.status,
+        StatusCode::OK
+    );
+    // A name the certificate does not carry: the connection is refused with a clear reason.
+    let gw = gateway(&cfg(&format!("ca: \"{ca}\", server_name: wrong.test"))).await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert!(got.body.contains("TLS handshake failed"), "{}", got.body);
+}
+
+#[tokio::test]
+async fn unusable_certificate_files_are_clear_errors() {
+    let pki = Pki::new("tls-bad");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let be = Backend::start("be").await;
+    let good = tls_config(&pki, be.addr, "");
+    let check = |yaml: String| async move {
+        let cfg = rouse::config::Config::parse(&yaml).unwrap();
+        rouse::roles::gateway::Gateway::start(cfg)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let missing = check(good.replace(&pki.path("a.key"), "/nonexistent/a.key")).await;
+    assert!(
+        missing.contains("cannot read /nonexistent/a.key"),
+        "{missing}"
+    );
+    // b's key with a's certificate.
+    let swapped = check(good.replacen(&pki.path("a.key"), &pki.path("b.key"), 1)).await;
+    assert!(
+        swapped.contains("does not match the certificate"),
+        "{swapped}"
+    );
+    std::fs::write(pki.dir.join("junk.pem"), "hello").unwrap();
+    let junk = check(good.replacen(&pki.path("a.pem"), &pki.path("junk.pem"), 1)).await;
+    assert!(junk.contains("contains no PEM certificate"), "{junk}");
+    // The same through `rouse validate`.
+    let path = pki.dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        good.replacen(&pki.path("a.key"), &pki.path("b.key"), 1),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}
