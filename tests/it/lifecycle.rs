@@ -159,3 +159,100 @@ async fn streaming_100_mib_keeps_proxy_memory_bounded() {
         "peak RSS grew from {base} KiB to {peak} KiB while streaming 100 MiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_upload_and_a_stalled_reader_keep_memory_bounded() {
+    let a = Backend::start("big").await;
+    let listen = free_port().await;
+    let cfg = write_config(
+        "gib",
+        &format!(
+            "listen: \"{listen}\"\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
+            a.addr
+        ),
+    );
+    let p = spawn(&cfg);
+    wait_ready(listen).await;
+    let base = peak_rss_kib(p.0.id());
+    // 1 GiB streamed up, counted by the backend.
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
+    tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'u'; 1 << 20]);
+        for _ in 0..1024 {
+            if tx.send_data(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::channel::Channel<bytes::Bytes, std::convert::Infallible>>(
+    );
+    let res = client
+        .request(
+            http::Request::post(format!("http://{listen}/?count=1"))
+                .header("host", "x")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    let got = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, (1u64 << 30).to_string().as_bytes());
+    let after_upload = peak_rss_kib(p.0.id());
+    assert!(
+        after_upload < base + 8 * 1024,
+        "peak RSS grew from {base} KiB to {after_upload} KiB for a 1 GiB upload"
+    );
+    // A reader that stops reading: rouse must stop reading from the backend too (backpressure),
+    // not buffer the 256 MiB response.
+    let res = h1_client()
+        .request(
+            http::Request::get(format!("http://{listen}/?size={}", 256u64 << 20))
+                .header("host", "x")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = peak_rss_kib(p.0.id());
+    assert!(
+        stalled < base + 8 * 1024,
+        "peak RSS grew from {base} KiB to {stalled} KiB while the client was not reading"
+    );
+    let mut n = first.into_data().unwrap().len() as u64;
+    while let Some(f) = body.frame().await {
+        n += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
+    }
+    assert_eq!(n, 256 << 20, "the stalled response completes once read");
+}
+
+#[tokio::test]
+async fn pipelined_http11_requests_are_all_answered() {
+    let a = Backend::start("p").await;
+    let gw = gateway(&format!(
+        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
+        a.addr
+    ))
+    .await;
+    // Three requests in one write, the first one slow: each is forwarded and answered on the
+    // one connection (HTTP/1.1 keeps them in order).
+    let out = raw(
+        gw.addr(),
+        b"GET /one?delay=200 HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    assert_eq!(a.requests(), 3);
+    for path in ["/one", "/two", "/three"] {
+        assert!(
+            !a.headers_at(path).is_empty(),
+            "{path} never reached the backend"
+        );
+    }
+}
