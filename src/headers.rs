@@ -4,14 +4,15 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-/// Headers that describe one connection and must not be forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
+/// `Trailer` is not among them: it announces the trailer fields an HTTP/1.1 message carries,
+/// and dropping it would drop the trailers.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

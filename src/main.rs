@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             init_logging();
             raise_fd_limit();
-            match run(config) {
+            match runtime().and_then(|rt| rt.block_on(run(config))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("rouse: {e:#}");
@@ -106,7 +106,20 @@ fn raise_fd_limit() {
     }
 }
 
-#[tokio::main]
+/// One CPU available (a pinned sidecar, a 1-CPU container): a single-threaded runtime, which
+/// skips the work-stealing scheduler's cross-thread bookkeeping; otherwise one worker per CPU.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut b = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = match &path {
         Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,

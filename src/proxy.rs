@@ -207,7 +207,15 @@ async fn forward(
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
     let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
-    prepare(&mut req, rev.protocol, ctx.peer, ctx.proto, &ctx.host);
+    let tls_upstream = rev.settings().pool.tls.is_some();
+    prepare(
+        &mut req,
+        rev.protocol,
+        tls_upstream,
+        ctx.peer,
+        ctx.proto,
+        &ctx.host,
+    );
     let client_upgrade = ctx.upgrade.map(|proto| {
         tunnel::mark(req.headers_mut(), proto);
         hyper::upgrade::on(&mut req)
@@ -295,7 +303,9 @@ fn connect_error(endpoint: SocketAddr, e: crate::upstream::ConnectError) -> Prox
 
 /// 301 to the same host and path over HTTPS.
 fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
-    let host = request_host(req).unwrap_or_default();
+    let Some(host) = request_host(req) else {
+        return ProxyError::MissingHost.into_response();
+    };
     let name = crate::config::strip_port(&host);
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 {
@@ -355,6 +365,7 @@ fn respond(
 fn prepare(
     req: &mut Request<Incoming>,
     protocol: Protocol,
+    tls: bool,
     peer: SocketAddr,
     proto: &'static str,
     host: &str,
@@ -386,7 +397,7 @@ fn prepare(
         }
         Protocol::H2c => {
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = authority.parse().ok();
             parts.path_and_query = Some(pq);
             if let Ok(uri) = Uri::from_parts(parts) {

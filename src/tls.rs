@@ -52,6 +52,14 @@ pub enum TlsError {
         /// Why.
         reason: String,
     },
+    /// A `server_name` that is not a DNS name or IP address.
+    #[error("invalid server_name {name:?}: {reason}")]
+    BadServerName {
+        /// The value given.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// A CA bundle could not be used.
     #[error("no usable CA certificate in {path}: {reason}")]
     BadCa {
@@ -259,9 +267,9 @@ impl Upstream {
             .as_deref()
             .map(|n| ServerName::try_from(n.to_owned()))
             .transpose()
-            .map_err(|e| TlsError::BadCa {
-                path: cfg.ca.clone(),
-                reason: format!("invalid server_name: {e}"),
+            .map_err(|e| TlsError::BadServerName {
+                name: cfg.server_name.clone().unwrap_or_default(),
+                reason: e.to_string(),
             })?;
         Ok(Upstream {
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),

@@ -627,8 +627,21 @@ impl Validator {
             self.err("upstream.connect_timeout", "must be greater than 0");
         }
         if let Some(t) = &c.tls {
-            if t.listen == c.listen && t.listen.0.port() != 0 {
-                self.err("tls.listen", "must differ from listen");
+            if t.listen.0.port() != 0 && (t.listen == c.listen || Some(t.listen) == c.admin) {
+                self.err("tls.listen", "must differ from listen and admin");
+            }
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for (i, cert) in t.certificates.iter().enumerate() {
+                for (j, h) in cert.hosts.iter().enumerate() {
+                    if let Some(prev) = seen.insert(h.trim().to_ascii_lowercase(), i)
+                        && prev != i
+                    {
+                        self.err(
+                            format!("tls.certificates[{i}].hosts[{j}]"),
+                            format!("{h:?} is already served by certificates[{prev}]"),
+                        );
+                    }
+                }
             }
             if t.certificates.is_empty() {
                 self.err(

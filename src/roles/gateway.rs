@@ -28,6 +28,19 @@ struct Live {
     /// Listener settings fixed at start; a reload that changes them is told so.
     fixed: (config::Addr, Option<config::Addr>),
     fixed_tuning: (config::ByteSize, config::Dur, config::Dur, config::Dur),
+    fixed_tls: Option<TlsKey>,
+}
+
+/// The parts of the `tls` section fixed at start.
+type TlsKey = (config::Addr, Vec<config::Certificate>, bool, config::Dur);
+
+fn tls_key(t: &config::Tls) -> TlsKey {
+    (
+        t.listen,
+        t.certificates.clone(),
+        t.redirect_http,
+        t.handshake_timeout,
+    )
 }
 
 /// A running gateway.
@@ -145,6 +158,7 @@ impl Gateway {
                 cfg.drain_timeout,
                 cfg.watch_interval,
             ),
+            fixed_tls: cfg.tls.as_ref().map(tls_key),
         });
         // Backends start only once rouse can take the requests that wake them.
         live.scalers.sync(&cfg, &live.proxy.table()).await;
@@ -188,8 +202,8 @@ impl Gateway {
     /// Applies a validated config: routes, splits and revision settings change at once;
     /// autoscaled revisions that were added, removed or whose `scale` changed get their
     /// scalers started or stopped.
-    pub async fn apply(&self, cfg: &Config) {
-        self.live.apply(cfg).await;
+    pub async fn apply(&self, cfg: &Config) -> Result<(), tls::TlsError> {
+        self.live.apply(cfg).await
     }
 
     /// A reloader for `path`, for SIGHUP and the file watcher.
@@ -233,7 +247,7 @@ impl Gateway {
 }
 
 impl Live {
-    async fn apply(&self, cfg: &Config) {
+    async fn apply(&self, cfg: &Config) -> Result<(), tls::TlsError> {
         if cfg.listen != self.fixed.0 || cfg.admin != self.fixed.1 {
             warn!("listen and admin addresses change only on restart; keeping the current ones");
         }
@@ -243,21 +257,17 @@ impl Live {
             cfg.drain_timeout,
             cfg.watch_interval,
         ) != self.fixed_tuning
+            || cfg.tls.as_ref().map(tls_key) != self.fixed_tls
         {
             warn!(
-                "limits, drain_timeout and watch_interval change only on restart; keeping the current ones"
+                "limits, drain_timeout, watch_interval and the tls section change only on restart; keeping the current ones"
             );
         }
         let metrics = self.proxy.metrics().clone();
-        let table = match RouteTable::build(cfg, &metrics, Some(&self.proxy.table())) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!("config not applied: {e}");
-                return;
-            }
-        };
+        let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()))?;
         self.proxy.swap(table);
         self.scalers.sync(cfg, &self.proxy.table()).await;
+        Ok(())
     }
 }
 
@@ -279,7 +289,14 @@ impl Reloader {
         });
         match loaded {
             Ok(cfg) => {
-                self.live.apply(&cfg).await;
+                if let Err(e) = self.live.apply(&cfg).await {
+                    metrics.config_reload(false);
+                    warn!(path = %self.path.display(), "config not reloaded, keeping the running one: {e}");
+                    return Err(ConfigError::Invalid(vec![config::ConfigIssue {
+                        path: String::new(),
+                        message: e.to_string(),
+                    }]));
+                }
                 metrics.config_reload(true);
                 info!(path = %self.path.display(), "config reloaded");
                 Ok(())

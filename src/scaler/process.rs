@@ -205,6 +205,11 @@ async fn sleep_until_opt(t: Option<Instant>) {
 /// Makes the ready instances the revision's endpoints, and remembers each one's live
 /// endpoint for a later graceful stop.
 fn publish(rev: &Revision, live: &mut [Instance]) {
+    if !rev.is_managed() {
+        // A reload made the revision static while this scaler winds down: its endpoints now
+        // come from the file.
+        return;
+    }
     let ready: Vec<SocketAddr> = live
         .iter()
         .filter(|i| i.ready_at.is_some())
