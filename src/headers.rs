@@ -55,17 +55,52 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client address in the two forms the forwarding headers use, computed once per
+/// connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// `192.0.2.1` or `2001:db8::1`, as `X-Forwarded-For` writes it.
+    pub ip: HeaderValue,
+    /// `192.0.2.1` or `"[2001:db8::1]"`, as RFC 7239 `for=` writes it.
+    pub node: HeaderValue,
+}
+
+impl ClientAddr {
+    /// Formats `ip` for both headers.
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        let text = ip.to_string();
+        let node = match ip {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        // An address's text is always a valid header value.
+        ClientAddr {
+            ip: HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("unknown")),
+            node: HeaderValue::try_from(node).unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 /// Adds this hop to the forwarding headers. `X-Forwarded-For` and `Forwarded` are appended to
 /// (each proxy adds its own client); `X-Forwarded-Proto` and `-Host` are set only when absent,
 /// so the view of a load balancer in front of rouse is kept.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: &str) {
-    let ip = client.to_string();
-    let xff = match joined(headers, &X_FORWARDED_FOR) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    proto: &'static str,
+    host: &str,
+) {
+    match joined(headers, &X_FORWARDED_FOR) {
+        Some(prev) => {
+            let ip = client.ip.to_str().unwrap_or("unknown");
+            if let Ok(v) = HeaderValue::try_from(format!("{prev}, {ip}")) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        // The common case costs no allocation: the per-connection value is shared.
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), client.ip.clone());
+        }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -75,19 +110,24 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
     {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
-    let node = match client {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    let elem = if host.is_empty() {
-        format!("for={node};proto={proto}")
-    } else {
-        format!("for={node};host=\"{host}\";proto={proto}")
-    };
-    let fwd = match joined(headers, &header::FORWARDED) {
-        Some(prev) => format!("{prev}, {elem}"),
-        None => elem,
-    };
+    let prev = joined(headers, &header::FORWARDED);
+    let node = client.node.to_str().unwrap_or("unknown");
+    let mut fwd = String::with_capacity(
+        prev.as_ref().map_or(0, |p| p.len() + 2) + node.len() + host.len() + 32,
+    );
+    if let Some(p) = &prev {
+        fwd.push_str(p);
+        fwd.push_str(", ");
+    }
+    fwd.push_str("for=");
+    fwd.push_str(node);
+    if !host.is_empty() {
+        fwd.push_str(";host=\"");
+        fwd.push_str(host);
+        fwd.push('"');
+    }
+    fwd.push_str(";proto=");
+    fwd.push_str(proto);
     if let Ok(v) = HeaderValue::try_from(fwd) {
         headers.insert(header::FORWARDED, v);
     }
@@ -130,7 +170,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
-        add_forwarded(&mut h, "::1".parse().unwrap(), "http", "a.example");
+        add_forwarded(
+            &mut h,
+            &ClientAddr::new("::1".parse().unwrap()),
+            "http",
+            "a.example",
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 10.0.0.2, ::1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");

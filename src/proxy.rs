@@ -114,7 +114,7 @@ impl Proxy {
         // held ones included, so it must stay small; and a boxed future is not laid out twice
         // by the two branches below.
         let ctx = Ctx {
-            peer: conn.peer,
+            client: conn.client,
             proto: if conn.secure { "https" } else { "http" },
             host,
             start,
@@ -187,7 +187,7 @@ fn declared_len(req: &Request<Incoming>) -> u64 {
 
 /// What `forward` needs besides the revision and the request.
 struct Ctx {
-    peer: SocketAddr,
+    client: crate::headers::ClientAddr,
     proto: &'static str,
     host: String,
     start: Instant,
@@ -207,12 +207,14 @@ async fn forward(
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
     let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
-    let tls_upstream = rev.settings().pool.tls.is_some();
+    // One settings snapshot for the whole request.
+    let settings = rev.settings();
+    let tls_upstream = settings.pool.tls.is_some();
     prepare(
         &mut req,
         rev.protocol,
         tls_upstream,
-        ctx.peer,
+        &ctx.client,
         ctx.proto,
         &ctx.host,
     );
@@ -220,7 +222,7 @@ async fn forward(
         tunnel::mark(req.headers_mut(), proto);
         hyper::upgrade::on(&mut req)
     });
-    let mark_cold = acquired.cold && rev.settings().cold_start.header;
+    let mark_cold = acquired.cold && settings.cold_start.header;
     let mut lease = acquired.lease;
     let mut retried = false;
     loop {
@@ -270,7 +272,7 @@ async fn forward(
             }
             Err(SendError::Connect { req: back, error }) => {
                 ep.metrics.connect_errors.inc();
-                ep.eject(rev.settings().eject_for);
+                ep.eject(settings.eject_for);
                 debug!(endpoint = %ep.addr, %error, retried, "connect failed");
                 if retried {
                     return Err(connect_error(ep.addr, error));
@@ -366,14 +368,14 @@ fn prepare(
     req: &mut Request<Incoming>,
     protocol: Protocol,
     tls: bool,
-    peer: SocketAddr,
+    client: &crate::headers::ClientAddr,
     proto: &'static str,
     host: &str,
 ) {
     let h = req.headers_mut();
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     h.remove(header::EXPECT);
-    headers::add_forwarded(h, peer.ip(), proto, host);
+    headers::add_forwarded(h, client, proto, host);
     // The upstream authority: a route may have rewritten Host; otherwise the client's.
     let authority = h
         .get(header::HOST)

@@ -2,6 +2,7 @@
 //! same port through hyper-util's auto-detecting builder, with graceful drain on shutdown.
 
 use crate::body::ProxyBody;
+use crate::headers::ClientAddr;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,10 +17,12 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 /// What the handler knows about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's address formatted for forwarding headers, once per connection.
+    pub client: ClientAddr,
     /// True on the TLS listener.
     pub secure: bool,
 }
@@ -108,10 +111,14 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = ConnInfo { peer, secure: tls.is_some() };
+                let conn = ConnInfo {
+                    peer,
+                    client: ClientAddr::new(peer.ip()),
+                    secure: tls.is_some(),
+                };
                 let h = handler.clone();
                 let svc = hyper::service::service_fn(move |req| {
-                    let h = h.clone();
+                    let (h, conn) = (h.clone(), conn.clone());
                     async move { Ok::<_, Infallible>(h.call(req, conn).await) }
                 });
                 let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
