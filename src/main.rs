@@ -53,8 +53,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => match Config::load(&config).and_then(|cfg| {
             rouse::tls::check(&cfg).map_err(|e| {
+                // The message names the file; the key path could be the listener's or a revision's.
                 rouse::config::ConfigError::Invalid(vec![rouse::config::ConfigIssue {
-                    path: "tls".into(),
+                    path: String::new(),
                     message: e.to_string(),
                 }])
             })?;
