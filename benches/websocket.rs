@@ -18,7 +18,9 @@ async fn echo_server() -> SocketAddr {
             let (s, _) = l.accept().await.unwrap();
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
                 while let Some(Ok(m)) = ws.next().await {
                     if m.is_text() && ws.send(m).await.is_err() {
                         break;
@@ -33,11 +35,15 @@ async fn echo_server() -> SocketAddr {
 async fn round_trips(addr: SocketAddr, n: usize) -> Vec<Duration> {
     let s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://bench/echo", s).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://bench/echo", s)
+        .await
+        .unwrap();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        ws.send(Message::text(format!("message {i}"))).await.unwrap();
+        ws.send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
         let _ = ws.next().await.unwrap().unwrap();
         out.push(t.elapsed());
     }

@@ -488,3 +488,30 @@ async fn expect_100_continue_is_answered_before_the_body() {
         "Expect is answered by rouse, not forwarded"
     );
 }
+
+#[tokio::test]
+async fn http11_chunked_trailers_pass_through() {
+    let be = Backend::start("t").await;
+    let gw = gateway(&format!(
+        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
+        be.addr
+    ))
+    .await;
+    let out = raw(
+        gw.addr(),
+        b"GET /?trailers=1 HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("transfer-encoding: chunked"), "{out}");
+    assert!(lower.contains("with trailers"), "{out}");
+    assert!(
+        lower.contains("\r\nx-checksum: abc123\r\n"),
+        "trailer missing:\n{out}"
+    );
+    assert_eq!(
+        be.headers_at("/").get("te").unwrap(),
+        "trailers",
+        "TE: trailers reaches the backend"
+    );
+}

@@ -92,7 +92,20 @@ async fn backend_handle(
     let mut builder = Response::builder()
         .status(status)
         .header("x-backend", &*name);
-    let body: Body = if query(&uri, "count").is_some() {
+    let body: Body = if query(&uri, "trailers").is_some() {
+        // A chunked body followed by a trailer field, announced in `Trailer` as HTTP/1.1
+        // requires.
+        builder = builder.header("trailer", "x-checksum");
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"with trailers")).await;
+            let mut t = HeaderMap::new();
+            t.insert("x-checksum", "abc123".parse().unwrap());
+            let _ = tx.send_trailers(t).await;
+            drop(guard);
+        });
+        body.boxed()
+    } else if query(&uri, "count").is_some() {
         let mut n = 0usize;
         let mut b = req.into_body();
         while let Some(f) = b.frame().await {
