@@ -158,8 +158,13 @@ async fn wait_for_stop(reloader: Option<&rouse::roles::gateway::Reloader>) -> an
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            // Reloading runs on its own task: one that restarts a scaler can take as long as a
+            // backend's stop_grace, and SIGTERM must not wait for it.
             _ = hup.recv() => match reloader {
-                Some(r) => { let _ = r.reload().await; }
+                Some(r) => {
+                    let r = r.clone();
+                    tokio::spawn(async move { r.reload().await });
+                }
                 None => tracing::warn!("SIGHUP ignored: the built-in demo has no file to reload"),
             },
         }

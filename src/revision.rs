@@ -270,6 +270,13 @@ impl Revision {
         removed
     }
 
+    /// Replaces every endpoint with a fresh one (new pool) in one swap; requests already on the
+    /// old ones finish there.
+    pub fn replace_endpoints(&self, addrs: &[SocketAddr]) {
+        let fresh = addrs.iter().map(|a| self.make_endpoint(*a)).collect();
+        self.set_endpoints(fresh);
+    }
+
     /// Time-weighted concurrency of this revision (held plus proxied).
     pub fn stats(&self) -> &ConcurrencyStats {
         &self.stats

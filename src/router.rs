@@ -258,9 +258,14 @@ fn build_revision(
     {
         // Same revision: update in place. Static endpoints follow the file; a scaler owns
         // the endpoints of a scaled revision.
+        let new_pools = old.settings().pool.differs(&settings.pool);
         old.update(settings);
         let was_scaled = old.set_managed(scaled);
-        if !scaled {
+        if !scaled && new_pools {
+            // Connections must be made differently now (TLS, timeouts): fresh endpoints.
+            old.replace_endpoints(&addrs);
+            old.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
+        } else if !scaled {
             old.set_endpoint_addrs(&addrs);
             old.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
         } else if !was_scaled {
@@ -362,6 +367,11 @@ services:
         // Unchanged endpoints keep their live state; changed ones are replaced.
         assert!(Arc::ptr_eq(&kept, &t2.revisions[0].endpoints()[0]));
         assert_eq!(t2.revisions[2].endpoints()[0].addr.port(), 4);
+        // A pool setting change gives fresh endpoints (new connections), same revision.
+        let slower = changed.replace("listen:", "upstream: { pool_idle_timeout: 9s }\nlisten:");
+        let t2b = RouteTable::build(&Config::parse(&slower).unwrap(), &m, Some(&t2)).unwrap();
+        assert!(Arc::ptr_eq(&t2.revisions[0], &t2b.revisions[0]));
+        assert!(!Arc::ptr_eq(&kept, &t2b.revisions[0].endpoints()[0]));
         let h2 = YAML.replace("{ name: two,", "{ name: two, protocol: h2c,");
         let t3 = RouteTable::build(&Config::parse(&h2).unwrap(), &m, Some(&t2)).unwrap();
         assert!(

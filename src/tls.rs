@@ -221,6 +221,8 @@ impl CertStore {
 /// TLS settings for connecting to one revision's endpoints.
 #[derive(Clone)]
 pub struct Upstream {
+    /// The configuration this was built from, to tell on reload whether it changed.
+    pub source: (config::UpstreamTls, bool),
     /// The connector (CA roots, ALPN).
     pub connector: tokio_rustls::TlsConnector,
     /// Name to verify the endpoint's certificate against; `None` = the endpoint's IP address.
@@ -272,6 +274,7 @@ impl Upstream {
                 reason: e.to_string(),
             })?;
         Ok(Upstream {
+            source: (cfg.clone(), h2),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             server_name,
         })

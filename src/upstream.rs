@@ -35,6 +35,18 @@ pub struct PoolSettings {
     pub tls: Option<Arc<crate::tls::Upstream>>,
 }
 
+impl PoolSettings {
+    /// True when connections made with `self` and `other` would differ (so a reload must
+    /// replace the endpoints' pools rather than keep them). The idle cap is left out: it
+    /// follows `container_concurrency`, and replacing endpoints for it would reset the very
+    /// in-flight counts that enforce that limit.
+    pub fn differs(&self, other: &PoolSettings) -> bool {
+        self.idle_timeout != other.idle_timeout
+            || self.connect_timeout != other.connect_timeout
+            || self.tls.as_ref().map(|t| &t.source) != other.tls.as_ref().map(|t| &t.source)
+    }
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {

@@ -29,6 +29,9 @@ struct Live {
     fixed: (config::Addr, Option<config::Addr>),
     fixed_tuning: (config::ByteSize, config::Dur, config::Dur, config::Dur),
     fixed_tls: Option<TlsKey>,
+    /// Serializes reloads (watcher and SIGHUP) and remembers the file last applied, so the same
+    /// content is not applied twice.
+    applied: tokio::sync::Mutex<Option<Vec<u8>>>,
 }
 
 /// The parts of the `tls` section fixed at start.
@@ -159,6 +162,7 @@ impl Gateway {
                 cfg.watch_interval,
             ),
             fixed_tls: cfg.tls.as_ref().map(tls_key),
+            applied: tokio::sync::Mutex::new(None),
         });
         // Backends start only once rouse can take the requests that wake them.
         live.scalers.sync(&cfg, &live.proxy.table()).await;
@@ -275,6 +279,12 @@ impl Reloader {
     /// Reads, validates and applies the file. An invalid file changes nothing: the running
     /// config keeps serving, and the problems are logged with their key paths and counted.
     pub async fn reload(&self) -> Result<(), ConfigError> {
+        let mut applied = self.live.applied.lock().await;
+        let bytes = std::fs::read(&self.path).ok();
+        if bytes.is_some() && *applied == bytes {
+            // The watcher and a SIGHUP both saw this change; it is applied once.
+            return Ok(());
+        }
         let metrics = self.live.proxy.metrics().clone();
         let loaded = Config::load(&self.path).and_then(|cfg| {
             // TLS files are checked before anything changes, so a bad CA or key never
@@ -298,6 +308,7 @@ impl Reloader {
                     }]));
                 }
                 metrics.config_reload(true);
+                *applied = bytes;
                 info!(path = %self.path.display(), "config reloaded");
                 Ok(())
             }

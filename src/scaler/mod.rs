@@ -122,11 +122,15 @@ impl Backoff {
     }
 }
 
+/// A running scaler with what it was started from: the `scale` section and the
+/// `container_concurrency` (the default target derives from it).
+type Running = (config::Scale, u32, ScaleHandle);
+
 /// The running scalers of a gateway, kept in step with its config across reloads.
 #[derive(Debug, Default)]
 pub struct ScalerSet {
     /// Keyed by (service, revision), with the `scale` section each was started from.
-    running: Mutex<HashMap<(String, String), (config::Scale, ScaleHandle)>>,
+    running: Mutex<HashMap<(String, String), Running>>,
 }
 
 impl ScalerSet {
@@ -148,9 +152,12 @@ impl ScalerSet {
                 else {
                     continue;
                 };
-                if let Some((old_scale, h)) = running.remove(&key) {
-                    if old_scale == *scale && Arc::ptr_eq(&h.revision, rev) {
-                        next.insert(key, (old_scale, h));
+                if let Some((old_scale, old_cc, h)) = running.remove(&key) {
+                    if old_scale == *scale
+                        && old_cc == r.container_concurrency
+                        && Arc::ptr_eq(&h.revision, rev)
+                    {
+                        next.insert(key, (old_scale, old_cc, h));
                         continue;
                     }
                     // A changed scaler hands over a revision with no endpoints, so the old one
@@ -159,13 +166,13 @@ impl ScalerSet {
                     h.stop().await;
                 }
                 if let Some(h) = start(rev, r) {
-                    next.insert(key, (scale.clone(), h));
+                    next.insert(key, (scale.clone(), r.container_concurrency, h));
                 }
             }
         }
         // Revisions removed or no longer autoscaled: their backends stop once their in-flight
         // requests finish (bounded by stop_grace).
-        for ((service, revision), (_, h)) in running.drain() {
+        for ((service, revision), (_, _, h)) in running.drain() {
             info!(%service, %revision, "revision removed or no longer autoscaled; stopping its backends");
             tokio::spawn(h.stop());
         }
@@ -176,7 +183,7 @@ impl ScalerSet {
     pub async fn stop_all(&self) {
         // All at once: each may wait up to its stop_grace, and those waits should overlap.
         let mut stopping = tokio::task::JoinSet::new();
-        for (_, (_, h)) in self.running.lock().await.drain() {
+        for (_, (_, _, h)) in self.running.lock().await.drain() {
             stopping.spawn(h.stop());
         }
         while stopping.join_next().await.is_some() {}
