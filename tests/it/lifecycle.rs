@@ -126,13 +126,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn streaming_100_mib_keeps_proxy_memory_bounded() {
     let a = Backend::start("big").await;
     let listen = free_port().await;
-    let cfg = write_config(
-        "stream",
-        &format!(
-            "listen: \"{listen}\"\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-            a.addr
-        ),
-    );
+    let cfg = write_config("stream", &single_revision(listen, a.addr));
     let p = spawn(&cfg);
     wait_ready(listen).await;
     let base = peak_rss_kib(p.0.id());
@@ -164,13 +158,7 @@ async fn streaming_100_mib_keeps_proxy_memory_bounded() {
 async fn one_gib_upload_and_a_stalled_reader_keep_memory_bounded() {
     let a = Backend::start("big").await;
     let listen = free_port().await;
-    let cfg = write_config(
-        "gib",
-        &format!(
-            "listen: \"{listen}\"\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-            a.addr
-        ),
-    );
+    let cfg = write_config("gib", &single_revision(listen, a.addr));
     let p = spawn(&cfg);
     wait_ready(listen).await;
     let base = peak_rss_kib(p.0.id());
@@ -235,11 +223,7 @@ async fn one_gib_upload_and_a_stalled_reader_keep_memory_bounded() {
 #[tokio::test]
 async fn pipelined_http11_requests_are_all_answered() {
     let a = Backend::start("p").await;
-    let gw = gateway(&format!(
-        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-        a.addr
-    ))
-    .await;
+    let gw = gateway(&single_revision("127.0.0.1:0", a.addr)).await;
     // Three requests in one write, the first one slow: each is forwarded and answered on the
     // one connection (HTTP/1.1 keeps them in order).
     let out = raw(

@@ -451,11 +451,7 @@ async fn grpc_unary_call_held_during_a_cold_start_succeeds() {
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body() {
     let be = Backend::start("a").await;
-    let gw = gateway(&format!(
-        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-        be.addr
-    ))
-    .await;
+    let gw = gateway(&single_revision("127.0.0.1:0", be.addr)).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(
@@ -492,11 +488,7 @@ async fn expect_100_continue_is_answered_before_the_body() {
 #[tokio::test]
 async fn http11_chunked_trailers_pass_through() {
     let be = Backend::start("t").await;
-    let gw = gateway(&format!(
-        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-        be.addr
-    ))
-    .await;
+    let gw = gateway(&single_revision("127.0.0.1:0", be.addr)).await;
     let out = raw(
         gw.addr(),
         b"GET /?trailers=1 HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",

@@ -299,15 +299,14 @@ pub async fn get(
 
 /// Sends a request and collects the response.
 pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
-    let res = client.request(req).await.expect("request completes");
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.expect("body completes").to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        version: parts.version,
-    }
+    collect(client.request(req).await.expect("request completes")).await
+}
+
+/// A config with one service (any host) whose only revision `r` has one static endpoint.
+pub fn single_revision(listen: impl std::fmt::Display, endpoint: impl std::fmt::Display) -> String {
+    format!(
+        "listen: \"{listen}\"\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{endpoint}\"] }}\n"
+    )
 }
 
 /// Fetches the admin `/metrics` text.
