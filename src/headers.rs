@@ -42,7 +42,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -155,7 +163,7 @@ mod tests {
         h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::TE, "trailers, deflate;q=0.5".parse().unwrap());
         h.insert("x-keep", "yes".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none());

@@ -139,11 +139,13 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         .filter(|_| !watch_every.is_zero())
         .map(|r| tokio::spawn(r.watch(watch_every)));
     wait_for_stop(reloader.as_ref()).await?;
+    tracing::info!("shutting down: draining in-flight requests");
+    // Shutdown waits for a reload in progress and blocks new ones; only then is the watcher
+    // stopped, so it is never cancelled in the middle of starting or stopping scalers.
+    let report = gw.shutdown().await;
     if let Some(w) = watcher {
         w.abort();
     }
-    tracing::info!("shutting down: draining in-flight requests");
-    let report = gw.shutdown().await;
     tracing::info!(?report, "stopped");
     Ok(())
 }

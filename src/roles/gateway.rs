@@ -222,6 +222,9 @@ impl Gateway {
     /// current exchanges, and proxied streams run to completion, all within the drain timeout.
     pub async fn shutdown(self) -> DrainReport {
         let began = Instant::now();
+        // A reload in progress finishes first (it may be starting or stopping scalers), and
+        // none starts after this point.
+        let _no_reloads = self.live.applied.lock().await;
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop_data.send(true);
         let mut connections_left = self.data.await.unwrap_or(0);
@@ -280,13 +283,26 @@ impl Reloader {
     /// config keeps serving, and the problems are logged with their key paths and counted.
     pub async fn reload(&self) -> Result<(), ConfigError> {
         let mut applied = self.live.applied.lock().await;
-        let bytes = std::fs::read(&self.path).ok();
-        if bytes.is_some() && *applied == bytes {
+        let metrics = self.live.proxy.metrics().clone();
+        // Read once: what is compared, parsed and remembered are the same bytes.
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(source) => {
+                metrics.config_reload(false);
+                let e = ConfigError::Read {
+                    path: self.path.display().to_string(),
+                    source,
+                };
+                warn!("config not reloaded, keeping the running one: {e}");
+                return Err(e);
+            }
+        };
+        if applied.as_ref() == Some(&bytes) {
             // The watcher and a SIGHUP both saw this change; it is applied once.
             return Ok(());
         }
-        let metrics = self.live.proxy.metrics().clone();
-        let loaded = Config::load(&self.path).and_then(|cfg| {
+        let text = String::from_utf8_lossy(&bytes);
+        let loaded = Config::parse(&text).and_then(|cfg| {
             // TLS files are checked before anything changes, so a bad CA or key never
             // half-applies a config.
             tls::check(&cfg).map_err(|e| {
@@ -308,7 +324,7 @@ impl Reloader {
                     }]));
                 }
                 metrics.config_reload(true);
-                *applied = bytes;
+                *applied = Some(bytes);
                 info!(path = %self.path.display(), "config reloaded");
                 Ok(())
             }

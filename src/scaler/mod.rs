@@ -162,7 +162,7 @@ impl ScalerSet {
                     }
                     // A changed scaler hands over a revision with no endpoints, so the old one
                     // stops completely before the new one starts.
-                    info!(service = %s.name, revision = %r.name, "scale settings changed; restarting its scaler");
+                    info!(service = %s.name, revision = %r.name, "scale settings or container_concurrency changed; restarting its scaler");
                     h.stop().await;
                 }
                 if let Some(h) = start(rev, r) {
