@@ -130,6 +130,15 @@ impl RouteTable {
                     .collect()
             })
             .unwrap_or_default();
+        // Everything fallible first: a reload that fails must not have changed any live
+        // revision (they are updated in place below).
+        let mut settings = cfg
+            .services
+            .iter()
+            .flat_map(|s| &s.revisions)
+            .map(|r| revision_settings(cfg, r))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
         for (si, s) in cfg.services.iter().enumerate() {
             for h in &s.hosts {
                 let h = h.trim().to_ascii_lowercase();
@@ -142,7 +151,10 @@ impl RouteTable {
             let name: Arc<str> = s.name.as_str().into();
             let mut revs: HashMap<&str, Arc<Revision>> = HashMap::new();
             for r in &s.revisions {
-                let rev = build_revision(cfg, &name, r, metrics, old.get(&(&*name, &*r.name)))?;
+                let rs = settings
+                    .next()
+                    .expect("one settings entry was built per revision, in this order");
+                let rev = build_revision(&name, r, rs, metrics, old.get(&(&*name, &*r.name)));
                 all.push(rev.clone());
                 revs.insert(&r.name, rev);
             }
@@ -219,15 +231,11 @@ fn header_list(m: &BTreeMap<String, String>) -> Headers {
         .collect()
 }
 
-fn build_revision(
-    cfg: &Config,
-    service: &Arc<str>,
-    r: &config::Revision,
-    metrics: &Arc<Metrics>,
-    old: Option<&&Arc<Revision>>,
-) -> Result<Arc<Revision>, TlsError> {
+/// A revision's settings from the config. The only step that can fail (loading an upstream CA
+/// bundle), run for every revision before any live revision is changed.
+fn revision_settings(cfg: &Config, r: &config::Revision) -> Result<RevisionSettings, TlsError> {
     let up = &cfg.upstream;
-    let settings = RevisionSettings {
+    Ok(RevisionSettings {
         container_concurrency: r.container_concurrency,
         limits: QueueLimits::from(&r.queue),
         eject_for: up.eject_after_connect_error.0,
@@ -250,7 +258,16 @@ fn build_revision(
             placeholder: r.cold_start.placeholder.clone().map(Arc::new),
             header: r.cold_start.header,
         },
-    };
+    })
+}
+
+fn build_revision(
+    service: &Arc<str>,
+    r: &config::Revision,
+    settings: RevisionSettings,
+    metrics: &Arc<Metrics>,
+    old: Option<&&Arc<Revision>>,
+) -> Arc<Revision> {
     let addrs: Vec<_> = r.endpoints.iter().map(|a| a.0).collect();
     let scaled = r.scale.as_ref().is_some_and(|s| s.process.is_some());
     if let Some(old) = old
@@ -273,7 +290,7 @@ fn build_revision(
             old.set_endpoint_addrs(&[]);
             old.set_desired(0);
         }
-        return Ok((*old).clone());
+        return (*old).clone();
     }
     let rev = Arc::new(Revision::new(
         RevisionSpec {
@@ -288,7 +305,7 @@ fn build_revision(
     rev.set_managed(scaled);
     rev.set_endpoint_addrs(&addrs);
     rev.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
-    Ok(rev)
+    rev
 }
 
 #[cfg(test)]
@@ -372,6 +389,18 @@ services:
         let t2b = RouteTable::build(&Config::parse(&slower).unwrap(), &m, Some(&t2)).unwrap();
         assert!(Arc::ptr_eq(&t2.revisions[0], &t2b.revisions[0]));
         assert!(!Arc::ptr_eq(&kept, &t2b.revisions[0].endpoints()[0]));
+        // A reload that fails (an unreadable CA on the last revision) changes nothing live.
+        let broken = changed
+            .replace(
+                "{ name: one, container_concurrency: 3,",
+                "{ name: one, container_concurrency: 7,",
+            )
+            .replace(
+                "{ name: three,",
+                "{ name: three, tls: { ca: /nonexistent/ca.pem },",
+            );
+        assert!(RouteTable::build(&Config::parse(&broken).unwrap(), &m, Some(&t2b)).is_err());
+        assert_eq!(t2b.revisions[0].settings().container_concurrency, 3);
         let h2 = YAML.replace("{ name: two,", "{ name: two, protocol: h2c,");
         let t3 = RouteTable::build(&Config::parse(&h2).unwrap(), &m, Some(&t2)).unwrap();
         assert!(
