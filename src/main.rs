@@ -52,13 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => match Config::load(&config).and_then(|cfg| {
-            rouse::tls::check(&cfg).map_err(|e| {
-                // The message names the file; the key path could be the listener's or a revision's.
-                rouse::config::ConfigError::Invalid(vec![rouse::config::ConfigIssue {
-                    path: String::new(),
-                    message: e.to_string(),
-                }])
-            })?;
+            rouse::tls::check(&cfg)?;
             Ok(cfg)
         }) {
             Ok(cfg) => {

@@ -351,60 +351,58 @@ pub struct EndpointMetrics {
 #[derive(Debug)]
 struct LiveCollector(Arc<ArcSwap<Vec<Arc<Revision>>>>);
 
+/// Encodes one gauge family with a sample per revision, labelled by service and revision.
+fn revision_gauge(
+    encoder: &mut DescriptorEncoder,
+    revs: &[Arc<Revision>],
+    name: &str,
+    help: &str,
+    value: impl Fn(&Revision) -> i64,
+) -> Result<(), std::fmt::Error> {
+    let mut e = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for r in revs {
+        let labels = [("service", &*r.service), ("revision", &*r.name)];
+        ConstGauge::new(value(r)).encode(e.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn saturating(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl Collector for LiveCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let revs = self.0.load();
+        revision_gauge(
+            &mut encoder,
+            &revs,
+            "rouse_revision_in_flight",
+            "Requests of a revision being proxied to an endpoint right now (streams and upgrades count until they end)",
+            |r| i64::from(r.in_flight()),
+        )?;
+        revision_gauge(
+            &mut encoder,
+            &revs,
+            "rouse_revision_held_requests",
+            "Requests of a revision held waiting for an endpoint slot",
+            |r| saturating(r.held()),
+        )?;
+        revision_gauge(
+            &mut encoder,
+            &revs,
+            "rouse_revision_endpoints",
+            "Endpoints a revision can send requests to",
+            |r| saturating(r.endpoints().len()),
+        )?;
+        revision_gauge(
+            &mut encoder,
+            &revs,
+            "rouse_revision_desired_scale",
+            "Endpoints the autoscaler wants for a revision (static revisions: their endpoint count)",
+            |r| i64::from(r.desired()),
+        )?;
         let gauge = ConstGauge::new(0i64);
-        {
-            let mut e = encoder.encode_descriptor(
-                "rouse_revision_in_flight",
-                "Requests of a revision being proxied to an endpoint right now (streams and upgrades count until they end)",
-                None,
-                gauge.metric_type(),
-            )?;
-            for r in revs.iter() {
-                let labels = [("service", &*r.service), ("revision", &*r.name)];
-                ConstGauge::new(i64::from(r.in_flight())).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
-                "rouse_revision_held_requests",
-                "Requests of a revision held waiting for an endpoint slot",
-                None,
-                gauge.metric_type(),
-            )?;
-            for r in revs.iter() {
-                let labels = [("service", &*r.service), ("revision", &*r.name)];
-                let held = i64::try_from(r.held()).unwrap_or(i64::MAX);
-                ConstGauge::new(held).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
-                "rouse_revision_endpoints",
-                "Endpoints a revision can send requests to",
-                None,
-                gauge.metric_type(),
-            )?;
-            for r in revs.iter() {
-                let labels = [("service", &*r.service), ("revision", &*r.name)];
-                let n = i64::try_from(r.endpoints().len()).unwrap_or(i64::MAX);
-                ConstGauge::new(n).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
-                "rouse_revision_desired_scale",
-                "Endpoints the autoscaler wants for a revision (static revisions: their endpoint count)",
-                None,
-                gauge.metric_type(),
-            )?;
-            for r in revs.iter() {
-                let labels = [("service", &*r.service), ("revision", &*r.name)];
-                ConstGauge::new(i64::from(r.desired())).encode(e.encode_family(&labels)?)?;
-            }
-        }
         let mut e = encoder.encode_descriptor(
             "rouse_endpoint_in_flight",
             "Requests in flight to one endpoint",

@@ -70,6 +70,17 @@ pub enum TlsError {
     },
 }
 
+impl From<TlsError> for config::ConfigError {
+    /// A TLS file problem as a config problem. The message names the file; no key path is
+    /// given because the same file may serve the listener or a revision.
+    fn from(e: TlsError) -> Self {
+        config::ConfigError::Invalid(vec![config::ConfigIssue {
+            path: String::new(),
+            message: e.to_string(),
+        }])
+    }
+}
+
 /// The one crypto provider rouse uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -281,8 +292,8 @@ impl Upstream {
     }
 }
 
-/// Loads every TLS file a config names, so `rouse validate` and start-up fail with a clear
-/// message instead of at the first handshake.
+/// Loads every TLS file a config names, so `rouse validate` reports an unusable file the way
+/// start-up would.
 pub fn check(cfg: &config::Config) -> Result<(), TlsError> {
     if let Some(t) = &cfg.tls {
         CertStore::load(&t.certificates)?;

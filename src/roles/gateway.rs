@@ -82,10 +82,16 @@ pub struct Reloader {
 impl Gateway {
     /// Binds the listeners and starts serving `cfg`.
     pub async fn start(cfg: Config) -> std::io::Result<Gateway> {
-        // Unusable certificate or key files stop the start before anything binds.
-        tls::check(&cfg).map_err(std::io::Error::other)?;
+        // Every TLS file is loaded here, once, before anything binds: the route table loads
+        // upstream CAs, the store the listener's certificates.
         let metrics = Arc::new(Metrics::new());
         let table = RouteTable::build(&cfg, &metrics, None).map_err(std::io::Error::other)?;
+        let store = match &cfg.tls {
+            Some(t) => Some(Arc::new(
+                tls::CertStore::load(&t.certificates).map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let proxy = Arc::new(Proxy::new(table, metrics.clone()));
         let draining = Arc::new(AtomicBool::new(false));
         let settings = ServerSettings {
@@ -104,10 +110,8 @@ impl Gateway {
             drain_timeout,
             None,
         ));
-        let (tls_addr, secure, cert_watch) = match &cfg.tls {
-            Some(t) => {
-                let store =
-                    Arc::new(tls::CertStore::load(&t.certificates).map_err(std::io::Error::other)?);
+        let (tls_addr, secure, cert_watch) = match (&cfg.tls, store) {
+            (Some(t), Some(store)) => {
                 let l = TcpListener::bind(t.listen.0).await?;
                 let bound = l.local_addr()?;
                 let listener = TlsListener {
@@ -131,7 +135,7 @@ impl Gateway {
                 let watch = tokio::spawn(store.watch(every));
                 (Some(bound), Some(task), Some(watch))
             }
-            None => (None, None, None),
+            _ => (None, None, None),
         };
         let (stop_admin, rx) = watch::channel(false);
         let (admin_addr, admin) = match cfg.admin {
@@ -302,27 +306,20 @@ impl Reloader {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&bytes);
-        let loaded = Config::parse(&text).and_then(|cfg| {
-            // TLS files are checked before anything changes, so a bad CA or key never
-            // half-applies a config.
-            tls::check(&cfg).map_err(|e| {
-                ConfigError::Invalid(vec![config::ConfigIssue {
-                    path: String::new(),
-                    message: e.to_string(),
-                }])
-            })?;
-            Ok(cfg)
-        });
-        match loaded {
-            Ok(cfg) => {
-                if let Err(e) = self.live.apply(&cfg).await {
-                    metrics.config_reload(false);
-                    warn!(path = %self.path.display(), "config not reloaded, keeping the running one: {e}");
-                    return Err(ConfigError::Invalid(vec![config::ConfigIssue {
-                        path: String::new(),
-                        message: e.to_string(),
-                    }]));
-                }
+        let result = async {
+            let cfg = Config::parse(&text)?;
+            // The listener's certificates are not swapped by a reload (the store re-reads its
+            // own files), but a file that names unusable ones is still refused. Upstream CAs
+            // are loaded by the route table build, before any live revision changes.
+            if let Some(t) = &cfg.tls {
+                tls::CertStore::load(&t.certificates)?;
+            }
+            self.live.apply(&cfg).await?;
+            Ok::<(), ConfigError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
                 metrics.config_reload(true);
                 *applied = Some(bytes);
                 info!(path = %self.path.display(), "config reloaded");
