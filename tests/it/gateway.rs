@@ -448,48 +448,11 @@ async fn hundred_megabytes_stream_both_ways() {
     let gw = gateway(&yaml).await;
     let size: u64 = 100 << 20;
     // Download: counted as it arrives, never collected.
-    let c = h1_client();
-    let res = c
-        .request(
-            Request::get(format!("http://{}/?size={size}", gw.addr()))
-                .header("host", "x")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = download(gw.addr(), size).await;
     assert_eq!(res.headers()["content-length"], size.to_string().as_str());
-    let mut body = res.into_body();
-    let mut n = 0u64;
-    use http_body_util::BodyExt;
-    while let Some(f) = body.frame().await {
-        n += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
-    }
-    assert_eq!(n, size);
+    assert_eq!(count_body(&mut res.into_body()).await, size);
     // Upload: a streamed body of 100 MiB, counted by the backend.
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
-    tokio::spawn(async move {
-        let chunk = Bytes::from(vec![b'y'; 1 << 20]);
-        for _ in 0..100 {
-            if tx.send_data(chunk.clone()).await.is_err() {
-                break;
-            }
-        }
-    });
-    let up = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::channel::Channel<Bytes, std::convert::Infallible>>();
-    let res = up
-        .request(
-            Request::post(format!("http://{}/?count=1", gw.addr()))
-                .header("host", "x")
-                .body(body)
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let got = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(got, size.to_string().as_bytes());
+    assert_eq!(upload(gw.addr(), 100).await, size.to_string());
 }
 
 #[tokio::test]

@@ -131,22 +131,10 @@ async fn streaming_100_mib_keeps_proxy_memory_bounded() {
     wait_ready(listen).await;
     let base = peak_rss_kib(p.0.id());
     let size: u64 = 100 << 20;
-    let res = h1_client()
-        .request(
-            http::Request::get(format!("http://{listen}/?size={size}"))
-                .header("host", "x")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut body = res.into_body();
-    let mut n = 0u64;
-    use http_body_util::BodyExt;
-    while let Some(f) = body.frame().await {
-        n += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
-    }
-    assert_eq!(n, size);
+    assert_eq!(
+        count_body(&mut download(listen, size).await.into_body()).await,
+        size
+    );
     let peak = peak_rss_kib(p.0.id());
     assert!(
         peak < base + 16 * 1024,
@@ -163,31 +151,7 @@ async fn one_gib_upload_and_a_stalled_reader_keep_memory_bounded() {
     wait_ready(listen).await;
     let base = peak_rss_kib(p.0.id());
     // 1 GiB streamed up, counted by the backend.
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
-    tokio::spawn(async move {
-        let chunk = bytes::Bytes::from(vec![b'u'; 1 << 20]);
-        for _ in 0..1024 {
-            if tx.send_data(chunk.clone()).await.is_err() {
-                break;
-            }
-        }
-    });
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::channel::Channel<bytes::Bytes, std::convert::Infallible>>(
-    );
-    let res = client
-        .request(
-            http::Request::post(format!("http://{listen}/?count=1"))
-                .header("host", "x")
-                .body(body)
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    use http_body_util::BodyExt;
-    let got = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(got, (1u64 << 30).to_string().as_bytes());
+    assert_eq!(upload(listen, 1024).await, (1u64 << 30).to_string());
     let after_upload = peak_rss_kib(p.0.id());
     assert!(
         after_upload < base + 8 * 1024,
@@ -195,16 +159,9 @@ async fn one_gib_upload_and_a_stalled_reader_keep_memory_bounded() {
     );
     // A reader that stops reading: rouse must stop reading from the backend too (backpressure),
     // not buffer the 256 MiB response.
-    let res = h1_client()
-        .request(
-            http::Request::get(format!("http://{listen}/?size={}", 256u64 << 20))
-                .header("host", "x")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = download(listen, 256 << 20).await;
     let mut body = res.into_body();
+    use http_body_util::BodyExt;
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -213,10 +170,7 @@ async fn one_gib_upload_and_a_stalled_reader_keep_memory_bounded() {
         stalled < base + 8 * 1024,
         "peak RSS grew from {base} KiB to {stalled} KiB while the client was not reading"
     );
-    let mut n = first.into_data().unwrap().len() as u64;
-    while let Some(f) = body.frame().await {
-        n += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
-    }
+    let n = first.into_data().unwrap().len() as u64 + count_body(&mut body).await;
     assert_eq!(n, 256 << 20, "the stalled response completes once read");
 }
 

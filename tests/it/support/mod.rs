@@ -302,6 +302,53 @@ pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full
     collect(client.request(req).await.expect("request completes")).await
 }
 
+/// Starts `GET /?size=N` against `addr` and returns the response with its body unread.
+pub async fn download(addr: SocketAddr, size: u64) -> Response<Incoming> {
+    h1_client()
+        .request(
+            Request::get(format!("http://{addr}/?size={size}"))
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Reads a body to its end, counting bytes as they arrive and keeping none.
+pub async fn count_body(body: &mut Incoming) -> u64 {
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        n += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
+    }
+    n
+}
+
+/// Streams `mib` MiB to the backend's `?count=1` through `addr` (chunked, never held whole)
+/// and returns the byte count the backend answers.
+pub async fn upload(addr: SocketAddr, mib: usize) -> String {
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'u'; 1 << 20]);
+        for _ in 0..mib {
+            if tx.send_data(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Channel<Bytes, Infallible>>();
+    let res = client
+        .request(
+            Request::post(format!("http://{addr}/?count=1"))
+                .header("host", "x")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    collect(res).await.body
+}
+
 /// A config with one service (any host) whose only revision `r` has one static endpoint.
 pub fn single_revision(listen: impl std::fmt::Display, endpoint: impl std::fmt::Display) -> String {
     format!(
