@@ -8,6 +8,19 @@ use http::{HeaderValue, Response, StatusCode, header};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Whose wire conventions a proxy follows where rouse's own differ: error bodies and the
+/// forwarding headers it adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// rouse's: error bodies that name the cause, `X-Forwarded-*` and `Forwarded` appended.
+    #[default]
+    Rouse,
+    /// Knative queue-proxy's: its fixed error bodies (`pending request queue full`,
+    /// `request timeout`), only `X-Forwarded-For` appended, and `Forwarded` synthesized from
+    /// `X-Forwarded-*` when the request has none.
+    Knative,
+}
+
 /// A failure of one request.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -144,10 +157,36 @@ impl ProxyError {
         }
     }
 
+    /// The body Knative's queue-proxy writes for the same failure, where clients may match on
+    /// it; `None` where rouse's own line is the better answer (it also names the cause).
+    fn knative_body(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::QueueFull { .. } | ProxyError::QueueBytes { .. } => {
+                Some("pending request queue full\n")
+            }
+            ProxyError::QueueTimeout { .. } => Some("context deadline exceeded\n"),
+            ProxyError::ResponseStartTimeout(_) | ProxyError::RequestTimeout(_) => {
+                Some("request timeout")
+            }
+            _ => None,
+        }
+    }
+
     /// Builds the response for this error.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut text = self.to_string();
-        text.push('\n');
+        self.into_response_in(Dialect::Rouse)
+    }
+
+    /// Builds the response for this error, with bodies in `dialect`.
+    pub fn into_response_in(self, dialect: Dialect) -> Response<ProxyBody> {
+        let text = match (dialect, self.knative_body()) {
+            (Dialect::Knative, Some(body)) => body.to_owned(),
+            _ => {
+                let mut text = self.to_string();
+                text.push('\n');
+                text
+            }
+        };
         let mut res = Response::new(ProxyBody::full(text));
         *res.status_mut() = self.status();
         let h = res.headers_mut();

@@ -59,6 +59,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Set by an activator on the requests it forwards (`K-Proxy-Request: activator`).
+pub const PROXY_REQUEST: HeaderName = HeaderName::from_static("k-proxy-request");
+
+/// True when an activator sent this request, so its concurrency is reported as proxied.
+pub fn is_proxied(headers: &HeaderMap) -> bool {
+    headers
+        .get(&PROXY_REQUEST)
+        .is_some_and(|v| v.as_bytes() == b"activator")
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -141,6 +151,61 @@ pub fn add_forwarded(
     }
 }
 
+/// Knative's forwarding convention: when the request has no `Forwarded`, one is synthesized
+/// from the `X-Forwarded-*` headers it arrived with (the first node carries `host` and
+/// `proto`); then this hop's client is appended to `X-Forwarded-For` only.
+pub fn add_forwarded_knative(headers: &mut HeaderMap, client: &ClientAddr) {
+    let xff = joined(headers, &X_FORWARDED_FOR);
+    if !headers.contains_key(header::FORWARDED) {
+        let first = |name: &HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let (host, proto) = (first(&X_FORWARDED_HOST), first(&X_FORWARDED_PROTO));
+        if xff.is_some() || host.is_some() || proto.is_some() {
+            let mut nodes = xff.as_deref().unwrap_or("").split(',').map(str::trim);
+            let mut pairs = Vec::with_capacity(3);
+            if let Some(n) = nodes.next().filter(|n| !n.is_empty()) {
+                pairs.push(format!("for={}", forwarded_node(n)));
+            }
+            if let Some(h) = host {
+                pairs.push(format!("host={h}"));
+            }
+            if let Some(p) = proto {
+                pairs.push(format!("proto={p}"));
+            }
+            let mut elements = vec![pairs.join(";")];
+            elements.extend(nodes.map(|n| format!("for={}", forwarded_node(n))));
+            if let Ok(v) = HeaderValue::try_from(elements.join(", ")) {
+                headers.insert(header::FORWARDED, v);
+            }
+        }
+    }
+    match xff {
+        Some(prev) => {
+            let ip = client.ip.to_str().unwrap_or("unknown");
+            if let Ok(v) = HeaderValue::try_from(format!("{prev}, {ip}")) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), client.ip.clone());
+        }
+    }
+}
+
+/// An RFC 7239 node: IPv6 addresses are bracketed and quoted, anything else is kept.
+fn forwarded_node(node: &str) -> String {
+    match node.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) => format!("\"[{node}]\""),
+        _ => node.to_owned(),
+    }
+}
+
 /// All lines of a list-valued header as one comma-separated value (RFC 9110 §5.3).
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let parts: Vec<&str> = headers
@@ -171,6 +236,37 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "yes");
+    }
+
+    #[test]
+    fn knative_forwarded_is_synthesized_from_x_forwarded() {
+        let client = ClientAddr::new("10.0.0.9".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "192.0.2.1, 2001:db8::1".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("x-forwarded-host", "app.example".parse().unwrap());
+        add_forwarded_knative(&mut h, &client);
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=192.0.2.1;host=app.example;proto=https, for=\"[2001:db8::1]\""
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "192.0.2.1, 2001:db8::1, 10.0.0.9"
+        );
+        assert!(h.get("x-forwarded-proto").is_some());
+
+        // An existing Forwarded is left alone; without X-Forwarded-* none is made up.
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", "for=198.51.100.7".parse().unwrap());
+        h.insert("x-forwarded-for", "192.0.2.1".parse().unwrap());
+        add_forwarded_knative(&mut h, &client);
+        assert_eq!(h.get("forwarded").unwrap(), "for=198.51.100.7");
+        let mut h = HeaderMap::new();
+        add_forwarded_knative(&mut h, &client);
+        assert!(h.get("forwarded").is_none());
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert!(h.get("x-forwarded-proto").is_none());
     }
 
     #[test]

@@ -28,6 +28,9 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Run beside one app container as Knative's queue-proxy does, configured by the same
+    /// environment variables (or the flags below).
+    Sidecar(Box<rouse::config::sidecar::SidecarArgs>),
     /// Check a config file and exit: 0 if valid, 1 with every problem and its key path if not.
     Validate {
         /// Path of the YAML config.
@@ -37,8 +40,10 @@ enum Command {
 }
 
 fn init_logging() {
-    // RUST_LOG takes the same `target=level,...` form as env_logger, without regexes.
+    // RUST_LOG takes the same `target=level,...` form as env_logger, without regexes; in a
+    // Knative pod, SERVING_LOGGING_LEVEL (debug, info, warn, error) is the fallback.
     let filter: Targets = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("SERVING_LOGGING_LEVEL"))
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| "info".parse().expect("static filter parses"));
@@ -72,6 +77,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sidecar(args) => {
+            let settings = match args.settings() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprint!("rouse sidecar: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging();
+            raise_fd_limit();
+            match runtime().and_then(|rt| rt.block_on(sidecar(settings))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rouse sidecar: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             init_logging();
             raise_fd_limit();
@@ -141,6 +164,27 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         w.abort();
     }
     tracing::info!(?report, "stopped");
+    Ok(())
+}
+
+async fn sidecar(settings: rouse::config::sidecar::SidecarSettings) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let sc = rouse::roles::sidecar::Sidecar::start(settings)
+        .await
+        .context("cannot start the sidecar listeners")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("draining: probes now fail; serving until traffic stops");
+    let out = sc.shutdown().await;
+    tracing::info!(
+        took_ms = out.took.as_millis() as u64,
+        active_left = out.active_left,
+        "drained"
+    );
     Ok(())
 }
 

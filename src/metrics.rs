@@ -206,6 +206,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector read at scrape time (a role's own gauges), before sharing.
+    pub fn add_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
+    }
+
     /// Renders every metric as OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);

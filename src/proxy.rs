@@ -7,7 +7,7 @@
 
 use crate::body::{Completion, ProxyBody};
 use crate::config::Protocol;
-use crate::error::ProxyError;
+use crate::error::{Dialect, ProxyError};
 use crate::headers;
 use crate::metrics::{Metrics, Unrouted};
 use crate::revision::Revision;
@@ -33,6 +33,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// When non-zero, cleartext requests are redirected to HTTPS on this port.
     redirect_https: AtomicU16,
+    dialect: Dialect,
 }
 
 impl Proxy {
@@ -43,7 +44,14 @@ impl Proxy {
             table: ArcSwap::from_pointee(table),
             metrics,
             redirect_https: AtomicU16::new(0),
+            dialect: Dialect::Rouse,
         }
+    }
+
+    /// Follows `dialect`'s conventions for error bodies and forwarding headers.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Proxy {
+        self.dialect = dialect;
+        self
     }
 
     /// Redirects cleartext requests to HTTPS on `port` (`None` = serve them).
@@ -76,7 +84,7 @@ impl Proxy {
         }
         let Some(host) = request_host(&req) else {
             self.metrics.unrouted(Unrouted::BadRequest);
-            return ProxyError::MissingHost.into_response();
+            return ProxyError::MissingHost.into_response_in(self.dialect);
         };
         let upgrade = tunnel::requested(req.headers());
         // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
@@ -86,7 +94,7 @@ impl Proxy {
             let table = self.table.load();
             let Some(svc) = table.service(&host) else {
                 self.metrics.unrouted(Unrouted::NoService);
-                return ProxyError::NoService(host).into_response();
+                return ProxyError::NoService(host).into_response_in(self.dialect);
             };
             let route = svc.route(req.uri().path(), req.headers());
             for (k, v) in route.set_headers.iter() {
@@ -116,6 +124,7 @@ impl Proxy {
         let ctx = Ctx {
             client: conn.client,
             proto: if conn.secure { "https" } else { "http" },
+            dialect: self.dialect,
             host,
             start,
             deadline,
@@ -143,7 +152,7 @@ impl Proxy {
                 debug!(revision = %rev.name, error = %e, "request failed");
                 rev.metrics
                     .record(e.status().as_u16(), start.elapsed().as_secs_f64());
-                e.into_response()
+                e.into_response_in(self.dialect)
             }
         }
     }
@@ -189,6 +198,7 @@ fn declared_len(req: &Request<Incoming>) -> u64 {
 struct Ctx {
     client: crate::headers::ClientAddr,
     proto: &'static str,
+    dialect: Dialect,
     host: String,
     start: Instant,
     deadline: Option<Instant>,
@@ -202,22 +212,16 @@ async fn forward(
     mut req: Request<Incoming>,
     ctx: Ctx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let active = rev.begin();
-    if ctx.upgrade.is_some() && rev.protocol == Protocol::H2c {
+    let active = rev.begin(headers::is_proxied(req.headers()));
+    let protocol = rev.protocol.for_request(req.version());
+    if ctx.upgrade.is_some() && protocol == Protocol::H2c {
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
     let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
     // One settings snapshot for the whole request.
     let settings = rev.settings();
     let tls_upstream = settings.pool.tls.is_some();
-    prepare(
-        &mut req,
-        rev.protocol,
-        tls_upstream,
-        &ctx.client,
-        ctx.proto,
-        &ctx.host,
-    );
+    prepare(&mut req, protocol, tls_upstream, &ctx);
     let client_upgrade = ctx.upgrade.map(|proto| {
         tunnel::mark(req.headers_mut(), proto);
         hyper::upgrade::on(&mut req)
@@ -229,8 +233,8 @@ async fn forward(
         let ep = lease.endpoint().clone();
         // The send path (connect, handshake, exchange) is the largest state of this future;
         // boxing it keeps a request that is only waiting in the queue small.
-        let sent = match rev.protocol {
-            Protocol::Http1 => Box::pin(ep.pool.send_h1(ep.addr, req))
+        let sent = match protocol {
+            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(ep.addr, req))
                 .await
                 .map(|(r, c)| (r, Some(c))),
             Protocol::H2c => Box::pin(ep.pool.send_h2(ep.addr, req))
@@ -256,7 +260,10 @@ async fn forward(
                         tunnel::spawn(client, upstream, done, ctx.timeouts.idle);
                         Response::from_parts(parts, ProxyBody::empty())
                     }
-                    _ => respond(res, done, ctx.deadline, ctx.timeouts),
+                    _ => {
+                        let deadline = ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams);
+                        respond(res, done, deadline, ctx.timeouts)
+                    }
                 };
                 if mark_cold {
                     res.headers_mut()
@@ -364,18 +371,15 @@ fn respond(
 }
 
 /// Rewrites a client request into the upstream request for `protocol`.
-fn prepare(
-    req: &mut Request<Incoming>,
-    protocol: Protocol,
-    tls: bool,
-    client: &crate::headers::ClientAddr,
-    proto: &'static str,
-    host: &str,
-) {
+fn prepare(req: &mut Request<Incoming>, protocol: Protocol, tls: bool, ctx: &Ctx) {
+    let host = ctx.host.as_str();
     let h = req.headers_mut();
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     h.remove(header::EXPECT);
-    headers::add_forwarded(h, client, proto, host);
+    match ctx.dialect {
+        Dialect::Rouse => headers::add_forwarded(h, &ctx.client, ctx.proto, host),
+        Dialect::Knative => headers::add_forwarded_knative(h, &ctx.client),
+    }
     // The upstream authority: a route may have rewritten Host; otherwise the client's.
     let authority = h
         .get(header::HOST)
@@ -388,7 +392,7 @@ fn prepare(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match protocol {
-        Protocol::Http1 => {
+        Protocol::Http1 | Protocol::Auto => {
             *req.uri_mut() = Uri::from(pq);
             *req.version_mut() = Version::HTTP_11;
             if !req.headers().contains_key(header::HOST)

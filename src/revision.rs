@@ -176,6 +176,9 @@ pub struct Revision {
     pub metrics: RevisionMetrics,
     root_metrics: Arc<Metrics>,
     stats: ConcurrencyStats,
+    /// The part of `stats` that another proxy (an activator) sent on, so an autoscaler that
+    /// also hears from that proxy does not count those requests twice.
+    proxied: ConcurrencyStats,
     /// Poked when a request finds no endpoint, so the autoscaler acts at once.
     demand: Notify,
     failure: Mutex<Option<Failure>>,
@@ -208,6 +211,7 @@ impl Revision {
             wake: Notify::new(),
             root_metrics: metrics.clone(),
             stats: ConcurrencyStats::default(),
+            proxied: ConcurrencyStats::default(),
             demand: Notify::new(),
             failure: Mutex::new(None),
             cold_since: Mutex::new(None),
@@ -282,6 +286,11 @@ impl Revision {
         &self.stats
     }
 
+    /// The share of [`Revision::stats`] that arrived through an activator.
+    pub fn proxied_stats(&self) -> &ConcurrencyStats {
+        &self.proxied
+    }
+
     /// Resolves when a request has found the revision without an endpoint.
     pub async fn demand_notified(&self) {
         self.demand.notified().await;
@@ -346,10 +355,15 @@ impl Revision {
         }
     }
 
-    /// Counts a request as active (held or proxied) until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> Active {
-        self.stats.arrive(Instant::now());
-        Active(self.clone())
+    /// Counts a request as active (held or proxied) until the guard drops; `proxied` marks
+    /// one that an activator sent, counted in both windows.
+    pub fn begin(self: &Arc<Self>, proxied: bool) -> Active {
+        let now = Instant::now();
+        self.stats.arrive(now);
+        if proxied {
+            self.proxied.arrive(now);
+        }
+        Active(self.clone(), proxied)
     }
 
     /// The current endpoints.
@@ -502,11 +516,15 @@ pub struct Acquired {
 
 /// A request counted as active for autoscaling; departs on drop.
 #[derive(Debug)]
-pub struct Active(Arc<Revision>);
+pub struct Active(Arc<Revision>, bool);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.stats.depart(Instant::now());
+        let now = Instant::now();
+        self.0.stats.depart(now);
+        if self.1 {
+            self.0.proxied.depart(now);
+        }
     }
 }
 

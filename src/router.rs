@@ -77,6 +77,8 @@ pub struct Timeouts {
     pub response_start: Option<Duration>,
     /// Between body frames.
     pub idle: Option<Duration>,
+    /// `request` stops applying once response headers are sent.
+    pub exempt_streams: bool,
 }
 
 /// A service: routes (longest prefix first) and its default route.
@@ -191,6 +193,7 @@ impl RouteTable {
                     request: s.timeouts.request.map(|d| d.0),
                     response_start: s.timeouts.response_start.map(|d| d.0),
                     idle: s.timeouts.idle.map(|d| d.0),
+                    exempt_streams: s.timeouts.exempt_streams,
                 },
             });
         }

@@ -8,6 +8,8 @@
 
 mod units;
 
+pub mod sidecar;
+
 pub use units::{ByteSize, Dur};
 
 use http::{HeaderName, HeaderValue};
@@ -262,6 +264,20 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge.
     H2c,
+    /// Whatever the client spoke: HTTP/2 requests go out over h2c, the rest over HTTP/1.1
+    /// (what Knative's queue-proxy does; for apps that serve both on one port).
+    Auto,
+}
+
+impl Protocol {
+    /// The protocol one request goes out over, given the version it came in with.
+    pub fn for_request(self, inbound: http::Version) -> Protocol {
+        match self {
+            Protocol::Auto if inbound == http::Version::HTTP_2 => Protocol::H2c,
+            Protocol::Auto => Protocol::Http1,
+            p => p,
+        }
+    }
 }
 
 /// A revision: a set of endpoints running one version of the workload.
@@ -519,6 +535,10 @@ pub struct Timeouts {
     /// Longest gap between two pieces of the response body.
     #[serde(default)]
     pub idle: Option<Dur>,
+    /// Once response headers are sent, `request` no longer applies (`idle` still does), so a
+    /// long download or server stream is not cut off at a fixed age.
+    #[serde(default)]
+    pub exempt_streams: bool,
 }
 
 /// A socket address written as `ip:port` or `host:port` (resolved once, at load).
@@ -749,6 +769,12 @@ impl Validator {
                 for (k, v) in &p.headers {
                     self.header(&format!("{rp}.cold_start.placeholder.headers.{k}"), k, v);
                 }
+            }
+            if r.protocol == Protocol::Auto && r.tls.is_some() {
+                self.err(
+                    format!("{rp}.protocol"),
+                    "auto cannot be combined with tls (ALPN picks one protocol per connection); set http1 or h2c",
+                );
             }
             let mut seen = HashMap::new();
             for (k, e) in r.endpoints.iter().enumerate() {

@@ -2,3 +2,4 @@
 //! that is not a config switch belongs in those blocks, not here.
 
 pub mod gateway;
+pub mod sidecar;

@@ -542,39 +542,12 @@ async fn malformed_and_oversized_requests_get_4xx() {
 
 #[tokio::test]
 async fn stale_pooled_connection_is_retried_before_any_byte_is_sent() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A backend that answers one request per connection with keep-alive framing, then closes
-    // the socket shortly after, as an application with a short keep-alive timeout does.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cn = conns.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            cn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
-        }
-    });
+    let (addr, conns) = closing_backend().await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nupstream: {{ pool_idle_timeout: 30s }}\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{addr}\"] }}\n"
     );
     let gw = gateway(&yaml).await;
-    let c = h1_client();
-    for _ in 0..5 {
-        let got = get(&c, gw.addr(), "x", "/", &[]).await;
-        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
-        assert_eq!(got.body, "ok");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 5);
+    stale_connections_are_retried(gw.addr(), &conns).await;
 }
 
 #[tokio::test]

@@ -6,5 +6,6 @@ mod gateway;
 mod lifecycle;
 mod protocols;
 mod reload;
+mod sidecar;
 mod support;
 mod tls;

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 // ---------- WebSocket ----------
 
 /// A WebSocket server that answers each text message with "<name>:<message>".
-async fn ws_backend(name: &'static str) -> SocketAddr {
+pub(crate) async fn ws_backend(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -40,9 +40,9 @@ async fn ws_backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
-async fn ws_connect(gw: SocketAddr, host: &str) -> Ws {
+pub(crate) async fn ws_connect(gw: SocketAddr, host: &str) -> Ws {
     let s = TcpStream::connect(gw).await.unwrap();
     let (ws, res) = tokio_tungstenite::client_async(format!("ws://{host}/chat"), s)
         .await
@@ -51,7 +51,7 @@ async fn ws_connect(gw: SocketAddr, host: &str) -> Ws {
     ws
 }
 
-async fn ws_echo(ws: &mut Ws, text: &str) -> String {
+pub(crate) async fn ws_echo(ws: &mut Ws, text: &str) -> String {
     ws.send(Message::text(text)).await.unwrap();
     match ws.next().await.unwrap().unwrap() {
         Message::Text(t) => t.to_string(),

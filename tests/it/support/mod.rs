@@ -159,7 +159,12 @@ fn stream_body(size: u64, body_delay: u64, guard: InFlight) -> Body {
 impl Backend {
     /// Starts a backend named `name` (its name is its default response body).
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a backend on a given address (one that something else was told to use).
+    pub async fn start_on(name: &str, at: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let name: Arc<str> = name.into();
@@ -407,4 +412,43 @@ fn fastrand_u64() -> u64 {
 /// Path of the built `rouse` binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rouse")
+}
+
+/// A backend that answers one request per connection with keep-alive framing and then closes
+/// the socket shortly after, as an application with a short keep-alive timeout does. Returns
+/// its address and a count of connections accepted.
+pub async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let cn = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            cn.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// Sends five requests 150 ms apart through `proxy` to a [`closing_backend`] at `backend`:
+/// each finds its pooled connection closed and must go out on a new one, unseen by the client.
+pub async fn stale_connections_are_retried(proxy: SocketAddr, conns: &AtomicUsize) {
+    let c = h1_client();
+    for _ in 0..5 {
+        let got = get(&c, proxy, "x", "/", &[]).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+        assert_eq!(got.body, "ok");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 5);
 }

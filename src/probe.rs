@@ -1,0 +1,560 @@
+//! Readiness probes of an application container, as Kubernetes describes them (TCP connect,
+//! HTTP GET, gRPC health) and as Knative's queue-proxy runs them: on demand, when a probe
+//! request asks, never on a background timer, so a ready pod costs no CPU between probes.
+//!
+//! Concurrent callers share one run ([`Prober::check`]): the kubelet, activators and the
+//! ingress prober can all ask at once, and the application sees one probe, not one per asker.
+//! A probe with `periodSeconds: 0` is "aggressive": it retries every 50 ms (100 ms per attempt)
+//! for up to 10 s, so a starting pod is seen ready within 50 ms of being so, without waiting a
+//! kubelet period.
+
+use bytes::{Buf, Bytes};
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often an aggressive probe retries.
+pub const AGGRESSIVE_INTERVAL: Duration = Duration::from_millis(50);
+/// How long one aggressive attempt may take.
+pub const AGGRESSIVE_ATTEMPT: Duration = Duration::from_millis(100);
+/// How long an aggressive probe keeps retrying before it reports not ready.
+pub const AGGRESSIVE_FOR: Duration = Duration::from_secs(10);
+
+/// The `User-Agent` of HTTP probes, which applications already treat as the kubelet's.
+const PROBE_USER_AGENT: &str = "kube-probe/1.33";
+
+/// A readiness probe description that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Not JSON of a Kubernetes probe (or a list of them).
+    #[error("is not a Kubernetes probe in JSON: {0}")]
+    Syntax(String),
+    /// Something rouse cannot run.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// What one probe checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A TCP connection is accepted.
+    Tcp(SocketAddr),
+    /// `GET path` answers 200–399.
+    Http {
+        /// Where to connect.
+        addr: SocketAddr,
+        /// `Host` header value (the probe's `host`, else the address).
+        host: String,
+        /// Path and query.
+        path: String,
+        /// Extra request headers.
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// `grpc.health.v1.Health/Check` answers `SERVING`.
+    Grpc {
+        /// Where to connect (h2c).
+        addr: SocketAddr,
+        /// The service name asked about ("" = the whole server).
+        service: String,
+    },
+}
+
+/// One probe with its timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// What it checks.
+    pub check: Check,
+    /// `periodSeconds: 0`: retry quickly until ready, for up to 10 s.
+    pub aggressive: bool,
+    /// Time allowed for one attempt (not aggressive).
+    pub timeout: Duration,
+    /// Consecutive passes needed.
+    pub success_threshold: u32,
+}
+
+// A list first: a struct also accepts a sequence (its fields in order), so `One` would
+// swallow an array.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    Many(Vec<ProbeJson>),
+    One(Box<ProbeJson>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct ProbeJson {
+    tcp_socket: Option<Target>,
+    http_get: Option<HttpGet>,
+    grpc: Option<Grpc>,
+    exec: Option<serde::de::IgnoredAny>,
+    timeout_seconds: u64,
+    period_seconds: u64,
+    success_threshold: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Target {
+    host: String,
+    port: Option<Port>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct HttpGet {
+    host: String,
+    port: Option<Port>,
+    path: String,
+    scheme: String,
+    http_headers: Vec<NameValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Grpc {
+    port: Option<Port>,
+    service: Option<String>,
+}
+
+/// Kubernetes' IntOrString.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Port {
+    Number(u16),
+    Name(String),
+}
+
+fn port(p: Option<&Port>, user_port: u16, at: &str) -> Result<u16, ProbeError> {
+    match p {
+        None | Some(Port::Number(0)) => Ok(user_port),
+        Some(Port::Number(n)) => Ok(*n),
+        Some(Port::Name(s)) => s.parse().map_err(|_| {
+            ProbeError::Unsupported(format!(
+                "{at}.port {s:?} is a named port; give the port number"
+            ))
+        }),
+    }
+}
+
+fn addr(host: &str, port: u16, at: &str) -> Result<SocketAddr, ProbeError> {
+    if host.is_empty() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    host.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, port))
+        .map_err(|_| {
+            ProbeError::Unsupported(format!(
+                "{at}.host {host:?} is not an IP address; leave it out to probe the app on 127.0.0.1"
+            ))
+        })
+}
+
+impl Probe {
+    /// The default when a revision declares none: TCP to the user port, aggressive.
+    pub fn default_for(user_port: u16) -> Probe {
+        Probe {
+            check: Check::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), user_port)),
+            aggressive: true,
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+        }
+    }
+
+    /// Parses `SERVING_READINESS_PROBE`: one probe or a JSON array of them (one per container).
+    /// A port left out or 0 means `user_port`; an `exec` probe, which only the kubelet can
+    /// run, becomes a TCP probe of `user_port`, as in Knative.
+    pub fn parse_all(json: &str, user_port: u16) -> Result<Vec<Probe>, ProbeError> {
+        if json.trim().is_empty() {
+            return Ok(vec![Probe::default_for(user_port)]);
+        }
+        let parsed: OneOrMany =
+            serde_norway::from_str(json).map_err(|e| ProbeError::Syntax(e.to_string()))?;
+        let list = match parsed {
+            OneOrMany::One(p) => vec![*p],
+            OneOrMany::Many(v) => v,
+        };
+        if list.is_empty() {
+            return Ok(vec![Probe::default_for(user_port)]);
+        }
+        list.into_iter()
+            .enumerate()
+            .map(|(i, p)| Probe::from_json(p, user_port, &format!("probe[{i}]")))
+            .collect()
+    }
+
+    fn from_json(p: ProbeJson, user_port: u16, at: &str) -> Result<Probe, ProbeError> {
+        let kinds = [
+            p.tcp_socket.is_some(),
+            p.http_get.is_some(),
+            p.grpc.is_some(),
+            p.exec.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            return Err(ProbeError::Unsupported(format!(
+                "{at} names more than one of tcpSocket, httpGet, grpc and exec; give one"
+            )));
+        }
+        let check = if let Some(t) = p.tcp_socket {
+            let at = format!("{at}.tcpSocket");
+            Check::Tcp(addr(&t.host, port(t.port.as_ref(), user_port, &at)?, &at)?)
+        } else if let Some(h) = p.http_get {
+            let at = format!("{at}.httpGet");
+            if !h.scheme.is_empty() && !h.scheme.eq_ignore_ascii_case("http") {
+                return Err(ProbeError::Unsupported(format!(
+                    "{at}.scheme {:?} is not supported; the app is probed over plain HTTP",
+                    h.scheme
+                )));
+            }
+            let a = addr(&h.host, port(h.port.as_ref(), user_port, &at)?, &at)?;
+            let mut headers = Vec::new();
+            for (j, nv) in h.http_headers.iter().enumerate() {
+                let name = HeaderName::from_bytes(nv.name.as_bytes());
+                let value = HeaderValue::from_str(&nv.value);
+                match (name, value) {
+                    (Ok(n), Ok(v)) => headers.push((n, v)),
+                    _ => {
+                        return Err(ProbeError::Unsupported(format!(
+                            "{at}.httpHeaders[{j}] {:?}: {:?} is not a valid header",
+                            nv.name, nv.value
+                        )));
+                    }
+                }
+            }
+            let path = if h.path.is_empty() {
+                "/".to_owned()
+            } else if h.path.starts_with('/') {
+                h.path
+            } else {
+                format!("/{}", h.path)
+            };
+            if path.parse::<Uri>().is_err() {
+                return Err(ProbeError::Unsupported(format!(
+                    "{at}.path {path:?} is not a valid request path"
+                )));
+            }
+            Check::Http {
+                host: if h.host.is_empty() {
+                    a.to_string()
+                } else {
+                    h.host.clone()
+                },
+                addr: a,
+                path,
+                headers,
+            }
+        } else if let Some(g) = p.grpc {
+            let at = format!("{at}.grpc");
+            Check::Grpc {
+                addr: addr("", port(g.port.as_ref(), user_port, &at)?, &at)?,
+                service: g.service.unwrap_or_default(),
+            }
+        } else {
+            Probe::default_for(user_port).check
+        };
+        Ok(Probe {
+            check,
+            aggressive: p.period_seconds == 0,
+            timeout: Duration::from_secs(p.timeout_seconds.max(1)),
+            success_threshold: p.success_threshold.max(1),
+        })
+    }
+
+    /// Runs the probe to a verdict: one attempt, or (aggressive) attempts until it passes
+    /// `success_threshold` times in a row or 10 s have gone by.
+    pub async fn run(&self) -> bool {
+        if !self.aggressive {
+            let mut passes = 0;
+            // Kubernetes' successThreshold counts kubelet periods; within one call the
+            // attempts follow each other directly.
+            while passes < self.success_threshold {
+                if !matches!(
+                    tokio::time::timeout(self.timeout, self.check.once()).await,
+                    Ok(true)
+                ) {
+                    return false;
+                }
+                passes += 1;
+            }
+            return true;
+        }
+        let until = Instant::now() + AGGRESSIVE_FOR;
+        let mut passes = 0;
+        loop {
+            let ok = matches!(
+                tokio::time::timeout(AGGRESSIVE_ATTEMPT, self.check.once()).await,
+                Ok(true)
+            );
+            passes = if ok { passes + 1 } else { 0 };
+            if passes >= self.success_threshold {
+                return true;
+            }
+            if Instant::now() + AGGRESSIVE_INTERVAL > until {
+                return false;
+            }
+            tokio::time::sleep(AGGRESSIVE_INTERVAL).await;
+        }
+    }
+}
+
+impl Check {
+    /// One attempt, without a time limit of its own.
+    pub async fn once(&self) -> bool {
+        match self {
+            Check::Tcp(a) => TcpStream::connect(a).await.is_ok(),
+            Check::Http {
+                addr,
+                host,
+                path,
+                headers,
+            } => http_get(*addr, host, path, headers).await.unwrap_or(false),
+            Check::Grpc { addr, service } => grpc_health(*addr, service).await.unwrap_or(false),
+        }
+    }
+}
+
+type Attempt = Result<bool, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Attempt {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, PROBE_USER_AGENT)
+        .header(crate::knative::NETWORK_PROBE, "queue")
+        .header(http::header::CONNECTION, "close")
+        .body(Full::new(Bytes::new()))?;
+    for (k, v) in headers {
+        req.headers_mut().insert(k.clone(), v.clone());
+    }
+    let res = send.send_request(req).await?;
+    Ok((200..400).contains(&res.status().as_u16()))
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    /// The service asked about.
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    /// 1 = SERVING.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `ServingStatus.SERVING`.
+pub const SERVING: i32 = 1;
+
+/// Frames a protobuf message as one gRPC message (uncompressed).
+pub fn grpc_frame(msg: &impl prost::Message) -> Bytes {
+    let body = msg.encode_to_vec();
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+async fn grpc_health(addr: SocketAddr, service: &str) -> Attempt {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, PROBE_USER_AGENT)
+        .body(Full::new(grpc_frame(&HealthCheckRequest {
+            service: service.to_owned(),
+        })))?;
+    let res = send.send_request(req).await?;
+    if !res.status().is_success() {
+        return Ok(false);
+    }
+    let head_status = res.headers().get("grpc-status").cloned();
+    let body = res.into_body().collect().await?;
+    let status = body
+        .trailers()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or(head_status);
+    if status.as_ref().map(|v| v.as_bytes()) != Some(b"0") {
+        return Ok(false);
+    }
+    let mut data = body.to_bytes();
+    if data.len() < 5 {
+        return Ok(false);
+    }
+    data.advance(5);
+    let msg = <HealthCheckResponse as prost::Message>::decode(data)?;
+    Ok(msg.status == SERVING)
+}
+
+/// Runs a set of probes on demand and shares each run among the callers that asked during it.
+#[derive(Debug)]
+pub struct Prober {
+    probes: Arc<[Probe]>,
+    running: Mutex<Option<watch::Receiver<Option<bool>>>>,
+    runs: AtomicU64,
+}
+
+impl Prober {
+    /// A prober for `probes` (every one must pass).
+    pub fn new(probes: Vec<Probe>) -> Prober {
+        Prober {
+            probes: probes.into(),
+            running: Mutex::new(None),
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    /// Probe runs started so far (callers that joined a run are not counted).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// True if every probe passes. Joins the run in progress if there is one. The run itself
+    /// is a task of its own, so a caller that goes away does not cancel it for the others.
+    pub async fn check(self: &Arc<Self>) -> bool {
+        let mut rx = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            match &*running {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *running = Some(rx.clone());
+                    self.runs.fetch_add(1, Ordering::Relaxed);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let ok = me.run_all().await;
+                        // Cleared before the verdict is sent: whoever asks after seeing it
+                        // starts a fresh run rather than reusing an old answer.
+                        *me.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        let _ = tx.send(Some(ok));
+                    });
+                    rx
+                }
+            }
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    async fn run_all(&self) -> bool {
+        match &*self.probes {
+            [] => true,
+            [one] => one.run().await,
+            many => {
+                let mut set = tokio::task::JoinSet::new();
+                for p in many {
+                    let p = p.clone();
+                    set.spawn(async move { p.run().await });
+                }
+                let mut all = true;
+                while let Some(r) = set.join_next().await {
+                    all &= r.unwrap_or(false);
+                }
+                all
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_knative_probe_json() {
+        let p = Probe::parse_all(
+            r#"{"httpGet":{"path":"healthz","port":8081,"httpHeaders":[{"name":"X-Check","value":"1"}]},"successThreshold":2,"periodSeconds":0}"#,
+            8080,
+        )
+        .unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].aggressive);
+        assert_eq!(p[0].success_threshold, 2);
+        match &p[0].check {
+            Check::Http {
+                addr,
+                path,
+                headers,
+                ..
+            } => {
+                assert_eq!(addr.port(), 8081);
+                assert_eq!(path, "/healthz");
+                assert_eq!(headers[0].0, "x-check");
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = Probe::parse_all(
+            r#"[{"tcpSocket":{"port":0},"periodSeconds":5,"timeoutSeconds":2},{"grpc":{"port":"9000","service":"s"}},{"exec":{"command":["true"]}}]"#,
+            8080,
+        )
+        .unwrap();
+        assert_eq!(
+            p[0].check,
+            Check::Tcp("127.0.0.1:8080".parse().unwrap()),
+            "port 0 means the user port"
+        );
+        assert!(!p[0].aggressive);
+        assert_eq!(p[0].timeout, Duration::from_secs(2));
+        assert_eq!(
+            p[1].check,
+            Check::Grpc {
+                addr: "127.0.0.1:9000".parse().unwrap(),
+                service: "s".into()
+            }
+        );
+        assert_eq!(p[2].check, Check::Tcp("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            Probe::parse_all("", 8080).unwrap()[0],
+            Probe::default_for(8080)
+        );
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_run() {
+        for (json, says) in [
+            ("{not json", "JSON"),
+            (r#"{"httpGet":{"port":"http"}}"#, "named port"),
+            (r#"{"httpGet":{"scheme":"HTTPS"}}"#, "scheme"),
+            (r#"{"tcpSocket":{"host":"app.local"}}"#, "not an IP"),
+            (
+                r#"{"tcpSocket":{},"httpGet":{}}"#,
+                "more than one of tcpSocket",
+            ),
+        ] {
+            let e = Probe::parse_all(json, 8080).unwrap_err().to_string();
+            assert!(e.contains(says), "{json}: {e}");
+        }
+    }
+}

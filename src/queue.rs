@@ -1,0 +1,157 @@
+//! The queue-proxy front: what a pod's sidecar does before a request reaches the shared
+//! forwarding path. Probes are answered here and never reach the app or the stats; traffic
+//! keeps a drain going and has the activator's header rewrites undone, then goes through the
+//! [`Proxy`] (breaker, timeouts, streaming, per-request h2c or HTTP/1.1 to the app).
+//!
+//! Also here: the two small listeners of the contract, the autoscaler's `:9090/metrics`
+//! (protobuf `Stat`) and the admin port's `/wait-for-drain`.
+
+use crate::body::ProxyBody;
+use crate::drain::{Drainer, Phase};
+use crate::knative::{self, Kind, StatReporter};
+use crate::probe::Prober;
+use crate::proxy::Proxy;
+use crate::server::{ConnInfo, Handler};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+fn reply(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PLAIN));
+    r
+}
+
+/// The serving port's handler.
+#[derive(Debug)]
+pub struct QueueHandler {
+    proxy: Arc<Proxy>,
+    prober: Arc<Prober>,
+    drainer: Arc<Drainer>,
+}
+
+impl QueueHandler {
+    /// Answers probes with `prober`, drains with `drainer`, forwards traffic through `proxy`.
+    pub fn new(proxy: Arc<Proxy>, prober: Arc<Prober>, drainer: Arc<Drainer>) -> QueueHandler {
+        QueueHandler {
+            proxy,
+            prober,
+            drainer,
+        }
+    }
+
+    async fn health(&self, probe: String) -> Response<ProxyBody> {
+        if self.drainer.is_draining() {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        }
+        if probe != "queue" {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("unexpected probe header value: {probe:?}\n"),
+            );
+        }
+        if self.prober.check().await {
+            reply(StatusCode::OK, "queue")
+        } else {
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app's readiness probe failed\n",
+            )
+        }
+    }
+}
+
+impl Handler for QueueHandler {
+    async fn call(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        match knative::classify(req.headers()) {
+            Kind::NetworkProbe => {
+                if self.drainer.is_draining() {
+                    return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+                }
+                let mut res = reply(StatusCode::OK, "");
+                if let Some(hash) = req.headers().get(&knative::NETWORK_HASH) {
+                    res.headers_mut()
+                        .insert(knative::NETWORK_HASH, hash.clone());
+                }
+                res
+            }
+            Kind::HealthCheck(probe) => self.health(probe).await,
+            Kind::Traffic => {
+                self.drainer.touch();
+                knative::restore_request_headers(req.headers_mut());
+                self.proxy.call(req, conn).await
+            }
+        }
+    }
+}
+
+/// The autoscaler's stats port: `GET /metrics` answers the latest `Stat` in protobuf,
+/// whatever the `Accept` header says.
+#[derive(Debug)]
+pub struct StatsHandler(pub Arc<StatReporter>);
+
+impl Handler for StatsHandler {
+    async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
+        if req.uri().path() != "/metrics" {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "the stats port serves only /metrics (protobuf Stat)\n",
+            );
+        }
+        let body = prost::Message::encode_to_vec(&*self.0.latest());
+        let mut r = Response::new(ProxyBody::full(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/protobuf"),
+        );
+        r
+    }
+}
+
+/// The admin port: `/wait-for-drain`, the app container's preStop hook.
+#[derive(Debug)]
+pub struct AdminHandler {
+    drainer: Arc<Drainer>,
+    /// How long a drain started by the hook waits for the termination that should follow.
+    reset_after: Duration,
+}
+
+impl AdminHandler {
+    /// An admin handler for `drainer`.
+    pub fn new(drainer: Arc<Drainer>) -> AdminHandler {
+        AdminHandler {
+            drainer,
+            reset_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Handler for AdminHandler {
+    async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
+        if req.uri().path() != "/wait-for-drain" {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "the admin port serves only /wait-for-drain\n",
+            );
+        }
+        self.drainer.begin();
+        let (d, after) = (self.drainer.clone(), self.reset_after);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // Still no SIGTERM: the app container restarts alone; keep serving.
+            d.reset();
+        });
+        match self.drainer.wait().await {
+            Phase::Serving => reply(
+                StatusCode::OK,
+                "drain called off: no termination followed\n",
+            ),
+            _ => reply(StatusCode::OK, "drained\n"),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The sidecar: a drop-in for Knative's queue-proxy beside one app container. Settings from
+//! the queue-proxy environment → a one-revision route table whose endpoint is the app → the
+//! serving listener behind the queue front, plus the admin, stats and metrics listeners; the
+//! stats reporter closes a window every second; SIGTERM drains.
+
+use crate::admin::Admin;
+use crate::config::sidecar::SidecarSettings;
+use crate::drain::{DrainOutcome, Drainer};
+use crate::error::Dialect;
+use crate::knative::{StatCollector, StatReporter};
+use crate::metrics::Metrics;
+use crate::probe::Prober;
+use crate::proxy::Proxy;
+use crate::queue::{AdminHandler, QueueHandler, StatsHandler};
+use crate::revision::Revision;
+use crate::router::RouteTable;
+use crate::server::{self, Handler, ServerSettings};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+/// How often the autoscaler's `Stat` is refreshed (queue-proxy's reporting period).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stats_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    revision: Arc<Revision>,
+    prober: Arc<Prober>,
+    drainer: Arc<Drainer>,
+    reporter: Arc<StatReporter>,
+    report_task: JoinHandle<()>,
+    unready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<usize>>,
+    drain_timeout: Duration,
+}
+
+async fn listen<H: Handler>(
+    at: SocketAddr,
+    handler: Arc<H>,
+    stop: &watch::Sender<bool>,
+) -> std::io::Result<(SocketAddr, JoinHandle<usize>)> {
+    let l = TcpListener::bind(at).await?;
+    let bound = l.local_addr()?;
+    let task = tokio::spawn(server::serve(
+        l,
+        handler,
+        ServerSettings::default(),
+        stop.subscribe(),
+        Duration::from_secs(1),
+        None,
+    ));
+    Ok((bound, task))
+}
+
+impl Sidecar {
+    /// Binds every listener and starts serving.
+    pub async fn start(s: SidecarSettings) -> std::io::Result<Sidecar> {
+        let cfg = s.gateway_config();
+        // The gauges read the reporter, which needs the revision, whose metric handles need
+        // the registry: the collector is registered first and filled in once all exist.
+        let reporter_slot = Arc::new(OnceLock::new());
+        let mut metrics = Metrics::new();
+        metrics.add_collector(Box::new(StatCollector::new(
+            reporter_slot.clone(),
+            &s.namespace,
+            &s.configuration,
+        )));
+        let metrics = Arc::new(metrics);
+        let table = RouteTable::build(&cfg, &metrics, None).map_err(std::io::Error::other)?;
+        let revision = table.revisions()[0].clone();
+        let reporter = Arc::new(StatReporter::new(
+            revision.clone(),
+            s.pod.clone(),
+            REPORT_EVERY,
+        ));
+        let _ = reporter_slot.set(reporter.clone());
+        let proxy = Arc::new(Proxy::new(table, metrics.clone()).with_dialect(Dialect::Knative));
+        let prober = Arc::new(Prober::new(s.probes.clone()));
+        let drainer = Arc::new(Drainer::new(s.drain_quiet));
+        let unready = Arc::new(AtomicBool::new(false));
+        let (stop, _) = watch::channel(false);
+        let queue = Arc::new(QueueHandler::new(proxy, prober.clone(), drainer.clone()));
+        let (addr, serving) = listen(s.serving, queue, &stop).await?;
+        let (admin_addr, admin) =
+            listen(s.admin, Arc::new(AdminHandler::new(drainer.clone())), &stop).await?;
+        let (stats_addr, stats) =
+            listen(s.stats, Arc::new(StatsHandler(reporter.clone())), &stop).await?;
+        let (metrics_addr, user_metrics) = listen(
+            s.metrics,
+            Arc::new(Admin::new(metrics, unready.clone())),
+            &stop,
+        )
+        .await?;
+        let report_task = tokio::spawn(reporter.clone().run());
+        info!(
+            %addr, app = %s.user, admin = %admin_addr, stats = %stats_addr, metrics = %metrics_addr,
+            container_concurrency = s.container_concurrency, revision = %s.revision,
+            "sidecar listening"
+        );
+        Ok(Sidecar {
+            addr,
+            admin_addr,
+            stats_addr,
+            metrics_addr,
+            revision,
+            prober,
+            drainer,
+            reporter,
+            report_task,
+            unready,
+            stop,
+            listeners: vec![serving, admin, stats, user_metrics],
+            drain_timeout: s.drain_timeout,
+        })
+    }
+}
+
+impl Sidecar {
+    /// The serving listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin (`/wait-for-drain`) listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The protobuf stats listener's address.
+    pub fn stats_addr(&self) -> SocketAddr {
+        self.stats_addr
+    }
+
+    /// The Prometheus listener's address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The app's revision (breaker, stats).
+    pub fn revision(&self) -> &Arc<Revision> {
+        &self.revision
+    }
+
+    /// The readiness prober.
+    pub fn prober(&self) -> &Arc<Prober> {
+        &self.prober
+    }
+
+    /// The drain state.
+    pub fn drainer(&self) -> &Arc<Drainer> {
+        &self.drainer
+    }
+
+    /// The stats reporter.
+    pub fn reporter(&self) -> &Arc<StatReporter> {
+        &self.reporter
+    }
+
+    /// Drains as for SIGTERM (health checks fail at once, requests are still served until
+    /// none has come for the quiet period and none is in flight, WebSockets included, bounded
+    /// by the drain timeout), then closes every listener.
+    pub async fn shutdown(self) -> DrainOutcome {
+        self.unready.store(true, Ordering::SeqCst);
+        let rev = self.revision.clone();
+        let out = self
+            .drainer
+            .terminate(move || rev.stats().active(), self.drain_timeout)
+            .await;
+        let _ = self.stop.send(true);
+        for l in self.listeners {
+            let _ = l.await;
+        }
+        self.report_task.abort();
+        out
+    }
+}
