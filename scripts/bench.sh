@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side proxy benchmark: direct to the backend, nginx, HAProxy and rouse, interleaved
-# and repeated in one run, each reported as a ratio to direct from the same round.
+# Side-by-side proxy benchmark: direct to the backend, nginx, HAProxy, the rouse gateway and
+# the rouse sidecar, interleaved and repeated in one run, each reported as a ratio to direct
+# from the same round.
 #
 #   scripts/bench.sh            # quick mode, under 3 minutes
 #   scripts/bench.sh full       # full mode, under 15 minutes
@@ -55,6 +56,7 @@ BE=18080; BE_H2=18081; BE_TLS=18082
 NG=18090; NG_H2=18091; NG_TLS=18095
 HA=18092; HA_H2=18093; HA_TLS=18096
 RO=18094; RO_TLS=18097
+SC=18098; SC_ADMIN=18099; SC_STATS=18100; SC_METRICS=18101
 
 # A throwaway certificate for the TLS rows (h2load does not verify it).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -141,13 +143,21 @@ start backend "$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend"
 start nginx "$NGINX" -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy"
 start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db
 RUST_LOG=warn start rouse "$ROUSE" run --config "$WORK/rouse.yaml"
-for port in $BE $BE_H2 $BE_TLS $NG $NG_H2 $NG_TLS $HA $HA_H2 $HA_TLS $RO $RO_TLS; do
+# The sidecar as Knative runs it (CC 0, as queue-proxy's published figures), in front of the
+# same HTTP/1.1 backend.
+CONTAINER_CONCURRENCY=0 QUEUE_SERVING_PORT=$SC USER_PORT=$BE REVISION_TIMEOUT_SECONDS=300 \
+  SERVING_NAMESPACE=bench SERVING_CONFIGURATION=bench SERVING_REVISION=bench-00001 \
+  SERVING_POD=bench-pod SERVING_POD_IP=127.0.0.1 ROUSE_BIND=127.0.0.1 \
+  ROUSE_ADMIN_PORT=$SC_ADMIN ROUSE_STATS_PORT=$SC_STATS ROUSE_METRICS_PORT=$SC_METRICS \
+  RUST_LOG=warn start sidecar "$ROUSE" sidecar
+for port in $BE $BE_H2 $BE_TLS $NG $NG_H2 $NG_TLS $HA $HA_H2 $HA_TLS $RO $RO_TLS $SC; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.05
   done
 done
 RSS_IDLE_ROUSE=$(awk '/VmRSS/ {print $2}' /proc/$PID_rouse/status)
+RSS_IDLE_SIDECAR=$(awk '/VmRSS/ {print $2}' /proc/$PID_sidecar/status)
 
 # CPU ticks (user + system) of a process and its threads/children that serve traffic.
 ticks() { # pids...
@@ -172,7 +182,7 @@ HZ=$(getconf CLK_TCK)
 proxy_pid() {
   case $1 in
     direct) echo "$PID_backend" ;; nginx) echo "$PID_nginx" ;;
-    haproxy) echo "$PID_haproxy" ;; rouse) echo "$PID_rouse" ;;
+    haproxy) echo "$PID_haproxy" ;; rouse) echo "$PID_rouse" ;; sidecar) echo "$PID_sidecar" ;;
   esac
 }
 port_of() { # target mode
@@ -180,7 +190,7 @@ port_of() { # target mode
     direct/h2c|direct/grpc) echo $BE_H2 ;; direct/tls) echo $BE_TLS ;; direct/*) echo $BE ;;
     nginx/h2c|nginx/grpc) echo $NG_H2 ;; nginx/tls) echo $NG_TLS ;; nginx/*) echo $NG ;;
     haproxy/h2c|haproxy/grpc) echo $HA_H2 ;; haproxy/tls) echo $HA_TLS ;; haproxy/*) echo $HA ;;
-    rouse/tls) echo $RO_TLS ;; rouse/*) echo $RO ;;
+    rouse/tls) echo $RO_TLS ;; rouse/*) echo $RO ;; sidecar/*) echo $SC ;;
   esac
 }
 
@@ -247,15 +257,19 @@ echo "rouse benchmark, $MODE mode: $ROUNDS rounds x ${DUR}s, load $(cut -d' ' -f
 for round in $(seq "$ROUNDS"); do
   for mode in c1 c50 h2c tls grpc; do
     # Interleaved: every target once per mode per round, direct first as the round's baseline.
-    for target in direct nginx haproxy rouse; do
+    targets="direct nginx haproxy rouse"
+    # The sidecar forwards HTTP/2 clients over h2c to the app's one port, which the
+    # HTTP/1.1-only backend does not speak: HTTP/1.1 rows only.
+    case $mode in c1|c50) targets="$targets sidecar" ;; esac
+    for target in $targets; do
       measure "$round" "$target" "$mode"
     done
   done
 done
 
-python3 - "$RESULTS" "$MODE" "$RSS_IDLE_ROUSE" "${BENCH_MD:-}" "${BENCH_JSON:-}" <<'PY'
+python3 - "$RESULTS" "$MODE" "$RSS_IDLE_ROUSE" "${BENCH_MD:-}" "${BENCH_JSON:-}" "$RSS_IDLE_SIDECAR" <<'PY'
 import csv, json, statistics, sys, os, datetime
-path, run_mode, rss_idle, md_out, json_out = sys.argv[1:6]
+path, run_mode, rss_idle, md_out, json_out, rss_idle_sidecar = sys.argv[1:7]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
 for r in rows:
     for k in ("rps", "p50_us", "p99_us", "cpu_ms_per_1k", "rss_kb"):
@@ -263,7 +277,7 @@ for r in rows:
 direct = {(r["round"], r["mode"]): r for r in rows if r["target"] == "direct"}
 out = []
 for mode in ("c1", "c50", "h2c", "tls", "grpc"):
-    for target in ("direct", "nginx", "haproxy", "rouse"):
+    for target in ("direct", "nginx", "haproxy", "rouse", "sidecar"):
         rs = [r for r in rows if r["mode"] == mode and r["target"] == target]
         if not rs:
             continue
@@ -299,12 +313,13 @@ for o in out:
         f"{o['cpu_ms_per_1k']:.0f} | {o['rss_mb']:.1f} MB |"
     )
 lines += ["", f"rouse h2c req/s ÷ nginx h2c req/s: {rouse_h2 / nginx_h2:.2f}" if nginx_h2 else "",
-          f"rouse RSS idle: {int(rss_idle) / 1024:.1f} MB"]
+          f"rouse RSS idle: gateway {int(rss_idle) / 1024:.1f} MB, sidecar {int(rss_idle_sidecar) / 1024:.1f} MB"]
 text = "\n".join(lines)
 print(text)
 if md_out:
     open(md_out, "w").write(text + "\n")
 if json_out:
     json.dump({"mode": run_mode, "date": str(datetime.date.today()), "loadavg": os.getloadavg()[0],
-               "results": out, "rouse_rss_idle_mb": int(rss_idle) / 1024}, open(json_out, "w"), indent=2)
+               "results": out, "rouse_rss_idle_mb": int(rss_idle) / 1024,
+               "sidecar_rss_idle_mb": int(rss_idle_sidecar) / 1024}, open(json_out, "w"), indent=2)
 PY
