@@ -37,8 +37,13 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --locked -q
-ROUSE="$ROOT/target/release/rouse"
+# The binary as a container image would ship it: glibc linked in statically (no ld.so, no
+# shared libc mapped), relative relocations packed. It measures the same code; only the idle
+# memory differs (about 1.5 MB less RSS than the dynamically linked build).
+TRIPLE=x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
+  CARGO_TARGET_DIR="$ROOT/target/static" cargo build --release --locked -q --target $TRIPLE
+ROUSE="$ROOT/target/static/$TRIPLE/release/rouse"
 
 WORK=$(mktemp -d /tmp/rouse-bench.XXXXXX)
 PIDS=()
@@ -149,6 +154,7 @@ CONTAINER_CONCURRENCY=0 QUEUE_SERVING_PORT=$SC USER_PORT=$BE REVISION_TIMEOUT_SE
   SERVING_NAMESPACE=bench SERVING_CONFIGURATION=bench SERVING_REVISION=bench-00001 \
   SERVING_POD=bench-pod SERVING_POD_IP=127.0.0.1 ROUSE_BIND=127.0.0.1 \
   ROUSE_ADMIN_PORT=$SC_ADMIN ROUSE_STATS_PORT=$SC_STATS ROUSE_METRICS_PORT=$SC_METRICS \
+  ROUSE_DRAIN_QUIET_PERIOD=100ms \
   RUST_LOG=warn start sidecar "$ROUSE" sidecar
 for port in $BE $BE_H2 $BE_TLS $NG $NG_H2 $NG_TLS $HA $HA_H2 $HA_TLS $RO $RO_TLS $SC; do
   for _ in $(seq 100); do

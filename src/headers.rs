@@ -108,18 +108,8 @@ pub fn add_forwarded(
     proto: &'static str,
     host: &str,
 ) {
-    match joined(headers, &X_FORWARDED_FOR) {
-        Some(prev) => {
-            let ip = client.ip.to_str().unwrap_or("unknown");
-            if let Ok(v) = HeaderValue::try_from(format!("{prev}, {ip}")) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
-        // The common case costs no allocation: the per-connection value is shared.
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client.ip.clone());
-        }
-    }
+    let prev = joined(headers, &X_FORWARDED_FOR);
+    append_for(headers, prev, client);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
@@ -185,13 +175,19 @@ pub fn add_forwarded_knative(headers: &mut HeaderMap, client: &ClientAddr) {
             }
         }
     }
-    match xff {
+    append_for(headers, xff, client);
+}
+
+/// Sets `X-Forwarded-For` to `prev` (the joined earlier hops) followed by this hop's client.
+fn append_for(headers: &mut HeaderMap, prev: Option<String>, client: &ClientAddr) {
+    match prev {
         Some(prev) => {
             let ip = client.ip.to_str().unwrap_or("unknown");
             if let Ok(v) = HeaderValue::try_from(format!("{prev}, {ip}")) {
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
         }
+        // The common case costs no allocation: the per-connection value is shared.
         None => {
             headers.insert(X_FORWARDED_FOR.clone(), client.ip.clone());
         }

@@ -402,6 +402,26 @@ async fn activator_rewrites_are_undone_and_forwarded_is_synthesized() {
     );
 }
 
+/// A 1000-byte response whose headers come at once and whose body comes `body_delay_ms` later.
+async fn stream(
+    c: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    addr: SocketAddr,
+    body_delay_ms: u64,
+) -> http::Response<hyper::body::Incoming> {
+    c.request(
+        Request::get(format!(
+            "http://{addr}/?size=1000&body_delay={body_delay_ms}"
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_answer_504_but_spare_streams_already_started() {
     let app = Backend::start("app").await;
@@ -423,17 +443,7 @@ async fn timeouts_answer_504_but_spare_streams_already_started() {
         get(&c, start_by.addr(), "x", "/?delay=1500", &[]),
         // Headers at once, the body 1.5 s later: past the 1 s total, yet delivered whole.
         async {
-            let res = c
-                .request(
-                    Request::get(format!(
-                        "http://{}/?size=1000&body_delay=1500",
-                        total.addr()
-                    ))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-                )
-                .await
-                .unwrap();
+            let res = stream(&c, total.addr(), 1500).await;
             let status = res.status();
             (
                 status,
@@ -442,14 +452,7 @@ async fn timeouts_answer_504_but_spare_streams_already_started() {
         },
         // A body that stalls for 2.5 s with a 1 s idle limit is cut.
         async {
-            let res = c
-                .request(
-                    Request::get(format!("http://{}/?size=1000&body_delay=2500", idle.addr()))
-                        .body(Full::new(Bytes::new()))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            let res = stream(&c, idle.addr(), 2500).await;
             res.into_body().collect().await.is_err()
         },
     );
@@ -776,8 +779,8 @@ async fn grpc_health_app() -> SocketAddr {
         loop {
             let (s, _) = l.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: Request<hyper::body::Incoming>| async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
                         assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
                         let mut body = req.into_body().collect().await.unwrap().to_bytes();
                         let msg = HealthCheckRequest::decode(body.split_off(5)).unwrap();
@@ -804,13 +807,11 @@ async fn grpc_health_app() -> SocketAddr {
                                 .body(out)
                                 .unwrap(),
                         )
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                .await;
+                    });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
             });
         }
     });
