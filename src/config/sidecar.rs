@@ -456,7 +456,12 @@ impl SidecarSettings {
                 }],
                 timeouts: Timeouts {
                     request: self.timeout.map(Dur),
-                    response_start: self.response_start_timeout.map(Dur),
+                    // queue-proxy's idle timer runs from arrival while nothing is written, so
+                    // before the headers it bounds the wait as a response-start limit does.
+                    response_start: match (self.response_start_timeout, self.idle_timeout) {
+                        (Some(a), Some(b)) => Some(Dur(a.min(b))),
+                        (a, b) => a.or(b).map(Dur),
+                    },
                     idle: self.idle_timeout.map(Dur),
                     exempt_streams: true,
                 },

@@ -438,9 +438,11 @@ async fn timeouts_answer_504_but_spare_streams_already_started() {
         start(with("10", None, Some("1"))),
     );
     let c = h1_client();
-    let (slow_total, slow_start, late_stream, stalled) = tokio::join!(
+    let (slow_total, slow_start, silent_start, late_stream, stalled) = tokio::join!(
         get(&c, total.addr(), "x", "/?delay=1500", &[]),
         get(&c, start_by.addr(), "x", "/?delay=1500", &[]),
+        // Nothing written for the 1 s idle limit, counted from arrival.
+        get(&c, idle.addr(), "x", "/?delay=1500", &[]),
         // Headers at once, the body 1.5 s later: past the 1 s total, yet delivered whole.
         async {
             let res = stream(&c, total.addr(), 1500).await;
@@ -456,7 +458,7 @@ async fn timeouts_answer_504_but_spare_streams_already_started() {
             res.into_body().collect().await.is_err()
         },
     );
-    for g in [&slow_total, &slow_start] {
+    for g in [&slow_total, &slow_start, &silent_start] {
         assert_eq!(g.status, StatusCode::GATEWAY_TIMEOUT, "{}", g.body);
         assert_eq!(g.body, "request timeout");
     }
