@@ -7,7 +7,7 @@ use std::net::IpAddr;
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
 /// `Trailer` is not among them: it announces the trailer fields an HTTP/1.1 message carries,
 /// and dropping it would drop the trailers.
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -17,6 +17,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Positions in [`HOP_BY_HOP`] of the two headers whose values matter.
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 4;
+
 /// True for headers that belong to a single connection.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
@@ -24,34 +28,59 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including any named in `Connection`. `TE: trailers` survives
 /// because gRPC over HTTP/2 requires it end to end.
+///
+/// One pass over the names finds which hop-by-hop headers are present, so the common cases
+/// cost no lookups at all (none present) or one removal (a backend's `Connection:
+/// keep-alive`), instead of a hash lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry none of these.
-    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    // Names listed in `Connection` that are not hop-by-hop already (those are handled below,
+    // and only if present); usually there are none, and nothing is allocated.
+    let listed: Vec<HeaderName> = if present[CONNECTION_AT] {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // Compared as text first: building a name that is not a standard one allocates.
+            .filter(|n| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(n))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     for name in listed {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("trailers")
-        });
-    for name in &HOP_BY_HOP {
+    let te_trailers = present[TE_AT]
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            });
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     if te_trailers {
@@ -108,6 +137,8 @@ pub fn add_forwarded(
     proto: &'static str,
     host: &str,
 ) {
+    // Up to four headers are added: one growth of the map instead of one per insert.
+    headers.reserve(4);
     let prev = joined(headers, &X_FORWARDED_FOR);
     append_for(headers, prev, client);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -232,6 +263,28 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "yes");
+    }
+
+    #[test]
+    fn strips_what_connection_lists_in_any_case_and_leaves_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "Close, X-Other, Keep-Alive".parse().unwrap(),
+        );
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "2".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get(header::CONTENT_LENGTH).unwrap(), "2");
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Route {
     /// Headers set on every matching request.
     pub set_headers: Headers,
     arms: Box<[Arm]>,
+    /// Some arm has a tag.
+    tagged: bool,
     split: Split,
 }
 
@@ -54,7 +56,9 @@ impl Route {
 
     /// The arm for a request: by `rouse-tag` if it names one, else by weighted choice.
     pub fn pick(&self, headers: &HeaderMap) -> &Arm {
-        if let Some(tag) = headers.get(&TAG_HEADER)
+        // Most routes have no tags; they skip the header lookup.
+        if self.tagged
+            && let Some(tag) = headers.get(&TAG_HEADER)
             && let Some(arm) = self.arms.iter().find(|a| {
                 a.tag
                     .as_deref()
@@ -175,6 +179,7 @@ impl RouteTable {
                         tag: t.tag.as_deref().map(Into::into),
                     })
                     .collect(),
+                tagged: traffic.iter().any(|t| t.tag.is_some()),
                 split: Split::new(traffic.iter().map(|t| t.percent)),
             };
             let mut routes: Vec<Route> = s

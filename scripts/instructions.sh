@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: repeatable for the same
+# binary and inputs whatever else the machine is doing, so a change to the request path can be
+# measured to a fraction of a percent where wall-clock benchmarks here vary by tens of percent.
+#
+#   scripts/instructions.sh          # gateway and sidecar, HTTP/1.1, 10 connections
+#
+# Each target serves N1 and then N2 requests in two runs; (I(N2) - I(N1)) / (N2 - N1) cancels
+# start-up and shutdown. Kernel time is not counted (callgrind sees user space only). Installs
+# nginx, nghttp2-client (h2load) and valgrind from Debian's packages if missing. Loopback only;
+# stops everything it starts.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+N1=${N1:-1000}
+N2=${N2:-6000}
+
+need=()
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v valgrind >/dev/null || need+=(valgrind)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --locked -q
+ROUSE="$ROOT/target/release/rouse"
+
+WORK=$(mktemp -d /tmp/rouse-instr.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+BE=18180; GW=18194; SC=18198
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log stderr crit;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $WORK/b; proxy_temp_path $WORK/p; fastcgi_temp_path $WORK/f;
+  uwsgi_temp_path $WORK/u; scgi_temp_path $WORK/s;
+  server { listen 127.0.0.1:$BE; location / { return 200 'ok'; } } }
+EOF
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
+PIDS+=($!)
+cat > "$WORK/gw.yaml" <<EOF
+listen: "127.0.0.1:$GW"
+watch_interval: 0s
+services:
+  - name: bench
+    hosts: ["*"]
+    traffic: [{ revision: r, percent: 100 }]
+    revisions:
+      - { name: r, endpoints: ["127.0.0.1:$BE"] }
+EOF
+
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  exit 1
+}
+
+count() { # target n -> instructions
+  local target=$1 n=$2 out="$WORK/cg.$1.$2" port
+  case $target in
+    gateway)
+      port=$GW
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" run --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
+    sidecar)
+      port=$SC
+      CONTAINER_CONCURRENCY=0 QUEUE_SERVING_PORT=$SC USER_PORT=$BE REVISION_TIMEOUT_SECONDS=300 \
+        SERVING_NAMESPACE=b SERVING_CONFIGURATION=b SERVING_REVISION=b SERVING_POD=b \
+        SERVING_POD_IP=127.0.0.1 ROUSE_BIND=127.0.0.1 ROUSE_ADMIN_PORT=18199 \
+        ROUSE_STATS_PORT=18200 ROUSE_METRICS_PORT=18201 ROUSE_DRAIN_QUIET_PERIOD=0s RUST_LOG=warn \
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$ROUSE" sidecar >/dev/null 2>&1 &
+      ;;
+  esac
+  local vg=$!
+  wait_port "$port"
+  local done_n
+  done_n=$(h2load --h1 -n "$n" -c 10 "http://127.0.0.1:$port/" 2>&1 | awk '/^requests:/ {print $8}')
+  if [ "$done_n" != "$n" ]; then
+    echo "error: $target served $done_n of $n requests" >&2
+    exit 1
+  fi
+  kill -INT "$vg"
+  wait "$vg" || true
+  awk '/^summary:/ {print $2}' "$out"
+}
+
+wait_port $BE
+printf '%-8s %14s %14s %22s\n' target "I($N1)" "I($N2)" "instructions/request"
+for t in gateway sidecar; do
+  a=$(count $t "$N1")
+  b=$(count $t "$N2")
+  printf '%-8s %14s %14s %22s\n' "$t" "$a" "$b" $(( (b - a) / (N2 - N1) ))
+done
