@@ -47,7 +47,18 @@ pub enum Kind {
 
 /// Classifies a request the way queue-proxy's drainer and health handler do.
 pub fn classify(h: &HeaderMap) -> Kind {
-    let probe = h.get(&NETWORK_PROBE).map(|v| v.as_bytes());
+    // One pass over the names instead of a hash lookup per Knative header: on plain traffic
+    // the marker headers are absent, and comparing a standard name with them is one branch.
+    let (mut has_probe, mut has_kubelet) = (false, false);
+    for k in h.keys() {
+        has_probe |= k == NETWORK_PROBE;
+        has_kubelet |= k == KUBELET_PROBE;
+    }
+    let probe = if has_probe {
+        h.get(&NETWORK_PROBE).map(|v| v.as_bytes())
+    } else {
+        None
+    };
     if probe == Some(b"probe") {
         return Kind::NetworkProbe;
     }
@@ -58,7 +69,7 @@ pub fn classify(h: &HeaderMap) -> Kind {
     let health_agent = HEALTH_CHECK_AGENTS
         .iter()
         .any(|p| agent.starts_with(p.as_bytes()));
-    if probe.is_some() || health_agent || h.contains_key(&KUBELET_PROBE) {
+    if probe.is_some() || health_agent || has_kubelet {
         let value = String::from_utf8_lossy(probe.unwrap_or_default()).into_owned();
         return Kind::HealthCheck(value);
     }
@@ -68,6 +79,12 @@ pub fn classify(h: &HeaderMap) -> Kind {
 /// Undoes the activator's and ingress's rewrites before a request reaches the app: `Host` comes
 /// back from `K-Original-Host`, and the routing and probe headers are removed.
 pub fn restore_request_headers(h: &mut HeaderMap) {
+    let rewritten = h.keys().any(|k| {
+        k == ORIGINAL_HOST || k == SERVING_REVISION || k == SERVING_NAMESPACE || k == NETWORK_HASH
+    });
+    if !rewritten {
+        return;
+    }
     if let Some(host) = h.remove(&ORIGINAL_HOST)
         && !host.is_empty()
     {
