@@ -24,7 +24,11 @@ impl Admin {
     }
 }
 
-fn text(
+/// Plain text, the content type of rouse's own short answers.
+pub(crate) const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// A short response of rouse's own: `body` with `status` and `ctype`.
+pub(crate) fn text(
     status: StatusCode,
     body: impl Into<bytes::Bytes>,
     ctype: &'static str,
@@ -38,7 +42,6 @@ fn text(
 
 impl Handler for Admin {
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
-        const PLAIN: &str = "text/plain; charset=utf-8";
         match req.uri().path() {
             "/metrics" => text(
                 StatusCode::OK,

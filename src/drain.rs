@@ -8,6 +8,7 @@
 //! the app container is being restarted on its own (a failed liveness probe), and the pod must
 //! keep serving.
 
+use crate::clock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,8 +29,7 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Drainer {
     quiet: Duration,
-    base: Instant,
-    /// Milliseconds after `base` of the last request seen while draining.
+    /// `clock::now_ms()` of the last request seen while draining.
     last_ms: AtomicU64,
     draining: AtomicBool,
     terminated: AtomicBool,
@@ -50,16 +50,11 @@ impl Drainer {
     pub fn new(quiet: Duration) -> Drainer {
         Drainer {
             quiet,
-            base: Instant::now(),
             last_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             terminated: AtomicBool::new(false),
             phase: watch::Sender::new(Phase::Serving),
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// True from the start of a drain (health checks then answer 503).
@@ -76,13 +71,13 @@ impl Drainer {
     /// not draining, so the request path pays nothing.
     pub fn touch(&self) {
         if self.is_draining() {
-            self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
         }
     }
 
-    /// Starts draining (a no-op if already draining); the quiet period starts now.
+    /// Starts draining, or restarts the quiet period of a drain already going.
     pub fn begin(&self) {
-        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
         self.draining.store(true, Ordering::SeqCst);
         self.phase.send_if_modified(|p| {
             let changed = *p == Phase::Serving;
@@ -119,8 +114,7 @@ impl Drainer {
         loop {
             let now = Instant::now();
             let since = Duration::from_millis(
-                self.now_ms()
-                    .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+                clock::now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)),
             );
             let left = active();
             if (since >= self.quiet && left == 0) || now >= until {

@@ -6,25 +6,20 @@
 //! Also here: the two small listeners of the contract, the autoscaler's `:9090/metrics`
 //! (protobuf `Stat`) and the admin port's `/wait-for-drain`.
 
+use crate::admin::{PLAIN, text};
 use crate::body::ProxyBody;
 use crate::drain::{Drainer, Phase};
 use crate::knative::{self, Kind, StatReporter};
 use crate::probe::Prober;
 use crate::proxy::Proxy;
 use crate::server::{ConnInfo, Handler};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 
-const PLAIN: &str = "text/plain; charset=utf-8";
-
 fn reply(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PLAIN));
-    r
+    text(status, body, PLAIN)
 }
 
 /// The serving port's handler.
@@ -104,12 +99,7 @@ impl Handler for StatsHandler {
             );
         }
         let body = prost::Message::encode_to_vec(&*self.0.latest());
-        let mut r = Response::new(ProxyBody::full(body));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/protobuf"),
-        );
-        r
+        text(StatusCode::OK, body, "application/protobuf")
     }
 }
 
