@@ -103,21 +103,19 @@ impl Handler for StatsHandler {
     }
 }
 
+/// How long a drain started by the preStop hook waits for the termination that should follow.
+const RESET_AFTER: Duration = Duration::from_secs(1);
+
 /// The admin port: `/wait-for-drain`, the app container's preStop hook.
 #[derive(Debug)]
 pub struct AdminHandler {
     drainer: Arc<Drainer>,
-    /// How long a drain started by the hook waits for the termination that should follow.
-    reset_after: Duration,
 }
 
 impl AdminHandler {
     /// An admin handler for `drainer`.
     pub fn new(drainer: Arc<Drainer>) -> AdminHandler {
-        AdminHandler {
-            drainer,
-            reset_after: Duration::from_secs(1),
-        }
+        AdminHandler { drainer }
     }
 }
 
@@ -130,9 +128,9 @@ impl Handler for AdminHandler {
             );
         }
         self.drainer.begin();
-        let (d, after) = (self.drainer.clone(), self.reset_after);
+        let d = self.drainer.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(after).await;
+            tokio::time::sleep(RESET_AFTER).await;
             // Still no SIGTERM: the app container restarts alone; keep serving.
             d.reset();
         });

@@ -294,7 +294,7 @@ impl SidecarArgs {
             },
         };
         let mut side_port = |v: &Option<String>, k: &Key, default: u16| {
-            c.number::<u16>(v, k, false, port).or(Some(default))
+            c.number::<u16>(v, k, false, port).unwrap_or(default)
         };
         let admin = side_port(
             &self.admin_port,
@@ -377,10 +377,10 @@ impl SidecarArgs {
             return Err(SidecarError(c.problems));
         }
         let timeout = secs(timeout);
-        let at = |p: Option<u16>| SocketAddr::new(bind, p.unwrap_or(0));
+        let at = |p: u16| SocketAddr::new(bind, p);
         Ok(SidecarSettings {
             container_concurrency: cc,
-            serving: SocketAddr::new(bind, serving),
+            serving: at(serving),
             admin: at(admin),
             stats: at(stats),
             metrics: at(metrics),
