@@ -88,16 +88,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Set by an activator on the requests it forwards (`K-Proxy-Request: activator`).
-pub const PROXY_REQUEST: HeaderName = HeaderName::from_static("k-proxy-request");
-
-/// True when an activator sent this request, so its concurrency is reported as proxied.
-pub fn is_proxied(headers: &HeaderMap) -> bool {
-    headers
-        .get(&PROXY_REQUEST)
-        .is_some_and(|v| v.as_bytes() == b"activator")
-}
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -23,6 +23,8 @@ pub const ORIGINAL_HOST: HeaderName = HeaderName::from_static("k-original-host")
 pub const SERVING_REVISION: HeaderName = HeaderName::from_static("knative-serving-revision");
 /// The routed revision's namespace.
 pub const SERVING_NAMESPACE: HeaderName = HeaderName::from_static("knative-serving-namespace");
+/// Set by an activator on the requests it forwards (`K-Proxy-Request: activator`).
+pub const PROXY_REQUEST: HeaderName = HeaderName::from_static("k-proxy-request");
 /// Legacy kubelet probe marker.
 pub const KUBELET_PROBE: HeaderName = HeaderName::from_static("k-kubelet-probe");
 
@@ -74,6 +76,13 @@ pub fn classify(h: &HeaderMap) -> Kind {
         return Kind::HealthCheck(value);
     }
     Kind::Traffic
+}
+
+/// True when an activator sent this request, so its concurrency is reported as proxied.
+pub fn is_proxied(headers: &HeaderMap) -> bool {
+    headers
+        .get(&PROXY_REQUEST)
+        .is_some_and(|v| v.as_bytes() == b"activator")
 }
 
 /// Undoes the activator's and ingress's rewrites before a request reaches the app: `Host` comes

@@ -212,7 +212,7 @@ async fn forward(
     mut req: Request<Incoming>,
     ctx: Ctx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let active = rev.begin(headers::is_proxied(req.headers()));
+    let active = rev.begin(crate::knative::is_proxied(req.headers()));
     let protocol = rev.protocol.for_request(req.version());
     if ctx.upgrade.is_some() && protocol == Protocol::H2c {
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
