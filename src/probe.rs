@@ -48,7 +48,7 @@ pub enum ProbeError {
 pub enum Check {
     /// A TCP connection is accepted.
     Tcp(SocketAddr),
-    /// `GET path` answers 200–399.
+    /// `GET path` answers with a status in `ready` (Kubernetes: 200–399).
     Http {
         /// Where to connect.
         addr: SocketAddr,
@@ -56,8 +56,11 @@ pub enum Check {
         host: String,
         /// Path and query.
         path: String,
-        /// Extra request headers.
+        /// Request headers besides `Host` and `Connection: close`; a later one replaces an
+        /// earlier one of the same name.
         headers: Vec<(HeaderName, HeaderValue)>,
+        /// The statuses that mean ready.
+        ready: std::ops::Range<u16>,
     },
     /// `grpc.health.v1.Health/Check` answers `SERVING`.
     Grpc {
@@ -223,7 +226,17 @@ impl Probe {
                 )));
             }
             let a = addr(&h.host, port(h.port.as_ref(), user_port, &at)?, &at)?;
-            let mut headers = Vec::new();
+            // What the kubelet and queue-proxy send; the probe's own headers may replace them.
+            let mut headers = vec![
+                (
+                    http::header::USER_AGENT,
+                    HeaderValue::from_static(PROBE_USER_AGENT),
+                ),
+                (
+                    crate::knative::NETWORK_PROBE,
+                    HeaderValue::from_static("queue"),
+                ),
+            ];
             for (j, nv) in h.http_headers.iter().enumerate() {
                 let name = HeaderName::from_bytes(nv.name.as_bytes());
                 let value = HeaderValue::from_str(&nv.value);
@@ -258,6 +271,7 @@ impl Probe {
                 addr: a,
                 path,
                 headers,
+                ready: 200..400,
             }
         } else if let Some(g) = p.grpc {
             let at = format!("{at}.grpc");
@@ -323,34 +337,50 @@ impl Check {
                 host,
                 path,
                 headers,
-            } => http_get(*addr, host, path, headers).await.unwrap_or(false),
+                ready,
+            } => http_get(*addr, host, path, headers)
+                .await
+                .is_ok_and(|status| ready.contains(&status)),
             Check::Grpc { addr, service } => grpc_health(*addr, service).await.unwrap_or(false),
         }
     }
 }
 
-type Attempt = Result<bool, Box<dyn std::error::Error + Send + Sync>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Attempt = Result<bool, BoxError>;
 
+/// Most of a probe reply's body that is read before hanging up.
+const BODY_READ: usize = 64 << 10;
+
+/// One `GET`; returns the status. The (small) body is read up to the server's close first:
+/// hanging up mid-response makes many servers log a broken pipe for every probe.
 async fn http_get(
     addr: SocketAddr,
     host: &str,
     path: &str,
     headers: &[(HeaderName, HeaderValue)],
-) -> Attempt {
+) -> Result<u16, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     let mut req = Request::get(path)
         .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, PROBE_USER_AGENT)
-        .header(crate::knative::NETWORK_PROBE, "queue")
         .header(http::header::CONNECTION, "close")
         .body(Full::new(Bytes::new()))?;
     for (k, v) in headers {
         req.headers_mut().insert(k.clone(), v.clone());
     }
     let res = send.send_request(req).await?;
-    Ok((200..400).contains(&res.status().as_u16()))
+    let status = res.status().as_u16();
+    let mut body = res.into_body();
+    let mut read = 0;
+    while read < BODY_READ {
+        match body.frame().await {
+            Some(Ok(f)) => read += f.data_ref().map_or(0, Buf::remaining),
+            _ => break,
+        }
+    }
+    Ok(status)
 }
 
 /// `grpc.health.v1.HealthCheckRequest`.
@@ -507,11 +537,15 @@ mod tests {
                 addr,
                 path,
                 headers,
+                ready,
                 ..
             } => {
                 assert_eq!(addr.port(), 8081);
                 assert_eq!(path, "/healthz");
-                assert_eq!(headers[0].0, "x-check");
+                assert_eq!(headers[0].0, "user-agent");
+                assert_eq!(headers[1].0, "k-network-probe");
+                assert_eq!(headers[2].0, "x-check");
+                assert_eq!(*ready, 200..400);
             }
             other => panic!("{other:?}"),
         }

@@ -9,13 +9,16 @@
 
 use super::{Backoff, Scaler};
 use crate::config::{self, Ready};
+use crate::probe::Check;
 use crate::revision::{Endpoint, Revision};
+use http::HeaderValue;
+use http::header::USER_AGENT;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -406,25 +409,20 @@ fn forward_output(child: &mut Child, label: &str, last_err: &Arc<Mutex<String>>)
 
 /// One readiness check.
 async fn probe(addr: SocketAddr, how: &Ready) -> bool {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let Ready::HttpGet(path) = how else {
-            return Some(true);
-        };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: rouse-probe\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        // Read the whole (small) reply up to the server's close: hanging up mid-response makes
-        // many servers log a broken-pipe error for every probe.
-        let mut reply = Vec::with_capacity(256);
-        (&mut s).take(64 << 10).read_to_end(&mut reply).await.ok()?;
-        // "HTTP/1.1 200 ..." → the status code is bytes 9..12.
-        let code: u16 = std::str::from_utf8(reply.get(9..12)?).ok()?.parse().ok()?;
-        Some(code < 500)
+    let check = match how {
+        Ready::Tcp => Check::Tcp(addr),
+        // Any answer below 500 means the process is up and serving, even a 404 for a path
+        // the backend does not have.
+        Ready::HttpGet(path) => Check::Http {
+            addr,
+            host: addr.to_string(),
+            path: path.clone(),
+            headers: vec![(USER_AGENT, HeaderValue::from_static("rouse-probe"))],
+            ready: 100..500,
+        },
     };
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
-        Ok(Some(true))
+        tokio::time::timeout(PROBE_TIMEOUT, check.once()).await,
+        Ok(true)
     )
 }
