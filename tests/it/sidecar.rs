@@ -677,14 +677,16 @@ fn missing_and_bad_variables_are_each_named_and_nothing_starts() {
 async fn binary_beside_a_real_app_process_drains_on_sigterm() {
     let app_addr = dead_addr().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
-    let mut app = Command::new("python3")
-        .arg(script)
-        .env("PORT", app_addr.port().to_string())
-        .env("REVISION", "hello")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 runs the test app");
+    let _app = Proc(
+        Command::new("python3")
+            .arg(script)
+            .env("PORT", app_addr.port().to_string())
+            .env("REVISION", "hello")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the test app"),
+    );
     let ports: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..4 {
@@ -693,38 +695,33 @@ async fn binary_beside_a_real_app_process_drains_on_sigterm() {
         v
     };
     let app_port = app_addr.port().to_string();
-    let mut sidecar = sidecar_cmd(&[
-        ("CONTAINER_CONCURRENCY", "2"),
-        ("QUEUE_SERVING_PORT", &ports[0]),
-        ("USER_PORT", &app_port),
-        ("REVISION_TIMEOUT_SECONDS", "10"),
-        ("SERVING_NAMESPACE", "ns"),
-        ("SERVING_CONFIGURATION", "hello"),
-        ("SERVING_REVISION", "hello-00001"),
-        ("SERVING_POD", "hello-pod"),
-        ("SERVING_POD_IP", "127.0.0.1"),
-        ("ROUSE_BIND", "127.0.0.1"),
-        ("ROUSE_ADMIN_PORT", &ports[1]),
-        ("ROUSE_STATS_PORT", &ports[2]),
-        ("ROUSE_METRICS_PORT", &ports[3]),
-        ("ROUSE_DRAIN_QUIET_PERIOD", "500ms"),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut sidecar = Proc(
+        sidecar_cmd(&[
+            ("CONTAINER_CONCURRENCY", "2"),
+            ("QUEUE_SERVING_PORT", &ports[0]),
+            ("USER_PORT", &app_port),
+            ("REVISION_TIMEOUT_SECONDS", "10"),
+            ("SERVING_NAMESPACE", "ns"),
+            ("SERVING_CONFIGURATION", "hello"),
+            ("SERVING_REVISION", "hello-00001"),
+            ("SERVING_POD", "hello-pod"),
+            ("SERVING_POD_IP", "127.0.0.1"),
+            ("ROUSE_BIND", "127.0.0.1"),
+            ("ROUSE_ADMIN_PORT", &ports[1]),
+            ("ROUSE_STATS_PORT", &ports[2]),
+            ("ROUSE_METRICS_PORT", &ports[3]),
+            ("ROUSE_DRAIN_QUIET_PERIOD", "500ms"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
     let c = h1_client();
+    wait_ready(addr).await;
     // The aggressive default probe (TCP to the app) answers once the app process listens.
-    let mut ready = None;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            ready = Some(get(&c, addr, "x", "/", &QUEUE_PROBE).await);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let ready = ready.expect("the sidecar listens");
+    let ready = get(&c, addr, "x", "/", &QUEUE_PROBE).await;
     assert_eq!(
         (ready.status, ready.body.as_str()),
         (StatusCode::OK, "queue")
@@ -733,14 +730,7 @@ async fn binary_beside_a_real_app_process_drains_on_sigterm() {
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.body.starts_with("hello "), "{}", got.body);
 
-    let pid = sidecar.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(sidecar.0.id(), "-TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let probe = get(&c, addr, "x", "/", &QUEUE_PROBE).await;
     assert_eq!(probe.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -751,7 +741,7 @@ async fn binary_beside_a_real_app_process_drains_on_sigterm() {
     }
     let exited = Instant::now();
     let status = loop {
-        if let Some(s) = sidecar.try_wait().unwrap() {
+        if let Some(s) = sidecar.0.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -766,8 +756,6 @@ async fn binary_beside_a_real_app_process_drains_on_sigterm() {
         "exited before the quiet period: {:?}",
         exited.elapsed()
     );
-    let _ = app.kill();
-    let _ = app.wait();
 }
 
 /// A gRPC health server: service "ok" is SERVING, "down" is NOT_SERVING, any other is

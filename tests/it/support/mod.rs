@@ -452,3 +452,33 @@ pub async fn stale_connections_are_retried(proxy: SocketAddr, conns: &AtomicUsiz
     }
     assert_eq!(conns.load(Ordering::SeqCst), 5);
 }
+
+/// A child process killed and reaped when the test ends, passed or failed.
+pub struct Proc(pub std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `sig` (like `-TERM`) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Waits (up to 5 s) until something accepts connections on `addr`.
+pub async fn wait_ready(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing started listening on {addr}");
+}
