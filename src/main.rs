@@ -85,26 +85,21 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging();
-            raise_fd_limit();
-            match runtime().and_then(|rt| rt.block_on(sidecar(settings))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("rouse sidecar: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve("rouse sidecar", sidecar(settings))
         }
-        Command::Run { config } => {
-            init_logging();
-            raise_fd_limit();
-            match runtime().and_then(|rt| rt.block_on(run(config))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("rouse: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run { config } => serve("rouse", run(config)),
+    }
+}
+
+/// Runs a role until it stops: logging, the open-file limit, the runtime, and the exit status.
+fn serve(label: &str, role: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging();
+    raise_fd_limit();
+    match runtime().and_then(|rt| rt.block_on(role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{label}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
