@@ -1,19 +1,21 @@
 //! The listener: accepts TCP connections and serves HTTP/1.1 and h2c (prior knowledge) on the
-//! same port through hyper-util's auto-detecting builder, with graceful drain on shutdown.
+//! same port, telling them apart by a peek at the first bytes, and HTTP/1.1 or HTTP/2 over TLS
+//! by ALPN; with graceful drain on shutdown.
 
 use crate::body::ProxyBody;
 use crate::headers::ClientAddr;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 /// What the handler knows about the client connection.
@@ -73,6 +75,198 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Http1,
+    H2,
+}
+
+/// Tells HTTP/1.1 from h2c by peeking at the first bytes, without taking them off the socket.
+///
+/// hyper-util's auto-detecting builder reads the first 24 bytes itself and replays them. hyper's
+/// first read then returns only those 24, and its second read grows the connection's 8 KiB read
+/// buffer to 16 KiB with a copy, on every connection. A peek leaves the request whole for hyper's
+/// first read. Returns `None` if the client closes first.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Wire::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Wire::H2));
+        }
+        // A preface split across segments: peek does not consume, so the socket stays readable
+        // and peeking again at once would spin until the rest arrives.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A hyper connection that can be asked to finish its current exchange and close.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, ProxyBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Drives `conn` to its end; once `stop` turns true, asks it to finish gracefully first
+/// (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY, then finish open streams).
+async fn run<C: Graceful>(conn: C, mut stop: watch::Receiver<bool>) -> Result<(), hyper::Error> {
+    let mut conn = pin!(conn);
+    tokio::select! {
+        biased;
+        r = conn.as_mut() => return r,
+        () = stopped(&mut stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// The HTTP/1.1 and HTTP/2 settings every connection of a listener shares.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(settings: ServerSettings) -> Self {
+        let mut h1 = http1::Builder::new();
+        // max_header_size is the limit that holds: hyper's read buffer can grow past
+        // max_buf_size within one read, so a large head that arrives at once would get through
+        // on that limit alone.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_header_size(settings.max_header_bytes)
+            .max_buf_size(settings.max_header_bytes.max(8192));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        Protocols {
+            http1: h1,
+            http2: h2,
+            header_read_timeout: settings.header_read_timeout,
+        }
+    }
+
+    /// Serves one connection in the protocol it speaks.
+    async fn serve<I, S>(
+        &self,
+        io: I,
+        wire: Wire,
+        svc: S,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        match wire {
+            Wire::Http1 => run(self.http1.serve_connection(io, svc).with_upgrades(), stop).await,
+            // Boxed so that HTTP/2's larger state does not size every HTTP/1.1 connection's task.
+            Wire::H2 => Box::pin(run(self.http2.serve_connection(io, svc), stop)).await,
+        }
+    }
+
+    /// Serves a plain TCP connection: HTTP/1.1 or h2c with prior knowledge on the same port.
+    async fn serve_tcp<S>(
+        &self,
+        stream: TcpStream,
+        svc: S,
+        stop: watch::Receiver<bool>,
+        peer: SocketAddr,
+    ) where
+        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+    {
+        // A client that connects and sends nothing is held no longer than one that sends half
+        // a request head.
+        let wire = match tokio::time::timeout(self.header_read_timeout, sniff(&stream)).await {
+            Ok(Ok(Some(wire))) => wire,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "client connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "client sent nothing within the header read timeout");
+                return;
+            }
+        };
+        if let Err(e) = self.serve(stream, wire, svc, stop).await {
+            debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+
+    /// Serves a TLS connection in the protocol ALPN agreed; without ALPN that is HTTP/1.1, since
+    /// HTTP/2 over TLS requires ALPN (RFC 9113, section 3.3).
+    async fn serve_tls<S>(
+        &self,
+        stream: TcpStream,
+        tls: TlsListener,
+        svc: S,
+        stop: watch::Receiver<bool>,
+        peer: SocketAddr,
+    ) where
+        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+    {
+        let s = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let wire = match s.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Wire::H2,
+            _ => Wire::Http1,
+        };
+        if let Err(e) = self.serve(s, wire, svc, stop).await {
+            debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
 /// Serves `listener` until `stop` turns true, then stops accepting, asks every connection to
 /// finish its current exchange (HTTP/1.1: close after the response; HTTP/2: GOAWAY), and waits
 /// for them up to `drain`. Returns the number of connections still open when it gave up.
@@ -84,18 +278,8 @@ pub async fn serve<H: Handler>(
     drain: Duration,
     tls: Option<TlsListener>,
 ) -> usize {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(settings));
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             biased;
@@ -121,46 +305,28 @@ pub async fn serve<H: Handler>(
                     let (h, conn) = (h.clone(), conn.clone());
                     async move { Ok::<_, Infallible>(h.call(req, conn).await) }
                 });
-                let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-                tokio::spawn(async move {
-                    let result = match tls {
-                        None => {
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                            watcher.watch(c).await
-                        }
-                        Some(t) => {
-                            // The handshake runs here, not in the accept loop, so a slow client
-                            // cannot hold up others.
-                            match tokio::time::timeout(t.handshake_timeout, t.acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => {
-                                    let c = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
-                                    watcher.watch(c).await
-                                }
-                                Ok(Err(e)) => {
-                                    debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "client connection ended with an error");
+                let (p, stop, tls) = (protocols.clone(), stop.clone(), tls.clone());
+                connections.spawn(async move {
+                    match tls {
+                        None => p.serve_tcp(stream, svc, stop, peer).await,
+                        // The handshake runs here, not in the accept loop, so a slow client
+                        // cannot hold up others. Boxed, so that the TLS session's state is not
+                        // part of every plain connection's task.
+                        Some(t) => Box::pin(p.serve_tls(stream, t, svc, stop, peer)).await,
                     }
                 });
             }
         }
     }
     drop(listener);
-    let open = graceful.count();
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
-        Ok(()) => 0,
-        Err(_) => {
-            warn!(open, "drain timeout reached with connections still open");
-            open
-        }
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_ok()
+    {
+        return 0;
     }
+    let open = connections.len();
+    warn!(open, "drain timeout reached with connections still open");
+    open
 }

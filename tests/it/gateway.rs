@@ -438,6 +438,63 @@ async fn h2c_client_to_http1_revision() {
     assert_eq!(a.last_headers().get("host").unwrap(), "svc.local");
 }
 
+#[tokio::test]
+async fn protocol_is_told_from_first_bytes_that_trickle_in_and_silent_clients_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let a = Backend::start("one").await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nlimits: {{ header_read_timeout: 400ms }}\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n{}",
+        revision_yaml("r", 0, &[&a])
+    );
+    let gw = gateway(&yaml).await;
+
+    // The h2c preface split in two segments: the answer is an HTTP/2 SETTINGS frame.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame))
+        .await
+        .expect("an HTTP/2 server speaks first after the preface")
+        .unwrap();
+    assert_eq!(frame[3], 0x4, "frame type SETTINGS: {frame:?}");
+
+    // HTTP/1.1 a byte at a time.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    for b in b"GET /trickle HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // A client that sends nothing, and one that stops inside the preface, are closed once
+    // the header read timeout passes.
+    for first in [&b""[..], &b"PRI * HT"[..]] {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the connection is closed, not left open");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(a.requests(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_megabytes_stream_both_ways() {
     let a = Backend::start("big").await;

@@ -197,6 +197,14 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
         (got.status, got.version),
         (StatusCode::OK, Version::HTTP_11)
     );
+    // Without ALPN, HTTP/1.1: HTTP/2 over TLS is only ever negotiated (RFC 9113, 3.3).
+    let plain = handshake(&pki, addr, "a.test", &[]).await;
+    assert_eq!(plain.get_ref().1.alpn_protocol(), None);
+    let got = get_over(plain, "a.test").await;
+    assert_eq!(
+        (got.status, got.version),
+        (StatusCode::OK, Version::HTTP_11)
+    );
     assert_eq!(
         be.headers_at("/p").get("x-forwarded-proto").unwrap(),
         "https"
