@@ -115,9 +115,19 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// Starts the release binary with a revision whose backend never becomes ready, opens
-/// `n` client connections that each send one request, and reads rouse's RSS once all are held.
-async fn rss_with_held(n: usize) -> (u64, u64, u64) {
+/// How the held requests arrive.
+#[derive(Clone, Copy)]
+enum Clients {
+    /// One HTTP/1.1 connection per request, as from that many separate clients.
+    Http1,
+    /// `conns` h2c connections carrying the requests as concurrent streams, as from an
+    /// ingress proxy in front of the activator.
+    H2c { conns: usize },
+}
+
+/// Starts the release binary with a revision whose backend never becomes ready, sends it `n`
+/// requests the way `clients` says, and reads rouse's RSS once all are held.
+async fn rss_with_held(n: usize, clients: Clients) -> (u64, u64, u64) {
     let (listen, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(format!("rouse-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -157,13 +167,38 @@ services:
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_kib(pid, "VmRSS:");
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = TcpStream::connect(listen).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        conns.push(s);
+    let mut conns = Vec::new();
+    let mut streams = Vec::new();
+    match clients {
+        Clients::Http1 => {
+            for _ in 0..n {
+                let mut s = TcpStream::connect(listen).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                conns.push(s);
+            }
+        }
+        Clients::H2c { conns: c } => {
+            for _ in 0..c {
+                let tcp = TcpStream::connect(listen).await.unwrap();
+                let (send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                streams.push(tokio::spawn(conn));
+                for _ in 0..n / c {
+                    let mut send = send.clone();
+                    streams.push(tokio::spawn(async move {
+                        let req = Request::get("http://x/")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        let _ = send.send_request(req).await;
+                        Ok(())
+                    }));
+                }
+            }
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while held_gauge(admin).await < n as u64 && Instant::now() < deadline {
@@ -175,6 +210,9 @@ services:
         .args(["-TERM", &pid.to_string()])
         .status();
     drop(conns);
+    for t in streams {
+        t.abort();
+    }
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(held, n as u64, "not every request was held");
@@ -198,7 +236,8 @@ fn main() {
     rt.block_on(async {
         let mut lat = ready_to_forwarded(500).await;
         lat.sort();
-        let (idle, rss, held) = rss_with_held(10_000).await;
+        let (idle, rss, held) = rss_with_held(10_000, Clients::Http1).await;
+        let (idle2, rss2, held2) = rss_with_held(10_000, Clients::H2c { conns: 100 }).await;
         println!("| measure | value |");
         println!("|---|---|");
         println!(
@@ -218,9 +257,14 @@ fn main() {
             idle as f64 / 1024.0
         );
         println!(
-            "| RSS with {held} held requests | {:.1} MB ({:.1} KB per held request) |",
+            "| RSS with {held} held requests, one HTTP/1.1 connection each | {:.1} MB ({:.1} KB per held request) |",
             rss as f64 / 1024.0,
             (rss - idle) as f64 / held as f64
+        );
+        println!(
+            "| RSS with {held2} held requests, 100 h2c connections × 100 streams | {:.1} MB ({:.1} KB per held request) |",
+            rss2 as f64 / 1024.0,
+            (rss2 - idle2) as f64 / held2 as f64
         );
     });
 }
