@@ -21,9 +21,25 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 const CONNECTION_AT: usize = 0;
 const TE_AT: usize = 4;
 
+/// The position of `name` in [`HOP_BY_HOP`]. Matching the text costs a length comparison per
+/// candidate for most names, where comparing `HeaderName`s costs a comparison of the
+/// representation against each of the seven.
+fn hop_by_hop_at(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "te" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
+    }
+}
+
 /// True for headers that belong to a single connection.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    hop_by_hop_at(name).is_some()
 }
 
 /// Removes hop-by-hop headers, including any named in `Connection`. `TE: trailers` survives
@@ -36,7 +52,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+        if let Some(i) = hop_by_hop_at(k) {
             present[i] = true;
             any = true;
         }
@@ -238,6 +254,20 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_positions_match_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_at(name), Some(i), "{name}");
+        }
+        for other in [header::TRAILER, header::HOST, header::CONTENT_LENGTH] {
+            assert_eq!(hop_by_hop_at(&other), None, "{other}");
+        }
+        assert_eq!(
+            hop_by_hop_at(&HeaderName::from_static("x-keep-alive")),
+            None
+        );
+    }
 
     #[test]
     fn strips_listed_and_standard_hop_headers() {
