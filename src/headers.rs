@@ -134,6 +134,36 @@ impl ClientAddr {
     }
 }
 
+/// Which forwarding headers a request arrived with, found in one pass over its names rather
+/// than one hash lookup each: most requests have none of them.
+struct Forwarding {
+    xff: bool,
+    proto: bool,
+    host: bool,
+    forwarded: bool,
+}
+
+impl Forwarding {
+    fn present(headers: &HeaderMap) -> Forwarding {
+        let mut f = Forwarding {
+            xff: false,
+            proto: false,
+            host: false,
+            forwarded: false,
+        };
+        for k in headers.keys() {
+            match k.as_str() {
+                "x-forwarded-for" => f.xff = true,
+                "x-forwarded-proto" => f.proto = true,
+                "x-forwarded-host" => f.host = true,
+                "forwarded" => f.forwarded = true,
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
 /// Adds this hop to the forwarding headers. `X-Forwarded-For` and `Forwarded` are appended to
 /// (each proxy adds its own client); `X-Forwarded-Proto` and `-Host` are set only when absent,
 /// so the view of a load balancer in front of rouse is kept.
@@ -143,19 +173,23 @@ pub fn add_forwarded(
     proto: &'static str,
     host: &str,
 ) {
+    let had = Forwarding::present(headers);
     // Up to four headers are added: one growth of the map instead of one per insert.
     headers.reserve(4);
-    let prev = joined(headers, &X_FORWARDED_FOR);
+    let prev = had.xff.then(|| joined(headers, &X_FORWARDED_FOR)).flatten();
     append_for(headers, prev, client);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !had.proto {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
+    if !had.host
         && let Ok(v) = HeaderValue::from_str(host)
     {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
-    let prev = joined(headers, &header::FORWARDED);
+    let prev = had
+        .forwarded
+        .then(|| joined(headers, &header::FORWARDED))
+        .flatten();
     let node = client.node.to_str().unwrap_or("unknown");
     let mut fwd = String::with_capacity(
         prev.as_ref().map_or(0, |p| p.len() + 2) + node.len() + host.len() + 32,
@@ -182,8 +216,9 @@ pub fn add_forwarded(
 /// from the `X-Forwarded-*` headers it arrived with (the first node carries `host` and
 /// `proto`); then this hop's client is appended to `X-Forwarded-For` only.
 pub fn add_forwarded_knative(headers: &mut HeaderMap, client: &ClientAddr) {
-    let xff = joined(headers, &X_FORWARDED_FOR);
-    if !headers.contains_key(header::FORWARDED) {
+    let had = Forwarding::present(headers);
+    let xff = had.xff.then(|| joined(headers, &X_FORWARDED_FOR)).flatten();
+    if !had.forwarded && (had.xff || had.host || had.proto) {
         let first = |name: &HeaderName| {
             headers
                 .get(name)

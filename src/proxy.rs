@@ -380,12 +380,6 @@ fn prepare(req: &mut Request<Incoming>, protocol: Protocol, tls: bool, ctx: &Ctx
         Dialect::Rouse => headers::add_forwarded(h, &ctx.client, ctx.proto, host),
         Dialect::Knative => headers::add_forwarded_knative(h, &ctx.client),
     }
-    // The upstream authority: a route may have rewritten Host; otherwise the client's.
-    let authority = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(host)
-        .to_owned();
     let pq = req
         .uri()
         .path_and_query()
@@ -395,13 +389,20 @@ fn prepare(req: &mut Request<Incoming>, protocol: Protocol, tls: bool, ctx: &Ctx
         Protocol::Http1 | Protocol::Auto => {
             *req.uri_mut() = Uri::from(pq);
             *req.version_mut() = Version::HTTP_11;
+            // A route may have set Host; an HTTP/2 client sent none, only an authority.
             if !req.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(&authority)
+                && let Ok(v) = HeaderValue::from_str(host)
             {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
         Protocol::H2c => {
+            // The upstream authority: a route may have rewritten Host; otherwise the client's.
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(host);
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = authority.parse().ok();
