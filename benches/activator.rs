@@ -1,6 +1,11 @@
-//! Activator figures: how fast a held request moves once an endpoint is ready, and how much
-//! memory 10 000 held requests cost. Run with `cargo bench --bench activator`; prints a
-//! markdown table (the figures in docs/benchmarks.md come from it).
+//! Activator figures: how fast a held request moves once an endpoint is ready, what a cold start
+//! through the process scaler adds to the backend's own boot, and how much memory 10 000 held
+//! requests cost. Run with `cargo bench --bench activator`; prints a markdown table (the
+//! figures in docs/benchmarks.md come from it).
+//!
+//! With `ROUSE_BENCH_BACKEND` set, this program is instead the backend the cold starts boot: an
+//! HTTP/1.1 server on `PORT` that answers `ok`, so that its boot is short and steady and the
+//! overhead rouse adds is not lost in an interpreter's start-up.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -77,6 +82,116 @@ async fn ready_to_forwarded(n: usize) -> Vec<Duration> {
         let arrived = arrivals.recv().await.unwrap();
         out.push(arrived - ready);
         assert!(pending.await.unwrap().is_success());
+    }
+    out
+}
+
+/// The backend the cold starts boot (see the module docs). Never returns; SIGTERM ends it.
+fn backend_main() {
+    let port: u16 = std::env::var("PORT").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// One cold start, three ways: the backend's own boot (spawned here, timed until its port
+/// accepts a connection), a first request to a fresh gateway whose
+/// revision is at zero (spawn, boot, readiness probe, forward, answer), and a second, warm
+/// request on the same gateway.
+struct ColdStart {
+    boot: Duration,
+    cold: Duration,
+    warm: Duration,
+}
+
+impl ColdStart {
+    /// What rouse adds to the backend's boot: the cold request, less the boot and less what the
+    /// same request costs when warm.
+    fn overhead(&self) -> Duration {
+        self.cold.saturating_sub(self.boot + self.warm)
+    }
+}
+
+async fn cold_starts(n: usize) -> Vec<ColdStart> {
+    let exe = std::env::current_exe().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let get = |addr: SocketAddr| {
+        let c = client.clone();
+        async move {
+            let req = Request::get(format!("http://{addr}/"))
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = c.request(req).await.unwrap();
+            assert!(res.status().is_success(), "{}", res.status());
+            http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap();
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let port = free_addr().port();
+        let t0 = Instant::now();
+        let mut child = Command::new(&exe)
+            .env("ROUSE_BENCH_BACKEND", "1")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Tried back to back (a refused loopback connect takes tens of µs), not on tokio's
+        // 1 ms timer, so the boot is measured finer than rouse's probe could see it.
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+        let boot = t0.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let cfg = Config::parse(&format!(
+            r#"listen: 127.0.0.1:0
+services:
+  - name: s
+    hosts: ["*"]
+    traffic: [{{ revision: r, percent: 100 }}]
+    revisions:
+      - name: r
+        scale:
+          max: 1
+          process:
+            command: ["{}"]
+            env: {{ ROUSE_BENCH_BACKEND: "1" }}
+            stop_grace: 1s
+"#,
+            exe.display()
+        ))
+        .unwrap();
+        let gw = Gateway::start(cfg).await.unwrap();
+        let t0 = Instant::now();
+        get(gw.addr()).await;
+        let cold = t0.elapsed();
+        let t0 = Instant::now();
+        get(gw.addr()).await;
+        let warm = t0.elapsed();
+        gw.shutdown().await;
+        out.push(ColdStart { boot, cold, warm });
     }
     out
 }
@@ -227,6 +342,9 @@ fn raise_fd_limit() {
 }
 
 fn main() {
+    if std::env::var_os("ROUSE_BENCH_BACKEND").is_some() {
+        return backend_main();
+    }
     // `cargo bench` passes harness flags such as --bench; nothing here takes options.
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -236,6 +354,18 @@ fn main() {
     rt.block_on(async {
         let mut lat = ready_to_forwarded(500).await;
         lat.sort();
+        let starts = cold_starts(50).await;
+        let sorted = |f: &dyn Fn(&ColdStart) -> Duration| {
+            let mut v: Vec<Duration> = starts.iter().map(f).collect();
+            v.sort();
+            v
+        };
+        let (boot, cold, overhead) = (
+            sorted(&|c| c.boot),
+            sorted(&|c| c.cold),
+            sorted(&|c| c.overhead()),
+        );
+        let warm = sorted(&|c| c.warm);
         let (idle, rss, held) = rss_with_held(10_000, Clients::Http1).await;
         let (idle2, rss2, held2) = rss_with_held(10_000, Clients::H2c { conns: 100 }).await;
         println!("| measure | value |");
@@ -251,6 +381,27 @@ fn main() {
         println!(
             "| endpoint ready → held request at backend, max | {:.0} µs |",
             lat.last().unwrap().as_secs_f64() * 1e6
+        );
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| backend's own boot, spawn to accepting, p50 / p99 (50 cold starts) | {:.2} / {:.2} ms |",
+            ms(percentile(&boot, 0.5)),
+            ms(percentile(&boot, 0.99))
+        );
+        println!(
+            "| first request to a revision at zero, sent to answered, p50 / p99 | {:.2} / {:.2} ms |",
+            ms(percentile(&cold, 0.5)),
+            ms(percentile(&cold, 0.99))
+        );
+        println!(
+            "| the same request warm, p50 | {:.2} ms |",
+            ms(percentile(&warm, 0.5))
+        );
+        println!(
+            "| cold-start overhead over the backend's boot (cold − boot − warm), p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |",
+            ms(percentile(&overhead, 0.5)),
+            ms(percentile(&overhead, 0.99)),
+            ms(*overhead.last().unwrap())
         );
         println!(
             "| RSS idle (release binary) | {:.1} MB |",

@@ -25,7 +25,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// How often a booting process is probed.
+/// How often a booting process is probed: every millisecond at first, because many backends
+/// are up within a few and the wait between the boot and the probe that sees it is pure
+/// cold-start overhead; every 5 ms once the boot has taken longer than `PROBE_FAST_FOR`, so a
+/// slow boot is not probed a thousand times a second.
+const PROBE_FAST: Duration = Duration::from_millis(1);
+const PROBE_FAST_FOR: Duration = Duration::from_millis(50);
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// Longest a single probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -314,7 +319,12 @@ async fn run_instance(
             if probe(addr, &spec.ready).await {
                 return;
             }
-            tokio::time::sleep(PROBE_EVERY).await;
+            let every = if started.elapsed() < PROBE_FAST_FOR {
+                PROBE_FAST
+            } else {
+                PROBE_EVERY
+            };
+            tokio::time::sleep(every).await;
         }
     };
     tokio::select! {
