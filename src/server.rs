@@ -8,11 +8,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use nix::sys::socket::{self, MsgFlags};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -94,19 +97,30 @@ enum Wire {
 async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
+        stream.readable().await?;
+        // A peek does not consume, so after one that sees only part of the preface the socket
+        // still reads as ready. Returning WouldBlock from inside `try_io` clears that readiness,
+        // unless more data has arrived since the peek, so the loop then waits for new bytes
+        // instead of peeking in a spin.
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = socket::recv(stream.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK)
+                .map_err(std::io::Error::from)?;
+            if n > 0 && n < H2_PREFACE.len() && buf[..n] == H2_PREFACE[..n] {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match peeked {
+            Ok(0) => return Ok(None),
+            Ok(n) if buf[..n] == H2_PREFACE[..n] => return Ok(Some(Wire::H2)),
+            Ok(_) => return Ok(Some(Wire::Http1)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
         }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Some(Wire::Http1));
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(Some(Wire::H2));
-        }
-        // A preface split across segments: peek does not consume, so the socket stays readable
-        // and peeking again at once would spin until the rest arrives.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
