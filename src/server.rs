@@ -165,6 +165,51 @@ async fn run<C: Graceful>(conn: C, mut stop: watch::Receiver<bool>) -> Result<()
     conn.await
 }
 
+/// Awaits one step of setting up a connection for at most `limit`. On failure or timeout the
+/// connection is dropped, and the reason only logged: nobody is there to answer.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    step: impl Future<Output = Result<T, E>>,
+    peer: SocketAddr,
+    what: &str,
+) -> Option<T> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "{what} failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "{what} timed out");
+            None
+        }
+    }
+}
+
+/// The per-connection service `serve` builds around the [`Handler`], as the connection
+/// functions below need it.
+trait ConnService:
+    hyper::service::HttpService<
+        Incoming,
+        ResBody = ProxyBody,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: hyper::service::HttpService<
+            Incoming,
+            ResBody = ProxyBody,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// The HTTP/1.1 and HTTP/2 settings every connection of a listener shares.
 struct Protocols {
     http1: http1::Builder,
@@ -202,9 +247,7 @@ impl Protocols {
     ) -> Result<(), hyper::Error>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
+        S: ConnService,
     {
         let io = TokioIo::new(io);
         match wire {
@@ -222,23 +265,18 @@ impl Protocols {
         stop: watch::Receiver<bool>,
         peer: SocketAddr,
     ) where
-        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
+        S: ConnService,
     {
         // A client that connects and sends nothing is held no longer than one that sends half
         // a request head.
-        let wire = match tokio::time::timeout(self.header_read_timeout, sniff(&stream)).await {
-            Ok(Ok(Some(wire))) => wire,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "client connection failed before its first request");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "client sent nothing within the header read timeout");
-                return;
-            }
+        let first = within(
+            self.header_read_timeout,
+            sniff(&stream),
+            peer,
+            "first bytes",
+        );
+        let Some(Some(wire)) = first.await else {
+            return;
         };
         if let Err(e) = self.serve(stream, wire, svc, stop).await {
             debug!(%peer, error = %e, "client connection ended with an error");
@@ -255,21 +293,11 @@ impl Protocols {
         stop: watch::Receiver<bool>,
         peer: SocketAddr,
     ) where
-        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
+        S: ConnService,
     {
-        let s = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "TLS handshake timed out");
-                return;
-            }
+        let handshake = tls.acceptor.accept(stream);
+        let Some(s) = within(tls.handshake_timeout, handshake, peer, "TLS handshake").await else {
+            return;
         };
         let wire = match s.get_ref().1.alpn_protocol() {
             Some(b"h2") => Wire::H2,
