@@ -212,7 +212,9 @@ async fn forward(
     mut req: Request<Incoming>,
     ctx: Ctx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let active = rev.begin(crate::knative::is_proxied(req.headers()));
+    // Only Knative's stats tell activator-sent requests apart; the gateway skips the lookup.
+    let proxied = ctx.dialect == Dialect::Knative && crate::knative::is_proxied(req.headers());
+    let active = rev.begin(proxied);
     let protocol = rev.protocol.for_request(req.version());
     if ctx.upgrade.is_some() && protocol == Protocol::H2c {
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
