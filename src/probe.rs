@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -362,7 +363,8 @@ async fn http_get(
 ) -> Result<u16, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
+    // Kept, not dropped with the exchange, so that the server's close can be awaited below.
+    let conn = tokio::spawn(conn.without_shutdown());
     let mut req = Request::get(path)
         .header(http::header::HOST, host)
         .header(http::header::CONNECTION, "close")
@@ -380,8 +382,24 @@ async fn http_get(
             _ => break,
         }
     }
+    drop(body);
+    // Wait, briefly, for the server to close the connection as `Connection: close` asks: until
+    // it does, the probe may still count as a request in flight on the server's side, and
+    // requests sent the moment the probe passes would find it there (one over a concurrency
+    // limit). A server that keeps the connection open is ready all the same.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Ok(Ok(parts)) = conn.await {
+            let mut tcp = parts.io.into_inner();
+            let mut scratch = [0u8; 256];
+            while matches!(tcp.read(&mut scratch).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
     Ok(status)
 }
+
+/// How long an HTTP probe waits for the server to close the connection after the answer.
+const CLOSE_GRACE: Duration = Duration::from_millis(50);
 
 /// `grpc.health.v1.HealthCheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -521,6 +539,63 @@ impl Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server that answers every connection's request with `200`, then either keeps the
+    /// connection open or, 20 ms later, marks `closed` and closes it.
+    async fn answering(close: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = closed.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    if close {
+                        // Still busy with the request for a moment, as a server is until its
+                        // handler has returned.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        drop(s);
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        (addr, closed)
+    }
+
+    fn http(addr: SocketAddr) -> Check {
+        Check::Http {
+            addr,
+            host: addr.to_string(),
+            path: "/".into(),
+            headers: Vec::new(),
+            ready: 200..400,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_check_waits_for_the_close_and_is_ready_without_one() {
+        // A server that closes, as `Connection: close` asks, has finished with the probe by the
+        // time the check passes.
+        let (closing, closed) = answering(true).await;
+        assert!(http(closing).once().await);
+        assert!(closed.load(std::sync::atomic::Ordering::SeqCst));
+        // One that keeps the connection open is ready all the same, after the grace.
+        let (open, _) = answering(false).await;
+        let t0 = Instant::now();
+        assert!(http(open).once().await);
+        assert!(t0.elapsed() >= CLOSE_GRACE, "{:?}", t0.elapsed());
+    }
 
     #[test]
     fn parses_knative_probe_json() {
