@@ -97,7 +97,7 @@ enum Wire {
 async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(Interest::READABLE).await?;
         // A peek does not consume, so after one that sees only part of the preface the socket
         // still reads as ready. Returning WouldBlock from inside `try_io` clears that readiness,
         // unless more data has arrived since the peek, so the loop then waits for new bytes
@@ -118,7 +118,17 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                // A client that closed inside the preface can never finish it, and a closed
+                // read side stays ready for good: waiting again would return at once, forever.
+                if ready.is_read_closed() {
+                    return Ok(None);
+                }
+                // Should readiness stay set for any other reason, the header read timeout and
+                // the other tasks on this thread still get their turn.
+                tokio::task::yield_now().await;
+            }
             Err(e) => return Err(e),
         }
     }
