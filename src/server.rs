@@ -142,8 +142,7 @@ trait Graceful: Future<Output = Result<(), hyper::Error>> {
 impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http1::UpgradeableConnection::graceful_shutdown(self);
@@ -153,8 +152,7 @@ where
 impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, ProxyBody>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
@@ -247,23 +245,26 @@ impl Protocols {
         }
     }
 
-    /// Serves one connection in the protocol it speaks.
+    /// Serves one connection in the protocol it speaks, to its end.
     async fn serve<I, S>(
         &self,
         io: I,
         wire: Wire,
         svc: S,
         stop: watch::Receiver<bool>,
-    ) -> Result<(), hyper::Error>
-    where
+        peer: SocketAddr,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
         let io = TokioIo::new(io);
-        match wire {
+        let result = match wire {
             Wire::Http1 => run(self.http1.serve_connection(io, svc).with_upgrades(), stop).await,
             // Boxed so that HTTP/2's larger state does not size every HTTP/1.1 connection's task.
             Wire::H2 => Box::pin(run(self.http2.serve_connection(io, svc), stop)).await,
+        };
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "client connection ended with an error");
         }
     }
 
@@ -288,9 +289,7 @@ impl Protocols {
         let Some(Some(wire)) = first.await else {
             return;
         };
-        if let Err(e) = self.serve(stream, wire, svc, stop).await {
-            debug!(%peer, error = %e, "client connection ended with an error");
-        }
+        self.serve(stream, wire, svc, stop, peer).await;
     }
 
     /// Serves a TLS connection in the protocol ALPN agreed; without ALPN that is HTTP/1.1, since
@@ -313,9 +312,7 @@ impl Protocols {
             Some(b"h2") => Wire::H2,
             _ => Wire::Http1,
         };
-        if let Err(e) = self.serve(s, wire, svc, stop).await {
-            debug!(%peer, error = %e, "client connection ended with an error");
-        }
+        self.serve(s, wire, svc, stop, peer).await;
     }
 }
 
