@@ -1,10 +1,16 @@
-//! Every way a request can fail inside rouse, and the one place that turns a failure into an
-//! HTTP response. Each body is one plain-text line that names the cause and, where the client
-//! or operator can act, what to do; a `rouse-error` header carries a stable short code so that
-//! tools can tell rouse's own 502/503/504 from a backend's.
+//! Every way a request can fail inside rouse, and the one place that turns a failure into a
+//! response. Each failure has a stable [`Code`], and the code decides everything else: the
+//! status, the `rouse-error` header (so tools can tell rouse's own 502/503/504 from a
+//! backend's), the metric label, `Retry-After`, where the failure came from ([`Origin`]) and,
+//! for gRPC clients, the `grpc-status`.
+//!
+//! An HTTP client gets a one-line plain-text body that names the cause and, where the client or
+//! operator can act, what to do. A gRPC client (`content-type: application/grpc*`) gets a
+//! trailers-only response instead: HTTP 200 with `grpc-status` and `grpc-message`, which is
+//! what gRPC libraries read; a text body would reach them as an opaque protocol error.
 
-use crate::body::ProxyBody;
-use http::{HeaderValue, Response, StatusCode, header};
+use crate::http::body::{PLAIN, ProxyBody};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -108,41 +114,206 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
 }
 
-impl ProxyError {
-    /// The status code clients see.
-    pub fn status(&self) -> StatusCode {
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The request itself was unusable or addressed to nothing rouse serves.
+    Client,
+    /// The backend: it refused, failed, timed out or did not start.
+    Upstream,
+    /// rouse's own bounds or configuration: the queue was full, or the route cannot carry it.
+    Rouse,
+}
+
+/// The stable name of a failure. Every property of a failure's answer is a function of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// `missing-host`.
+    MissingHost,
+    /// `no-service`.
+    NoService,
+    /// `queue-full`.
+    QueueFull,
+    /// `queue-bytes`.
+    QueueBytes,
+    /// `queue-timeout`.
+    QueueTimeout,
+    /// `start-failed`.
+    StartFailed,
+    /// `connect-failed`.
+    ConnectFailed,
+    /// `connect-timeout`.
+    ConnectTimeout,
+    /// `upstream-failed`.
+    UpstreamFailed,
+    /// `upgrade-over-h2c`.
+    UpgradeOverH2c,
+    /// `response-start-timeout`.
+    ResponseStartTimeout,
+    /// `request-timeout`.
+    RequestTimeout,
+}
+
+/// gRPC status codes used here (`google.golang.org/grpc/codes`).
+mod grpc {
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+}
+
+impl Code {
+    /// The codes counted in `rouse_rejected_requests`: refused before reaching an endpoint.
+    pub const REJECTIONS: [Code; 4] = [
+        Code::QueueFull,
+        Code::QueueBytes,
+        Code::QueueTimeout,
+        Code::StartFailed,
+    ];
+
+    /// The value of the `rouse-error` header.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
-            ProxyError::NoService(_) => StatusCode::NOT_FOUND,
-            ProxyError::QueueFull { .. }
-            | ProxyError::QueueBytes { .. }
-            | ProxyError::QueueTimeout { .. }
-            | ProxyError::StartFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. }
-            | ProxyError::Upstream { .. }
-            | ProxyError::UpgradeOverH2c(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout { .. }
-            | ProxyError::ResponseStartTimeout(_)
-            | ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Code::MissingHost => "missing-host",
+            Code::NoService => "no-service",
+            Code::QueueFull => "queue-full",
+            Code::QueueBytes => "queue-bytes",
+            Code::QueueTimeout => "queue-timeout",
+            Code::StartFailed => "start-failed",
+            Code::ConnectFailed => "connect-failed",
+            Code::ConnectTimeout => "connect-timeout",
+            Code::UpstreamFailed => "upstream-failed",
+            Code::UpgradeOverH2c => "upgrade-over-h2c",
+            Code::ResponseStartTimeout => "response-start-timeout",
+            Code::RequestTimeout => "request-timeout",
         }
     }
 
-    /// A stable short name for the `rouse-error` header and logs.
-    pub fn code(&self) -> &'static str {
+    /// The `reason` label in metrics: the code in Prometheus' underscore style. A request
+    /// without a host is the one malformed request rouse refuses itself, so it keeps the
+    /// broader label `bad_request`.
+    pub const fn label(self) -> &'static str {
         match self {
-            ProxyError::MissingHost => "missing-host",
-            ProxyError::NoService(_) => "no-service",
-            ProxyError::QueueFull { .. } => "queue-full",
-            ProxyError::QueueBytes { .. } => "queue-bytes",
-            ProxyError::QueueTimeout { .. } => "queue-timeout",
-            ProxyError::StartFailed { .. } => "start-failed",
-            ProxyError::Connect { .. } => "connect-failed",
-            ProxyError::ConnectTimeout { .. } => "connect-timeout",
-            ProxyError::Upstream { .. } => "upstream-failed",
-            ProxyError::UpgradeOverH2c(_) => "upgrade-over-h2c",
-            ProxyError::ResponseStartTimeout(_) => "response-start-timeout",
-            ProxyError::RequestTimeout(_) => "request-timeout",
+            Code::MissingHost => "bad_request",
+            Code::NoService => "no_service",
+            Code::QueueFull => "queue_full",
+            Code::QueueBytes => "queue_bytes",
+            Code::QueueTimeout => "queue_timeout",
+            Code::StartFailed => "start_failed",
+            Code::ConnectFailed => "connect_failed",
+            Code::ConnectTimeout => "connect_timeout",
+            Code::UpstreamFailed => "upstream_failed",
+            Code::UpgradeOverH2c => "upgrade_over_h2c",
+            Code::ResponseStartTimeout => "response_start_timeout",
+            Code::RequestTimeout => "request_timeout",
         }
+    }
+
+    /// Where failures of this kind come from.
+    pub const fn origin(self) -> Origin {
+        match self {
+            Code::MissingHost | Code::NoService => Origin::Client,
+            Code::QueueFull | Code::QueueBytes | Code::QueueTimeout | Code::UpgradeOverH2c => {
+                Origin::Rouse
+            }
+            Code::StartFailed
+            | Code::ConnectFailed
+            | Code::ConnectTimeout
+            | Code::UpstreamFailed
+            | Code::ResponseStartTimeout
+            | Code::RequestTimeout => Origin::Upstream,
+        }
+    }
+
+    /// The status code HTTP clients see.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Code::MissingHost => StatusCode::BAD_REQUEST,
+            Code::NoService => StatusCode::NOT_FOUND,
+            Code::QueueFull | Code::QueueBytes | Code::QueueTimeout | Code::StartFailed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Code::ConnectFailed | Code::UpstreamFailed | Code::UpgradeOverH2c => {
+                StatusCode::BAD_GATEWAY
+            }
+            Code::ConnectTimeout | Code::ResponseStartTimeout | Code::RequestTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The `grpc-status` gRPC clients see. Overload, cold-start failures and unreachable
+    /// endpoints are UNAVAILABLE, which gRPC clients treat as transient and may retry; a
+    /// deadline rouse enforced is DEADLINE_EXCEEDED; a host rouse does not serve is
+    /// UNIMPLEMENTED, as for an unknown service.
+    pub const fn grpc_status(self) -> u8 {
+        match self {
+            Code::MissingHost | Code::UpgradeOverH2c => grpc::INTERNAL,
+            Code::NoService => grpc::UNIMPLEMENTED,
+            Code::QueueFull
+            | Code::QueueBytes
+            | Code::QueueTimeout
+            | Code::StartFailed
+            | Code::ConnectFailed
+            | Code::ConnectTimeout
+            | Code::UpstreamFailed => grpc::UNAVAILABLE,
+            Code::ResponseStartTimeout | Code::RequestTimeout => grpc::DEADLINE_EXCEEDED,
+        }
+    }
+}
+
+/// True for a gRPC request (`content-type: application/grpc`, `application/grpc+proto`, ...),
+/// which gets its failures as gRPC statuses.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_message(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.trim_end().bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("rouse error"))
+}
+
+/// How a failure is answered: the proxy's wording and whether the client speaks gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Answer {
+    /// Whose error bodies.
+    pub dialect: Dialect,
+    /// Answer as gRPC (trailers-only).
+    pub grpc: bool,
+}
+
+impl ProxyError {
+    /// The stable code of this failure.
+    pub fn code(&self) -> Code {
+        match self {
+            ProxyError::MissingHost => Code::MissingHost,
+            ProxyError::NoService(_) => Code::NoService,
+            ProxyError::QueueFull { .. } => Code::QueueFull,
+            ProxyError::QueueBytes { .. } => Code::QueueBytes,
+            ProxyError::QueueTimeout { .. } => Code::QueueTimeout,
+            ProxyError::StartFailed { .. } => Code::StartFailed,
+            ProxyError::Connect { .. } => Code::ConnectFailed,
+            ProxyError::ConnectTimeout { .. } => Code::ConnectTimeout,
+            ProxyError::Upstream { .. } => Code::UpstreamFailed,
+            ProxyError::UpgradeOverH2c(_) => Code::UpgradeOverH2c,
+            ProxyError::ResponseStartTimeout(_) => Code::ResponseStartTimeout,
+            ProxyError::RequestTimeout(_) => Code::RequestTimeout,
+        }
+    }
+
+    /// The status code HTTP clients see.
+    pub fn status(&self) -> StatusCode {
+        self.code().status()
     }
 
     /// Seconds for `Retry-After` on answers that mean "try again later".
@@ -172,14 +343,15 @@ impl ProxyError {
         }
     }
 
-    /// Builds the response for this error.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        self.into_response_in(Dialect::Rouse)
+    /// Builds the response for this error, in rouse's wording, for an HTTP client.
+    pub fn into_response<E>(self) -> Response<ProxyBody<E>> {
+        self.into_response_as(Answer::default())
     }
 
-    /// Builds the response for this error, with bodies in `dialect`.
-    pub fn into_response_in(self, dialect: Dialect) -> Response<ProxyBody> {
-        let text = match (dialect, self.knative_body()) {
+    /// Builds the response for this error: the only place a failure becomes a response.
+    pub fn into_response_as<E>(self, answer: Answer) -> Response<ProxyBody<E>> {
+        let code = self.code();
+        let text = match (answer.dialect, self.knative_body()) {
             (Dialect::Knative, Some(body)) => body.to_owned(),
             _ => {
                 let mut text = self.to_string();
@@ -187,17 +359,148 @@ impl ProxyError {
                 text
             }
         };
-        let mut res = Response::new(ProxyBody::full(text));
-        *res.status_mut() = self.status();
+        let mut res = if answer.grpc {
+            // Trailers-only: the status and message travel in the only HEADERS frame, which
+            // ends the stream, so the status line is 200 whatever went wrong.
+            let mut res = Response::new(ProxyBody::empty());
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(code.grpc_status())),
+            );
+            h.insert("grpc-message", grpc_message(&text));
+            res
+        } else {
+            let mut res = Response::new(ProxyBody::full(text));
+            *res.status_mut() = code.status();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(PLAIN));
+            res
+        };
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert("rouse-error", HeaderValue::from_static(self.code()));
+        h.insert("rouse-error", HeaderValue::from_static(code.as_str()));
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body;
+
+    fn every() -> Vec<ProxyError> {
+        let ep: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let d = Duration::from_millis(1500);
+        vec![
+            ProxyError::MissingHost,
+            ProxyError::NoService("h".into()),
+            ProxyError::QueueFull {
+                revision: "r".into(),
+                held: 1,
+            },
+            ProxyError::QueueBytes {
+                revision: "r".into(),
+            },
+            ProxyError::QueueTimeout {
+                revision: "r".into(),
+                waited: d,
+            },
+            ProxyError::StartFailed {
+                revision: "r".into(),
+                reason: "exit status: 3; last stderr line: caf\u{e9} 100%".into(),
+                retry_after: d,
+            },
+            ProxyError::Connect {
+                endpoint: ep,
+                reason: "refused".into(),
+            },
+            ProxyError::ConnectTimeout {
+                endpoint: ep,
+                timeout: d,
+            },
+            ProxyError::UpgradeOverH2c("r".into()),
+            ProxyError::ResponseStartTimeout(d),
+            ProxyError::RequestTimeout(d),
+        ]
+    }
+
+    #[test]
+    fn http_answers_carry_status_code_and_retry_after() {
+        for e in every() {
+            let (code, status, text) = (e.code(), e.status(), e.to_string());
+            let res: Response<ProxyBody> = e.into_response();
+            assert_eq!(res.status(), status);
+            assert_eq!(res.headers()["rouse-error"], code.as_str());
+            assert_eq!(res.headers()["content-type"], PLAIN);
+            assert_eq!(
+                res.body().size_hint().exact(),
+                Some(text.len() as u64 + 1),
+                "{code:?}"
+            );
+            let overload = matches!(
+                code,
+                Code::QueueFull | Code::QueueBytes | Code::QueueTimeout
+            );
+            match res.headers().get("retry-after") {
+                Some(v) if overload => assert_eq!(v, "1"),
+                Some(v) => {
+                    assert_eq!(code, Code::StartFailed);
+                    assert_eq!(v, "2", "1.5 s of backoff is rounded up");
+                }
+                None => assert!(!overload && code != Code::StartFailed, "{code:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_answers_are_trailers_only_with_the_mapped_status() {
+        let expect = |c: Code| match c {
+            Code::QueueFull
+            | Code::QueueBytes
+            | Code::QueueTimeout
+            | Code::StartFailed
+            | Code::ConnectFailed
+            | Code::ConnectTimeout
+            | Code::UpstreamFailed => "14",
+            Code::ResponseStartTimeout | Code::RequestTimeout => "4",
+            Code::NoService => "12",
+            Code::MissingHost | Code::UpgradeOverH2c => "13",
+        };
+        for e in every() {
+            let code = e.code();
+            let res: Response<ProxyBody> = e.into_response_as(Answer {
+                dialect: Dialect::Rouse,
+                grpc: true,
+            });
+            assert_eq!(res.status(), StatusCode::OK, "{code:?}");
+            assert!(res.body().is_end_stream(), "{code:?}: no body, no trailers");
+            assert_eq!(res.headers()["content-type"], "application/grpc");
+            assert_eq!(res.headers()["grpc-status"], expect(code), "{code:?}");
+            assert_eq!(res.headers()["rouse-error"], code.as_str());
+            let msg = res.headers()["grpc-message"].to_str().unwrap();
+            assert!(!msg.is_empty() && !msg.ends_with("%0A"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_message("caf\u{e9} 100%\n"), "caf%C3%A9 100%25");
+    }
+
+    #[test]
+    fn metric_labels_are_the_codes_in_underscore_style() {
+        for e in every() {
+            let c = e.code();
+            if c != Code::MissingHost {
+                assert_eq!(c.label(), c.as_str().replace('-', "_"));
+            }
+        }
     }
 }

@@ -23,14 +23,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gateway described by a YAML config file (without one: the built-in demo).
-    Run {
+    #[command(alias = "run")]
+    Gateway {
         /// Path of the YAML config; omit it to run the demo in config/demo.yaml.
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
     /// Run beside one app container as Knative's queue-proxy does, configured by the same
     /// environment variables (or the flags below).
-    Sidecar(Box<rouse::config::sidecar::SidecarArgs>),
+    Sidecar(Box<rouse::knative::env::SidecarArgs>),
     /// Check a config file and exit: 0 if valid, 1 with every problem and its key path if not.
     Validate {
         /// Path of the YAML config.
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => match Config::load(&config).and_then(|cfg| {
-            rouse::tls::check(&cfg)?;
+            cfg.check_tls_files()?;
             Ok(cfg)
         }) {
             Ok(cfg) => {
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
             };
             serve("rouse sidecar", sidecar(settings))
         }
-        Command::Run { config } => serve("rouse", run(config)),
+        Command::Gateway { config } => serve("rouse", gateway(config)),
     }
 }
 
@@ -104,7 +105,7 @@ fn serve(label: &str, role: impl Future<Output = anyhow::Result<()>>) -> ExitCod
     }
 }
 
-/// The demo served when `run` gets no config file.
+/// The demo served when `gateway` gets no config file.
 const DEMO: &str = include_str!("../config/demo.yaml");
 
 /// Every held or proxied request holds one or two sockets; the usual soft limit of 1024 would
@@ -133,7 +134,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn gateway(path: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = match &path {
         Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
         None => {
@@ -162,7 +163,7 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sidecar(settings: rouse::config::sidecar::SidecarSettings) -> anyhow::Result<()> {
+async fn sidecar(settings: rouse::knative::env::SidecarSettings) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;

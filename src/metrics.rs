@@ -3,19 +3,19 @@
 //! Counters and histograms live in label families, but the request path never looks a label
 //! set up: each revision and endpoint resolves its handles once when the route table is built
 //! ([`RevisionMetrics`], [`EndpointMetrics`]), so recording is a few atomic adds. Gauges of
-//! live state (in-flight, held) are not stored at all: a collector reads the revisions' atomics
-//! at scrape time, so removed revisions disappear from `/metrics` with the config that held them.
+//! live state (in-flight, held) are not stored at all: the owners of that state register
+//! collectors that read it at scrape time ([`Metrics::add_collector`]), so removed revisions
+//! disappear from `/metrics` with the config that held them. Failure reasons are labelled by
+//! their [`Code`], so a reason is spelled in one place.
 
-use crate::revision::Revision;
-use arc_swap::ArcSwap;
+use crate::error::Code;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::Mutex;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -56,43 +56,11 @@ struct ReasonLabels {
 
 type HistogramFamily = Family<RevisionLabels, Histogram, fn() -> Histogram>;
 
-/// Why a request was refused before reaching an endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reject {
-    /// The revision's held-request count limit was reached.
-    QueueFull,
-    /// The revision's held-bytes limit was reached.
-    QueueBytes,
-    /// The request waited `max_wait` without an endpoint freeing up.
-    QueueTimeout,
-    /// The revision's backend failed to start.
-    StartFailed,
-}
-
-impl Reject {
-    fn label(self) -> &'static str {
-        match self {
-            Reject::QueueFull => "queue_full",
-            Reject::QueueBytes => "queue_bytes",
-            Reject::QueueTimeout => "queue_timeout",
-            Reject::StartFailed => "start_failed",
-        }
-    }
-}
-
-/// Why a request matched no revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unrouted {
-    /// No service has the request's host.
-    NoService,
-    /// The request was malformed (for example no Host).
-    BadRequest,
-}
-
 /// All metric families of one rouse process.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to register a collector and to scrape, never on the request path.
+    registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
     queue_wait: HistogramFamily,
@@ -103,7 +71,6 @@ pub struct Metrics {
     cold_start: HistogramFamily,
     scale_events: Family<DirectionLabels, Counter>,
     start_failures: Family<RevisionLabels, Counter>,
-    live: Arc<ArcSwap<Vec<Arc<Revision>>>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -188,10 +155,8 @@ impl Metrics {
             "Configuration reload attempts, by result (ok, invalid)",
             config_reloads.clone(),
         );
-        let live = Arc::new(ArcSwap::from_pointee(Vec::new()));
-        registry.register_collector(Box::new(LiveCollector(live.clone())));
         Metrics {
-            registry,
+            registry: Mutex::new(registry),
             requests,
             duration,
             queue_wait,
@@ -202,26 +167,24 @@ impl Metrics {
             cold_start,
             scale_events,
             start_failures,
-            live,
         }
     }
 
-    /// Adds a collector read at scrape time (a role's own gauges), before sharing.
-    pub fn add_collector(&mut self, collector: Box<dyn Collector>) {
-        self.registry.register_collector(collector);
+    /// Adds a collector read at scrape time (gauges of live state).
+    pub fn add_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(collector);
     }
 
     /// Renders every metric as OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
-    }
-
-    /// Replaces the set of revisions whose live gauges are exported.
-    pub fn set_live(&self, revisions: Vec<Arc<Revision>>) {
-        self.live.store(Arc::new(revisions));
     }
 
     /// Resolves the handles one revision records into.
@@ -245,13 +208,7 @@ impl Metrics {
                 .map(|c| self.requests.get_or_create_owned(&l(c))),
             duration: self.duration.get_or_create_owned(&rl),
             queue_wait: self.queue_wait.get_or_create_owned(&rl),
-            rejected: [
-                Reject::QueueFull,
-                Reject::QueueBytes,
-                Reject::QueueTimeout,
-                Reject::StartFailed,
-            ]
-            .map(|r| self.rejected.get_or_create_owned(&rej(r.label()))),
+            rejected: Code::REJECTIONS.map(|c| self.rejected.get_or_create_owned(&rej(c.label()))),
             cold_start: self.cold_start.get_or_create_owned(&rl),
             scale_up: self.scale_events.get_or_create_owned(&DirectionLabels {
                 service: service.to_owned(),
@@ -279,12 +236,12 @@ impl Metrics {
     }
 
     /// Counts a request that matched no revision.
-    pub fn unrouted(&self, why: Unrouted) {
-        let reason = match why {
-            Unrouted::NoService => "no_service",
-            Unrouted::BadRequest => "bad_request",
-        };
-        self.unrouted.get_or_create(&ReasonLabels { reason }).inc();
+    pub fn unrouted(&self, why: Code) {
+        self.unrouted
+            .get_or_create(&ReasonLabels {
+                reason: why.label(),
+            })
+            .inc();
     }
 
     /// Counts a configuration reload attempt.
@@ -303,7 +260,8 @@ pub struct RevisionMetrics {
     duration: Histogram,
     /// Time spent held, observed when a held request leaves the queue (either way).
     pub queue_wait: Histogram,
-    rejected: [Counter; 4],
+    /// One per [`Code::REJECTIONS`].
+    rejected: [Counter; Code::REJECTIONS.len()],
     /// First held request of a cold revision → its forwarding.
     pub cold_start: Histogram,
     scale_up: Counter,
@@ -319,15 +277,11 @@ impl RevisionMetrics {
         self.duration.observe(seconds);
     }
 
-    /// Counts a refusal.
-    pub fn reject(&self, why: Reject) {
-        let i = match why {
-            Reject::QueueFull => 0,
-            Reject::QueueBytes => 1,
-            Reject::QueueTimeout => 2,
-            Reject::StartFailed => 3,
-        };
-        self.rejected[i].inc();
+    /// Counts a refusal before an endpoint was reached (one of [`Code::REJECTIONS`]).
+    pub fn reject(&self, why: Code) {
+        if let Some(i) = Code::REJECTIONS.iter().position(|c| *c == why) {
+            self.rejected[i].inc();
+        }
     }
 
     /// Counts a change of the desired endpoint count.
@@ -350,81 +304,4 @@ impl RevisionMetrics {
 pub struct EndpointMetrics {
     /// Failed connection attempts.
     pub connect_errors: Counter,
-}
-
-/// Exports the live gauges by reading revision state at scrape time.
-#[derive(Debug)]
-struct LiveCollector(Arc<ArcSwap<Vec<Arc<Revision>>>>);
-
-/// Encodes one gauge family with a sample per revision, labelled by service and revision.
-fn revision_gauge(
-    encoder: &mut DescriptorEncoder,
-    revs: &[Arc<Revision>],
-    name: &str,
-    help: &str,
-    value: impl Fn(&Revision) -> i64,
-) -> Result<(), std::fmt::Error> {
-    let mut e = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
-    for r in revs {
-        let labels = [("service", &*r.service), ("revision", &*r.name)];
-        ConstGauge::new(value(r)).encode(e.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn saturating(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-impl Collector for LiveCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let revs = self.0.load();
-        revision_gauge(
-            &mut encoder,
-            &revs,
-            "rouse_revision_in_flight",
-            "Requests of a revision being proxied to an endpoint right now (streams and upgrades count until they end)",
-            |r| i64::from(r.in_flight()),
-        )?;
-        revision_gauge(
-            &mut encoder,
-            &revs,
-            "rouse_revision_held_requests",
-            "Requests of a revision held waiting for an endpoint slot",
-            |r| saturating(r.held()),
-        )?;
-        revision_gauge(
-            &mut encoder,
-            &revs,
-            "rouse_revision_endpoints",
-            "Endpoints a revision can send requests to",
-            |r| saturating(r.endpoints().len()),
-        )?;
-        revision_gauge(
-            &mut encoder,
-            &revs,
-            "rouse_revision_desired_scale",
-            "Endpoints the autoscaler wants for a revision (static revisions: their endpoint count)",
-            |r| i64::from(r.desired()),
-        )?;
-        let gauge = ConstGauge::new(0i64);
-        let mut e = encoder.encode_descriptor(
-            "rouse_endpoint_in_flight",
-            "Requests in flight to one endpoint",
-            None,
-            gauge.metric_type(),
-        )?;
-        for r in revs.iter() {
-            for ep in r.endpoints().iter() {
-                let addr = ep.addr.to_string();
-                let labels = [
-                    ("service", &*r.service),
-                    ("revision", &*r.name),
-                    ("endpoint", addr.as_str()),
-                ];
-                ConstGauge::new(i64::from(ep.in_flight())).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
 }

@@ -1,16 +1,17 @@
-//! The standalone gateway: YAML config → route table → data listener + admin listener, with
-//! live reload and drain on shutdown.
+//! The standalone gateway: YAML config → route table → data, TLS and admin listeners → a scaler
+//! for every autoscaled revision, with live reload and drain on shutdown.
 
 use crate::admin::Admin;
-use crate::config::{self, Config, ConfigError};
+use crate::config::reload::{self, Applied, StartOnly};
+use crate::config::{Config, ConfigError};
+use crate::http::server::{self, ServerSettings, TlsListener};
+use crate::http::tls::{CertStore, TlsError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::router::RouteTable;
-use crate::scaler::ScalerSet;
-use crate::server::{self, ServerSettings, TlsListener};
-use crate::tls;
+use crate::proxy::router::RouteTable;
+use crate::scale::set::ScalerSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,29 +23,17 @@ use tracing::{info, warn};
 
 /// What a reload can change, shared by the gateway and its reloader.
 #[derive(Debug)]
-struct Live {
+pub struct Live {
     proxy: Arc<Proxy>,
     scalers: ScalerSet,
-    /// Listener settings fixed at start; a reload that changes them is told so.
-    fixed: (config::Addr, Option<config::Addr>),
-    fixed_tuning: (config::ByteSize, config::Dur, config::Dur, config::Dur),
-    fixed_tls: Option<TlsKey>,
-    /// Serializes reloads (watcher and SIGHUP) and remembers the file last applied, so the same
-    /// content is not applied twice.
-    applied: tokio::sync::Mutex<Option<Vec<u8>>>,
+    /// Settings fixed at start; a reload that changes them is told so.
+    fixed: StartOnly,
+    /// Serializes reloads (watcher and SIGHUP); shutdown holds it to stop them.
+    applied: Applied,
 }
 
-/// The parts of the `tls` section fixed at start.
-type TlsKey = (config::Addr, Vec<config::Certificate>, bool, config::Dur);
-
-fn tls_key(t: &config::Tls) -> TlsKey {
-    (
-        t.listen,
-        t.certificates.clone(),
-        t.redirect_http,
-        t.handshake_timeout,
-    )
-}
+/// Re-reads the config file and applies it to a running gateway.
+pub type Reloader = reload::Reloader<Live>;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -72,13 +61,6 @@ pub struct DrainReport {
     pub requests_left: u32,
 }
 
-/// Re-reads a config file and applies it to a running gateway.
-#[derive(Debug, Clone)]
-pub struct Reloader {
-    live: Arc<Live>,
-    path: PathBuf,
-}
-
 impl Gateway {
     /// Binds the listeners and starts serving `cfg`.
     pub async fn start(cfg: Config) -> std::io::Result<Gateway> {
@@ -88,7 +70,7 @@ impl Gateway {
         let table = RouteTable::build(&cfg, &metrics, None).map_err(std::io::Error::other)?;
         let store = match &cfg.tls {
             Some(t) => Some(Arc::new(
-                tls::CertStore::load(&t.certificates).map_err(std::io::Error::other)?,
+                CertStore::load(&t.certificates).map_err(std::io::Error::other)?,
             )),
             None => None,
         };
@@ -158,18 +140,13 @@ impl Gateway {
         let live = Arc::new(Live {
             proxy,
             scalers: ScalerSet::default(),
-            fixed: (cfg.listen, cfg.admin),
-            fixed_tuning: (
-                cfg.limits.max_header_bytes,
-                cfg.limits.header_read_timeout,
-                cfg.drain_timeout,
-                cfg.watch_interval,
-            ),
-            fixed_tls: cfg.tls.as_ref().map(tls_key),
-            applied: tokio::sync::Mutex::new(None),
+            fixed: StartOnly::of(&cfg),
+            applied: Applied::default(),
         });
         // Backends start only once rouse can take the requests that wake them.
-        live.scalers.sync(&cfg, &live.proxy.table()).await;
+        live.scalers
+            .sync(&cfg, live.proxy.table().revisions())
+            .await;
         info!(%addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
@@ -210,16 +187,13 @@ impl Gateway {
     /// Applies a validated config: routes, splits and revision settings change at once;
     /// autoscaled revisions that were added, removed or whose `scale` changed get their
     /// scalers started or stopped.
-    pub async fn apply(&self, cfg: &Config) -> Result<(), tls::TlsError> {
-        self.live.apply(cfg).await
+    pub async fn apply(&self, cfg: &Config) -> Result<(), TlsError> {
+        self.live.swap(cfg).await
     }
 
     /// A reloader for `path`, for SIGHUP and the file watcher.
     pub fn reloader(&self, path: &Path) -> Reloader {
-        Reloader {
-            live: self.live.clone(),
-            path: path.to_owned(),
-        }
+        Reloader::new(self.live.clone(), path, self.live.applied.clone())
     }
 
     /// Drains: readiness turns 503, the data port stops accepting, connections finish their
@@ -258,93 +232,30 @@ impl Gateway {
 }
 
 impl Live {
-    async fn apply(&self, cfg: &Config) -> Result<(), tls::TlsError> {
-        if cfg.listen != self.fixed.0 || cfg.admin != self.fixed.1 {
-            warn!("listen and admin addresses change only on restart; keeping the current ones");
-        }
-        if (
-            cfg.limits.max_header_bytes,
-            cfg.limits.header_read_timeout,
-            cfg.drain_timeout,
-            cfg.watch_interval,
-        ) != self.fixed_tuning
-            || cfg.tls.as_ref().map(tls_key) != self.fixed_tls
-        {
+    /// Builds the new table from the old one (revisions updated in place), swaps it in, then
+    /// brings the scalers in step.
+    async fn swap(&self, cfg: &Config) -> Result<(), TlsError> {
+        let changed = self.fixed.changed(&StartOnly::of(cfg));
+        if !changed.is_empty() {
             warn!(
-                "limits, drain_timeout, watch_interval and the tls section change only on restart; keeping the current ones"
+                "{} change only on restart; keeping the current ones",
+                changed.join(", ")
             );
         }
         let metrics = self.proxy.metrics().clone();
         let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()))?;
         self.proxy.swap(table);
-        self.scalers.sync(cfg, &self.proxy.table()).await;
+        self.scalers.sync(cfg, self.proxy.table().revisions()).await;
         Ok(())
     }
 }
 
-impl Reloader {
-    /// Reads, validates and applies the file. An invalid file changes nothing: the running
-    /// config keeps serving, and the problems are logged with their key paths and counted.
-    pub async fn reload(&self) -> Result<(), ConfigError> {
-        let mut applied = self.live.applied.lock().await;
-        let metrics = self.live.proxy.metrics().clone();
-        // Read once: what is compared, parsed and remembered are the same bytes.
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(source) => {
-                metrics.config_reload(false);
-                let e = ConfigError::Read {
-                    path: self.path.display().to_string(),
-                    source,
-                };
-                warn!("config not reloaded, keeping the running one: {e}");
-                return Err(e);
-            }
-        };
-        if applied.as_ref() == Some(&bytes) {
-            // The watcher and a SIGHUP both saw this change; it is applied once.
-            return Ok(());
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        let result = async {
-            let cfg = Config::parse(&text)?;
-            // The listener's certificates are not swapped by a reload (the store re-reads its
-            // own files), but a file that names unusable ones is still refused. Upstream CAs
-            // are loaded by the route table build, before any live revision changes.
-            if let Some(t) = &cfg.tls {
-                tls::CertStore::load(&t.certificates)?;
-            }
-            self.live.apply(&cfg).await?;
-            Ok::<(), ConfigError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                metrics.config_reload(true);
-                *applied = Some(bytes);
-                info!(path = %self.path.display(), "config reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                metrics.config_reload(false);
-                warn!(path = %self.path.display(), "config not reloaded, keeping the running one: {e}");
-                Err(e)
-            }
-        }
+impl reload::Apply for Live {
+    async fn apply(&self, cfg: &Config) -> Result<(), ConfigError> {
+        Ok(self.swap(cfg).await?)
     }
 
-    /// Checks the file every `interval` and reloads when its content changes. Runs until the
-    /// task is dropped. Comparing content rather than timestamps also catches Kubernetes'
-    /// ConfigMap updates, which swap a symlink.
-    pub async fn watch(self, interval: Duration) {
-        let mut last = std::fs::read(&self.path).ok();
-        loop {
-            tokio::time::sleep(interval).await;
-            let now = std::fs::read(&self.path).ok();
-            if now.is_some() && now != last {
-                last = now;
-                let _ = self.reload().await;
-            }
-        }
+    fn counted(&self, ok: bool) {
+        self.proxy.metrics().config_reload(ok);
     }
 }

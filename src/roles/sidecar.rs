@@ -4,20 +4,20 @@
 //! stats reporter closes a window every second; SIGTERM drains.
 
 use crate::admin::Admin;
-use crate::config::sidecar::SidecarSettings;
-use crate::drain::{DrainOutcome, Drainer};
 use crate::error::Dialect;
-use crate::knative::{StatCollector, StatReporter};
+use crate::http::server::{self, Handler, ServerSettings};
+use crate::knative::drain::{DrainOutcome, Drainer};
+use crate::knative::env::SidecarSettings;
+use crate::knative::front::{AdminHandler, QueueHandler, StatsHandler};
+use crate::knative::stat::{StatCollector, StatReporter};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::proxy::Proxy;
-use crate::queue::{AdminHandler, QueueHandler, StatsHandler};
+use crate::proxy::router::RouteTable;
 use crate::revision::Revision;
-use crate::router::RouteTable;
-use crate::server::{self, Handler, ServerSettings};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -67,16 +67,7 @@ impl Sidecar {
     /// Binds every listener and starts serving.
     pub async fn start(s: SidecarSettings) -> std::io::Result<Sidecar> {
         let cfg = s.gateway_config();
-        // The gauges read the reporter, which needs the revision, whose metric handles need
-        // the registry: the collector is registered first and filled in once all exist.
-        let reporter_slot = Arc::new(OnceLock::new());
-        let mut metrics = Metrics::new();
-        metrics.add_collector(Box::new(StatCollector::new(
-            reporter_slot.clone(),
-            &s.namespace,
-            &s.configuration,
-        )));
-        let metrics = Arc::new(metrics);
+        let metrics = Arc::new(Metrics::new());
         let table = RouteTable::build(&cfg, &metrics, None).map_err(std::io::Error::other)?;
         let revision = table.revisions()[0].clone();
         let reporter = Arc::new(StatReporter::new(
@@ -84,7 +75,11 @@ impl Sidecar {
             s.pod.clone(),
             REPORT_EVERY,
         ));
-        let _ = reporter_slot.set(reporter.clone());
+        metrics.add_collector(Box::new(StatCollector::new(
+            reporter.clone(),
+            &s.namespace,
+            &s.configuration,
+        )));
         let proxy = Arc::new(Proxy::new(table, metrics.clone()).with_dialect(Dialect::Knative));
         let prober = Arc::new(Prober::new(s.probes.clone()));
         let drainer = Arc::new(Drainer::new(s.drain_quiet));

@@ -70,7 +70,7 @@ impl Pki {
         for c in rustls::pki_types::pem::PemObject::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(rouse::tls::provider())
+        let mut cfg = rustls::ClientConfig::builder_with_provider(rouse::http::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
@@ -267,7 +267,7 @@ async fn tls_backend(pki: &Pki) -> SocketAddr {
             .map(Result::unwrap)
             .collect();
     let key = rustls::pki_types::pem::PemObject::from_pem_file(pki.dir.join("up.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(rouse::tls::provider())
+    let cfg = rustls::ServerConfig::builder_with_provider(rouse::http::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

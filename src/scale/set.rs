@@ -1,35 +1,19 @@
-//! The seam between the data plane and whatever runs backends.
-//!
-//! A [`Scaler`] is told how many endpoints a revision should have and makes it so, reporting
-//! back only through the revision itself: [`Revision::set_endpoint_addrs`] when endpoints
-//! become ready or go away, [`Revision::fail_start`] when they cannot start. The data plane
-//! never learns what a scaler is. A Kubernetes scaler (patch the Deployment's scale
-//! subresource; feed EndpointSlice readiness into `set_endpoint_addrs`) or a push to Knative's
-//! autoscaler fits the same two calls.
+//! The running scalers of a gateway: each autoscaled revision gets its [`Scaler`] and its
+//! [`autoscaler`](super::autoscaler) loop, started from the revision's `scale` section and kept
+//! in step with the config across reloads.
 
-pub mod process;
-
-use crate::autoscaler::{self, KpaSettings};
+use super::autoscaler;
+use super::kpa::KpaSettings;
+use super::process::ProcessScaler;
+use super::scaler::Scaler;
 use crate::config::{self, Config};
 use crate::revision::Revision;
-use crate::router::RouteTable;
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
-
-/// Runs a revision's backends.
-pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
-    /// Sets the wanted number of endpoints. Returns at once; the work happens elsewhere.
-    fn scale(&self, desired: u32);
-
-    /// Stops every backend this scaler started, gracefully, and waits for them.
-    fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-}
 
 /// The autoscaler and scaler of one revision, stopped together.
 #[derive(Debug)]
@@ -77,7 +61,7 @@ pub fn kpa_settings(r: &config::Revision, s: &config::Scale) -> KpaSettings {
 pub fn start(rev: &Arc<Revision>, cfg: &config::Revision) -> Option<ScaleHandle> {
     let scale = cfg.scale.as_ref()?;
     let process = scale.process.as_ref()?;
-    let scaler: Arc<dyn Scaler> = Arc::new(process::ProcessScaler::start(rev.clone(), process));
+    let scaler: Arc<dyn Scaler> = Arc::new(ProcessScaler::start(rev.clone(), process));
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(autoscaler::run(
         rev.clone(),
@@ -93,35 +77,6 @@ pub fn start(rev: &Arc<Revision>, cfg: &config::Revision) -> Option<ScaleHandle>
     })
 }
 
-/// Exponential backoff between failed start attempts: 1 s doubling to `max`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at 1 s (or `max` if smaller).
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_secs(1).min(max),
-            max,
-        }
-    }
-
-    /// The pause after one more failure.
-    pub fn fail(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    /// Back to the first step after a success.
-    pub fn reset(&mut self) {
-        self.next = Duration::from_secs(1).min(self.max);
-    }
-}
-
 /// A running scaler with what it was started from: the `scale` section and the
 /// `container_concurrency` (the default target derives from it).
 type Running = (config::Scale, u32, ScaleHandle);
@@ -134,9 +89,10 @@ pub struct ScalerSet {
 }
 
 impl ScalerSet {
-    /// Makes the running scalers match `cfg`'s autoscaled revisions in `table`: starts new
-    /// ones, restarts those whose `scale` section changed, stops those removed.
-    pub async fn sync(&self, cfg: &Config, table: &RouteTable) {
+    /// Makes the running scalers match `cfg`'s autoscaled revisions among `revisions` (the
+    /// live ones): starts new ones, restarts those whose `scale` section changed, stops those
+    /// removed.
+    pub async fn sync(&self, cfg: &Config, revisions: &[Arc<Revision>]) {
         let mut running = self.running.lock().await;
         let mut next = HashMap::new();
         for s in &cfg.services {
@@ -145,8 +101,7 @@ impl ScalerSet {
                     continue;
                 };
                 let key = (s.name.clone(), r.name.clone());
-                let Some(rev) = table
-                    .revisions()
+                let Some(rev) = revisions
                     .iter()
                     .find(|x| *x.service == *s.name && *x.name == *r.name)
                 else {

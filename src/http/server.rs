@@ -2,8 +2,9 @@
 //! same port, telling them apart by a peek at the first bytes, and HTTP/1.1 or HTTP/2 over TLS
 //! by ALPN; with graceful drain on shutdown.
 
-use crate::body::ProxyBody;
-use crate::headers::ClientAddr;
+use crate::http::body::BoxError;
+use crate::http::headers::ClientAddr;
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -34,12 +35,15 @@ pub struct ConnInfo {
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
+    /// The body of its responses.
+    type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static;
+
     /// Answers one request.
     fn call(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 /// Listener settings.
@@ -153,7 +157,7 @@ impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
     S: ConnService,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, ProxyBody>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http2::Connection::graceful_shutdown(self);
@@ -199,8 +203,8 @@ async fn within<T, E: std::fmt::Display>(
 trait ConnService:
     hyper::service::HttpService<
         Incoming,
-        ResBody = ProxyBody,
-        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        ResBody: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+        Error: Into<BoxError>,
         Future: Send + 'static,
     > + Send
     + 'static
@@ -210,8 +214,8 @@ trait ConnService:
 impl<S> ConnService for S where
     S: hyper::service::HttpService<
             Incoming,
-            ResBody = ProxyBody,
-            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            ResBody: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+            Error: Into<BoxError>,
             Future: Send + 'static,
         > + Send
         + 'static

@@ -286,9 +286,36 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// Removes a `:port` suffix from a host (keeps IPv6 brackets intact).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i)
+            if host[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && host[..i].find(':').is_none() =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_port_cases() {
+        assert_eq!(strip_port("a.example:80"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+    }
 
     #[test]
     fn hop_by_hop_positions_match_the_list() {

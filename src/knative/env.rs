@@ -2,11 +2,12 @@
 //! is a drop-in), each also a command-line flag for use outside Knative, plus a few of rouse's
 //! own with `ROUSE_` names. Every problem is reported at once, naming the variable and flag.
 
-use super::{
+use super::probe_json::{self, ProbeError};
+use crate::config::{
     Addr, ByteSize, ColdStart, Config, Dur, Limits, Protocol, Queue, Revision, Service, Target,
     Timeouts, Upstream,
 };
-use crate::probe::{Probe, ProbeError};
+use crate::probe::Probe;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -331,7 +332,7 @@ impl SidecarArgs {
         );
         let probe_key = key!("SERVING_READINESS_PROBE", "readiness-probe");
         let probes = user.and_then(|u| {
-            match Probe::parse_all(self.readiness_probe.as_deref().unwrap_or(""), u) {
+            match probe_json::parse(self.readiness_probe.as_deref().unwrap_or(""), u) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     let shown = self.readiness_probe.as_deref().unwrap_or("");
@@ -500,7 +501,7 @@ mod tests {
         assert_eq!(s.timeout, Some(Duration::from_secs(300)));
         assert_eq!(s.drain_quiet, Duration::from_secs(30));
         assert_eq!(s.drain_timeout, Duration::from_secs(300));
-        assert_eq!(s.probes, vec![Probe::default_for(8080)]);
+        assert_eq!(s.probes, vec![probe_json::default_probe(8080)]);
         let cfg = s.gateway_config();
         assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
     }

@@ -6,19 +6,20 @@
 //! Also here: the two small listeners of the contract, the autoscaler's `:9090/metrics`
 //! (protobuf `Stat`) and the admin port's `/wait-for-drain`.
 
-use crate::admin::{PLAIN, text};
-use crate::body::ProxyBody;
-use crate::drain::{Drainer, Phase};
-use crate::knative::{self, Kind, StatReporter};
+use super::drain::{Drainer, Phase};
+use super::headers::{self, Kind};
+use super::stat::StatReporter;
+use crate::http::body::{PLAIN, ProxyBody, text};
+use crate::http::server::{ConnInfo, Handler};
 use crate::probe::Prober;
 use crate::proxy::Proxy;
-use crate::server::{ConnInfo, Handler};
+use crate::proxy::completion::Body;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn reply(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+fn reply<E>(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody<E>> {
     text(status, body, PLAIN)
 }
 
@@ -40,7 +41,7 @@ impl QueueHandler {
         }
     }
 
-    async fn health(&self, probe: String) -> Response<ProxyBody> {
+    async fn health(&self, probe: String) -> Response<Body> {
         if self.drainer.is_draining() {
             return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
         }
@@ -62,24 +63,29 @@ impl QueueHandler {
 }
 
 impl Handler for QueueHandler {
-    async fn call(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-        match knative::classify(req.headers()) {
+    type Body = Body;
+
+    async fn call(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        match headers::classify(req.headers()) {
             Kind::NetworkProbe => {
                 if self.drainer.is_draining() {
                     return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
                 }
                 let mut res = reply(StatusCode::OK, "");
-                if let Some(hash) = req.headers().get(&knative::NETWORK_HASH) {
+                if let Some(hash) = req.headers().get(&headers::NETWORK_HASH) {
                     res.headers_mut()
-                        .insert(knative::NETWORK_HASH, hash.clone());
+                        .insert(headers::NETWORK_HASH, hash.clone());
                 }
                 res
             }
             Kind::HealthCheck(probe) => self.health(probe).await,
             Kind::Traffic => {
                 self.drainer.touch();
-                knative::restore_request_headers(req.headers_mut());
-                self.proxy.call(req, conn).await
+                // Only Knative's stats tell activator-sent requests apart, so this front
+                // decides it for the shared request path.
+                let proxied = headers::is_proxied(req.headers());
+                headers::restore_request_headers(req.headers_mut());
+                self.proxy.serve(req, conn, proxied).await
             }
         }
     }
@@ -91,6 +97,8 @@ impl Handler for QueueHandler {
 pub struct StatsHandler(pub Arc<StatReporter>);
 
 impl Handler for StatsHandler {
+    type Body = ProxyBody;
+
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
         if req.uri().path() != "/metrics" {
             return reply(
@@ -120,6 +128,8 @@ impl AdminHandler {
 }
 
 impl Handler for AdminHandler {
+    type Body = ProxyBody;
+
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
         if req.uri().path() != "/wait-for-drain" {
             return reply(

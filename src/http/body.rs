@@ -1,15 +1,16 @@
-//! The response body rouse sends to clients: either a short body of its own (errors, admin) or
-//! an upstream body streamed frame by frame, never buffered.
+//! The response body rouse sends to clients: either a short body of its own (errors, admin,
+//! probes) or an upstream body streamed frame by frame, never buffered.
 //!
-//! An upstream body carries the request's [`Completion`]: the endpoint [`Lease`], the pooled
-//! connection and the start time. They are released when the body ends (or is dropped because
-//! the client went away), which is what makes a streaming response or an upgraded connection
-//! count as in flight for as long as it really is. The body also enforces the idle and total
-//! timeouts once headers have been sent, by failing the stream (the only way left to signal it).
+//! An upstream body carries an [`Exchange`]: whatever must happen when the proxied exchange
+//! ends (the proxy's is the endpoint lease, the pooled connection and the request's timing).
+//! It ends when the body does, or when the body is dropped because the client went away, which
+//! is what makes a streaming response count as in flight for as long as it really is. The body
+//! is generic over it, so this module knows nothing of revisions and the request path pays no
+//! allocation for it. The body also enforces the idle and total timeouts once headers have been
+//! sent, by failing the stream (the only way left to signal it).
 
-use crate::revision::{Active, Lease};
-use crate::upstream::Pooled;
 use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
@@ -20,20 +21,32 @@ use tokio::time::{Instant, Sleep};
 /// Error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body.
+/// What happens when a proxied exchange ends: `clean` is true when the upstream body was read
+/// to its end (so an HTTP/1.1 connection can carry another exchange).
+pub trait Exchange: Send + 'static {
+    /// Ends the exchange.
+    fn end(self, clean: bool);
+}
+
+/// Bodies of rouse's own carry no exchange.
+impl Exchange for () {
+    fn end(self, _clean: bool) {}
+}
+
+/// A response body; `E` is what ends with a streamed upstream body.
 #[derive(Debug)]
-pub struct ProxyBody(Kind);
+pub struct ProxyBody<E = ()>(Kind<E>);
 
 #[derive(Debug)]
-enum Kind {
+enum Kind<E> {
     Full(Option<Bytes>),
-    Upstream(Upstream),
+    Upstream(Upstream<E>),
 }
 
 #[derive(Debug)]
-struct Upstream {
+struct Upstream<E> {
     inner: Incoming,
-    done: Option<Completion>,
+    done: Option<E>,
     timer: Option<Timer>,
 }
 
@@ -59,74 +72,43 @@ impl Timer {
 #[error("{0}")]
 pub struct StreamTimeout(&'static str);
 
-/// What happens when a proxied exchange ends.
-#[derive(Debug)]
-pub struct Completion {
-    lease: Option<Lease>,
-    _active: Active,
-    conn: Option<Pooled>,
-    start: Instant,
-    status: u16,
-    clean: bool,
+/// Plain text, the content type of rouse's own short answers.
+pub const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// A short response of rouse's own: `body` with `status` and `ctype`.
+pub fn text<E>(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    ctype: &'static str,
+) -> Response<ProxyBody<E>> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
-impl Completion {
-    /// Ties a lease (and an HTTP/1.1 connection to return) to a response of `status`; the
-    /// request stays counted as active for autoscaling until this drops.
-    pub fn new(
-        lease: Lease,
-        conn: Option<Pooled>,
-        start: Instant,
-        status: u16,
-        active: Active,
-    ) -> Completion {
-        Completion {
-            lease: Some(lease),
-            _active: active,
-            conn,
-            start,
-            status,
-            clean: false,
-        }
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            // Return the connection before the slot, so a request woken by the freed slot finds
-            // a warm connection.
-            if let Some(conn) = self.conn.take()
-                && self.clean
-            {
-                lease.endpoint().pool.put(conn);
-            }
-            lease
-                .revision()
-                .metrics
-                .record(self.status, self.start.elapsed().as_secs_f64());
-        }
-    }
-}
-
-impl ProxyBody {
+impl<E> ProxyBody<E> {
     /// A complete body of rouse's own.
-    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> ProxyBody<E> {
         ProxyBody(Kind::Full(Some(b.into())))
     }
 
     /// An empty body.
-    pub fn empty() -> ProxyBody {
+    pub fn empty() -> ProxyBody<E> {
         ProxyBody(Kind::Full(None))
     }
 
     /// Streams an upstream body; `idle` and `deadline` limit it after headers are sent.
     pub fn upstream(
         inner: Incoming,
-        done: Completion,
+        done: E,
         idle: Option<Duration>,
         deadline: Option<Instant>,
-    ) -> ProxyBody {
+    ) -> ProxyBody<E>
+    where
+        E: Exchange,
+    {
         let timer = (idle.is_some() || deadline.is_some()).then(|| {
             let mut t = Timer {
                 sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -152,15 +134,15 @@ impl ProxyBody {
     }
 }
 
-impl Upstream {
+impl<E: Exchange> Upstream<E> {
     fn finish(&mut self, clean: bool) {
-        if let Some(mut d) = self.done.take() {
-            d.clean = clean;
+        if let Some(d) = self.done.take() {
+            d.end(clean);
         }
     }
 }
 
-impl Body for ProxyBody {
+impl<E: Exchange + Unpin> Body for ProxyBody<E> {
     type Data = Bytes;
     type Error = BoxError;
 

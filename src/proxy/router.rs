@@ -6,12 +6,15 @@
 //! service's default traffic. Within the matched route a `rouse-tag` header selects a tagged
 //! arm; otherwise the split picks one.
 
-use crate::config::{self, Config, strip_port};
+use super::split::Split;
+use crate::config::{self, Config};
+use crate::discovery;
+use crate::http::headers::strip_port;
+use crate::http::tls::TlsError;
 use crate::metrics::Metrics;
-use crate::revision::{ColdStart, QueueLimits, Revision, RevisionSettings, RevisionSpec};
-use crate::split::Split;
-use crate::tls::TlsError;
-use crate::upstream::PoolSettings;
+use crate::revision::Revision;
+use crate::revision::registry::Registry;
+use crate::revision::settings::{RevisionSettings, RevisionSpec};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -128,21 +131,14 @@ impl RouteTable {
         let mut wildcard = None;
         let mut services = Vec::with_capacity(cfg.services.len());
         let mut all = Vec::new();
-        let old: HashMap<(&str, &str), &Arc<Revision>> = previous
-            .map(|p| {
-                p.revisions
-                    .iter()
-                    .map(|r| ((&*r.service, &*r.name), r))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let registry = Registry::new(previous.map_or(&[], |p| &p.revisions), metrics);
         // Everything fallible first: a reload that fails must not have changed any live
         // revision (they are updated in place below).
         let mut settings = cfg
             .services
             .iter()
             .flat_map(|s| &s.revisions)
-            .map(|r| revision_settings(cfg, r))
+            .map(|r| RevisionSettings::from_config(&cfg.upstream, r))
             .collect::<Result<Vec<_>, _>>()?
             .into_iter();
         for (si, s) in cfg.services.iter().enumerate() {
@@ -160,7 +156,14 @@ impl RouteTable {
                 let rs = settings
                     .next()
                     .expect("one settings entry was built per revision, in this order");
-                let rev = build_revision(&name, r, rs, metrics, old.get(&(&*name, &*r.name)));
+                let revised = registry.revise(RevisionSpec {
+                    service: name.clone(),
+                    name: r.name.as_str().into(),
+                    protocol: r.protocol,
+                    settings: rs,
+                });
+                discovery::assign(&revised, r);
+                let rev = revised.revision;
                 all.push(rev.clone());
                 revs.insert(&r.name, rev);
             }
@@ -237,83 +240,6 @@ fn header_list(m: &BTreeMap<String, String>) -> Headers {
             ))
         })
         .collect()
-}
-
-/// A revision's settings from the config. The only step that can fail (loading an upstream CA
-/// bundle), run for every revision before any live revision is changed.
-fn revision_settings(cfg: &Config, r: &config::Revision) -> Result<RevisionSettings, TlsError> {
-    let up = &cfg.upstream;
-    Ok(RevisionSettings {
-        container_concurrency: r.container_concurrency,
-        limits: QueueLimits::from(&r.queue),
-        eject_for: up.eject_after_connect_error.0,
-        pool: PoolSettings {
-            max_idle: if r.container_concurrency > 0 {
-                r.container_concurrency as usize
-            } else {
-                up.max_idle_per_endpoint
-            },
-            idle_timeout: up.pool_idle_timeout.0,
-            connect_timeout: up.connect_timeout.0,
-            tls: r
-                .tls
-                .as_ref()
-                .map(|t| crate::tls::Upstream::new(t, r.protocol == config::Protocol::H2c))
-                .transpose()?
-                .map(Arc::new),
-        },
-        cold_start: ColdStart {
-            placeholder: r.cold_start.placeholder.clone().map(Arc::new),
-            header: r.cold_start.header,
-        },
-    })
-}
-
-fn build_revision(
-    service: &Arc<str>,
-    r: &config::Revision,
-    settings: RevisionSettings,
-    metrics: &Arc<Metrics>,
-    old: Option<&&Arc<Revision>>,
-) -> Arc<Revision> {
-    let addrs: Vec<_> = r.endpoints.iter().map(|a| a.0).collect();
-    let scaled = r.scale.as_ref().is_some_and(|s| s.process.is_some());
-    if let Some(old) = old
-        && old.protocol == r.protocol
-    {
-        // Same revision: update in place. Static endpoints follow the file; a scaler owns
-        // the endpoints of a scaled revision.
-        let new_pools = old.settings().pool.differs(&settings.pool);
-        old.update(settings);
-        let was_scaled = old.set_managed(scaled);
-        if !scaled && new_pools {
-            // Connections must be made differently now (TLS, timeouts): fresh endpoints.
-            old.replace_endpoints(&addrs);
-            old.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
-        } else if !scaled {
-            old.set_endpoint_addrs(&addrs);
-            old.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
-        } else if !was_scaled {
-            // Static until now: the scaler starts from zero and publishes its own endpoints.
-            old.set_endpoint_addrs(&[]);
-            old.set_desired(0);
-        }
-        return (*old).clone();
-    }
-    let rev = Arc::new(Revision::new(
-        RevisionSpec {
-            service: service.clone(),
-            name: r.name.as_str().into(),
-            protocol: r.protocol,
-            settings,
-        },
-        Vec::new(),
-        metrics,
-    ));
-    rev.set_managed(scaled);
-    rev.set_endpoint_addrs(&addrs);
-    rev.set_desired(u32::try_from(addrs.len()).unwrap_or(u32::MAX));
-    rev
 }
 
 #[cfg(test)]

@@ -1,108 +1,16 @@
-//! Knative Serving's wire contracts: the probe and routing headers its components exchange,
-//! and the protobuf `Stat` a queue-proxy reports to the autoscaler every second. Reproduced
-//! byte for byte so rouse can stand in for a Knative component without the others noticing.
+//! The protobuf `Stat` a queue-proxy reports to Knative's autoscaler every second, the same
+//! figures as Prometheus gauges under queue-proxy's names, and the reporter that closes a
+//! window every period. Reproduced byte for byte so rouse can stand in for a queue-proxy
+//! without the autoscaler noticing.
 
 use crate::revision::Revision;
 use arc_swap::ArcSwap;
-use http::HeaderMap;
-use http::header::{self, HeaderName};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Probe marker: `queue` (readiness of this pod), `probe` (ingress prober), `activator`.
-pub const NETWORK_PROBE: HeaderName = HeaderName::from_static("k-network-probe");
-/// Echoed back on `K-Network-Probe: probe`.
-pub const NETWORK_HASH: HeaderName = HeaderName::from_static("k-network-hash");
-/// The client's `Host`, moved aside by the activator.
-pub const ORIGINAL_HOST: HeaderName = HeaderName::from_static("k-original-host");
-/// The routed revision's name, set by the ingress for the activator.
-pub const SERVING_REVISION: HeaderName = HeaderName::from_static("knative-serving-revision");
-/// The routed revision's namespace.
-pub const SERVING_NAMESPACE: HeaderName = HeaderName::from_static("knative-serving-namespace");
-/// Set by an activator on the requests it forwards (`K-Proxy-Request: activator`).
-pub const PROXY_REQUEST: HeaderName = HeaderName::from_static("k-proxy-request");
-/// Legacy kubelet probe marker.
-pub const KUBELET_PROBE: HeaderName = HeaderName::from_static("k-kubelet-probe");
-
-/// `User-Agent` prefixes of the callers whose requests are health checks, not traffic.
-const HEALTH_CHECK_AGENTS: [&str; 3] = [
-    "kube-probe/",
-    "Knative-Activator-Probe",
-    "Knative-Autoscaling-Probe",
-];
-
-/// What a request to a queue-proxy is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    /// `K-Network-Probe: probe`: answered at once, with `K-Network-Hash` echoed.
-    NetworkProbe,
-    /// A readiness check: kubelet or activator, or any `K-Network-Probe` other than `probe`.
-    /// Carries the `K-Network-Probe` value (`queue` runs the app's readiness probe).
-    HealthCheck(String),
-    /// Application traffic.
-    Traffic,
-}
-
-/// Classifies a request the way queue-proxy's drainer and health handler do.
-pub fn classify(h: &HeaderMap) -> Kind {
-    // One pass over the names instead of a hash lookup per Knative header: on plain traffic
-    // the marker headers are absent, and comparing a standard name with them is one branch.
-    let (mut has_probe, mut has_kubelet) = (false, false);
-    for k in h.keys() {
-        has_probe |= k == NETWORK_PROBE;
-        has_kubelet |= k == KUBELET_PROBE;
-    }
-    let probe = if has_probe {
-        h.get(&NETWORK_PROBE).map(|v| v.as_bytes())
-    } else {
-        None
-    };
-    if probe == Some(b"probe") {
-        return Kind::NetworkProbe;
-    }
-    let agent = h
-        .get(header::USER_AGENT)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let health_agent = HEALTH_CHECK_AGENTS
-        .iter()
-        .any(|p| agent.starts_with(p.as_bytes()));
-    if probe.is_some() || health_agent || has_kubelet {
-        let value = String::from_utf8_lossy(probe.unwrap_or_default()).into_owned();
-        return Kind::HealthCheck(value);
-    }
-    Kind::Traffic
-}
-
-/// True when an activator sent this request, so its concurrency is reported as proxied.
-pub fn is_proxied(headers: &HeaderMap) -> bool {
-    headers
-        .get(&PROXY_REQUEST)
-        .is_some_and(|v| v.as_bytes() == b"activator")
-}
-
-/// Undoes the activator's and ingress's rewrites before a request reaches the app: `Host` comes
-/// back from `K-Original-Host`, and the routing and probe headers are removed.
-pub fn restore_request_headers(h: &mut HeaderMap) {
-    let rewritten = h.keys().any(|k| {
-        k == ORIGINAL_HOST || k == SERVING_REVISION || k == SERVING_NAMESPACE || k == NETWORK_HASH
-    });
-    if !rewritten {
-        return;
-    }
-    if let Some(host) = h.remove(&ORIGINAL_HOST)
-        && !host.is_empty()
-    {
-        h.insert(header::HOST, host);
-    }
-    h.remove(&SERVING_REVISION);
-    h.remove(&SERVING_NAMESPACE);
-    h.remove(&NETWORK_HASH);
-}
 
 /// The autoscaler's view of one pod over the last reporting period
 /// (`pkg/autoscaler/metrics/stat.proto`).
@@ -207,20 +115,16 @@ impl StatReporter {
 /// The reporter's figures as Prometheus gauges (queue-proxy's names), read at scrape time.
 #[derive(Debug)]
 pub struct StatCollector {
-    reporter: Arc<OnceLock<Arc<StatReporter>>>,
+    reporter: Arc<StatReporter>,
     namespace: String,
     configuration: String,
 }
 
 impl StatCollector {
-    /// Reports whatever reporter `slot` holds by scrape time (nothing before).
-    pub fn new(
-        slot: Arc<OnceLock<Arc<StatReporter>>>,
-        namespace: &str,
-        configuration: &str,
-    ) -> StatCollector {
+    /// Reports `reporter`'s latest figures.
+    pub fn new(reporter: Arc<StatReporter>, namespace: &str, configuration: &str) -> StatCollector {
         StatCollector {
-            reporter: slot,
+            reporter,
             namespace: namespace.to_owned(),
             configuration: configuration.to_owned(),
         }
@@ -241,11 +145,8 @@ fn gauge(
 
 impl Collector for StatCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(reporter) = self.reporter.get() else {
-            return Ok(());
-        };
-        let s = reporter.latest();
-        let r = reporter.revision();
+        let s = self.reporter.latest();
+        let r = self.reporter.revision();
         let labels = [
             ("namespace_name", self.namespace.as_str()),
             ("configuration_name", self.configuration.as_str()),
@@ -301,71 +202,6 @@ impl Collector for StatCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn classifies_like_queue_proxy() {
-        assert_eq!(
-            classify(&headers(&[("k-network-probe", "probe")])),
-            Kind::NetworkProbe
-        );
-        assert_eq!(
-            classify(&headers(&[
-                ("k-network-probe", "queue"),
-                ("user-agent", "kube-probe/1.30")
-            ])),
-            Kind::HealthCheck("queue".into())
-        );
-        assert_eq!(
-            classify(&headers(&[("user-agent", "kube-probe/1.30")])),
-            Kind::HealthCheck(String::new())
-        );
-        assert_eq!(
-            classify(&headers(&[("user-agent", "Knative-Activator-Probe")])),
-            Kind::HealthCheck(String::new())
-        );
-        assert_eq!(
-            classify(&headers(&[("k-network-probe", "activator")])),
-            Kind::HealthCheck("activator".into())
-        );
-        assert_eq!(
-            classify(&headers(&[("user-agent", "curl/8")])),
-            Kind::Traffic
-        );
-    }
-
-    fn revision() -> Arc<Revision> {
-        use crate::revision::{ColdStart, QueueLimits, RevisionSettings, RevisionSpec};
-        let m = Arc::new(crate::metrics::Metrics::new());
-        Arc::new(Revision::new(
-            RevisionSpec {
-                service: "s".into(),
-                name: "r".into(),
-                protocol: crate::config::Protocol::Http1,
-                settings: RevisionSettings {
-                    container_concurrency: 0,
-                    limits: QueueLimits {
-                        max_requests: 10,
-                        max_bytes: 0,
-                        max_wait: None,
-                    },
-                    eject_for: Duration::from_secs(1),
-                    pool: crate::upstream::PoolSettings::default(),
-                    cold_start: ColdStart::default(),
-                },
-            },
-            Vec::new(),
-            &m,
-        ))
-    }
 
     /// Brute force: the active count sampled every millisecond of `[from, to)`.
     fn model(events: &[(u64, u64, bool)], from: u64, to: u64, proxied_only: bool) -> f64 {
@@ -400,7 +236,7 @@ mod tests {
             ],
         ];
         for events in timelines {
-            let rev = revision();
+            let rev = Revision::for_test(0, 0);
             let t0 = Instant::now();
             let mut guards: Vec<Option<crate::revision::Active>> =
                 (0..events.len()).map(|_| None).collect();
@@ -464,22 +300,5 @@ mod tests {
                 assert_eq!(s.pod_name, "p");
             }
         }
-    }
-
-    #[test]
-    fn restores_host_and_strips_routing_headers() {
-        let mut h = headers(&[
-            ("host", "activator-service"),
-            ("k-original-host", "app.example.com"),
-            ("knative-serving-revision", "app-00001"),
-            ("knative-serving-namespace", "default"),
-            ("x-keep", "1"),
-        ]);
-        restore_request_headers(&mut h);
-        assert_eq!(h.get("host").unwrap(), "app.example.com");
-        assert!(h.get("k-original-host").is_none());
-        assert!(h.get("knative-serving-revision").is_none());
-        assert!(h.get("knative-serving-namespace").is_none());
-        assert_eq!(h.get("x-keep").unwrap(), "1");
     }
 }

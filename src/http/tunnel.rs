@@ -5,12 +5,11 @@
 //! The backend ends a tunnel: when its side closes, so does the client's. A client that stops
 //! sending only half-closes the tunnel, so the backend can still answer.
 //!
-//! The request's [`Completion`] (its endpoint lease) moves into the tunnel task and is released
+//! The request's guard (the proxy's endpoint lease) moves into the tunnel task and is released
 //! only when the tunnel closes, so an open WebSocket counts as in flight for
 //! `container_concurrency`, autoscaling and drain. A tunnel has no total deadline (the request
 //! timeout ends at the 101); only the idle timeout applies to it.
 
-use crate::body::Completion;
 use crate::clock;
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
@@ -43,8 +42,14 @@ pub fn mark(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Splices the two upgraded connections until either side closes or nothing moves for `idle`.
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, done: Completion, idle: Option<Duration>) {
+/// Splices the two upgraded connections until either side closes or nothing moves for `idle`;
+/// `done` is dropped when the tunnel closes.
+pub fn spawn<G: Send + 'static>(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    done: G,
+    idle: Option<Duration>,
+) {
     tokio::spawn(async move {
         let (c, u) = tokio::join!(client, upstream);
         let (c, u) = match (c, u) {

@@ -2,10 +2,10 @@
 //! `/readyz` (503 from the moment draining starts, so health-checking load balancers take this
 //! instance out while in-flight requests finish).
 
-use crate::body::ProxyBody;
+use crate::http::body::{PLAIN, ProxyBody, text};
+use crate::http::server::{ConnInfo, Handler};
 use crate::metrics::Metrics;
-use crate::server::{ConnInfo, Handler};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,23 +24,9 @@ impl Admin {
     }
 }
 
-/// Plain text, the content type of rouse's own short answers.
-pub(crate) const PLAIN: &str = "text/plain; charset=utf-8";
-
-/// A short response of rouse's own: `body` with `status` and `ctype`.
-pub(crate) fn text(
-    status: StatusCode,
-    body: impl Into<bytes::Bytes>,
-    ctype: &'static str,
-) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r
-}
-
 impl Handler for Admin {
+    type Body = ProxyBody;
+
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
         match req.uri().path() {
             "/metrics" => text(

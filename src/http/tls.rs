@@ -5,18 +5,45 @@
 //! ALPN `h2` and `http/1.1`; the connection is then served by the same auto-detecting HTTP
 //! server as cleartext.
 
-use crate::config;
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// A certificate chain and its key, PEM files, re-read when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// SNI names this certificate serves; `*.example.com` matches one label.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Serve this one when SNI is absent or matches nothing (default: the first).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// TLS from rouse to a revision's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of the CA certificates that sign the endpoints' certificates.
+    pub ca: PathBuf,
+    /// Name to verify the endpoints' certificates against; default: the endpoint's IP address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
 
 /// A certificate or key file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,17 +97,6 @@ pub enum TlsError {
     },
 }
 
-impl From<TlsError> for config::ConfigError {
-    /// A TLS file problem as a config problem. The message names the file; no key path is
-    /// given because the same file may serve the listener or a revision.
-    fn from(e: TlsError) -> Self {
-        config::ConfigError::Invalid(vec![config::ConfigIssue {
-            path: String::new(),
-            message: e.to_string(),
-        }])
-    }
-}
-
 /// The one crypto provider rouse uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -121,7 +137,7 @@ struct Certs {
 }
 
 impl Certs {
-    fn load(list: &[config::Certificate]) -> Result<Certs, TlsError> {
+    fn load(list: &[Certificate]) -> Result<Certs, TlsError> {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
@@ -168,7 +184,7 @@ impl Certs {
 /// The listener's certificates, swappable at run time.
 #[derive(Debug)]
 pub struct CertStore {
-    sources: Vec<config::Certificate>,
+    sources: Vec<Certificate>,
     current: ArcSwap<Certs>,
 }
 
@@ -180,7 +196,7 @@ impl ResolvesServerCert for CertStore {
 
 impl CertStore {
     /// Loads every certificate; fails on the first unusable file.
-    pub fn load(list: &[config::Certificate]) -> Result<CertStore, TlsError> {
+    pub fn load(list: &[Certificate]) -> Result<CertStore, TlsError> {
         Ok(CertStore {
             current: ArcSwap::from_pointee(Certs::load(list)?),
             sources: list.to_vec(),
@@ -229,28 +245,28 @@ impl CertStore {
     }
 }
 
-/// TLS settings for connecting to one revision's endpoints.
+/// The client side of TLS to one revision's endpoints.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Connector {
     /// The configuration this was built from, to tell on reload whether it changed.
-    pub source: (config::UpstreamTls, bool),
+    pub source: (UpstreamTls, bool),
     /// The connector (CA roots, ALPN).
     pub connector: tokio_rustls::TlsConnector,
     /// Name to verify the endpoint's certificate against; `None` = the endpoint's IP address.
     pub server_name: Option<ServerName<'static>>,
 }
 
-impl std::fmt::Debug for Upstream {
+impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
+        f.debug_struct("Connector")
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
 }
 
-impl Upstream {
+impl Connector {
     /// Builds the client side from a revision's `tls` section; `h2` selects the ALPN offered.
-    pub fn new(cfg: &config::UpstreamTls, h2: bool) -> Result<Upstream, TlsError> {
+    pub fn new(cfg: &UpstreamTls, h2: bool) -> Result<Connector, TlsError> {
         let pem = read(&cfg.ca)?;
         let mut roots = rustls::RootCertStore::empty();
         let mut added = 0;
@@ -284,26 +300,10 @@ impl Upstream {
                 name: cfg.server_name.clone().unwrap_or_default(),
                 reason: e.to_string(),
             })?;
-        Ok(Upstream {
+        Ok(Connector {
             source: (cfg.clone(), h2),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             server_name,
         })
     }
-}
-
-/// Loads every TLS file a config names, so `rouse validate` reports an unusable file the way
-/// start-up would.
-pub fn check(cfg: &config::Config) -> Result<(), TlsError> {
-    if let Some(t) = &cfg.tls {
-        CertStore::load(&t.certificates)?;
-    }
-    for s in &cfg.services {
-        for r in &s.revisions {
-            if let Some(t) = &r.tls {
-                Upstream::new(t, r.protocol == config::Protocol::H2c)?;
-            }
-        }
-    }
-    Ok(())
 }

@@ -7,10 +7,11 @@
 //! every few milliseconds and reported the moment it passes, and the manager publishes the new
 //! endpoint set immediately, which wakes held requests with no probe period in between.
 
-use super::{Backoff, Scaler};
+use super::scaler::{Backoff, Scaler};
 use crate::config::{self, Ready};
 use crate::probe::Check;
-use crate::revision::{Endpoint, Revision};
+use crate::revision::Revision;
+use crate::revision::endpoint::Endpoint;
 use http::HeaderValue;
 use http::header::USER_AGENT;
 use std::net::SocketAddr;

@@ -14,139 +14,37 @@
 //!
 //! The slot itself is a [`Lease`], an RAII guard that the response body carries until it ends,
 //! so streaming responses and upgraded connections count as in flight for their whole life.
+//!
+//! The files of this folder, in the order they build on each other: [`balance`] (the choice of
+//! an endpoint), [`stats`] (time-weighted concurrency), [`endpoint`], [`queue`] (the bounded
+//! wait), [`settings`], this file (the revision, its leases and the wait for a slot),
+//! [`phase`] (the five states an operator sees), [`registry`] (revisions kept across reloads)
+//! and [`gauges`] (their live metrics).
 
-use crate::balance::{self, Slot};
-use crate::clock;
-use crate::config::{self, Protocol};
-use crate::error::ProxyError;
-use crate::metrics::{EndpointMetrics, Metrics, Reject, RevisionMetrics};
-use crate::stats::ConcurrencyStats;
-use crate::upstream::{Pool, PoolSettings};
+pub mod balance;
+pub mod endpoint;
+pub mod gauges;
+pub mod phase;
+pub mod queue;
+pub mod registry;
+pub mod settings;
+pub mod stats;
+
+use self::endpoint::Endpoint;
+use self::queue::{Queue, Refused};
+use self::settings::{RevisionSettings, RevisionSpec};
+use self::stats::ConcurrencyStats;
+use crate::config::Protocol;
+use crate::error::{Code, ProxyError};
+use crate::metrics::{Metrics, RevisionMetrics};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// One backend address of a revision.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    in_flight: AtomicU32,
-    /// `clock::now_ms()` until which the balancer avoids this endpoint.
-    ejected_until: AtomicU64,
-    pub(crate) pool: Pool,
-    pub(crate) metrics: EndpointMetrics,
-}
-
-impl Endpoint {
-    /// Creates an endpoint with an empty connection pool.
-    pub fn new(addr: SocketAddr, pool: PoolSettings, metrics: EndpointMetrics) -> Endpoint {
-        Endpoint {
-            addr,
-            in_flight: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            pool: Pool::new(pool),
-            metrics,
-        }
-    }
-
-    /// Requests in flight to this endpoint.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Keeps the balancer away from this endpoint for `for_` (after a refused connection).
-    pub fn eject(&self, for_: Duration) {
-        let until = clock::now_ms() + u64::try_from(for_.as_millis()).unwrap_or(u64::MAX);
-        self.ejected_until.store(until, Ordering::Relaxed);
-    }
-}
-
-impl Slot for Arc<Endpoint> {
-    fn load(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-    fn healthy(&self) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0 || clock::now_ms() >= until
-    }
-    fn try_take(&self, limit: u32) -> bool {
-        if limit == 0 {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            return true;
-        }
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                (v < limit).then_some(v + 1)
-            })
-            .is_ok()
-    }
-}
-
-/// Bounds of the wait queue.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    /// Most requests held at once.
-    pub max_requests: usize,
-    /// Most declared body bytes held at once.
-    pub max_bytes: u64,
-    /// Longest a request is held; `None` = until its request deadline.
-    pub max_wait: Option<Duration>,
-}
-
-impl From<&config::Queue> for QueueLimits {
-    fn from(q: &config::Queue) -> Self {
-        QueueLimits {
-            max_requests: q.max_requests,
-            max_bytes: q.max_bytes.0,
-            max_wait: (!q.max_wait.0.is_zero()).then_some(q.max_wait.0),
-        }
-    }
-}
-
-/// What identifies a revision: a reload with the same identity updates the live revision in
-/// place (settings, endpoints) instead of replacing it, so in-flight counts, the queue and
-/// wake-ups stay in one place.
-#[derive(Debug, Clone)]
-pub struct RevisionSpec {
-    /// Owning service's name.
-    pub service: Arc<str>,
-    /// The revision's name.
-    pub name: Arc<str>,
-    /// Protocol spoken to endpoints.
-    pub protocol: Protocol,
-    /// Everything a reload may change.
-    pub settings: RevisionSettings,
-}
-
-/// The settings of a revision that a reload can change in place.
-#[derive(Debug, Clone)]
-pub struct RevisionSettings {
-    /// Per-endpoint limit; 0 = unlimited.
-    pub container_concurrency: u32,
-    /// Queue bounds.
-    pub limits: QueueLimits,
-    /// How long to avoid an endpoint that refused a connection.
-    pub eject_for: Duration,
-    /// Connection pool settings for new endpoints.
-    pub pool: PoolSettings,
-    /// Cold-start behaviour.
-    pub cold_start: ColdStart,
-}
-
-/// What requests see while a revision is cold.
-#[derive(Debug, Clone, Default)]
-pub struct ColdStart {
-    /// Answer at once with this instead of holding.
-    pub placeholder: Option<Arc<config::Placeholder>>,
-    /// Mark responses that waited with `rouse-cold-start: true`.
-    pub header: bool,
-}
 
 /// Why the revision's last start attempt failed, and until when new requests fail fast.
 #[derive(Debug, Clone)]
@@ -169,9 +67,7 @@ pub struct Revision {
     pub protocol: Protocol,
     settings: ArcSwap<RevisionSettings>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
-    held: AtomicUsize,
-    held_bytes: AtomicU64,
-    wake: Notify,
+    queue: Queue,
     /// Pre-resolved metric handles.
     pub metrics: RevisionMetrics,
     root_metrics: Arc<Metrics>,
@@ -188,7 +84,7 @@ pub struct Revision {
     /// Leases alive, on any endpoint (including ones already removed from the set).
     leased: AtomicU32,
     /// True while a scaler owns the endpoint set.
-    managed: std::sync::atomic::AtomicBool,
+    managed: AtomicBool,
 }
 
 impl Revision {
@@ -206,9 +102,7 @@ impl Revision {
             protocol: spec.protocol,
             settings: ArcSwap::from_pointee(spec.settings),
             endpoints: ArcSwap::from_pointee(endpoints),
-            held: AtomicUsize::new(0),
-            held_bytes: AtomicU64::new(0),
-            wake: Notify::new(),
+            queue: Queue::default(),
             root_metrics: metrics.clone(),
             stats: ConcurrencyStats::default(),
             proxied: ConcurrencyStats::default(),
@@ -217,7 +111,7 @@ impl Revision {
             cold_since: Mutex::new(None),
             desired: AtomicU32::new(desired),
             leased: AtomicU32::new(0),
-            managed: std::sync::atomic::AtomicBool::new(false),
+            managed: AtomicBool::new(false),
         }
     }
 
@@ -239,7 +133,7 @@ impl Revision {
     /// Replaces the settings (on reload) and lets held requests re-check against them.
     pub fn update(&self, settings: RevisionSettings) {
         self.settings.store(Arc::new(settings));
-        self.wake.notify_waiters();
+        self.queue.wake_all();
     }
 
     /// Builds an endpoint of this revision (pool settings and metric handles filled in).
@@ -328,7 +222,7 @@ impl Revision {
         });
         // This cold start is over; the next one is timed from its own first request.
         *self.cold_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.wake.notify_waiters();
+        self.queue.wake_all();
     }
 
     /// Clears a start failure (a new attempt has begun or succeeded).
@@ -347,7 +241,7 @@ impl Revision {
     }
 
     fn start_failed(&self, f: Failure) -> ProxyError {
-        self.metrics.reject(Reject::StartFailed);
+        self.metrics.reject(Code::StartFailed);
         ProxyError::StartFailed {
             revision: self.name.to_string(),
             reason: f.reason.to_string(),
@@ -363,7 +257,10 @@ impl Revision {
         if proxied {
             self.proxied.arrive(now);
         }
-        Active(self.clone(), proxied)
+        Active {
+            rev: self.clone(),
+            proxied,
+        }
     }
 
     /// The current endpoints.
@@ -374,12 +271,12 @@ impl Revision {
     /// Replaces the endpoint set and wakes every held request to try the new set.
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
         self.endpoints.store(Arc::new(endpoints));
-        self.wake.notify_waiters();
+        self.queue.wake_all();
     }
 
     /// Requests held right now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.queue.held()
     }
 
     /// Requests proxied to endpoints right now, including endpoints already taken out of the
@@ -408,7 +305,7 @@ impl Revision {
         body_bytes: u64,
         deadline: Option<Instant>,
     ) -> Result<Acquired, ProxyError> {
-        if self.held.load(Ordering::Acquire) == 0
+        if self.queue.is_empty()
             && let Some(lease) = self.try_acquire()
         {
             return Ok(Acquired {
@@ -425,25 +322,35 @@ impl Revision {
                 return Err(self.start_failed(f));
             }
         }
-        let hold = Hold::enter(self, body_bytes)?;
+        let settings = self.settings.load();
+        let hold = self
+            .queue
+            .enter(
+                &settings.limits,
+                body_bytes,
+                cold.then_some(&self.cold_since),
+                &self.metrics.queue_wait,
+            )
+            .map_err(|why| self.refused(why))?;
         if cold {
             self.cold_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert(hold.since);
         }
-        let wait_limit = self.settings.load().limits.max_wait.map(|w| hold.since + w);
+        let wait_limit = settings.limits.max_wait.map(|w| hold.since + w);
+        drop(settings);
         let until = match (wait_limit, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         loop {
-            let notified = self.wake.notified();
+            let notified = self.queue.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(lease) = self.try_acquire() {
-                let waited = hold.since.elapsed();
-                drop(hold);
+                let waited = hold.waited();
+                // Before the hold is dropped: the last one to leave forgets the cold start.
                 self.end_cold_start();
                 return Ok(Acquired {
                     lease,
@@ -460,18 +367,36 @@ impl Revision {
                 None => notified.await,
                 Some(t) => {
                     if tokio::time::timeout_at(t, notified).await.is_err() {
-                        let waited = hold.since.elapsed();
-                        drop(hold);
+                        let waited = hold.waited();
                         if deadline.is_some_and(|d| d <= t) && wait_limit.is_none_or(|w| w > t) {
                             // The request's own deadline came first: the caller reports it.
                             return Err(ProxyError::RequestTimeout(waited));
                         }
-                        self.metrics.reject(Reject::QueueTimeout);
+                        self.metrics.reject(Code::QueueTimeout);
                         return Err(ProxyError::QueueTimeout {
                             revision: self.name.to_string(),
                             waited,
                         });
                     }
+                }
+            }
+        }
+    }
+
+    /// The answer to a request the queue turned away.
+    fn refused(&self, why: Refused) -> ProxyError {
+        match why {
+            Refused::Requests(held) => {
+                self.metrics.reject(Code::QueueFull);
+                ProxyError::QueueFull {
+                    revision: self.name.to_string(),
+                    held,
+                }
+            }
+            Refused::Bytes => {
+                self.metrics.reject(Code::QueueBytes);
+                ProxyError::QueueBytes {
+                    revision: self.name.to_string(),
                 }
             }
         }
@@ -493,14 +418,6 @@ impl Revision {
             );
         }
     }
-
-    fn release(&self) {
-        // A waiter registers before re-checking, and this runs after the slot is free, so either
-        // the waiter sees the slot or it receives this wake-up.
-        if self.held.load(Ordering::SeqCst) > 0 {
-            self.wake.notify_one();
-        }
-    }
 }
 
 /// A slot on an endpoint, and how long the request waited for it.
@@ -516,14 +433,18 @@ pub struct Acquired {
 
 /// A request counted as active for autoscaling; departs on drop.
 #[derive(Debug)]
-pub struct Active(Arc<Revision>, bool);
+pub struct Active {
+    rev: Arc<Revision>,
+    /// Sent by an activator: also counted in the revision's proxied statistics.
+    proxied: bool,
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
         let now = Instant::now();
-        self.0.stats.depart(now);
-        if self.1 {
-            self.0.proxied.depart(now);
+        self.rev.stats.depart(now);
+        if self.proxied {
+            self.rev.proxied.depart(now);
         }
     }
 }
@@ -549,93 +470,31 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.ep.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.ep.release();
         self.rev.leased.fetch_sub(1, Ordering::Relaxed);
-        self.rev.release();
+        self.rev.queue.slot_freed();
     }
 }
 
-/// A place in a revision's queue; leaving (by success, timeout or client disconnect) frees it.
-struct Hold<'a> {
-    rev: &'a Revision,
-    bytes: u64,
-    since: Instant,
-}
-
-impl<'a> Hold<'a> {
-    fn enter(rev: &'a Revision, bytes: u64) -> Result<Hold<'a>, ProxyError> {
-        let l = rev.settings.load().limits;
-        let prev = rev.held.fetch_add(1, Ordering::SeqCst);
-        if prev >= l.max_requests {
-            rev.held.fetch_sub(1, Ordering::SeqCst);
-            rev.metrics.reject(Reject::QueueFull);
-            return Err(ProxyError::QueueFull {
-                revision: rev.name.to_string(),
-                held: prev,
-            });
-        }
-        if bytes > 0 {
-            let prev_bytes = rev.held_bytes.fetch_add(bytes, Ordering::SeqCst);
-            if prev_bytes.saturating_add(bytes) > l.max_bytes {
-                rev.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
-                rev.held.fetch_sub(1, Ordering::SeqCst);
-                rev.metrics.reject(Reject::QueueBytes);
-                return Err(ProxyError::QueueBytes {
-                    revision: rev.name.to_string(),
-                });
-            }
-        }
-        Ok(Hold {
-            rev,
-            bytes,
-            since: Instant::now(),
-        })
-    }
-}
-
-impl Drop for Hold<'_> {
-    fn drop(&mut self) {
-        let left = self.rev.held.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && self.rev.is_cold() {
-            // Everyone waiting for this cold start gave up (timeout, disconnect): the next
-            // cold start is timed from its own first request, not from this one.
-            *self
-                .rev
-                .cold_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
-        }
-        if self.bytes > 0 {
-            self.rev.held_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
-        }
-        self.rev
-            .metrics
-            .queue_wait
-            .observe(self.since.elapsed().as_secs_f64());
-        // No wake-up is passed on here. A waiter that leaves after being woken but before
-        // taking its slot drops its `Notified`, and tokio forwards that wake-up to the next
-        // waiter. An extra wake here would wake the next in line with no slot free, sending it
-        // to the back of the queue every time, and under steady churn it could starve.
-    }
-}
-
+/// A revision `s/r` for unit tests: `cc` per endpoint, `n` endpoints on 127.0.0.1:1000 and up,
+/// a queue of 10 with no byte or wait bound.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::Metrics;
+impl Revision {
+    pub(crate) fn for_test(cc: u32, n: usize) -> Arc<Revision> {
+        Revision::for_test_with(
+            cc,
+            n,
+            queue::QueueLimits {
+                max_requests: 10,
+                max_bytes: u64::MAX,
+                max_wait: None,
+            },
+        )
+    }
 
-    fn rev(cc: u32, n: usize, limits: QueueLimits) -> Arc<Revision> {
+    pub(crate) fn for_test_with(cc: u32, n: usize, limits: queue::QueueLimits) -> Arc<Revision> {
         let m = Arc::new(Metrics::new());
-        let eps = (0..n)
-            .map(|i| {
-                Arc::new(Endpoint::new(
-                    SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
-                    PoolSettings::default(),
-                    m.endpoint("s", "r", "e"),
-                ))
-            })
-            .collect();
-        Arc::new(Revision::new(
+        let rev = Arc::new(Revision::new(
             RevisionSpec {
                 service: "s".into(),
                 name: "r".into(),
@@ -644,13 +503,31 @@ mod tests {
                     container_concurrency: cc,
                     limits,
                     eject_for: Duration::from_secs(1),
-                    pool: PoolSettings::default(),
-                    cold_start: ColdStart::default(),
+                    pool: crate::http::client::PoolSettings::default(),
+                    cold_start: settings::ColdStart::default(),
                 },
             },
-            eps,
+            Vec::new(),
             &m,
-        ))
+        ));
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+            .collect();
+        rev.set_endpoint_addrs(&addrs);
+        rev.set_desired(u32::try_from(n).unwrap_or(u32::MAX));
+        rev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::client::PoolSettings;
+    use crate::metrics::Metrics;
+    use queue::QueueLimits;
+
+    fn rev(cc: u32, n: usize, limits: QueueLimits) -> Arc<Revision> {
+        Revision::for_test_with(cc, n, limits)
     }
 
     const LIMITS: QueueLimits = QueueLimits {

@@ -8,7 +8,7 @@
 //! endpoint. Once any byte may have reached the backend the request is never retried.
 //!
 //! An HTTP/1.1 connection goes back to its pool only when its response body has been read to
-//! the end (see [`crate::body`]); a response abandoned half-way closes its connection.
+//! the end (see [`crate::http::body`]); a response abandoned half-way closes its connection.
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -32,7 +32,7 @@ pub struct PoolSettings {
     /// Time allowed for TCP connect (and the TLS handshake, if any).
     pub connect_timeout: Duration,
     /// TLS to the endpoint, if configured.
-    pub tls: Option<Arc<crate::tls::Upstream>>,
+    pub tls: Option<Arc<crate::http::tls::Connector>>,
 }
 
 impl PoolSettings {
@@ -179,7 +179,7 @@ impl Pool {
 
     async fn connect_tls(
         &self,
-        tls: &crate::tls::Upstream,
+        tls: &crate::http::tls::Connector,
         addr: SocketAddr,
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {

@@ -1,0 +1,485 @@
+//! The YAML schema: serde types that mirror the file, key for key. Rules the types cannot
+//! express are checked in [`validate`](super::validate).
+
+use super::units::{ByteSize, Dur};
+use crate::http::tls::{Certificate, UpstreamTls};
+use serde::{Deserialize, Deserializer, de};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the data listener (HTTP/1.1 and h2c with prior knowledge on one port).
+    pub listen: Addr,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); none if absent.
+    #[serde(default)]
+    pub admin: Option<Addr>,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+    /// How often the config file is checked for changes (SIGHUP also reloads); 0 = only on
+    /// SIGHUP.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: Dur,
+    /// A TLS listener (HTTPS, HTTP/2 over TLS); none if absent.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Limits on what clients may send.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Upstream connection settings shared by every revision.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// The services, each with hosts, routes, traffic and revisions.
+    pub services: Vec<Service>,
+}
+
+fn default_watch_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+fn default_drain_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Address of the TLS listener.
+    pub listen: Addr,
+    /// Certificates, chosen by SNI.
+    pub certificates: Vec<Certificate>,
+    /// Answer every request on the cleartext `listen` port with a 301 to HTTPS.
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// Time a client has to complete the TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+}
+
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Client-facing limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line plus headers); larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Time a client has to send a complete request head once it starts one; then the
+    /// connection is closed (slowloris protection).
+    pub header_read_timeout: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: ByteSize(64 << 10),
+            header_read_timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Upstream connection behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// Time allowed to establish a TCP connection to an endpoint.
+    pub connect_timeout: Dur,
+    /// A pooled keep-alive connection unused for this long is closed rather than reused. Kept
+    /// below common application keep-alive timeouts (5 s) so rouse rarely reuses a connection
+    /// the application is closing.
+    pub pool_idle_timeout: Dur,
+    /// Idle pooled connections kept per endpoint when `container_concurrency` is 0 (with a
+    /// limit, the pool holds up to `container_concurrency` connections).
+    pub max_idle_per_endpoint: usize,
+    /// After a connection to an endpoint is refused, the balancer avoids it for this long
+    /// (unless every endpoint is avoided).
+    pub eject_after_connect_error: Dur,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            connect_timeout: Dur(Duration::from_secs(3)),
+            pool_idle_timeout: Dur(Duration::from_secs(4)),
+            max_idle_per_endpoint: 256,
+            eject_after_connect_error: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A service: the unit that hosts route to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Hostnames (Host header or `:authority`, port stripped, case-insensitive); `*` = any.
+    pub hosts: Vec<String>,
+    /// Routes tried before the default traffic, longest path prefix first.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// The default route's split.
+    pub traffic: Vec<Target>,
+    /// The revisions that traffic can go to.
+    pub revisions: Vec<Revision>,
+    /// Per-request time limits; none by default.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// A route: a path prefix plus exact header matches, with its own split.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Literal path prefix; must start with `/`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Headers that must all be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers set (overwriting) on matching requests before the split.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// The split for this route.
+    pub traffic: Vec<Target>,
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+/// One arm of a split.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Name of a revision of the same service.
+    pub revision: String,
+    /// Share of requests, 0 to 100; the arms of one split sum to 100.
+    pub percent: u32,
+    /// Name reachable with the `rouse-tag` request header, whatever the percent.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Headers set (overwriting) on requests that this arm receives.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+}
+
+/// Upstream protocol of a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+    /// Whatever the client spoke: HTTP/2 requests go out over h2c, the rest over HTTP/1.1
+    /// (what Knative's queue-proxy does; for apps that serve both on one port).
+    Auto,
+}
+
+impl Protocol {
+    /// The protocol one request goes out over, given the version it came in with.
+    pub fn for_request(self, inbound: http::Version) -> Protocol {
+        match self {
+            Protocol::Auto if inbound == http::Version::HTTP_2 => Protocol::H2c,
+            Protocol::Auto => Protocol::Http1,
+            p => p,
+        }
+    }
+}
+
+/// A revision: a set of endpoints running one version of the workload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revision {
+    /// Name, unique within the service.
+    pub name: String,
+    /// Protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Most requests one endpoint handles at once; 0 = unlimited.
+    #[serde(default)]
+    pub container_concurrency: u32,
+    /// Static endpoints (`ip:port`).
+    #[serde(default)]
+    pub endpoints: Vec<Addr>,
+    /// Bounds on requests held while no endpoint can take them.
+    #[serde(default)]
+    pub queue: Queue,
+    /// Autoscaling and the process scaler; absent = the static `endpoints`.
+    #[serde(default)]
+    pub scale: Option<Scale>,
+    /// What requests see while the revision has no ready endpoint.
+    #[serde(default)]
+    pub cold_start: ColdStart,
+    /// Connect to the endpoints over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Autoscaling of one revision.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Fewest endpoints; 0 allows scale to zero.
+    #[serde(default)]
+    pub min: u32,
+    /// Most endpoints.
+    #[serde(default = "default_max_scale")]
+    pub max: u32,
+    /// Concurrency per endpoint to aim for; default 0.7 × container_concurrency, or 70 if that
+    /// is 0.
+    #[serde(default)]
+    pub target: Option<f64>,
+    /// No request active or held for this long → scale to zero (when `min` is 0).
+    #[serde(default = "default_idle_grace")]
+    pub idle_grace: Dur,
+    /// Long averaging window of the autoscaler.
+    #[serde(default = "default_stable_window")]
+    pub stable_window: Dur,
+    /// Short (panic) window as a percentage of the stable window.
+    #[serde(default = "default_panic_window_percentage")]
+    pub panic_window_percentage: f64,
+    /// Panic when the short window wants this percentage of the ready endpoints.
+    #[serde(default = "default_panic_threshold_percentage")]
+    pub panic_threshold_percentage: f64,
+    /// Most growth per decision, as a multiple of the ready endpoints.
+    #[serde(default = "default_max_scale_up_rate")]
+    pub max_scale_up_rate: f64,
+    /// Most shrinkage per decision, as a divisor of the ready endpoints.
+    #[serde(default = "default_max_scale_down_rate")]
+    pub max_scale_down_rate: f64,
+    /// Interval between autoscaler decisions.
+    #[serde(default = "default_tick")]
+    pub tick: Dur,
+    /// Start local processes on demand.
+    pub process: Option<Process>,
+}
+
+fn default_max_scale() -> u32 {
+    1
+}
+fn default_idle_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_stable_window() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_panic_window_percentage() -> f64 {
+    10.0
+}
+fn default_panic_threshold_percentage() -> f64 {
+    200.0
+}
+fn default_max_scale_up_rate() -> f64 {
+    1000.0
+}
+fn default_max_scale_down_rate() -> f64 {
+    2.0
+}
+fn default_tick() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+/// A backend started as a local process per endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// Program and arguments; `{port}` in any of them becomes the endpoint's port (also given
+    /// in the `PORT` environment variable).
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; default rouse's own.
+    #[serde(default)]
+    pub cwd: Option<std::path::PathBuf>,
+    /// How readiness is checked.
+    #[serde(default)]
+    pub ready: Ready,
+    /// A process not ready within this is killed and counted as failed to start.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout: Dur,
+    /// After SIGTERM, time before SIGKILL; also the longest wait for in-flight requests to
+    /// finish before SIGTERM when scaling down.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Dur,
+    /// Longest pause between attempts after failures to start (doubling from 1 s).
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+}
+
+fn default_boot_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_stop_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_max_backoff() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// Readiness check of a started process: `tcp`, or `{ http_get: "/path" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Ready {
+    /// A TCP connection to the port succeeds.
+    #[default]
+    Tcp,
+    /// `GET <path>` answers with a status below 500.
+    HttpGet(String),
+}
+
+impl<'de> Deserialize<'de> for Ready {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const FORMS: &str = "`tcp` or `{ http_get: \"/path\" }`";
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Ready;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "{FORMS}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ready, E> {
+                match v {
+                    "tcp" => Ok(Ready::Tcp),
+                    other => Err(E::custom(format!("unknown check {other:?}; use {FORMS}"))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Ready, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom(format!("empty; use {FORMS}")))?;
+                let ready = match key.as_str() {
+                    "http_get" => Ready::HttpGet(map.next_value()?),
+                    "tcp" => {
+                        map.next_value::<de::IgnoredAny>()?;
+                        Ready::Tcp
+                    }
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "unknown check {other:?}; use {FORMS}"
+                        )));
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(format!("give one check only: {FORMS}")));
+                }
+                Ok(ready)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Cold-start behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdStart {
+    /// Answer at once with this instead of holding the request (scale-up still starts).
+    pub placeholder: Option<Placeholder>,
+    /// Add `rouse-cold-start: true` to responses that waited for a cold revision.
+    pub header: bool,
+}
+
+impl Default for ColdStart {
+    fn default() -> Self {
+        ColdStart {
+            placeholder: None,
+            header: true,
+        }
+    }
+}
+
+/// A canned response.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placeholder {
+    /// Status code.
+    #[serde(default = "default_placeholder_status")]
+    pub status: u16,
+    /// Body text.
+    #[serde(default)]
+    pub body: String,
+    /// Headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_placeholder_status() -> u16 {
+    503
+}
+
+/// Bounds on held requests for one revision.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Held requests beyond this are answered 503 at once.
+    pub max_requests: usize,
+    /// Declared request body bytes (`Content-Length`) of held requests beyond this → 503.
+    pub max_bytes: ByteSize,
+    /// A request held longer than this gets 503; 0 means until the request timeout.
+    pub max_wait: Dur,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            max_requests: 1000,
+            max_bytes: ByteSize(64 << 20),
+            max_wait: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Per-request time limits, each answered with 504. Absent means no limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Total time from arrival to the end of the response body (includes time held).
+    #[serde(default)]
+    pub request: Option<Dur>,
+    /// Time from arrival until the upstream's response headers.
+    #[serde(default)]
+    pub response_start: Option<Dur>,
+    /// Longest gap between two pieces of the response body.
+    #[serde(default)]
+    pub idle: Option<Dur>,
+    /// Once response headers are sent, `request` no longer applies (`idle` still does), so a
+    /// long download or server stream is not cut off at a fixed age.
+    #[serde(default)]
+    pub exempt_streams: bool,
+}
+
+/// A socket address written as `ip:port` or `host:port` (resolved once, at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Addr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_addr(&text).map(Addr).map_err(de::Error::custom)
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    match text.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(_) => Err(format!(
+            "{text:?} is not an address; write it as ip:port, like \"127.0.0.1:8080\""
+        )),
+    }
+}

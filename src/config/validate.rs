@@ -1,0 +1,410 @@
+//! The rules of a config that serde's types cannot express (sums, references, uniqueness,
+//! ranges), each problem reported with its key path (`services[0].traffic: percents sum to
+//! 95, must be 100`), every problem at once.
+
+use super::load::ConfigIssue;
+use super::types::*;
+use crate::http::headers::{is_hop_by_hop, strip_port};
+use http::{HeaderName, HeaderValue};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+impl Config {
+    /// Checks the rules serde cannot express; returns every problem found.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut v = Validator::default();
+        v.config(self);
+        v.issues
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, c: &Config) {
+        if c.services.is_empty() {
+            self.err(
+                "services",
+                "no services; add at least one service with hosts, traffic and revisions",
+            );
+        }
+        if let Some(admin) = c.admin
+            && admin == c.listen
+            && admin.0.port() != 0
+        {
+            self.err("admin", "must differ from listen");
+        }
+        if c.limits.max_header_bytes.0 < 8192 {
+            self.err("limits.max_header_bytes", "must be at least 8KiB");
+        }
+        if c.limits.header_read_timeout.0.is_zero() {
+            self.err("limits.header_read_timeout", "must be greater than 0");
+        }
+        if c.upstream.connect_timeout.0.is_zero() {
+            self.err("upstream.connect_timeout", "must be greater than 0");
+        }
+        if let Some(t) = &c.tls {
+            if t.listen.0.port() != 0 && (t.listen == c.listen || Some(t.listen) == c.admin) {
+                self.err("tls.listen", "must differ from listen and admin");
+            }
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for (i, cert) in t.certificates.iter().enumerate() {
+                for (j, h) in cert.hosts.iter().enumerate() {
+                    if let Some(prev) = seen.insert(h.trim().to_ascii_lowercase(), i)
+                        && prev != i
+                    {
+                        self.err(
+                            format!("tls.certificates[{i}].hosts[{j}]"),
+                            format!("{h:?} is already served by certificates[{prev}]"),
+                        );
+                    }
+                }
+            }
+            if t.certificates.is_empty() {
+                self.err(
+                    "tls.certificates",
+                    "empty; add at least one { cert: FILE, key: FILE }",
+                );
+            }
+            if t.certificates.iter().filter(|c| c.default).count() > 1 {
+                self.err("tls.certificates", "more than one is marked default");
+            }
+            for (i, cert) in t.certificates.iter().enumerate() {
+                for (j, h) in cert.hosts.iter().enumerate() {
+                    let bare = h.trim().strip_prefix("*.").unwrap_or(h.trim());
+                    if bare.is_empty() || bare.contains(['*', '/', ':', ' ']) {
+                        self.err(
+                            format!("tls.certificates[{i}].hosts[{j}]"),
+                            format!("{h:?} is not a host name or *.wildcard"),
+                        );
+                    }
+                }
+            }
+            if t.handshake_timeout.0.is_zero() {
+                self.err("tls.handshake_timeout", "must be greater than 0");
+            }
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut hosts: HashMap<String, usize> = HashMap::new();
+        for (i, s) in c.services.iter().enumerate() {
+            let p = format!("services[{i}]");
+            if s.name.trim().is_empty() {
+                self.err(format!("{p}.name"), "must not be empty");
+            } else if let Some(prev) = names.insert(&s.name, i) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("{:?} is already the name of services[{prev}]", s.name),
+                );
+            }
+            if s.hosts.is_empty() {
+                self.err(
+                    format!("{p}.hosts"),
+                    "empty; list at least one hostname, or \"*\" for any",
+                );
+            }
+            for (j, h) in s.hosts.iter().enumerate() {
+                let hp = format!("{p}.hosts[{j}]");
+                let norm = h.trim().to_ascii_lowercase();
+                if norm.is_empty() {
+                    self.err(hp, "must not be empty");
+                    continue;
+                }
+                if norm != "*"
+                    && (norm.contains(['/', ' ', '*'])
+                        || http::uri::Authority::try_from(norm.as_str()).is_err())
+                {
+                    self.err(hp, format!("{h:?} is not a hostname"));
+                    continue;
+                }
+                if norm != "*" && strip_port(&norm).len() != norm.len() {
+                    self.err(
+                        hp,
+                        format!("{h:?} has a port; list the name only, ports are ignored"),
+                    );
+                    continue;
+                }
+                if let Some(prev) = hosts.insert(norm, i)
+                    && prev != i
+                {
+                    self.err(hp, format!("{h:?} is already a host of services[{prev}]"));
+                }
+            }
+            self.service(&p, s);
+        }
+    }
+
+    fn service(&mut self, p: &str, s: &Service) {
+        if s.revisions.is_empty() {
+            self.err(format!("{p}.revisions"), "empty; add at least one revision");
+        }
+        let mut revs: HashMap<&str, usize> = HashMap::new();
+        for (j, r) in s.revisions.iter().enumerate() {
+            let rp = format!("{p}.revisions[{j}]");
+            if r.name.trim().is_empty() {
+                self.err(format!("{rp}.name"), "must not be empty");
+            } else if let Some(prev) = revs.insert(&r.name, j) {
+                self.err(
+                    format!("{rp}.name"),
+                    format!("{:?} is already the name of revisions[{prev}]", r.name),
+                );
+            }
+            match (&r.scale, r.endpoints.is_empty()) {
+                (None, true) => self.err(
+                    format!("{rp}.endpoints"),
+                    "empty; list at least one ip:port, or add scale.process to start processes",
+                ),
+                (Some(sc), _) => self.scale(&rp, r, sc),
+                (None, false) => {}
+            }
+            if let Some(p) = &r.cold_start.placeholder {
+                if !(200..=599).contains(&p.status) {
+                    self.err(
+                        format!("{rp}.cold_start.placeholder.status"),
+                        format!("{} is not a final HTTP status (200-599)", p.status),
+                    );
+                }
+                for (k, v) in &p.headers {
+                    self.header(&format!("{rp}.cold_start.placeholder.headers.{k}"), k, v);
+                }
+            }
+            if r.protocol == Protocol::Auto && r.tls.is_some() {
+                self.err(
+                    format!("{rp}.protocol"),
+                    "auto cannot be combined with tls (ALPN picks one protocol per connection); set http1 or h2c",
+                );
+            }
+            let mut seen = HashMap::new();
+            for (k, e) in r.endpoints.iter().enumerate() {
+                if let Some(prev) = seen.insert(e.0, k) {
+                    self.err(
+                        format!("{rp}.endpoints[{k}]"),
+                        format!("{} is listed twice (also endpoints[{prev}])", e.0),
+                    );
+                }
+            }
+        }
+        let known = || {
+            s.revisions
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        self.traffic(&format!("{p}.traffic"), &s.traffic, &revs, &known);
+        let mut route_keys: HashMap<(&str, &BTreeMap<String, String>), usize> = HashMap::new();
+        for (j, r) in s.routes.iter().enumerate() {
+            let rp = format!("{p}.routes[{j}]");
+            if !r.path.starts_with('/') {
+                self.err(
+                    format!("{rp}.path"),
+                    format!("{:?} must start with \"/\"", r.path),
+                );
+            }
+            for (k, val) in &r.headers {
+                self.header(&format!("{rp}.headers.{k}"), k, val);
+            }
+            for (k, val) in &r.set_headers {
+                self.header(&format!("{rp}.set_headers.{k}"), k, val);
+            }
+            if let Some(prev) = route_keys.insert((&r.path, &r.headers), j) {
+                self.err(
+                    rp.clone(),
+                    format!("same path and headers as routes[{prev}], so it could never match"),
+                );
+            }
+            self.traffic(&format!("{rp}.traffic"), &r.traffic, &revs, &known);
+        }
+        let t = &s.timeouts;
+        for (name, d) in [
+            ("request", t.request),
+            ("response_start", t.response_start),
+            ("idle", t.idle),
+        ] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                self.err(
+                    format!("{p}.timeouts.{name}"),
+                    "must be greater than 0; leave it out for no limit",
+                );
+            }
+        }
+    }
+
+    fn scale(&mut self, rp: &str, r: &Revision, sc: &Scale) {
+        let sp = format!("{rp}.scale");
+        if sc.max == 0 {
+            self.err(format!("{sp}.max"), "must be at least 1");
+        }
+        if sc.min > sc.max {
+            self.err(
+                format!("{sp}.min"),
+                format!("{} is above max {}", sc.min, sc.max),
+            );
+        }
+        if let Some(t) = sc.target
+            && !above(t, 0.0)
+        {
+            self.err(format!("{sp}.target"), "must be a number above 0");
+        }
+        if sc.idle_grace.0.is_zero() {
+            self.err(format!("{sp}.idle_grace"), "must be greater than 0");
+        }
+        if sc.tick.0.is_zero() {
+            self.err(format!("{sp}.tick"), "must be greater than 0");
+        } else if sc.stable_window.0 < sc.tick.0 {
+            self.err(
+                format!("{sp}.stable_window"),
+                "must be at least one tick long",
+            );
+        }
+        if !above(sc.panic_window_percentage, 0.0) || sc.panic_window_percentage > 100.0 {
+            self.err(
+                format!("{sp}.panic_window_percentage"),
+                "must be above 0 and at most 100",
+            );
+        }
+        if !above(sc.panic_threshold_percentage, 100.0) {
+            self.err(
+                format!("{sp}.panic_threshold_percentage"),
+                "must be above 100",
+            );
+        }
+        if !above(sc.max_scale_up_rate, 1.0) {
+            self.err(format!("{sp}.max_scale_up_rate"), "must be above 1");
+        }
+        if !above(sc.max_scale_down_rate, 1.0) {
+            self.err(format!("{sp}.max_scale_down_rate"), "must be above 1");
+        }
+        match &sc.process {
+            None => self.err(
+                format!("{sp}.process"),
+                "missing; scaling needs a process to start (command, ready)",
+            ),
+            Some(p) => {
+                if !r.endpoints.is_empty() {
+                    self.err(
+                        format!("{rp}.endpoints"),
+                        "must be empty when scale.process starts the endpoints",
+                    );
+                }
+                if p.command.first().is_none_or(|c| c.trim().is_empty()) {
+                    self.err(
+                        format!("{sp}.process.command"),
+                        "empty; give the program and its arguments, with {port} where the port goes",
+                    );
+                }
+                if let Ready::HttpGet(path) = &p.ready
+                    && !path.starts_with('/')
+                {
+                    self.err(
+                        format!("{sp}.process.ready.http_get"),
+                        format!("{path:?} must start with \"/\""),
+                    );
+                }
+                if p.boot_timeout.0.is_zero() {
+                    self.err(
+                        format!("{sp}.process.boot_timeout"),
+                        "must be greater than 0",
+                    );
+                }
+                if p.stop_grace.0.is_zero() {
+                    self.err(
+                        format!("{sp}.process.stop_grace"),
+                        "must be greater than 0 (it is also how long in-flight requests may finish)",
+                    );
+                }
+                if p.max_backoff.0 < Duration::from_millis(100) {
+                    self.err(
+                        format!("{sp}.process.max_backoff"),
+                        "must be at least 100ms, or a failing command restarts in a tight loop",
+                    );
+                }
+            }
+        }
+    }
+
+    fn traffic(
+        &mut self,
+        p: &str,
+        targets: &[Target],
+        revs: &HashMap<&str, usize>,
+        known: &dyn Fn() -> String,
+    ) {
+        if targets.is_empty() {
+            self.err(
+                p,
+                "empty; add at least one { revision, percent } with percents summing to 100",
+            );
+            return;
+        }
+        let mut sum = 0u64;
+        let mut tags: HashMap<&str, usize> = HashMap::new();
+        for (k, t) in targets.iter().enumerate() {
+            let tp = format!("{p}[{k}]");
+            sum += u64::from(t.percent);
+            if t.percent > 100 {
+                self.err(
+                    format!("{tp}.percent"),
+                    format!("{} is over 100", t.percent),
+                );
+            }
+            if !revs.contains_key(t.revision.as_str()) {
+                self.err(
+                    format!("{tp}.revision"),
+                    format!(
+                        "{:?} is not a revision of this service (known: {})",
+                        t.revision,
+                        known()
+                    ),
+                );
+            }
+            if let Some(tag) = &t.tag {
+                if tag.trim().is_empty() || HeaderValue::from_str(tag).is_err() {
+                    self.err(
+                        format!("{tp}.tag"),
+                        "must be non-empty text usable as a header value",
+                    );
+                } else if let Some(prev) = tags.insert(tag, k) {
+                    self.err(
+                        format!("{tp}.tag"),
+                        format!("{tag:?} is already the tag of {p}[{prev}]"),
+                    );
+                }
+            }
+            for (hk, hv) in &t.set_headers {
+                self.header(&format!("{tp}.set_headers.{hk}"), hk, hv);
+            }
+        }
+        if sum != 100 {
+            self.err(p, format!("percents sum to {sum}, must be 100"));
+        }
+    }
+
+    fn header(&mut self, p: &str, name: &str, value: &str) {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => self.err(p, format!("{name:?} is not a valid header name")),
+            Ok(h) if is_hop_by_hop(&h) => self.err(
+                p,
+                format!("{name:?} is a hop-by-hop header and cannot be routed on or set"),
+            ),
+            Ok(_) => {}
+        }
+        if HeaderValue::from_str(value).is_err() {
+            self.err(p, format!("{value:?} is not a valid header value"));
+        }
+    }
+}
+
+/// A finite number strictly above `min` (NaN and infinities fail).
+fn above(v: f64, min: f64) -> bool {
+    v.is_finite() && v > min
+}

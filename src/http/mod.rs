@@ -1,0 +1,10 @@
+//! HTTP on the wire, and nothing about revisions: the listener ([`server`]), TLS ([`tls`]), the
+//! upstream client and its pools ([`client`]), the response body ([`body`]), header rewriting
+//! ([`headers`]) and upgraded connections ([`tunnel`]).
+
+pub mod body;
+pub mod client;
+pub mod headers;
+pub mod server;
+pub mod tls;
+pub mod tunnel;

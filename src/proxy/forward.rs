@@ -1,0 +1,218 @@
+//! Forwarding one routed request: count it as active, take an endpoint slot (held in the
+//! revision's queue while none is free), rewrite the request for the upstream protocol, send
+//! it (retrying once, elsewhere, only when the connection failed before anything was sent),
+//! and stream the response back carrying the exchange's [`Completion`]; a `101` becomes a
+//! tunnel.
+
+use super::completion::{Body, Completion};
+use super::router::Timeouts;
+use crate::config::Protocol;
+use crate::error::{Dialect, ProxyError};
+use crate::http::client::{ConnectError, SendError};
+use crate::http::headers::{self, ClientAddr};
+use crate::http::tunnel;
+use crate::revision::Revision;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tracing::debug;
+
+/// Marks responses that waited for a cold revision.
+pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
+
+/// Declared request body size, for the queue's byte bound.
+fn declared_len(req: &Request<Incoming>) -> u64 {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What `forward` needs besides the revision and the request.
+pub struct Ctx {
+    /// The client's address, formatted for forwarding headers.
+    pub client: ClientAddr,
+    /// `http` or `https`: how the client reached rouse.
+    pub proto: &'static str,
+    /// Whose forwarding-header conventions to follow.
+    pub dialect: Dialect,
+    /// Sent by an activator (counted apart in the revision's statistics).
+    pub proxied: bool,
+    /// The host the request is addressed to.
+    pub host: String,
+    /// When the request arrived.
+    pub start: Instant,
+    /// The request's own deadline (`timeouts.request`).
+    pub deadline: Option<Instant>,
+    /// The service's timeouts.
+    pub timeouts: Timeouts,
+    /// The protocol a client asked to upgrade to (WebSocket), if any.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// Forwards `req` to `rev` and returns the response to stream back.
+pub async fn forward(
+    rev: &Arc<Revision>,
+    mut req: Request<Incoming>,
+    ctx: Ctx,
+) -> Result<Response<Body>, ProxyError> {
+    let active = rev.begin(ctx.proxied);
+    let protocol = rev.protocol.for_request(req.version());
+    if ctx.upgrade.is_some() && protocol == Protocol::H2c {
+        return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
+    }
+    let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
+    // One settings snapshot for the whole request.
+    let settings = rev.settings();
+    let tls_upstream = settings.pool.tls.is_some();
+    prepare(&mut req, protocol, tls_upstream, &ctx);
+    let client_upgrade = ctx.upgrade.map(|proto| {
+        tunnel::mark(req.headers_mut(), proto);
+        hyper::upgrade::on(&mut req)
+    });
+    let mark_cold = acquired.cold && settings.cold_start.header;
+    let mut lease = acquired.lease;
+    let mut retried = false;
+    loop {
+        let ep = lease.endpoint().clone();
+        // The send path (connect, handshake, exchange) is the largest state of this future;
+        // boxing it keeps a request that is only waiting in the queue small.
+        let sent = match protocol {
+            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(ep.addr, req))
+                .await
+                .map(|(r, c)| (r, Some(c))),
+            Protocol::H2c => Box::pin(ep.pool.send_h2(ep.addr, req))
+                .await
+                .map(|r| (r, None)),
+        };
+        match sent {
+            Ok((mut res, conn)) => {
+                let status = res.status().as_u16();
+                let switching = status == 101 && client_upgrade.is_some();
+                let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut res));
+                let proto = res.headers().get(header::UPGRADE).cloned();
+                // An upgraded connection never returns to the pool.
+                let conn = if switching { None } else { conn };
+                let done = Completion::new(lease, conn, ctx.start, status, active);
+                let mut res = match (client_upgrade, upstream_upgrade) {
+                    (Some(client), Some(upstream)) => {
+                        let (mut parts, _) = res.into_parts();
+                        headers::strip_hop_by_hop(&mut parts.headers);
+                        if let Some(p) = proto {
+                            tunnel::mark(&mut parts.headers, p);
+                        }
+                        tunnel::spawn(client, upstream, done, ctx.timeouts.idle);
+                        Response::from_parts(parts, Body::empty())
+                    }
+                    _ => {
+                        let deadline = ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams);
+                        respond(res, done, deadline, ctx.timeouts)
+                    }
+                };
+                if mark_cold {
+                    res.headers_mut()
+                        .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+                }
+                return Ok(res);
+            }
+            Err(SendError::Failed(source)) => {
+                return Err(ProxyError::Upstream {
+                    endpoint: ep.addr,
+                    source,
+                });
+            }
+            Err(SendError::Connect { req: back, error }) => {
+                ep.metrics.connect_errors.inc();
+                ep.eject(settings.eject_for);
+                debug!(endpoint = %ep.addr, %error, retried, "connect failed");
+                if retried {
+                    return Err(connect_error(ep.addr, error));
+                }
+                // The request never left rouse: give the slot back and take one elsewhere (the
+                // failed endpoint is now ejected, so it is chosen again only if it is the last).
+                retried = true;
+                drop(lease);
+                lease = match rev.acquire(0, ctx.deadline).await {
+                    Ok(a) => a.lease,
+                    Err(_) => return Err(connect_error(ep.addr, error)),
+                };
+                req = *back;
+            }
+        }
+    }
+}
+
+fn connect_error(endpoint: SocketAddr, e: ConnectError) -> ProxyError {
+    match e {
+        ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout { endpoint, timeout },
+        other => ProxyError::Connect {
+            endpoint,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn respond(
+    res: Response<Incoming>,
+    done: Completion,
+    deadline: Option<Instant>,
+    timeouts: Timeouts,
+) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // The client's connection has its own version; an HTTP/1.0 backend must not make rouse
+    // answer an HTTP/1.1 client as HTTP/1.0.
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, Body::upstream(body, done, timeouts.idle, deadline))
+}
+
+/// Rewrites a client request into the upstream request for `protocol`.
+fn prepare(req: &mut Request<Incoming>, protocol: Protocol, tls: bool, ctx: &Ctx) {
+    let host = ctx.host.as_str();
+    let h = req.headers_mut();
+    // rouse answers `Expect: 100-continue` itself when the body is first read.
+    h.remove(header::EXPECT);
+    match ctx.dialect {
+        Dialect::Rouse => headers::add_forwarded(h, &ctx.client, ctx.proto, host),
+        Dialect::Knative => headers::add_forwarded_knative(h, &ctx.client),
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match protocol {
+        Protocol::Http1 | Protocol::Auto => {
+            *req.uri_mut() = Uri::from(pq);
+            *req.version_mut() = Version::HTTP_11;
+            // A route may have set Host; an HTTP/2 client sent none, only an authority.
+            if !req.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(host)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        Protocol::H2c => {
+            // The upstream authority: a route may have rewritten Host; otherwise the client's.
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(host);
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+            parts.authority = authority.parse().ok();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+}

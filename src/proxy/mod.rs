@@ -1,0 +1,250 @@
+//! The request path shared by every role, in the order a request meets it: this file takes
+//! the request (host, redirect, timeouts, placeholder, the answer to a failure), [`router`] and
+//! [`split`] pick the revision, [`forward`] takes a slot, rewrites and sends the request and
+//! streams the response back, and [`completion`] ends the exchange.
+//!
+//! The route table is read once per request from an `ArcSwap` snapshot, and nothing from it is
+//! held across an `.await` except the `Arc<Revision>` that the request is committed to, so a
+//! reload never waits for requests and requests never see half a config.
+
+pub mod completion;
+pub mod forward;
+pub mod router;
+pub mod split;
+
+use self::completion::Body;
+use self::forward::{COLD_START_HEADER, Ctx, forward};
+use self::router::{RouteTable, Timeouts};
+use crate::error::{Answer, Code, Dialect, ProxyError, is_grpc};
+use crate::http::body::ProxyBody;
+use crate::http::headers::{self, strip_port};
+use crate::http::server::{ConnInfo, Handler};
+use crate::http::tunnel;
+use crate::metrics::Metrics;
+use crate::revision::gauges::LiveRevisions;
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// The gateway's request handler.
+#[derive(Debug)]
+pub struct Proxy {
+    table: ArcSwap<RouteTable>,
+    metrics: Arc<Metrics>,
+    /// The revisions whose live gauges `/metrics` reports: the current table's.
+    live: LiveRevisions,
+    /// When non-zero, cleartext requests are redirected to HTTPS on this port.
+    redirect_https: AtomicU16,
+    dialect: Dialect,
+}
+
+impl Proxy {
+    /// A proxy serving `table`.
+    pub fn new(table: RouteTable, metrics: Arc<Metrics>) -> Proxy {
+        let live = LiveRevisions::register(&metrics);
+        live.publish(table.revisions().to_vec());
+        Proxy {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+            live,
+            redirect_https: AtomicU16::new(0),
+            dialect: Dialect::Rouse,
+        }
+    }
+
+    /// Follows `dialect`'s conventions for error bodies and forwarding headers.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Proxy {
+        self.dialect = dialect;
+        self
+    }
+
+    /// Redirects cleartext requests to HTTPS on `port` (`None` = serve them).
+    pub fn set_https_redirect(&self, port: Option<u16>) {
+        self.redirect_https
+            .store(port.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The current snapshot.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Replaces the snapshot; requests already routed finish on the revisions they chose.
+    pub fn swap(&self, table: RouteTable) {
+        self.live.publish(table.revisions().to_vec());
+        self.table.store(Arc::new(table));
+    }
+
+    /// The metrics this proxy records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves one request; `proxied` marks one that an activator sent (the front that knows
+    /// the activator's conventions decides), counted apart in the revision's statistics.
+    pub async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        proxied: bool,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let answer = Answer {
+            dialect: self.dialect,
+            // gRPC runs over HTTP/2 only, so HTTP/1.1 requests skip the header lookup.
+            grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
+        };
+        let https_port = self.redirect_https.load(Ordering::Relaxed);
+        if https_port != 0 && !conn.secure {
+            return redirect_to_https(&req, https_port, answer);
+        }
+        let Some(host) = request_host(&req) else {
+            self.metrics.unrouted(Code::MissingHost);
+            return ProxyError::MissingHost.into_response_as(answer);
+        };
+        let upgrade = tunnel::requested(req.headers());
+        // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
+        // header that a route sets.
+        headers::strip_hop_by_hop(req.headers_mut());
+        let (rev, timeouts) = {
+            let table = self.table.load();
+            let Some(svc) = table.service(&host) else {
+                self.metrics.unrouted(Code::NoService);
+                return ProxyError::NoService(host).into_response_as(answer);
+            };
+            let route = svc.route(req.uri().path(), req.headers());
+            for (k, v) in route.set_headers.iter() {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            let arm = route.pick(req.headers());
+            for (k, v) in arm.set_headers.iter() {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            (arm.revision.clone(), svc.timeouts)
+        };
+        let deadline = timeouts.request.map(|d| start + d);
+        let start_by = match (timeouts.response_start.map(|d| start + d), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if rev.is_cold()
+            && let Some(p) = rev.settings().cold_start.placeholder.clone()
+        {
+            rev.poke();
+            rev.metrics.record(p.status, start.elapsed().as_secs_f64());
+            return placeholder(&p, rev.settings().cold_start.header);
+        }
+        // Boxed: the handler future lives inside the client connection for the whole request,
+        // held ones included, so it must stay small; and a boxed future is not laid out twice
+        // by the two branches below.
+        let ctx = Ctx {
+            client: conn.client,
+            proto: if conn.secure { "https" } else { "http" },
+            dialect: self.dialect,
+            proxied,
+            host,
+            start,
+            deadline,
+            timeouts,
+            upgrade,
+        };
+        let forwarding = Box::pin(forward(&rev, req, ctx));
+        let result = match start_by {
+            None => forwarding.await,
+            Some(t) => match tokio::time::timeout_at(t, forwarding).await {
+                Ok(r) => r,
+                Err(_) => Err(timeout_error(timeouts, deadline, t)),
+            },
+        };
+        match result {
+            Ok(res) => res,
+            Err(e) => {
+                let e = match e {
+                    // Report the configured limit, not the time waited.
+                    ProxyError::RequestTimeout(_) => {
+                        ProxyError::RequestTimeout(timeouts.request.unwrap_or_default())
+                    }
+                    e => e,
+                };
+                debug!(revision = %rev.name, error = %e, origin = ?e.code().origin(), "request failed");
+                rev.metrics
+                    .record(e.status().as_u16(), start.elapsed().as_secs_f64());
+                e.into_response_as(answer)
+            }
+        }
+    }
+}
+
+impl Handler for Proxy {
+    type Body = Body;
+
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self.serve(req, conn, false)
+    }
+}
+
+fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> ProxyError {
+    match (deadline, t.response_start) {
+        (Some(d), _) if d <= fired => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
+        (_, Some(rs)) => ProxyError::ResponseStartTimeout(rs),
+        _ => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
+    }
+}
+
+/// The host a request is addressed to: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    let h = req.headers().get(header::HOST)?.to_str().ok()?;
+    (!h.is_empty()).then(|| h.to_owned())
+}
+
+/// 301 to the same host and path over HTTPS.
+fn redirect_to_https(req: &Request<Incoming>, port: u16, answer: Answer) -> Response<Body> {
+    let Some(host) = request_host(req) else {
+        return ProxyError::MissingHost.into_response_as(answer);
+    };
+    let name = strip_port(&host);
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{pq}")
+    } else {
+        format!("https://{name}:{port}{pq}")
+    };
+    let mut res = Response::new(ProxyBody::empty());
+    *res.status_mut() = http::StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::try_from(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+fn placeholder(p: &crate::config::Placeholder, mark: bool) -> Response<Body> {
+    let mut res = Response::new(ProxyBody::full(p.body.clone()));
+    *res.status_mut() =
+        http::StatusCode::from_u16(p.status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    for (k, v) in &p.headers {
+        // Validation has checked every name and value.
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            res.headers_mut().insert(k, v);
+        }
+    }
+    if mark {
+        res.headers_mut()
+            .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+    }
+    res
+}

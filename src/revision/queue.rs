@@ -1,0 +1,158 @@
+//! The bounded wait queue of one revision: how many requests and declared body bytes are held,
+//! and the wake-ups that send them to a freed slot.
+//!
+//! A held request is a future; its place is a [`Hold`], an RAII guard, so a request that leaves
+//! by any road (a slot, a timeout, its client going away) gives its place and bytes back at
+//! once.
+
+use crate::config;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tokio::time::Instant;
+
+/// Bounds of the wait queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most requests held at once.
+    pub max_requests: usize,
+    /// Most declared body bytes held at once.
+    pub max_bytes: u64,
+    /// Longest a request is held; `None` = until its request deadline.
+    pub max_wait: Option<Duration>,
+}
+
+impl From<&config::Queue> for QueueLimits {
+    fn from(q: &config::Queue) -> Self {
+        QueueLimits {
+            max_requests: q.max_requests,
+            max_bytes: q.max_bytes.0,
+            max_wait: (!q.max_wait.0.is_zero()).then_some(q.max_wait.0),
+        }
+    }
+}
+
+/// Why a request could not join the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_requests` are already held (the count at the time).
+    Requests(usize),
+    /// Holding its declared body would pass `max_bytes`.
+    Bytes,
+}
+
+/// The queue's counters and wake-ups.
+#[derive(Debug, Default)]
+pub struct Queue {
+    held: AtomicUsize,
+    held_bytes: AtomicU64,
+    wake: Notify,
+}
+
+impl Queue {
+    /// Requests held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// True while nobody waits, so an arrival may take a free slot without queueing (no
+    /// barging past those already held).
+    pub fn is_empty(&self) -> bool {
+        self.held.load(Ordering::Acquire) == 0
+    }
+
+    /// Joins the queue with `bytes` of declared body. `cold` is the revision's cold-start
+    /// timer, forgotten when the last held request leaves (`None` when the revision was warm
+    /// on arrival); `wait` observes how long the request was held, however it leaves.
+    pub fn enter<'a>(
+        &'a self,
+        limits: &QueueLimits,
+        bytes: u64,
+        cold: Option<&'a Mutex<Option<Instant>>>,
+        wait: &'a Histogram,
+    ) -> Result<Hold<'a>, Refused> {
+        let prev = self.held.fetch_add(1, Ordering::SeqCst);
+        if prev >= limits.max_requests {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refused::Requests(prev));
+        }
+        if bytes > 0 {
+            let prev_bytes = self.held_bytes.fetch_add(bytes, Ordering::SeqCst);
+            if prev_bytes.saturating_add(bytes) > limits.max_bytes {
+                self.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                self.held.fetch_sub(1, Ordering::SeqCst);
+                return Err(Refused::Bytes);
+            }
+        }
+        Ok(Hold {
+            queue: self,
+            bytes,
+            since: Instant::now(),
+            cold,
+            wait,
+        })
+    }
+
+    /// A wake-up to register for before checking for a slot again.
+    pub fn notified(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Wakes every waiter (new endpoints, new settings, a start failure).
+    pub fn wake_all(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Passes a freed slot on to the oldest waiter, if any. Runs after the slot is free, and a
+    /// waiter registers before it checks, so either the waiter sees the slot or it receives
+    /// this wake-up.
+    pub fn slot_freed(&self) {
+        if self.held.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A place in the queue; leaving (by success, timeout or client disconnect) frees it.
+#[derive(Debug)]
+pub struct Hold<'a> {
+    queue: &'a Queue,
+    bytes: u64,
+    /// When the request joined.
+    pub since: Instant,
+    cold: Option<&'a Mutex<Option<Instant>>>,
+    wait: &'a Histogram,
+}
+
+impl Hold<'_> {
+    /// How long the request has been held.
+    pub fn waited(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let left = self.queue.held.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0
+            && let Some(cold) = self.cold
+        {
+            // Everyone waiting for this cold start has left (a slot, a timeout, a disconnect):
+            // the next cold start is timed from its own first request, not from this one.
+            *cold.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        if self.bytes > 0 {
+            self.queue
+                .held_bytes
+                .fetch_sub(self.bytes, Ordering::SeqCst);
+        }
+        self.wait.observe(self.since.elapsed().as_secs_f64());
+        // No wake-up is passed on here. A waiter that leaves after being woken but before
+        // taking its slot drops its `Notified`, and tokio forwards that wake-up to the next
+        // waiter. An extra wake here would wake the next in line with no slot free, sending it
+        // to the back of the queue every time, and under steady churn it could starve.
+    }
+}
