@@ -3,6 +3,7 @@
 mod activator;
 mod config;
 mod gateway;
+mod layout;
 mod lifecycle;
 mod protocols;
 mod reload;
