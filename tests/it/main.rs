@@ -1,12 +1,19 @@
-//! The one integration-test binary: every suite is a module, so the crate links once.
+//! The one integration-test binary: every suite is a module, so the crate links once. Each
+//! suite covers one capability.
 
-mod activator;
+mod concurrency;
 mod config;
-mod gateway;
+mod drain;
+mod forwarding;
+mod grpc;
 mod layout;
-mod lifecycle;
 mod protocols;
 mod reload;
+mod routing;
+mod scale_from_zero;
 mod sidecar;
+mod streaming;
 mod support;
+mod timeouts;
 mod tls;
+mod websocket;

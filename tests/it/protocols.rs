@@ -1,457 +1,224 @@
-//! Real protocol traffic through rouse: WebSocket, gRPC (HTTP/2 with trailers), 100-continue.
+//! HTTP/1.1 and h2c: both on the one cleartext port, told apart by their first bytes; each
+//! request sent on in the revision's protocol (`http1`, `h2c` or `auto`) whatever the client
+//! spoke; and HTTP/1.1's details kept: pipelining, `Expect: 100-continue`, chunked trailers,
+//! HTTP/1.0 answers.
 
 use crate::support::*;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::channel::Channel;
-use http_body_util::{BodyExt, combinators::BoxBody};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Full;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-
-// ---------- WebSocket ----------
-
-/// A WebSocket server that answers each text message with "<name>:<message>".
-pub(crate) async fn ws_backend(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m
-                        && ws.send(Message::text(format!("{name}:{t}"))).await.is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-pub(crate) async fn ws_connect(gw: SocketAddr, host: &str) -> Ws {
-    let s = TcpStream::connect(gw).await.unwrap();
-    let (ws, res) = tokio_tungstenite::client_async(format!("ws://{host}/chat"), s)
-        .await
-        .expect("websocket handshake through rouse");
-    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws
-}
-
-pub(crate) async fn ws_echo(ws: &mut Ws, text: &str) -> String {
-    ws.send(Message::text(text)).await.unwrap();
-    match ws.next().await.unwrap().unwrap() {
-        Message::Text(t) => t.to_string(),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn ws_service(revs: &[(&str, u32, SocketAddr)], extra: &str) -> String {
-    let n = revs.len() as u32;
-    let traffic: Vec<String> = revs
-        .iter()
-        .enumerate()
-        .map(|(i, (r, _, _))| {
-            let p = if i == 0 {
-                100 - 100 / n * (n - 1)
-            } else {
-                100 / n
-            };
-            format!("{{ revision: {r}, percent: {p} }}")
-        })
-        .collect();
-    let defs: String = revs
-        .iter()
-        .map(|(r, cc, a)| {
-            format!("      - {{ name: {r}, container_concurrency: {cc}, endpoints: [\"{a}\"] }}\n")
-        })
-        .collect();
-    format!(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n{extra}    traffic: [{}]\n    revisions:\n{defs}",
-        traffic.join(", ")
-    )
-}
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_echo_split_and_in_flight_until_close() {
-    let (a, b) = (ws_backend("a").await, ws_backend("b").await);
-    let gw = gateway(&ws_service(&[("ra", 0, a), ("rb", 0, b)], "")).await;
-    let mut seen = std::collections::HashMap::new();
-    let mut open = Vec::new();
-    for i in 0..40 {
-        let mut ws = ws_connect(gw.addr(), "chat.local").await;
-        let first = ws_echo(&mut ws, &format!("hello {i}")).await;
-        let backend = first.split(':').next().unwrap().to_owned();
-        assert_eq!(first, format!("{backend}:hello {i}"));
-        // Every later message of a connection goes to the same backend.
-        for j in 0..3 {
-            assert_eq!(
-                ws_echo(&mut ws, &format!("m{j}")).await,
-                format!("{backend}:m{j}")
-            );
-        }
-        *seen.entry(backend).or_insert(0) += 1;
-        open.push(ws);
-    }
-    assert!(seen.get("a").copied().unwrap_or(0) >= 8, "{seen:?}");
-    assert!(seen.get("b").copied().unwrap_or(0) >= 8, "{seen:?}");
-    // Open websockets are in flight.
-    let m = metrics(&gw).await;
-    let in_flight = metric(
-        &m,
-        "rouse_revision_in_flight{service=\"s\",revision=\"ra\"}",
-    ) + metric(
-        &m,
-        "rouse_revision_in_flight{service=\"s\",revision=\"rb\"}",
-    );
-    assert_eq!(in_flight, 40.0);
-    for mut ws in open {
-        ws.close(None).await.unwrap();
-        while ws.next().await.is_some() {}
-    }
-    let mut after = 1.0;
+async fn h2c_client_through_to_h2c_revision() {
+    let a = Backend::start("h2").await;
+    let gw = Cfg::new()
+        .service(
+            Svc::new("s")
+                .host("grpc.local")
+                .only(Rev::new("r").protocol("h2c").endpoint(a.addr)),
+        )
+        .start()
+        .await;
+    // One client connection carrying 50 concurrent streams, addressed by :authority.
+    let send = h2_conn(gw.addr()).await;
+    let mut tasks = Vec::new();
     for _ in 0..50 {
-        let m = metrics(&gw).await;
-        after = metric(
-            &m,
-            "rouse_revision_in_flight{service=\"s\",revision=\"ra\"}",
-        ) + metric(
-            &m,
-            "rouse_revision_in_flight{service=\"s\",revision=\"rb\"}",
-        );
-        if after == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get("http://grpc.local/x?delay=10")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            collect(send.send_request(req).await.unwrap()).await
+        }));
     }
-    assert_eq!(after, 0.0, "closed websockets leave in-flight");
-    assert!(
-        metric(
-            &metrics(&gw).await,
-            "rouse_requests_total{service=\"s\",revision=\"ra\",code=\"1xx\"}"
-        ) >= 8.0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_holds_its_concurrency_slot_until_closed() {
-    let a = ws_backend("a").await;
-    let gw = gateway(&ws_service(&[("r", 1, a)], "")).await;
-    let mut first = ws_connect(gw.addr(), "x").await;
-    assert_eq!(ws_echo(&mut first, "one").await, "a:one");
-    // The only slot is taken: a second websocket is held until the first closes.
-    let addr = gw.addr();
-    let second = tokio::spawn(async move {
-        let mut ws = ws_connect(addr, "x").await;
-        ws_echo(&mut ws, "second").await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "second websocket must wait for the slot"
-    );
-    assert_eq!(gw.proxy().table().revisions()[0].held(), 1);
-    first.close(None).await.unwrap();
-    while first.next().await.is_some() {}
-    assert_eq!(second.await.unwrap(), "a:second");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_outlives_the_request_timeout() {
-    let a = ws_backend("a").await;
-    let gw = gateway(&ws_service(
-        &[("r", 0, a)],
-        "    timeouts: { request: 300ms }\n",
-    ))
-    .await;
-    let mut ws = ws_connect(gw.addr(), "x").await;
-    // Well past the 300 ms request timeout, the tunnel keeps working.
-    for i in 0..8 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(ws_echo(&mut ws, &format!("t{i}")).await, format!("a:t{i}"));
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.version, Version::HTTP_2);
+        assert_eq!(got.body, "h2");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_idle_timeout_closes_the_tunnel() {
-    let a = ws_backend("a").await;
-    let gw = gateway(&ws_service(
-        &[("r", 0, a)],
-        "    timeouts: { idle: 200ms }\n",
-    ))
-    .await;
-    let mut ws = ws_connect(gw.addr(), "x").await;
-    assert_eq!(ws_echo(&mut ws, "hi").await, "a:hi");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let next = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = ws.send(Message::text("late")).await;
-        ws.next().await
-    })
-    .await
-    .expect("closed tunnel is noticed");
-    assert!(!matches!(next, Some(Ok(Message::Text(_)))), "{next:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_through_a_cold_start() {
-    let a = ws_backend("a").await;
-    let gw = gateway(&ws_service(&[("r", 0, a)], "")).await;
-    let rev = gw.proxy().table().revisions()[0].clone();
-    rev.set_endpoint_addrs(&[]);
-    let addr = gw.addr();
-    let client = tokio::spawn(async move {
-        let mut ws = ws_connect(addr, "x").await;
-        ws_echo(&mut ws, "woke").await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rev.held(), 1);
-    rev.set_endpoint_addrs(&[a]);
-    assert_eq!(client.await.unwrap(), "a:woke");
+    assert_eq!(*a.seen.last_version.lock().unwrap(), Some(Version::HTTP_2));
+    assert_eq!(a.requests(), 50);
+    // All 50 streams shared one upstream connection.
+    assert_eq!(
+        a.seen.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 #[tokio::test]
-async fn websocket_to_an_h2c_revision_is_refused_clearly() {
-    let a = ws_backend("a").await;
-    let gw = gateway(&format!(
-        "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, protocol: h2c, endpoints: [\"{a}\"] }}\n"
-    ))
-    .await;
-    let s = TcpStream::connect(gw.addr()).await.unwrap();
-    let err = tokio_tungstenite::client_async("ws://x/", s)
+async fn h2c_client_to_http1_revision() {
+    let a = Backend::start("one").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
+    let mut send = h2_conn(gw.addr()).await;
+    let req = Request::get("http://svc.local/h")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = collect(send.send_request(req).await.unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.version, Version::HTTP_2);
+    assert_eq!(*a.seen.last_version.lock().unwrap(), Some(Version::HTTP_11));
+    assert_eq!(a.last_headers().get("host").unwrap(), "svc.local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_auto_follows_the_client() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").protocol("auto").endpoint(a.addr))
+        .start()
+        .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        *a.seen.last_version.lock().unwrap(),
+        Some(http::Version::HTTP_11)
+    );
+    let got = get(&h2_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        *a.seen.last_version.lock().unwrap(),
+        Some(http::Version::HTTP_2)
+    );
+}
+
+#[tokio::test]
+async fn protocol_is_told_from_first_bytes_that_trickle_in_and_silent_clients_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("one").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr))
+        .header_read_timeout("400ms")
+        .start()
+        .await;
+
+    // The h2c preface split in two segments: the answer is an HTTP/2 SETTINGS frame.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame))
         .await
-        .unwrap_err();
-    let tokio_tungstenite::tungstenite::Error::Http(res) = err else {
-        panic!("expected an HTTP error, got {err:?}")
-    };
-    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
-    let body = String::from_utf8_lossy(res.body().as_deref().unwrap_or_default()).into_owned();
-    assert!(body.contains("set its protocol to http1"), "{body}");
-}
+        .expect("an HTTP/2 server speaks first after the preface")
+        .unwrap();
+    assert_eq!(frame[3], 0x4, "frame type SETTINGS: {frame:?}");
 
-// ---------- gRPC (wire level over h2c) ----------
-
-type GrpcBody = BoxBody<Bytes, Infallible>;
-
-fn frame(msg: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + msg.len());
-    b.put_u8(0);
-    b.put_u32(msg.len() as u32);
-    b.put_slice(msg);
-    b.freeze()
-}
-
-/// Splits complete gRPC messages off the front of `buf`.
-fn unframe(buf: &mut BytesMut) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    while buf.len() >= 5 {
-        let len = (&buf[1..5]).get_u32() as usize;
-        if buf.len() < 5 + len {
-            break;
-        }
-        buf.advance(5);
-        out.push(buf.split_to(len).freeze());
+    // HTTP/1.1 a byte at a time.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    for b in b"GET /trickle HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    out
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // A client that sends nothing, and one that stops inside the preface, are closed once
+    // the header read timeout passes.
+    for first in [&b""[..], &b"PRI * HT"[..]] {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the connection is closed, not left open");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    // Clients that close inside the preface are let go at once, and do not leave the listener
+    // busy: this test's single thread runs the gateway too, so a spin would stall the request
+    // after them.
+    let mut gone = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(b"PRI * HT").await.unwrap();
+        s.shutdown().await.unwrap();
+        gone.push(s);
+    }
+    for mut s in gone {
+        let mut buf = [0u8; 16];
+        // Well inside the 400 ms header read timeout.
+        let r = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+            .await
+            .expect("closed at once, not at the header read timeout");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway still answers")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    assert_eq!(a.requests(), 2);
 }
 
-/// An echo service: each request message comes back as "<name>:<message>" as soon as it
-/// arrives (bidirectional streaming), then trailers. `x-grpc-status` asks for an error status.
-async fn grpc_backend(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+#[tokio::test]
+async fn http10_backend_answers_reach_http11_clients_as_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let (s, _) = l.accept().await.unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let status = req
-                        .headers()
-                        .get("x-grpc-status")
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_else(|| "0".into());
-                    let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
-                    tokio::spawn(async move {
-                        let mut incoming = req.into_body();
-                        let mut buf = BytesMut::new();
-                        while let Some(Ok(f)) = incoming.frame().await {
-                            if let Ok(d) = f.into_data() {
-                                buf.extend_from_slice(&d);
-                                for m in unframe(&mut buf) {
-                                    let reply = format!("{name}:{}", String::from_utf8_lossy(&m));
-                                    let _ = tx.send_data(frame(reply.as_bytes())).await;
-                                }
-                            }
-                        }
-                        let mut t = HeaderMap::new();
-                        t.insert("grpc-status", status.parse().unwrap());
-                        if status != "0" {
-                            t.insert("grpc-message", "not found".parse().unwrap());
-                        }
-                        let _ = tx.send_trailers(t).await;
-                    });
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(body.boxed())
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold")
                     .await;
             });
         }
     });
-    addr
-}
-
-async fn grpc_conn(gw: SocketAddr) -> hyper::client::conn::http2::SendRequest<GrpcBody> {
-    let io = TokioIo::new(TcpStream::connect(gw).await.unwrap());
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    send
-}
-
-/// A streaming call: returns the sender for request messages and the response.
-async fn grpc_call(
-    send: &mut hyper::client::conn::http2::SendRequest<GrpcBody>,
-    status: &str,
-) -> (
-    http_body_util::channel::Sender<Bytes, Infallible>,
-    Response<Incoming>,
-) {
-    let (tx, body) = Channel::<Bytes, Infallible>::new(4);
-    let req = Request::post("http://grpc.local/echo.Echo/Chat")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("x-grpc-status", status)
-        .body(body.boxed())
-        .unwrap();
-    let res = send.send_request(req).await.unwrap();
-    (tx, res)
-}
-
-/// Reads the next message or, at the end, the trailers.
-async fn grpc_next(body: &mut Incoming, buf: &mut BytesMut) -> Result<String, HeaderMap> {
-    loop {
-        if let Some(m) = unframe(buf).into_iter().next() {
-            return Ok(String::from_utf8_lossy(&m).into_owned());
-        }
-        let f = body
-            .frame()
-            .await
-            .expect("stream ended without trailers")
-            .unwrap();
-        match f.into_data() {
-            Ok(d) => buf.extend_from_slice(&d),
-            Err(f) => return Err(f.into_trailers().unwrap()),
-        }
-    }
-}
-
-fn grpc_service(revs: &[(&str, u32, SocketAddr)]) -> String {
-    ws_service(revs, "").replace(
-        "container_concurrency",
-        "protocol: h2c, container_concurrency",
+    let gw = Cfg::single(Rev::new("r").endpoint(addr)).start().await;
+    let out = raw(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_bidi_streaming_keeps_trailers_and_stays_on_its_backend() {
-    let (a, b) = (grpc_backend("a").await, grpc_backend("b").await);
-    let gw = gateway(&grpc_service(&[("ra", 0, a), ("rb", 0, b)])).await;
-    let mut send = grpc_conn(gw.addr()).await;
-    let mut per_backend = std::collections::HashMap::new();
-    for call in 0..20 {
-        let (mut tx, res) = grpc_call(&mut send, "0").await;
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["content-type"], "application/grpc");
-        let mut body = res.into_body();
-        let mut buf = BytesMut::new();
-        let mut backend = None;
-        for i in 0..3 {
-            // Each reply arrives before the next message is sent: true bidirectional streaming.
-            tx.send_data(frame(format!("c{call}m{i}").as_bytes()))
-                .await
-                .unwrap();
-            let reply = grpc_next(&mut body, &mut buf).await.unwrap();
-            let (who, what) = reply.split_once(':').unwrap();
-            assert_eq!(what, format!("c{call}m{i}"));
-            assert_eq!(
-                *backend.get_or_insert(who.to_owned()),
-                who,
-                "stream moved backends"
-            );
-        }
-        drop(tx);
-        let trailers = grpc_next(&mut body, &mut buf).await.unwrap_err();
-        assert_eq!(trailers["grpc-status"], "0");
-        *per_backend.entry(backend.unwrap()).or_insert(0) += 1;
-    }
-    // 20 streams on one client connection were balanced per stream across the 50/50 split.
-    assert!(per_backend.len() == 2, "{per_backend:?}");
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.ends_with("old"), "{out}");
 }
 
 #[tokio::test]
-async fn grpc_error_status_passes_through() {
-    let a = grpc_backend("a").await;
-    let gw = gateway(&grpc_service(&[("r", 0, a)])).await;
-    let mut send = grpc_conn(gw.addr()).await;
-    let (mut tx, res) = grpc_call(&mut send, "5").await;
-    tx.send_data(frame(b"who")).await.unwrap();
-    drop(tx);
-    let mut body = res.into_body();
-    let mut buf = BytesMut::new();
-    assert_eq!(grpc_next(&mut body, &mut buf).await.unwrap(), "a:who");
-    let trailers = grpc_next(&mut body, &mut buf).await.unwrap_err();
-    assert_eq!(trailers["grpc-status"], "5");
-    assert_eq!(trailers["grpc-message"], "not found");
+async fn pipelined_http11_requests_are_all_answered() {
+    let a = Backend::start("p").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
+    // Three requests in one write, the first one slow: each is forwarded and answered on the
+    // one connection (HTTP/1.1 keeps them in order).
+    let out = raw(
+        gw.addr(),
+        b"GET /one?delay=200 HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    assert_eq!(a.requests(), 3);
+    for path in ["/one", "/two", "/three"] {
+        assert!(
+            !a.headers_at(path).is_empty(),
+            "{path} never reached the backend"
+        );
+    }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_unary_call_held_during_a_cold_start_succeeds() {
-    let a = grpc_backend("a").await;
-    let gw = gateway(&grpc_service(&[("r", 0, a)])).await;
-    let rev = gw.proxy().table().revisions()[0].clone();
-    rev.set_endpoint_addrs(&[]);
-    let mut send = grpc_conn(gw.addr()).await;
-    let call = tokio::spawn(async move {
-        let (mut tx, res) = grpc_call(&mut send, "0").await;
-        tx.send_data(frame(b"cold")).await.unwrap();
-        drop(tx);
-        let mut body = res.into_body();
-        let mut buf = BytesMut::new();
-        let reply = grpc_next(&mut body, &mut buf).await.unwrap();
-        let trailers = grpc_next(&mut body, &mut buf).await.unwrap_err();
-        (reply, trailers["grpc-status"].to_str().unwrap().to_owned())
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rev.held(), 1);
-    rev.set_endpoint_addrs(&[a]);
-    assert_eq!(call.await.unwrap(), ("a:cold".to_owned(), "0".to_owned()));
-}
-
-// ---------- HTTP/1.1 details ----------
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body() {
     let be = Backend::start("a").await;
-    let gw = gateway(&single_revision("127.0.0.1:0", be.addr)).await;
+    let gw = Cfg::single(Rev::new("r").endpoint(be.addr)).start().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(
@@ -488,7 +255,7 @@ async fn expect_100_continue_is_answered_before_the_body() {
 #[tokio::test]
 async fn http11_chunked_trailers_pass_through() {
     let be = Backend::start("t").await;
-    let gw = gateway(&single_revision("127.0.0.1:0", be.addr)).await;
+    let gw = Cfg::single(Rev::new("r").endpoint(be.addr)).start().await;
     let out = raw(
         gw.addr(),
         b"GET /?trailers=1 HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",

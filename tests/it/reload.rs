@@ -10,19 +10,13 @@ use std::time::Duration;
 /// What the first request after a reload must show: (response, backend a, b, c).
 type Check = Box<dyn Fn(&Got, &Backend, &Backend, &Backend) -> bool>;
 
-fn config(body: &str) -> String {
-    format!(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nwatch_interval: 50ms\nservices:\n  - name: s\n    hosts: [\"*\"]\n{body}"
-    )
+/// A config (with admin) with `svc`, whose file is checked every 50 ms.
+fn watched(svc: Svc) -> Cfg {
+    Cfg::new().admin().watch_interval("50ms").service(svc)
 }
 
 /// Writes `yaml` and waits until the gateway reports a reload with `result`.
-async fn change(
-    gw: &rouse::roles::gateway::Gateway,
-    path: &std::path::Path,
-    yaml: &str,
-    result: &str,
-) {
+async fn change(gw: &Gateway, path: &std::path::Path, yaml: &str, result: &str) {
     let key = format!("rouse_config_reloads_total{{result=\"{result}\"}}");
     let before = metric(&metrics(gw).await, &key);
     // Write to a temp file and rename, as editors and Kubernetes do, so no half file is read.
@@ -45,20 +39,27 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         Backend::start("b").await,
         Backend::start("c").await,
     );
-    let rev =
-        |n: &str, be: &Backend| format!("      - {{ name: {n}, endpoints: [\"{}\"] }}\n", be.addr);
-    let path = write_config("reload", "");
-    let v = |route_headers: &str, traffic: &str, revs: &str| {
-        config(&format!(
-            "    routes:\n      - path: /h\n        set_headers: {{ {route_headers} }}\n        traffic: [{traffic}]\n    traffic: [{traffic}]\n    revisions:\n{revs}"
-        ))
+    // Version `x_v` of the config: route /h sets `x-v`, and it and the default route split
+    // by `arms` between `revs`.
+    let v = |x_v: &str, arms: &[Target], revs: &[&Rev]| {
+        let mut route = Route::new("/h").set_header("x-v", x_v);
+        let mut svc = Svc::new("s").host("*");
+        for t in arms {
+            route = route.traffic(t.clone());
+            svc = svc.traffic(t.clone());
+        }
+        for r in revs {
+            svc = svc.revision((*r).clone());
+        }
+        watched(svc.route(route))
     };
-    let ra = rev("ra", &a);
-    let rb = rev("rb", &b);
-    let rc = rev("rc", &c);
-    let first = v("x-v: \"0\"", "{ revision: ra, percent: 100 }", &ra);
-    std::fs::write(&path, &first).unwrap();
-    let gw = gateway(&first).await;
+    let t = Target::new;
+    let ra = Rev::new("ra").endpoint(a.addr);
+    let rb = Rev::new("rb").endpoint(b.addr);
+    let rc = Rev::new("rc").endpoint(c.addr);
+    let first = v("0", &[t("ra", 100)], &[&ra]);
+    let path = first.write("reload");
+    let gw = first.start().await;
     let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
 
     // Steady load throughout: 4 clients, each request checked.
@@ -86,37 +87,25 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         let addr = gw.addr();
         async move { get(&client, addr, "x", h, &[]).await }
     };
-    let steps: Vec<(String, Check)> = vec![
+    let steps: Vec<(Cfg, Check)> = vec![
         // 1. A header changes.
         (
-            v("x-v: \"1\"", "{ revision: ra, percent: 100 }", &ra),
+            v("1", &[t("ra", 100)], &[&ra]),
             Box::new(|_, a, _, _| a.headers_at("/h").get("x-v").is_some_and(|v| v == "1")),
         ),
         // 2. A revision is added at 0 % with a tag.
         (
-            v(
-                "x-v: \"1\"",
-                "{ revision: ra, percent: 100 }, { revision: rb, percent: 0, tag: bee }",
-                &format!("{ra}{rb}"),
-            ),
+            v("1", &[t("ra", 100), t("rb", 0).tag("bee")], &[&ra, &rb]),
             Box::new(|g, _, _, _| g.body == "a"),
         ),
         // 3. The split moves to 50/50.
         (
-            v(
-                "x-v: \"1\"",
-                "{ revision: ra, percent: 50 }, { revision: rb, percent: 50 }",
-                &format!("{ra}{rb}"),
-            ),
+            v("1", &[t("ra", 50), t("rb", 50)], &[&ra, &rb]),
             Box::new(|g, _, _, _| g.body == "a" || g.body == "b"),
         ),
         // 4. Header again.
         (
-            v(
-                "x-v: \"2\"",
-                "{ revision: ra, percent: 50 }, { revision: rb, percent: 50 }",
-                &format!("{ra}{rb}"),
-            ),
+            v("2", &[t("ra", 50), t("rb", 50)], &[&ra, &rb]),
             Box::new(|g, a, b, _| {
                 let be = if g.body == "a" { a } else { b };
                 be.headers_at("/h").get("x-v").is_some_and(|v| v == "2")
@@ -124,25 +113,17 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         ),
         // 5. All to rb.
         (
-            v(
-                "x-v: \"2\"",
-                "{ revision: ra, percent: 0 }, { revision: rb, percent: 100 }",
-                &format!("{ra}{rb}"),
-            ),
+            v("2", &[t("ra", 0), t("rb", 100)], &[&ra, &rb]),
             Box::new(|g, _, _, _| g.body == "b"),
         ),
         // 6. ra removed from the config (its backend is shut down after this step).
         (
-            v("x-v: \"2\"", "{ revision: rb, percent: 100 }", &rb),
+            v("2", &[t("rb", 100)], &[&rb]),
             Box::new(|g, _, _, _| g.body == "b"),
         ),
         // 7. rc added and given everything.
         (
-            v(
-                "x-v: \"3\"",
-                "{ revision: rb, percent: 0 }, { revision: rc, percent: 100 }",
-                &format!("{rb}{rc}"),
-            ),
+            v("3", &[t("rb", 0), t("rc", 100)], &[&rb, &rc]),
             Box::new(|g, _, _, c| {
                 g.body == "c" && c.headers_at("/h").get("x-v").is_some_and(|v| v == "3")
             }),
@@ -150,32 +131,28 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         // 8. rc gets a concurrency limit.
         (
             v(
-                "x-v: \"3\"",
-                "{ revision: rc, percent: 100 }",
-                &rev("rc", &c).replace("name: rc,", "name: rc, container_concurrency: 2,"),
+                "3",
+                &[t("rc", 100)],
+                &[&Rev::new("rc").cc(2).endpoint(c.addr)],
             ),
             Box::new(|g, _, _, _| g.body == "c"),
         ),
         // 9. Split 20/80 between rb and rc.
         (
-            v(
-                "x-v: \"4\"",
-                "{ revision: rb, percent: 20 }, { revision: rc, percent: 80 }",
-                &format!("{rb}{rc}"),
-            ),
+            v("4", &[t("rb", 20), t("rc", 80)], &[&rb, &rc]),
             Box::new(|g, _, _, _| g.body == "b" || g.body == "c"),
         ),
         // 10. Back to rb alone.
         (
-            v("x-v: \"5\"", "{ revision: rb, percent: 100 }", &rb),
+            v("5", &[t("rb", 100)], &[&rb]),
             Box::new(|g, _, b, _| {
                 g.body == "b" && b.headers_at("/h").get("x-v").is_some_and(|v| v == "5")
             }),
         ),
     ];
     let mut a = Some(a);
-    for (i, (yaml, check)) in steps.iter().enumerate() {
-        change(&gw, &path, yaml, "ok").await;
+    for (i, (cfg, check)) in steps.iter().enumerate() {
+        change(&gw, &path, &cfg.yaml(), "ok").await;
         // Served as soon as the reload is reported: the very next request shows it.
         let got = probe("/h").await;
         let a_ref = a.as_ref().unwrap_or(&c);
@@ -203,20 +180,18 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
 #[tokio::test]
 async fn invalid_file_keeps_the_running_config() {
     let a = Backend::start("a").await;
-    let good = config(&format!(
-        "    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-        a.addr
-    ));
-    let path = write_config("invalid-reload", &good);
-    let gw = gateway(&good).await;
+    let split_to_r = |percent| {
+        Svc::new("s")
+            .host("*")
+            .split(&[("r", percent)])
+            .revision(Rev::new("r").endpoint(a.addr))
+    };
+    let good = watched(split_to_r(100));
+    let path = good.write("invalid-reload");
+    let gw = good.start().await;
     let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
-    change(
-        &gw,
-        &path,
-        &good.replace("percent: 100", "percent: 90"),
-        "invalid",
-    )
-    .await;
+    change(&gw, &path, &watched(split_to_r(90)).yaml(), "invalid").await;
+    // Text that is not YAML at all.
     change(&gw, &path, "listen: [", "invalid").await;
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK);
@@ -234,12 +209,10 @@ async fn invalid_file_keeps_the_running_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_on_a_removed_revision_finish_normally() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let with = |revs: &str, t: &str| config(&format!("    traffic: [{t}]\n    revisions:\n{revs}"));
-    let ra = format!("      - {{ name: ra, endpoints: [\"{}\"] }}\n", a.addr);
-    let rb = format!("      - {{ name: rb, endpoints: [\"{}\"] }}\n", b.addr);
-    let first = with(&ra, "{ revision: ra, percent: 100 }");
-    let path = write_config("removed", &first);
-    let gw = gateway(&first).await;
+    let first = watched(Svc::single(Rev::new("ra").endpoint(a.addr)));
+    let then = watched(Svc::single(Rev::new("rb").endpoint(b.addr)));
+    let path = first.write("removed");
+    let gw = first.start().await;
     let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
     let c = h1_client();
     let addr = gw.addr();
@@ -257,13 +230,7 @@ async fn requests_on_a_removed_revision_finish_normally() {
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    change(
-        &gw,
-        &path,
-        &with(&rb, "{ revision: rb, percent: 100 }"),
-        "ok",
-    )
-    .await;
+    change(&gw, &path, &then.yaml(), "ok").await;
     assert_eq!(get(&c, addr, "x", "/", &[]).await.body, "b");
     let got = slow.await.unwrap();
     assert_eq!(got.status, StatusCode::OK);
@@ -280,35 +247,20 @@ async fn sighup_reloads_the_binary() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let listen = dead_addr().await;
     let cfg = |be: &Backend| {
-        format!(
-            "listen: \"{listen}\"\nwatch_interval: 0s\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-            be.addr
-        )
+        Cfg::single(Rev::new("r").endpoint(be.addr))
+            .listen(listen)
+            .watch_interval("0s")
     };
-    let path = write_config("sighup", &cfg(&a));
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(listen).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let path = cfg(&a).write("sighup");
+    let child = run_binary(&path);
+    wait_ready(listen).await;
     let c = h1_client();
     assert_eq!(get(&c, listen, "x", "/", &[]).await.body, "a");
-    std::fs::write(&path, cfg(&b)).unwrap();
+    std::fs::write(&path, cfg(&b).yaml()).unwrap();
     // watch_interval 0: nothing changes until the signal.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get(&c, listen, "x", "/", &[]).await.body, "a");
-    std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(child.0.id(), "-HUP");
     let mut switched = false;
     for _ in 0..100 {
         if get(&c, listen, "x", "/", &[]).await.body == "b" {
@@ -317,28 +269,24 @@ async fn sighup_reloads_the_binary() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(switched, "SIGHUP did not reload the config");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_moves_between_static_and_scaled_endpoints() {
     let a = Backend::start("static").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
-    let fixed = config(&format!(
-        "    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{}\"] }}\n",
-        a.addr
-    ));
-    let scaled = config(&format!(
-        "    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - name: r\n        scale:\n          process: {{ command: [\"python3\", \"{script}\"], env: {{ REVISION: proc }}, stop_grace: 1s }}\n"
-    ));
-    let path = write_config("static-scaled", &fixed);
-    let gw = gateway(&fixed).await;
+    let fixed = watched(Svc::single(Rev::new("r").endpoint(a.addr)));
+    let process = Process::new(&["python3", BACKEND_PY])
+        .env("REVISION", "proc")
+        .stop_grace("1s");
+    let scaled = watched(Svc::single(Rev::new("r").scale(Scale::new(process))));
+    let path = fixed.write("static-scaled");
+    let gw = fixed.start().await;
     let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
     let c = h1_client();
     assert_eq!(get(&c, gw.addr(), "x", "/", &[]).await.body, "static");
-    change(&gw, &path, &scaled, "ok").await;
+    change(&gw, &path, &scaled.yaml(), "ok").await;
     let got = get(&c, gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     assert!(
@@ -347,7 +295,7 @@ async fn a_revision_moves_between_static_and_scaled_endpoints() {
         got.body
     );
     let pid = got.header("x-pid").to_owned();
-    change(&gw, &path, &fixed, "ok").await;
+    change(&gw, &path, &fixed.yaml(), "ok").await;
     for _ in 0..20 {
         let got = get(&c, gw.addr(), "x", "/", &[]).await;
         assert_eq!(got.status, StatusCode::OK, "{}", got.body);
@@ -357,7 +305,7 @@ async fn a_revision_moves_between_static_and_scaled_endpoints() {
     // The process is stopped once it is no longer needed.
     let mut gone = false;
     for _ in 0..60 {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !pid_alive(&pid) {
             gone = true;
             break;
         }

@@ -1,16 +1,12 @@
 //! The sidecar as Knative's queue-proxy stand-in: probe replies, the breaker, stats on the
 //! protobuf port, header rewrites, timeouts, drain, and the environment it is configured by.
 
-use crate::protocols::{ws_backend, ws_connect, ws_echo};
 use crate::support::*;
+use crate::websocket::{ws_backend, ws_connect, ws_echo};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
-use rouse::knative::drain::Phase;
-use rouse::knative::env::SidecarArgs;
-use rouse::knative::stat::Stat;
-use rouse::roles::sidecar::Sidecar;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -676,10 +672,9 @@ fn missing_and_bad_variables_are_each_named_and_nothing_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_beside_a_real_app_process_drains_on_sigterm() {
     let app_addr = dead_addr().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
     let _app = Proc(
         Command::new("python3")
-            .arg(script)
+            .arg(BACKEND_PY)
             .env("PORT", app_addr.port().to_string())
             .env("REVISION", "hello")
             .stdout(Stdio::null())
@@ -762,7 +757,6 @@ async fn binary_beside_a_real_app_process_drains_on_sigterm() {
 /// answered with status NOT_FOUND, as grpc-health servers do.
 async fn grpc_health_app() -> SocketAddr {
     use http_body_util::channel::Channel;
-    use rouse::probe::{HealthCheckRequest, HealthCheckResponse, SERVING, grpc_frame};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {

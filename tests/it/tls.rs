@@ -22,7 +22,7 @@ struct Pki {
 
 impl Pki {
     fn new(name: &str) -> Pki {
-        let dir = write_config(name, "").parent().unwrap().to_owned();
+        let dir = temp_dir(name);
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
@@ -65,12 +65,29 @@ impl Pki {
         self.dir.join(f).display().to_string()
     }
 
+    /// A TLS listener serving a.pem/a.key for a.test, then b.pem/b.key for b.test and
+    /// *.wild.test.
+    fn listener(&self) -> TlsListener {
+        self.listener_with(&self.path("a.pem"), &self.path("a.key"))
+    }
+
+    /// [`Pki::listener`] with the files `cert` and `key` in place of a.pem and a.key.
+    fn listener_with(&self, cert: &str, key: &str) -> TlsListener {
+        TlsListener::new()
+            .cert(Cert::new(cert, key).host("a.test"))
+            .cert(
+                Cert::new(&self.path("b.pem"), &self.path("b.key"))
+                    .host("b.test")
+                    .host("*.wild.test"),
+            )
+    }
+
     fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls::pki_types::pem::PemObject::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(rouse::http::tls::provider())
+        let mut cfg = rustls::ClientConfig::builder_with_provider(tls_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
@@ -135,29 +152,13 @@ async fn get_over(s: Tls, host: &str) -> Got {
     }
 }
 
-fn tls_config(pki: &Pki, backend: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-watch_interval: 100ms
-tls:
-  listen: 127.0.0.1:0
-  {extra}
-  certificates:
-    - {{ cert: "{a}", key: "{ak}", hosts: [a.test] }}
-    - {{ cert: "{b}", key: "{bk}", hosts: [b.test, "*.wild.test"] }}
-services:
-  - name: s
-    hosts: ["*"]
-    traffic: [{{ revision: r, percent: 100 }}]
-    revisions:
-      - {{ name: r, endpoints: ["{backend}"] }}
-"#,
-        a = pki.path("a.pem"),
-        ak = pki.path("a.key"),
-        b = pki.path("b.pem"),
-        bk = pki.path("b.key"),
-    )
+/// A gateway (with admin, files checked every 100 ms) with the TLS listener `tls`, sending
+/// everything to `backend`.
+fn tls_config(tls: TlsListener, backend: SocketAddr) -> Cfg {
+    Cfg::single(Rev::new("r").endpoint(backend))
+        .admin()
+        .watch_interval("100ms")
+        .tls(tls)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +167,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let a = pki.leaf("a", &["a.test"]);
     let b = pki.leaf("b", &["b.test", "*.wild.test"]);
     let be = Backend::start("be").await;
-    let gw = gateway(&tls_config(&pki, be.addr, "")).await;
+    let gw = tls_config(pki.listener(), be.addr).start().await;
     let addr = gw.tls_addr().unwrap();
     assert_eq!(peer_cert(&handshake(&pki, addr, "a.test", &[]).await), a);
     assert_eq!(peer_cert(&handshake(&pki, addr, "b.test", &[]).await), b);
@@ -217,7 +218,7 @@ async fn changed_certificate_files_are_used_without_restart() {
     let old = pki.leaf("a", &["a.test"]);
     pki.leaf("b", &["b.test"]);
     let be = Backend::start("be").await;
-    let gw = gateway(&tls_config(&pki, be.addr, "")).await;
+    let gw = tls_config(pki.listener(), be.addr).start().await;
     let addr = gw.tls_addr().unwrap();
     let established = handshake(&pki, addr, "a.test", &[b"http/1.1"]).await;
     assert_eq!(peer_cert(&established), old);
@@ -247,7 +248,9 @@ async fn cleartext_requests_can_be_redirected_to_https() {
     pki.leaf("a", &["a.test"]);
     pki.leaf("b", &["b.test"]);
     let be = Backend::start("be").await;
-    let gw = gateway(&tls_config(&pki, be.addr, "redirect_http: true")).await;
+    let gw = tls_config(pki.listener().redirect_http(true), be.addr)
+        .start()
+        .await;
     let port = gw.tls_addr().unwrap().port();
     let got = get(&h1_client(), gw.addr(), "a.test:8080", "/x?y=1", &[]).await;
     assert_eq!(got.status, StatusCode::MOVED_PERMANENTLY);
@@ -267,7 +270,7 @@ async fn tls_backend(pki: &Pki) -> SocketAddr {
             .map(Result::unwrap)
             .collect();
     let key = rustls::pki_types::pem::PemObject::from_pem_file(pki.dir.join("up.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(rouse::http::tls::provider())
+    let cfg = rustls::ServerConfig::builder_with_provider(tls_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -303,24 +306,20 @@ async fn upstream_tls_verifies_against_the_given_ca() {
     let pki = Pki::new("tls-upstream");
     let up = tls_backend(&pki).await;
     let ca = pki.path("ca.pem");
-    let cfg = |tls: &str| {
-        format!(
-            "listen: 127.0.0.1:0\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{up}\"], tls: {{ {tls} }} }}\n"
-        )
-    };
-    let gw = gateway(&cfg(&format!("ca: \"{ca}\""))).await;
+    let cfg = |server_name| Cfg::single(Rev::new("r").endpoint(up).tls(&ca, server_name));
+    let gw = cfg(None).start().await;
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
     assert_eq!(
         (got.status, got.body.as_str()),
         (StatusCode::OK, "secure upstream")
     );
-    let gw = gateway(&cfg(&format!("ca: \"{ca}\", server_name: up.test"))).await;
+    let gw = cfg(Some("up.test")).start().await;
     assert_eq!(
         get(&h1_client(), gw.addr(), "x", "/", &[]).await.status,
         StatusCode::OK
     );
     // A name the certificate does not carry: the connection is refused with a clear reason.
-    let gw = gateway(&cfg(&format!("ca: \"{ca}\", server_name: wrong.test"))).await;
+    let gw = cfg(Some("wrong.test")).start().await;
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert!(got.body.contains("TLS handshake failed"), "{}", got.body);
@@ -332,36 +331,29 @@ async fn unusable_certificate_files_are_clear_errors() {
     pki.leaf("a", &["a.test"]);
     pki.leaf("b", &["b.test"]);
     let be = Backend::start("be").await;
-    let good = tls_config(&pki, be.addr, "");
-    let check = |yaml: String| async move {
-        let cfg = rouse::config::Config::parse(&yaml).unwrap();
-        rouse::roles::gateway::Gateway::start(cfg)
-            .await
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
-    };
-    let missing = check(good.replace(&pki.path("a.key"), "/nonexistent/a.key")).await;
+    // The listener with `cert` and `key` in place of a's files.
+    let with = |cert: &str, key: &str| tls_config(pki.listener_with(cert, key), be.addr);
+    let check =
+        |cfg: Cfg| async move { cfg.try_start().await.map(|_| ()).unwrap_err().to_string() };
+    let (a_pem, a_key) = (pki.path("a.pem"), pki.path("a.key"));
+    let missing = check(with(&a_pem, "/nonexistent/a.key")).await;
     assert!(
         missing.contains("cannot read /nonexistent/a.key"),
         "{missing}"
     );
     // b's key with a's certificate.
-    let swapped = check(good.replacen(&pki.path("a.key"), &pki.path("b.key"), 1)).await;
+    let swapped = with(&a_pem, &pki.path("b.key"));
+    let swapped_err = check(swapped.clone()).await;
     assert!(
-        swapped.contains("does not match the certificate"),
-        "{swapped}"
+        swapped_err.contains("does not match the certificate"),
+        "{swapped_err}"
     );
     std::fs::write(pki.dir.join("junk.pem"), "hello").unwrap();
-    let junk = check(good.replacen(&pki.path("a.pem"), &pki.path("junk.pem"), 1)).await;
+    let junk = check(with(&pki.path("junk.pem"), &a_key)).await;
     assert!(junk.contains("contains no PEM certificate"), "{junk}");
     // The same through `rouse validate`.
     let path = pki.dir.join("bad.yaml");
-    std::fs::write(
-        &path,
-        good.replacen(&pki.path("a.key"), &pki.path("b.key"), 1),
-    )
-    .unwrap();
+    std::fs::write(&path, swapped.yaml()).unwrap();
     let out = std::process::Command::new(bin())
         .args(["validate", "--config"])
         .arg(&path)

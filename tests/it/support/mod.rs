@@ -1,7 +1,22 @@
-//! Test fixtures: counting backends, an in-process gateway, HTTP clients and a subprocess
+//! Test fixtures: a typed config builder, counting backends, HTTP clients and a subprocess
 //! runner for the real binary. Everything binds `127.0.0.1:0`.
+//!
+//! The library items the suites use are imported here, and only here, and re-exported.
 
 #![allow(dead_code)]
+
+mod config;
+
+pub use config::*;
+pub use rouse::config::Config;
+pub use rouse::knative::env::SidecarArgs;
+use rouse::config::{Protocol, Ready};
+pub use rouse::knative::drain::Phase;
+pub use rouse::knative::stat::Stat;
+pub use rouse::probe::{HealthCheckRequest, HealthCheckResponse, SERVING, grpc_frame};
+pub use rouse::roles::gateway::Gateway;
+pub use rouse::roles::sidecar::Sidecar;
+pub use rouse::http::tls::provider as tls_provider;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
@@ -11,8 +26,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse::config::Config;
-use rouse::roles::gateway::Gateway;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -229,12 +242,6 @@ pub async fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// Parses YAML and starts an in-process gateway on ephemeral ports.
-pub async fn gateway(yaml: &str) -> Gateway {
-    let cfg = Config::parse(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    Gateway::start(cfg).await.expect("gateway starts")
-}
-
 /// An HTTP/1.1 pooled client.
 pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
@@ -354,13 +361,6 @@ pub async fn upload(addr: SocketAddr, mib: usize) -> String {
     collect(res).await.body
 }
 
-/// A config with one service (any host) whose only revision `r` has one static endpoint.
-pub fn single_revision(listen: impl std::fmt::Display, endpoint: impl std::fmt::Display) -> String {
-    format!(
-        "listen: \"{listen}\"\nservices:\n  - name: s\n    hosts: [\"*\"]\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - {{ name: r, endpoints: [\"{endpoint}\"] }}\n"
-    )
-}
-
 /// Fetches the admin `/metrics` text.
 pub async fn metrics(gw: &Gateway) -> String {
     let c = h1_client();
@@ -388,8 +388,8 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Writes a config file into a fresh temp dir and returns its path.
-pub fn write_config(name: &str, yaml: &str) -> std::path::PathBuf {
+/// A fresh, empty temp dir whose name starts with `name`.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rouse-it-{}-{}-{}",
         name,
@@ -397,7 +397,12 @@ pub fn write_config(name: &str, yaml: &str) -> std::path::PathBuf {
         fastrand_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("config.yaml");
+    dir
+}
+
+/// Writes a config file into a fresh temp dir and returns its path.
+pub fn write_config(name: &str, yaml: &str) -> std::path::PathBuf {
+    let p = temp_dir(name).join("config.yaml");
     std::fs::write(&p, yaml).unwrap();
     p
 }
@@ -412,6 +417,27 @@ fn fastrand_u64() -> u64 {
 /// Path of the built `rouse` binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rouse")
+}
+
+/// Runs `rouse run --config <config>` with its output discarded.
+pub fn run_binary(config: &std::path::Path) -> Proc {
+    Proc(
+        std::process::Command::new(bin())
+            .args(["gateway", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The test app run as a process (see its header for what it does).
+pub const BACKEND_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
+
+/// Whether process `pid` still exists.
+pub fn pid_alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// A backend that answers one request per connection with keep-alive framing and then closes

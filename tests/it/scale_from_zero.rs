@@ -1,86 +1,48 @@
-//! Scale from zero and back with real backend processes (tests/it/support/backend.py).
+//! Scale from zero and back, with real backend processes (tests/it/support/backend.py): cold
+//! starts that hold requests until a process is ready, the queue's bounds while it boots,
+//! scaling up under load and down to zero when idle, a placeholder answer, and processes that
+//! fail to boot, miss their deadline or crash.
 
 use crate::support::*;
 use http::StatusCode;
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// A one-revision service whose endpoints are backend.py processes.
-struct Spec<'a> {
-    cc: u32,
-    max: u32,
-    env: &'a str,
-    queue: &'a str,
-    scale: &'a str,
-    extra: &'a str,
-}
-
-impl Default for Spec<'_> {
-    fn default() -> Self {
-        Spec {
-            cc: 0,
-            max: 1,
-            env: "",
-            queue: "",
-            scale: "",
-            extra: "",
-        }
-    }
-}
-
-fn yaml(s: &Spec) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
-    format!(
-        r#"
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-services:
-  - name: svc
-    hosts: ["*"]
-    traffic: [{{ revision: r, percent: 100 }}]
-    revisions:
-      - name: r
-        container_concurrency: {cc}
-        queue: {{ {queue} }}
-        {extra}
-        scale:
-          min: 0
-          max: {max}
-          {scale}
-          process:
-            command: ["python3", "{script}"]
-            env: {{ REVISION: r, {env} }}
-            ready: {{ http_get: "/" }}
-            stop_grace: 2s
-"#,
-        cc = s.cc,
-        max = s.max,
-        queue = s.queue,
-        extra = s.extra,
-        scale = s.scale,
-        env = s.env,
+/// backend.py as revision `r`'s process, with `env` added: ready once `GET /` answers, given
+/// 2 s to stop.
+fn backend(env: &[(&str, &str)]) -> Process {
+    env.iter().fold(
+        Process::new(&["python3", BACKEND_PY])
+            .env("REVISION", "r")
+            .ready_http_get("/")
+            .stop_grace("2s"),
+        |p, (k, v)| p.env(k, v),
     )
 }
 
-async fn gauge(gw: &rouse::roles::gateway::Gateway, name: &str) -> f64 {
+/// A gateway (with admin) whose service `svc`, on any host, sends everything to `rev` (named
+/// `r`), scaled from zero by `scale`.
+async fn scaled(rev: Rev, scale: Scale) -> Gateway {
+    Cfg::new()
+        .admin()
+        .service(Svc::new("svc").host("*").only(rev.scale(scale.min(0))))
+        .start()
+        .await
+}
+
+async fn gauge(gw: &Gateway, name: &str) -> f64 {
     metric(
         &metrics(gw).await,
         &format!("{name}{{service=\"svc\",revision=\"r\"}}"),
     )
 }
 
-fn pid_alive(pid: &str) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_wake_a_cold_revision_and_all_succeed() {
-    let gw = gateway(&yaml(&Spec {
-        cc: 5,
-        max: 2,
-        env: "BOOT_DELAY_MS: \"300\"",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r").cc(5),
+        Scale::new(backend(&[("BOOT_DELAY_MS", "300")])).max(2),
+    )
     .await;
     assert_eq!(
         gauge(&gw, "rouse_revision_endpoints").await,
@@ -134,11 +96,10 @@ async fn fifty_concurrent_requests_wake_a_cold_revision_and_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
-    let gw = gateway(&yaml(&Spec {
-        env: "BOOT_DELAY_MS: \"1500\"",
-        queue: "max_requests: 3, max_bytes: 100",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r").queue(Queue::new().max_requests(3).max_bytes(100)),
+        Scale::new(backend(&[("BOOT_DELAY_MS", "1500")])),
+    )
     .await;
     let c = h1_client();
     let mut held = Vec::new();
@@ -169,11 +130,10 @@ async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
     // Bytes: a fresh gateway, cold again, whose queue takes 100 declared body bytes.
     gw.shutdown().await;
 
-    let gw = gateway(&yaml(&Spec {
-        env: "BOOT_DELAY_MS: \"1500\"",
-        queue: "max_bytes: 100",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r").queue(Queue::new().max_bytes(100)),
+        Scale::new(backend(&[("BOOT_DELAY_MS", "1500")])),
+    )
     .await;
     let post = |n: usize| {
         let c = c.clone();
@@ -207,11 +167,10 @@ async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_expiry_and_client_disconnect_free_the_queue() {
-    let gw = gateway(&yaml(&Spec {
-        env: "BOOT_DELAY_MS: \"2500\"",
-        queue: "max_requests: 1, max_wait: 400ms",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r").queue(Queue::new().max_requests(1).max_wait("400ms")),
+        Scale::new(backend(&[("BOOT_DELAY_MS", "2500")])),
+    )
     .await;
     let c = h1_client();
     let got = get(&c, gw.addr(), "x", "/", &[]).await;
@@ -252,11 +211,7 @@ async fn max_wait_expiry_and_client_disconnect_free_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_fails_to_boot_is_reported_and_backed_off() {
-    let gw = gateway(&yaml(&Spec {
-        env: "FAIL_BOOT: \"3\"",
-        ..Spec::default()
-    }))
-    .await;
+    let gw = scaled(Rev::new("r"), Scale::new(backend(&[("FAIL_BOOT", "3")]))).await;
     let c = h1_client();
     let got = get(&c, gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -306,15 +261,9 @@ async fn a_backend_that_fails_to_boot_is_reported_and_backed_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_misses_its_boot_deadline_is_killed_and_reported() {
-    let gw = gateway(
-        &yaml(&Spec {
-            env: "BOOT_DELAY_MS: \"5000\"",
-            ..Spec::default()
-        })
-        .replace(
-            "stop_grace: 2s",
-            "stop_grace: 2s\n            boot_timeout: 500ms",
-        ),
+    let gw = scaled(
+        Rev::new("r"),
+        Scale::new(backend(&[("BOOT_DELAY_MS", "5000")]).boot_timeout("500ms")),
     )
     .await;
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
@@ -329,7 +278,7 @@ async fn a_backend_that_misses_its_boot_deadline_is_killed_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_backend_is_replaced_and_held_requests_wait_for_it() {
-    let gw = gateway(&yaml(&Spec::default())).await;
+    let gw = scaled(Rev::new("r"), Scale::new(backend(&[]))).await;
     let c = h1_client();
     let first = get(&c, gw.addr(), "x", "/exit", &[]).await;
     assert_eq!(first.status, StatusCode::OK);
@@ -355,12 +304,14 @@ async fn a_crashed_backend_is_replaced_and_held_requests_wait_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_load_scales_up_to_more_than_one_process() {
-    let gw = gateway(&yaml(&Spec {
-        cc: 2,
-        max: 3,
-        scale: "target: 1\n          tick: 200ms\n          stable_window: 2s",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r").cc(2),
+        Scale::new(backend(&[]))
+            .max(3)
+            .target(1.0)
+            .tick("200ms")
+            .stable_window("2s"),
+    )
     .await;
     let c = h1_client();
     let mut tasks = Vec::new();
@@ -389,10 +340,13 @@ async fn sustained_load_scales_up_to_more_than_one_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_revision_scales_to_zero_and_wakes_again() {
-    let gw = gateway(&yaml(&Spec {
-        scale: "idle_grace: 1s\n          tick: 200ms\n          stable_window: 2s",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r"),
+        Scale::new(backend(&[]))
+            .idle_grace("1s")
+            .tick("200ms")
+            .stable_window("2s"),
+    )
     .await;
     let c = h1_client();
     let first = get(&c, gw.addr(), "x", "/", &[]).await;
@@ -426,10 +380,10 @@ async fn idle_revision_scales_to_zero_and_wakes_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholder_answers_at_once_while_the_revision_wakes() {
-    let gw = gateway(&yaml(&Spec {
-        extra: "cold_start: { placeholder: { status: 503, body: \"warming up\", headers: { retry-after: \"2\" } } }",
-        ..Spec::default()
-    }))
+    let gw = scaled(
+        Rev::new("r").placeholder(Placeholder::new(503, "warming up").header("retry-after", "2")),
+        Scale::new(backend(&[])),
+    )
     .await;
     let c = h1_client();
     let got = get(&c, gw.addr(), "x", "/", &[]).await;
@@ -449,11 +403,14 @@ async fn placeholder_answers_at_once_while_the_revision_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failed_start_the_next_attempt_holds_requests_again() {
-    let marker = write_config("fail-once", "").with_file_name("booted-once");
-    let gw = gateway(&yaml(&Spec {
-        env: &format!("FAIL_ONCE_FILE: \"{}\"", marker.display()),
-        ..Spec::default()
-    }))
+    let marker = temp_dir("fail-once").join("booted-once");
+    let gw = scaled(
+        Rev::new("r"),
+        Scale::new(backend(&[(
+            "FAIL_ONCE_FILE",
+            &marker.display().to_string(),
+        )])),
+    )
     .await;
     let c = h1_client();
     let failed = get(&c, gw.addr(), "x", "/", &[]).await;

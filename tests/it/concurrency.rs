@@ -1,0 +1,124 @@
+//! Concurrency limits: `container_concurrency` caps the requests each endpoint has at once;
+//! the rest wait for a slot in a queue whose bounds answer 503 with `Retry-After`.
+
+use crate::support::*;
+use http::StatusCode;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_concurrency_is_never_exceeded_under_64_clients() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Cfg::single(Rev::new("r").cc(4).endpoint(a.addr).endpoint(b.addr))
+        .admin()
+        .start()
+        .await;
+    let c = h1_client();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (c, addr) = (c.clone(), gw.addr());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..4 {
+                if get(&c, addr, "x", "/?delay=20", &[]).await.status == StatusCode::OK {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 256, "every request succeeds by waiting for a slot");
+    assert_eq!(a.requests() + b.requests(), 256);
+    assert!(
+        a.max_in_flight() <= 4 && b.max_in_flight() <= 4,
+        "high-water marks {} and {} exceed container_concurrency 4",
+        a.max_in_flight(),
+        b.max_in_flight()
+    );
+    assert_eq!(a.max_in_flight(), 4, "the limit is used fully");
+    let m = metrics(&gw).await;
+    assert!(
+        metric(
+            &m,
+            "rouse_queue_wait_seconds_count{service=\"s\",revision=\"r\"}"
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(&m, "rouse_revision_in_flight{service=\"s\",revision=\"r\"}"),
+        0.0
+    );
+    // With no more than cc × endpoints clients at once, pooled connections are reused rather
+    // than opened per request.
+    let conns = a.seen.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        conns <= 4,
+        "pool opened {conns} connections to one cc=4 endpoint"
+    );
+}
+
+#[tokio::test]
+async fn queue_bounds_answer_503_with_retry_after() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(
+        Rev::new("r")
+            .cc(1)
+            .endpoint(a.addr)
+            .queue(Queue::new().max_requests(1).max_wait("400ms")),
+    )
+    .admin()
+    .start()
+    .await;
+    let c = h1_client();
+    let addr = gw.addr();
+    let busy = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "x", "/?delay=1500", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Queue holds one: the next is refused at once.
+    let full = get(&c, addr, "x", "/", &[]).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(full.header("retry-after"), "1");
+    assert_eq!(full.header("rouse-error"), "queue-full");
+    // The held one gives up after max_wait.
+    let held = held.await.unwrap();
+    assert_eq!(held.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(held.header("rouse-error"), "queue-timeout");
+    assert_eq!(held.header("retry-after"), "1");
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        a.requests(),
+        1,
+        "refused requests never reached the backend"
+    );
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_rejected_requests_total{service=\"s\",revision=\"r\",reason=\"queue_full\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_rejected_requests_total{service=\"s\",revision=\"r\",reason=\"queue_timeout\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_revision_held_requests{service=\"s\",revision=\"r\"}"
+        ),
+        0.0
+    );
+}
