@@ -9,14 +9,14 @@ mod config;
 
 pub use config::*;
 pub use rouse::config::Config;
-pub use rouse::knative::env::SidecarArgs;
 use rouse::config::{Protocol, Ready};
+pub use rouse::http::tls::provider as tls_provider;
 pub use rouse::knative::drain::Phase;
+pub use rouse::knative::env::SidecarArgs;
 pub use rouse::knative::stat::Stat;
 pub use rouse::probe::{HealthCheckRequest, HealthCheckResponse, SERVING, grpc_frame};
 pub use rouse::roles::gateway::Gateway;
 pub use rouse::roles::sidecar::Sidecar;
-pub use rouse::http::tls::provider as tls_provider;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
