@@ -120,12 +120,12 @@ fn resolve(
     known: &BTreeMap<Vec<String>, PathBuf>,
 ) -> Option<Vec<String>> {
     let mut segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
-    let mut base: Vec<String> = match segs.first()? {
-        &"crate" => Vec::new(),
-        &"self" if is_dir_module => module.to_vec(),
+    let mut base: Vec<String> = match *segs.first()? {
+        "crate" => Vec::new(),
+        "self" if is_dir_module => module.to_vec(),
         // `self::` in a file module names its inline modules: the file itself.
-        &"self" => return Some(module.to_vec()),
-        &"super" => {
+        "self" => return Some(module.to_vec()),
+        "super" => {
             let mut b = module.to_vec();
             b.pop();
             while segs.get(1) == Some(&"super") {
