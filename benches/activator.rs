@@ -270,7 +270,7 @@ services:
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rouse"))
-        .args(["run", "--config"])
+        .args(["gateway", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

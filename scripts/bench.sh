@@ -147,7 +147,7 @@ start() { # name, command...
 start backend "$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend"
 start nginx "$NGINX" -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy"
 start haproxy "$HAPROXY" -f "$WORK/haproxy.cfg" -db
-RUST_LOG=warn start rouse "$ROUSE" run --config "$WORK/rouse.yaml"
+RUST_LOG=warn start rouse "$ROUSE" gateway --config "$WORK/rouse.yaml"
 # The sidecar as Knative runs it (CC 0, as queue-proxy's published figures), in front of the
 # same HTTP/1.1 backend.
 CONTAINER_CONCURRENCY=0 QUEUE_SERVING_PORT=$SC USER_PORT=$BE REVISION_TIMEOUT_SECONDS=300 \

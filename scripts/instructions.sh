@@ -76,7 +76,7 @@ count() { # target n -> instructions
     gateway)
       port=$GW
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$ROUSE" run --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+        "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
       ;;
     sidecar)
       port=$SC

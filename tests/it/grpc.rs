@@ -217,3 +217,91 @@ async fn grpc_unary_call_held_during_a_cold_start_succeeds() {
     rev.set_endpoint_addrs(&[a]);
     assert_eq!(call.await.unwrap(), ("a:cold".to_owned(), "0".to_owned()));
 }
+
+/// A unary `grpc.health.v1.Health/Check` call made by tonic, a gRPC client of its own, through
+/// rouse at `gw` with `:authority` `authority`; returns the status the client reports.
+async fn tonic_call(gw: SocketAddr, authority: &str) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gw}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+    client
+        .unary(
+            tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            }),
+            http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
+            codec,
+        )
+        .await
+        .expect_err("rouse answers this call itself, with a failure")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rouse_failures_reach_grpc_clients_as_statuses() {
+    // A backend that accepts connections and never speaks: the HTTP/2 handshake hangs.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("dead")
+                .host("dead.test")
+                .only(h2c("down", dead_addr().await)),
+        )
+        .service(
+            Svc::new("slow")
+                .host("slow.test")
+                .timeouts(Timeouts::new().response_start("300ms"))
+                .only(h2c("mute", silent_addr)),
+        )
+        .start()
+        .await;
+    // Refused connections: UNAVAILABLE, which gRPC clients may retry; the reason is kept.
+    let s = tonic_call(gw.addr(), "dead.test").await;
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("refused"), "{s:?}");
+    assert_eq!(s.metadata().get("rouse-error").unwrap(), "connect-failed");
+    // rouse's own deadline: DEADLINE_EXCEEDED.
+    let s = tonic_call(gw.addr(), "slow.test").await;
+    assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "{s:?}");
+    assert!(s.message().contains("response_start"), "{s:?}");
+    // A host rouse does not serve: UNIMPLEMENTED, as for an unknown service.
+    let s = tonic_call(gw.addr(), "nobody.test").await;
+    assert_eq!(s.code(), tonic::Code::Unimplemented, "{s:?}");
+    assert!(s.message().contains("nobody.test"), "{s:?}");
+    // The same failures still count by their code.
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, "rouse_unrouted_requests_total{reason=\"no_service\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn other_http2_clients_still_get_text_answers() {
+    let gw = Cfg::single(h2c("down", dead_addr().await)).start().await;
+    let got = get(
+        &h2_client(),
+        gw.addr(),
+        "x",
+        "/",
+        &[("content-type", "text/plain")],
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.header("rouse-error"), "connect-failed");
+    assert_eq!(got.header("content-type"), "text/plain; charset=utf-8");
+    assert!(got.body.contains("refused"), "{}", got.body);
+}
