@@ -24,6 +24,26 @@ struct Validator {
 }
 
 impl Validator {
+    /// Checks that entry `i` of `list` (at key path `at`) has a name, and that no earlier entry
+    /// in `seen` has the same one.
+    fn unique_name<'a>(
+        &mut self,
+        seen: &mut HashMap<&'a str, usize>,
+        name: &'a str,
+        i: usize,
+        at: &str,
+        list: &str,
+    ) {
+        if name.trim().is_empty() {
+            self.err(format!("{at}.name"), "must not be empty");
+        } else if let Some(prev) = seen.insert(name, i) {
+            self.err(
+                format!("{at}.name"),
+                format!("{name:?} is already the name of {list}[{prev}]"),
+            );
+        }
+    }
+
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(ConfigIssue {
             path: path.into(),
@@ -98,14 +118,7 @@ impl Validator {
         let mut hosts: HashMap<String, usize> = HashMap::new();
         for (i, s) in c.services.iter().enumerate() {
             let p = format!("services[{i}]");
-            if s.name.trim().is_empty() {
-                self.err(format!("{p}.name"), "must not be empty");
-            } else if let Some(prev) = names.insert(&s.name, i) {
-                self.err(
-                    format!("{p}.name"),
-                    format!("{:?} is already the name of services[{prev}]", s.name),
-                );
-            }
+            self.unique_name(&mut names, &s.name, i, &p, "services");
             if s.hosts.is_empty() {
                 self.err(
                     format!("{p}.hosts"),
@@ -150,14 +163,7 @@ impl Validator {
         let mut revs: HashMap<&str, usize> = HashMap::new();
         for (j, r) in s.revisions.iter().enumerate() {
             let rp = format!("{p}.revisions[{j}]");
-            if r.name.trim().is_empty() {
-                self.err(format!("{rp}.name"), "must not be empty");
-            } else if let Some(prev) = revs.insert(&r.name, j) {
-                self.err(
-                    format!("{rp}.name"),
-                    format!("{:?} is already the name of revisions[{prev}]", r.name),
-                );
-            }
+            self.unique_name(&mut revs, &r.name, j, &rp, "revisions");
             match (&r.scale, r.endpoints.is_empty()) {
                 (None, true) => self.err(
                     format!("{rp}.endpoints"),

@@ -40,11 +40,11 @@ pub struct ProxyBody<E = ()>(Kind<E>);
 #[derive(Debug)]
 enum Kind<E> {
     Full(Option<Bytes>),
-    Upstream(Upstream<E>),
+    Upstream(Streamed<E>),
 }
 
 #[derive(Debug)]
-struct Upstream<E> {
+struct Streamed<E> {
     inner: Incoming,
     done: Option<E>,
     timer: Option<Timer>,
@@ -120,7 +120,7 @@ impl<E> ProxyBody<E> {
             }
             t
         });
-        let mut up = Upstream {
+        let mut up = Streamed {
             inner,
             done: Some(done),
             timer,
@@ -134,7 +134,7 @@ impl<E> ProxyBody<E> {
     }
 }
 
-impl<E: Exchange> Upstream<E> {
+impl<E: Exchange> Streamed<E> {
     fn finish(&mut self, clean: bool) {
         if let Some(d) = self.done.take() {
             d.end(clean);

@@ -23,6 +23,15 @@ fn reply<E>(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Proxy
     text(status, body, PLAIN)
 }
 
+/// A side port that serves one path: `Some(404)` with `message` for any other.
+fn only_path(
+    req: &Request<Incoming>,
+    path: &str,
+    message: &'static str,
+) -> Option<Response<ProxyBody>> {
+    (req.uri().path() != path).then(|| reply(StatusCode::NOT_FOUND, message))
+}
+
 /// The serving port's handler.
 #[derive(Debug)]
 pub struct QueueHandler {
@@ -100,11 +109,12 @@ impl Handler for StatsHandler {
     type Body = ProxyBody;
 
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
-        if req.uri().path() != "/metrics" {
-            return reply(
-                StatusCode::NOT_FOUND,
-                "the stats port serves only /metrics (protobuf Stat)\n",
-            );
+        if let Some(not_found) = only_path(
+            &req,
+            "/metrics",
+            "the stats port serves only /metrics (protobuf Stat)\n",
+        ) {
+            return not_found;
         }
         let body = prost::Message::encode_to_vec(&*self.0.latest());
         text(StatusCode::OK, body, "application/protobuf")
@@ -131,11 +141,12 @@ impl Handler for AdminHandler {
     type Body = ProxyBody;
 
     async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
-        if req.uri().path() != "/wait-for-drain" {
-            return reply(
-                StatusCode::NOT_FOUND,
-                "the admin port serves only /wait-for-drain\n",
-            );
+        if let Some(not_found) = only_path(
+            &req,
+            "/wait-for-drain",
+            "the admin port serves only /wait-for-drain\n",
+        ) {
+            return not_found;
         }
         self.drainer.begin();
         let d = self.drainer.clone();
