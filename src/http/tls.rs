@@ -2,8 +2,8 @@
 //! certificates chosen by SNI and reloaded when their files change, and TLS to upstreams.
 //!
 //! Protocol versions are rustls's safe defaults, TLS 1.2 and 1.3 only. The listener offers
-//! ALPN `h2` and `http/1.1`; the connection is then served by the same auto-detecting HTTP
-//! server as cleartext.
+//! ALPN `h2` and `http/1.1`, and ALPN picks which of the listener's HTTP servers serves the
+//! connection (HTTP/1.1 when the client offers none).
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;

@@ -235,6 +235,9 @@ impl Live {
     /// Builds the new table from the old one (revisions updated in place), swaps it in, then
     /// brings the scalers in step.
     async fn swap(&self, cfg: &Config) -> Result<(), TlsError> {
+        let metrics = self.proxy.metrics().clone();
+        let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()))?;
+        // Only a config that is applied is told what it cannot change.
         let changed = self.fixed.changed(&StartOnly::of(cfg));
         if !changed.is_empty() {
             warn!(
@@ -242,8 +245,6 @@ impl Live {
                 changed.join(", ")
             );
         }
-        let metrics = self.proxy.metrics().clone();
-        let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()))?;
         self.proxy.swap(table);
         self.scalers.sync(cfg, self.proxy.table().revisions()).await;
         Ok(())
