@@ -14,6 +14,8 @@ use crate::revision::Revision;
 use crate::revision::endpoint::Endpoint;
 use http::HeaderValue;
 use http::header::USER_AGENT;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -259,6 +261,8 @@ fn start_instance(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that stopping it reaches every process it forked.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
@@ -299,6 +303,13 @@ async fn run_instance(
     mut stop: oneshot::Receiver<Option<Arc<Endpoint>>>,
 ) {
     let started = Instant::now();
+    // Whatever road this task leaves by, the backend's workers go with it.
+    let group = Group(
+        child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw),
+    );
     let last_err = Arc::new(Mutex::new(String::new()));
     forward_output(&mut child, &label, &last_err);
     let describe = |status: std::io::Result<std::process::ExitStatus>| {
@@ -350,11 +361,11 @@ async fn run_instance(
             );
             // Reported before the process is stopped, so held requests hear at once.
             let _ = events.send(Event::Failed { id, reason });
-            terminate(&mut child, spec.stop_grace.0).await;
+            terminate(&mut child, &group, spec.stop_grace.0).await;
             return;
         }
         _ = &mut stop => {
-            terminate(&mut child, spec.stop_grace.0).await;
+            terminate(&mut child, &group, spec.stop_grace.0).await;
             return;
         }
     }
@@ -372,22 +383,39 @@ async fn run_instance(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            terminate(&mut child, spec.stop_grace.0).await;
+            terminate(&mut child, &group, spec.stop_grace.0).await;
             info!(%addr, backend = %label, "backend stopped");
         }
     }
 }
 
-/// SIGTERM, then SIGKILL if the process is still there after `grace`.
-async fn terminate(child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
-            return;
+/// A backend's process group: the process and every process it forked (a server's workers).
+/// Dropping it kills what is left of the group, so a worker that ignores SIGTERM, or outlives
+/// a parent that crashed, cannot keep running and holding the port.
+struct Group(Option<Pid>);
+
+impl Group {
+    fn signal(&self, sig: Signal) {
+        if let Some(pgid) = self.0 {
+            // ESRCH once the group is gone is the expected end.
+            let _ = killpg(pgid, sig);
         }
     }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL to it if the process is still there after `grace`.
+async fn terminate(child: &mut Child, group: &Group, grace: Duration) {
+    group.signal(Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+        return;
+    }
+    group.signal(Signal::SIGKILL);
     let _ = child.kill().await;
 }
 

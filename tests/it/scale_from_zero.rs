@@ -433,3 +433,59 @@ async fn after_a_failed_start_the_next_attempt_holds_requests_again() {
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.header("rouse-cold-start"), "true");
 }
+
+/// True while process `pid` runs (a zombie waiting to be reaped does not run).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_backend_also_stops_the_workers_it_forked() {
+    let pid_file = temp_dir("workers").join("worker.pid");
+    // The server and its worker both ignore SIGTERM, as a server that hangs on shutdown does.
+    let process = backend(&[
+        ("WORKER_PID_FILE", &pid_file.display().to_string()),
+        ("IGNORE_SIGTERM", "1"),
+    ])
+    .stop_grace("300ms");
+    let gw = scaled(Rev::new("r"), Scale::new(process)).await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    let worker = std::fs::read_to_string(&pid_file).unwrap();
+    let server = got.header("x-pid").to_owned();
+    assert!(running(&worker) && running(&server));
+    // Should this test fail, the processes it started do not outlive it.
+    let _cleanup = KillOnDrop(vec![worker.clone(), server.clone()]);
+    gw.shutdown().await;
+    // Shutdown waits for the stop (SIGTERM to the group, SIGKILL after stop_grace); the worker
+    // is gone with its parent, not left holding the port.
+    let gone = async {
+        while running(&worker) || running(&server) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the backend's worker outlived the stop");
+}
+
+/// SIGKILLs the processes on drop (those left running are a failed test's leftovers).
+struct KillOnDrop(Vec<String>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if running(pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid])
+                    .status();
+            }
+        }
+    }
+}

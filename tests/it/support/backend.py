@@ -4,9 +4,11 @@
 #   BOOT_DELAY_MS   sleep before listening (a slow boot)
 #   FAIL_BOOT       print a message to stderr and exit with this status instead of serving
 #   FAIL_ONCE_FILE  fail the first boot only: fail (status 4) unless this file exists, creating it
+#   WORKER_PID_FILE fork a worker that ignores SIGTERM and sleeps, and write its pid here
+#   IGNORE_SIGTERM  the server itself ignores SIGTERM (a backend that hangs on shutdown)
 # Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1.
 # Every response carries x-pid, x-in-flight and x-max-in-flight (high-water mark).
-import http.server, os, sys, threading, time, urllib.parse
+import http.server, os, signal, sys, threading, time, urllib.parse
 
 rev = os.environ.get("REVISION", "rev")
 if os.environ.get("FAIL_BOOT"):
@@ -19,6 +21,16 @@ if once and not os.path.exists(once):
     print("first boot fails", file=sys.stderr, flush=True)
     sys.exit(4)
 time.sleep(int(os.environ.get("BOOT_DELAY_MS", "0")) / 1000)
+if os.environ.get("WORKER_PID_FILE"):
+    worker = os.fork()
+    if worker == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+    with open(os.environ["WORKER_PID_FILE"], "w") as f:
+        f.write(str(worker))
+if os.environ.get("IGNORE_SIGTERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 lock = threading.Lock()
 state = {"now": 0, "max": 0}
