@@ -36,6 +36,13 @@ pub enum ProxyError {
     /// No service lists the request's host.
     #[error("no service matches host {0:?}; check the Host header or the services' hosts")]
     NoService(String),
+    /// The request is malformed or ambiguous: two parties could read it differently.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The client's request body could not be read: a framing error, or the client went away
+    /// in the middle of it.
+    #[error("the request body could not be read ({0}); send a complete, well-formed body")]
+    ClientBody(String),
     /// The revision's held-request limit is reached.
     #[error(
         "revision {revision} is at capacity and {held} requests are already waiting; retry later"
@@ -132,6 +139,10 @@ pub enum Code {
     MissingHost,
     /// `no-service`.
     NoService,
+    /// `bad-request`.
+    BadRequest,
+    /// `client-body`.
+    ClientBody,
     /// `queue-full`.
     QueueFull,
     /// `queue-bytes`.
@@ -176,6 +187,8 @@ impl Code {
         match self {
             Code::MissingHost => "missing-host",
             Code::NoService => "no-service",
+            Code::BadRequest => "bad-request",
+            Code::ClientBody => "client-body",
             Code::QueueFull => "queue-full",
             Code::QueueBytes => "queue-bytes",
             Code::QueueTimeout => "queue-timeout",
@@ -190,12 +203,12 @@ impl Code {
     }
 
     /// The `reason` label in metrics: the code in Prometheus' underscore style. A request
-    /// without a host is the one malformed request rouse refuses itself, so it keeps the
-    /// broader label `bad_request`.
+    /// without a host is a malformed request like the others, so it shares `bad_request`.
     pub const fn label(self) -> &'static str {
         match self {
-            Code::MissingHost => "bad_request",
+            Code::MissingHost | Code::BadRequest => "bad_request",
             Code::NoService => "no_service",
+            Code::ClientBody => "client_body",
             Code::QueueFull => "queue_full",
             Code::QueueBytes => "queue_bytes",
             Code::QueueTimeout => "queue_timeout",
@@ -212,7 +225,9 @@ impl Code {
     /// Where failures of this kind come from.
     pub const fn origin(self) -> Origin {
         match self {
-            Code::MissingHost | Code::NoService => Origin::Client,
+            Code::MissingHost | Code::NoService | Code::BadRequest | Code::ClientBody => {
+                Origin::Client
+            }
             Code::QueueFull | Code::QueueBytes | Code::QueueTimeout | Code::UpgradeOverH2c => {
                 Origin::Rouse
             }
@@ -228,7 +243,7 @@ impl Code {
     /// The status code HTTP clients see.
     pub const fn status(self) -> StatusCode {
         match self {
-            Code::MissingHost => StatusCode::BAD_REQUEST,
+            Code::MissingHost | Code::BadRequest | Code::ClientBody => StatusCode::BAD_REQUEST,
             Code::NoService => StatusCode::NOT_FOUND,
             Code::QueueFull | Code::QueueBytes | Code::QueueTimeout | Code::StartFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -248,7 +263,9 @@ impl Code {
     /// UNIMPLEMENTED, as for an unknown service.
     pub const fn grpc_status(self) -> u8 {
         match self {
-            Code::MissingHost | Code::UpgradeOverH2c => grpc::INTERNAL,
+            Code::MissingHost | Code::BadRequest | Code::ClientBody | Code::UpgradeOverH2c => {
+                grpc::INTERNAL
+            }
             Code::NoService => grpc::UNIMPLEMENTED,
             Code::QueueFull
             | Code::QueueBytes
@@ -298,6 +315,8 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost => Code::MissingHost,
             ProxyError::NoService(_) => Code::NoService,
+            ProxyError::BadRequest(_) => Code::BadRequest,
+            ProxyError::ClientBody(_) => Code::ClientBody,
             ProxyError::QueueFull { .. } => Code::QueueFull,
             ProxyError::QueueBytes { .. } => Code::QueueBytes,
             ProxyError::QueueTimeout { .. } => Code::QueueTimeout,
@@ -404,6 +423,8 @@ mod tests {
         vec![
             (ProxyError::MissingHost, "13"),
             (ProxyError::NoService("h".into()), "12"),
+            (ProxyError::BadRequest("two Host headers".into()), "13"),
+            (ProxyError::ClientBody("invalid chunk size".into()), "13"),
             (
                 ProxyError::QueueFull {
                     revision: revision(),
@@ -507,7 +528,7 @@ mod tests {
     fn metric_labels_are_the_codes_in_underscore_style() {
         for (e, _) in every() {
             let c = e.code();
-            if c != Code::MissingHost {
+            if c != Code::MissingHost && c != Code::BadRequest {
                 assert_eq!(c.label(), c.as_str().replace('-', "_"));
             }
         }

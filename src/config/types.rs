@@ -474,10 +474,18 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     use std::net::ToSocketAddrs;
+    // A `name:port` whose port is a number was meant as an address: the lookup's own error
+    // says why it failed. Anything else is not in the form at all.
+    let named = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     match text.to_socket_addrs() {
         Ok(mut it) => it
             .next()
             .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) if named => Err(format!(
+            "cannot resolve {text:?}: {e}; write an IP address, like \"127.0.0.1:8080\", or a name this machine resolves"
+        )),
         Err(_) => Err(format!(
             "{text:?} is not an address; write it as ip:port, like \"127.0.0.1:8080\""
         )),

@@ -20,6 +20,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// Positions in [`HOP_BY_HOP`] of the two headers whose values matter.
 const CONNECTION_AT: usize = 0;
 const TE_AT: usize = 4;
+const TRANSFER_ENCODING_AT: usize = 5;
 
 /// The position of `name` in [`HOP_BY_HOP`]. Matching the text costs a length comparison per
 /// candidate for most names, where comparing `HeaderName`s costs a comparison of the
@@ -42,13 +43,56 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_by_hop_at(name).is_some()
 }
 
+/// A message whose body length two parties could read differently (RFC 9112 §6.1, §6.3), the
+/// stuff of request smuggling. (`Content-Length` beside `Transfer-Encoding` never gets this far:
+/// hyper's parser drops the length, frames the body by the chunks, and closes the connection
+/// after the response, as RFC 9112 §6.1 allows.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Ambiguous {
+    /// `chunked` more than once, or not as the last coding.
+    #[error(
+        "Transfer-Encoding must end with chunked, once (got {0:?}); send `Transfer-Encoding: chunked`"
+    )]
+    Chunked(&'static str),
+}
+
+/// Checks the codings of a message that has `Transfer-Encoding`.
+fn check_chunked(headers: &HeaderMap) -> Result<(), Ambiguous> {
+    let codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let chunked = |c: &str| c.eq_ignore_ascii_case("chunked");
+    match codings.iter().filter(|c| chunked(c)).count() {
+        0 => Err(Ambiguous::Chunked("no chunked")),
+        1 if codings.last().is_some_and(|c| chunked(c)) => Ok(()),
+        1 => Err(Ambiguous::Chunked("chunked not last")),
+        _ => Err(Ambiguous::Chunked("chunked twice")),
+    }
+}
+
 /// Removes hop-by-hop headers, including any named in `Connection`. `TE: trailers` survives
 /// because gRPC over HTTP/2 requires it end to end.
 ///
 /// One pass over the names finds which hop-by-hop headers are present, so the common cases
 /// cost no lookups at all (none present) or one removal (a backend's `Connection:
-/// keep-alive`), instead of a hash lookup per hop-by-hop name.
+/// keep-alive`), instead of a hash lookup per hop-by-hop name. The same pass finds a
+/// `Transfer-Encoding`, for [`strip_request_hop_by_hop`] to check the framing only then.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Responses: their framing was the client library's to judge when it read them.
+    let _ = strip(headers, false);
+}
+
+/// [`strip_hop_by_hop`] for a client's request, which is refused (nothing removed) if its
+/// framing is ambiguous.
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) -> Result<(), Ambiguous> {
+    strip(headers, true)
+}
+
+fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
     for k in headers.keys() {
@@ -58,7 +102,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if !any {
-        return;
+        return Ok(());
+    }
+    if check_framing && present[TRANSFER_ENCODING_AT] {
+        check_chunked(headers)?;
     }
     // Names listed in `Connection` that are not hop-by-hop already (those are handled below,
     // and only if present); usually there are none, and nothing is allocated.
@@ -102,6 +149,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    Ok(())
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

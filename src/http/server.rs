@@ -97,9 +97,12 @@ enum Wire {
 /// hyper-util's auto-detecting builder reads the first 24 bytes itself and replays them. hyper's
 /// first read then returns only those 24, and its second read grows the connection's 8 KiB read
 /// buffer to 16 KiB with a copy, on every connection. A peek leaves the request whole for hyper's
-/// first read. Returns `None` if the client closes first.
+/// first read. Returns `None` if the client closes first, or if what it sent is neither: a
+/// complete first line that is not an HTTP/1.x request line is a broken HTTP/2 preface or
+/// noise, and the connection is closed without an answer, as RFC 9113 §3.4 asks of an invalid
+/// preface (an HTTP/1.1 `400` would reach an HTTP/2 client as garbage frames).
 async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
-    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut buf = [0u8; 64];
     loop {
         let ready = stream.ready(Interest::READABLE).await?;
         // A peek does not consume, so after one that sees only part of the preface the socket
@@ -116,8 +119,16 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
         });
         match peeked {
             Ok(0) => return Ok(None),
-            Ok(n) if buf[..n] == H2_PREFACE[..n] => return Ok(Some(Wire::H2)),
-            Ok(_) => return Ok(Some(Wire::Http1)),
+            Ok(n) if n >= H2_PREFACE.len() && buf[..H2_PREFACE.len()] == *H2_PREFACE => {
+                return Ok(Some(Wire::H2));
+            }
+            Ok(n) if may_be_http1(&buf[..n]) => return Ok(Some(Wire::Http1)),
+            Ok(n) => {
+                // Taken off the socket, so that the close is a FIN, not a reset for unread data.
+                let mut sink = [0u8; 64];
+                let _ = stream.try_read(&mut sink[..n]);
+                return Ok(None);
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -134,6 +145,18 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
                 tokio::task::yield_now().await;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// False only when `head` holds a complete first line that is not an HTTP/1.x request line
+/// (`METHOD target HTTP/1.x`); a line not yet complete is left to the HTTP/1.1 parser.
+fn may_be_http1(head: &[u8]) -> bool {
+    match head.windows(2).position(|w| w == b"\r\n") {
+        None => true,
+        Some(end) => {
+            let line = &head[..end];
+            line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")
         }
     }
 }

@@ -121,6 +121,9 @@ pub async fn forward(
                 return Ok(res);
             }
             Err(SendError::Failed(source)) => {
+                if let Some(reason) = client_body_error(&source) {
+                    return Err(ProxyError::ClientBody(reason));
+                }
                 return Err(ProxyError::Upstream {
                     endpoint: ep.addr,
                     source,
@@ -145,6 +148,19 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// The client's fault behind a failed exchange, if it was the request body that failed: the
+/// upstream client reports an error of the body it was sending as a user error whose cause
+/// is the body's own (hyper's, reading the client's request). A backend is not to blame for a
+/// body that was malformed or cut short.
+fn client_body_error(e: &hyper::Error) -> Option<String> {
+    use std::error::Error as _;
+    if !e.is_user() {
+        return None;
+    }
+    let cause = e.source()?.downcast_ref::<hyper::Error>()?;
+    Some(cause.to_string())
 }
 
 fn connect_error(endpoint: SocketAddr, e: ConnectError) -> ProxyError {

@@ -101,16 +101,22 @@ impl Proxy {
         };
         let https_port = self.redirect_https.load(Ordering::Relaxed);
         if https_port != 0 && !conn.secure {
-            return redirect_to_https(&req, https_port, answer);
+            return redirect_to_https(&mut req, https_port, answer);
         }
-        let Some(host) = request_host(&req) else {
-            self.metrics.unrouted(Code::MissingHost);
-            return ProxyError::MissingHost.into_response_as(answer);
+        let host = match request_host(&mut req) {
+            Ok(h) => h,
+            Err(e) => {
+                self.metrics.unrouted(e.code());
+                return e.into_response_as(answer);
+            }
         };
         let upgrade = tunnel::requested(req.headers());
         // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
         // header that a route sets.
-        headers::strip_hop_by_hop(req.headers_mut());
+        if let Err(e) = headers::strip_request_hop_by_hop(req.headers_mut()) {
+            self.metrics.unrouted(Code::BadRequest);
+            return ProxyError::BadRequest(e.to_string()).into_response_as(answer);
+        }
         let (rev, timeouts) = {
             let table = self.table.load();
             let Some(svc) = table.service(&host) else {
@@ -200,19 +206,48 @@ fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> Prox
     }
 }
 
-/// The host a request is addressed to: the URI authority (HTTP/2, absolute-form) or `Host`.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+/// The host a request is addressed to: the URI authority (HTTP/2 `:authority`, an HTTP/1.1
+/// absolute-form target) or else `Host`. Where two could disagree, nothing is left for a
+/// backend to read differently (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, or an
+/// HTTP/2 `host` that differs from `:authority`, are refused; for an HTTP/1.1 absolute-form
+/// target the authority wins and `Host` is rewritten to it.
+fn request_host(req: &mut Request<Incoming>) -> Result<String, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Host header; send one".into(),
+        ));
     }
-    let h = req.headers().get(header::HOST)?.to_str().ok()?;
-    (!h.is_empty()).then(|| h.to_owned())
+    let Some(authority) = req.uri().authority() else {
+        return match host.and_then(|h| h.to_str().ok()) {
+            Some(h) if !h.is_empty() => Ok(h.to_owned()),
+            _ => Err(ProxyError::MissingHost),
+        };
+    };
+    let authority = authority.as_str().to_owned();
+    match host {
+        Some(h) if !h.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => {
+            if req.version() == Version::HTTP_2 {
+                return Err(ProxyError::BadRequest(
+                    "the host header differs from :authority; leave host out or make them agree"
+                        .into(),
+                ));
+            }
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        _ => {}
+    }
+    Ok(authority)
 }
 
 /// 301 to the same host and path over HTTPS.
-fn redirect_to_https(req: &Request<Incoming>, port: u16, answer: Answer) -> Response<Body> {
-    let Some(host) = request_host(req) else {
-        return ProxyError::MissingHost.into_response_as(answer);
+fn redirect_to_https(req: &mut Request<Incoming>, port: u16, answer: Answer) -> Response<Body> {
+    let host = match request_host(req) {
+        Ok(h) => h,
+        Err(e) => return e.into_response_as(answer),
     };
     let name = strip_port(&host);
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());

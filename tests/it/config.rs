@@ -332,3 +332,36 @@ fn scale_section_mistakes_name_their_key_paths() {
         assert_rejected(yaml, expected);
     }
 }
+
+/// Hostile or odd input files: a byte-order mark is ignored, a huge value is named without
+/// being echoed, and a file too large or nested too deep is refused before it is parsed.
+#[test]
+fn odd_and_hostile_files_get_short_clear_answers() {
+    let with_bom = format!("\u{feff}{GOOD}");
+    assert!(Config::parse(&with_bom).is_ok(), "{:?}", issues(&with_bom));
+    // A value of 100,000 characters: quoted in part, and the answer stays short.
+    let huge = GOOD.replacen(
+        "listen: \"127.0.0.1:8080\"",
+        &format!("listen: \"{}\"", "9".repeat(100_000)),
+        1,
+    );
+    assert_ne!(huge, GOOD);
+    let got = issues(&huge);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("listen: "), "{}", got[0]);
+    assert!(got[0].contains("(100000 characters)"), "{}", got[0]);
+    assert!(got[0].len() < 300, "{} characters", got[0].len());
+    // Over the size limit: refused by its size, whatever it holds.
+    let big = format!("{GOOD}\n# {}\n", "x".repeat(5 << 20));
+    assert_rejected(&big, "over the limit of 4194304");
+    let file = write_config("big", &big);
+    let e = Config::load(&file).unwrap_err().to_string();
+    assert!(e.contains("over the limit"), "{e}");
+    // Nested 100,000 deep.
+    let deep = format!(
+        "{GOOD}\nx: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert_rejected(&deep, "nests deeper than 64 levels");
+}

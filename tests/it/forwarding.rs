@@ -4,6 +4,7 @@
 
 use crate::support::*;
 use http::StatusCode;
+use std::time::Duration;
 
 #[tokio::test]
 async fn backend_503_passes_through_and_is_not_retried() {
@@ -132,4 +133,152 @@ async fn stale_pooled_connection_is_retried_before_any_byte_is_sent() {
         .start()
         .await;
     stale_connections_are_retried(gw.addr(), &conns).await;
+}
+
+/// Requests that two parties could read differently: refused with 400 `bad-request`, and never
+/// forwarded.
+#[tokio::test]
+async fn ambiguous_requests_are_refused_before_any_backend_sees_them() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::new()
+        .admin()
+        .service(Svc::single(Rev::new("r").endpoint(a.addr)))
+        .start()
+        .await;
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            "chunked twice, in two headers",
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "chunked twice",
+        ),
+        (
+            "chunked twice, in one list",
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            "chunked twice",
+        ),
+    ];
+    for (what, req, says) in cases {
+        let out = raw(gw.addr(), req).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        assert!(out.contains("rouse-error: bad-request"), "{what}: {out}");
+        assert!(out.contains(says), "{what}: {out}");
+    }
+    assert_eq!(a.requests(), 0, "nothing ambiguous reached the backend");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, "rouse_unrouted_requests_total{reason=\"bad_request\"}"),
+        3.0
+    );
+    // Content-Length beside Transfer-Encoding: the chunks frame the body, the length is not
+    // forwarded, and the connection closes after the answer (RFC 9112 §6.1), so nothing that
+    // follows on it can be read as a second request.
+    let out = raw(
+        gw.addr(),
+        b"POST /?count=1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    assert!(
+        !out.contains("smuggled") && out.matches("HTTP/1.1").count() == 1,
+        "{out}"
+    );
+    assert_eq!(a.requests(), 1);
+    let h = a.last_headers();
+    assert!(h.get("content-length").is_none(), "{h:?}");
+}
+
+/// RFC 9112 §3.2.2: for an absolute-form target the authority picks the service and becomes
+/// the `Host` the backend sees; over HTTP/2 a `host` that disagrees with `:authority` is refused.
+#[tokio::test]
+async fn the_authority_decides_the_host_and_a_disagreeing_host_is_refused() {
+    let (main, other) = (Backend::start("main").await, Backend::start("other").await);
+    let gw = Cfg::new()
+        .service(
+            Svc::new("main")
+                .host("main.test")
+                .only(Rev::new("m").endpoint(main.addr)),
+        )
+        .service(
+            Svc::new("other")
+                .host("other.test")
+                .only(Rev::new("o").endpoint(other.addr)),
+        )
+        .start()
+        .await;
+    let out = raw(
+        gw.addr(),
+        b"GET http://other.test/x HTTP/1.1\r\nHost: main.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!((main.requests(), other.requests()), (0, 1));
+    assert_eq!(other.last_headers()["host"], "other.test");
+    // HTTP/2: `:authority` other.test with `host: main.test`.
+    let mut h2 = h2_conn(gw.addr()).await;
+    let req = http::Request::get("http://other.test/x")
+        .header("host", "main.test")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let res = h2.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.headers()["rouse-error"], "bad-request");
+    // Agreeing, they are served.
+    let req = http::Request::get("http://other.test/x")
+        .header("host", "OTHER.test")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!((main.requests(), other.requests()), (0, 2));
+}
+
+/// A request body that breaks (a bad chunk size, a client that leaves mid-body) is the
+/// client's fault: 400 `client-body` where anyone is left to hear it, counted as a 4xx, never
+/// as a backend failure.
+#[tokio::test]
+async fn a_broken_request_body_is_the_clients_fault() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let gw = Cfg::new()
+        .admin()
+        .service(Svc::single(Rev::new("r").endpoint(a.addr)))
+        .start()
+        .await;
+    let out = raw(
+        gw.addr(),
+        b"POST /?count=1 HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("rouse-error: client-body"), "{out}");
+    // A client that promises 100 bytes, sends 10 and leaves.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(
+        b"POST /?count=1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    let m = wait_for_metric(
+        &gw,
+        "rouse_requests_total{service=\"s\",revision=\"r\",code=\"4xx\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_requests_total{service=\"s\",revision=\"r\",code=\"5xx\"}"
+        ),
+        0.0,
+        "{m}"
+    );
 }

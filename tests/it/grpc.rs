@@ -292,10 +292,12 @@ async fn rouse_failures_reach_grpc_clients_as_statuses() {
 #[tokio::test]
 async fn other_http2_clients_still_get_text_answers() {
     let gw = Cfg::single(h2c("down", dead_addr().await)).start().await;
+    // Over HTTP/2 the host is the authority; a `host` header that differed would be refused.
+    let host = gw.addr().to_string();
     let got = get(
         &h2_client(),
         gw.addr(),
-        "x",
+        &host,
         "/",
         &[("content-type", "text/plain")],
     )

@@ -75,7 +75,9 @@ async fn protocol_auto_follows_the_client() {
         *a.seen.last_version.lock().unwrap(),
         Some(http::Version::HTTP_11)
     );
-    let got = get(&h2_client(), gw.addr(), "x", "/", &[]).await;
+    // Over HTTP/2 the host is the authority; a `host` header that differed would be refused.
+    let host = gw.addr().to_string();
+    let got = get(&h2_client(), gw.addr(), &host, "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(
         *a.seen.last_version.lock().unwrap(),
@@ -273,4 +275,35 @@ async fn http11_chunked_trailers_pass_through() {
         "trailers",
         "TE: trailers reaches the backend"
     );
+}
+
+/// An invalid HTTP/2 preface, or any first line that is not an HTTP/1.x request line, closes
+/// the connection without an answer (RFC 9113 §3.4; h2spec 3.5/2): an HTTP/1.1 `400` would
+/// reach an HTTP/2 client as garbage frames. A malformed HTTP/1.1 request still gets its 400.
+#[tokio::test]
+async fn an_invalid_preface_closes_the_connection_without_an_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("one").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
+    for first in [
+        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\rQ"[..],
+        &b"GET /\r\n\r\n"[..],
+    ] {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the connection is closed");
+        assert!(
+            read.is_ok() && out.is_empty(),
+            "{:?} got an answer: {}",
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(&out)
+        );
+    }
+    let out = raw(gw.addr(), b"GET / HTTP/1.1\r\nHost x\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(a.requests(), 0);
 }

@@ -378,6 +378,23 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The metrics text once the series `prefix` has reached `value` (checked every 20 ms, for up
+/// to 5 s); fails naming the series otherwise.
+pub async fn wait_for_metric(gw: &Gateway, prefix: &str, value: f64) -> String {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(gw).await;
+        if metric(&m, prefix) >= value {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{prefix} stayed below {value}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes raw bytes to `addr` and reads until the peer closes or 2 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
