@@ -6,17 +6,29 @@
 //! It ends when the body does, or when the body is dropped because the client went away, which
 //! is what makes a streaming response count as in flight for as long as it really is. The body
 //! is generic over it, so this module knows nothing of revisions and the request path pays no
-//! allocation for it. The body also enforces the idle and total timeouts once headers have been
-//! sent, by failing the stream (the only way left to signal it).
+//! allocation for it.
+//!
+//! A response with an idle or total time limit is streamed by a task of its own instead
+//! ([`ProxyBody::timed`]): hyper polls a response body only when the client's connection can
+//! take more, so a limit checked while polling would never fire for a client that stops
+//! reading, and that client would keep the endpoint's slot for as long as it liked. The task
+//! reads the upstream body and hands each frame on through a one-frame channel, whether or not
+//! the client takes it; when a limit passes it drops the upstream body (closing or resetting
+//! the upstream exchange), ends the exchange, and cuts the client's connection where that is
+//! the only way to stop an HTTP/1.1 response (`cut`). The client sees the stream fail.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// Error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,31 +53,28 @@ pub struct ProxyBody<E = ()>(Kind<E>);
 enum Kind<E> {
     Full(Option<Bytes>),
     Upstream(Streamed<E>),
+    Timed(Relayed),
 }
 
 #[derive(Debug)]
 struct Streamed<E> {
     inner: Incoming,
     done: Option<E>,
-    timer: Option<Timer>,
 }
 
+/// The client's side of a timed response: frames relayed by its task.
 #[derive(Debug)]
-struct Timer {
-    sleep: Pin<Box<Sleep>>,
-    idle: Option<Duration>,
-    deadline: Option<Instant>,
+struct Relayed {
+    frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    /// How the task ended, once it has ([`RUNNING`], [`CLEAN`], [`IDLE`], [`TOTAL`]).
+    outcome: Arc<AtomicU8>,
+    hint: SizeHint,
 }
 
-impl Timer {
-    fn next(&self) -> Option<Instant> {
-        let idle = self.idle.map(|d| Instant::now() + d);
-        match (idle, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
+const RUNNING: u8 = 0;
+const CLEAN: u8 = 1;
+const IDLE: u8 = 2;
+const TOTAL: u8 = 3;
 
 /// The stream outlived a timeout after its headers were sent.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +97,31 @@ pub fn text<E>(
     r
 }
 
+/// The time limits of a streamed response once its headers are sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Longest time nothing moves: no frame from upstream, or none taken by the client.
+    pub idle: Option<Duration>,
+    /// When the whole exchange must be over.
+    pub deadline: Option<Instant>,
+}
+
+impl Limits {
+    fn any(&self) -> bool {
+        self.idle.is_some() || self.deadline.is_some()
+    }
+
+    /// The next moment a limit passes, given the last time something moved, and which.
+    fn next(&self, moved: Instant) -> Option<(Instant, u8)> {
+        let idle = self.idle.map(|d| (moved + d, IDLE));
+        let total = self.deadline.map(|d| (d, TOTAL));
+        match (idle, total) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 impl<E> ProxyBody<E> {
     /// A complete body of rouse's own.
     pub fn full(b: impl Into<Bytes>) -> ProxyBody<E> {
@@ -99,31 +133,14 @@ impl<E> ProxyBody<E> {
         ProxyBody(Kind::Full(None))
     }
 
-    /// Streams an upstream body; `idle` and `deadline` limit it after headers are sent.
-    pub fn upstream(
-        inner: Incoming,
-        done: E,
-        idle: Option<Duration>,
-        deadline: Option<Instant>,
-    ) -> ProxyBody<E>
+    /// Streams an upstream body, polled by the client's connection; `done` ends with it.
+    pub fn upstream(inner: Incoming, done: E) -> ProxyBody<E>
     where
         E: Exchange,
     {
-        let timer = (idle.is_some() || deadline.is_some()).then(|| {
-            let mut t = Timer {
-                sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-                idle,
-                deadline,
-            };
-            if let Some(at) = t.next() {
-                t.sleep.as_mut().reset(at);
-            }
-            t
-        });
         let mut up = Streamed {
             inner,
             done: Some(done),
-            timer,
         };
         // A body that is already complete (no content) must still free its slot and connection
         // even if the server never polls it.
@@ -132,6 +149,85 @@ impl<E> ProxyBody<E> {
         }
         ProxyBody(Kind::Upstream(up))
     }
+
+    /// Streams an upstream body under `limits`, through a task that enforces them whether or
+    /// not the client reads (see the module comment). Without limits this is
+    /// [`ProxyBody::upstream`]. `cut` is called when a limit ends the exchange, to close a
+    /// client connection that nothing else would close.
+    pub fn timed(
+        inner: Incoming,
+        done: E,
+        limits: Limits,
+        cut: impl FnOnce() + Send + 'static,
+    ) -> ProxyBody<E>
+    where
+        E: Exchange,
+    {
+        if !limits.any() || inner.is_end_stream() {
+            return ProxyBody::upstream(inner, done);
+        }
+        let hint = inner.size_hint();
+        let (tx, frames) = mpsc::channel(1);
+        let outcome = Arc::new(AtomicU8::new(RUNNING));
+        tokio::spawn(relay(inner, done, limits, tx, outcome.clone(), cut));
+        ProxyBody(Kind::Timed(Relayed {
+            frames,
+            outcome,
+            hint,
+        }))
+    }
+}
+
+/// Moves `inner` frame by frame into `tx` until it ends, the client goes away, or a limit
+/// passes; ends `done` accordingly.
+async fn relay<E: Exchange>(
+    mut inner: Incoming,
+    done: E,
+    limits: Limits,
+    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    outcome: Arc<AtomicU8>,
+    cut: impl FnOnce(),
+) {
+    let mut moved = Instant::now();
+    let fired = loop {
+        let (at, which) = limits.next(moved).expect("a timed body has a limit");
+        let frame = tokio::select! {
+            f = inner.frame() => f,
+            () = tokio::time::sleep_until(at) => break which,
+            // The client went away: nobody is left to tell.
+            () = tx.closed() => return done.end(false),
+        };
+        match frame {
+            None => {
+                outcome.store(CLEAN, Ordering::Release);
+                return done.end(true);
+            }
+            Some(Err(e)) => {
+                let _ = tx.try_send(Err(e.into()));
+                return done.end(false);
+            }
+            Some(Ok(f)) => {
+                let last = inner.is_end_stream();
+                tokio::select! {
+                    sent = tx.send(Ok(f)) => if sent.is_err() { return done.end(false) },
+                    () = tokio::time::sleep_until(at) => break which,
+                }
+                if last {
+                    outcome.store(CLEAN, Ordering::Release);
+                    return done.end(true);
+                }
+                moved = Instant::now();
+            }
+        }
+    };
+    // A limit passed: the upstream exchange goes (dropping `inner` closes or resets it), the
+    // slot is freed, and the client's stream fails when it next reads, or its connection is
+    // closed now if it is not reading at all.
+    outcome.store(fired, Ordering::Release);
+    drop(inner);
+    done.end(false);
+    drop(tx);
+    cut();
 }
 
 impl<E: Exchange> Streamed<E> {
@@ -158,11 +254,6 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
                 }
                 match Pin::new(&mut up.inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(t) = &mut up.timer
-                            && let Some(at) = t.next()
-                        {
-                            t.sleep.as_mut().reset(at);
-                        }
                         if up.inner.is_end_stream() {
                             up.finish(true);
                         }
@@ -176,27 +267,20 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
                         up.finish(true);
                         Poll::Ready(None)
                     }
-                    Poll::Pending => {
-                        let fired = up.timer.as_mut().and_then(|t| {
-                            t.sleep.as_mut().poll(cx).is_ready().then(|| {
-                                if t.deadline.is_some_and(|d| Instant::now() >= d) {
-                                    "request timeout"
-                                } else {
-                                    "idle timeout"
-                                }
-                            })
-                        });
-                        match fired {
-                            Some(why) => {
-                                up.finish(false);
-                                up.timer = None;
-                                Poll::Ready(Some(Err(Box::new(StreamTimeout(why)))))
-                            }
-                            None => Poll::Pending,
-                        }
-                    }
+                    Poll::Pending => Poll::Pending,
                 }
             }
+            Kind::Timed(r) => match r.frames.poll_recv(cx) {
+                Poll::Ready(None) => match r.outcome.load(Ordering::Acquire) {
+                    CLEAN => Poll::Ready(None),
+                    IDLE => Poll::Ready(Some(Err(Box::new(StreamTimeout("idle timeout"))))),
+                    TOTAL => Poll::Ready(Some(Err(Box::new(StreamTimeout("request timeout"))))),
+                    // The task ended without a verdict (the runtime is shutting down): the
+                    // body is not whole, so it must not look complete.
+                    _ => Poll::Ready(Some(Err(Box::new(StreamTimeout("stream abandoned"))))),
+                },
+                other => other,
+            },
         }
     }
 
@@ -204,6 +288,7 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
         match &self.0 {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(up) => up.inner.is_end_stream(),
+            Kind::Timed(_) => false,
         }
     }
 
@@ -212,6 +297,24 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(up) => up.inner.size_hint(),
+            Kind::Timed(r) => r.hint.clone(),
         }
+    }
+}
+
+/// A per-connection switch that closes the connection at once, for what can only be stopped
+/// that way (an HTTP/1.1 response cut by a time limit while the client does not read).
+#[derive(Debug, Clone, Default)]
+pub struct Cut(Arc<Notify>);
+
+impl Cut {
+    /// Asks the connection to close now.
+    pub fn fire(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves once the switch has fired (even if it fired before this was called).
+    pub async fn fired(&self) {
+        self.0.notified().await;
     }
 }

@@ -2,7 +2,7 @@
 //! same port, telling them apart by a peek at the first bytes, and HTTP/1.1 or HTTP/2 over TLS
 //! by ALPN; with graceful drain on shutdown.
 
-use crate::http::body::BoxError;
+use crate::http::body::{BoxError, Cut};
 use crate::http::headers::ClientAddr;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -31,6 +31,9 @@ pub struct ConnInfo {
     pub client: ClientAddr,
     /// True on the TLS listener.
     pub secure: bool,
+    /// Closes an HTTP/1.1 connection at once (does nothing to an HTTP/2 one, whose other
+    /// streams must go on).
+    pub cut: Cut,
 }
 
 /// Something that answers requests.
@@ -189,15 +192,31 @@ where
 
 /// Drives `conn` to its end; once `stop` turns true, asks it to finish gracefully first
 /// (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY, then finish open streams).
-async fn run<C: Graceful>(conn: C, mut stop: watch::Receiver<bool>) -> Result<(), hyper::Error> {
+/// When `cut` fires, the connection is dropped at once, whatever it was doing.
+async fn run<C: Graceful>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    cut: Option<Cut>,
+) -> Result<(), hyper::Error> {
     let mut conn = pin!(conn);
+    let cut = async {
+        match cut {
+            Some(c) => c.fired().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut cut = pin!(cut);
     tokio::select! {
         biased;
         r = conn.as_mut() => return r,
+        () = cut.as_mut() => return Ok(()),
         () = stopped(&mut stop) => {}
     }
     conn.as_mut().graceful_shutdown();
-    conn.await
+    tokio::select! {
+        r = conn => r,
+        () = cut => Ok(()),
+    }
 }
 
 /// Awaits one step of setting up a connection for at most `limit`. On failure or timeout the
@@ -280,15 +299,19 @@ impl Protocols {
         svc: S,
         stop: watch::Receiver<bool>,
         peer: SocketAddr,
+        cut: Cut,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
         let io = TokioIo::new(io);
         let result = match wire {
-            Wire::Http1 => run(self.http1.serve_connection(io, svc).with_upgrades(), stop).await,
+            Wire::Http1 => {
+                let conn = self.http1.serve_connection(io, svc).with_upgrades();
+                run(conn, stop, Some(cut)).await
+            }
             // Boxed so that HTTP/2's larger state does not size every HTTP/1.1 connection's task.
-            Wire::H2 => Box::pin(run(self.http2.serve_connection(io, svc), stop)).await,
+            Wire::H2 => Box::pin(run(self.http2.serve_connection(io, svc), stop, None)).await,
         };
         if let Err(e) = result {
             debug!(%peer, error = %e, "client connection ended with an error");
@@ -302,6 +325,7 @@ impl Protocols {
         svc: S,
         stop: watch::Receiver<bool>,
         peer: SocketAddr,
+        cut: Cut,
     ) where
         S: ConnService,
     {
@@ -316,7 +340,7 @@ impl Protocols {
         let Some(Some(wire)) = first.await else {
             return;
         };
-        self.serve(stream, wire, svc, stop, peer).await;
+        self.serve(stream, wire, svc, stop, peer, cut).await;
     }
 
     /// Serves a TLS connection in the protocol ALPN agreed; without ALPN that is HTTP/1.1, since
@@ -328,6 +352,7 @@ impl Protocols {
         svc: S,
         stop: watch::Receiver<bool>,
         peer: SocketAddr,
+        cut: Cut,
     ) where
         S: ConnService,
     {
@@ -339,7 +364,7 @@ impl Protocols {
             Some(b"h2") => Wire::H2,
             _ => Wire::Http1,
         };
-        self.serve(s, wire, svc, stop, peer).await;
+        self.serve(s, wire, svc, stop, peer, cut).await;
     }
 }
 
@@ -371,10 +396,12 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let cut = Cut::default();
                 let conn = ConnInfo {
                     peer,
                     client: ClientAddr::new(peer.ip()),
                     secure: tls.is_some(),
+                    cut: cut.clone(),
                 };
                 let h = handler.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -384,11 +411,11 @@ pub async fn serve<H: Handler>(
                 let (p, stop, tls) = (protocols.clone(), stop.clone(), tls.clone());
                 connections.spawn(async move {
                     match tls {
-                        None => p.serve_tcp(stream, svc, stop, peer).await,
+                        None => p.serve_tcp(stream, svc, stop, peer, cut).await,
                         // The handshake runs here, not in the accept loop, so a slow client
                         // cannot hold up others. Boxed, so that the TLS session's state is not
                         // part of every plain connection's task.
-                        Some(t) => Box::pin(p.serve_tls(stream, t, svc, stop, peer)).await,
+                        Some(t) => Box::pin(p.serve_tls(stream, t, svc, stop, peer, cut)).await,
                     }
                 });
             }

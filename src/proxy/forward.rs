@@ -8,6 +8,7 @@ use super::completion::{Body, Completion};
 use super::router::Timeouts;
 use crate::config::Protocol;
 use crate::error::{Dialect, ProxyError};
+use crate::http::body::{Cut, Limits};
 use crate::http::client::{ConnectError, SendError};
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
@@ -53,6 +54,8 @@ pub struct Ctx {
     pub timeouts: Timeouts,
     /// The protocol a client asked to upgrade to (WebSocket), if any.
     pub upgrade: Option<HeaderValue>,
+    /// Closes the client's connection, when a time limit must stop an HTTP/1.1 response.
+    pub cut: Cut,
 }
 
 /// Forwards `req` to `rev` and returns the response to stream back.
@@ -110,8 +113,11 @@ pub async fn forward(
                         Response::from_parts(parts, Body::empty())
                     }
                     _ => {
-                        let deadline = ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams);
-                        respond(res, done, deadline, ctx.timeouts)
+                        let limits = Limits {
+                            idle: ctx.timeouts.idle,
+                            deadline: ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams),
+                        };
+                        respond(res, done, limits, ctx.cut)
                     }
                 };
                 if mark_cold {
@@ -173,18 +179,13 @@ fn connect_error(endpoint: SocketAddr, e: ConnectError) -> ProxyError {
     }
 }
 
-fn respond(
-    res: Response<Incoming>,
-    done: Completion,
-    deadline: Option<Instant>,
-    timeouts: Timeouts,
-) -> Response<Body> {
+fn respond(res: Response<Incoming>, done: Completion, limits: Limits, cut: Cut) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     // The client's connection has its own version; an HTTP/1.0 backend must not make rouse
     // answer an HTTP/1.1 client as HTTP/1.0.
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, Body::upstream(body, done, timeouts.idle, deadline))
+    Response::from_parts(parts, Body::timed(body, done, limits, move || cut.fire()))
 }
 
 /// Rewrites a client request into the upstream request for `protocol`.

@@ -158,6 +158,7 @@ impl Proxy {
             deadline,
             timeouts,
             upgrade,
+            cut: conn.cut,
         };
         let forwarding = Box::pin(forward(&rev, req, ctx));
         let result = match start_by {
