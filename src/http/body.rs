@@ -297,7 +297,7 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(up) => up.inner.size_hint(),
-            Kind::Timed(r) => r.hint.clone(),
+            Kind::Timed(r) => r.hint,
         }
     }
 }
