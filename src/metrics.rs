@@ -9,13 +9,16 @@
 //! their [`Code`], so a reason is spelled in one place.
 
 use crate::error::Code;
+use crate::http::server::Connections;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -304,4 +307,46 @@ impl RevisionMetrics {
 pub struct EndpointMetrics {
     /// Failed connection attempts.
     pub connect_errors: Counter,
+}
+
+/// The listeners' client connections, read at scrape time: open now, the limit, and how often
+/// the limit held new connections back.
+#[derive(Debug)]
+pub struct ConnectionGauges(pub Vec<(&'static str, Arc<Connections>)>);
+
+impl Collector for ConnectionGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(0i64);
+        let mut e = encoder.encode_descriptor(
+            "rouse_client_connections",
+            "Client connections open on a listener",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (listener, c) in &self.0 {
+            let v = i64::try_from(c.open()).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(e.encode_family(&[("listener", *listener)])?)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "rouse_client_connections_limit",
+            "Most client connections a listener keeps open at once (limits.max_connections)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (listener, c) in &self.0 {
+            let v = i64::try_from(c.limit()).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(e.encode_family(&[("listener", *listener)])?)?;
+        }
+        let counter = ConstCounter::new(0u64);
+        let mut e = encoder.encode_descriptor(
+            "rouse_connection_limit_waits",
+            "Times a listener at its connection limit stopped accepting until a connection closed",
+            None,
+            counter.metric_type(),
+        )?;
+        for (listener, c) in &self.0 {
+            ConstCounter::new(c.waits()).encode(e.encode_family(&[("listener", *listener)])?)?;
+        }
+        Ok(())
+    }
 }

@@ -75,6 +75,9 @@ pub struct Limits {
     /// Time a client has to send a complete request head once it starts one; then the
     /// connection is closed (slowloris protection).
     pub header_read_timeout: Dur,
+    /// Most client connections open at once on each listener; beyond it, new connections wait
+    /// in the kernel's listen queue until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +85,7 @@ impl Default for Limits {
         Limits {
             max_header_bytes: ByteSize(64 << 10),
             header_read_timeout: Dur(Duration::from_secs(30)),
+            max_connections: 20_000,
         }
     }
 }

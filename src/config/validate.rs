@@ -67,6 +67,12 @@ impl Validator {
         if c.limits.max_header_bytes.0 < 8192 {
             self.err("limits.max_header_bytes", "must be at least 8KiB");
         }
+        if c.limits.max_connections == 0 {
+            self.err(
+                "limits.max_connections",
+                "must be at least 1; it bounds the client connections open at once",
+            );
+        }
         if c.limits.header_read_timeout.0.is_zero() {
             self.err("limits.header_read_timeout", "must be greater than 0");
         }

@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -64,6 +65,42 @@ impl Default for ServerSettings {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// A listener's client connections: how many may be open at once, how many are, and how often
+/// the limit held new ones back. Shared with whoever reports them.
+#[derive(Debug)]
+pub struct Connections {
+    limit: usize,
+    permits: Arc<Semaphore>,
+    waits: AtomicU64,
+}
+
+impl Connections {
+    /// At most `limit` connections open at once (at least 1).
+    pub fn new(limit: usize) -> Arc<Connections> {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Connections {
+            limit,
+            permits: Arc::new(Semaphore::new(limit)),
+            waits: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
+
+    /// Times a new connection had to wait because the limit was reached.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// The most open at once.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 }
 
@@ -371,6 +408,10 @@ impl Protocols {
 /// Serves `listener` until `stop` turns true, then stops accepting, asks every connection to
 /// finish its current exchange (HTTP/1.1: close after the response; HTTP/2: GOAWAY), and waits
 /// for them up to `drain`. Returns the number of connections still open when it gave up.
+///
+/// At most `conns.limit()` connections are open at once. At the limit the loop stops accepting,
+/// so new connections wait in the kernel's listen queue (and are refused once it is full)
+/// while the open ones are served as before; memory stays bounded whatever clients do.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -378,10 +419,29 @@ pub async fn serve<H: Handler>(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     tls: Option<TlsListener>,
+    conns: Arc<Connections>,
 ) -> usize {
     let protocols = Arc::new(Protocols::new(settings));
     let connections = TaskTracker::new();
     loop {
+        let permit = match conns.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                conns.waits.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    limit = conns.limit,
+                    "client connection limit reached (limits.max_connections); new connections wait until one closes"
+                );
+                tokio::select! {
+                    biased;
+                    () = stopped(&mut stop) => break,
+                    p = conns.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
@@ -410,6 +470,8 @@ pub async fn serve<H: Handler>(
                 });
                 let (p, stop, tls) = (protocols.clone(), stop.clone(), tls.clone());
                 connections.spawn(async move {
+                    // Held for the connection's life: its place under the limit.
+                    let _permit = permit;
                     match tls {
                         None => p.serve_tcp(stream, svc, stop, peer, cut).await,
                         // The handshake runs here, not in the accept loop, so a slow client

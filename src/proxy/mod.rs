@@ -15,21 +15,25 @@ pub mod split;
 use self::completion::Body;
 use self::forward::{COLD_START_HEADER, Ctx, forward};
 use self::router::{RouteTable, Timeouts};
+use crate::clock;
 use crate::error::{Answer, Code, Dialect, ProxyError, is_grpc};
 use crate::http::body::ProxyBody;
 use crate::http::headers::{self, strip_port};
 use crate::http::server::{ConnInfo, Handler};
 use crate::http::tunnel;
 use crate::metrics::Metrics;
+use crate::revision::Revision;
 use crate::revision::gauges::LiveRevisions;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// The gateway's request handler.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// The revisions whose live gauges `/metrics` reports: the current table's.
     live: LiveRevisions,
+    /// Keeps the log of rouse's own 5xx answers readable under overload.
+    throttle: Throttle,
     /// When non-zero, cleartext requests are redirected to HTTPS on this port.
     redirect_https: AtomicU16,
     dialect: Dialect,
@@ -52,6 +58,7 @@ impl Proxy {
             table: ArcSwap::from_pointee(table),
             metrics,
             live,
+            throttle: Throttle::default(),
             redirect_https: AtomicU16::new(0),
             dialect: Dialect::Rouse,
         }
@@ -178,7 +185,7 @@ impl Proxy {
                     }
                     e => e,
                 };
-                debug!(revision = %rev.name, error = %e, origin = ?e.code().origin(), "request failed");
+                report(&rev, &e, &self.throttle);
                 rev.metrics
                     .record(e.status().as_u16(), start.elapsed().as_secs_f64());
                 e.into_response_as(answer)
@@ -196,6 +203,45 @@ impl Handler for Proxy {
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         self.serve(req, conn, false)
+    }
+}
+
+/// Logs a failure rouse answers itself: its own 5xx at WARN with the reason, each time, except
+/// that repeats of one code within a second are counted and reported with the next line (a
+/// revision at capacity can refuse thousands a second; `rouse_rejected_requests` counts every
+/// one); the client's own mistakes at DEBUG.
+fn report(rev: &Revision, e: &ProxyError, throttle: &Throttle) {
+    let code = e.code();
+    if !e.status().is_server_error() {
+        debug!(service = %rev.service, revision = %rev.name, code = code.as_str(), error = %e, "request refused");
+        return;
+    }
+    if let Some(suppressed) = throttle.admit(code) {
+        warn!(
+            service = %rev.service, revision = %rev.name, code = code.as_str(),
+            origin = ?code.origin(), similar_since_last = suppressed, "request failed: {e}"
+        );
+    }
+}
+
+/// Per failure code: the second of the last line logged, and how many were held back since.
+#[derive(Debug, Default)]
+struct Throttle {
+    slots: Mutex<HashMap<Code, (u64, u64)>>,
+}
+
+impl Throttle {
+    /// `Some(held back since the last line)` if a line may be logged now.
+    fn admit(&self, code: Code) -> Option<u64> {
+        let second = clock::now_ms() / 1000;
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, held) = slots.entry(code).or_insert((u64::MAX, 0));
+        if *last == second {
+            *held += 1;
+            return None;
+        }
+        *last = second;
+        Some(std::mem::take(held))
     }
 }
 
@@ -283,4 +329,23 @@ fn placeholder(p: &crate::config::Placeholder, mark: bool) -> Response<Body> {
             .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_of_repeats_is_one_line_and_a_count() {
+        let t = Throttle::default();
+        // Line up with the start of a second, so the three calls below share one.
+        let ms = clock::now_ms() % 1000;
+        tokio::time::advance(std::time::Duration::from_millis(1000 - ms)).await;
+        assert_eq!(t.admit(Code::QueueFull), Some(0));
+        assert_eq!(t.admit(Code::QueueFull), None);
+        assert_eq!(t.admit(Code::ConnectFailed), Some(0), "each code apart");
+        assert_eq!(t.admit(Code::QueueFull), None);
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert_eq!(t.admit(Code::QueueFull), Some(2));
+    }
 }

@@ -4,9 +4,9 @@
 use crate::admin::Admin;
 use crate::config::reload::{self, Applied, StartOnly};
 use crate::config::{Config, ConfigError};
-use crate::http::server::{self, ServerSettings, TlsListener};
+use crate::http::server::{self, Connections, ServerSettings, TlsListener};
 use crate::http::tls::{CertStore, TlsError};
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionGauges, Metrics};
 use crate::proxy::Proxy;
 use crate::proxy::router::RouteTable;
 use crate::scale::set::ScalerSet;
@@ -34,6 +34,9 @@ pub struct Live {
 
 /// Re-reads the config file and applies it to a running gateway.
 pub type Reloader = reload::Reloader<Live>;
+
+/// Client connections the admin listener keeps open at once: scrapers and health checks.
+const ADMIN_CONNECTIONS: usize = 256;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -84,6 +87,8 @@ impl Gateway {
         let listener = TcpListener::bind(cfg.listen.0).await?;
         let addr = listener.local_addr()?;
         let (stop_data, rx) = watch::channel(false);
+        let limit = cfg.limits.max_connections;
+        let mut gauges = vec![("http", Connections::new(limit))];
         let data = tokio::spawn(server::serve(
             listener,
             proxy.clone(),
@@ -91,6 +96,7 @@ impl Gateway {
             rx.clone(),
             drain_timeout,
             None,
+            gauges[0].1.clone(),
         ));
         let (tls_addr, secure, cert_watch) = match (&cfg.tls, store) {
             (Some(t), Some(store)) => {
@@ -100,6 +106,8 @@ impl Gateway {
                     acceptor: tokio_rustls::TlsAcceptor::from(store.server_config()),
                     handshake_timeout: t.handshake_timeout.0,
                 };
+                let conns = Connections::new(limit);
+                gauges.push(("https", conns.clone()));
                 let task = tokio::spawn(server::serve(
                     l,
                     proxy.clone(),
@@ -107,6 +115,7 @@ impl Gateway {
                     rx,
                     drain_timeout,
                     Some(listener),
+                    conns,
                 ));
                 proxy.set_https_redirect(t.redirect_http.then_some(bound.port()));
                 let every = if cfg.watch_interval.0.is_zero() {
@@ -125,6 +134,8 @@ impl Gateway {
                 let l = TcpListener::bind(a.0).await?;
                 let bound = l.local_addr()?;
                 let h = Arc::new(Admin::new(metrics, draining.clone()));
+                let conns = Connections::new(ADMIN_CONNECTIONS);
+                gauges.push(("admin", conns.clone()));
                 let t = tokio::spawn(server::serve(
                     l,
                     h,
@@ -132,11 +143,15 @@ impl Gateway {
                     rx,
                     Duration::from_secs(1),
                     None,
+                    conns,
                 ));
                 (Some(bound), Some(t))
             }
             None => (None, None),
         };
+        proxy
+            .metrics()
+            .add_collector(Box::new(ConnectionGauges(gauges)));
         let live = Arc::new(Live {
             proxy,
             scalers: ScalerSet::default(),

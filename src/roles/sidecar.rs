@@ -5,7 +5,7 @@
 
 use crate::admin::Admin;
 use crate::error::Dialect;
-use crate::http::server::{self, Handler, ServerSettings};
+use crate::http::server::{self, Connections, Handler, ServerSettings};
 use crate::knative::drain::{DrainOutcome, Drainer};
 use crate::knative::env::SidecarSettings;
 use crate::knative::front::{AdminHandler, QueueHandler, StatsHandler};
@@ -23,6 +23,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
+
+/// Client connections each of the sidecar's listeners keeps open at once: its clients are the
+/// ingress, activators, the kubelet and the autoscaler, each keeping a few.
+const SIDECAR_CONNECTIONS: usize = 10_000;
 
 /// How often the autoscaler's `Stat` is refreshed (queue-proxy's reporting period).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -59,6 +63,7 @@ async fn listen<H: Handler>(
         stop.subscribe(),
         Duration::from_secs(1),
         None,
+        Connections::new(SIDECAR_CONNECTIONS),
     ));
     Ok((bound, task))
 }

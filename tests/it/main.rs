@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod config;
+mod connections;
 mod drain;
 mod forwarding;
 mod grpc;

@@ -138,6 +138,11 @@ impl Cfg {
         Cfg(self.0.set_in("limits", "header_read_timeout", d))
     }
 
+    /// `limits.max_connections`: client connections open at once per listener.
+    pub fn max_connections(self, n: u64) -> Cfg {
+        Cfg(self.0.set_in("limits", "max_connections", n))
+    }
+
     /// `upstream.pool_idle_timeout`: idle pooled connections older than this are not reused.
     pub fn pool_idle_timeout(self, d: &str) -> Cfg {
         Cfg(self.0.set_in("upstream", "pool_idle_timeout", d))
