@@ -61,6 +61,18 @@ pub enum ProxyError {
         /// The revision.
         revision: String,
     },
+    /// Under sustained overload, the request would have waited longer than the queue's
+    /// `target_wait`, and the revision cannot add endpoints.
+    #[error(
+        "revision {revision} is overloaded: a request arriving now would wait about {}s for an endpoint; retry later",
+        ceil_secs(*predicted)
+    )]
+    Overloaded {
+        /// The revision.
+        revision: String,
+        /// The wait predicted from the queue's length and the rate slots free up.
+        predicted: Duration,
+    },
     /// The request was held for the queue's `max_wait` without a free endpoint.
     #[error("revision {revision} had no free endpoint for {waited:?}; retry later")]
     QueueTimeout {
@@ -149,6 +161,8 @@ pub enum Code {
     QueueBytes,
     /// `queue-timeout`.
     QueueTimeout,
+    /// `overloaded`.
+    Overloaded,
     /// `start-failed`.
     StartFailed,
     /// `connect-failed`.
@@ -175,10 +189,11 @@ mod grpc {
 
 impl Code {
     /// The codes counted in `rouse_rejected_requests`: refused before reaching an endpoint.
-    pub const REJECTIONS: [Code; 4] = [
+    pub const REJECTIONS: [Code; 5] = [
         Code::QueueFull,
         Code::QueueBytes,
         Code::QueueTimeout,
+        Code::Overloaded,
         Code::StartFailed,
     ];
 
@@ -192,6 +207,7 @@ impl Code {
             Code::QueueFull => "queue-full",
             Code::QueueBytes => "queue-bytes",
             Code::QueueTimeout => "queue-timeout",
+            Code::Overloaded => "overloaded",
             Code::StartFailed => "start-failed",
             Code::ConnectFailed => "connect-failed",
             Code::ConnectTimeout => "connect-timeout",
@@ -212,6 +228,7 @@ impl Code {
             Code::QueueFull => "queue_full",
             Code::QueueBytes => "queue_bytes",
             Code::QueueTimeout => "queue_timeout",
+            Code::Overloaded => "overloaded",
             Code::StartFailed => "start_failed",
             Code::ConnectFailed => "connect_failed",
             Code::ConnectTimeout => "connect_timeout",
@@ -228,9 +245,11 @@ impl Code {
             Code::MissingHost | Code::NoService | Code::BadRequest | Code::ClientBody => {
                 Origin::Client
             }
-            Code::QueueFull | Code::QueueBytes | Code::QueueTimeout | Code::UpgradeOverH2c => {
-                Origin::Rouse
-            }
+            Code::QueueFull
+            | Code::QueueBytes
+            | Code::QueueTimeout
+            | Code::Overloaded
+            | Code::UpgradeOverH2c => Origin::Rouse,
             Code::StartFailed
             | Code::ConnectFailed
             | Code::ConnectTimeout
@@ -245,9 +264,11 @@ impl Code {
         match self {
             Code::MissingHost | Code::BadRequest | Code::ClientBody => StatusCode::BAD_REQUEST,
             Code::NoService => StatusCode::NOT_FOUND,
-            Code::QueueFull | Code::QueueBytes | Code::QueueTimeout | Code::StartFailed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Code::QueueFull
+            | Code::QueueBytes
+            | Code::QueueTimeout
+            | Code::Overloaded
+            | Code::StartFailed => StatusCode::SERVICE_UNAVAILABLE,
             Code::ConnectFailed | Code::UpstreamFailed | Code::UpgradeOverH2c => {
                 StatusCode::BAD_GATEWAY
             }
@@ -270,6 +291,7 @@ impl Code {
             Code::QueueFull
             | Code::QueueBytes
             | Code::QueueTimeout
+            | Code::Overloaded
             | Code::StartFailed
             | Code::ConnectFailed
             | Code::ConnectTimeout
@@ -320,6 +342,7 @@ impl ProxyError {
             ProxyError::QueueFull { .. } => Code::QueueFull,
             ProxyError::QueueBytes { .. } => Code::QueueBytes,
             ProxyError::QueueTimeout { .. } => Code::QueueTimeout,
+            ProxyError::Overloaded { .. } => Code::Overloaded,
             ProxyError::StartFailed { .. } => Code::StartFailed,
             ProxyError::Connect { .. } => Code::ConnectFailed,
             ProxyError::ConnectTimeout { .. } => Code::ConnectTimeout,
@@ -341,6 +364,8 @@ impl ProxyError {
             ProxyError::QueueFull { .. }
             | ProxyError::QueueBytes { .. }
             | ProxyError::QueueTimeout { .. } => Some(1),
+            // About when the queue will have room for it again.
+            ProxyError::Overloaded { predicted, .. } => Some(ceil_secs(*predicted)),
             // Rounded up: a client that retries after this many seconds finds the attempt due.
             ProxyError::StartFailed { retry_after, .. } => Some(ceil_secs(*retry_after)),
             _ => None,
@@ -351,9 +376,9 @@ impl ProxyError {
     /// it; `None` where rouse's own line is the better answer (it also names the cause).
     fn knative_body(&self) -> Option<&'static str> {
         match self {
-            ProxyError::QueueFull { .. } | ProxyError::QueueBytes { .. } => {
-                Some("pending request queue full\n")
-            }
+            ProxyError::QueueFull { .. }
+            | ProxyError::QueueBytes { .. }
+            | ProxyError::Overloaded { .. } => Some("pending request queue full\n"),
             ProxyError::QueueTimeout { .. } => Some("context deadline exceeded\n"),
             ProxyError::ResponseStartTimeout(_) | ProxyError::RequestTimeout(_) => {
                 Some("request timeout")
@@ -493,10 +518,16 @@ mod tests {
             match res.headers().get("retry-after") {
                 Some(v) if overload => assert_eq!(v, "1"),
                 Some(v) => {
-                    assert_eq!(code, Code::StartFailed);
-                    assert_eq!(v, "2", "1.5 s of backoff is rounded up");
+                    assert!(
+                        matches!(code, Code::StartFailed | Code::Overloaded),
+                        "{code:?}"
+                    );
+                    assert_eq!(v, "2", "1.5 s of backoff or predicted wait is rounded up");
                 }
-                None => assert!(!overload && code != Code::StartFailed, "{code:?}"),
+                None => assert!(
+                    !overload && !matches!(code, Code::StartFailed | Code::Overloaded),
+                    "{code:?}"
+                ),
             }
         }
     }

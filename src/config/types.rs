@@ -431,6 +431,10 @@ pub struct Queue {
     pub max_bytes: ByteSize,
     /// A request held longer than this gets 503; 0 means until the request timeout.
     pub max_wait: Dur,
+    /// Under sustained overload (the queue has not emptied for this long, and the revision
+    /// cannot add endpoints), an arrival predicted to wait longer than this gets 503 at once;
+    /// 0 turns shedding off. Capped at `max_wait`.
+    pub target_wait: Dur,
 }
 
 impl Default for Queue {
@@ -439,6 +443,7 @@ impl Default for Queue {
             max_requests: 1000,
             max_bytes: ByteSize(64 << 20),
             max_wait: Dur(Duration::from_secs(10)),
+            target_wait: Dur(Duration::from_secs(1)),
         }
     }
 }

@@ -450,6 +450,9 @@ impl SidecarSettings {
                         // the count bounds memory; a byte cap would only refuse big uploads.
                         max_bytes: ByteSize(u64::MAX),
                         max_wait: Dur(self.queue_max_wait.unwrap_or(Duration::ZERO)),
+                        // queue-proxy's breaker holds requests until their timeout; so does the
+                        // drop-in.
+                        target_wait: Dur(Duration::ZERO),
                     },
                     scale: None,
                     cold_start: ColdStart::default(),

@@ -85,6 +85,8 @@ pub struct Revision {
     leased: AtomicU32,
     /// True while a scaler owns the endpoint set.
     managed: AtomicBool,
+    /// The most endpoints a scaler may give it; 0 for a revision nobody scales.
+    ceiling: AtomicU32,
 }
 
 impl Revision {
@@ -112,6 +114,7 @@ impl Revision {
             desired: AtomicU32::new(desired),
             leased: AtomicU32::new(0),
             managed: AtomicBool::new(false),
+            ceiling: AtomicU32::new(0),
         }
     }
 
@@ -188,6 +191,17 @@ impl Revision {
     /// Resolves when a request has found the revision without an endpoint.
     pub async fn demand_notified(&self) {
         self.demand.notified().await;
+    }
+
+    /// Sets the most endpoints a scaler may give this revision (0: none will be added).
+    pub fn set_ceiling(&self, max: u32) {
+        self.ceiling.store(max, Ordering::Relaxed);
+    }
+
+    /// True while a scaler may still add endpoints: a queue then is capacity on its way, not
+    /// overload.
+    pub fn can_grow(&self) -> bool {
+        self.desired() < self.ceiling.load(Ordering::Relaxed)
     }
 
     /// Endpoints the autoscaler currently wants.
@@ -323,6 +337,19 @@ impl Revision {
             }
         }
         let settings = self.settings.load();
+        if !cold
+            && let Some(target) = settings.limits.target_wait
+            && !self.can_grow()
+            && let Some(predicted) = self.queue.overloaded(target)
+        {
+            // A standing queue that cannot get more capacity: holding this request would only
+            // make it, and everyone behind it, wait past the point of use. Say so now.
+            self.metrics.reject(Code::Overloaded);
+            return Err(ProxyError::Overloaded {
+                revision: self.name.to_string(),
+                predicted,
+            });
+        }
         let hold = self
             .queue
             .enter(
@@ -488,6 +515,7 @@ impl Revision {
                 max_requests: 10,
                 max_bytes: u64::MAX,
                 max_wait: None,
+                target_wait: None,
             },
         )
     }
@@ -534,6 +562,7 @@ mod tests {
         max_requests: 2,
         max_bytes: 100,
         max_wait: Some(Duration::from_secs(5)),
+        target_wait: None,
     };
 
     #[tokio::test(start_paused = true)]
@@ -641,5 +670,74 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ProxyError::RequestTimeout(_)), "{err:?}");
+    }
+
+    /// A revision of one slot served at 10 requests a second: each holder keeps its slot
+    /// 100 ms, then frees it.
+    fn serve_for_100ms(r: &Arc<Revision>) -> tokio::task::JoinHandle<Result<(), ProxyError>> {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let got = r.acquire(0, None).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(got);
+            Ok(())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standing_queue_sheds_what_it_cannot_serve_in_time_and_absorbs_bursts() {
+        let limits = QueueLimits {
+            max_requests: 1000,
+            max_bytes: u64::MAX,
+            max_wait: Some(Duration::from_secs(60)),
+            target_wait: Some(Duration::from_secs(1)),
+        };
+        let r = Revision::for_test_with(1, 1, limits);
+        // A burst of 40 at once: all held, though it takes 4 s to serve them (the queue is
+        // young, so it is absorbed).
+        let burst: Vec<_> = (0..40).map(|_| serve_for_100ms(&r)).collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(r.held(), 39);
+        // 1.5 s on, the queue has stood for 1.5 s and frees 10 slots a second: 25 are still
+        // waiting, so an arrival would wait about 2.6 s and is turned away at once.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let asked = Instant::now();
+        let err = r.acquire(0, None).await.unwrap_err();
+        assert_eq!(asked.elapsed(), Duration::ZERO, "answered at once");
+        match err {
+            ProxyError::Overloaded { predicted, .. } => assert!(
+                predicted > Duration::from_secs(2) && predicted < Duration::from_secs(3),
+                "{predicted:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Near the end of the backlog, a predicted wait under target_wait is admitted.
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert!(r.held() < 9, "{}", r.held());
+        let late = serve_for_100ms(&r);
+        for b in burst {
+            assert!(b.await.unwrap().is_ok(), "the burst is served whole");
+        }
+        assert!(late.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revision_that_can_still_grow_is_not_shed() {
+        let limits = QueueLimits {
+            max_requests: 1000,
+            max_bytes: u64::MAX,
+            max_wait: Some(Duration::from_secs(60)),
+            target_wait: Some(Duration::from_secs(1)),
+        };
+        let r = Revision::for_test_with(1, 1, limits);
+        r.set_ceiling(5);
+        let burst: Vec<_> = (0..40).map(|_| serve_for_100ms(&r)).collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Same queue as above, but a scaler may still add endpoints: held, not shed.
+        let held = serve_for_100ms(&r);
+        for b in burst {
+            assert!(b.await.unwrap().is_ok());
+        }
+        assert!(held.await.unwrap().is_ok());
     }
 }

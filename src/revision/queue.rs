@@ -5,6 +5,7 @@
 //! by any road (a slot, a timeout, its client going away) gives its place and bytes back at
 //! once.
 
+use crate::clock;
 use crate::config;
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Mutex;
@@ -23,6 +24,9 @@ pub struct QueueLimits {
     pub max_bytes: u64,
     /// Longest a request is held; `None` = until its request deadline.
     pub max_wait: Option<Duration>,
+    /// Under sustained overload, the longest predicted wait a new arrival may join with;
+    /// `None` = no shedding.
+    pub target_wait: Option<Duration>,
 }
 
 impl From<&config::Queue> for QueueLimits {
@@ -31,6 +35,11 @@ impl From<&config::Queue> for QueueLimits {
             max_requests: q.max_requests,
             max_bytes: q.max_bytes.0,
             max_wait: (!q.max_wait.0.is_zero()).then_some(q.max_wait.0),
+            // A queue whose requests give up sooner sheds at their limit.
+            target_wait: (!q.target_wait.0.is_zero()).then(|| match q.max_wait.0 {
+                w if w.is_zero() => q.target_wait.0,
+                w => q.target_wait.0.min(w),
+            }),
         }
     }
 }
@@ -50,6 +59,58 @@ pub struct Queue {
     held: AtomicUsize,
     held_bytes: AtomicU64,
     wake: Notify,
+    /// `clock::now_ms()` when the queue was last seen empty: a queue that has not emptied for
+    /// a while is a standing one, not a burst being absorbed.
+    empty_at: AtomicU64,
+    /// Slots freed while requests were held, and the rate they were freed at.
+    pace: Pace,
+}
+
+/// How fast a revision frees slots while requests wait for them: its capacity, measured where
+/// it matters, under saturation.
+#[derive(Debug, Default)]
+struct Pace {
+    freed: AtomicU64,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    since: Option<Instant>,
+    freed_then: u64,
+    per_sec: f64,
+}
+
+/// The shortest stretch a rate is measured over: enough slots freed to mean something.
+const PACE_WINDOW: Duration = Duration::from_millis(250);
+
+impl Pace {
+    /// Slots freed per second, averaged over recent windows; `None` until one has been seen.
+    fn per_sec(&self, now: Instant) -> Option<f64> {
+        let freed = self.freed.load(Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        match w.since {
+            None => {
+                w.since = Some(now);
+                w.freed_then = freed;
+            }
+            Some(since) if now.saturating_duration_since(since) >= PACE_WINDOW => {
+                let secs = now.saturating_duration_since(since).as_secs_f64();
+                let rate = (freed - w.freed_then) as f64 / secs;
+                // Half the weight on the newest window: steady, yet it follows a revision
+                // whose endpoints came or went within a second or two.
+                w.per_sec = if w.per_sec > 0.0 {
+                    (w.per_sec + rate) / 2.0
+                } else {
+                    rate
+                };
+                w.since = Some(now);
+                w.freed_then = freed;
+            }
+            Some(_) => {}
+        }
+        (w.per_sec > 0.0).then_some(w.per_sec)
+    }
 }
 
 impl Queue {
@@ -78,6 +139,9 @@ impl Queue {
         if prev >= limits.max_requests {
             self.held.fetch_sub(1, Ordering::SeqCst);
             return Err(Refused::Requests(prev));
+        }
+        if prev == 0 {
+            self.empty_at.store(clock::now_ms(), Ordering::Relaxed);
         }
         if bytes > 0 {
             let prev_bytes = self.held_bytes.fetch_add(bytes, Ordering::SeqCst);
@@ -108,11 +172,27 @@ impl Queue {
 
     /// Passes a freed slot on to the oldest waiter, if any. Runs after the slot is free, and a
     /// waiter registers before it checks, so either the waiter sees the slot or it receives
-    /// this wake-up.
+    /// this wake-up. Counted towards the pace only then, so the fast path pays nothing.
     pub fn slot_freed(&self) {
         if self.held.load(Ordering::SeqCst) > 0 {
+            self.pace.freed.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
         }
+    }
+
+    /// The wait an arrival is predicted to have, if it should be turned away now: the queue
+    /// has stood for at least `target` without emptying (sustained overload, not a burst) and
+    /// the slots are freed too slowly for this arrival to be served within `target`.
+    pub fn overloaded(&self, target: Duration) -> Option<Duration> {
+        let held = self.held.load(Ordering::SeqCst);
+        if held == 0 {
+            return None;
+        }
+        let target_ms = u64::try_from(target.as_millis()).unwrap_or(u64::MAX);
+        let stood = clock::now_ms().saturating_sub(self.empty_at.load(Ordering::Relaxed));
+        let rate = self.pace.per_sec(Instant::now())?;
+        let predicted = Duration::from_secs_f64((held + 1) as f64 / rate);
+        (stood >= target_ms && predicted > target).then_some(predicted)
     }
 }
 
@@ -137,6 +217,11 @@ impl Hold<'_> {
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         let left = self.queue.held.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 {
+            self.queue
+                .empty_at
+                .store(clock::now_ms(), Ordering::Relaxed);
+        }
         if left == 0
             && let Some(cold) = self.cold
         {

@@ -19,6 +19,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut kpa = Kpa::new(settings);
+    rev.set_ceiling(settings.max);
     let mut current = settings.min;
     scaler.scale(current);
     rev.set_desired(current);

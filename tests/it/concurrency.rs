@@ -122,3 +122,61 @@ async fn queue_bounds_answer_503_with_retry_after() {
         0.0
     );
 }
+
+/// Under sustained overload a revision that cannot add endpoints answers what it cannot serve
+/// within `target_wait` at once (503 `overloaded`, with `Retry-After`), instead of holding it
+/// until `max_wait` and making everyone behind it wait too; a burst into a queue that has
+/// not stood yet is absorbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_queue_turns_away_at_once_what_it_cannot_serve_in_time() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(
+        Rev::new("r")
+            .cc(1)
+            .endpoint(a.addr)
+            .queue(Queue::new().max_wait("30s").target_wait("300ms")),
+    )
+    .admin()
+    .start()
+    .await;
+    let c = h1_client();
+    let addr = gw.addr();
+    // A burst of 30 into an empty queue: every one is held and served (about 3 s of work).
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { get(&c, addr, "x", "/?delay=100", &[]).await })
+        })
+        .collect();
+    // Once the queue has stood for longer than target_wait with about 2 s of work in it,
+    // newcomers are refused at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let shed = get(&c, addr, "x", "/?delay=100", &[]).await;
+    assert_eq!(
+        shed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        shed.body
+    );
+    assert_eq!(shed.header("rouse-error"), "overloaded");
+    let retry: u64 = shed.header("retry-after").parse().unwrap();
+    assert!((1..=4).contains(&retry), "retry-after {retry}");
+    assert!(shed.body.contains("overloaded"), "{}", shed.body);
+    for b in burst {
+        assert_eq!(
+            b.await.unwrap().status,
+            StatusCode::OK,
+            "the burst is served whole"
+        );
+    }
+    // Drained: the next request is served.
+    assert_eq!(get(&c, addr, "x", "/", &[]).await.status, StatusCode::OK);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_rejected_requests_total{service=\"s\",revision=\"r\",reason=\"overloaded\"}"
+        ),
+        1.0
+    );
+}

@@ -381,6 +381,8 @@ node!(
         max_bytes: u64,
         /// `max_wait`: longest hold before 503 queue-timeout.
         max_wait: &str,
+        /// `target_wait`: under sustained overload, the longest predicted wait admitted.
+        target_wait: &str,
     }
 );
 
