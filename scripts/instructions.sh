@@ -39,6 +39,8 @@ trap cleanup EXIT INT TERM
 BE=18180; GW=18194; SC=18198
 cat > "$WORK/nginx.conf" <<EOF
 worker_processes 1;
+# One process, so that stopping it by its PID stops it all.
+master_process off;
 daemon off;
 pid $WORK/nginx.pid;
 error_log stderr crit;

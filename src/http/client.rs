@@ -16,7 +16,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -60,14 +61,46 @@ impl Default for PoolSettings {
 
 struct Idle {
     sender: http1::SendRequest<Incoming>,
-    since: Instant,
+    /// When it is too old to reuse: the pool's idle timeout, or sooner if the backend said
+    /// it closes idle connections sooner (`Keep-Alive: timeout=`).
+    expires: Instant,
+}
+
+/// The idle HTTP/1.1 connections of one endpoint, shared with the task that closes them when
+/// they expire.
+#[derive(Default)]
+struct IdleSet {
+    /// Most recently returned last, so reuse is LIFO (warm connections).
+    conns: Mutex<Vec<Idle>>,
+    /// True while a task is closing expired connections; set and cleared under the lock.
+    reaping: AtomicBool,
+}
+
+/// Closes `set`'s connections as they expire, and ends once none is left (or the pool is gone).
+async fn reap(set: Weak<IdleSet>) {
+    loop {
+        let next = {
+            let Some(set) = set.upgrade() else { return };
+            let mut conns = set.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            // Dropping a sender closes its idle connection.
+            conns.retain(|c| c.expires > now && !c.sender.is_closed());
+            match conns.iter().map(|c| c.expires).min() {
+                Some(t) => t,
+                None => {
+                    set.reaping.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
+    }
 }
 
 /// Connections to one endpoint.
 pub struct Pool {
     settings: PoolSettings,
-    /// Most recently returned last, so reuse is LIFO (warm connections) and expiry is a prefix.
-    idle: Mutex<Vec<Idle>>,
+    idle: Arc<IdleSet>,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
     /// Single-flight gate for opening the h2 connection, so a burst of first requests shares
     /// one connection instead of each opening its own. Taken only when no usable connection
@@ -122,7 +155,7 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> Pool {
         Pool {
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Arc::default(),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
@@ -130,32 +163,38 @@ impl Pool {
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.idle.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Returns a connection whose exchange finished cleanly.
-    pub fn put(&self, sender: Pooled) {
+    /// Returns a connection whose exchange finished cleanly; `keep_alive` is how long the
+    /// backend said it keeps an idle connection, if it did.
+    pub fn put(&self, sender: Pooled, keep_alive: Option<Duration>) {
         if sender.is_closed() {
             return;
         }
+        let keep = keep_alive.map_or(self.settings.idle_timeout, |k| {
+            k.min(self.settings.idle_timeout)
+        });
         let mut idle = self.lock_idle();
         if idle.len() < self.settings.max_idle {
             idle.push(Idle {
                 sender,
-                since: Instant::now(),
+                expires: Instant::now() + keep,
             });
+            // Closed on time, not only when the endpoint is next used: an idle connection
+            // holds a socket on both sides, and a backend may count it against its limits.
+            if !self.idle.reaping.load(Ordering::Relaxed) {
+                self.idle.reaping.store(true, Ordering::Relaxed);
+                tokio::spawn(reap(Arc::downgrade(&self.idle)));
+            }
         }
     }
 
     fn take_idle(&self) -> Option<Pooled> {
         let mut idle = self.lock_idle();
+        let now = Instant::now();
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() >= self.settings.idle_timeout {
-                // Everything below is older still.
-                idle.clear();
-                return None;
-            }
-            if !c.sender.is_closed() {
+            if c.expires > now && !c.sender.is_closed() {
                 return Some(c.sender);
             }
         }

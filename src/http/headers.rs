@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
 /// `Trailer` is not among them: it announces the trailer fields an HTTP/1.1 message carries,
@@ -19,6 +20,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Positions in [`HOP_BY_HOP`] of the two headers whose values matter.
 const CONNECTION_AT: usize = 0;
+const KEEP_ALIVE_AT: usize = 1;
 const TE_AT: usize = 4;
 const TRANSFER_ENCODING_AT: usize = 5;
 
@@ -89,10 +91,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// [`strip_hop_by_hop`] for a client's request, which is refused (nothing removed) if its
 /// framing is ambiguous.
 pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) -> Result<(), Ambiguous> {
-    strip(headers, true)
+    strip(headers, true).map(|_| ())
 }
 
-fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> {
+/// [`strip_hop_by_hop`] for a backend's response; returns the idle timeout its `Keep-Alive`
+/// header announces (`timeout=N`), if any, less a margin, so that a pooled connection is
+/// given up before the backend closes it.
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) -> Option<Duration> {
+    strip(headers, false).ok().flatten()
+}
+
+/// The `timeout=N` of a `Keep-Alive` value, less a margin: a second, or half of it if shorter.
+fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
+    let secs: u64 = v
+        .to_str()
+        .ok()?
+        .split(',')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("timeout"))?
+        .1
+        .trim()
+        .parse()
+        .ok()?;
+    let d = Duration::from_secs(secs);
+    Some(d.saturating_sub(Duration::from_secs(1)).max(d / 2))
+}
+
+fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<Option<Duration>, Ambiguous> {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
     for k in headers.keys() {
@@ -102,11 +127,18 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> 
         }
     }
     if !any {
-        return Ok(());
+        return Ok(None);
     }
     if check_framing && present[TRANSFER_ENCODING_AT] {
         check_chunked(headers)?;
     }
+    let keep_alive = if present[KEEP_ALIVE_AT] {
+        headers
+            .get(&HOP_BY_HOP[KEEP_ALIVE_AT])
+            .and_then(keep_alive_timeout)
+    } else {
+        None
+    };
     // Names listed in `Connection` that are not hop-by-hop already (those are handled below,
     // and only if present); usually there are none, and nothing is allocated.
     let listed: Vec<HeaderName> = if present[CONNECTION_AT] {
@@ -149,7 +181,7 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> 
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    Ok(())
+    Ok(keep_alive)
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -356,6 +388,24 @@ pub fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_timeouts_are_read_with_a_margin() {
+        let t = |v: &'static str| keep_alive_timeout(&HeaderValue::from_static(v));
+        assert_eq!(t("timeout=5, max=100"), Some(Duration::from_secs(4)));
+        assert_eq!(t("max=100, Timeout=2"), Some(Duration::from_secs(1)));
+        assert_eq!(t("timeout=1"), Some(Duration::from_millis(500)));
+        assert_eq!(t("timeout=x"), None);
+        assert_eq!(t("max=5"), None);
+        let mut h = HeaderMap::new();
+        h.insert("keep-alive", HeaderValue::from_static("timeout=3"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert_eq!(
+            strip_response_hop_by_hop(&mut h),
+            Some(Duration::from_secs(2))
+        );
+        assert!(h.get("keep-alive").is_none() && h.get("x-kept").is_some());
+    }
 
     #[test]
     fn strip_port_cases() {

@@ -7,6 +7,7 @@
 use crate::http::body::{Exchange, ProxyBody};
 use crate::http::client::Pooled;
 use crate::revision::{Active, Lease};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// The proxy's response body.
@@ -18,6 +19,8 @@ pub struct Completion {
     lease: Option<Lease>,
     _active: Active,
     conn: Option<Pooled>,
+    /// How long the backend keeps the connection idle, if it said so.
+    keep_alive: Option<Duration>,
     start: Instant,
     status: u16,
 }
@@ -36,9 +39,15 @@ impl Completion {
             lease: Some(lease),
             _active: active,
             conn,
+            keep_alive: None,
             start,
             status,
         }
+    }
+
+    /// Notes how long the backend keeps the connection idle (its `Keep-Alive: timeout=`).
+    pub fn keep_alive(&mut self, idle: Option<Duration>) {
+        self.keep_alive = idle;
     }
 
     fn finish(&mut self, clean: bool) {
@@ -48,7 +57,7 @@ impl Completion {
             if let Some(conn) = self.conn.take()
                 && clean
             {
-                lease.endpoint().pool.put(conn);
+                lease.endpoint().pool.put(conn, self.keep_alive);
             }
             lease
                 .revision()

@@ -179,9 +179,14 @@ fn connect_error(endpoint: SocketAddr, e: ConnectError) -> ProxyError {
     }
 }
 
-fn respond(res: Response<Incoming>, done: Completion, limits: Limits, cut: Cut) -> Response<Body> {
+fn respond(
+    res: Response<Incoming>,
+    mut done: Completion,
+    limits: Limits,
+    cut: Cut,
+) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    done.keep_alive(headers::strip_response_hop_by_hop(&mut parts.headers));
     // The client's connection has its own version; an HTTP/1.0 backend must not make rouse
     // answer an HTTP/1.1 client as HTTP/1.0.
     parts.version = Version::HTTP_11;

@@ -282,3 +282,67 @@ async fn a_broken_request_body_is_the_clients_fault() {
         "{m}"
     );
 }
+
+/// A backend that answers each connection's first request with `extra` headers, then keeps
+/// the connection open until rouse closes it, and reports how long after its answer that was.
+async fn idle_watching_backend(
+    extra: &'static str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Duration>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{extra}\r\nok");
+                let _ = s.write_all(answer.as_bytes()).await;
+                let answered = tokio::time::Instant::now();
+                // Whatever comes next, the connection's end is what is timed.
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = tx.send(answered.elapsed());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Idle pooled connections are closed when they expire, not only when the endpoint is next
+/// used: after `upstream.pool_idle_timeout`, or sooner when the backend announces a shorter
+/// `Keep-Alive: timeout=` (less a margin, so rouse lets go before the backend does).
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_on_time() {
+    // (the backend's extra headers, pool_idle_timeout, the least time before the close)
+    for (extra, pool_idle, not_before) in [
+        ("", "300ms", 300),
+        // The pool would keep it 30 s; the backend's word shortens that to 0.5 s.
+        ("keep-alive: timeout=1\r\n", "30s", 500),
+    ] {
+        let (addr, mut closed) = idle_watching_backend(extra).await;
+        let gw = Cfg::single(Rev::new("r").endpoint(addr))
+            .pool_idle_timeout(pool_idle)
+            .start()
+            .await;
+        let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(
+            got.headers.get("keep-alive").is_none(),
+            "hop-by-hop, not forwarded"
+        );
+        // No further request: only a timer can close it.
+        let after = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the idle connection is closed without another request")
+            .unwrap();
+        assert!(
+            after >= Duration::from_millis(not_before),
+            "{extra:?}: closed {after:?} after the answer"
+        );
+    }
+}
