@@ -351,12 +351,19 @@ impl Pool {
     }
 }
 
+/// The most an upstream HTTP/1.1 connection buffers from the backend. Body pieces handed to
+/// the client are slices of this buffer, so while a client reads slowly, the whole buffer stays
+/// allocated for it: hyper's default (about 400 KiB) made each slow reader cost half a
+/// megabyte. 64 KiB still takes a backend's write in one read.
+const UPSTREAM_READ_BUFFER: usize = 64 << 10;
+
 /// An HTTP/1.1 handshake over any transport; the connection runs on its own task.
 async fn h1_over<I>(io: I, addr: SocketAddr) -> Result<Pooled, ConnectError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_READ_BUFFER)
         .handshake(io)
         .await
         .map_err(ConnectError::Handshake)?;
