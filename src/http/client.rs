@@ -16,8 +16,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -60,7 +62,9 @@ impl Default for PoolSettings {
 }
 
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: Pooled,
+    /// When it was returned.
+    since: Instant,
     /// When it is too old to reuse: the pool's idle timeout, or sooner if the backend said
     /// it closes idle connections sooner (`Keep-Alive: timeout=`).
     expires: Instant,
@@ -101,7 +105,7 @@ async fn reap(set: Weak<IdleSet>) {
 pub struct Pool {
     settings: PoolSettings,
     idle: Arc<IdleSet>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<OutBody>>>,
     /// Single-flight gate for opening the h2 connection, so a burst of first requests shares
     /// one connection instead of each opening its own. Taken only when no usable connection
     /// exists, never on the per-request path.
@@ -117,7 +121,72 @@ impl std::fmt::Debug for Pool {
 }
 
 /// A connection borrowed for one HTTP/1.1 exchange; returned with [`Pool::put`].
-pub type Pooled = http1::SendRequest<Incoming>;
+pub type Pooled = http1::SendRequest<OutBody>;
+
+/// The body of a request sent upstream: the client's, or none, for a request replayed after its
+/// client's (empty) body was spent on a connection that failed.
+#[derive(Debug)]
+pub enum OutBody {
+    /// The client's request body, streamed.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for OutBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            OutBody::Client(b) => Pin::new(b).poll_frame(cx),
+            OutBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Client(b) => b.is_end_stream(),
+            OutBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            OutBody::Client(b) => b.size_hint(),
+            OutBody::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A pooled connection idle this long may be closing as it is reused: an idempotent request
+/// without a body sent on it keeps a copy of its head, to be replayed on a new connection if
+/// the old one fails before any answer. Connections reused sooner cost no copy.
+const RISKY_IDLE: Duration = Duration::from_millis(250);
+
+/// A copy of a request to replay: idempotent (RFC 9110 §9.2.2), no body, no upgrade.
+fn replayable(req: &Request<OutBody>) -> Option<Request<OutBody>> {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent
+        || !http_body::Body::is_end_stream(req.body())
+        || req.headers().contains_key(http::header::UPGRADE)
+    {
+        return None;
+    }
+    let mut copy = Request::new(OutBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
 
 /// Why a request could not be sent.
 #[derive(Debug)]
@@ -125,7 +194,7 @@ pub enum SendError {
     /// No connection could be made; the request never left rouse and is handed back.
     Connect {
         /// The untouched request.
-        req: Box<Request<Incoming>>,
+        req: Box<Request<OutBody>>,
         /// What went wrong.
         error: ConnectError,
     },
@@ -177,9 +246,11 @@ impl Pool {
         });
         let mut idle = self.lock_idle();
         if idle.len() < self.settings.max_idle {
+            let now = Instant::now();
             idle.push(Idle {
                 sender,
-                expires: Instant::now() + keep,
+                since: now,
+                expires: now + keep,
             });
             // Closed on time, not only when the endpoint is next used: an idle connection
             // holds a socket on both sides, and a backend may count it against its limits.
@@ -190,12 +261,13 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<Pooled> {
+    /// The warmest idle connection that has not expired, and how long it was idle.
+    fn take_idle(&self) -> Option<(Pooled, Duration)> {
         let mut idle = self.lock_idle();
         let now = Instant::now();
         while let Some(c) = idle.pop() {
             if c.expires > now && !c.sender.is_closed() {
-                return Some(c.sender);
+                return Some((c.sender, now.saturating_duration_since(c.since)));
             }
         }
         None
@@ -244,7 +316,7 @@ impl Pool {
     async fn h2_sender(
         &self,
         addr: SocketAddr,
-    ) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+    ) -> Result<http2::SendRequest<OutBody>, ConnectError> {
         let current = || {
             let slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             slot.as_ref().filter(|s| !s.is_closed()).cloned()
@@ -272,15 +344,21 @@ impl Pool {
     pub async fn send_h1(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<OutBody>,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
         // A pooled connection may turn out closed; then the request comes back unsent and goes
         // out once more on a fresh connection, which is never stale.
         let mut fresh = false;
         loop {
             let pooled = if fresh { None } else { self.take_idle() };
+            let mut replay = None;
             let mut sender = match pooled {
-                Some(s) => s,
+                Some((s, idle_for)) => {
+                    if idle_for >= RISKY_IDLE {
+                        replay = replayable(&req);
+                    }
+                    s
+                }
                 None => {
                     fresh = true;
                     match self.connect_h1(addr).await {
@@ -306,10 +384,18 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(res) => return Ok((res, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !fresh => {
+                Err(mut e) => match (e.take_message(), replay) {
+                    (Some(back), _) if !fresh => {
                         debug!(%addr, "pooled connection was closed; retrying on a new one");
                         req = back;
+                        fresh = true;
+                    }
+                    // Sent, but the reused connection failed before any answer: most likely
+                    // the backend closed it as idle just then. An idempotent request without a
+                    // body goes out once more, on a fresh connection.
+                    (None, Some(copy)) => {
+                        debug!(%addr, error = %e.error(), "reused connection failed before an answer; replaying on a new one");
+                        req = copy;
                         fresh = true;
                     }
                     _ => return Err(SendError::Failed(e.into_error())),
@@ -322,7 +408,7 @@ impl Pool {
     pub async fn send_h2(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<OutBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let mut retried = false;
         loop {
@@ -376,7 +462,7 @@ where
 }
 
 /// An HTTP/2 handshake over any transport; the connection runs on its own task.
-async fn h2_over<I>(io: I, addr: SocketAddr) -> Result<http2::SendRequest<Incoming>, ConnectError>
+async fn h2_over<I>(io: I, addr: SocketAddr) -> Result<http2::SendRequest<OutBody>, ConnectError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -9,7 +9,7 @@ use super::router::Timeouts;
 use crate::config::Protocol;
 use crate::error::{Dialect, ProxyError};
 use crate::http::body::{Cut, Limits};
-use crate::http::client::{ConnectError, SendError};
+use crate::http::client::{ConnectError, OutBody, SendError};
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
 use crate::revision::Revision;
@@ -78,6 +78,7 @@ pub async fn forward(
         tunnel::mark(req.headers_mut(), proto);
         hyper::upgrade::on(&mut req)
     });
+    let mut req = req.map(OutBody::Client);
     let mark_cold = acquired.cold && settings.cold_start.header;
     let mut lease = acquired.lease;
     let mut retried = false;

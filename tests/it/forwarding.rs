@@ -346,3 +346,72 @@ async fn idle_upstream_connections_are_closed_on_time() {
         );
     }
 }
+
+/// A backend that answers the first request on each connection and, as a backend closing an
+/// idle keep-alive connection just then would, drops the connection on the second without
+/// answering. Counts connections.
+async fn closes_on_second_request() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                // The first request (read to the end of its head, and its 2-byte body if any).
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // The second: read, then closed unanswered.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// An idempotent request without a body, sent on a pooled connection that the backend drops
+/// before answering, is replayed once on a new connection; one with a body is not (the backend
+/// may have acted on it), and gets 502.
+#[tokio::test]
+async fn a_bodiless_idempotent_request_is_replayed_when_a_reused_connection_drops_it() {
+    use std::sync::atomic::Ordering;
+    let (addr, conns) = closes_on_second_request().await;
+    let gw = Cfg::single(Rev::new("r").endpoint(addr)).start().await;
+    let c = h1_client();
+    assert_eq!(
+        get(&c, gw.addr(), "x", "/", &[]).await.status,
+        StatusCode::OK
+    );
+    // Idle long enough to be at risk, then reused: dropped, and replayed on a new connection.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.body, "ok");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    // A POST with a body on the pooled connection from the replay: not replayed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let post = http::Request::post(format!("http://{}/", gw.addr()))
+        .header("host", "x")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"payload",
+        )))
+        .unwrap();
+    let got = send(&c, post).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.body);
+    assert_eq!(got.header("rouse-error"), "upstream-failed");
+}
