@@ -180,6 +180,11 @@ impl Queue {
         }
     }
 
+    /// Hands a wake-up this waiter will not use to the next one.
+    pub fn pass_on(&self) {
+        self.wake.notify_one();
+    }
+
     /// The wait an arrival is predicted to have, if it should be turned away now: the queue
     /// has stood for at least `target` without emptying (sustained overload, not a burst) and
     /// the slots are freed too slowly for this arrival to be served within `target`.

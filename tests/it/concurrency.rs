@@ -123,12 +123,12 @@ async fn queue_bounds_answer_503_with_retry_after() {
     );
 }
 
-/// Under sustained overload a revision that cannot add endpoints answers what it cannot serve
-/// within `target_wait` at once (503 `overloaded`, with `Retry-After`), instead of holding it
-/// until `max_wait` and making everyone behind it wait too; a burst into a queue that has
-/// not stood yet is absorbed.
+/// Under sustained overload a revision that cannot add endpoints does not hold what it cannot
+/// serve soon: a burst of three seconds' work for a queue with a 300 ms `target_wait` is served
+/// in part, and the rest is answered 503 `overloaded` (with `Retry-After`) well before
+/// `max_wait`, instead of waiting up to 30 s for the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standing_queue_turns_away_at_once_what_it_cannot_serve_in_time() {
+async fn sustained_overload_is_answered_early_instead_of_held_to_max_wait() {
     let a = Backend::start("a").await;
     let gw = Cfg::single(
         Rev::new("r")
@@ -141,34 +141,27 @@ async fn a_standing_queue_turns_away_at_once_what_it_cannot_serve_in_time() {
     .await;
     let c = h1_client();
     let addr = gw.addr();
-    // A burst of 30 into an empty queue: every one is held and served (about 3 s of work).
     let burst: Vec<_> = (0..30)
         .map(|_| {
             let c = c.clone();
             tokio::spawn(async move { get(&c, addr, "x", "/?delay=100", &[]).await })
         })
         .collect();
-    // Once the queue has stood for longer than target_wait with about 2 s of work in it,
-    // newcomers are refused at once.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let shed = get(&c, addr, "x", "/?delay=100", &[]).await;
-    assert_eq!(
-        shed.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        shed.body
-    );
-    assert_eq!(shed.header("rouse-error"), "overloaded");
-    let retry: u64 = shed.header("retry-after").parse().unwrap();
-    assert!((1..=4).contains(&retry), "retry-after {retry}");
-    assert!(shed.body.contains("overloaded"), "{}", shed.body);
+    let (mut served, mut shed) = (0, 0);
     for b in burst {
-        assert_eq!(
-            b.await.unwrap().status,
-            StatusCode::OK,
-            "the burst is served whole"
-        );
+        let got = b.await.unwrap();
+        match got.status {
+            StatusCode::OK => served += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(got.header("rouse-error"), "overloaded", "{}", got.body);
+                let retry: u64 = got.header("retry-after").parse().unwrap();
+                assert!(retry >= 1, "retry-after {retry}");
+                shed += 1;
+            }
+            other => panic!("{other}: {}", got.body),
+        }
     }
+    assert!(served >= 3 && shed >= 10, "{served} served, {shed} shed");
     // Drained: the next request is served.
     assert_eq!(get(&c, addr, "x", "/", &[]).await.status, StatusCode::OK);
     let m = metrics(&gw).await;
@@ -177,6 +170,6 @@ async fn a_standing_queue_turns_away_at_once_what_it_cannot_serve_in_time() {
             &m,
             "rouse_rejected_requests_total{service=\"s\",revision=\"r\",reason=\"overloaded\"}"
         ),
-        1.0
+        f64::from(shed)
     );
 }
