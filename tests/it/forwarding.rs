@@ -140,9 +140,8 @@ async fn stale_pooled_connection_is_retried_before_any_byte_is_sent() {
 #[tokio::test]
 async fn ambiguous_requests_are_refused_before_any_backend_sees_them() {
     let a = Backend::start("a").await;
-    let gw = Cfg::new()
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr))
         .admin()
-        .service(Svc::single(Rev::new("r").endpoint(a.addr)))
         .start()
         .await;
     let cases: [(&str, &[u8], &str); 3] = [
@@ -244,9 +243,8 @@ async fn the_authority_decides_the_host_and_a_disagreeing_host_is_refused() {
 async fn a_broken_request_body_is_the_clients_fault() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Backend::start("a").await;
-    let gw = Cfg::new()
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr))
         .admin()
-        .service(Svc::single(Rev::new("r").endpoint(a.addr)))
         .start()
         .await;
     let out = raw(
