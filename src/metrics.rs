@@ -158,6 +158,16 @@ impl Metrics {
             "Configuration reload attempts, by result (ok, invalid)",
             config_reloads.clone(),
         );
+        // Exported at 0 from the start, so that a rate over them, or a check that one is 0,
+        // finds the series before its first event.
+        for result in ["ok", "invalid"] {
+            config_reloads.get_or_create(&ResultLabels { result });
+        }
+        for why in [Code::NoService, Code::MissingHost] {
+            unrouted.get_or_create(&ReasonLabels {
+                reason: why.label(),
+            });
+        }
         Metrics {
             registry: Mutex::new(registry),
             requests,

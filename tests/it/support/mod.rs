@@ -369,13 +369,19 @@ pub async fn metrics(gw: &Gateway) -> String {
         .body
 }
 
-/// Value of the metric line starting with `prefix` (name plus labels), or 0.
+/// Value of the metric line starting with `prefix` (name plus labels). A series that is not
+/// exported fails the test: a check that it is 0 must not pass because its name or labels
+/// changed.
 pub fn metric(text: &str, prefix: &str) -> f64 {
+    series(text, prefix).unwrap_or_else(|| panic!("no series {prefix} in:\n{text}"))
+}
+
+/// The value of a series, if it is exported.
+fn series(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The metrics text once the series `prefix` has reached `value` (checked every 20 ms, for up
@@ -384,7 +390,8 @@ pub async fn wait_for_metric(gw: &Gateway, prefix: &str, value: f64) -> String {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let m = metrics(gw).await;
-        if metric(&m, prefix) >= value {
+        // A series appears when it is first counted.
+        if series(&m, prefix).is_some_and(|v| v >= value) {
             return m;
         }
         assert!(
