@@ -161,10 +161,10 @@ impl Metrics {
         // Exported at 0 from the start, so that a rate over them, or a check that one is 0,
         // finds the series before its first event.
         for result in ["ok", "invalid"] {
-            config_reloads.get_or_create(&ResultLabels { result });
+            config_reloads.get_or_create_owned(&ResultLabels { result });
         }
         for why in [Code::NoService, Code::MissingHost] {
-            unrouted.get_or_create(&ReasonLabels {
+            unrouted.get_or_create_owned(&ReasonLabels {
                 reason: why.label(),
             });
         }
