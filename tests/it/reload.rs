@@ -32,6 +32,22 @@ async fn change(gw: &Gateway, path: &std::path::Path, yaml: &str, result: &str) 
     panic!("no {result} reload reported after writing:\n{yaml}");
 }
 
+/// The set of bodies (backend names) of `n` requests to `/`.
+async fn bodies(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        seen.insert(get(client, addr, "x", "/", &[]).await.body);
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
     let (a, b, c) = (
@@ -157,6 +173,55 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
         let got = probe("/h").await;
         let a_ref = a.as_ref().unwrap_or(&c);
         assert!(check(&got, a_ref, &b, &c), "step {}: {got:?}", i + 1);
+        // What each step changed, shown to have taken effect: none of these holds under the
+        // config before it.
+        match i + 1 {
+            2 => {
+                let got = get(&client, gw.addr(), "x", "/", &[("rouse-tag", "bee")]).await;
+                assert_eq!(got.body, "b", "step 2: the new tag reaches rb");
+            }
+            3 => assert_eq!(
+                bodies(&client, gw.addr(), 40).await,
+                ["a", "b"].map(String::from).into(),
+                "step 3: the 50/50 split reaches both"
+            ),
+            6 => {
+                // Its live gauges are read from the current table's revisions only (its counters
+                // keep their totals).
+                let m = metrics(&gw).await;
+                assert!(
+                    m.contains("rouse_revision_in_flight{service=\"s\",revision=\"rb\"}")
+                        && !m.contains("rouse_revision_in_flight{service=\"s\",revision=\"ra\"}"),
+                    "step 6: the removed revision's live gauges are gone:\n{m}"
+                );
+            }
+            8 => {
+                // Six slow requests at once: rc never gets more than its 2.
+                c.seen.max_in_flight.store(0, Ordering::SeqCst);
+                let slow: Vec<_> = (0..6)
+                    .map(|_| {
+                        let (client, addr) = (client.clone(), gw.addr());
+                        tokio::spawn(
+                            async move { get(&client, addr, "x", "/?delay=200", &[]).await },
+                        )
+                    })
+                    .collect();
+                for s in slow {
+                    assert_eq!(s.await.unwrap().status, StatusCode::OK);
+                }
+                assert_eq!(
+                    c.seen.max_in_flight.load(Ordering::SeqCst),
+                    2,
+                    "step 8: container_concurrency 2 holds, and is used"
+                );
+            }
+            9 => assert_eq!(
+                bodies(&client, gw.addr(), 60).await,
+                ["b", "c"].map(String::from).into(),
+                "step 9: the 20/80 split reaches both"
+            ),
+            _ => {}
+        }
         if i == 5 {
             // Removed revision's backend goes away; nothing may be routed to it any more.
             tokio::time::sleep(Duration::from_millis(50)).await;
