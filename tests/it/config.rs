@@ -192,7 +192,10 @@ fn every_problem_is_reported_at_once_and_units_are_checked() {
         &queue,
         "services[0].revisions[2].queue.max_bytes: unknown size unit",
     );
-    assert_rejected("listen: [", "");
+    assert_rejected(
+        "listen: [",
+        "listen: invalid type: sequence, expected a string",
+    );
     assert_rejected("services: []\nlisten: 127.0.0.1:1", "services: no services");
     assert_rejected("listen: 127.0.0.1:1", "missing key `services`");
     let dup_host = format!(

@@ -271,9 +271,15 @@ async fn a_backend_that_fails_to_boot_is_reported_and_backed_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_misses_its_boot_deadline_is_killed_and_reported() {
+    let pid_file = temp_dir("late-boot").join("pid");
+    let pid_path = pid_file.display().to_string();
     let gw = scaled(
         Rev::new("r"),
-        Scale::new(backend(&[("BOOT_DELAY_MS", "5000")]).boot_timeout("500ms")),
+        Scale::new(
+            backend(&[("BOOT_DELAY_MS", "5000"), ("PID_FILE", &pid_path)])
+                .boot_timeout("500ms")
+                .stop_grace("200ms"),
+        ),
     )
     .await;
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
@@ -284,6 +290,17 @@ async fn a_backend_that_misses_its_boot_deadline_is_killed_and_reported() {
         "{}",
         got.body
     );
+    // Killed, not left booting: gone well before its 5 s boot would have ended.
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let _cleanup = KillOnDrop(vec![pid.clone()]);
+    let gone = async {
+        while running(&pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), gone)
+        .await
+        .expect("the late backend was not stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,15 @@
 #   FAIL_ONCE_FILE  fail the first boot only: fail (status 4) unless this file exists, creating it
 #   WORKER_PID_FILE fork a worker that ignores SIGTERM and sleeps, and write its pid here
 #   IGNORE_SIGTERM  the server itself ignores SIGTERM (a backend that hangs on shutdown)
+#   PID_FILE        write the process id here first thing
 # Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1.
 # Every response carries x-pid, x-in-flight and x-max-in-flight (high-water mark).
 import http.server, os, signal, sys, threading, time, urllib.parse
 
 rev = os.environ.get("REVISION", "rev")
+if os.environ.get("PID_FILE"):
+    with open(os.environ["PID_FILE"], "w") as f:
+        f.write(str(os.getpid()))
 if os.environ.get("FAIL_BOOT"):
     print("starting " + rev, flush=True)
     print("fatal: database unreachable", file=sys.stderr, flush=True)
