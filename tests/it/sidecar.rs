@@ -330,17 +330,42 @@ async fn stats_port_serves_protobuf_with_proxied_requests_apart() {
     );
     assert!(seen.iter().all(|s| s.pod_name == "hello-00001-pod"));
 
-    let text = get(&c, sc.metrics_addr(), "m", "/metrics", &[]).await.body;
-    for name in [
-        "kn_serving_queue_depth{",
-        "queue_requests_per_second{",
-        "queue_proxied_operations_per_second{",
-        "queue_average_concurrent_requests{",
-        "queue_average_proxied_concurrent_requests{",
-        "process_uptime{",
-    ] {
-        assert!(text.contains(name), "{name} missing:\n{text}");
+    // The Prometheus gauges are the latest Stat, under queue-proxy's names and labels: read
+    // both within one reporting period and compare value for value.
+    let labels = "{namespace_name=\"ns\",configuration_name=\"hello\",revision_name=\"hello-00001\",pod_name=\"hello-00001-pod\"}";
+    let mut compared = false;
+    for _ in 0..5 {
+        let before = stat(sc.stats_addr(), "text/plain").await;
+        let text = get(&c, sc.metrics_addr(), "m", "/metrics", &[]).await.body;
+        let after = stat(sc.stats_addr(), "text/plain").await;
+        if before != after {
+            continue; // a period ended in between
+        }
+        let gauge = |name: &str| metric(&text, &format!("{name}{labels}"));
+        assert_eq!(
+            gauge("kn_serving_queue_depth"),
+            0.0,
+            "idle: nothing held or in flight"
+        );
+        assert_eq!(gauge("queue_requests_per_second"), before.request_count);
+        assert_eq!(
+            gauge("queue_proxied_operations_per_second"),
+            before.proxied_request_count
+        );
+        assert_eq!(
+            gauge("queue_average_concurrent_requests"),
+            before.average_concurrent_requests
+        );
+        assert_eq!(
+            gauge("queue_average_proxied_concurrent_requests"),
+            before.average_proxied_concurrent_requests
+        );
+        assert_eq!(gauge("process_uptime"), before.process_uptime);
+        assert!(before.process_uptime >= 4.0, "{before:?}");
+        compared = true;
+        break;
     }
+    assert!(compared, "the stats changed under every read");
     let got = get(&c, sc.stats_addr(), "s", "/other", &[]).await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
 }
