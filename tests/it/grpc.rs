@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 type GrpcBody = BoxBody<Bytes, Infallible>;
@@ -212,8 +211,7 @@ async fn grpc_unary_call_held_during_a_cold_start_succeeds() {
         let trailers = grpc_next(&mut body, &mut buf).await.unwrap_err();
         (reply, trailers["grpc-status"].to_str().unwrap().to_owned())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rev.held(), 1);
+    wait_until("the call to be held", || rev.held() == 1).await;
     rev.set_endpoint_addrs(&[a]);
     assert_eq!(call.await.unwrap(), ("a:cold".to_owned(), "0".to_owned()));
 }

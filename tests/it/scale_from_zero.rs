@@ -30,6 +30,9 @@ async fn scaled(rev: Rev, scale: Scale) -> Gateway {
         .await
 }
 
+/// The held-requests gauge of revision `r` of service `svc`.
+const HELD: &str = "rouse_revision_held_requests{service=\"svc\",revision=\"r\"}";
+
 async fn gauge(gw: &Gateway, name: &str) -> f64 {
     metric(
         &metrics(gw).await,
@@ -109,8 +112,7 @@ async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
             async move { get(&c, addr, "x", "/", &[]).await },
         ));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gauge(&gw, "rouse_revision_held_requests").await, 3.0);
+    wait_for_gauge(&gw, HELD, 3.0).await;
     let over = get(&c, gw.addr(), "x", "/", &[]).await;
     assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(over.header("rouse-error"), "queue-full");
@@ -189,26 +191,15 @@ async fn max_wait_expiry_and_client_disconnect_free_the_queue() {
         let c = c.clone();
         tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(gauge(&gw, "rouse_revision_held_requests").await, 1.0);
+    wait_for_gauge(&gw, HELD, 1.0).await;
     gone.abort();
-    for _ in 0..50 {
-        if gauge(&gw, "rouse_revision_held_requests").await == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(gauge(&gw, "rouse_revision_held_requests").await, 0.0);
+    wait_for_gauge(&gw, HELD, 0.0).await;
     let next = {
         let c = c.clone();
         tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        gauge(&gw, "rouse_revision_held_requests").await,
-        1.0,
-        "held, not refused"
-    );
+    // Held, not refused.
+    wait_for_gauge(&gw, HELD, 1.0).await;
     // It times out too (the backend is still booting), but as a timeout, not as queue-full.
     assert_eq!(next.await.unwrap().header("rouse-error"), "queue-timeout");
 }

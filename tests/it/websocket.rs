@@ -195,8 +195,7 @@ async fn websocket_through_a_cold_start() {
         let mut ws = ws_connect(addr, "x").await;
         ws_echo(&mut ws, "woke").await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rev.held(), 1);
+    wait_until("the upgrade to be held", || rev.held() == 1).await;
     rev.set_endpoint_addrs(&[a]);
     assert_eq!(client.await.unwrap(), "a:woke");
 }

@@ -402,6 +402,29 @@ pub async fn wait_for_metric(gw: &Gateway, prefix: &str, value: f64) -> String {
     }
 }
 
+/// Waits (checking every 10 ms, for up to 5 s) until `cond` holds; fails naming `what`.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("still waiting for {what} after 5 s");
+}
+
+/// Waits (checking every 10 ms, for up to 5 s) until the series `prefix` on `gw` reads
+/// `value`; fails naming it otherwise.
+pub async fn wait_for_gauge(gw: &Gateway, prefix: &str, value: f64) {
+    for _ in 0..500 {
+        if series(&metrics(gw).await, prefix) == Some(value) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{prefix} never read {value}: {}", metrics(gw).await);
+}
+
 /// Writes raw bytes to `addr` and reads until the peer closes or 2 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
