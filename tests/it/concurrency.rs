@@ -173,3 +173,37 @@ async fn sustained_overload_is_answered_early_instead_of_held_to_max_wait() {
         f64::from(shed)
     );
 }
+
+/// `queue.max_requests: 0` never holds: a request that finds no free slot is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_zero_refuses_what_finds_no_free_slot() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(
+        Rev::new("r")
+            .cc(1)
+            .endpoint(a.addr)
+            .queue(Queue::new().max_requests(0)),
+    )
+    .admin()
+    .start()
+    .await;
+    let c = h1_client();
+    let addr = gw.addr();
+    let busy = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "x", "/?delay=500", &[]).await })
+    };
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",
+        1.0,
+    )
+    .await;
+    let refused = get(&c, addr, "x", "/", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.header("rouse-error"), "queue-full");
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+    // With the slot free again, a request is served.
+    assert_eq!(get(&c, addr, "x", "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(a.requests(), 2);
+}

@@ -413,3 +413,41 @@ async fn a_bodiless_idempotent_request_is_replayed_when_a_reused_connection_drop
     assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.body);
     assert_eq!(got.header("rouse-error"), "upstream-failed");
 }
+
+/// The admin listener's endpoints, as docs/metrics.md lists them: `/metrics` in OpenMetrics
+/// text ending with `# EOF`, `/healthz`, `/readyz`, and a 404 that names what exists.
+#[tokio::test]
+async fn the_admin_endpoints_answer_as_documented() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr))
+        .admin()
+        .start()
+        .await;
+    let (c, admin) = (h1_client(), gw.admin_addr().unwrap());
+    let m = get(&c, admin, "a", "/metrics", &[]).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(
+        m.header("content-type"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(m.body.ends_with("# EOF\n"), "{}", m.body);
+    // Series of a revision exist at 0 before its first request.
+    assert_eq!(
+        metric(
+            &m.body,
+            "rouse_requests_total{service=\"s\",revision=\"r\",code=\"2xx\"}"
+        ),
+        0.0
+    );
+    let h = get(&c, admin, "a", "/healthz", &[]).await;
+    assert_eq!((h.status, h.body.as_str()), (StatusCode::OK, "ok\n"));
+    let r = get(&c, admin, "a", "/readyz", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ready\n"));
+    let other = get(&c, admin, "a", "/nope", &[]).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert!(
+        other.body.contains("/metrics, /healthz or /readyz"),
+        "{}",
+        other.body
+    );
+}
