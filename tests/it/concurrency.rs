@@ -19,7 +19,10 @@ async fn container_concurrency_is_never_exceeded_under_64_clients() {
         tasks.push(tokio::spawn(async move {
             let mut ok = 0;
             for _ in 0..4 {
-                if get(&c, addr, "x", "/?delay=20", &[]).await.status == StatusCode::OK {
+                let got = get(&c, addr, "x", "/?delay=20", &[]).await;
+                // Held because the endpoints were busy, not because the revision was cold.
+                assert_eq!(got.header("rouse-cold-start"), "");
+                if got.status == StatusCode::OK {
                     ok += 1;
                 }
             }
@@ -202,6 +205,11 @@ async fn a_queue_of_zero_refuses_what_finds_no_free_slot() {
     let refused = get(&c, addr, "x", "/", &[]).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.header("rouse-error"), "queue-full");
+    assert_eq!(
+        refused.header("rouse-cold-start"),
+        "",
+        "an error is not a cold start"
+    );
     assert_eq!(busy.await.unwrap().status, StatusCode::OK);
     // With the slot free again, a request is served.
     assert_eq!(get(&c, addr, "x", "/", &[]).await.status, StatusCode::OK);

@@ -408,6 +408,11 @@ async fn placeholder_answers_at_once_while_the_revision_wakes() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(got.body, "warming up");
     assert_eq!(got.header("retry-after"), "2");
+    assert_eq!(
+        got.header("rouse-cold-start"),
+        "true",
+        "the placeholder is marked"
+    );
     // The placeholder started the revision: it becomes ready without further requests.
     for _ in 0..100 {
         if gauge(&gw, "rouse_revision_endpoints").await == 1.0 {
@@ -506,4 +511,25 @@ impl Drop for KillOnDrop {
             }
         }
     }
+}
+
+/// `cold_start.header: false` leaves the mark off a response that waited for a cold start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_header_false_leaves_the_mark_off() {
+    let gw = scaled(
+        Rev::new("r").cold_start_header(false),
+        Scale::new(backend(&[])),
+    )
+    .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "");
+    // It did wait for a cold start.
+    assert_eq!(
+        metric(
+            &metrics(&gw).await,
+            "rouse_cold_start_seconds_count{service=\"svc\",revision=\"r\"}"
+        ),
+        1.0
+    );
 }

@@ -359,6 +359,11 @@ impl Rev {
         Rev(self.0.set_in("cold_start", "placeholder", p))
     }
 
+    /// `cold_start.header`: whether responses that waited for a cold start are marked.
+    pub fn cold_start_header(self, mark: bool) -> Rev {
+        Rev(self.0.set_in("cold_start", "header", mark))
+    }
+
     /// `tls`: connect to the endpoints over TLS, trusting the CA bundle `ca` and verifying
     /// `server_name` (default: the endpoint's IP address).
     pub fn tls(self, ca: &str, server_name: Option<&str>) -> Rev {
