@@ -21,6 +21,8 @@ pub fn assign(revised: &Revised, r: &config::Revision) {
         }
         return;
     }
+    // Nobody scales a static revision: its queue is all the capacity it will get.
+    rev.set_ceiling(0);
     let addrs: Vec<_> = r.endpoints.iter().map(|a| a.0).collect();
     if revised.new_pools {
         // Connections must be made differently now: fresh endpoints, and requests already on

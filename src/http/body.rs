@@ -66,7 +66,8 @@ struct Streamed<E> {
 #[derive(Debug)]
 struct Relayed {
     frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-    /// How the task ended, once it has ([`RUNNING`], [`CLEAN`], [`IDLE`], [`TOTAL`]).
+    /// How the task ended, once it has ([`RUNNING`], [`CLEAN`], [`IDLE`], [`TOTAL`],
+    /// [`FAILED`]).
     outcome: Arc<AtomicU8>,
     hint: SizeHint,
 }
@@ -75,6 +76,7 @@ const RUNNING: u8 = 0;
 const CLEAN: u8 = 1;
 const IDLE: u8 = 2;
 const TOTAL: u8 = 3;
+const FAILED: u8 = 4;
 
 /// The stream outlived a timeout after its headers were sent.
 #[derive(Debug, thiserror::Error)]
@@ -203,11 +205,15 @@ async fn relay<E: Exchange>(
                 return done.end(true);
             }
             Some(Err(e)) => {
+                outcome.store(FAILED, Ordering::Release);
                 let _ = tx.try_send(Err(e.into()));
                 return done.end(false);
             }
             Some(Ok(f)) => {
                 let last = inner.is_end_stream();
+                // The upstream just moved; the client now has the idle limit to take it.
+                moved = Instant::now();
+                let (at, which) = limits.next(moved).expect("a timed body has a limit");
                 tokio::select! {
                     sent = tx.send(Ok(f)) => if sent.is_err() { return done.end(false) },
                     () = tokio::time::sleep_until(at) => break which,
@@ -221,8 +227,8 @@ async fn relay<E: Exchange>(
         }
     };
     // A limit passed: the upstream exchange goes (dropping `inner` closes or resets it), the
-    // slot is freed, and the client's stream fails when it next reads, or its connection is
-    // closed now if it is not reading at all.
+    // slot is freed, and the client's stream fails: an HTTP/1.1 connection is closed at once
+    // (`cut`), reading or not; an HTTP/2 stream fails when it is next polled.
     outcome.store(fired, Ordering::Release);
     drop(inner);
     done.end(false);
@@ -275,6 +281,9 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
                     CLEAN => Poll::Ready(None),
                     IDLE => Poll::Ready(Some(Err(Box::new(StreamTimeout("idle timeout"))))),
                     TOTAL => Poll::Ready(Some(Err(Box::new(StreamTimeout("request timeout"))))),
+                    FAILED => {
+                        Poll::Ready(Some(Err(Box::new(StreamTimeout("upstream body failed")))))
+                    }
                     // The task ended without a verdict (the runtime is shutting down): the
                     // body is not whole, so it must not look complete.
                     _ => Poll::Ready(Some(Err(Box::new(StreamTimeout("stream abandoned"))))),

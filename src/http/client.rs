@@ -244,6 +244,10 @@ impl Pool {
         let keep = keep_alive.map_or(self.settings.idle_timeout, |k| {
             k.min(self.settings.idle_timeout)
         });
+        if keep.is_zero() {
+            // The backend keeps no idle connection (`Keep-Alive: timeout=0`).
+            return;
+        }
         let mut idle = self.lock_idle();
         if idle.len() < self.settings.max_idle {
             let now = Instant::now();
@@ -393,7 +397,7 @@ impl Pool {
                     // Sent, but the reused connection failed before any answer: most likely
                     // the backend closed it as idle just then. An idempotent request without a
                     // body goes out once more, on a fresh connection.
-                    (None, Some(copy)) => {
+                    (None, Some(copy)) if e.error().is_incomplete_message() => {
                         debug!(%addr, error = %e.error(), "reused connection failed before an answer; replaying on a new one");
                         req = copy;
                         fresh = true;

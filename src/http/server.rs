@@ -75,6 +75,8 @@ pub struct Connections {
     limit: usize,
     permits: Arc<Semaphore>,
     waits: AtomicU64,
+    /// The second of the last warning about the limit.
+    warned: AtomicU64,
 }
 
 impl Connections {
@@ -85,6 +87,7 @@ impl Connections {
             limit,
             permits: Arc::new(Semaphore::new(limit)),
             waits: AtomicU64::new(0),
+            warned: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -192,6 +195,11 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
 /// False only when `head` holds a complete first line that is not an HTTP/1.x request line
 /// (`METHOD target HTTP/1.x`); a line not yet complete is left to the HTTP/1.1 parser.
 fn may_be_http1(head: &[u8]) -> bool {
+    // Empty lines before a request line are to be ignored (RFC 9112 §2.2).
+    let mut head = head;
+    while let Some(rest) = head.strip_prefix(b"\r\n") {
+        head = rest;
+    }
     match head.windows(2).position(|w| w == b"\r\n") {
         None => true,
         Some(end) => {
@@ -427,11 +435,16 @@ pub async fn serve<H: Handler>(
         let permit = match conns.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                conns.waits.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    limit = conns.limit,
-                    "client connection limit reached (limits.max_connections); new connections wait until one closes"
-                );
+                let waits = conns.waits.fetch_add(1, Ordering::Relaxed) + 1;
+                // Once a second at most: a listener at its limit waits at every accept.
+                let second = crate::clock::now_ms() / 1000;
+                if conns.warned.swap(second, Ordering::Relaxed) != second {
+                    warn!(
+                        limit = conns.limit,
+                        waits,
+                        "client connection limit reached (limits.max_connections); new connections wait until one closes"
+                    );
+                }
                 tokio::select! {
                     biased;
                     () = stopped(&mut stop) => break,

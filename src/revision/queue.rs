@@ -81,14 +81,17 @@ struct Window {
     per_sec: f64,
 }
 
+/// The longest wait a prediction reports.
+const MAX_PREDICTED: Duration = Duration::from_secs(3600);
+
 /// The shortest stretch a rate is measured over: enough slots freed to mean something.
 const PACE_WINDOW: Duration = Duration::from_millis(250);
 
 impl Pace {
     /// Slots freed per second, averaged over recent windows; `None` until one has been seen.
     fn per_sec(&self, now: Instant) -> Option<f64> {
-        let freed = self.freed.load(Ordering::Relaxed);
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let freed = self.freed.load(Ordering::Relaxed);
         match w.since {
             None => {
                 w.since = Some(now);
@@ -96,7 +99,7 @@ impl Pace {
             }
             Some(since) if now.saturating_duration_since(since) >= PACE_WINDOW => {
                 let secs = now.saturating_duration_since(since).as_secs_f64();
-                let rate = (freed - w.freed_then) as f64 / secs;
+                let rate = freed.saturating_sub(w.freed_then) as f64 / secs;
                 // Half the weight on the newest window: steady, yet it follows a revision
                 // whose endpoints came or went within a second or two.
                 w.per_sec = if w.per_sec > 0.0 {
@@ -196,7 +199,11 @@ impl Queue {
         let target_ms = u64::try_from(target.as_millis()).unwrap_or(u64::MAX);
         let stood = clock::now_ms().saturating_sub(self.empty_at.load(Ordering::Relaxed));
         let rate = self.pace.per_sec(Instant::now())?;
-        let predicted = Duration::from_secs_f64((held + 1) as f64 / rate);
+        // A rate that has decayed towards nothing (every slot held by long streams) predicts
+        // an unbounded wait; an hour says as much, and stays a sane Retry-After.
+        let predicted = Duration::try_from_secs_f64((held + 1) as f64 / rate)
+            .unwrap_or(MAX_PREDICTED)
+            .min(MAX_PREDICTED);
         (stood >= target_ms && predicted > target).then_some(predicted)
     }
 }
@@ -244,5 +251,39 @@ impl Drop for Hold<'_> {
         // taking its slot drops its `Notified`, and tokio forwards that wake-up to the next
         // waiter. An extra wake here would wake the next in line with no slot free, sending it
         // to the back of the queue every time, and under steady churn it could starve.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_stops_moving_predicts_a_long_wait_without_overflowing() {
+        let q = Queue::default();
+        let limits = QueueLimits {
+            max_requests: 100,
+            max_bytes: u64::MAX,
+            max_wait: None,
+            target_wait: None,
+        };
+        let wait = Histogram::new([1.0].into_iter());
+        let _held: Vec<_> = (0..10)
+            .map(|_| q.enter(&limits, 0, None, &wait).unwrap())
+            .collect();
+        // Ten slots freed in the first window, none ever after (long streams hold them all).
+        q.overloaded(Duration::ZERO);
+        for _ in 0..10 {
+            q.slot_freed();
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let first = q.overloaded(Duration::ZERO).expect("a rate is known");
+        assert!(first < Duration::from_secs(1), "{first:?}");
+        let mut last = first;
+        for _ in 0..200 {
+            tokio::time::advance(Duration::from_millis(300)).await;
+            last = q.overloaded(Duration::ZERO).expect("still overloaded");
+        }
+        assert_eq!(last, MAX_PREDICTED, "decayed to the cap, not past it");
     }
 }

@@ -306,4 +306,11 @@ async fn an_invalid_preface_closes_the_connection_without_an_answer() {
     let out = raw(gw.addr(), b"GET / HTTP/1.1\r\nHost x\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(a.requests(), 0);
+    // Empty lines before the request line are ignored, as RFC 9112 §2.2 asks.
+    let out = raw(
+        gw.addr(),
+        b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
