@@ -76,15 +76,9 @@ async fn queue_bounds_answer_503_with_retry_after() {
     .await;
     let c = h1_client();
     let addr = gw.addr();
-    let busy = {
-        let c = c.clone();
-        tokio::spawn(async move { get(&c, addr, "x", "/?delay=1500", &[]).await })
-    };
+    let busy = spawn_get(&c, addr, "/?delay=1500");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let held = {
-        let c = c.clone();
-        tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
-    };
+    let held = spawn_get(&c, addr, "/");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Queue holds one: the next is refused at once.
     let full = get(&c, addr, "x", "/", &[]).await;
@@ -145,10 +139,7 @@ async fn sustained_overload_is_answered_early_instead_of_held_to_max_wait() {
     let c = h1_client();
     let addr = gw.addr();
     let burst: Vec<_> = (0..30)
-        .map(|_| {
-            let c = c.clone();
-            tokio::spawn(async move { get(&c, addr, "x", "/?delay=100", &[]).await })
-        })
+        .map(|_| spawn_get(&c, addr, "/?delay=100"))
         .collect();
     let (mut served, mut shed) = (0, 0);
     for b in burst {
@@ -192,10 +183,7 @@ async fn a_queue_of_zero_refuses_what_finds_no_free_slot() {
     .await;
     let c = h1_client();
     let addr = gw.addr();
-    let busy = {
-        let c = c.clone();
-        tokio::spawn(async move { get(&c, addr, "x", "/?delay=500", &[]).await })
-    };
+    let busy = spawn_get(&c, addr, "/?delay=500");
     wait_for_gauge(
         &gw,
         "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",

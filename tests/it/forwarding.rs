@@ -290,24 +290,21 @@ async fn idle_watching_backend(
     tokio::sync::mpsc::UnboundedReceiver<Duration>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{extra}\r\nok");
-                let _ = s.write_all(answer.as_bytes()).await;
-                let answered = tokio::time::Instant::now();
-                // Whatever comes next, the connection's end is what is timed.
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-                let _ = tx.send(answered.elapsed());
-            });
+    let addr = serve_each(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{extra}\r\nok");
+            let _ = s.write_all(answer.as_bytes()).await;
+            let answered = tokio::time::Instant::now();
+            // Whatever comes next, the connection's end is what is timed.
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            let _ = tx.send(answered.elapsed());
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 
@@ -354,31 +351,28 @@ async fn closes_on_second_request() -> (
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let conns = std::sync::Arc::new(AtomicUsize::new(0));
     let count = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut head = Vec::new();
-                // The first request (read to the end of its head, and its 2-byte body if any).
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+    let addr = serve_each(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let mut head = Vec::new();
+            // The first request (read to the end of its head, and its 2-byte body if any).
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                // The second: read, then closed unanswered.
-                let _ = s.read(&mut buf).await;
-            });
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            // The second: read, then closed unanswered.
+            let _ = s.read(&mut buf).await;
         }
-    });
+    })
+    .await;
     (addr, conns)
 }
 

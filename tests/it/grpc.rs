@@ -39,52 +39,45 @@ fn unframe(buf: &mut BytesMut) -> Vec<Bytes> {
 /// An echo service: each request message comes back as "<name>:<message>" as soon as it
 /// arrives (bidirectional streaming), then trailers. `x-grpc-status` asks for an error status.
 async fn grpc_backend(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
+    serve_each(move |s| async move {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+            let status = req
+                .headers()
+                .get("x-grpc-status")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| "0".into());
+            let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let status = req
-                        .headers()
-                        .get("x-grpc-status")
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_else(|| "0".into());
-                    let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
-                    tokio::spawn(async move {
-                        let mut incoming = req.into_body();
-                        let mut buf = BytesMut::new();
-                        while let Some(Ok(f)) = incoming.frame().await {
-                            if let Ok(d) = f.into_data() {
-                                buf.extend_from_slice(&d);
-                                for m in unframe(&mut buf) {
-                                    let reply = format!("{name}:{}", String::from_utf8_lossy(&m));
-                                    let _ = tx.send_data(frame(reply.as_bytes())).await;
-                                }
-                            }
+                let mut incoming = req.into_body();
+                let mut buf = BytesMut::new();
+                while let Some(Ok(f)) = incoming.frame().await {
+                    if let Ok(d) = f.into_data() {
+                        buf.extend_from_slice(&d);
+                        for m in unframe(&mut buf) {
+                            let reply = format!("{name}:{}", String::from_utf8_lossy(&m));
+                            let _ = tx.send_data(frame(reply.as_bytes())).await;
                         }
-                        let mut t = HeaderMap::new();
-                        t.insert("grpc-status", status.parse().unwrap());
-                        if status != "0" {
-                            t.insert("grpc-message", "not found".parse().unwrap());
-                        }
-                        let _ = tx.send_trailers(t).await;
-                    });
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(body.boxed())
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                    }
+                }
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", status.parse().unwrap());
+                if status != "0" {
+                    t.insert("grpc-message", "not found".parse().unwrap());
+                }
+                let _ = tx.send_trailers(t).await;
             });
-        }
-    });
-    addr
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body.boxed())
+                    .unwrap(),
+            )
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 async fn grpc_conn(gw: SocketAddr) -> hyper::client::conn::http2::SendRequest<GrpcBody> {

@@ -172,20 +172,14 @@ async fn protocol_is_told_from_first_bytes_that_trickle_in_and_silent_clients_ar
 #[tokio::test]
 async fn http10_backend_answers_reach_http11_clients_as_http11() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold")
-                    .await;
-            });
-        }
-    });
+    let addr = serve_each(|mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold")
+            .await;
+    })
+    .await;
     let gw = Cfg::single(Rev::new("r").endpoint(addr)).start().await;
     let out = raw(
         gw.addr(),

@@ -23,11 +23,7 @@ async fn split_follows_weights_and_zero_percent_gets_nothing() {
     let n = 1000;
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let c = c.clone();
-        let addr = gw.addr();
-        tasks.push(tokio::spawn(
-            async move { get(&c, addr, "x", "/", &[]).await },
-        ));
+        tasks.push(spawn_get(&c, gw.addr(), "/"));
         if tasks.len() >= 50 {
             for t in tasks.drain(..) {
                 assert_eq!(t.await.unwrap().status, StatusCode::OK);

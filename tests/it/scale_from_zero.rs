@@ -107,10 +107,7 @@ async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
     let c = h1_client();
     let mut held = Vec::new();
     for _ in 0..3 {
-        let (c, addr) = (c.clone(), gw.addr());
-        held.push(tokio::spawn(
-            async move { get(&c, addr, "x", "/", &[]).await },
-        ));
+        held.push(spawn_get(&c, gw.addr(), "/"));
     }
     wait_for_gauge(&gw, HELD, 3.0).await;
     let over = get(&c, gw.addr(), "x", "/", &[]).await;
@@ -187,17 +184,11 @@ async fn max_wait_expiry_and_client_disconnect_free_the_queue() {
     // A client that gives up while held frees its place at once: the queue holds one, and the
     // next request is held rather than refused.
     let addr = gw.addr();
-    let gone = {
-        let c = c.clone();
-        tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
-    };
+    let gone = spawn_get(&c, addr, "/");
     wait_for_gauge(&gw, HELD, 1.0).await;
     gone.abort();
     wait_for_gauge(&gw, HELD, 0.0).await;
-    let next = {
-        let c = c.clone();
-        tokio::spawn(async move { get(&c, addr, "x", "/", &[]).await })
-    };
+    let next = spawn_get(&c, addr, "/");
     // Held, not refused.
     wait_for_gauge(&gw, HELD, 1.0).await;
     // It times out too (the backend is still booting), but as a timeout, not as queue-full.

@@ -782,49 +782,40 @@ async fn binary_beside_a_real_app_process_drains_on_sigterm() {
 /// answered with status NOT_FOUND, as grpc-health servers do.
 async fn grpc_health_app() -> SocketAddr {
     use http_body_util::channel::Channel;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
+    serve_each(|s| async move {
+        let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+            let mut body = req.into_body().collect().await.unwrap().to_bytes();
+            let msg = HealthCheckRequest::decode(body.split_off(5)).unwrap();
+            let (mut tx, out) = Channel::<Bytes, std::convert::Infallible>::new(2);
             tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
-                        let mut body = req.into_body().collect().await.unwrap().to_bytes();
-                        let msg = HealthCheckRequest::decode(body.split_off(5)).unwrap();
-                        let (mut tx, out) = Channel::<Bytes, std::convert::Infallible>::new(2);
-                        tokio::spawn(async move {
-                            let status = match msg.service.as_str() {
-                                "ok" => Some(SERVING),
-                                "down" => Some(2),
-                                _ => None,
-                            };
-                            if let Some(status) = status {
-                                let _ = tx
-                                    .send_data(grpc_frame(&HealthCheckResponse { status }))
-                                    .await;
-                            }
-                            let mut t = http::HeaderMap::new();
-                            let code = if status.is_some() { "0" } else { "5" };
-                            t.insert("grpc-status", code.parse().unwrap());
-                            let _ = tx.send_trailers(t).await;
-                        });
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(out)
-                                .unwrap(),
-                        )
-                    });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                let status = match msg.service.as_str() {
+                    "ok" => Some(SERVING),
+                    "down" => Some(2),
+                    _ => None,
+                };
+                if let Some(status) = status {
+                    let _ = tx
+                        .send_data(grpc_frame(&HealthCheckResponse { status }))
                         .await;
+                }
+                let mut t = http::HeaderMap::new();
+                let code = if status.is_some() { "0" } else { "5" };
+                t.insert("grpc-status", code.parse().unwrap());
+                let _ = tx.send_trailers(t).await;
             });
-        }
-    });
-    addr
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(out)
+                    .unwrap(),
+            )
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,31 +7,24 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A WebSocket server that answers each text message with "<name>:<message>".
 pub(crate) async fn ws_backend(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m
-                        && ws.send(Message::text(format!("{name}:{t}"))).await.is_err()
-                    {
-                        break;
-                    }
-                }
-            });
+    serve_each(move |s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m
+                && ws.send(Message::text(format!("{name}:{t}"))).await.is_err()
+            {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;

@@ -236,6 +236,34 @@ impl Backend {
     }
 }
 
+/// Listens on a free loopback port and runs `each` on every connection accepted, each on its
+/// own task; returns the address.
+pub async fn serve_each<F, Fut>(each: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(each(s));
+        }
+    });
+    addr
+}
+
+/// Starts a GET of `path` on `addr` (Host `x`) on a task of its own, for a request to run
+/// while the test does something else.
+pub fn spawn_get(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> tokio::task::JoinHandle<Got> {
+    let (c, path) = (c.clone(), path.to_owned());
+    tokio::spawn(async move { get(&c, addr, "x", &path, &[]).await })
+}
+
 /// A port on which nothing listens (bound, then closed).
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -492,24 +520,20 @@ pub fn pid_alive(pid: &str) -> bool {
 /// its address and a count of connections accepted.
 pub async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
     let cn = conns.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            cn.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
+    let addr = serve_each(move |mut s| {
+        cn.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    });
+    })
+    .await;
     (addr, conns)
 }
 
