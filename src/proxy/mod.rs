@@ -141,10 +141,7 @@ impl Proxy {
             (arm.revision.clone(), svc.timeouts)
         };
         let deadline = timeouts.request.map(|d| start + d);
-        let start_by = match (timeouts.response_start.map(|d| start + d), deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
         if rev.is_cold()
             && let Some(p) = rev.settings().cold_start.placeholder.clone()
         {

@@ -34,6 +34,7 @@ use self::endpoint::Endpoint;
 use self::queue::{Queue, Refused};
 use self::settings::{RevisionSettings, RevisionSpec};
 use self::stats::ConcurrencyStats;
+use crate::clock;
 use crate::config::Protocol;
 use crate::error::{Code, ProxyError};
 use crate::metrics::{Metrics, RevisionMetrics};
@@ -368,10 +369,7 @@ impl Revision {
         let wait_limit = settings.limits.max_wait.map(|w| hold.since + w);
         let shed_after = settings.limits.target_wait.filter(|_| !cold);
         drop(settings);
-        let until = match (wait_limit, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let until = clock::earliest(wait_limit, deadline);
         let mut woken = false;
         loop {
             if woken
