@@ -5,7 +5,8 @@
 //! [`http`] (the wire: listener, TLS, client, body, headers, tunnels), [`proxy`] (the request
 //! path: route, split, forward), [`revision`] (endpoints, slots, the bounded queue, phases),
 //! [`scale`] (the autoscaler and the scalers), [`discovery`] (where endpoints come from),
-//! [`knative`] (Knative's wire contracts), [`config`], [`admin`], and the small shared pieces
+//! [`knative`] (Knative's wire contracts), `kubernetes` (EndpointSlices, workload scaling and
+//! leader election, behind the `kubernetes` feature), [`config`], [`admin`], and the small shared pieces
 //! [`error`], [`metrics`], [`probe`] and [`clock`]. No module imports one that imports it back
 //! (a test checks). See `docs/architecture.md` for the map and the request flow.
 
@@ -16,6 +17,8 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod knative;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -1,7 +1,10 @@
 //! The admin listener: `/metrics` (OpenMetrics text), `/healthz` (the process is up) and
 //! `/readyz` (503 from the moment draining starts, so health-checking load balancers take this
-//! instance out while in-flight requests finish).
+//! instance out while in-flight requests finish; also 503 until outside sources such as
+//! Kubernetes have listed the endpoints once, and always with a line per thing rouse cannot
+//! get from them).
 
+use crate::discovery::Outside;
 use crate::http::body::{PLAIN, ProxyBody, text};
 use crate::http::server::{ConnInfo, Handler};
 use crate::metrics::Metrics;
@@ -15,12 +18,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Admin {
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    outside: Outside,
 }
 
 impl Admin {
     /// An admin handler reporting `metrics` and readiness from `draining`.
     pub fn new(metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Admin {
-        Admin { metrics, draining }
+        Admin {
+            metrics,
+            draining,
+            outside: Outside::default(),
+        }
+    }
+
+    /// Also reports the readiness of `outside`'s sources.
+    pub fn with_sources(mut self, outside: Outside) -> Admin {
+        self.outside = outside;
+        self
+    }
+
+    fn ready(&self) -> Response<ProxyBody> {
+        let r = self.outside.readiness();
+        let (status, head) = if r.ready {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        };
+        let mut body = format!("{head}\n");
+        for n in r.notes {
+            body.push_str(&n);
+            body.push('\n');
+        }
+        text(status, body, PLAIN)
     }
 }
 
@@ -38,7 +67,8 @@ impl Handler for Admin {
             "/readyz" if self.draining.load(Ordering::Relaxed) => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN)
             }
-            "/readyz" => text(StatusCode::OK, "ready\n", PLAIN),
+            "/readyz" => self.ready(),
+            other if let Some(page) = self.outside.page(other) => text(StatusCode::OK, page, PLAIN),
             other => text(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {other}; try /metrics, /healthz or /readyz\n"),

@@ -5,7 +5,7 @@
 //! warning and kept.
 
 use super::load::ConfigError;
-use super::types::{Addr, Config, Limits, Tls};
+use super::types::{Addr, Config, Kubernetes, Limits, Tls};
 use super::units::Dur;
 use crate::http::tls::CertStore;
 use std::path::{Path, PathBuf};
@@ -128,6 +128,7 @@ pub struct StartOnly {
     drain_timeout: Dur,
     watch_interval: Dur,
     tls: Option<Tls>,
+    kubernetes: Kubernetes,
 }
 
 impl StartOnly {
@@ -140,6 +141,7 @@ impl StartOnly {
             drain_timeout: cfg.drain_timeout,
             watch_interval: cfg.watch_interval,
             tls: cfg.tls.clone(),
+            kubernetes: cfg.kubernetes.clone(),
         }
     }
 
@@ -152,6 +154,7 @@ impl StartOnly {
             ("drain_timeout", self.drain_timeout != next.drain_timeout),
             ("watch_interval", self.watch_interval != next.watch_interval),
             ("tls", self.tls != next.tls),
+            ("kubernetes", self.kubernetes != next.kubernetes),
         ]
         .into_iter()
         .filter_map(|(key, differs)| differs.then_some(key))

@@ -34,8 +34,94 @@ pub struct Config {
     /// Upstream connection settings shared by every revision.
     #[serde(default)]
     pub upstream: Upstream,
+    /// The Kubernetes cluster that revisions with a `kubernetes` section come from; read
+    /// from the pod's service account, or `KUBECONFIG`, or `~/.kube/config`.
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
     /// The services, each with hosts, routes, traffic and revisions.
     pub services: Vec<Service>,
+}
+
+/// Cluster-wide settings, used only when some revision has a `kubernetes` section.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kubernetes {
+    /// Namespace of revisions that name none; default rouse's own (the pod's namespace, from
+    /// `POD_NAMESPACE` or the service account), else `default`.
+    pub namespace: Option<String>,
+    /// The Lease that elects the one replica making scale decisions above one and down.
+    pub lease: Lease,
+    /// How the elected replica finds the others, to add their demand to its own.
+    pub peers: Option<Peers>,
+}
+
+/// Leader election among rouse replicas.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lease {
+    /// Name of the `coordination.k8s.io/v1` Lease.
+    pub name: String,
+    /// Its namespace; default rouse's own.
+    pub namespace: Option<String>,
+    /// A leader that has not renewed for this long is replaced.
+    pub duration: Dur,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            name: "rouse".to_owned(),
+            namespace: None,
+            duration: Dur(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// The other rouse replicas: the pods behind a Service, reached on their admin port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peers {
+    /// The Service that selects every rouse pod.
+    pub service: String,
+    /// Its namespace; default rouse's own.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The port (name or number) of the admin listener in its EndpointSlices.
+    pub port: PortRef,
+}
+
+/// Endpoints from a Kubernetes Service's EndpointSlices.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeEndpoints {
+    /// The Service whose EndpointSlices (label `kubernetes.io/service-name`) list the pods.
+    pub service: String,
+    /// Its namespace; default `kubernetes.namespace`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The port, by name or number, as the EndpointSlices list it; may be left out when they
+    /// list one port.
+    #[serde(default)]
+    pub port: Option<PortRef>,
+}
+
+/// A port named in a Service (`http`) or given as a number (`8080`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// A port number.
+    Number(u16),
+    /// A port name.
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(s) => write!(f, "{s:?}"),
+        }
+    }
 }
 
 fn default_watch_interval() -> Dur {
@@ -216,6 +302,9 @@ pub struct Revision {
     /// Static endpoints (`ip:port`).
     #[serde(default)]
     pub endpoints: Vec<Addr>,
+    /// Endpoints from a Kubernetes Service instead: its ready pods.
+    #[serde(default)]
+    pub kubernetes: Option<KubeEndpoints>,
     /// Bounds on requests held while no endpoint can take them.
     #[serde(default)]
     pub queue: Queue,
@@ -266,7 +355,49 @@ pub struct Scale {
     #[serde(default = "default_tick")]
     pub tick: Dur,
     /// Start local processes on demand.
+    #[serde(default)]
     pub process: Option<Process>,
+    /// Scale this Deployment (in the namespace of the revision's `kubernetes` section)
+    /// through its `scale` subresource.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Scale this StatefulSet instead.
+    #[serde(default)]
+    pub stateful_set: Option<String>,
+}
+
+impl Scale {
+    /// The workload this section scales in Kubernetes, if any: (kind, name).
+    pub fn workload(&self) -> Option<(WorkloadKind, &str)> {
+        match (&self.deployment, &self.stateful_set) {
+            (Some(d), _) => Some((WorkloadKind::Deployment, d)),
+            (None, Some(s)) => Some((WorkloadKind::StatefulSet, s)),
+            (None, None) => None,
+        }
+    }
+
+    /// True when something runs this section's backends (a process, or a workload).
+    pub fn runs_backends(&self) -> bool {
+        self.process.is_some() || self.workload().is_some()
+    }
+}
+
+/// A Kubernetes workload kind with a `scale` subresource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+        })
+    }
 }
 
 fn default_max_scale() -> u32 {

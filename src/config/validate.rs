@@ -73,6 +73,29 @@ impl Validator {
                 "must be at least 1; it bounds the client connections open at once",
             );
         }
+        let k = &c.kubernetes;
+        if let Some(ns) = &k.namespace {
+            self.object_name("kubernetes.namespace", ns);
+        }
+        self.object_name("kubernetes.lease.name", &k.lease.name);
+        if let Some(ns) = &k.lease.namespace {
+            self.object_name("kubernetes.lease.namespace", ns);
+        }
+        if k.lease.duration.0 < Duration::from_secs(2) {
+            self.err(
+                "kubernetes.lease.duration",
+                "must be at least 2s: the leader renews it three times per duration",
+            );
+        }
+        if let Some(p) = &k.peers {
+            self.object_name("kubernetes.peers.service", &p.service);
+            if let Some(ns) = &p.namespace {
+                self.object_name("kubernetes.peers.namespace", ns);
+            }
+            if let PortRef::Name(n) = &p.port {
+                self.object_name("kubernetes.peers.port", n);
+            }
+        }
         if c.limits.header_read_timeout.0.is_zero() {
             self.err("limits.header_read_timeout", "must be greater than 0");
         }
@@ -170,13 +193,17 @@ impl Validator {
         for (j, r) in s.revisions.iter().enumerate() {
             let rp = format!("{p}.revisions[{j}]");
             self.unique_name(&mut revs, &r.name, j, &rp, "revisions");
-            match (&r.scale, r.endpoints.is_empty()) {
-                (None, true) => self.err(
+            match (&r.scale, r.endpoints.is_empty(), &r.kubernetes) {
+                (_, _, Some(k)) => self.kube_endpoints(&rp, r, k),
+                (None, true, None) => self.err(
                     format!("{rp}.endpoints"),
-                    "empty; list at least one ip:port, or add scale.process to start processes",
+                    "empty; list at least one ip:port, add scale.process to start processes, or a kubernetes section to take the pods of a Service",
                 ),
-                (Some(sc), _) => self.scale(&rp, r, sc),
-                (None, false) => {}
+                (None, false, None) => {}
+                (Some(_), _, None) => {}
+            }
+            if let Some(sc) = &r.scale {
+                self.scale(&rp, r, sc);
             }
             if let Some(p) = &r.cold_start.placeholder {
                 if !(200..=599).contains(&p.status) {
@@ -296,10 +323,36 @@ impl Validator {
         if !above(sc.max_scale_down_rate, 1.0) {
             self.err(format!("{sp}.max_scale_down_rate"), "must be above 1");
         }
+        if let Some((kind, name)) = sc.workload() {
+            let key = match kind {
+                WorkloadKind::Deployment => "deployment",
+                WorkloadKind::StatefulSet => "stateful_set",
+            };
+            self.object_name(&format!("{sp}.{key}"), name);
+            if sc.deployment.is_some() && sc.stateful_set.is_some() {
+                self.err(
+                    format!("{sp}.stateful_set"),
+                    "give deployment or stateful_set, not both",
+                );
+            }
+            if sc.process.is_some() {
+                self.err(
+                    format!("{sp}.process"),
+                    format!("give process or {key}, not both: one thing runs the backends"),
+                );
+            }
+            if r.kubernetes.is_none() {
+                self.err(
+                    format!("{rp}.kubernetes"),
+                    format!("missing; scale.{key} needs the Service whose EndpointSlices list the pods, e.g. kubernetes: {{ service: {name} }}"),
+                );
+            }
+            return;
+        }
         match &sc.process {
             None => self.err(
                 format!("{sp}.process"),
-                "missing; scaling needs a process to start (command, ready)",
+                "missing; scaling needs a process to start (command, ready), or a deployment or stateful_set to scale",
             ),
             Some(p) => {
                 if !r.endpoints.is_empty() {
@@ -341,6 +394,59 @@ impl Validator {
                     );
                 }
             }
+        }
+    }
+
+    /// A revision whose endpoints are the ready pods of a Kubernetes Service.
+    fn kube_endpoints(&mut self, rp: &str, r: &Revision, k: &KubeEndpoints) {
+        let kp = format!("{rp}.kubernetes");
+        if !cfg!(feature = "kubernetes") {
+            self.err(
+                kp.clone(),
+                "this rouse was built without Kubernetes support; use a build with the `kubernetes` feature (the release image has it)",
+            );
+        }
+        if !r.endpoints.is_empty() {
+            self.err(
+                format!("{rp}.endpoints"),
+                "must be empty when the kubernetes section gives the endpoints",
+            );
+        }
+        if r.scale.as_ref().is_some_and(|s| s.process.is_some()) {
+            self.err(
+                format!("{rp}.scale.process"),
+                "a revision with a kubernetes section runs pods, not local processes; scale them with scale.deployment or scale.stateful_set",
+            );
+        }
+        self.object_name(&format!("{kp}.service"), &k.service);
+        if let Some(ns) = &k.namespace {
+            self.object_name(&format!("{kp}.namespace"), ns);
+        }
+        if let Some(PortRef::Name(n)) = &k.port {
+            self.object_name(&format!("{kp}.port"), n);
+        }
+        if k.port == Some(PortRef::Number(0)) {
+            self.err(
+                format!("{kp}.port"),
+                "0 is not a port; give 1-65535 or a port name",
+            );
+        }
+    }
+
+    /// Kubernetes names of Services, namespaces, workloads and ports: DNS labels (RFC 1123).
+    fn object_name(&mut self, at: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !ok {
+            self.err(
+                at,
+                format!("{name:?} is not a Kubernetes name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"),
+            );
         }
     }
 

@@ -426,6 +426,7 @@ impl SidecarSettings {
             tls: None,
             limits: Limits::default(),
             upstream: Upstream::default(),
+            kubernetes: Default::default(),
             services: vec![Service {
                 name: self
                     .service
@@ -444,6 +445,7 @@ impl SidecarSettings {
                     protocol: Protocol::Auto,
                     container_concurrency: self.container_concurrency,
                     endpoints: vec![Addr(self.user)],
+                    kubernetes: None,
                     queue: Queue {
                         max_requests: self.queue_depth,
                         // Held requests keep their bodies in the client's socket, not here, so

@@ -78,6 +78,8 @@ pub struct Revision {
     proxied: ConcurrencyStats,
     /// Poked when a request finds no endpoint, so the autoscaler acts at once.
     demand: Notify,
+    /// Signalled on every change of the endpoint set (for the autoscaler asleep at zero).
+    endpoints_changed: Notify,
     failure: Mutex<Option<Failure>>,
     /// When the first request of the current cold start was held.
     cold_since: Mutex<Option<Instant>>,
@@ -110,6 +112,7 @@ impl Revision {
             stats: ConcurrencyStats::default(),
             proxied: ConcurrencyStats::default(),
             demand: Notify::new(),
+            endpoints_changed: Notify::new(),
             failure: Mutex::new(None),
             cold_since: Mutex::new(None),
             desired: AtomicU32::new(desired),
@@ -192,6 +195,11 @@ impl Revision {
     /// Resolves when a request has found the revision without an endpoint.
     pub async fn demand_notified(&self) {
         self.demand.notified().await;
+    }
+
+    /// Resolves when the endpoint set has changed (since the last call, at most once).
+    pub async fn endpoints_changed(&self) {
+        self.endpoints_changed.notified().await;
     }
 
     /// Sets the most endpoints a scaler may give this revision (0: none will be added).
@@ -287,6 +295,7 @@ impl Revision {
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
         self.endpoints.store(Arc::new(endpoints));
         self.queue.wake_all();
+        self.endpoints_changed.notify_one();
     }
 
     /// Requests held right now.

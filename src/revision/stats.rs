@@ -33,15 +33,32 @@ struct Inner {
     arrivals: u64,
     last: Instant,
     window_start: Instant,
+    /// Request-seconds and arrivals since the start, never reset: what another replica's
+    /// leader reads, as counters, to get this replica's average over its own interval.
+    total_area: f64,
+    total_arrivals: u64,
 }
 
 impl Inner {
     fn advance(&mut self, now: Instant) {
         if now > self.last {
-            self.area += f64::from(self.active) * (now - self.last).as_secs_f64();
+            let a = f64::from(self.active) * (now - self.last).as_secs_f64();
+            self.area += a;
+            self.total_area += a;
             self.last = now;
         }
     }
+}
+
+/// Running totals since the start, for a reader that keeps its own windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Totals {
+    /// Request-seconds: the area under the active-requests curve.
+    pub area: f64,
+    /// Requests that arrived.
+    pub arrivals: u64,
+    /// Requests active now.
+    pub active: u32,
 }
 
 /// Accumulates arrivals and departures; [`ConcurrencyStats::take`] closes a window.
@@ -63,6 +80,8 @@ impl ConcurrencyStats {
             arrivals: 0,
             last: now,
             window_start: now,
+            total_area: 0.0,
+            total_arrivals: 0,
         }))
     }
 
@@ -76,6 +95,7 @@ impl ConcurrencyStats {
         s.advance(now);
         s.active += 1;
         s.arrivals += 1;
+        s.total_arrivals += 1;
     }
 
     /// A request finished.
@@ -88,6 +108,17 @@ impl ConcurrencyStats {
     /// Requests active right now.
     pub fn active(&self) -> u32 {
         self.lock().active
+    }
+
+    /// The totals up to `now` (windows are not touched).
+    pub fn totals(&self, now: Instant) -> Totals {
+        let mut s = self.lock();
+        s.advance(now);
+        Totals {
+            area: s.total_area,
+            arrivals: s.total_arrivals,
+            active: s.active,
+        }
     }
 
     /// Closes the current window at `now`, returns its figures and starts the next.

@@ -4,6 +4,7 @@
 use crate::admin::Admin;
 use crate::config::reload::{self, Applied, StartOnly};
 use crate::config::{Config, ConfigError};
+use crate::discovery::{Outside, Source};
 use crate::http::server::{self, Connections, ServerSettings, TlsListener};
 use crate::http::tls::{CertStore, TlsError};
 use crate::metrics::{ConnectionGauges, Metrics};
@@ -25,6 +26,8 @@ use tracing::{info, warn};
 #[derive(Debug)]
 pub struct Live {
     proxy: Arc<Proxy>,
+    /// Endpoint sources outside the file (Kubernetes), synced before the scalers.
+    outside: Outside,
     scalers: ScalerSet,
     /// Settings fixed at start; a reload that changes them is told so.
     fixed: StartOnly,
@@ -78,6 +81,7 @@ impl Gateway {
             None => None,
         };
         let proxy = Arc::new(Proxy::new(table, metrics.clone()));
+        let outside = Outside::new(sources(&cfg, &metrics));
         let draining = Arc::new(AtomicBool::new(false));
         let settings = ServerSettings {
             max_header_bytes: usize::try_from(cfg.limits.max_header_bytes.0).unwrap_or(usize::MAX),
@@ -133,7 +137,8 @@ impl Gateway {
             Some(a) => {
                 let l = TcpListener::bind(a.0).await?;
                 let bound = l.local_addr()?;
-                let h = Arc::new(Admin::new(metrics, draining.clone()));
+                let h =
+                    Arc::new(Admin::new(metrics, draining.clone()).with_sources(outside.clone()));
                 let conns = Connections::new(ADMIN_CONNECTIONS);
                 gauges.push(("admin", conns.clone()));
                 let t = tokio::spawn(server::serve(
@@ -152,16 +157,20 @@ impl Gateway {
         proxy
             .metrics()
             .add_collector(Box::new(ConnectionGauges(gauges)));
+        let mut makers = ScalerSet::default().makers().to_vec();
+        makers.extend(outside.makers());
         let live = Arc::new(Live {
             proxy,
-            scalers: ScalerSet::default(),
+            outside,
+            scalers: ScalerSet::new(makers),
             fixed: StartOnly::of(&cfg),
             applied: Applied::default(),
         });
-        // Backends start only once rouse can take the requests that wake them.
-        live.scalers
-            .sync(&cfg, live.proxy.table().revisions())
-            .await;
+        // Backends start only once rouse can take the requests that wake them, and from the
+        // endpoints the outside sources already know.
+        let table = live.proxy.table();
+        live.outside.sync(&cfg, table.revisions()).await;
+        live.scalers.sync(&cfg, table.revisions()).await;
         info!(%addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
@@ -235,6 +244,7 @@ impl Gateway {
         }
         // Backends stop only once nothing is being proxied to them.
         self.live.scalers.stop_all().await;
+        self.live.outside.stop().await;
         let _ = self.stop_admin.send(true);
         if let Some(a) = self.admin {
             let _ = a.await;
@@ -261,7 +271,9 @@ impl Live {
             );
         }
         self.proxy.swap(table);
-        self.scalers.sync(cfg, self.proxy.table().revisions()).await;
+        let table = self.proxy.table();
+        self.outside.sync(cfg, table.revisions()).await;
+        self.scalers.sync(cfg, table.revisions()).await;
         Ok(())
     }
 }
@@ -274,4 +286,13 @@ impl reload::Apply for Live {
     fn counted(&self, ok: bool) {
         self.proxy.metrics().config_reload(ok);
     }
+}
+
+/// The outside endpoint sources compiled into this build.
+fn sources(cfg: &Config, metrics: &Arc<Metrics>) -> Vec<Arc<dyn Source>> {
+    let _ = (cfg, metrics);
+    vec![
+        #[cfg(feature = "kubernetes")]
+        Arc::new(crate::kubernetes::Kube::new(&cfg.kubernetes, metrics)),
+    ]
 }

@@ -20,20 +20,38 @@ pub async fn run(
 ) {
     let mut kpa = Kpa::new(settings);
     rev.set_ceiling(settings.max);
-    let mut current = settings.min;
+    // Backends already running or starting (pods rouse did not start, or found on restart)
+    // are kept until they have been idle for `idle_grace` as seen from here, not dropped at
+    // the first decision.
+    let ready = u32::try_from(rev.endpoints().len()).unwrap_or(u32::MAX);
+    let running = ready.max(scaler.existing().await);
+    let mut current = running.clamp(settings.min, settings.max.max(settings.min));
+    if running > 0 {
+        kpa.touch(Instant::now());
+    }
     scaler.scale(current);
     rev.set_desired(current);
     let mut next_tick = Instant::now() + settings.tick;
     loop {
-        let idle_at_zero = current == 0 && rev.stats().active() == 0;
+        // Endpoints that exist while the wish is zero (pods another replica started, or ones
+        // still going away) keep the loop ticking, so they are noticed and decided on.
+        let idle_at_zero = current == 0 && rev.stats().active() == 0 && rev.is_cold();
+        let mut demand = false;
         tokio::select! {
             biased;
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            () = rev.demand_notified() => kpa.touch(Instant::now()),
+            () = rev.demand_notified() => {
+                demand = true;
+                kpa.touch(Instant::now());
+            }
+            // Asleep at zero, endpoints that appear (pods another replica started) wake the
+            // loop, so that they are decided on rather than left running.
+            () = rev.endpoints_changed(), if idle_at_zero => {}
             () = tokio::time::sleep_until(next_tick), if !idle_at_zero => {
                 let now = Instant::now();
                 let w = rev.stats().take(now);
-                kpa.record(now, w.avg_concurrency, w.active);
+                let peers = scaler.peer_load();
+                kpa.record(now, w.avg_concurrency + peers.avg, w.active + peers.active);
                 next_tick = now + settings.tick;
             }
         }
@@ -43,11 +61,14 @@ pub async fn run(
             // is kept.
             rev.stats().take(Instant::now());
             kpa.reset();
-            kpa.touch(Instant::now());
+            if demand {
+                kpa.touch(Instant::now());
+            }
             next_tick = Instant::now() + settings.tick;
         }
         let now = Instant::now();
-        let d = kpa.decide(now, rev.endpoints().len() as u32, rev.stats().active());
+        let active = rev.stats().active() + scaler.peer_load().active;
+        let d = kpa.decide(now, rev.endpoints().len() as u32, active);
         if d.desired != current {
             let dir = if d.desired > current { "up" } else { "down" };
             info!(

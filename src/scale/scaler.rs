@@ -7,16 +7,49 @@
 //! subresource; feed EndpointSlice readiness into `set_endpoint_addrs`) or a push to Knative's
 //! autoscaler fits the same two calls.
 
+use crate::config;
+use crate::revision::Revision;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Makes the scaler a revision's `scale` section asks for, if this maker runs that kind of
+/// backend; a gateway holds one maker per kind it supports (local processes, Kubernetes
+/// workloads).
+pub trait MakeScaler: Send + Sync + std::fmt::Debug + 'static {
+    /// The scaler for `rev`, or `None` when `cfg` is not this maker's kind.
+    fn make(&self, rev: &Arc<Revision>, cfg: &config::Revision) -> Option<Arc<dyn Scaler>>;
+}
 
 /// Runs a revision's backends.
 pub trait Scaler: Send + Sync + std::fmt::Debug + 'static {
     /// Sets the wanted number of endpoints. Returns at once; the work happens elsewhere.
     fn scale(&self, desired: u32);
 
+    /// How many backends already run or are on their way when the scaler starts (pods of a
+    /// Deployment that rouse finds, not starts): the autoscaler starts from there instead of
+    /// cutting them down before they are ready. Local processes: none.
+    fn existing(&self) -> Pin<Box<dyn Future<Output = u32> + Send + '_>> {
+        Box::pin(std::future::ready(0))
+    }
+
+    /// Demand for this revision seen by other rouse replicas, which the autoscaler adds to
+    /// its own (a leader deciding for all). None for a scaler that works alone.
+    fn peer_load(&self) -> PeerLoad {
+        PeerLoad::default()
+    }
+
     /// Stops every backend this scaler started, gracefully, and waits for them.
     fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Other replicas' demand for one revision, over their latest interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PeerLoad {
+    /// Time-weighted average of their active requests.
+    pub avg: f64,
+    /// Their requests active (held or proxied) at the last look.
+    pub active: u32,
 }
 
 /// Exponential backoff between failed start attempts: 1 s doubling to `max`.

@@ -5,7 +5,7 @@
 use super::autoscaler;
 use super::kpa::KpaSettings;
 use super::process::ProcessScaler;
-use super::scaler::Scaler;
+use super::scaler::{MakeScaler, Scaler};
 use crate::config::{self, Config};
 use crate::revision::Revision;
 use std::collections::HashMap;
@@ -56,12 +56,26 @@ pub fn kpa_settings(r: &config::Revision, s: &config::Scale) -> KpaSettings {
     }
 }
 
-/// Starts autoscaling for `rev` if its config asks for it (a `scale` section with a process);
-/// static revisions get `None`.
-pub fn start(rev: &Arc<Revision>, cfg: &config::Revision) -> Option<ScaleHandle> {
+/// Makes process scalers for revisions with `scale.process`.
+#[derive(Debug, Default)]
+pub struct Processes;
+
+impl MakeScaler for Processes {
+    fn make(&self, rev: &Arc<Revision>, cfg: &config::Revision) -> Option<Arc<dyn Scaler>> {
+        let process = cfg.scale.as_ref()?.process.as_ref()?;
+        Some(Arc::new(ProcessScaler::start(rev.clone(), process)))
+    }
+}
+
+/// Starts autoscaling for `rev` if its config asks for it and one of `makers` runs that kind
+/// of backend; static revisions get `None`.
+pub fn start(
+    rev: &Arc<Revision>,
+    cfg: &config::Revision,
+    makers: &[Arc<dyn MakeScaler>],
+) -> Option<ScaleHandle> {
     let scale = cfg.scale.as_ref()?;
-    let process = scale.process.as_ref()?;
-    let scaler: Arc<dyn Scaler> = Arc::new(ProcessScaler::start(rev.clone(), process));
+    let scaler = makers.iter().find_map(|m| m.make(rev, cfg))?;
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(autoscaler::run(
         rev.clone(),
@@ -82,13 +96,35 @@ pub fn start(rev: &Arc<Revision>, cfg: &config::Revision) -> Option<ScaleHandle>
 type Running = (config::Scale, u32, ScaleHandle);
 
 /// The running scalers of a gateway, kept in step with its config across reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ScalerSet {
     /// Keyed by (service, revision), with the `scale` section each was started from.
     running: Mutex<HashMap<(String, String), Running>>,
+    /// The kinds of backend this gateway can run.
+    makers: Vec<Arc<dyn MakeScaler>>,
+}
+
+impl Default for ScalerSet {
+    /// Local processes only.
+    fn default() -> Self {
+        ScalerSet::new(vec![Arc::new(Processes)])
+    }
 }
 
 impl ScalerSet {
+    /// The kinds of backend this set runs.
+    pub fn makers(&self) -> &[Arc<dyn MakeScaler>] {
+        &self.makers
+    }
+
+    /// A set whose revisions' backends are run by `makers`.
+    pub fn new(makers: Vec<Arc<dyn MakeScaler>>) -> ScalerSet {
+        ScalerSet {
+            running: Mutex::default(),
+            makers,
+        }
+    }
+
     /// Makes the running scalers match `cfg`'s autoscaled revisions among `revisions` (the
     /// live ones): starts new ones, restarts those whose `scale` section changed, stops those
     /// removed.
@@ -97,7 +133,7 @@ impl ScalerSet {
         let mut next = HashMap::new();
         for s in &cfg.services {
             for r in &s.revisions {
-                let Some(scale) = r.scale.as_ref().filter(|sc| sc.process.is_some()) else {
+                let Some(scale) = r.scale.as_ref().filter(|sc| sc.runs_backends()) else {
                     continue;
                 };
                 let key = (s.name.clone(), r.name.clone());
@@ -120,7 +156,7 @@ impl ScalerSet {
                     info!(service = %s.name, revision = %r.name, "scale settings or container_concurrency changed; restarting its scaler");
                     h.stop().await;
                 }
-                if let Some(h) = start(rev, r) {
+                if let Some(h) = start(rev, r, &self.makers) {
                     next.insert(key, (scale.clone(), r.container_concurrency, h));
                 }
             }

@@ -1,5 +1,6 @@
 # A backend process for activator tests. Configured by environment:
 #   PORT            port to listen on (set by rouse)
+#   HOST            address to listen on (default 127.0.0.1; the local Kubernetes node gives each pod its own)
 #   REVISION        name echoed in responses
 #   BOOT_DELAY_MS   sleep before listening (a slow boot)
 #   FAIL_BOOT       print a message to stderr and exit with this status instead of serving
@@ -79,6 +80,6 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+srv = http.server.ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), H)
 srv.daemon_threads = True
 srv.serve_forever()

@@ -1,0 +1,435 @@
+//! A revision's endpoints from the EndpointSlices of one Service, by watch: each change to a
+//! slice recomputes the ready addresses and hands them to the revision at once, so a pod that
+//! turns ready wakes held requests in the same moment the event arrives (no probe period).
+//!
+//! Only endpoints whose `ready` condition holds get new requests. Not-ready and terminating
+//! ones leave the set; requests already on them run to completion, because each request holds
+//! its endpoint until its response ends. Dual-stack Services list every pod twice (an IPv4 and
+//! an IPv6 slice); a pod is one endpoint (its `containerConcurrency` is per pod), reached over
+//! the first family listed for it.
+
+use super::health::{Health, describe_watch};
+use crate::config::PortRef;
+use crate::revision::Revision;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Which Service and port a revision takes its endpoints from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// The port, or `None` when the slices list exactly one.
+    pub port: Option<PortRef>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service)
+    }
+}
+
+/// What the slices of a Service say right now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ready {
+    /// The ready endpoints, one per pod, in a stable order.
+    pub addrs: Vec<SocketAddr>,
+    /// Why some endpoints could not be used (no such port, several ports and none named).
+    pub problem: Option<String>,
+}
+
+/// The ready endpoints among `slices` for `port`.
+pub fn ready_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port: Option<&PortRef>,
+) -> Ready {
+    let mut out = Ready::default();
+    let mut pods = HashSet::new();
+    let mut seen = HashSet::new();
+    // Slices in name order, so that the choice between a pod's IPv4 and IPv6 address does
+    // not depend on the order events arrived in; IPv4 first.
+    let mut slices: Vec<&EndpointSlice> = slices.into_iter().collect();
+    slices.sort_by(|a, b| {
+        (a.address_type != "IPv4", &a.metadata.name)
+            .cmp(&(b.address_type != "IPv4", &b.metadata.name))
+    });
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        let number = match port {
+            Some(PortRef::Number(n)) => ports
+                .iter()
+                .find(|p| p.port == Some(i32::from(*n)))
+                .and_then(|p| p.port),
+            Some(PortRef::Name(name)) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| p.port),
+            None if ports.len() == 1 => ports[0].port,
+            None if ports.is_empty() => None,
+            None => {
+                let names: Vec<_> = ports.iter().filter_map(|p| p.name.as_deref()).collect();
+                out.problem = Some(format!(
+                    "the Service has several ports ({}); name one with kubernetes.port",
+                    names.join(", ")
+                ));
+                continue;
+            }
+        };
+        let Some(number) = number.and_then(|n| u16::try_from(n).ok()) else {
+            if slice.endpoints.as_ref().is_some_and(|e| !e.is_empty()) {
+                let listed: Vec<String> = ports
+                    .iter()
+                    .map(|p| match (&p.name, p.port) {
+                        (Some(n), Some(no)) if !n.is_empty() => format!("{n} ({no})"),
+                        (_, Some(no)) => no.to_string(),
+                        _ => "?".to_owned(),
+                    })
+                    .collect();
+                out.problem = Some(format!(
+                    "no port {} in the Service's EndpointSlices (they list: {})",
+                    port.map_or_else(|| "at all".to_owned(), ToString::to_string),
+                    if listed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        listed.join(", ")
+                    }
+                ));
+            }
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            // One endpoint per pod: its other-family address would double its capacity.
+            if let Some(uid) = ep.target_ref.as_ref().and_then(|t| t.uid.as_ref())
+                && !pods.insert(uid.clone())
+            {
+                continue;
+            }
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, number);
+            if seen.insert(addr) {
+                out.addrs.push(addr);
+            }
+        }
+    }
+    out.addrs.sort();
+    out
+}
+
+/// Where the ready endpoints of a watched Service go.
+pub trait Sink: Send + 'static {
+    /// Who they are for, in log lines.
+    fn name(&self) -> String;
+    /// The ready endpoints changed.
+    fn ready(&mut self, addrs: &[SocketAddr]);
+    /// The Service cannot give endpoints at all (`why`); asked again until it can.
+    fn missing(&mut self, why: &str);
+}
+
+/// A revision's endpoints: the ready pods get new requests; the others' requests finish.
+#[derive(Debug)]
+pub struct RevisionSink(pub Arc<Revision>);
+
+impl Sink for RevisionSink {
+    fn name(&self) -> String {
+        format!("revision {} of service {}", self.0.name, self.0.service)
+    }
+
+    fn ready(&mut self, addrs: &[SocketAddr]) {
+        self.0.set_endpoint_addrs(addrs);
+        if !addrs.is_empty() {
+            self.0.clear_failure();
+        }
+    }
+
+    fn missing(&mut self, why: &str) {
+        // Requests held for it learn why now instead of waiting out their timeout.
+        self.0.fail_start(why, SERVICE_RECHECK);
+    }
+}
+
+/// Watches `target`'s slices and hands their ready endpoints to `sink` on every change, until
+/// `stop` turns true. `synced` turns true once the first full list has been handed over.
+pub async fn follow(
+    client: Client,
+    target: Target,
+    mut sink: impl Sink,
+    health: Arc<Health>,
+    synced: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let selector = format!("kubernetes.io/service-name={}", target.service);
+    let what = format!("EndpointSlices of Service {target}");
+    let api = Api::<EndpointSlice>::namespaced(client.clone(), &target.namespace);
+    let services = Api::<Service>::namespaced(client, &target.namespace);
+    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .boxed();
+    // While the Service has no slices, whether it exists at all is checked again now and then,
+    // so a missing one is named (and its requests refused) until someone creates it.
+    let mut recheck: Option<tokio::time::Instant> = None;
+    let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
+    let mut last = Ready::default();
+    loop {
+        let due = async {
+            match recheck {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            biased;
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return } else { continue },
+            e = events.next() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            () = due => {
+                recheck = check_service(&services, &target, &mut sink, &health, slices.is_empty()).await;
+                continue;
+            }
+        };
+        let changed = match event {
+            Ok(Event::Init) => {
+                listing = Some(BTreeMap::new());
+                false
+            }
+            Ok(Event::InitApply(s)) => {
+                if let Some(l) = listing.as_mut() {
+                    l.insert(s.metadata.name.clone().unwrap_or_default(), s);
+                }
+                false
+            }
+            Ok(Event::InitDone) => {
+                slices = listing.take().unwrap_or_default();
+                health.clear(&what);
+                true
+            }
+            Ok(Event::Apply(s)) => {
+                slices.insert(s.metadata.name.clone().unwrap_or_default(), s);
+                true
+            }
+            Ok(Event::Delete(s)) => {
+                slices.remove(s.metadata.name.as_deref().unwrap_or_default());
+                true
+            }
+            Err(e) => {
+                // The last known endpoints stay: traffic keeps flowing while the API server
+                // is away, and the watch resumes (with backoff) when it is back.
+                let why = describe_watch(
+                    &e,
+                    &format!(
+                        "list and watch EndpointSlices in namespace {}",
+                        target.namespace
+                    ),
+                );
+                health.report(&what, &why);
+                warn!(
+                    "{}: watching {what}: {why}; keeping the last known endpoints and retrying",
+                    sink.name()
+                );
+                false
+            }
+        };
+        if !changed {
+            continue;
+        }
+        let now = ready_endpoints(slices.values(), target.port.as_ref());
+        match &now.problem {
+            Some(p) => health.report(&format!("port of Service {target}"), p),
+            None => health.clear(&format!("port of Service {target}")),
+        }
+        recheck = check_service(&services, &target, &mut sink, &health, slices.is_empty()).await;
+        if now.addrs != last.addrs {
+            debug!(endpoints = ?now.addrs, "{}: EndpointSlices of {target} changed", sink.name());
+            if now.addrs.len() != last.addrs.len() {
+                info!(
+                    ready = now.addrs.len(),
+                    "{}: ready endpoints from {target}",
+                    sink.name()
+                );
+            }
+            sink.ready(&now.addrs);
+        }
+        last = now;
+        synced.send_replace(true);
+    }
+}
+
+/// How often a Service that has no EndpointSlices is looked up again.
+const SERVICE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// With no slices, says whether that is because the Service does not exist: a missing one is
+/// reported and handed to the sink. Returns when to check again.
+async fn check_service(
+    services: &Api<Service>,
+    target: &Target,
+    sink: &mut impl Sink,
+    health: &Health,
+    no_slices: bool,
+) -> Option<tokio::time::Instant> {
+    let what = format!("Service {target}");
+    if !no_slices {
+        health.clear(&what);
+        return None;
+    }
+    let why = match services.get_opt(&target.service).await {
+        Ok(Some(_)) => {
+            // It exists and has no pods yet: a revision at zero, nothing to say. Should it be
+            // deleted later, its slices go too, and that event brings us back here.
+            health.clear(&what);
+            return None;
+        }
+        Ok(None) => format!(
+            "Service {} does not exist in namespace {}; create it, or fix the config of {}",
+            target.service,
+            target.namespace,
+            sink.name()
+        ),
+        Err(e) => super::health::describe(
+            &e,
+            &format!(
+                "get Service {} in namespace {}",
+                target.service, target.namespace
+            ),
+        ),
+    };
+    health.report(&what, &why);
+    sink.missing(&why);
+    Some(tokio::time::Instant::now() + SERVICE_RECHECK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn slice(
+        name: &str,
+        family: &str,
+        ports: &[(&str, i32)],
+        eps: &[(&str, &str, Option<bool>)],
+    ) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            address_type: family.to_owned(),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| EndpointPort {
+                        name: Some((*n).to_owned()),
+                        port: Some(*p),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            endpoints: Some(
+                eps.iter()
+                    .map(|(ip, pod, ready)| Endpoint {
+                        addresses: vec![(*ip).to_owned()],
+                        conditions: Some(EndpointConditions {
+                            ready: *ready,
+                            ..Default::default()
+                        }),
+                        target_ref: Some(ObjectReference {
+                            uid: Some((*pod).to_owned()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn addrs(r: &Ready) -> Vec<String> {
+        r.addrs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn only_ready_endpoints_count_and_nil_means_ready() {
+        let s = slice(
+            "a",
+            "IPv4",
+            &[("http", 8080)],
+            &[
+                ("10.0.0.1", "p1", Some(true)),
+                ("10.0.0.2", "p2", Some(false)),
+                ("10.0.0.3", "p3", None),
+            ],
+        );
+        let r = ready_endpoints([&s], Some(&PortRef::Name("http".into())));
+        assert_eq!(addrs(&r), ["10.0.0.1:8080", "10.0.0.3:8080"]);
+        assert_eq!(r.problem, None);
+    }
+
+    #[test]
+    fn a_dual_stack_pod_is_one_endpoint_and_ipv6_only_pods_are_used() {
+        let v4 = slice(
+            "a-v4",
+            "IPv4",
+            &[("http", 80)],
+            &[("10.0.0.1", "p1", Some(true))],
+        );
+        let v6 = slice(
+            "a-v6",
+            "IPv6",
+            &[("http", 80)],
+            &[("fd00::1", "p1", Some(true)), ("fd00::2", "p2", Some(true))],
+        );
+        let r = ready_endpoints([&v6, &v4], None);
+        assert_eq!(addrs(&r), ["10.0.0.1:80", "[fd00::2]:80"]);
+    }
+
+    #[test]
+    fn the_port_is_found_by_name_or_number_and_a_missing_one_is_named() {
+        let s = slice(
+            "a",
+            "IPv4",
+            &[("http", 8080), ("grpc", 9000)],
+            &[("10.0.0.1", "p1", Some(true))],
+        );
+        assert_eq!(
+            addrs(&ready_endpoints([&s], Some(&PortRef::Name("grpc".into())))),
+            ["10.0.0.1:9000"]
+        );
+        assert_eq!(
+            addrs(&ready_endpoints([&s], Some(&PortRef::Number(8080)))),
+            ["10.0.0.1:8080"]
+        );
+        let r = ready_endpoints([&s], Some(&PortRef::Name("web".into())));
+        assert!(r.addrs.is_empty());
+        let p = r.problem.unwrap();
+        assert!(
+            p.contains("no port \"web\"") && p.contains("http (8080), grpc (9000)"),
+            "{p}"
+        );
+        let r = ready_endpoints([&s], None);
+        assert!(r.problem.unwrap().contains("several ports (http, grpc)"));
+    }
+}

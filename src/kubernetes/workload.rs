@@ -1,0 +1,293 @@
+//! Scaling a Deployment or StatefulSet through its `scale` subresource, as a
+//! [`Scaler`]: the autoscaler says how many pods it wants, and this writes `spec.replicas`.
+//!
+//! With several rouse replicas only the Lease holder writes counts above one and scale-downs,
+//! so two replicas never fight over a number. Any replica may take a workload *from zero to
+//! one*: that write carries the `resourceVersion` it read, so it only happens while the
+//! workload really is at zero and can never undo a larger count the leader has just written.
+//! The patch is sent the moment the wish changes: the first request held for a revision at
+//! zero starts its pod without waiting for a tick.
+//!
+//! A write that fails (the workload does not exist, RBAC forbids it, the API server is away)
+//! is retried with backoff; meanwhile held requests for a revision with no endpoint get a 503
+//! that says why, instead of waiting for their timeout.
+
+use super::health::{Health, describe};
+use super::peers::PeerTable;
+use crate::config::WorkloadKind;
+use crate::revision::Revision;
+use crate::scale::scaler::{Backoff, PeerLoad, Scaler};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v1::Scale;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Which workload a revision scales.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Deployment or StatefulSet.
+    pub kind: WorkloadKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl Workload {
+    fn resource(&self) -> &'static str {
+        match self.kind {
+            WorkloadKind::Deployment => "deployments/scale",
+            WorkloadKind::StatefulSet => "statefulsets/scale",
+        }
+    }
+
+    async fn get_scale(&self, client: &Client) -> Result<Scale, kube::Error> {
+        match self.kind {
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(client.clone(), &self.namespace)
+                    .get_scale(&self.name)
+                    .await
+            }
+            WorkloadKind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(client.clone(), &self.namespace)
+                    .get_scale(&self.name)
+                    .await
+            }
+        }
+    }
+
+    async fn patch_scale(
+        &self,
+        client: &Client,
+        patch: serde_json::Value,
+    ) -> Result<Scale, kube::Error> {
+        let pp = PatchParams::default();
+        let patch = Patch::Merge(patch);
+        match self.kind {
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(client.clone(), &self.namespace)
+                    .patch_scale(&self.name, &pp, &patch)
+                    .await
+            }
+            WorkloadKind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(client.clone(), &self.namespace)
+                    .patch_scale(&self.name, &pp, &patch)
+                    .await
+            }
+        }
+    }
+}
+
+/// The scaler of one revision backed by a workload.
+pub struct WorkloadScaler {
+    client: Client,
+    workload: Workload,
+    rev: Arc<Revision>,
+    peers: Arc<PeerTable>,
+    want: watch::Sender<u32>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WorkloadScaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadScaler")
+            .field("workload", &self.workload)
+            .field("want", &*self.want.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkloadScaler {
+    /// Starts writing `workload`'s replicas for `rev`; `leader` says whether this replica
+    /// holds the Lease.
+    pub fn start(
+        client: Client,
+        workload: Workload,
+        rev: Arc<Revision>,
+        health: Arc<Health>,
+        leader: watch::Receiver<bool>,
+        peers: Arc<PeerTable>,
+    ) -> WorkloadScaler {
+        let (want, want_rx) = watch::channel(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            client.clone(),
+            workload.clone(),
+            rev.clone(),
+            health,
+            leader,
+            want_rx,
+            stop_rx,
+        ));
+        WorkloadScaler {
+            client,
+            workload,
+            rev,
+            peers,
+            want,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+}
+
+impl Scaler for WorkloadScaler {
+    fn scale(&self, desired: u32) {
+        self.want.send_replace(desired);
+    }
+
+    /// What the other replicas see, while this one leads (empty otherwise).
+    fn peer_load(&self) -> PeerLoad {
+        self.peers.get(&self.rev.service, &self.rev.name)
+    }
+
+    /// The workload's `spec.replicas` (0 if it cannot be read: the writes will say why).
+    fn existing(&self) -> Pin<Box<dyn Future<Output = u32> + Send + '_>> {
+        Box::pin(async move {
+            self.workload
+                .get_scale(&self.client)
+                .await
+                .ok()
+                .and_then(|s| s.spec?.replicas)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0)
+        })
+    }
+
+    /// Stops writing. The pods stay as they are: they belong to the cluster, and the next
+    /// rouse (or this one after a reload) takes them over.
+    fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Box::pin(async move {
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        })
+    }
+}
+
+/// What one write achieved.
+enum Wrote {
+    /// The workload has the count this replica may set.
+    Done,
+    /// Another writer changed it in between; read again.
+    Conflict,
+}
+
+async fn run(
+    client: Client,
+    workload: Workload,
+    rev: Arc<Revision>,
+    health: Arc<Health>,
+    mut leader: watch::Receiver<bool>,
+    mut want: watch::Receiver<u32>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let what = format!("scaling {workload}");
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    // The count this replica last wrote as leader, so it writes only changes.
+    let mut written: Option<u32> = None;
+    loop {
+        let desired = *want.borrow_and_update();
+        let leading = *leader.borrow_and_update();
+        if !leading {
+            written = None;
+        }
+        let result = if leading && written != Some(desired) {
+            write(&client, &workload, &rev, desired, None).await
+        } else if !leading && desired > 0 {
+            from_zero(&client, &workload, &rev).await
+        } else {
+            Ok(Wrote::Done)
+        };
+        let pause = match result {
+            Ok(Wrote::Done) => {
+                if leading {
+                    written = Some(desired);
+                }
+                health.clear(&what);
+                backoff.reset();
+                // A follower whose requests still find no pod checks again: the leader may
+                // have scaled the workload down before it learned of them.
+                (!leading && desired > 0 && rev.is_cold()).then_some(Duration::from_secs(1))
+            }
+            Ok(Wrote::Conflict) => Some(Duration::ZERO),
+            Err(e) => {
+                let action = format!(
+                    "get and patch {} {} in namespace {}",
+                    workload.resource(),
+                    workload.name,
+                    workload.namespace
+                );
+                let why = describe(&e, &action);
+                let retry = backoff.fail();
+                health.report(&what, &why);
+                warn!(service = %rev.service, revision = %rev.name, "{why}; retrying in {retry:?}");
+                if desired > 0 && rev.is_cold() {
+                    rev.fail_start(&why, retry);
+                }
+                Some(retry)
+            }
+        };
+        let sleep = async {
+            match pause {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            r = want.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            () = sleep => {}
+        }
+    }
+}
+
+/// A follower's write: 0 → 1 only, and only if nobody changed the count since it was read.
+async fn from_zero(client: &Client, w: &Workload, rev: &Revision) -> Result<Wrote, kube::Error> {
+    let scale = w.get_scale(client).await?;
+    let replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    if replicas > 0 {
+        return Ok(Wrote::Done);
+    }
+    write(client, w, rev, 1, scale.metadata.resource_version).await
+}
+
+/// Sets the replicas to `n`, only on top of `version` when one is given.
+async fn write(
+    client: &Client,
+    w: &Workload,
+    rev: &Revision,
+    n: u32,
+    version: Option<String>,
+) -> Result<Wrote, kube::Error> {
+    let mut patch = serde_json::json!({ "spec": { "replicas": n } });
+    if let Some(v) = version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
+    match w.patch_scale(client, patch).await {
+        Ok(_) => {
+            info!(service = %rev.service, revision = %rev.name, replicas = n, "scaled {w}");
+            rev.clear_failure();
+            Ok(Wrote::Done)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Wrote::Conflict),
+        Err(e) => Err(e),
+    }
+}

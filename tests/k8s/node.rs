@@ -1,0 +1,382 @@
+//! A local node: a small stand-in for the kubelet, so that Deployments scaled by rouse become
+//! real processes. It registers the Node `local`, binds every unscheduled Pod to itself, runs
+//! each Pod's first container as a local process (a map from image name to command), gives
+//! it an address of its own in 192.0.2.0/24 and its port in `PORT`, reports it Ready once its
+//! port accepts connections, and stops it (SIGTERM, then SIGKILL after the grace period) when
+//! the Pod is deleted. With the controller-manager running, the whole loop is real: rouse
+//! patches a Deployment, the controllers make Pods, this runs them, the EndpointSlice
+//! controller lists them, and rouse watches the slices.
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Node as NodeObject, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::Child;
+use tokio::task::JoinHandle;
+
+/// The node's name.
+pub const NAME: &str = "local";
+
+/// One Pod this node runs.
+struct Running {
+    ip: Ipv4Addr,
+    port: u16,
+    /// The process; taken when it is being stopped.
+    child: Option<Child>,
+    /// Set by a test: the Pod stays not ready whatever its process does.
+    held_unready: bool,
+}
+
+/// What the node runs, shared with the tests.
+#[derive(Default)]
+struct State {
+    pods: HashMap<(String, String), Running>,
+    /// Processes started per namespace, ever.
+    started: HashMap<String, u32>,
+}
+
+/// A running local node.
+pub struct Node {
+    client: Client,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+        let mut st = self.state.lock().unwrap();
+        for (_, r) in st.pods.iter_mut() {
+            if let Some(c) = r.child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Registers the node and starts running Pods; `images` maps an image name to the
+    /// command its containers run.
+    pub async fn start(client: Client, images: HashMap<String, Vec<String>>) -> Node {
+        let nodes: Api<NodeObject> = Api::all(client.clone());
+        let node: NodeObject = serde_json::from_value(json!({
+            "metadata": { "name": NAME },
+        }))
+        .unwrap();
+        let _ = nodes.create(&PostParams::default(), &node).await;
+        nodes
+            .patch_status(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": {
+                    "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "local test node" }],
+                    "addresses": [{ "type": "InternalIP", "address": "192.0.2.1" }],
+                }})),
+            )
+            .await
+            .unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let task = tokio::spawn(run(client.clone(), state.clone(), Arc::new(images)));
+        Node {
+            client,
+            state,
+            task,
+        }
+    }
+
+    /// The addresses of the Pods running in `namespace`, by Pod name.
+    pub fn pods(&self, namespace: &str) -> HashMap<String, SocketAddr> {
+        let st = self.state.lock().unwrap();
+        st.pods
+            .iter()
+            .filter(|((ns, _), r)| ns == namespace && r.child.is_some())
+            .map(|((_, name), r)| (name.clone(), SocketAddr::new(IpAddr::V4(r.ip), r.port)))
+            .collect()
+    }
+
+    /// Processes ever started for Pods of `namespace`.
+    pub fn started(&self, namespace: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap()
+            .started
+            .get(namespace)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Reports the Pod not ready (or ready again), as a failing readiness probe would.
+    pub async fn set_ready(&self, namespace: &str, pod: &str, ready: bool) {
+        if let Some(r) = self
+            .state
+            .lock()
+            .unwrap()
+            .pods
+            .get_mut(&(namespace.to_owned(), pod.to_owned()))
+        {
+            r.held_unready = !ready;
+        }
+        report_ready(&self.client, namespace, pod, ready).await;
+    }
+}
+
+async fn run(client: Client, state: Arc<Mutex<State>>, images: Arc<HashMap<String, Vec<String>>>) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut events = watcher::watcher(pods, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(e) = events.next().await {
+        match e {
+            Ok(Event::Apply(p) | Event::InitApply(p)) => {
+                handle(&client, &state, &images, p).await;
+            }
+            Ok(Event::Delete(p)) => {
+                let key = key(&p);
+                let gone = state.lock().unwrap().pods.remove(&key);
+                if let Some(mut r) = gone
+                    && let Some(mut c) = r.child.take()
+                {
+                    let _ = c.start_kill();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn key(p: &Pod) -> (String, String) {
+    (
+        p.metadata.namespace.clone().unwrap_or_default(),
+        p.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+static NEXT_IP: AtomicU8 = AtomicU8::new(10);
+
+async fn handle(
+    client: &Client,
+    state: &Arc<Mutex<State>>,
+    images: &HashMap<String, Vec<String>>,
+    pod: Pod,
+) {
+    let (ns, name) = key(&pod);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let spec = pod.spec.clone().unwrap_or_default();
+    if pod.metadata.deletion_timestamp.is_some() {
+        let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+        let child = state
+            .lock()
+            .unwrap()
+            .pods
+            .get_mut(&(ns.clone(), name.clone()))
+            .and_then(|r| r.child.take());
+        let api = api.clone();
+        tokio::spawn(async move {
+            if let Some(mut c) = child {
+                if let Some(pid) = c.id() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+                if tokio::time::timeout(grace, c.wait()).await.is_err() {
+                    let _ = c.kill().await;
+                }
+            }
+            let _ = api
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await;
+        });
+        return;
+    }
+    if spec.node_name.is_none() {
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(NAME.into()),
+                ..Default::default()
+            },
+        };
+        let _ = api
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await;
+        return;
+    }
+    if spec.node_name.as_deref() != Some(NAME)
+        || state
+            .lock()
+            .unwrap()
+            .pods
+            .contains_key(&(ns.clone(), name.clone()))
+    {
+        return;
+    }
+    let Some(container) = spec.containers.first() else {
+        return;
+    };
+    let image = container.image.clone().unwrap_or_default();
+    let Some(command) = images.get(&image) else {
+        report_failed(
+            client,
+            &ns,
+            &name,
+            &format!("no command for image {image:?} on the local node"),
+        )
+        .await;
+        return;
+    };
+    let port = container
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .map_or(8080, |p| u16::try_from(p.container_port).unwrap_or(8080));
+    let ip = Ipv4Addr::new(192, 0, 2, next_ip());
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .args(container.args.clone().unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("HOST", ip.to_string())
+        .env("POD_NAME", &name)
+        .env("POD_NAMESPACE", &ns)
+        .env("POD_IP", ip.to_string())
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    for e in container.env.clone().unwrap_or_default() {
+        if let Some(v) = e.value {
+            cmd.env(e.name, v);
+        }
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            report_failed(
+                client,
+                &ns,
+                &name,
+                &format!("cannot start {command:?}: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    {
+        let mut st = state.lock().unwrap();
+        *st.started.entry(ns.clone()).or_default() += 1;
+        st.pods.insert(
+            (ns.clone(), name.clone()),
+            Running {
+                ip,
+                port,
+                child: Some(child),
+                held_unready: false,
+            },
+        );
+    }
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": {
+            "phase": "Running",
+            "hostIP": "192.0.2.1",
+            "podIP": ip.to_string(),
+            "podIPs": [{ "ip": ip.to_string() }],
+            "conditions": conditions(false),
+        }})),
+    )
+    .await
+    .ok();
+    // Readiness: the port accepts a connection.
+    let client = client.clone();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let addr = SocketAddr::new(IpAddr::V4(ip), port);
+        loop {
+            let alive = state
+                .lock()
+                .unwrap()
+                .pods
+                .get(&(ns.clone(), name.clone()))
+                .is_some_and(|r| r.child.is_some());
+            if !alive {
+                return;
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held = state
+            .lock()
+            .unwrap()
+            .pods
+            .get(&(ns.clone(), name.clone()))
+            .is_some_and(|r| r.held_unready);
+        if !held {
+            report_ready(&client, &ns, &name, true).await;
+        }
+    });
+}
+
+/// The next pod address's last byte, 10 to 250, going round.
+fn next_ip() -> u8 {
+    loop {
+        let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
+        if (10..=250).contains(&n) {
+            return n;
+        }
+        NEXT_IP.store(10, Ordering::Relaxed);
+    }
+}
+
+fn conditions(ready: bool) -> serde_json::Value {
+    let s = if ready { "True" } else { "False" };
+    json!([
+        { "type": "PodScheduled", "status": "True" },
+        { "type": "Initialized", "status": "True" },
+        { "type": "ContainersReady", "status": s },
+        { "type": "Ready", "status": s },
+    ])
+}
+
+async fn report_ready(client: &Client, ns: &str, name: &str, ready: bool) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "conditions": conditions(ready) } })),
+    )
+    .await
+    .ok();
+}
+
+async fn report_failed(client: &Client, ns: &str, name: &str, why: &str) {
+    eprintln!("local node: pod {ns}/{name}: {why}");
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "phase": "Failed", "message": why } })),
+    )
+    .await
+    .ok();
+}

@@ -1,0 +1,268 @@
+//! Scale to zero and back through real Deployments: rouse patches the scale subresource, the
+//! controllers make Pods, the local node runs them, and rouse follows their EndpointSlices.
+
+use crate::env::{ROUSE_USER, Rouse, app, env, eventually, namespace, replicas};
+use crate::support::{get, h1_client};
+use crate::trial;
+use http::StatusCode;
+use libtest_mimic::Trial;
+use std::time::Duration;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "scale_from_zero_through_a_deployment",
+            scale_from_zero_through_a_deployment,
+        ),
+        trial(
+            "fifty_requests_through_a_cold_start_none_lost",
+            fifty_requests_through_a_cold_start_none_lost,
+        ),
+        trial(
+            "an_idle_revision_scales_its_deployment_to_zero",
+            an_idle_revision_scales_its_deployment_to_zero,
+        ),
+        trial(
+            "a_pod_going_not_ready_gets_no_new_requests_and_finishes_its_own",
+            a_pod_going_not_ready_gets_no_new_requests_and_finishes_its_own,
+        ),
+        trial(
+            "traffic_splits_across_two_deployments",
+            traffic_splits_across_two_deployments,
+        ),
+    ]
+}
+
+/// A service `hello` with one revision `v1` backed by Deployment and Service `name`.
+fn one_revision(ns: &str, name: &str, idle_grace: &str) -> String {
+    format!(
+        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
+services:
+  - name: hello
+    hosts: ['*']
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+        container_concurrency: 10
+        kubernetes: {{ service: {name}, port: http }}
+        scale: {{ min: 0, max: 3, idle_grace: {idle_grace}, deployment: {name} }}
+"
+    )
+}
+
+async fn scale_from_zero_through_a_deployment() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("from-zero").await;
+    app(&ns, "hello", 0, &[]).await;
+    let rouse = Rouse::start("from-zero", ROUSE_USER, &one_revision(&ns, "hello", "60s")).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(replicas(&ns, "hello").await, 0);
+    assert_eq!(
+        env().node.started(&ns),
+        0,
+        "nothing runs before the first request"
+    );
+
+    let c = h1_client();
+    let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert!(got.body.starts_with("hello "), "{}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "true");
+    assert_eq!(replicas(&ns, "hello").await, 1);
+    assert_eq!(env().node.started(&ns), 1);
+    // The pod that answered is the one the node runs.
+    let pods = env().node.pods(&ns);
+    assert_eq!(pods.len(), 1, "{pods:?}");
+
+    // Warm now: no cold-start header, same pod.
+    let again = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("rouse-cold-start"), "");
+    assert_eq!(again.header("x-pid"), got.header("x-pid"));
+}
+
+async fn fifty_requests_through_a_cold_start_none_lost() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("fifty").await;
+    app(&ns, "hello", 0, &[("BOOT_DELAY_MS", "500")]).await;
+    let rouse = Rouse::start("fifty", ROUSE_USER, &one_revision(&ns, "hello", "60s")).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    let c = h1_client();
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (c, addr) = (c.clone(), rouse.addr);
+        all.spawn(async move { get(&c, addr, "hello.test", "/?delay=20", &[]).await });
+    }
+    let mut ok = 0;
+    while let Some(got) = all.join_next().await {
+        let got = got.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+        assert!(got.body.starts_with("hello "), "{}", got.body);
+        ok += 1;
+    }
+    assert_eq!(ok, 50);
+    // container_concurrency 10 with 50 waiting: the autoscaler asks for more than one pod,
+    // within its max.
+    let n = replicas(&ns, "hello").await;
+    assert!((1..=3).contains(&n), "replicas {n}");
+}
+
+async fn an_idle_revision_scales_its_deployment_to_zero() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("to-zero").await;
+    app(&ns, "hello", 0, &[]).await;
+    let rouse = Rouse::start("to-zero", ROUSE_USER, &one_revision(&ns, "hello", "2s")).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    let c = h1_client();
+    let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(replicas(&ns, "hello").await, 1);
+    // Idle for idle_grace: the Deployment goes to zero, the pod's process stops, and the
+    // revision has no endpoint left.
+    eventually("replicas back to 0", Duration::from_secs(20), || async {
+        replicas(&ns, "hello").await == 0
+    })
+    .await;
+    eventually(
+        "the pod's process stopped",
+        Duration::from_secs(20),
+        || async { env().node.pods(&ns).is_empty() },
+    )
+    .await;
+    eventually("no endpoint left", Duration::from_secs(10), || async {
+        rouse
+            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    // And it comes back on the next request.
+    let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "true");
+    assert_eq!(env().node.started(&ns), 2);
+}
+
+async fn a_pod_going_not_ready_gets_no_new_requests_and_finishes_its_own() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("not-ready").await;
+    app(&ns, "hello", 2, &[]).await;
+    eventually("two pods running", Duration::from_secs(30), || async {
+        env().node.pods(&ns).len() == 2
+    })
+    .await;
+    // Endpoints only, no scaling: the two pods are the Deployment's own.
+    let cfg = format!(
+        "kubernetes: {{ namespace: {ns} }}
+services:
+  - name: hello
+    hosts: ['*']
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+        container_concurrency: 10
+        kubernetes: {{ service: hello, port: http }}
+"
+    );
+    let rouse = Rouse::start("not-ready", ROUSE_USER, &cfg).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    eventually("both endpoints known", Duration::from_secs(10), || async {
+        rouse
+            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
+            .await
+            == 2.0
+    })
+    .await;
+    let pods = env().node.pods(&ns);
+    let (leaving, leaving_addr) = pods.iter().next().map(|(n, a)| (n.clone(), *a)).unwrap();
+    let c = h1_client();
+    // Long requests on both pods, then one pod turns not ready while they run.
+    let mut long = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (c, addr) = (c.clone(), rouse.addr);
+        long.spawn(async move { get(&c, addr, "hello.test", "/?delay=1500", &[]).await });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env().node.set_ready(&ns, &leaving, false).await;
+    eventually(
+        "the not-ready pod left the endpoints",
+        Duration::from_secs(10),
+        || async {
+            rouse
+                .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    // New requests all go to the other pod.
+    let leaving_pid = pid_at(leaving_addr).await;
+    for _ in 0..10 {
+        let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_ne!(
+            got.header("x-pid"),
+            leaving_pid,
+            "a new request went to the not-ready pod"
+        );
+    }
+    // The requests already on it finished normally.
+    let mut on_leaving = 0;
+    while let Some(got) = long.join_next().await {
+        let got = got.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+        on_leaving += usize::from(got.header("x-pid") == leaving_pid);
+    }
+    assert!(
+        on_leaving > 0,
+        "no long request had gone to the pod that left"
+    );
+}
+
+/// The pid of the backend at `addr`, asked directly.
+async fn pid_at(addr: std::net::SocketAddr) -> String {
+    let c = h1_client();
+    get(&c, addr, "direct", "/", &[])
+        .await
+        .header("x-pid")
+        .to_owned()
+}
+
+async fn traffic_splits_across_two_deployments() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("split").await;
+    app(&ns, "blue", 1, &[]).await;
+    app(&ns, "green", 0, &[]).await;
+    let cfg = format!(
+        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
+services:
+  - name: hello
+    hosts: ['*']
+    traffic: [{{ revision: blue, percent: 50 }}, {{ revision: green, percent: 50 }}]
+    revisions:
+      - name: blue
+        kubernetes: {{ service: blue }}
+        scale: {{ min: 0, max: 2, idle_grace: 60s, deployment: blue }}
+      - name: green
+        kubernetes: {{ service: green }}
+        scale: {{ min: 0, max: 2, idle_grace: 60s, deployment: green }}
+"
+    );
+    let rouse = Rouse::start("split", ROUSE_USER, &cfg).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    let c = h1_client();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..200 {
+        let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+        let rev = got.body.split(' ').next().unwrap().to_owned();
+        *counts.entry(rev).or_insert(0u32) += 1;
+    }
+    // 200 requests at 50/50: each arm gets 100 ± 4.5σ (σ ≈ 7).
+    for arm in ["blue", "green"] {
+        let n = counts.get(arm).copied().unwrap_or(0);
+        assert!((68..=132).contains(&n), "{arm}: {n} of 200 ({counts:?})");
+    }
+    // Green was at zero and was scaled up by its first request.
+    assert_eq!(replicas(&ns, "green").await, 1);
+}
