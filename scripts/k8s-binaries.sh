@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane the Kubernetes tests run against:
 # etcd, kube-apiserver and kube-controller-manager, from their Go modules, into
-# a cache outside the repository. Only the first run on a machine pays the
+# a cache outside the repository; and helm, which renders the chart in deploy/
+# for the test that applies it to that control plane. Only the first run on a machine pays the
 # build (about 10-20 minutes on 2 cores); later runs find the binaries and
 # return at once.
 #
@@ -15,7 +16,8 @@ K8S_VERSION=v1.37.2
 # a module that requires it must pin each one to the matching v0.x release.
 STAGING_VERSION=v0.${K8S_VERSION#v1.}
 CACHE=${ROUSE_K8S_CACHE:-$HOME/.cache/rouse-k8s}/$K8S_VERSION
-BINARIES=(etcd kube-apiserver kube-controller-manager)
+HELM_VERSION=v4.3.1
+BINARIES=(etcd kube-apiserver kube-controller-manager helm)
 
 have_all() {
     for b in "${BINARIES[@]}"; do [[ -x $CACHE/$b ]] || return 1; done
@@ -86,5 +88,8 @@ export CGO_ENABLED=0
 go build -trimpath -ldflags "$ldflags" -o "$CACHE/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver >&2
 go build -trimpath -ldflags "$ldflags" -o "$CACHE/kube-controller-manager.tmp" k8s.io/kubernetes/cmd/kube-controller-manager >&2
 go build -trimpath -ldflags "-s -w" -o "$CACHE/etcd.tmp" ./etcd >&2
+# helm in its own module graph (its dependencies need not agree with Kubernetes').
+GOBIN="$work/helm-bin" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2
+mv "$work/helm-bin/helm" "$CACHE/helm.tmp"
 for b in "${BINARIES[@]}"; do mv "$CACHE/$b.tmp" "$CACHE/$b"; done
 echo "$CACHE"

@@ -32,6 +32,28 @@ enum Command {
     /// Run beside one app container as Knative's queue-proxy does, configured by the same
     /// environment variables (or the flags below).
     Sidecar(Box<rouse::knative::env::SidecarArgs>),
+    /// Add the rouse sidecar to the workloads of Kubernetes manifests (YAML on stdin or from
+    /// a file, to stdout), with the app's readiness probe moved to it as Knative does.
+    #[cfg(feature = "kubernetes")]
+    Inject {
+        /// Manifests to read; `-` or nothing for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: PathBuf,
+        /// The rouse image for the sidecar.
+        #[arg(long, default_value = concat!("rouse:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// Most requests one pod handles at once; 0 for no limit (annotation
+        /// rouse.dev/container-concurrency overrides).
+        #[arg(long, default_value_t = 0)]
+        container_concurrency: u32,
+        /// Total time per request in seconds, 0 for none (annotation rouse.dev/timeout-seconds
+        /// overrides).
+        #[arg(long, default_value_t = 300)]
+        revision_timeout_seconds: u32,
+        /// The app container; default the first (annotation rouse.dev/container overrides).
+        #[arg(long)]
+        container: Option<String>,
+    },
     /// Check a config file and exit: 0 if valid, 1 with every problem and its key path if not.
     Validate {
         /// Path of the YAML config.
@@ -89,6 +111,51 @@ fn main() -> ExitCode {
             serve("rouse sidecar", sidecar(settings))
         }
         Command::Gateway { config } => serve("rouse", gateway(config)),
+        #[cfg(feature = "kubernetes")]
+        Command::Inject {
+            file,
+            image,
+            container_concurrency,
+            revision_timeout_seconds,
+            container,
+        } => inject(
+            &file,
+            &rouse::kubernetes::inject::Options {
+                image,
+                container_concurrency,
+                timeout_seconds: revision_timeout_seconds,
+                container,
+            },
+        ),
+    }
+}
+
+/// `rouse inject`: manifests in, manifests with the sidecar out; what was done on stderr.
+#[cfg(feature = "kubernetes")]
+fn inject(file: &std::path::Path, opts: &rouse::kubernetes::inject::Options) -> ExitCode {
+    use std::io::Read;
+    let mut input = String::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut input).map(|_| ())
+    } else {
+        std::fs::read_to_string(file).map(|s| input = s)
+    };
+    if let Err(e) = read {
+        eprintln!("rouse inject: cannot read {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    match rouse::kubernetes::inject::inject(&input, opts) {
+        Ok((out, report)) => {
+            print!("{out}");
+            for line in report {
+                eprintln!("rouse inject: {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rouse inject: {e}; nothing was written");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod endpoints;
 pub mod health;
+pub mod inject;
 pub mod lease;
 pub mod peers;
 pub mod workload;

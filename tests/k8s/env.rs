@@ -61,6 +61,50 @@ pub fn env() -> &'static Env {
         .expect("the environment is set up before any test runs")
 }
 
+/// Set in the re-executed run, inside the namespaces.
+const INSIDE: &str = "ROUSE_K8S_INSIDE";
+
+/// Outside the namespaces: builds (or finds) the control plane, runs this program again
+/// inside fresh network and PID namespaces, and returns its exit status. Inside: `None`.
+pub fn enter_namespaces() -> Option<i32> {
+    if std::env::var_os(INSIDE).is_some() {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/k8s-binaries.sh");
+    let bin = match std::env::var("ROUSE_K8S_BIN") {
+        Ok(b) => b,
+        Err(_) => {
+            eprintln!(
+                "k8s: finding the control plane binaries (the first run on a machine builds them: 6-15 minutes)"
+            );
+            let out = Command::new(script)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("running scripts/k8s-binaries.sh");
+            assert!(out.status.success(), "scripts/k8s-binaries.sh failed");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let me = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--pid", "--fork", "--kill-child"]);
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    if !root {
+        cmd.arg("--map-root-user");
+    }
+    let status = cmd
+        .arg(me)
+        .args(std::env::args_os().skip(1))
+        .env(INSIDE, "1")
+        .env("ROUSE_K8S_BIN", bin)
+        .status()
+        .expect("running unshare (util-linux) to make the test's network namespace");
+    Some(status.code().unwrap_or(1))
+}
+
 fn sh(args: &[&str]) {
     let ok = Command::new(args[0])
         .args(&args[1..])

@@ -13,6 +13,7 @@
 mod cluster;
 mod env;
 mod faults;
+mod manifests;
 mod node;
 mod replicas;
 mod scale;
@@ -21,63 +22,17 @@ mod scale;
 mod support;
 
 use libtest_mimic::{Arguments, Trial};
-use std::process::Command;
-
-/// Set in the re-executed run, inside the namespaces.
-const INSIDE: &str = "ROUSE_K8S_INSIDE";
 
 fn main() {
     let args = Arguments::from_args();
-    if std::env::var_os(INSIDE).is_none() {
-        std::process::exit(outside(&args));
-    }
-    let trials = all();
     if args.list {
-        libtest_mimic::run(&args, trials).exit();
+        libtest_mimic::run(&args, all()).exit();
     }
-    let conclusion = env::with_env(|| libtest_mimic::run(&args, trials));
+    if let Some(status) = env::enter_namespaces() {
+        std::process::exit(status);
+    }
+    let conclusion = env::with_env(|| libtest_mimic::run(&args, all()));
     conclusion.exit();
-}
-
-/// Builds (or finds) the control plane, then runs this binary again inside fresh network and
-/// PID namespaces; returns its exit status.
-fn outside(args: &Arguments) -> i32 {
-    if args.list {
-        libtest_mimic::run(args, all()).exit();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/k8s-binaries.sh");
-    let bin = match std::env::var("ROUSE_K8S_BIN") {
-        Ok(b) => b,
-        Err(_) => {
-            eprintln!(
-                "k8s: finding the control plane binaries (the first run on a machine builds them: 10-20 minutes)"
-            );
-            let out = Command::new(script)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("running scripts/k8s-binaries.sh");
-            assert!(out.status.success(), "scripts/k8s-binaries.sh failed");
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    };
-    let me = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--net", "--pid", "--fork", "--kill-child"]);
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    });
-    if !root {
-        cmd.arg("--map-root-user");
-    }
-    let status = cmd
-        .arg(me)
-        .args(std::env::args_os().skip(1))
-        .env(INSIDE, "1")
-        .env("ROUSE_K8S_BIN", bin)
-        .status()
-        .expect("running unshare (util-linux) to make the test's network namespace");
-    status.code().unwrap_or(1)
 }
 
 /// Every test of the run.
@@ -85,6 +40,7 @@ fn all() -> Vec<Trial> {
     let mut t = scale::trials();
     t.extend(faults::trials());
     t.extend(replicas::trials());
+    t.extend(manifests::trials());
     t
 }
 
