@@ -3,7 +3,8 @@
 # etcd, kube-apiserver and kube-controller-manager, from their Go modules, into
 # a cache outside the repository; and helm, which renders the chart in deploy/
 # for the test that applies it to that control plane. Only the first run on a machine pays the
-# build (about 10-20 minutes on 2 cores); later runs find the binaries and
+# build (6 to 15 minutes on 2 cores, most of it fetching Go modules on a new
+# machine); later runs find the binaries and
 # return at once.
 #
 #   scripts/k8s-binaries.sh            # prints the folder holding the binaries

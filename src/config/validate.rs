@@ -77,14 +77,19 @@ impl Validator {
         if let Some(ns) = &k.namespace {
             self.object_name("kubernetes.namespace", ns);
         }
-        self.object_name("kubernetes.lease.name", &k.lease.name);
+        self.subdomain("kubernetes.lease.name", &k.lease.name);
         if let Some(ns) = &k.lease.namespace {
             self.object_name("kubernetes.lease.namespace", ns);
         }
         if k.lease.duration.0 < Duration::from_secs(2) {
             self.err(
                 "kubernetes.lease.duration",
-                "must be at least 2s: the leader renews it three times per duration",
+                "must be at least 2s: the leader renews it every fifth of it",
+            );
+        } else if k.lease.duration.0.subsec_nanos() != 0 {
+            self.err(
+                "kubernetes.lease.duration",
+                "must be whole seconds (a Lease stores seconds)",
             );
         }
         if let Some(p) = &k.peers {
@@ -93,7 +98,7 @@ impl Validator {
                 self.object_name("kubernetes.peers.namespace", ns);
             }
             if let PortRef::Name(n) = &p.port {
-                self.object_name("kubernetes.peers.port", n);
+                self.port_name("kubernetes.peers.port", n);
             }
         }
         if c.limits.header_read_timeout.0.is_zero() {
@@ -328,7 +333,7 @@ impl Validator {
                 WorkloadKind::Deployment => "deployment",
                 WorkloadKind::StatefulSet => "stateful_set",
             };
-            self.object_name(&format!("{sp}.{key}"), name);
+            self.subdomain(&format!("{sp}.{key}"), name);
             if sc.deployment.is_some() && sc.stateful_set.is_some() {
                 self.err(
                     format!("{sp}.stateful_set"),
@@ -423,7 +428,7 @@ impl Validator {
             self.object_name(&format!("{kp}.namespace"), ns);
         }
         if let Some(PortRef::Name(n)) = &k.port {
-            self.object_name(&format!("{kp}.port"), n);
+            self.port_name(&format!("{kp}.port"), n);
         }
         if k.port == Some(PortRef::Number(0)) {
             self.err(
@@ -433,19 +438,43 @@ impl Validator {
         }
     }
 
-    /// Kubernetes names of Services, namespaces, workloads and ports: DNS labels (RFC 1123).
+    /// Names of Services and namespaces: DNS labels (RFC 1123).
     fn object_name(&mut self, at: &str, name: &str) {
-        let ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if !ok {
+        if !dns_label(name) {
             self.err(
                 at,
                 format!("{name:?} is not a Kubernetes name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"),
+            );
+        }
+    }
+
+    /// Names of Deployments, StatefulSets and Leases: DNS subdomains (labels joined by dots).
+    fn subdomain(&mut self, at: &str, name: &str) {
+        if name.len() > 253 || !name.split('.').all(dns_label) {
+            self.err(
+                at,
+                format!("{name:?} is not a Kubernetes object name: use lowercase letters, digits, '-' and '.', at most 253, each dot-separated part starting and ending with a letter or digit"),
+            );
+        }
+    }
+
+    /// Port names (IANA service names, as Kubernetes checks them).
+    fn port_name(&mut self, at: &str, name: &str) {
+        if name.parse::<u16>().is_ok() {
+            self.err(
+                at,
+                format!(
+                    "{name:?} is a number in quotes; write it without quotes to mean port {name}"
+                ),
+            );
+        } else if name.len() > 15
+            || !dns_label(name)
+            || name.contains("--")
+            || !name.bytes().any(|b| b.is_ascii_lowercase())
+        {
+            self.err(
+                at,
+                format!("{name:?} is not a port name: use 1-15 lowercase letters, digits and '-' with at least one letter, as in the Service's ports"),
             );
         }
     }
@@ -525,4 +554,115 @@ impl Validator {
 /// A finite number strictly above `min` (NaN and infinities fail).
 fn above(v: f64, min: f64) -> bool {
     v.is_finite() && v > min
+}
+
+/// A DNS label (RFC 1123): 1-63 lowercase letters, digits and '-', alphanumeric at both ends.
+fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    /// The issues of `yaml` as `path: message` lines.
+    fn issues(yaml: &str) -> Vec<String> {
+        match Config::parse(yaml) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .issues()
+                .iter()
+                .map(|i| format!("{}: {}", i.path, i.message))
+                .collect(),
+        }
+    }
+
+    fn with_revision(rev: &str, top: &str) -> String {
+        format!(
+            "listen: 127.0.0.1:1\n{top}services:\n  - name: s\n    hosts: ['*']\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - name: r\n{rev}"
+        )
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn a_build_without_kubernetes_says_so() {
+        let got = issues(&with_revision(
+            "        kubernetes: { service: hello }\n",
+            "",
+        ));
+        assert_eq!(
+            got,
+            [
+                "services[0].revisions[0].kubernetes: this rouse was built without Kubernetes support; use a build with the `kubernetes` feature (the release image has it)"
+            ]
+        );
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn kubernetes_sections_are_checked_with_their_key_paths() {
+        let ok = with_revision(
+            "        kubernetes: { service: hello, namespace: apps, port: http }\n        scale: { deployment: hello.v1 }\n",
+            "kubernetes: { namespace: apps, lease: { name: rouse.lock, duration: 10s }, peers: { service: rouse, port: admin } }\n",
+        );
+        assert_eq!(issues(&ok), Vec::<String>::new());
+        let p = "services[0].revisions[0]";
+        for (rev, top, want) in [
+            (
+                "        endpoints: [127.0.0.1:2]\n        kubernetes: { service: hello }\n",
+                "",
+                format!("{p}.endpoints: must be empty when the kubernetes section gives the endpoints"),
+            ),
+            (
+                "        scale: { deployment: hello }\n",
+                "",
+                format!("{p}.kubernetes: missing; scale.deployment needs the Service whose EndpointSlices list the pods, e.g. kubernetes: {{ service: hello }}"),
+            ),
+            (
+                "        kubernetes: { service: Hello_World }\n",
+                "",
+                format!("{p}.kubernetes.service: \"Hello_World\" is not a Kubernetes name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"),
+            ),
+            (
+                "        kubernetes: { service: hello, port: \"8080\" }\n",
+                "",
+                format!("{p}.kubernetes.port: \"8080\" is a number in quotes; write it without quotes to mean port 8080"),
+            ),
+            (
+                "        kubernetes: { service: hello, port: a-very-long-port-name }\n",
+                "",
+                format!("{p}.kubernetes.port: \"a-very-long-port-name\" is not a port name: use 1-15 lowercase letters, digits and '-' with at least one letter, as in the Service's ports"),
+            ),
+            (
+                "        kubernetes: { service: hello }\n        scale: { deployment: hello, stateful_set: hello }\n",
+                "",
+                format!("{p}.scale.stateful_set: give deployment or stateful_set, not both"),
+            ),
+            (
+                "        kubernetes: { service: hello }\n",
+                "kubernetes: { lease: { duration: 1s } }\n",
+                "kubernetes.lease.duration: must be at least 2s: the leader renews it every fifth of it".to_owned(),
+            ),
+            (
+                "        kubernetes: { service: hello }\n",
+                "kubernetes: { lease: { duration: 2500ms } }\n",
+                "kubernetes.lease.duration: must be whole seconds (a Lease stores seconds)".to_owned(),
+            ),
+        ] {
+            let got = issues(&with_revision(rev, top));
+            assert_eq!(got, [want], "for\n{rev}{top}");
+        }
+        // A process and a workload both running the backends.
+        let got = issues(&with_revision(
+            "        kubernetes: { service: hello }\n        scale: { deployment: hello, process: { command: [x] } }\n",
+            "",
+        ));
+        assert!(got.contains(&format!("{p}.scale.process: give process or deployment, not both: one thing runs the backends")), "{got:?}");
+    }
 }

@@ -14,7 +14,6 @@ use crate::revision::Revision;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashSet};
@@ -181,15 +180,18 @@ pub async fn follow(
     let what = format!("EndpointSlices of Service {target}");
     let api = Api::<EndpointSlice>::namespaced(client.clone(), &target.namespace);
     let services = Api::<Service>::namespaced(client, &target.namespace);
-    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
-        .default_backoff()
-        .boxed();
+    let open =
+        || watcher::watcher(api.clone(), watcher::Config::default().labels(&selector)).boxed();
+    let mut events = open();
+    let mut backoff = WatchBackoff::default();
     // While the Service has no slices, whether it exists at all is checked again now and then,
     // so a missing one is named (and its requests refused) until someone creates it.
     let mut recheck: Option<tokio::time::Instant> = None;
     let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
-    let mut last = Ready::default();
+    // None until the first list is handed over, which happens even when it is empty: a
+    // revision moved to a Service without pods must lose the old ones.
+    let mut last: Option<Ready> = None;
     loop {
         let due = async {
             match recheck {
@@ -223,6 +225,7 @@ pub async fn follow(
             Ok(Event::InitDone) => {
                 slices = listing.take().unwrap_or_default();
                 health.clear(&what);
+                backoff = WatchBackoff::default();
                 true
             }
             Ok(Event::Apply(s)) => {
@@ -235,7 +238,9 @@ pub async fn follow(
             }
             Err(e) => {
                 // The last known endpoints stay: traffic keeps flowing while the API server
-                // is away, and the watch resumes (with backoff) when it is back.
+                // is away. The watch starts over with a fresh list after a pause: its
+                // InitDone is the sign that all is well again (a resumed watch with nothing
+                // new to say would give none), and nothing missed in between stays missed.
                 let why = describe_watch(
                     &e,
                     &format!(
@@ -243,11 +248,21 @@ pub async fn follow(
                         target.namespace
                     ),
                 );
+                health.api_error();
                 health.report(&what, &why);
+                // What is known is all there will be for now: readiness need not wait.
+                synced.send_replace(true);
+                let pause = backoff.next().unwrap_or(WATCH_RETRY_MAX);
                 warn!(
-                    "{}: watching {what}: {why}; keeping the last known endpoints and retrying",
+                    "{}: watching {what}: {why}; keeping the last known endpoints and retrying in {pause:?}",
                     sink.name()
                 );
+                tokio::select! {
+                    r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                    () = tokio::time::sleep(pause) => {}
+                }
+                events = open();
+                listing = None;
                 false
             }
         };
@@ -260,9 +275,12 @@ pub async fn follow(
             None => health.clear(&format!("port of Service {target}")),
         }
         recheck = check_service(&services, &target, &mut sink, &health, slices.is_empty()).await;
-        if now.addrs != last.addrs {
+        if last.as_ref().is_none_or(|l| l.addrs != now.addrs) {
             debug!(endpoints = ?now.addrs, "{}: EndpointSlices of {target} changed", sink.name());
-            if now.addrs.len() != last.addrs.len() {
+            if last
+                .as_ref()
+                .is_none_or(|l| l.addrs.len() != now.addrs.len())
+            {
                 info!(
                     ready = now.addrs.len(),
                     "{}: ready endpoints from {target}",
@@ -271,8 +289,35 @@ pub async fn follow(
             }
             sink.ready(&now.addrs);
         }
-        last = now;
+        last = Some(now);
         synced.send_replace(true);
+    }
+}
+
+/// Pauses between attempts of a broken watch: 200 ms doubling to 5 s, from the start again
+/// after a full list. Shorter than client-go's (0.8 s to 30 s): a watch here is a handful of
+/// small objects, and the endpoints it brings are what requests wait for, so an API server
+/// back from a restart (which may refuse for a moment while its caches fill) is followed
+/// within seconds, not half a minute.
+#[derive(Debug)]
+struct WatchBackoff(std::time::Duration);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff(WATCH_RETRY_MIN)
+    }
+}
+
+const WATCH_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(WATCH_RETRY_MAX);
+        Some(d)
     }
 }
 
@@ -306,13 +351,16 @@ async fn check_service(
             target.namespace,
             sink.name()
         ),
-        Err(e) => super::health::describe(
-            &e,
-            &format!(
-                "get Service {} in namespace {}",
-                target.service, target.namespace
-            ),
-        ),
+        Err(e) => {
+            health.api_error();
+            super::health::describe(
+                &e,
+                &format!(
+                    "get Service {} in namespace {}",
+                    target.service, target.namespace
+                ),
+            )
+        }
     };
     health.report(&what, &why);
     sink.missing(&why);

@@ -24,8 +24,12 @@ pub struct Health {
 impl Health {
     /// Records (or updates) the problem with `what`.
     pub fn report(&self, what: &str, why: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(what.to_owned(), why.to_owned());
+    }
+
+    /// Counts a failed call or broken watch to the API server.
+    pub fn api_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Clears the problem with `what`, if any.

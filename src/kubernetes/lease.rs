@@ -51,7 +51,14 @@ pub async fn run(
     let mut renewed_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        match attempt(&api, &e, &mut observed, now).await {
+        // A call that hangs counts as failed: a leader must notice in time to step down.
+        let round = tokio::time::timeout(retry, attempt(&api, &e, &mut observed, now)).await;
+        let round = round.unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer from the API server within {retry:?}").into(),
+            ))
+        });
+        match round {
             Ok(held) => {
                 health.clear(&what);
                 if held {
@@ -60,6 +67,7 @@ pub async fn run(
                 set_leader(&leader, &health, held, &e);
             }
             Err(err) => {
+                health.api_error();
                 let why = describe(
                     &err,
                     &format!(
@@ -81,15 +89,17 @@ pub async fn run(
         }
     }
     if *leader.borrow() {
-        release(&api, &e).await;
+        let _ = tokio::time::timeout(retry, release(&api, &e)).await;
     }
     set_leader(&leader, &health, false, &e);
 }
 
 fn set_leader(tx: &watch::Sender<bool>, health: &Health, leading: bool, e: &Election) {
     health.leader.store(leading, Ordering::Relaxed);
-    let was = tx.send_replace(leading);
-    if was != leading {
+    // Only a change is sent: those who wait on it act on a change of leadership, not on every
+    // renewal.
+    let changed = tx.send_if_modified(|l| std::mem::replace(l, leading) != leading);
+    if changed {
         if leading {
             info!(lease = %e.name, identity = %e.identity, "became the leader: this replica makes scale decisions");
         } else {

@@ -8,7 +8,8 @@
 //! ([`health`]).
 //!
 //! Nothing here runs until a config has a revision with a `kubernetes` section: then the
-//! client is made from the pod's service account (or `KUBECONFIG`, or `~/.kube/config`).
+//! client is made from `KUBECONFIG` or `~/.kube/config` if there is one, else from the pod's
+//! service account.
 
 pub mod endpoints;
 pub mod health;
@@ -33,7 +34,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
-use tokio::sync::{Mutex, OnceCell, watch};
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
@@ -58,7 +59,10 @@ struct Watch {
 pub struct Kube {
     settings: config::Kubernetes,
     health: Arc<Health>,
-    client: OnceCell<Option<Client>>,
+    /// Made when first needed; tried again on each load while there are no credentials.
+    client: SyncMutex<Option<Client>>,
+    /// The last load had revisions with a `kubernetes` section.
+    wanted: std::sync::atomic::AtomicBool,
     /// The namespace rouse runs in: the default for revisions and the Lease.
     own_namespace: String,
     /// This replica's name in the Lease.
@@ -78,7 +82,7 @@ impl std::fmt::Debug for Kube {
         f.debug_struct("Kube")
             .field("identity", &self.identity)
             .field("own_namespace", &self.own_namespace)
-            .field("connected", &self.client.get().is_some_and(Option::is_some))
+            .field("connected", &self.current_client().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -107,7 +111,8 @@ impl Kube {
         Kube {
             settings: settings.clone(),
             health,
-            client: OnceCell::new(),
+            client: SyncMutex::new(None),
+            wanted: std::sync::atomic::AtomicBool::new(false),
             own_namespace,
             identity,
             leader: watch::channel(false).0,
@@ -118,25 +123,34 @@ impl Kube {
         }
     }
 
-    /// The client, made on first use; `None` (and a problem on `/readyz`) when there are no
-    /// credentials to make one from.
-    async fn client(&self) -> Option<Client> {
+    fn current_client(&self) -> Option<Client> {
         self.client
-            .get_or_init(|| async {
-                match Client::try_default().await {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        let why = format!(
-                            "no Kubernetes credentials: rouse is not running in a pod with a service account, and KUBECONFIG or ~/.kube/config gave none ({e})"
-                        );
-                        error!("{why}");
-                        self.health.report("connection", &why);
-                        None
-                    }
-                }
-            })
-            .await
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The client, made on first use; `None` (and a problem on `/readyz`, which stays 503)
+    /// when there are no credentials to make one from. Tried again on the next load.
+    async fn client(&self) -> Option<Client> {
+        if let Some(c) = self.current_client() {
+            return Some(c);
+        }
+        match Client::try_default().await {
+            Ok(c) => {
+                self.health.clear("connection");
+                *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                let why = format!(
+                    "no Kubernetes credentials: KUBECONFIG and ~/.kube/config give none, and rouse is not in a pod with a service account ({e}); fix that and reload (SIGHUP) or restart"
+                );
+                error!("{why}");
+                self.health.report("connection", &why);
+                None
+            }
+        }
     }
 
     fn namespace_of(&self, k: &config::KubeEndpoints) -> String {
@@ -211,6 +225,7 @@ impl Kube {
             .filter_map(|(s, r)| r.kubernetes.as_ref().map(|k| (s, r, k)))
             .collect();
         let mut watches = self.watches.lock().await;
+        self.wanted.store(!wanted.is_empty(), Ordering::Relaxed);
         if wanted.is_empty() && watches.is_empty() {
             return;
         }
@@ -323,10 +338,10 @@ impl Source for Kube {
             Ok(w) => w.values().all(|w| *w.synced.borrow()),
             // A reload is changing the watches; keep the last answer.
             Err(_) => self.health.synced.load(Ordering::Relaxed),
-        };
+        } && (!self.wanted.load(Ordering::Relaxed) || self.current_client().is_some());
         self.health.synced.store(listed, Ordering::Relaxed);
         let mut notes = self.health.problems();
-        if !listed {
+        if !listed && self.current_client().is_some() {
             notes.insert(
                 0,
                 "kubernetes: waiting for the first list of EndpointSlices".to_owned(),
@@ -358,7 +373,7 @@ impl MakeScaler for Kube {
     fn make(&self, rev: &Arc<Revision>, cfg: &config::Revision) -> Option<Arc<dyn Scaler>> {
         let (kind, name) = cfg.scale.as_ref()?.workload()?;
         let k = cfg.kubernetes.as_ref()?;
-        let client = self.client.get()?.clone()?;
+        let client = self.current_client()?;
         let workload = Workload {
             kind,
             namespace: self.namespace_of(k),

@@ -157,10 +157,10 @@ impl Scaler for WorkloadScaler {
     /// The workload's `spec.replicas` (0 if it cannot be read: the writes will say why).
     fn existing(&self) -> Pin<Box<dyn Future<Output = u32> + Send + '_>> {
         Box::pin(async move {
-            self.workload
-                .get_scale(&self.client)
+            tokio::time::timeout(CALL_TIMEOUT, self.workload.get_scale(&self.client))
                 .await
                 .ok()
+                .and_then(Result::ok)
                 .and_then(|s| s.spec?.replicas)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0)
@@ -180,13 +180,27 @@ impl Scaler for WorkloadScaler {
     }
 }
 
-/// What one write achieved.
+/// What one round achieved.
 enum Wrote {
     /// The workload has the count this replica may set.
     Done,
     /// Another writer changed it in between; read again.
     Conflict,
+    /// A new leader does not cut the count yet (see [`TAKEOVER_HOLD`]).
+    Held(Duration),
 }
+
+/// After taking the Lease over, a leader waits this long before it writes a count below the
+/// workload's: long enough to have read every peer's demand once (they are read every
+/// second), so it does not cut pods that the others are using.
+const TAKEOVER_HOLD: Duration = Duration::from_secs(2);
+
+/// While requests wait for a workload at zero, how often the count is read again (someone
+/// may have set it to zero behind rouse's back, or the leader may not know of them).
+const COLD_RECHECK: Duration = Duration::from_secs(1);
+
+/// Longest wait for one call to the API server: a hung call must not stall scaling.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn run(
     client: Client,
@@ -199,45 +213,69 @@ async fn run(
 ) {
     let what = format!("scaling {workload}");
     let mut backoff = Backoff::new(Duration::from_secs(30));
-    // The count this replica last wrote as leader, so it writes only changes.
+    // The count this replica last wrote or found as leader, so it writes only changes.
     let mut written: Option<u32> = None;
+    let mut leading_since: Option<tokio::time::Instant> = None;
     loop {
         let desired = *want.borrow_and_update();
         let leading = *leader.borrow_and_update();
-        if !leading {
-            written = None;
-        }
-        let result = if leading && written != Some(desired) {
-            write(&client, &workload, &rev, desired, None).await
-        } else if !leading && desired > 0 {
-            from_zero(&client, &workload, &rev).await
-        } else {
-            Ok(Wrote::Done)
-        };
-        let pause = match result {
-            Ok(Wrote::Done) => {
-                if leading {
-                    written = Some(desired);
-                }
-                health.clear(&what);
-                backoff.reset();
-                // A follower whose requests still find no pod checks again: the leader may
-                // have scaled the workload down before it learned of them.
-                (!leading && desired > 0 && rev.is_cold()).then_some(Duration::from_secs(1))
+        match (leading, leading_since) {
+            (true, None) => leading_since = Some(tokio::time::Instant::now()),
+            (false, _) => {
+                leading_since = None;
+                written = None;
             }
-            Ok(Wrote::Conflict) => Some(Duration::ZERO),
-            Err(e) => {
+            _ => {}
+        }
+        // Requests are waiting and there is no pod: make sure one is coming.
+        let cold_wanted = desired > 0 && rev.is_cold();
+        let round = async {
+            if leading {
+                let fresh = leading_since.map(|t| TAKEOVER_HOLD.saturating_sub(t.elapsed()));
+                lead(
+                    &client,
+                    &workload,
+                    &rev,
+                    desired,
+                    &mut written,
+                    fresh,
+                    cold_wanted,
+                )
+                .await
+            } else if desired > 0 {
+                from_zero(&client, &workload, &rev).await
+            } else {
+                Ok(Wrote::Done)
+            }
+        };
+        let result = match tokio::time::timeout(CALL_TIMEOUT, round).await {
+            Ok(r) => r.map_err(|e| {
                 let action = format!(
                     "get and patch {} {} in namespace {}",
                     workload.resource(),
                     workload.name,
                     workload.namespace
                 );
-                let why = describe(&e, &action);
+                describe(&e, &action)
+            }),
+            Err(_) => Err(format!(
+                "cannot scale {workload}: the Kubernetes API server did not answer within {CALL_TIMEOUT:?}"
+            )),
+        };
+        let pause = match result {
+            Ok(Wrote::Done) => {
+                health.clear(&what);
+                backoff.reset();
+                cold_wanted.then_some(COLD_RECHECK)
+            }
+            Ok(Wrote::Conflict) => Some(Duration::ZERO),
+            Ok(Wrote::Held(d)) => Some(d),
+            Err(why) => {
                 let retry = backoff.fail();
+                health.api_error();
                 health.report(&what, &why);
                 warn!(service = %rev.service, revision = %rev.name, "{why}; retrying in {retry:?}");
-                if desired > 0 && rev.is_cold() {
+                if cold_wanted {
                     rev.fail_start(&why, retry);
                 }
                 Some(retry)
@@ -257,6 +295,49 @@ async fn run(
             () = sleep => {}
         }
     }
+}
+
+/// The leader's round. A first pod for waiting requests is written at once, unread (the
+/// fast path of a cold start). Anything else reads the count first: an equal one needs no
+/// write, and a new leader (`fresh`: the hold still to go) does not lower it yet.
+async fn lead(
+    client: &Client,
+    w: &Workload,
+    rev: &Revision,
+    desired: u32,
+    written: &mut Option<u32>,
+    fresh: Option<Duration>,
+    cold_wanted: bool,
+) -> Result<Wrote, kube::Error> {
+    if cold_wanted && *written != Some(desired) {
+        let r = write(client, w, rev, desired, None).await?;
+        *written = Some(desired);
+        return Ok(r);
+    }
+    if *written == Some(desired) && !cold_wanted {
+        return Ok(Wrote::Done);
+    }
+    let scale = w.get_scale(client).await?;
+    let have = scale
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    if have == desired || (cold_wanted && have > 0) {
+        *written = Some(desired);
+        return Ok(Wrote::Done);
+    }
+    if desired < have
+        && let Some(hold) = fresh.filter(|d| !d.is_zero())
+    {
+        return Ok(Wrote::Held(hold));
+    }
+    let r = write(client, w, rev, desired, scale.metadata.resource_version).await?;
+    if matches!(r, Wrote::Done) {
+        *written = Some(desired);
+    }
+    Ok(r)
 }
 
 /// A follower's write: 0 → 1 only, and only if nobody changed the count since it was read.

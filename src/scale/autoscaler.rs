@@ -46,7 +46,14 @@ pub async fn run(
             }
             // Asleep at zero, endpoints that appear (pods another replica started) wake the
             // loop, so that they are decided on rather than left running.
-            () = rev.endpoints_changed(), if idle_at_zero => {}
+            () = rev.endpoints_changed(), if idle_at_zero => {
+                // Endpoints this loop did not ask for (another replica's scale from zero):
+                // in use somewhere, so they get idle_grace before they are scaled away.
+                if !rev.is_cold() {
+                    demand = true;
+                    kpa.touch(Instant::now());
+                }
+            }
             () = tokio::time::sleep_until(next_tick), if !idle_at_zero => {
                 let now = Instant::now();
                 let w = rev.stats().take(now);
@@ -69,6 +76,12 @@ pub async fn run(
         let now = Instant::now();
         let active = rev.stats().active() + scaler.peer_load().active;
         let d = kpa.decide(now, rev.endpoints().len() as u32, active);
+        if d.desired == current && demand && current > 0 && rev.is_cold() {
+            // Requests wait, the wish is unchanged, and still no endpoint: say it again, so
+            // a scaler whose backends went away behind its back (a workload set to zero by
+            // hand) brings them back now.
+            scaler.scale(current);
+        }
         if d.desired != current {
             let dir = if d.desired > current { "up" } else { "down" };
             info!(

@@ -27,6 +27,10 @@ pub fn trials() -> Vec<Trial> {
             a_pod_going_not_ready_gets_no_new_requests_and_finishes_its_own,
         ),
         trial(
+            "a_deployment_set_to_zero_by_hand_comes_back_for_waiting_requests",
+            a_deployment_set_to_zero_by_hand_comes_back_for_waiting_requests,
+        ),
+        trial(
             "traffic_splits_across_two_deployments",
             traffic_splits_across_two_deployments,
         ),
@@ -265,4 +269,45 @@ services:
     }
     // Green was at zero and was scaled up by its first request.
     assert_eq!(replicas(&ns, "green").await, 1);
+}
+
+async fn a_deployment_set_to_zero_by_hand_comes_back_for_waiting_requests() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("by-hand").await;
+    app(&ns, "hello", 0, &[]).await;
+    let rouse = Rouse::start("by-hand", ROUSE_USER, &one_revision(&ns, "hello", "60s")).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    let c = h1_client();
+    let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    // Past the scaler's own one-second re-check of the cold start it just made, so that
+    // only a fresh wait for a pod can bring the next one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Someone scales it to zero behind rouse's back while rouse still wants one pod.
+    let deployments =
+        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(env().admin.clone(), &ns);
+    deployments
+        .patch_scale(
+            "hello",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "spec": { "replicas": 0 } })),
+        )
+        .await
+        .unwrap();
+    eventually("the pod gone", Duration::from_secs(20), || async {
+        env().node.pods(&ns).is_empty()
+    })
+    .await;
+    eventually("no endpoint left", Duration::from_secs(10), || async {
+        rouse
+            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    // The next request waits and brings it back (not a 503 after max_wait).
+    let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "true");
+    assert_eq!(replicas(&ns, "hello").await, 1);
 }
