@@ -16,7 +16,7 @@ RUN mkdir -p src tests/it tests/k8s && echo 'fn main() {}' > src/main.rs && touc
 COPY src src
 COPY config config
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --features kubernetes --bin rouse \
-    && cp target/release/rouse /rouse
+    && strip -o /rouse target/release/rouse
 
 # Run stage: nothing but the binary and what it links against.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -97,8 +97,13 @@ impl Validator {
             if let Some(ns) = &p.namespace {
                 self.object_name("kubernetes.peers.namespace", ns);
             }
-            if let PortRef::Name(n) = &p.port {
-                self.port_name("kubernetes.peers.port", n);
+            match &p.port {
+                PortRef::Name(n) => self.port_name("kubernetes.peers.port", n),
+                PortRef::Number(0) => self.err(
+                    "kubernetes.peers.port",
+                    "0 is not a port; give 1-65535 or a port name",
+                ),
+                PortRef::Number(_) => {}
             }
         }
         if c.limits.header_read_timeout.0.is_zero() {

@@ -167,7 +167,8 @@ impl Sink for RevisionSink {
 }
 
 /// Watches `target`'s slices and hands their ready endpoints to `sink` on every change, until
-/// `stop` turns true. `synced` turns true once the first full list has been handed over.
+/// `stop` turns true. `synced` turns true once the first full list has been handed over, or
+/// the first attempt failed (what is known then is all there is for now).
 pub async fn follow(
     client: Client,
     target: Target,

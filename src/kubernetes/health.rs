@@ -17,7 +17,8 @@ pub struct Health {
     errors: AtomicU64,
     /// This replica holds the Lease.
     pub leader: AtomicBool,
-    /// Every watch has listed its objects once: rouse knows the endpoints it routes to.
+    /// Every watch has listed its objects once or failed (then what it knows is all there
+    /// is for now), and there are credentials: as of the last `/readyz`.
     pub synced: AtomicBool,
 }
 
@@ -121,7 +122,7 @@ impl Collector for HealthMetrics {
             ),
             (
                 "rouse_kubernetes_synced",
-                "1 once every watched Service's endpoints have been listed",
+                "1 once every watch has listed its Service's endpoints or failed, with credentials in place (as of the last /readyz)",
                 &h.synced,
             ),
         ] {

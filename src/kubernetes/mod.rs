@@ -144,7 +144,7 @@ impl Kube {
             }
             Err(e) => {
                 let why = format!(
-                    "no Kubernetes credentials: KUBECONFIG and ~/.kube/config give none, and rouse is not in a pod with a service account ({e}); fix that and reload (SIGHUP) or restart"
+                    "no Kubernetes credentials: KUBECONFIG and ~/.kube/config give none, and rouse is not in a pod with a service account ({e}); fix that and restart rouse, or change its config file, which makes it look again"
                 );
                 error!("{why}");
                 self.health.report("connection", &why);
@@ -226,6 +226,10 @@ impl Kube {
             .collect();
         let mut watches = self.watches.lock().await;
         self.wanted.store(!wanted.is_empty(), Ordering::Relaxed);
+        if wanted.is_empty() {
+            // Credentials matter only while something needs them.
+            self.health.clear("connection");
+        }
         if wanted.is_empty() && watches.is_empty() {
             return;
         }
