@@ -31,6 +31,10 @@ pub fn trials() -> Vec<Trial> {
             a_deployment_set_to_zero_by_hand_comes_back_for_waiting_requests,
         ),
         trial(
+            "a_statefulset_scales_from_zero_and_back",
+            a_statefulset_scales_from_zero_and_back,
+        ),
+        trial(
             "traffic_splits_across_two_deployments",
             traffic_splits_across_two_deployments,
         ),
@@ -310,4 +314,85 @@ async fn a_deployment_set_to_zero_by_hand_comes_back_for_waiting_requests() {
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     assert_eq!(got.header("rouse-cold-start"), "true");
     assert_eq!(replicas(&ns, "hello").await, 1);
+}
+
+async fn a_statefulset_scales_from_zero_and_back() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("stateful").await;
+    let admin = env().admin.clone();
+    let set: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "db" },
+        "spec": {
+            "replicas": 0,
+            "serviceName": "db",
+            "selector": { "matchLabels": { "app": "db" } },
+            "template": {
+                "metadata": { "labels": { "app": "db" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "db",
+                        "image": "rouse.test/backend",
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "env": [{ "name": "REVISION", "value": "db" }],
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(admin.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &set)
+        .await
+        .unwrap();
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "db" },
+        "spec": { "selector": { "app": "db" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let cfg = format!(
+        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
+services:
+  - name: db
+    hosts: ['*']
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+        kubernetes: {{ service: db }}
+        scale: {{ min: 0, max: 1, idle_grace: 2s, stateful_set: db }}
+"
+    );
+    let rouse = Rouse::start("stateful", ROUSE_USER, &cfg).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    let got = get(&h1_client(), rouse.addr, "db.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert!(got.body.starts_with("db "), "{}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "true");
+    let pods = env().node.pods(&ns);
+    assert!(pods.contains_key("db-0"), "{pods:?}");
+    let sets = kube::Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(admin, &ns);
+    // A count of 0 is left out of the Scale object (Go's omitempty).
+    let replicas = || async {
+        sets.get_scale("db")
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+    };
+    assert_eq!(replicas().await, 1);
+    eventually(
+        "the StatefulSet back to zero after idle_grace",
+        Duration::from_secs(20),
+        || async { replicas().await == 0 },
+    )
+    .await;
+    eventually("its pod stopped", Duration::from_secs(20), || async {
+        env().node.pods(&ns).is_empty()
+    })
+    .await;
 }
