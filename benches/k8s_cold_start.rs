@@ -49,6 +49,7 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(20);
     env::with_env(|| env::block_on(run(rounds)));
+    env::finish(false);
 }
 
 /// When the bench's own watches saw the two events of a round.

@@ -31,6 +31,13 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Cluster {
+    /// Stops every process of the control plane.
+    pub fn stop(&mut self) {
         for c in [&mut self.controllers, &mut self.apiserver, &mut self.etcd]
             .into_iter()
             .flatten()

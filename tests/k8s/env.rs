@@ -118,7 +118,11 @@ pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
     sh(&["ip", "link", "set", "lo", "up"]);
     sh(&["ip", "addr", "add", "192.0.2.1/24", "dev", "lo"]);
     let bin = PathBuf::from(std::env::var("ROUSE_K8S_BIN").expect("ROUSE_K8S_BIN"));
-    let dir = std::env::temp_dir().join(format!("rouse-k8s-{}", std::process::id()));
+    // Inside its own PID namespace every run is process 1: the clock tells runs apart.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("rouse-k8s-{stamp}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     eprintln!("k8s: control plane and logs in {}", dir.display());
@@ -143,6 +147,18 @@ pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
         .unwrap();
     });
     f()
+}
+
+/// After a run: stops the control plane and, if `keep` is false, removes the run's folder
+/// (a failed run keeps it, with every log, for a look).
+pub fn finish(keep: bool) {
+    let env = env();
+    block_on(async { env.cluster.lock().await.stop() });
+    if keep {
+        eprintln!("k8s: logs kept in {}", env.dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&env.dir);
+    }
 }
 
 /// The documents of a YAML file of the repository.

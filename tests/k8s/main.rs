@@ -32,6 +32,7 @@ fn main() {
         std::process::exit(status);
     }
     let conclusion = env::with_env(|| libtest_mimic::run(&args, all()));
+    env::finish(conclusion.has_failed());
     conclusion.exit();
 }
 
