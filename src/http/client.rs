@@ -164,20 +164,26 @@ impl http_body::Body for OutBody {
 
 /// A pooled connection idle this long may be closing as it is reused: an idempotent request
 /// without a body sent on it keeps a copy of its head, to be replayed on a new connection if
-/// the old one fails before any answer. Connections reused sooner cost no copy.
+/// the old one fails before any answer; any other request takes a new connection instead.
+/// Connections reused sooner cost no copy.
 const RISKY_IDLE: Duration = Duration::from_millis(250);
 
-/// A copy of a request to replay: idempotent (RFC 9110 §9.2.2), no body, no upgrade.
-fn replayable(req: &Request<OutBody>) -> Option<Request<OutBody>> {
+/// True for a request that may be sent twice: idempotent (RFC 9110 §9.2.2), no body, no
+/// upgrade.
+fn can_replay(req: &Request<OutBody>) -> bool {
     use http::Method;
     let idempotent = matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
-    if !idempotent
-        || !http_body::Body::is_end_stream(req.body())
-        || req.headers().contains_key(http::header::UPGRADE)
-    {
+    idempotent
+        && http_body::Body::is_end_stream(req.body())
+        && !req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// A copy of a request to replay, if it [can be replayed](can_replay).
+fn replayable(req: &Request<OutBody>) -> Option<Request<OutBody>> {
+    if !can_replay(req) {
         return None;
     }
     let mut copy = Request::new(OutBody::Empty);
@@ -266,13 +272,23 @@ impl Pool {
     }
 
     /// The warmest idle connection that has not expired, and how long it was idle.
-    fn take_idle(&self) -> Option<(Pooled, Duration)> {
+    /// The most recently used idle connection that is still open; with `recent_only`, only
+    /// one idle for less than [`RISKY_IDLE`] (the others stay pooled for requests that can be
+    /// replayed).
+    fn take_idle(&self, recent_only: bool) -> Option<(Pooled, Duration)> {
         let mut idle = self.lock_idle();
         let now = Instant::now();
-        while let Some(c) = idle.pop() {
+        while let Some(c) = idle.last() {
+            let idle_for = now.saturating_duration_since(c.since);
             if c.expires > now && !c.sender.is_closed() {
-                return Some((c.sender, now.saturating_duration_since(c.since)));
+                if recent_only && idle_for >= RISKY_IDLE {
+                    // The top of the stack is the most recently used: the rest are older.
+                    return None;
+                }
+                let c = idle.pop()?;
+                return Some((c.sender, idle_for));
             }
+            idle.pop();
         }
         None
     }
@@ -353,8 +369,16 @@ impl Pool {
         // A pooled connection may turn out closed; then the request comes back unsent and goes
         // out once more on a fresh connection, which is never stale.
         let mut fresh = false;
+        // A request that could not be replayed (a body, or not idempotent) never goes out on a
+        // connection idle long enough to be closing under it: the backend may close it just as
+        // the request is written, and then nothing can be done but a 502.
+        let replayable_kind = can_replay(&req);
         loop {
-            let pooled = if fresh { None } else { self.take_idle() };
+            let pooled = if fresh {
+                None
+            } else {
+                self.take_idle(!replayable_kind)
+            };
             let mut replay = None;
             let mut sender = match pooled {
                 Some((s, idle_for)) => {
