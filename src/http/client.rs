@@ -127,10 +127,24 @@ pub type Pooled = http1::SendRequest<OutBody>;
 /// client's (empty) body was spent on a connection that failed.
 #[derive(Debug)]
 pub enum OutBody {
-    /// The client's request body, streamed.
-    Client(Incoming),
+    /// The client's request body, streamed, with where to record its failure.
+    Client(Incoming, Option<Arc<BodyFault>>),
     /// No body.
     Empty,
+}
+
+/// Where a client's request body records how it failed. Over HTTP/1.1 the upstream client's
+/// error carries the body's own as its cause; over HTTP/2 the body's failure only resets the
+/// stream, and the error says no more than that. Either way the fault is the client's, and
+/// this is how the proxy learns it.
+#[derive(Debug, Default)]
+pub struct BodyFault(std::sync::OnceLock<String>);
+
+impl BodyFault {
+    /// Why the client's body failed, if it did.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
 }
 
 impl http_body::Body for OutBody {
@@ -142,21 +156,27 @@ impl http_body::Body for OutBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            OutBody::Client(b) => Pin::new(b).poll_frame(cx),
+            OutBody::Client(b, fault) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, fault) {
+                    let _ = f.0.set(e.to_string());
+                }
+                polled
+            }
             OutBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            OutBody::Client(b) => b.is_end_stream(),
+            OutBody::Client(b, _) => b.is_end_stream(),
             OutBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            OutBody::Client(b) => b.size_hint(),
+            OutBody::Client(b, _) => b.size_hint(),
             OutBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }

@@ -9,7 +9,7 @@ use super::router::Timeouts;
 use crate::config::Protocol;
 use crate::error::{Dialect, ProxyError};
 use crate::http::body::{Cut, Limits};
-use crate::http::client::{ConnectError, OutBody, SendError};
+use crate::http::client::{BodyFault, ConnectError, OutBody, SendError};
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
 use crate::revision::Revision;
@@ -78,7 +78,10 @@ pub async fn forward(
         tunnel::mark(req.headers_mut(), proto);
         hyper::upgrade::on(&mut req)
     });
-    let mut req = req.map(OutBody::Client);
+    // Only a request with a body can have it fail.
+    let fault =
+        (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
+    let mut req = req.map(|b| OutBody::Client(b, fault.clone()));
     let mark_cold = acquired.cold && settings.cold_start.header;
     let mut lease = acquired.lease;
     let mut retried = false;
@@ -128,7 +131,8 @@ pub async fn forward(
                 return Ok(res);
             }
             Err(SendError::Failed(source)) => {
-                if let Some(reason) = client_body_error(&source) {
+                let recorded = fault.as_ref().and_then(|f| f.reason()).map(str::to_owned);
+                if let Some(reason) = recorded.or_else(|| client_body_error(&source)) {
                     return Err(ProxyError::ClientBody(reason));
                 }
                 return Err(ProxyError::Upstream {

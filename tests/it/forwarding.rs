@@ -316,6 +316,33 @@ async fn a_broken_request_body_is_the_clients_fault() {
     );
 }
 
+/// The same when the revision speaks h2c to its backend: the body's failure reaches the
+/// upstream HTTP/2 stream as a reset, and is still the client's fault.
+#[tokio::test]
+async fn a_broken_request_body_is_the_clients_fault_over_an_h2c_upstream_too() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").protocol("h2c").endpoint(a.addr))
+        .admin()
+        .start()
+        .await;
+    let out = raw(
+        gw.addr(),
+        b"POST /?count=1 HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("rouse-error: client-body"), "{out}");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_requests_total{service=\"s\",revision=\"r\",code=\"5xx\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+}
+
 /// A backend that answers each connection's first request with `extra` headers, then keeps
 /// the connection open until rouse closes it, and reports how long after its answer that was.
 async fn idle_watching_backend(
