@@ -312,18 +312,61 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
 }
 
 /// A per-connection switch that closes the connection at once, for what can only be stopped
-/// that way (an HTTP/1.1 response cut by a time limit while the client does not read).
+/// that way (an HTTP/1.1 response cut by a time limit while the client does not read). It also
+/// counts the tunnels (upgraded connections) that outlive the connection's HTTP exchange, so
+/// that the connection keeps its place under the listener's limit until they end.
 #[derive(Debug, Clone, Default)]
-pub struct Cut(Arc<Notify>);
+pub struct Cut(Arc<CutInner>);
+
+#[derive(Debug, Default)]
+struct CutInner {
+    fire: Notify,
+    tunnels: std::sync::atomic::AtomicUsize,
+    tunnel_ended: Notify,
+}
 
 impl Cut {
     /// Asks the connection to close now.
     pub fn fire(&self) {
-        self.0.notify_one();
+        self.0.fire.notify_one();
     }
 
     /// Resolves once the switch has fired (even if it fired before this was called).
     pub async fn fired(&self) {
-        self.0.notified().await;
+        self.0.fire.notified().await;
+    }
+
+    /// Marks a tunnel taken over from this connection as open until the guard drops.
+    pub fn hold(&self) -> TunnelHold {
+        self.0
+            .tunnels
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        TunnelHold(self.0.clone())
+    }
+
+    /// Resolves once no tunnel of this connection is open.
+    pub async fn tunnels_closed(&self) {
+        loop {
+            let ended = self.0.tunnel_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.0.tunnels.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// An open tunnel of a connection (see [`Cut::hold`]).
+#[derive(Debug)]
+pub struct TunnelHold(Arc<CutInner>);
+
+impl Drop for TunnelHold {
+    fn drop(&mut self) {
+        self.0
+            .tunnels
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.tunnel_ended.notify_waiters();
     }
 }

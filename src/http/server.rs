@@ -483,8 +483,11 @@ pub async fn serve<H: Handler>(
                 });
                 let (p, stop, tls) = (protocols.clone(), stop.clone(), tls.clone());
                 connections.spawn(async move {
-                    // Held for the connection's life: its place under the limit.
+                    // Held for the connection's life: its place under the limit. A WebSocket
+                    // (or any upgrade) taken over from it is still this client's connection,
+                    // so the place is kept until its tunnel ends too.
                     let _permit = permit;
+                    let held = cut.clone();
                     match tls {
                         None => p.serve_tcp(stream, svc, stop, peer, cut).await,
                         // The handshake runs here, not in the accept loop, so a slow client
@@ -492,6 +495,7 @@ pub async fn serve<H: Handler>(
                         // part of every plain connection's task.
                         Some(t) => Box::pin(p.serve_tls(stream, t, svc, stop, peer, cut)).await,
                     }
+                    held.tunnels_closed().await;
                 });
             }
         }

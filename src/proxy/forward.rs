@@ -113,7 +113,7 @@ pub async fn forward(
                         if let Some(p) = proto {
                             tunnel::mark(&mut parts.headers, p);
                         }
-                        tunnel::spawn(client, upstream, done, ctx.timeouts.idle);
+                        tunnel::spawn(client, upstream, (done, ctx.cut.hold()), ctx.timeouts.idle);
                         Response::from_parts(parts, Body::empty())
                     }
                     _ => {

@@ -77,6 +77,51 @@ async fn at_the_connection_limit_new_clients_wait_for_a_free_place() {
     );
 }
 
+/// A WebSocket taken over from a connection is still that client's connection: it keeps its
+/// place under the limit until the tunnel ends, so upgraded sessions cannot grow past
+/// `limits.max_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_keep_their_place_under_the_connection_limit() {
+    use crate::websocket::{ws_backend, ws_connect, ws_echo};
+    let backend = ws_backend("ws").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(backend))
+        .admin()
+        .max_connections(2)
+        .start()
+        .await;
+    let mut a = ws_connect(gw.addr(), "x").await;
+    let mut b = ws_connect(gw.addr(), "x").await;
+    assert_eq!(ws_echo(&mut a, "one").await, "ws:one");
+    assert_eq!(ws_echo(&mut b, "two").await, "ws:two");
+    // Both HTTP exchanges are over; the two sessions still count.
+    wait_for_metric(&gw, "rouse_client_connections{listener=\"http\"}", 2.0).await;
+    // A third client waits for a place...
+    let mut third = TcpStream::connect(gw.addr()).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_metric(
+        &gw,
+        "rouse_connection_limit_waits_total{listener=\"http\"}",
+        1.0,
+    )
+    .await;
+    // ...which the end of a session gives it.
+    drop(a);
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out))
+        .await
+        .expect("the waiting client is served once a session ends")
+        .unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(ws_echo(&mut b, "still").await, "ws:still");
+}
+
 #[test]
 fn a_limit_of_zero_is_refused_with_its_key_path() {
     let e = Cfg::single(Rev::new("r").endpoint("127.0.0.1:9"))
