@@ -164,6 +164,10 @@ pub struct Limits {
     /// Most client connections open at once on each listener; beyond it, new connections wait
     /// in the kernel's listen queue until one closes.
     pub max_connections: usize,
+    /// An HTTP/2 client connection on which no request has started for this long is closed
+    /// (GOAWAY; streams still open finish). HTTP/1.1 connections idle between requests are
+    /// closed after `header_read_timeout`.
+    pub idle_timeout: Dur,
 }
 
 impl Default for Limits {
@@ -172,6 +176,7 @@ impl Default for Limits {
             max_header_bytes: ByteSize(64 << 10),
             header_read_timeout: Dur(Duration::from_secs(30)),
             max_connections: 20_000,
+            idle_timeout: Dur(Duration::from_secs(120)),
         }
     }
 }

@@ -106,6 +106,9 @@ impl Validator {
                 PortRef::Number(_) => {}
             }
         }
+        if c.limits.idle_timeout.0.is_zero() {
+            self.err("limits.idle_timeout", "must be greater than 0");
+        }
         if c.limits.header_read_timeout.0.is_zero() {
             self.err("limits.header_read_timeout", "must be greater than 0");
         }

@@ -55,8 +55,12 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServerSettings {
     /// Largest request head.
     pub max_header_bytes: usize,
-    /// Time to receive a complete request head.
+    /// Time to receive a complete request head. Also the longest an HTTP/1.1 connection waits
+    /// idle between requests: hyper starts the same timer for the next head.
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection on which no request has started for this long is closed (GOAWAY;
+    /// streams still open finish).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +68,7 @@ impl Default for ServerSettings {
         ServerSettings {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -228,7 +233,7 @@ impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
     S: ConnService,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::Body>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http2::Connection::graceful_shutdown(self);
@@ -242,6 +247,7 @@ async fn run<C: Graceful>(
     conn: C,
     mut stop: watch::Receiver<bool>,
     cut: Option<Cut>,
+    idle: Option<(Arc<AtomicU64>, Duration)>,
 ) -> Result<(), hyper::Error> {
     let mut conn = pin!(conn);
     let cut = async {
@@ -251,11 +257,28 @@ async fn run<C: Graceful>(
         }
     };
     let mut cut = pin!(cut);
+    // Idle: no request started for `limit` (the last start is noted by [`Noted`]).
+    let idle = async {
+        let Some((last, limit)) = idle else {
+            return std::future::pending().await;
+        };
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let since = last.load(Ordering::Relaxed);
+            let now = crate::clock::now_ms();
+            let due = since.saturating_add(limit_ms);
+            if now >= due {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(due - now)).await;
+        }
+    };
     tokio::select! {
         biased;
         r = conn.as_mut() => return r,
         () = cut.as_mut() => return Ok(()),
         () = stopped(&mut stop) => {}
+        () = idle => {}
     }
     conn.as_mut().graceful_shutdown();
     tokio::select! {
@@ -288,25 +311,47 @@ async fn within<T, E: std::fmt::Display>(
 /// The per-connection service `serve` builds around the [`Handler`], as the connection
 /// functions below need it.
 trait ConnService:
-    hyper::service::HttpService<
-        Incoming,
-        ResBody: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
         Error: Into<BoxError>,
         Future: Send + 'static,
     > + Send
     + 'static
 {
+    /// The body of its responses.
+    type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static;
 }
 
-impl<S> ConnService for S where
-    S: hyper::service::HttpService<
-            Incoming,
-            ResBody: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+impl<S, B> ConnService for S
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
             Error: Into<BoxError>,
             Future: Send + 'static,
         > + Send
-        + 'static
+        + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
 {
+    type Body = B;
+}
+
+/// A service that notes when each request starts, for the HTTP/2 idle timeout.
+struct Noted<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+}
+
+impl<S: ConnService> hyper::service::Service<Request<Incoming>> for Noted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> S::Future {
+        self.last.store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.inner.call(req)
+    }
 }
 
 /// The HTTP/1.1 and HTTP/2 settings every connection of a listener shares.
@@ -314,6 +359,7 @@ struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Protocols {
@@ -333,6 +379,7 @@ impl Protocols {
             http1: h1,
             http2: h2,
             header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
         }
     }
 
@@ -353,10 +400,18 @@ impl Protocols {
         let result = match wire {
             Wire::Http1 => {
                 let conn = self.http1.serve_connection(io, svc).with_upgrades();
-                run(conn, stop, Some(cut)).await
+                run(conn, stop, Some(cut), None).await
             }
             // Boxed so that HTTP/2's larger state does not size every HTTP/1.1 connection's task.
-            Wire::H2 => Box::pin(run(self.http2.serve_connection(io, svc), stop, None)).await,
+            Wire::H2 => {
+                let last = Arc::new(AtomicU64::new(crate::clock::now_ms()));
+                let svc = Noted {
+                    inner: svc,
+                    last: last.clone(),
+                };
+                let conn = self.http2.serve_connection(io, svc);
+                Box::pin(run(conn, stop, None, Some((last, self.idle_timeout)))).await
+            }
         };
         if let Err(e) = result {
             debug!(%peer, error = %e, "client connection ended with an error");

@@ -86,6 +86,7 @@ impl Gateway {
         let settings = ServerSettings {
             max_header_bytes: usize::try_from(cfg.limits.max_header_bytes.0).unwrap_or(usize::MAX),
             header_read_timeout: cfg.limits.header_read_timeout.0,
+            idle_timeout: cfg.limits.idle_timeout.0,
         };
         let drain_timeout = cfg.drain_timeout.0;
         let listener = TcpListener::bind(cfg.listen.0).await?;

@@ -308,3 +308,32 @@ async fn an_invalid_preface_closes_the_connection_without_an_answer() {
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// An HTTP/2 client connection on which no request starts for `limits.idle_timeout` is closed
+/// with GOAWAY; a stream still running then finishes first.
+#[tokio::test]
+async fn an_idle_http2_client_connection_is_closed_and_its_open_stream_finishes() {
+    let a = Backend::start("one").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr))
+        .idle_timeout("300ms")
+        .start()
+        .await;
+    let mut h2 = h2_conn(gw.addr()).await;
+    let req = || {
+        Request::get(format!("http://{}/?delay=800", gw.addr()))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // A request that outlasts the idle timeout: the GOAWAY comes while it runs, and it
+    // still completes.
+    let slow = h2.send_request(req());
+    let t0 = tokio::time::Instant::now();
+    let got = collect(slow.await.unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert!(t0.elapsed() >= Duration::from_millis(800));
+    wait_until("the idle connection closed", || h2.is_closed()).await;
+    assert!(
+        h2.ready().await.is_err(),
+        "no new stream on a closed connection"
+    );
+}

@@ -133,6 +133,11 @@ impl Cfg {
         Cfg(self.0.set("admin", addr.to_string()))
     }
 
+    /// `limits.idle_timeout`: how long an HTTP/2 client connection may go without a request.
+    pub fn idle_timeout(self, d: &str) -> Cfg {
+        Cfg(self.0.set_in("limits", "idle_timeout", d))
+    }
+
     /// `limits.header_read_timeout`: time a client has to send a request head.
     pub fn header_read_timeout(self, d: &str) -> Cfg {
         Cfg(self.0.set_in("limits", "header_read_timeout", d))
