@@ -72,7 +72,7 @@ services:
       - name: v1
         container_concurrency: 10
         kubernetes: {{ service: hello }}
-        scale: {{ min: 0, max: 1, idle_grace: 1s, deployment: hello }}
+        scale: {{ min: 0, max: 1, idle_grace: 1s, stable_window: 1s, deployment: hello }}
 "
     );
     let rouse = Rouse::start("bench", ROUSE_USER, &cfg).await;

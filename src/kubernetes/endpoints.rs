@@ -179,12 +179,24 @@ pub async fn follow(
 ) {
     let selector = format!("kubernetes.io/service-name={}", target.service);
     let what = format!("EndpointSlices of Service {target}");
+    // What this watch may have reported goes when it does (a revision fixed or removed by a
+    // reload), also when its task is aborted.
+    let _clear = ClearOnDrop {
+        health: health.clone(),
+        keys: vec![
+            what.clone(),
+            format!("port of Service {target}"),
+            format!("Service {target}"),
+        ],
+    };
     let api = Api::<EndpointSlice>::namespaced(client.clone(), &target.namespace);
     let services = Api::<Service>::namespaced(client, &target.namespace);
     let open =
         || watcher::watcher(api.clone(), watcher::Config::default().labels(&selector)).boxed();
     let mut events = open();
     let mut backoff = WatchBackoff::default();
+    // When the last full list came: the backoff starts over only after a watch that lasted.
+    let mut listed_at: Option<tokio::time::Instant> = None;
     // While the Service has no slices, whether it exists at all is checked again now and then,
     // so a missing one is named (and its requests refused) until someone creates it.
     let mut recheck: Option<tokio::time::Instant> = None;
@@ -226,7 +238,7 @@ pub async fn follow(
             Ok(Event::InitDone) => {
                 slices = listing.take().unwrap_or_default();
                 health.clear(&what);
-                backoff = WatchBackoff::default();
+                listed_at = Some(tokio::time::Instant::now());
                 true
             }
             Ok(Event::Apply(s)) => {
@@ -253,6 +265,9 @@ pub async fn follow(
                 health.report(&what, &why);
                 // What is known is all there will be for now: readiness need not wait.
                 synced.send_replace(true);
+                if listed_at.is_some_and(|t| t.elapsed() >= WATCH_STABLE) {
+                    backoff = WatchBackoff::default();
+                }
                 let pause = backoff.next().unwrap_or(WATCH_RETRY_MAX);
                 warn!(
                     "{}: watching {what}: {why}; keeping the last known endpoints and retrying in {pause:?}",
@@ -310,6 +325,24 @@ impl Default for WatchBackoff {
 }
 
 const WATCH_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+/// A watch that ran this long after its list has recovered: its next failure starts the
+/// backoff over (one that fails at once after each list, as when RBAC allows `list` but not
+/// `watch`, keeps backing off).
+const WATCH_STABLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Clears the problems a task reported when it ends.
+struct ClearOnDrop {
+    health: Arc<Health>,
+    keys: Vec<String>,
+}
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        for k in &self.keys {
+            self.health.clear(k);
+        }
+    }
+}
 const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Iterator for WatchBackoff {
@@ -339,7 +372,14 @@ async fn check_service(
         health.clear(&what);
         return None;
     }
-    let why = match services.get_opt(&target.service).await {
+    let looked_up = tokio::time::timeout(SERVICE_RECHECK, services.get_opt(&target.service))
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer from the API server within {SERVICE_RECHECK:?}").into(),
+            ))
+        });
+    let why = match looked_up {
         Ok(Some(_)) => {
             // It exists and has no pods yet: a revision at zero, nothing to say. Should it be
             // deleted later, its slices go too, and that event brings us back here.

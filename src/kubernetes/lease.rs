@@ -51,11 +51,16 @@ pub async fn run(
     let mut renewed_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        // A call that hangs counts as failed: a leader must notice in time to step down.
-        let round = tokio::time::timeout(retry, attempt(&api, &e, &mut observed, now)).await;
+        // A call that hangs counts as failed, and a leader's call may not last past the
+        // moment it must step down: it has to notice in time.
+        let limit = match renewed_at.filter(|_| *leader.borrow()) {
+            Some(t) => retry.min((t + renew_deadline).saturating_duration_since(now)),
+            None => retry,
+        };
+        let round = tokio::time::timeout(limit, attempt(&api, &e, &mut observed, now)).await;
         let round = round.unwrap_or_else(|_| {
             Err(kube::Error::Service(
-                format!("no answer from the API server within {retry:?}").into(),
+                format!("no answer from the API server within {limit:?}").into(),
             ))
         });
         match round {
@@ -71,13 +76,14 @@ pub async fn run(
                 let why = describe(
                     &err,
                     &format!(
-                        "get and update Lease {} in namespace {}",
+                        "get, create and update Lease {} in namespace {}",
                         e.name, e.namespace
                     ),
                 );
                 health.report(&what, &why);
                 warn!("leader election: {why}");
                 // A leader that cannot renew steps down before its Lease can expire for others.
+                let now = Instant::now();
                 if renewed_at.is_none_or(|t| now.duration_since(t) >= renew_deadline) {
                     set_leader(&leader, &health, false, &e);
                 }
@@ -88,10 +94,12 @@ pub async fn run(
             () = tokio::time::sleep(retry) => {}
         }
     }
-    if *leader.borrow() {
+    // Stop acting as leader first, then give the Lease up: never two leaders at once.
+    let was_leading = *leader.borrow();
+    set_leader(&leader, &health, false, &e);
+    if was_leading {
         let _ = tokio::time::timeout(retry, release(&api, &e)).await;
     }
-    set_leader(&leader, &health, false, &e);
 }
 
 fn set_leader(tx: &watch::Sender<bool>, health: &Health, leading: bool, e: &Election) {

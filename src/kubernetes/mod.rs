@@ -390,6 +390,7 @@ impl MakeScaler for Kube {
             self.health.clone(),
             self.leader.subscribe(),
             self.peer_demand.clone(),
+            cfg.scale.as_ref()?.stable_window.0,
         )))
     }
 }

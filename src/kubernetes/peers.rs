@@ -130,13 +130,22 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut previous: Previous = HashMap::new();
+    // Peers named on /readyz as unreadable, so a peer that is gone stops being named.
+    let mut reported: std::collections::HashSet<SocketAddr> = std::collections::HashSet::new();
     loop {
         if *leader.borrow_and_update() {
             let addrs = peers.borrow().clone();
+            reported.retain(|a| {
+                let keep = addrs.contains(a);
+                if !keep {
+                    health.clear(&format!("peer {a}"));
+                }
+                keep
+            });
             let answers = futures_util::future::join_all(addrs.iter().map(|a| fetch(*a))).await;
             let now = Instant::now();
             let mut sums: HashMap<(String, String), PeerLoad> = HashMap::new();
-            let mut seen = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for (addr, answer) in addrs.iter().zip(answers) {
                 let what = format!("peer {addr}");
                 let Some((id, lines)) = answer.as_deref().ok().and_then(parse) else {
@@ -147,9 +156,11 @@ pub async fn run(
                         &what,
                         &format!("cannot read its demand ({why}); counting none"),
                     );
+                    reported.insert(*addr);
                     continue;
                 };
                 health.clear(&what);
+                reported.remove(addr);
                 if id == identity {
                     continue;
                 }
@@ -166,7 +177,7 @@ pub async fn run(
                     s.avg += avg;
                     s.active += l.active;
                     previous.insert(k.clone(), (l.area, l.arrivals, now));
-                    seen.push(k);
+                    seen.insert(k);
                 }
             }
             previous.retain(|k, _| seen.contains(k));
@@ -175,6 +186,9 @@ pub async fn run(
         } else {
             previous.clear();
             table.lock().clear();
+            for a in reported.drain() {
+                health.clear(&format!("peer {a}"));
+            }
         }
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },

@@ -96,7 +96,7 @@ pub struct WorkloadScaler {
     workload: Workload,
     rev: Arc<Revision>,
     peers: Arc<PeerTable>,
-    want: watch::Sender<u32>,
+    want: watch::Sender<Option<u32>>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -120,8 +120,11 @@ impl WorkloadScaler {
         health: Arc<Health>,
         leader: watch::Receiver<bool>,
         peers: Arc<PeerTable>,
+        hold: Duration,
     ) -> WorkloadScaler {
-        let (want, want_rx) = watch::channel(0);
+        // No wish until the autoscaler says one: a leader must not take a placeholder for a
+        // request to scale to zero.
+        let (want, want_rx) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(
             client.clone(),
@@ -131,6 +134,7 @@ impl WorkloadScaler {
             leader,
             want_rx,
             stop_rx,
+            hold,
         ));
         WorkloadScaler {
             client,
@@ -146,7 +150,7 @@ impl WorkloadScaler {
 
 impl Scaler for WorkloadScaler {
     fn scale(&self, desired: u32) {
-        self.want.send_replace(desired);
+        self.want.send_replace(Some(desired));
     }
 
     /// What the other replicas see, while this one leads (empty otherwise).
@@ -186,14 +190,9 @@ enum Wrote {
     Done,
     /// Another writer changed it in between; read again.
     Conflict,
-    /// A new leader does not cut the count yet (see [`TAKEOVER_HOLD`]).
+    /// A new leader does not cut the count yet (see [`run`]'s hold); try again after this.
     Held(Duration),
 }
-
-/// After taking the Lease over, a leader waits this long before it writes a count below the
-/// workload's: long enough to have read every peer's demand once (they are read every
-/// second), so it does not cut pods that the others are using.
-const TAKEOVER_HOLD: Duration = Duration::from_secs(2);
 
 /// While requests wait for a workload at zero, how often the count is read again (someone
 /// may have set it to zero behind rouse's back, or the leader may not know of them).
@@ -202,23 +201,61 @@ const COLD_RECHECK: Duration = Duration::from_secs(1);
 /// Longest wait for one call to the API server: a hung call must not stall scaling.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Writes `workload`'s count as the autoscaler wishes, under these rules:
+/// - nothing is written before the autoscaler's first wish;
+/// - for `hold` (the autoscaler's stable window) after this scaler first leads, it never lowers
+///   the workload's count: its own window does not yet hold the demand it should decide on
+///   (its peers', or any at all after a restart), and the pods there may be serving it;
+/// - the same wish repeated (the autoscaler says it again for every request that finds no pod)
+///   starts no round before the pause of the last one is over, so a failing write is retried
+///   at its backoff, not at the rate of requests.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     client: Client,
     workload: Workload,
     rev: Arc<Revision>,
     health: Arc<Health>,
     mut leader: watch::Receiver<bool>,
-    mut want: watch::Receiver<u32>,
+    mut want: watch::Receiver<Option<u32>>,
     mut stop: watch::Receiver<bool>,
+    hold: Duration,
 ) {
     let what = format!("scaling {workload}");
     let mut backoff = Backoff::new(Duration::from_secs(30));
     // The count this replica last wrote or found as leader, so it writes only changes.
     let mut written: Option<u32> = None;
     let mut leading_since: Option<tokio::time::Instant> = None;
+    // The last round's (wish, leadership), and the earliest time the same may run again.
+    let mut last: Option<(u32, bool)> = None;
+    let mut not_before: Option<tokio::time::Instant> = None;
     loop {
-        let desired = *want.borrow_and_update();
+        let wish = *want.borrow_and_update();
         let leading = *leader.borrow_and_update();
+        let due = match wish {
+            None => Some(None),
+            Some(d) if last == Some((d, leading)) => not_before
+                .filter(|t| *t > tokio::time::Instant::now())
+                .map(Some),
+            Some(_) => None,
+        };
+        if let Some(until) = due {
+            // Nothing to do yet: no wish, or the same one before its pause is over.
+            let sleep = async {
+                match until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+                r = want.changed() => if r.is_err() { break },
+                r = leader.changed() => if r.is_err() { break },
+                () = sleep => { not_before = None; }
+            }
+            continue;
+        }
+        let desired = wish.unwrap_or(0);
         match (leading, leading_since) {
             (true, None) => leading_since = Some(tokio::time::Instant::now()),
             (false, _) => {
@@ -231,7 +268,7 @@ async fn run(
         let cold_wanted = desired > 0 && rev.is_cold();
         let round = async {
             if leading {
-                let fresh = leading_since.map(|t| TAKEOVER_HOLD.saturating_sub(t.elapsed()));
+                let fresh = leading_since.map(|t| hold.saturating_sub(t.elapsed()));
                 lead(
                     &client,
                     &workload,
@@ -266,6 +303,11 @@ async fn run(
             Ok(Wrote::Done) => {
                 health.clear(&what);
                 backoff.reset();
+                if desired > 0 {
+                    // The count is right: a failure from before (a call that timed out but
+                    // landed) no longer stands.
+                    rev.clear_failure();
+                }
                 cold_wanted.then_some(COLD_RECHECK)
             }
             Ok(Wrote::Conflict) => Some(Duration::ZERO),
@@ -281,6 +323,8 @@ async fn run(
                 Some(retry)
             }
         };
+        last = Some((desired, leading));
+        not_before = pause.map(|d| tokio::time::Instant::now() + d);
         let sleep = async {
             match pause {
                 Some(d) => tokio::time::sleep(d).await,
@@ -289,17 +333,20 @@ async fn run(
         };
         tokio::select! {
             biased;
-            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            r = want.changed() => if r.is_err() { return },
-            r = leader.changed() => if r.is_err() { return },
-            () = sleep => {}
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            r = want.changed() => if r.is_err() { break },
+            r = leader.changed() => if r.is_err() { break },
+            () = sleep => { not_before = None; }
         }
     }
+    // Whatever this scaler could not do is no longer anyone's problem.
+    health.clear(&what);
 }
 
 /// The leader's round. A first pod for waiting requests is written at once, unread (the
-/// fast path of a cold start). Anything else reads the count first: an equal one needs no
-/// write, and a new leader (`fresh`: the hold still to go) does not lower it yet.
+/// fast path of a cold start), once the hold is over. Anything else reads the count first:
+/// an equal one needs no write, and during the hold (`fresh`: what is left of it) a lower one
+/// is not written.
 async fn lead(
     client: &Client,
     w: &Workload,
@@ -309,7 +356,8 @@ async fn lead(
     fresh: Option<Duration>,
     cold_wanted: bool,
 ) -> Result<Wrote, kube::Error> {
-    if cold_wanted && *written != Some(desired) {
+    let holding = fresh.is_some_and(|d| !d.is_zero());
+    if cold_wanted && !holding && *written != Some(desired) {
         let r = write(client, w, rev, desired, None).await?;
         *written = Some(desired);
         return Ok(r);
@@ -324,14 +372,17 @@ async fn lead(
         .and_then(|s| s.replicas)
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0);
-    if have == desired || (cold_wanted && have > 0) {
+    if have == desired {
         *written = Some(desired);
         return Ok(Wrote::Done);
     }
-    if desired < have
-        && let Some(hold) = fresh.filter(|d| !d.is_zero())
-    {
-        return Ok(Wrote::Held(hold));
+    if cold_wanted && desired <= have {
+        // At least the pods wanted are on their way (another writer's count); none is cut
+        // while requests wait for them.
+        return Ok(Wrote::Done);
+    }
+    if desired < have && holding {
+        return Ok(Wrote::Held(fresh.unwrap_or_default()));
     }
     let r = write(client, w, rev, desired, scale.metadata.resource_version).await?;
     if matches!(r, Wrote::Done) {

@@ -65,7 +65,7 @@ services:
       - name: v1
         container_concurrency: 10
         kubernetes: {{ service: hello }}
-        scale: {{ min: 0, max: 3, idle_grace: 4s, deployment: hello }}
+        scale: {{ min: 0, max: 3, idle_grace: 4s, stable_window: 2s, deployment: hello }}
 "
     );
     let at = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };

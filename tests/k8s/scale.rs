@@ -53,7 +53,7 @@ services:
       - name: v1
         container_concurrency: 10
         kubernetes: {{ service: {name}, port: http }}
-        scale: {{ min: 0, max: 3, idle_grace: {idle_grace}, deployment: {name} }}
+        scale: {{ min: 0, max: 3, idle_grace: {idle_grace}, stable_window: 2s, deployment: {name} }}
 "
     )
 }
@@ -363,7 +363,7 @@ services:
     revisions:
       - name: v1
         kubernetes: {{ service: db }}
-        scale: {{ min: 0, max: 1, idle_grace: 2s, stateful_set: db }}
+        scale: {{ min: 0, max: 1, idle_grace: 2s, stable_window: 2s, stateful_set: db }}
 "
     );
     let rouse = Rouse::start("stateful", ROUSE_USER, &cfg).await;
