@@ -35,6 +35,10 @@ pub fn trials() -> Vec<Trial> {
             a_statefulset_scales_from_zero_and_back,
         ),
         trial(
+            "a_new_leader_cuts_no_running_pods_before_its_window_holds_demand",
+            a_new_leader_cuts_no_running_pods_before_its_window_holds_demand,
+        ),
+        trial(
             "traffic_splits_across_two_deployments",
             traffic_splits_across_two_deployments,
         ),
@@ -394,5 +398,50 @@ services:
     eventually("its pod stopped", Duration::from_secs(20), || async {
         env().node.pods(&ns).is_empty()
     })
+    .await;
+}
+
+async fn a_new_leader_cuts_no_running_pods_before_its_window_holds_demand() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("new-leader").await;
+    app(&ns, "hello", 2, &[]).await;
+    eventually("two pods running", Duration::from_secs(30), || async {
+        env().node.pods(&ns).len() == 2
+    })
+    .await;
+    // A rouse that starts (or takes over) in front of two running pods it knows nothing about:
+    // idle_grace is 1 s, but its window is empty for its first 6 s.
+    let cfg = format!(
+        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
+services:
+  - name: hello
+    hosts: ['*']
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+        kubernetes: {{ service: hello }}
+        scale: {{ min: 0, max: 3, idle_grace: 1s, stable_window: 6s, deployment: hello }}
+"
+    );
+    let rouse = Rouse::start("new-leader", ROUSE_USER, &cfg).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    eventually("leading", Duration::from_secs(10), || async {
+        rouse.metric("rouse_kubernetes_leader").await == 1.0
+    })
+    .await;
+    // Well past idle_grace, still inside the window: nothing cut.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        replicas(&ns, "hello").await,
+        2,
+        "pods cut before the window held any demand"
+    );
+    assert_eq!(env().node.pods(&ns).len(), 2);
+    // Once the window has passed with no demand, the usual decisions resume.
+    eventually(
+        "scaled down after the window",
+        Duration::from_secs(20),
+        || async { replicas(&ns, "hello").await < 2 },
+    )
     .await;
 }
