@@ -138,6 +138,9 @@ async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
         Scale::new(backend(&[("BOOT_DELAY_MS", "1500")])),
     )
     .await;
+    // A client of its own: the new gateway may have the old one's port, and a connection the
+    // old one left in the shared client's pool must not carry these requests.
+    let c = h1_client();
     let post = |n: usize| {
         let c = c.clone();
         let addr = gw.addr();
