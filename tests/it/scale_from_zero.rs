@@ -275,8 +275,22 @@ async fn a_backend_that_misses_its_boot_deadline_is_killed_and_reported() {
         "{}",
         got.body
     );
-    // Killed, not left booting: gone well before its 5 s boot would have ended.
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    // Killed, not left booting: gone well before its 5 s boot would have ended. Its first act
+    // is to write its pid; on a loaded machine the interpreter may not get that far within
+    // the 500 ms before it is killed, and then there is no pid, and no process, to wait for.
+    let mut pid = None;
+    for _ in 0..100 {
+        if let Ok(p) = std::fs::read_to_string(&pid_file)
+            && !p.is_empty()
+        {
+            pid = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(pid) = pid else {
+        return;
+    };
     let _cleanup = KillOnDrop(vec![pid.clone()]);
     let gone = async {
         while running(&pid) {
@@ -476,7 +490,14 @@ async fn stopping_a_backend_also_stops_the_workers_it_forked() {
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     let worker = std::fs::read_to_string(&pid_file).unwrap();
     let server = got.header("x-pid").to_owned();
-    assert!(running(&worker) && running(&server));
+    let state =
+        |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        running(&worker) && running(&server),
+        "before the stop: worker {worker:?} [{}], server {server:?} [{}]",
+        state(&worker),
+        state(&server)
+    );
     // Should this test fail, the processes it started do not outlive it.
     let _cleanup = KillOnDrop(vec![worker.clone(), server.clone()]);
     gw.shutdown().await;
