@@ -11,6 +11,7 @@
 use super::health::{Health, describe_watch};
 use crate::config::PortRef;
 use crate::revision::Revision;
+use crate::scale::scaler::Backoff;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -194,7 +195,7 @@ pub async fn follow(
     let open =
         || watcher::watcher(api.clone(), watcher::Config::default().labels(&selector)).boxed();
     let mut events = open();
-    let mut backoff = WatchBackoff::default();
+    let mut backoff = watch_backoff();
     // When the last full list came: the backoff starts over only after a watch that lasted.
     let mut listed_at: Option<tokio::time::Instant> = None;
     // While the Service has no slices, whether it exists at all is checked again now and then,
@@ -206,12 +207,7 @@ pub async fn follow(
     // revision moved to a Service without pods must lose the old ones.
     let mut last: Option<Ready> = None;
     loop {
-        let due = async {
-            match recheck {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let due = crate::clock::sleep_until_opt(recheck);
         let event = tokio::select! {
             biased;
             r = stop.changed() => if r.is_err() || *stop.borrow() { return } else { continue },
@@ -266,9 +262,9 @@ pub async fn follow(
                 // What is known is all there will be for now: readiness need not wait.
                 synced.send_replace(true);
                 if listed_at.is_some_and(|t| t.elapsed() >= WATCH_STABLE) {
-                    backoff = WatchBackoff::default();
+                    backoff.reset();
                 }
-                let pause = backoff.next().unwrap_or(WATCH_RETRY_MAX);
+                let pause = backoff.fail();
                 warn!(
                     "{}: watching {what}: {why}; keeping the last known endpoints and retrying in {pause:?}",
                     sink.name()
@@ -311,20 +307,17 @@ pub async fn follow(
 }
 
 /// Pauses between attempts of a broken watch: 200 ms doubling to 5 s, from the start again
-/// after a full list. Shorter than client-go's (0.8 s to 30 s): a watch here is a handful of
-/// small objects, and the endpoints it brings are what requests wait for, so an API server
-/// back from a restart (which may refuse for a moment while its caches fill) is followed
-/// within seconds, not half a minute.
-#[derive(Debug)]
-struct WatchBackoff(std::time::Duration);
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        WatchBackoff(WATCH_RETRY_MIN)
-    }
+/// after a watch that lasted. Shorter than client-go's (0.8 s to 30 s): a watch here is a
+/// handful of small objects, and the endpoints it brings are what requests wait for, so an API
+/// server back from a restart (which may refuse for a moment while its caches fill) is
+/// followed within seconds, not half a minute.
+fn watch_backoff() -> Backoff {
+    Backoff::between(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    )
 }
 
-const WATCH_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
 /// A watch that ran this long after its list has recovered: its next failure starts the
 /// backoff over (one that fails at once after each list, as when RBAC allows `list` but not
 /// `watch`, keeps backing off).
@@ -343,18 +336,6 @@ impl Drop for ClearOnDrop {
         }
     }
 }
-const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl Iterator for WatchBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<std::time::Duration> {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(WATCH_RETRY_MAX);
-        Some(d)
-    }
-}
-
 /// How often a Service that has no EndpointSlices is looked up again.
 const SERVICE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -372,13 +353,7 @@ async fn check_service(
         health.clear(&what);
         return None;
     }
-    let looked_up = tokio::time::timeout(SERVICE_RECHECK, services.get_opt(&target.service))
-        .await
-        .unwrap_or_else(|_| {
-            Err(kube::Error::Service(
-                format!("no answer from the API server within {SERVICE_RECHECK:?}").into(),
-            ))
-        });
+    let looked_up = super::health::within(SERVICE_RECHECK, services.get_opt(&target.service)).await;
     let why = match looked_up {
         Ok(Some(_)) => {
             // It exists and has no pods yet: a revision at zero, nothing to say. Should it be

@@ -79,6 +79,19 @@ pub fn describe(e: &kube::Error, action: &str) -> String {
     }
 }
 
+/// `call`, or a failure saying that the API server did not answer within `limit`: a call
+/// that hangs counts as failed.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(kube::Error::Service(
+            format!("no answer from the API server within {limit:?}").into(),
+        ))
+    })
+}
+
 /// [`describe`] for a broken watch.
 pub fn describe_watch(e: &kube::runtime::watcher::Error, action: &str) -> String {
     use kube::runtime::watcher::Error as W;

@@ -9,7 +9,7 @@
 //! may start. On shutdown the holder releases the Lease, and the next replica takes over at
 //! its next attempt instead of waiting out the duration.
 
-use super::health::{Health, describe};
+use super::health::{Health, describe, within};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -57,13 +57,7 @@ pub async fn run(
             Some(t) => retry.min((t + renew_deadline).saturating_duration_since(now)),
             None => retry,
         };
-        let round = tokio::time::timeout(limit, attempt(&api, &e, &mut observed, now)).await;
-        let round = round.unwrap_or_else(|_| {
-            Err(kube::Error::Service(
-                format!("no answer from the API server within {limit:?}").into(),
-            ))
-        });
-        match round {
+        match within(limit, attempt(&api, &e, &mut observed, now)).await {
             Ok(held) => {
                 health.clear(&what);
                 if held {

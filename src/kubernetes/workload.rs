@@ -12,7 +12,7 @@
 //! is retried with backoff; meanwhile held requests for a revision with no endpoint get a 503
 //! that says why, instead of waiting for their timeout.
 
-use super::health::{Health, describe};
+use super::health::{Health, describe, within};
 use super::peers::PeerTable;
 use crate::config::WorkloadKind;
 use crate::revision::Revision;
@@ -161,10 +161,9 @@ impl Scaler for WorkloadScaler {
     /// The workload's `spec.replicas` (0 if it cannot be read: the writes will say why).
     fn existing(&self) -> Pin<Box<dyn Future<Output = u32> + Send + '_>> {
         Box::pin(async move {
-            tokio::time::timeout(CALL_TIMEOUT, self.workload.get_scale(&self.client))
+            within(CALL_TIMEOUT, self.workload.get_scale(&self.client))
                 .await
                 .ok()
-                .and_then(Result::ok)
                 .and_then(|s| s.spec?.replicas)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0)
@@ -231,29 +230,24 @@ async fn run(
     loop {
         let wish = *want.borrow_and_update();
         let leading = *leader.borrow_and_update();
-        let due = match wish {
-            None => Some(None),
-            Some(d) if last == Some((d, leading)) => not_before
-                .filter(|t| *t > tokio::time::Instant::now())
-                .map(Some),
-            Some(_) => None,
-        };
-        if let Some(until) = due {
-            // Nothing to do yet: no wish, or the same one before its pause is over.
-            let sleep = async {
-                match until {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-                r = want.changed() => if r.is_err() { break },
-                r = leader.changed() => if r.is_err() { break },
-                () = sleep => { not_before = None; }
+        // Nothing to do yet: no wish, or the same one before its pause is over.
+        let waiting = match wish {
+            None => true,
+            Some(d) => {
+                last == Some((d, leading))
+                    && not_before.is_some_and(|t| t > tokio::time::Instant::now())
             }
-            continue;
+        };
+        if waiting {
+            match wait(not_before, &mut stop, &mut want, &mut leader).await {
+                None => break,
+                Some(timer) => {
+                    if timer {
+                        not_before = None;
+                    }
+                    continue;
+                }
+            }
         }
         let desired = wish.unwrap_or(0);
         match (leading, leading_since) {
@@ -285,20 +279,15 @@ async fn run(
                 Ok(Wrote::Done)
             }
         };
-        let result = match tokio::time::timeout(CALL_TIMEOUT, round).await {
-            Ok(r) => r.map_err(|e| {
-                let action = format!(
-                    "get and patch {} {} in namespace {}",
-                    workload.resource(),
-                    workload.name,
-                    workload.namespace
-                );
-                describe(&e, &action)
-            }),
-            Err(_) => Err(format!(
-                "cannot scale {workload}: the Kubernetes API server did not answer within {CALL_TIMEOUT:?}"
-            )),
-        };
+        let result = within(CALL_TIMEOUT, round).await.map_err(|e| {
+            let action = format!(
+                "get and patch {} {} in namespace {}",
+                workload.resource(),
+                workload.name,
+                workload.namespace
+            );
+            describe(&e, &action)
+        });
         let pause = match result {
             Ok(Wrote::Done) => {
                 health.clear(&what);
@@ -325,22 +314,31 @@ async fn run(
         };
         last = Some((desired, leading));
         not_before = pause.map(|d| tokio::time::Instant::now() + d);
-        let sleep = async {
-            match pause {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-            r = want.changed() => if r.is_err() { break },
-            r = leader.changed() => if r.is_err() { break },
-            () = sleep => { not_before = None; }
+        match wait(not_before, &mut stop, &mut want, &mut leader).await {
+            None => break,
+            Some(true) => not_before = None,
+            Some(false) => {}
         }
     }
     // Whatever this scaler could not do is no longer anyone's problem.
     health.clear(&what);
+}
+
+/// Waits until `until` (forever if none) or a change of the wish or of leadership: `None` when
+/// the scaler is to stop, else whether it was the time that came.
+async fn wait(
+    until: Option<tokio::time::Instant>,
+    stop: &mut watch::Receiver<bool>,
+    want: &mut watch::Receiver<Option<u32>>,
+    leader: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    tokio::select! {
+        biased;
+        r = stop.changed() => (r.is_ok() && !*stop.borrow()).then_some(false),
+        r = want.changed() => r.is_ok().then_some(false),
+        r = leader.changed() => r.is_ok().then_some(false),
+        () = crate::clock::sleep_until_opt(until) => Some(true),
+    }
 }
 
 /// The leader's round. A first pod for waiting requests is written at once, unread (the

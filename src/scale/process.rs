@@ -148,7 +148,7 @@ async fn manage(
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { break },
             r = desired.changed() => if r.is_err() { break },
-            () = sleep_until_opt(retry_at) => {}
+            () = crate::clock::sleep_until_opt(retry_at) => {}
             Some(ev) = events.recv() => match ev {
                 Event::Ready { id, boot } => {
                     if let Some(i) = live.iter_mut().find(|i| i.id == id) {
@@ -203,13 +203,6 @@ async fn manage(
     }
     for t in stopping {
         let _ = t.await;
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

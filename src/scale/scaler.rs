@@ -52,9 +52,10 @@ pub struct PeerLoad {
     pub active: u32,
 }
 
-/// Exponential backoff between failed start attempts: 1 s doubling to `max`.
+/// Exponential backoff between failed attempts: `first` doubling to `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    first: Duration,
     next: Duration,
     max: Duration,
 }
@@ -62,8 +63,15 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at 1 s (or `max` if smaller).
     pub fn new(max: Duration) -> Backoff {
+        Backoff::between(Duration::from_secs(1), max)
+    }
+
+    /// Starts at `first` (or `max` if smaller).
+    pub fn between(first: Duration, max: Duration) -> Backoff {
+        let first = first.min(max);
         Backoff {
-            next: Duration::from_secs(1).min(max),
+            first,
+            next: first,
             max,
         }
     }
@@ -77,6 +85,6 @@ impl Backoff {
 
     /// Back to the first step after a success.
     pub fn reset(&mut self) {
-        self.next = Duration::from_secs(1).min(self.max);
+        self.next = self.first;
     }
 }
