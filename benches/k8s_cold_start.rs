@@ -30,7 +30,7 @@ mod node;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
-use env::{ROUSE_USER, Rouse, app, eventually, namespace};
+use env::{ROUSE_USER, Rouse, app, eventually, hello_config, namespace};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -62,18 +62,13 @@ struct Seen {
 async fn run(rounds: usize) {
     let ns = namespace("bench").await;
     app(&ns, "hello", 0, &[]).await;
-    let cfg = format!(
-        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        container_concurrency: 10
-        kubernetes: {{ service: hello }}
-        scale: {{ min: 0, max: 1, idle_grace: 1s, stable_window: 1s, deployment: hello }}
-"
+    let cfg = hello_config(
+        &ns,
+        &[
+            "container_concurrency: 10",
+            "kubernetes: { service: hello }",
+            "scale: { min: 0, max: 1, idle_grace: 1s, stable_window: 1s, deployment: hello }",
+        ],
     );
     let rouse = Rouse::start("bench", ROUSE_USER, &cfg).await;
     rouse.wait_ready(Duration::from_secs(10)).await;
@@ -118,13 +113,7 @@ services:
             env::replicas(&ns, "hello").await == 0 && env::env().node.pods(&ns).is_empty()
         })
         .await;
-        eventually("no endpoint", Duration::from_secs(10), || async {
-            rouse
-                .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
-                .await
-                == 0.0
-        })
-        .await;
+        rouse.wait_endpoints(0.0, Duration::from_secs(10)).await;
         *seen.lock().unwrap() = Seen::default();
         let sent = Instant::now();
         let got = support::get(&c, rouse.addr, "hello.test", "/", &[]).await;

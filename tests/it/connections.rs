@@ -23,6 +23,22 @@ async fn exchange(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Connects a client that sends a `GET` (with `Connection: close`) to a listener at its limit,
+/// once the listener has counted that it waits.
+async fn waiting_client(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_metric(
+        gw,
+        "rouse_connection_limit_waits_total{listener=\"http\"}",
+        1.0,
+    )
+    .await;
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_new_clients_wait_for_a_free_place() {
     let a = Backend::start("a").await;
@@ -44,17 +60,7 @@ async fn at_the_connection_limit_new_clients_wait_for_a_free_place() {
         2.0
     );
     // A third client is taken into the kernel's queue, not served...
-    let mut third = TcpStream::connect(gw.addr()).await.unwrap();
-    third
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    wait_for_metric(
-        &gw,
-        "rouse_connection_limit_waits_total{listener=\"http\"}",
-        1.0,
-    )
-    .await;
+    let mut third = waiting_client(&gw).await;
     let mut buf = [0u8; 512];
     assert!(
         tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
@@ -96,17 +102,7 @@ async fn websockets_keep_their_place_under_the_connection_limit() {
     // Both HTTP exchanges are over; the two sessions still count.
     wait_for_metric(&gw, "rouse_client_connections{listener=\"http\"}", 2.0).await;
     // A third client waits for a place...
-    let mut third = TcpStream::connect(gw.addr()).await.unwrap();
-    third
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    wait_for_metric(
-        &gw,
-        "rouse_connection_limit_waits_total{listener=\"http\"}",
-        1.0,
-    )
-    .await;
+    let mut third = waiting_client(&gw).await;
     // ...which the end of a session gives it.
     drop(a);
     let mut out = Vec::new();

@@ -286,6 +286,28 @@ pub async fn replicas(ns: &str, name: &str) -> i32 {
     s.spec.and_then(|s| s.replicas).unwrap_or(0)
 }
 
+/// A rouse config for namespace `ns` (its Lease there too, 3 s) with one service `hello`, any
+/// host, all of whose traffic goes to revision `v1` with these settings (YAML lines of the
+/// revision, like `kubernetes: { service: hello }`).
+pub fn hello_config(ns: &str, revision: &[&str]) -> String {
+    let mut cfg = format!(
+        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
+services:
+  - name: hello
+    hosts: ['*']
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+"
+    );
+    for line in revision {
+        cfg.push_str("        ");
+        cfg.push_str(line);
+        cfg.push('\n');
+    }
+    cfg
+}
+
 static PORT: AtomicU16 = AtomicU16::new(20000);
 
 /// A rouse process under test.
@@ -385,6 +407,16 @@ impl Rouse {
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
         support::metric(&text, series)
+    }
+
+    /// Waits up to `within` for revision `v1` of service `hello` to have `n` endpoints.
+    pub async fn wait_endpoints(&self, n: f64, within: Duration) {
+        eventually(&format!("{n} endpoints"), within, || async {
+            self.metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
+                .await
+                == n
+        })
+        .await;
     }
 
     /// Waits up to `within` for `/readyz` to answer 200; returns its body.

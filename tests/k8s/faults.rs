@@ -1,7 +1,9 @@
 //! What rouse does when the cluster does not give it what it needs: an API server that goes
 //! away under load, a Service that does not exist, a verb RBAC does not grant.
 
-use crate::env::{ROUSE_USER, Rouse, app, apply, env, eventually, namespace, replicas};
+use crate::env::{
+    ROUSE_USER, Rouse, app, apply, env, eventually, hello_config, namespace, replicas,
+};
 use crate::support::{get, h1_client};
 use crate::trial;
 use http::StatusCode;
@@ -37,26 +39,10 @@ async fn the_api_server_restarted_under_load_traffic_keeps_flowing() {
         env().node.pods(&ns).len() == 2
     })
     .await;
-    let cfg = format!(
-        "kubernetes: {{ namespace: {ns} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        kubernetes: {{ service: hello }}
-"
-    );
+    let cfg = hello_config(&ns, &["kubernetes: { service: hello }"]);
     let rouse = Rouse::start("restart", ROUSE_USER, &cfg).await;
     rouse.wait_ready(Duration::from_secs(10)).await;
-    eventually("both endpoints known", Duration::from_secs(10), || async {
-        rouse
-            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
-            .await
-            == 2.0
-    })
-    .await;
+    rouse.wait_endpoints(2.0, Duration::from_secs(10)).await;
     // Steady traffic for the whole outage.
     let stop = Arc::new(AtomicBool::new(false));
     let (addr, s) = (rouse.addr, stop.clone());
@@ -109,17 +95,9 @@ services:
 async fn a_missing_service_is_named_and_its_requests_refused_at_once() {
     let _shared = env().exclusive.read().await;
     let ns = namespace("missing").await;
-    let cfg = format!(
-        "kubernetes: {{ namespace: {ns} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        kubernetes: {{ service: nope }}
-        queue: {{ max_wait: 30s }}
-"
+    let cfg = hello_config(
+        &ns,
+        &["kubernetes: { service: nope }", "queue: { max_wait: 30s }"],
     );
     let rouse = Rouse::start("missing", ROUSE_USER, &cfg).await;
     rouse.wait_ready(Duration::from_secs(10)).await;
@@ -199,18 +177,13 @@ async fn a_forbidden_scale_says_which_verb_and_fails_held_requests_fast() {
     ] {
         apply(&env().admin, doc, Some(&ns), false).await.unwrap();
     }
-    let cfg = format!(
-        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        kubernetes: {{ service: hello }}
-        queue: {{ max_wait: 30s }}
-        scale: {{ deployment: hello }}
-"
+    let cfg = hello_config(
+        &ns,
+        &[
+            "kubernetes: { service: hello }",
+            "queue: { max_wait: 30s }",
+            "scale: { deployment: hello }",
+        ],
     );
     let rouse = Rouse::start("forbidden", user, &cfg).await;
     rouse.wait_ready(Duration::from_secs(10)).await;

@@ -1,7 +1,7 @@
 //! Scale to zero and back through real Deployments: rouse patches the scale subresource, the
 //! controllers make Pods, the local node runs them, and rouse follows their EndpointSlices.
 
-use crate::env::{ROUSE_USER, Rouse, app, env, eventually, namespace, replicas};
+use crate::env::{ROUSE_USER, Rouse, app, env, eventually, hello_config, namespace, replicas};
 use crate::support::{get, h1_client};
 use crate::trial;
 use http::StatusCode;
@@ -47,18 +47,15 @@ pub fn trials() -> Vec<Trial> {
 
 /// A service `hello` with one revision `v1` backed by Deployment and Service `name`.
 fn one_revision(ns: &str, name: &str, idle_grace: &str) -> String {
-    format!(
-        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        container_concurrency: 10
-        kubernetes: {{ service: {name}, port: http }}
-        scale: {{ min: 0, max: 3, idle_grace: {idle_grace}, stable_window: 2s, deployment: {name} }}
-"
+    hello_config(
+        ns,
+        &[
+            "container_concurrency: 10",
+            &format!("kubernetes: {{ service: {name}, port: http }}"),
+            &format!(
+                "scale: {{ min: 0, max: 3, idle_grace: {idle_grace}, stable_window: 2s, deployment: {name} }}"
+            ),
+        ],
     )
 }
 
@@ -141,13 +138,7 @@ async fn an_idle_revision_scales_its_deployment_to_zero() {
         || async { env().node.pods(&ns).is_empty() },
     )
     .await;
-    eventually("no endpoint left", Duration::from_secs(10), || async {
-        rouse
-            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
-            .await
-            == 0.0
-    })
-    .await;
+    rouse.wait_endpoints(0.0, Duration::from_secs(10)).await;
     // And it comes back on the next request.
     let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
@@ -164,27 +155,16 @@ async fn a_pod_going_not_ready_gets_no_new_requests_and_finishes_its_own() {
     })
     .await;
     // Endpoints only, no scaling: the two pods are the Deployment's own.
-    let cfg = format!(
-        "kubernetes: {{ namespace: {ns} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        container_concurrency: 10
-        kubernetes: {{ service: hello, port: http }}
-"
+    let cfg = hello_config(
+        &ns,
+        &[
+            "container_concurrency: 10",
+            "kubernetes: { service: hello, port: http }",
+        ],
     );
     let rouse = Rouse::start("not-ready", ROUSE_USER, &cfg).await;
     rouse.wait_ready(Duration::from_secs(10)).await;
-    eventually("both endpoints known", Duration::from_secs(10), || async {
-        rouse
-            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
-            .await
-            == 2.0
-    })
-    .await;
+    rouse.wait_endpoints(2.0, Duration::from_secs(10)).await;
     let pods = env().node.pods(&ns);
     let (leaving, leaving_addr) = pods.iter().next().map(|(n, a)| (n.clone(), *a)).unwrap();
     let c = h1_client();
@@ -196,17 +176,7 @@ services:
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     env().node.set_ready(&ns, &leaving, false).await;
-    eventually(
-        "the not-ready pod left the endpoints",
-        Duration::from_secs(10),
-        || async {
-            rouse
-                .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    rouse.wait_endpoints(1.0, Duration::from_secs(10)).await;
     // New requests all go to the other pod.
     let leaving_pid = pid_at(leaving_addr).await;
     for _ in 0..10 {
@@ -306,13 +276,7 @@ async fn a_deployment_set_to_zero_by_hand_comes_back_for_waiting_requests() {
         env().node.pods(&ns).is_empty()
     })
     .await;
-    eventually("no endpoint left", Duration::from_secs(10), || async {
-        rouse
-            .metric("rouse_revision_endpoints{service=\"hello\",revision=\"v1\"}")
-            .await
-            == 0.0
-    })
-    .await;
+    rouse.wait_endpoints(0.0, Duration::from_secs(10)).await;
     // The next request waits and brings it back (not a 503 after max_wait).
     let got = get(&c, rouse.addr, "hello.test", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
@@ -411,17 +375,12 @@ async fn a_new_leader_cuts_no_running_pods_before_its_window_holds_demand() {
     .await;
     // A rouse that starts (or takes over) in front of two running pods it knows nothing about:
     // idle_grace is 1 s, but its window is empty for its first 6 s.
-    let cfg = format!(
-        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
-services:
-  - name: hello
-    hosts: ['*']
-    traffic: [{{ revision: v1, percent: 100 }}]
-    revisions:
-      - name: v1
-        kubernetes: {{ service: hello }}
-        scale: {{ min: 0, max: 3, idle_grace: 1s, stable_window: 6s, deployment: hello }}
-"
+    let cfg = hello_config(
+        &ns,
+        &[
+            "kubernetes: { service: hello }",
+            "scale: { min: 0, max: 3, idle_grace: 1s, stable_window: 6s, deployment: hello }",
+        ],
     );
     let rouse = Rouse::start("new-leader", ROUSE_USER, &cfg).await;
     rouse.wait_ready(Duration::from_secs(10)).await;
