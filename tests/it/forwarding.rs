@@ -36,7 +36,7 @@ async fn backend_503_passes_through_and_is_not_retried() {
 #[tokio::test]
 async fn connect_refused_endpoint_is_skipped() {
     let live = Backend::start("live").await;
-    let dead = dead_addr().await;
+    let dead = refusing_addr();
     let gw = Cfg::single(Rev::new("r").endpoint(dead).endpoint(live.addr))
         .admin()
         .start()
@@ -61,7 +61,7 @@ async fn connect_refused_endpoint_is_skipped() {
 
 #[tokio::test]
 async fn only_dead_endpoints_give_502_naming_the_cause() {
-    let dead = dead_addr().await;
+    let dead = refusing_addr();
     let gw = Cfg::single(Rev::new("r").endpoint(dead)).start().await;
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);

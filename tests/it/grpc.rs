@@ -249,7 +249,7 @@ async fn rouse_failures_reach_grpc_clients_as_statuses() {
         .service(
             Svc::new("dead")
                 .host("dead.test")
-                .only(h2c("down", dead_addr().await)),
+                .only(h2c("down", refusing_addr())),
         )
         .service(
             Svc::new("slow")
@@ -282,7 +282,7 @@ async fn rouse_failures_reach_grpc_clients_as_statuses() {
 
 #[tokio::test]
 async fn other_http2_clients_still_get_text_answers() {
-    let gw = Cfg::single(h2c("down", dead_addr().await)).start().await;
+    let gw = Cfg::single(h2c("down", refusing_addr())).start().await;
     // Over HTTP/2 the host is the authority; a `host` header that differed would be refused.
     let host = gw.addr().to_string();
     let got = get(

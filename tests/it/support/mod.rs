@@ -270,6 +270,17 @@ pub async fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// An endpoint that refuses every connection: a port bound but never listening, and kept for
+/// the life of the test process, so that no other test's listener can be given it meanwhile
+/// (a port merely freed, as [`dead_addr`] returns, could be, and would then answer).
+pub fn refusing_addr() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    Box::leak(Box::new(socket));
+    addr
+}
+
 /// An HTTP/1.1 pooled client.
 pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
