@@ -33,8 +33,8 @@ fn route_lookup(c: &mut Criterion) {
         let host = format!("host{}.example.com", n / 2);
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                let svc = t.service(black_box(&host)).unwrap();
-                let route = svc.route(black_box("/api/items"), &headers);
+                let svc = t.service(black_box(&host), false).unwrap();
+                let route = svc.route(black_box("/api/items"), &headers).unwrap();
                 black_box(&route.pick(&headers).revision);
             })
         });

@@ -23,6 +23,19 @@ BINARIES=(etcd kube-apiserver kube-controller-manager helm)
 have_all() {
     for b in "${BINARIES[@]}"; do [[ -x $CACHE/$b ]] || return 1; done
 }
+
+# Knative's Ingress CRD, as Knative Serving installs it, from the networking module (the
+# version Serving v0.42 pins): the tests of rouse as Knative's ingress create Ingresses of it.
+KNATIVE_NETWORKING=knative.dev/networking@v0.0.0-20240716111826-bab7f2a3e556
+if [[ ! -s $CACHE/knative-ingress-crd.yaml ]]; then
+    command -v go >/dev/null || { echo "k8s-binaries: Go is needed to fetch Knative's CRD" >&2; exit 1; }
+    mkdir -p "$CACHE"
+    dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$KNATIVE_NETWORKING" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    cp "$dir/config/ingress.yaml" "$CACHE/knative-ingress-crd.yaml.tmp"
+    chmod u+w "$CACHE/knative-ingress-crd.yaml.tmp"
+    mv "$CACHE/knative-ingress-crd.yaml.tmp" "$CACHE/knative-ingress-crd.yaml"
+fi
+
 if have_all; then
     echo "$CACHE"
     exit 0

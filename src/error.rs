@@ -36,6 +36,16 @@ pub enum ProxyError {
     /// No service lists the request's host.
     #[error("no service matches host {0:?}; check the Host header or the services' hosts")]
     NoService(String),
+    /// The service has no default traffic and none of its routes matches.
+    #[error(
+        "no route of the service for host {host:?} matches path {path:?} and these headers; check the path and the routes"
+    )]
+    NoRoute {
+        /// The request's host.
+        host: String,
+        /// Its path.
+        path: String,
+    },
     /// The request is malformed or ambiguous: two parties could read it differently.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -151,6 +161,8 @@ pub enum Code {
     MissingHost,
     /// `no-service`.
     NoService,
+    /// `no-route`.
+    NoRoute,
     /// `bad-request`.
     BadRequest,
     /// `client-body`.
@@ -202,6 +214,7 @@ impl Code {
         match self {
             Code::MissingHost => "missing-host",
             Code::NoService => "no-service",
+            Code::NoRoute => "no-route",
             Code::BadRequest => "bad-request",
             Code::ClientBody => "client-body",
             Code::QueueFull => "queue-full",
@@ -224,6 +237,7 @@ impl Code {
         match self {
             Code::MissingHost | Code::BadRequest => "bad_request",
             Code::NoService => "no_service",
+            Code::NoRoute => "no_route",
             Code::ClientBody => "client_body",
             Code::QueueFull => "queue_full",
             Code::QueueBytes => "queue_bytes",
@@ -242,9 +256,11 @@ impl Code {
     /// Where failures of this kind come from.
     pub const fn origin(self) -> Origin {
         match self {
-            Code::MissingHost | Code::NoService | Code::BadRequest | Code::ClientBody => {
-                Origin::Client
-            }
+            Code::MissingHost
+            | Code::NoService
+            | Code::NoRoute
+            | Code::BadRequest
+            | Code::ClientBody => Origin::Client,
             Code::QueueFull
             | Code::QueueBytes
             | Code::QueueTimeout
@@ -263,7 +279,7 @@ impl Code {
     pub const fn status(self) -> StatusCode {
         match self {
             Code::MissingHost | Code::BadRequest | Code::ClientBody => StatusCode::BAD_REQUEST,
-            Code::NoService => StatusCode::NOT_FOUND,
+            Code::NoService | Code::NoRoute => StatusCode::NOT_FOUND,
             Code::QueueFull
             | Code::QueueBytes
             | Code::QueueTimeout
@@ -287,7 +303,7 @@ impl Code {
             Code::MissingHost | Code::BadRequest | Code::ClientBody | Code::UpgradeOverH2c => {
                 grpc::INTERNAL
             }
-            Code::NoService => grpc::UNIMPLEMENTED,
+            Code::NoService | Code::NoRoute => grpc::UNIMPLEMENTED,
             Code::QueueFull
             | Code::QueueBytes
             | Code::QueueTimeout
@@ -337,6 +353,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost => Code::MissingHost,
             ProxyError::NoService(_) => Code::NoService,
+            ProxyError::NoRoute { .. } => Code::NoRoute,
             ProxyError::BadRequest(_) => Code::BadRequest,
             ProxyError::ClientBody(_) => Code::ClientBody,
             ProxyError::QueueFull { .. } => Code::QueueFull,
@@ -448,6 +465,13 @@ mod tests {
         vec![
             (ProxyError::MissingHost, "13"),
             (ProxyError::NoService("h".into()), "12"),
+            (
+                ProxyError::NoRoute {
+                    host: "h".into(),
+                    path: "/".into(),
+                },
+                "12",
+            ),
             (ProxyError::BadRequest("two Host headers".into()), "13"),
             (ProxyError::ClientBody("invalid chunk size".into()), "13"),
             (

@@ -163,7 +163,7 @@ impl Metrics {
         for result in ["ok", "invalid"] {
             config_reloads.get_or_create_owned(&ResultLabels { result });
         }
-        for why in [Code::NoService, Code::MissingHost] {
+        for why in [Code::NoService, Code::NoRoute, Code::MissingHost] {
             unrouted.get_or_create_owned(&ReasonLabels {
                 reason: why.label(),
             });

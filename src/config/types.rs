@@ -15,6 +15,10 @@ use std::time::Duration;
 pub struct Config {
     /// Address of the data listener (HTTP/1.1 and h2c with prior knowledge on one port).
     pub listen: Addr,
+    /// Address of the cluster-local listener (HTTP/1.1 and h2c): it serves every service,
+    /// those with `visibility: cluster-local` included, which `listen` and `tls` never serve.
+    #[serde(default)]
+    pub listen_internal: Option<Addr>,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); none if absent.
     #[serde(default)]
     pub admin: Option<Addr>,
@@ -39,6 +43,7 @@ pub struct Config {
     #[serde(default)]
     pub kubernetes: Kubernetes,
     /// The services, each with hosts, routes, traffic and revisions.
+    #[serde(default)]
     pub services: Vec<Service>,
 }
 
@@ -53,6 +58,37 @@ pub struct Kubernetes {
     pub lease: Lease,
     /// How the elected replica finds the others, to add their demand to its own.
     pub peers: Option<Peers>,
+    /// Also serve Knative's `Ingress` objects of this class, as the cluster's ingress.
+    pub ingress: Option<IngressClass>,
+}
+
+/// Serving Knative Ingresses (`networking.internal.knative.dev/v1alpha1`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressClass {
+    /// The `networking.knative.dev/ingress.class` annotation value of the Ingresses served;
+    /// others are never touched.
+    pub class: String,
+    /// The Service in rouse's namespace that reaches the public listeners (`listen`, `tls`);
+    /// named in each Ingress's `status.publicLoadBalancer`.
+    pub public_service: String,
+    /// The Service that reaches `listen_internal`, named in `status.privateLoadBalancer`;
+    /// its EndpointSlices list the rouse pods that must all serve an Ingress before it is Ready.
+    pub private_service: String,
+    /// The cluster's DNS domain, for the Services' names and the short forms of
+    /// cluster-local hosts.
+    pub cluster_domain: String,
+}
+
+impl Default for IngressClass {
+    fn default() -> Self {
+        IngressClass {
+            class: "rouse.ingress.networking.knative.dev".to_owned(),
+            public_service: "rouse".to_owned(),
+            private_service: "rouse-internal".to_owned(),
+            cluster_domain: "cluster.local".to_owned(),
+        }
+    }
 }
 
 /// Leader election among rouse replicas.
@@ -143,6 +179,10 @@ pub struct Tls {
     /// Answer every request on the cleartext `listen` port with a 301 to HTTPS.
     #[serde(default)]
     pub redirect_http: bool,
+    /// The port that redirects to HTTPS name; default the listener's own (443 is left out of
+    /// the URL). Set it when clients reach the listener through another port (a Service).
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
     /// Time a client has to complete the TLS handshake.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Dur,
@@ -218,16 +258,36 @@ pub struct Service {
     pub name: String,
     /// Hostnames (Host header or `:authority`, port stripped, case-insensitive); `*` = any.
     pub hosts: Vec<String>,
+    /// Which listeners serve it: `external` (all of them) or `cluster-local` (only
+    /// `listen_internal`).
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Answer cleartext requests with a 301 to HTTPS (the TLS listener).
+    #[serde(default)]
+    pub redirect_to_https: bool,
     /// Routes tried before the default traffic, longest path prefix first.
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// The default route's split.
+    /// The default route's split; empty = requests no route matches get 404 (then `routes`
+    /// must not be empty).
+    #[serde(default)]
     pub traffic: Vec<Target>,
     /// The revisions that traffic can go to.
     pub revisions: Vec<Revision>,
     /// Per-request time limits; none by default.
     #[serde(default)]
     pub timeouts: Timeouts,
+}
+
+/// Which listeners serve a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Visibility {
+    /// Every listener.
+    #[default]
+    External,
+    /// Only the cluster-local listener (`listen_internal`).
+    ClusterLocal,
 }
 
 /// A route: a path prefix plus exact header matches, with its own split.
@@ -243,6 +303,9 @@ pub struct Route {
     /// Headers set (overwriting) on matching requests before the split.
     #[serde(default)]
     pub set_headers: BTreeMap<String, String>,
+    /// Replaces the `Host` header (and HTTP/2 `:authority`) of matching requests.
+    #[serde(default)]
+    pub rewrite_host: Option<String>,
     /// The split for this route.
     pub traffic: Vec<Target>,
 }

@@ -52,7 +52,7 @@ impl Validator {
     }
 
     fn config(&mut self, c: &Config) {
-        if c.services.is_empty() {
+        if c.services.is_empty() && c.kubernetes.ingress.is_none() {
             self.err(
                 "services",
                 "no services; add at least one service with hosts, traffic and revisions",
@@ -63,6 +63,36 @@ impl Validator {
             && admin.0.port() != 0
         {
             self.err("admin", "must differ from listen");
+        }
+        if let Some(i) = c.listen_internal
+            && i.0.port() != 0
+            && (i == c.listen
+                || Some(i) == c.admin
+                || c.tls.as_ref().is_some_and(|t| t.listen == i))
+        {
+            self.err(
+                "listen_internal",
+                "must differ from listen, admin and tls.listen",
+            );
+        }
+        if let Some(ing) = &c.kubernetes.ingress {
+            if !cfg!(feature = "kubernetes") {
+                self.err(
+                    "kubernetes.ingress",
+                    "this rouse was built without Kubernetes support; use a build with the `kubernetes` feature (the release image has it)",
+                );
+            }
+            if ing.class.trim().is_empty() {
+                self.err("kubernetes.ingress.class", "must not be empty");
+            }
+            self.object_name("kubernetes.ingress.public_service", &ing.public_service);
+            self.object_name("kubernetes.ingress.private_service", &ing.private_service);
+            if c.listen_internal.is_none() {
+                self.err(
+                    "listen_internal",
+                    "kubernetes.ingress needs a cluster-local listener for ClusterLocal rules; add listen_internal",
+                );
+            }
         }
         if c.limits.max_header_bytes.0 < 8192 {
             self.err("limits.max_header_bytes", "must be at least 8KiB");
@@ -132,7 +162,7 @@ impl Validator {
                     }
                 }
             }
-            if t.certificates.is_empty() {
+            if t.certificates.is_empty() && c.kubernetes.ingress.is_none() {
                 self.err(
                     "tls.certificates",
                     "empty; add at least one { cert: FILE, key: FILE }",
@@ -194,6 +224,18 @@ impl Validator {
                     self.err(hp, format!("{h:?} is already a host of services[{prev}]"));
                 }
             }
+            if s.visibility == Visibility::ClusterLocal && c.listen_internal.is_none() {
+                self.err(
+                    format!("{p}.visibility"),
+                    "cluster-local services are served only on listen_internal; add it",
+                );
+            }
+            if s.redirect_to_https && c.tls.is_none() {
+                self.err(
+                    format!("{p}.redirect_to_https"),
+                    "there is no TLS listener to redirect to; add a tls section",
+                );
+            }
             self.service(&p, s);
         }
     }
@@ -252,7 +294,10 @@ impl Validator {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        self.traffic(&format!("{p}.traffic"), &s.traffic, &revs, &known);
+        // No default traffic is allowed when routes take every request there is.
+        if !s.traffic.is_empty() || s.routes.is_empty() {
+            self.traffic(&format!("{p}.traffic"), &s.traffic, &revs, &known);
+        }
         let mut route_keys: HashMap<(&str, &BTreeMap<String, String>), usize> = HashMap::new();
         for (j, r) in s.routes.iter().enumerate() {
             let rp = format!("{p}.routes[{j}]");
@@ -267,6 +312,15 @@ impl Validator {
             }
             for (k, val) in &r.set_headers {
                 self.header(&format!("{rp}.set_headers.{k}"), k, val);
+            }
+            if let Some(h) = &r.rewrite_host
+                && (h.contains(['/', ' ', '@'])
+                    || http::uri::Authority::try_from(h.as_str()).is_err())
+            {
+                self.err(
+                    format!("{rp}.rewrite_host"),
+                    format!("{h:?} is not a host name (with an optional port)"),
+                );
             }
             if let Some(prev) = route_keys.insert((&r.path, &r.headers), j) {
                 self.err(

@@ -32,6 +32,8 @@ pub struct ConnInfo {
     pub client: ClientAddr,
     /// True on the TLS listener.
     pub secure: bool,
+    /// True on the cluster-local listener, the one that also serves cluster-local services.
+    pub internal: bool,
     /// Closes an HTTP/1.1 connection at once (does nothing to an HTTP/2 one, whose other
     /// streams must go on).
     pub cut: Cut,
@@ -61,6 +63,8 @@ pub struct ServerSettings {
     /// An HTTP/2 connection on which no request has started for this long is closed (GOAWAY;
     /// streams still open finish).
     pub idle_timeout: Duration,
+    /// The listener is the cluster-local one.
+    pub internal: bool,
 }
 
 impl Default for ServerSettings {
@@ -69,6 +73,7 @@ impl Default for ServerSettings {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            internal: false,
         }
     }
 }
@@ -529,6 +534,7 @@ pub async fn serve<H: Handler>(
                     peer,
                     client: ClientAddr::new(peer.ip()),
                     secure: tls.is_some(),
+                    internal: settings.internal,
                     cut: cut.clone(),
                 };
                 let h = handler.clone();

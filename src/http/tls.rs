@@ -110,74 +110,88 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate(cert.to_owned()));
-    }
-    let der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| TlsError::BadKey {
-        path: key.to_owned(),
-        reason: e.to_string(),
-    })?;
-    CertifiedKey::from_der(chain, der, &provider()).map_err(|e| TlsError::Mismatch {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        reason: e.to_string(),
+    certified_key_pem(&read(cert)?, &read(key)?).map_err(|e| match e {
+        PemError::NoCertificate => TlsError::NoCertificate(cert.to_owned()),
+        PemError::BadKey(reason) => TlsError::BadKey {
+            path: key.to_owned(),
+            reason,
+        },
+        PemError::Mismatch(reason) => TlsError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason,
+        },
     })
 }
 
+/// Why a PEM certificate and key given as bytes cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// No certificate in the chain's PEM.
+    #[error("holds no PEM certificate")]
+    NoCertificate,
+    /// The key cannot be read.
+    #[error("holds no usable private key ({0})")]
+    BadKey(String),
+    /// The key does not fit the certificate, or the algorithm is unsupported.
+    #[error("certificate and key do not go together ({0})")]
+    Mismatch(String),
+}
+
+/// A certificate chain and key from PEM bytes (a Kubernetes TLS Secret's `tls.crt` and
+/// `tls.key`).
+pub fn certified_key_pem(cert: &[u8], key: &[u8]) -> Result<CertifiedKey, PemError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(PemError::NoCertificate);
+    }
+    let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| PemError::BadKey(e.to_string()))?;
+    CertifiedKey::from_der(chain, der, &provider()).map_err(|e| PemError::Mismatch(e.to_string()))
+}
+
 /// The loaded certificates, indexed by host name.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Certs {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` stored as `example.com`: matches exactly one more label.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    default: Option<Arc<CertifiedKey>>,
 }
 
 impl Certs {
     fn load(list: &[Certificate]) -> Result<Certs, TlsError> {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
-        let mut default = None;
+        let mut certs = Certs::default();
         for (i, c) in list.iter().enumerate() {
             let ck = Arc::new(certified_key(&c.cert, &c.key)?);
-            for h in &c.hosts {
-                let h = h.trim().to_ascii_lowercase();
-                match h.strip_prefix("*.") {
-                    Some(suffix) => wildcard.insert(suffix.to_owned(), ck.clone()),
-                    None => exact.insert(h, ck.clone()),
-                };
-            }
+            certs.add(&c.hosts, &ck);
             // The one marked default, else the first.
-            if c.default || (i == 0 && default.is_none()) {
-                default = Some(ck);
+            if c.default || i == 0 {
+                certs.default = Some(ck);
             }
         }
-        Ok(Certs {
-            exact,
-            wildcard,
-            // Validation guarantees at least one certificate.
-            default: default
-                .ok_or_else(|| TlsError::NoCertificate(PathBuf::from("tls.certificates")))?,
-        })
+        Ok(certs)
     }
 
-    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = sni else {
-            return self.default.clone();
-        };
+    fn add(&mut self, hosts: &[String], ck: &Arc<CertifiedKey>) {
+        for h in hosts {
+            let h = h.trim().to_ascii_lowercase();
+            match h.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.insert(suffix.to_owned(), ck.clone()),
+                None => self.exact.insert(h, ck.clone()),
+            };
+        }
+    }
+
+    /// The certificate for `name` by exact name, else by wildcard.
+    fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = name.to_ascii_lowercase();
         if let Some(c) = self.exact.get(&name) {
-            return c.clone();
+            return Some(c.clone());
         }
-        if let Some((_, parent)) = name.split_once('.')
-            && let Some(c) = self.wildcard.get(parent)
-        {
-            return c.clone();
-        }
-        self.default.clone()
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent).cloned()
     }
 }
 
@@ -186,11 +200,21 @@ impl Certs {
 pub struct CertStore {
     sources: Vec<Certificate>,
     current: ArcSwap<Certs>,
+    /// Certificates given at run time (from Kubernetes Secrets), tried before the files'.
+    given: ArcSwap<Certs>,
 }
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().pick(hello.server_name()))
+        let files = self.current.load();
+        let Some(name) = hello.server_name() else {
+            return files.default.clone();
+        };
+        self.given
+            .load()
+            .find(name)
+            .or_else(|| files.find(name))
+            .or_else(|| files.default.clone())
     }
 }
 
@@ -200,7 +224,18 @@ impl CertStore {
         Ok(CertStore {
             current: ArcSwap::from_pointee(Certs::load(list)?),
             sources: list.to_vec(),
+            given: ArcSwap::from_pointee(Certs::default()),
         })
+    }
+
+    /// Replaces the certificates given at run time: each serves its host names (exact, or
+    /// `*.` wildcards), ahead of the files' certificates. New handshakes see them at once.
+    pub fn set_given(&self, list: &[(Vec<String>, Arc<CertifiedKey>)]) {
+        let mut certs = Certs::default();
+        for (hosts, ck) in list {
+            certs.add(hosts, ck);
+        }
+        self.given.store(Arc::new(certs));
     }
 
     fn fingerprint(&self) -> Vec<Option<Vec<u8>>> {

@@ -420,6 +420,7 @@ impl SidecarSettings {
         let name = self.revision.clone();
         Config {
             listen: Addr(self.serving),
+            listen_internal: None,
             admin: None,
             drain_timeout: Dur(Duration::from_secs(1)),
             watch_interval: Dur(Duration::ZERO),
@@ -433,6 +434,8 @@ impl SidecarSettings {
                     .clone()
                     .unwrap_or_else(|| self.configuration.clone()),
                 hosts: vec!["*".into()],
+                visibility: Default::default(),
+                redirect_to_https: false,
                 routes: Vec::new(),
                 traffic: vec![Target {
                     revision: name.clone(),

@@ -13,6 +13,7 @@
 
 pub mod endpoints;
 pub mod health;
+pub mod ingress;
 pub mod inject;
 pub mod lease;
 pub mod peers;
@@ -121,6 +122,16 @@ impl Kube {
             peer_demand: Arc::default(),
             tracked: SyncMutex::new(Vec::new()),
         }
+    }
+
+    /// What rouse cannot get from the cluster, for whoever else talks to it.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// The namespace rouse runs in.
+    pub fn own_namespace(&self) -> &str {
+        &self.own_namespace
     }
 
     fn current_client(&self) -> Option<Client> {

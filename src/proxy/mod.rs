@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -44,8 +44,10 @@ pub struct Proxy {
     live: LiveRevisions,
     /// Keeps the log of rouse's own 5xx answers readable under overload.
     throttle: Throttle,
-    /// When non-zero, cleartext requests are redirected to HTTPS on this port.
-    redirect_https: AtomicU16,
+    /// The port redirects to HTTPS name; 0 = there is no TLS listener.
+    https_port: AtomicU16,
+    /// Every cleartext request is redirected to HTTPS.
+    redirect_all: AtomicBool,
     dialect: Dialect,
 }
 
@@ -59,7 +61,8 @@ impl Proxy {
             metrics,
             live,
             throttle: Throttle::default(),
-            redirect_https: AtomicU16::new(0),
+            https_port: AtomicU16::new(0),
+            redirect_all: AtomicBool::new(false),
             dialect: Dialect::Rouse,
         }
     }
@@ -70,10 +73,11 @@ impl Proxy {
         self
     }
 
-    /// Redirects cleartext requests to HTTPS on `port` (`None` = serve them).
-    pub fn set_https_redirect(&self, port: Option<u16>) {
-        self.redirect_https
-            .store(port.unwrap_or(0), Ordering::Relaxed);
+    /// Names `port` in redirects to HTTPS, and redirects every cleartext request there when
+    /// `all` (otherwise only those of services with `redirect_to_https`).
+    pub fn set_https(&self, port: u16, all: bool) {
+        self.https_port.store(port, Ordering::Relaxed);
+        self.redirect_all.store(all, Ordering::Relaxed);
     }
 
     /// The current snapshot.
@@ -106,8 +110,8 @@ impl Proxy {
             // gRPC runs over HTTP/2 only, so HTTP/1.1 requests skip the header lookup.
             grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
         };
-        let https_port = self.redirect_https.load(Ordering::Relaxed);
-        if https_port != 0 && !conn.secure {
+        let https_port = self.https_port.load(Ordering::Relaxed);
+        if https_port != 0 && !conn.secure && self.redirect_all.load(Ordering::Relaxed) {
             return redirect_to_https(&mut req, https_port, answer);
         }
         let host = match request_host(&mut req) {
@@ -124,21 +128,32 @@ impl Proxy {
             self.metrics.unrouted(Code::BadRequest);
             return ProxyError::BadRequest(e.to_string()).into_response_as(answer);
         }
-        let (rev, timeouts) = {
+        let (rev, timeouts, host) = {
             let table = self.table.load();
-            let Some(svc) = table.service(&host) else {
+            let Some(svc) = table.service(&host, conn.internal) else {
                 self.metrics.unrouted(Code::NoService);
                 return ProxyError::NoService(host).into_response_as(answer);
             };
-            let route = svc.route(req.uri().path(), req.headers());
+            if svc.redirect_to_https && https_port != 0 && !conn.secure {
+                return redirect_to_https(&mut req, https_port, answer);
+            }
+            let Some(route) = svc.route(req.uri().path(), req.headers()) else {
+                self.metrics.unrouted(Code::NoRoute);
+                let path = req.uri().path().to_owned();
+                return ProxyError::NoRoute { host, path }.into_response_as(answer);
+            };
             for (k, v) in route.set_headers.iter() {
                 req.headers_mut().insert(k.clone(), v.clone());
+            }
+            // The client's host stays what forwarding headers report.
+            if let Some(h) = &route.rewrite_host {
+                rewrite_authority(&mut req, h);
             }
             let arm = route.pick(req.headers());
             for (k, v) in arm.set_headers.iter() {
                 req.headers_mut().insert(k.clone(), v.clone());
             }
-            (arm.revision.clone(), svc.timeouts)
+            (arm.revision.clone(), svc.timeouts, host)
         };
         let deadline = timeouts.request.map(|d| start + d);
         let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
@@ -285,6 +300,19 @@ fn request_host(req: &mut Request<Incoming>) -> Result<String, ProxyError> {
         _ => {}
     }
     Ok(authority)
+}
+
+/// Points the request at `host`: the `Host` header, and the URI's authority where it has one
+/// (HTTP/2, or an HTTP/1.1 absolute-form target), so no reader sees the old name.
+fn rewrite_authority(req: &mut Request<Incoming>, host: &HeaderValue) {
+    req.headers_mut().insert(header::HOST, host.clone());
+    if req.uri().authority().is_some() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = host.to_str().ok().and_then(|h| h.parse().ok());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// 301 to the same host and path over HTTPS.

@@ -42,6 +42,8 @@ pub struct Route {
     headers: Headers,
     /// Headers set on every matching request.
     pub set_headers: Headers,
+    /// Replaces the request's host.
+    pub rewrite_host: Option<HeaderValue>,
     arms: Box<[Arm]>,
     /// Some arm has a tag.
     tagged: bool,
@@ -94,18 +96,23 @@ pub struct Service {
     /// Name.
     pub name: Arc<str>,
     routes: Box<[Route]>,
-    default: Route,
+    /// `None`: requests no route matches get 404.
+    default: Option<Route>,
     /// Time limits.
     pub timeouts: Timeouts,
+    /// Served on the cluster-local listener only.
+    cluster_local: bool,
+    /// Cleartext requests get a 301 to HTTPS.
+    pub redirect_to_https: bool,
 }
 
 impl Service {
     /// The first route that matches, else the default.
-    pub fn route(&self, path: &str, headers: &HeaderMap) -> &Route {
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
         self.routes
             .iter()
             .find(|r| r.matches(path, headers))
-            .unwrap_or(&self.default)
+            .or(self.default.as_ref())
     }
 }
 
@@ -170,10 +177,13 @@ impl RouteTable {
             let route = |path: &str,
                          match_headers: &BTreeMap<String, String>,
                          set: &BTreeMap<String, String>,
+                         rewrite_host: Option<&str>,
                          traffic: &[config::Target]| Route {
                 path: path.into(),
                 headers: header_list(match_headers),
                 set_headers: header_list(set),
+                // Validation has checked it.
+                rewrite_host: rewrite_host.and_then(|h| HeaderValue::from_str(h).ok()),
                 arms: traffic
                     .iter()
                     .map(|t| Arm {
@@ -188,15 +198,26 @@ impl RouteTable {
             let mut routes: Vec<Route> = s
                 .routes
                 .iter()
-                .map(|r| route(&r.path, &r.headers, &r.set_headers, &r.traffic))
+                .map(|r| {
+                    route(
+                        &r.path,
+                        &r.headers,
+                        &r.set_headers,
+                        r.rewrite_host.as_deref(),
+                        &r.traffic,
+                    )
+                })
                 .collect();
             // Stable sort: equal prefixes keep file order.
             routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             let empty = BTreeMap::new();
             services.push(Service {
                 name: name.clone(),
-                default: route("/", &empty, &empty, &s.traffic),
+                default: (!s.traffic.is_empty())
+                    .then(|| route("/", &empty, &empty, None, &s.traffic)),
                 routes: routes.into(),
+                cluster_local: s.visibility == config::Visibility::ClusterLocal,
+                redirect_to_https: s.redirect_to_https,
                 timeouts: Timeouts {
                     request: s.timeouts.request.map(|d| d.0),
                     response_start: s.timeouts.response_start.map(|d| d.0),
@@ -213,15 +234,20 @@ impl RouteTable {
         })
     }
 
-    /// The service for a Host or `:authority` value (port and case ignored).
-    pub fn service(&self, host: &str) -> Option<&Service> {
+    /// The service for a Host or `:authority` value (port and case ignored), as a listener
+    /// sees it: only the cluster-local listener (`internal`) sees cluster-local services.
+    pub fn service(&self, host: &str, internal: bool) -> Option<&Service> {
         let h = strip_port(host);
         let i = if h.bytes().any(|b| b.is_ascii_uppercase()) {
             self.hosts.get(h.to_ascii_lowercase().as_str())
         } else {
             self.hosts.get(h)
         };
-        i.copied().or(self.wildcard).map(|i| &self.services[i])
+        let visible = |i: &usize| internal || !self.services[*i].cluster_local;
+        i.copied()
+            .filter(visible)
+            .or(self.wildcard.filter(visible))
+            .map(|i| &self.services[i])
     }
 
     /// Every revision in the table.
@@ -276,9 +302,10 @@ services:
                 v.parse().unwrap(),
             );
         }
-        &t.service(host)
+        &t.service(host, false)
             .unwrap()
             .route(path, &hm)
+            .unwrap()
             .pick(&hm)
             .revision
             .name

@@ -4,7 +4,7 @@
 use crate::admin::Admin;
 use crate::config::reload::{self, Applied, StartOnly};
 use crate::config::{Config, ConfigError};
-use crate::discovery::{Outside, Source};
+use crate::discovery::Outside;
 use crate::http::server::{self, Connections, ServerSettings, TlsListener};
 use crate::http::tls::{CertStore, TlsError};
 use crate::metrics::{ConnectionGauges, Metrics};
@@ -33,6 +33,37 @@ pub struct Live {
     fixed: StartOnly,
     /// Serializes reloads (watcher and SIGHUP); shutdown holds it to stop them.
     applied: Applied,
+    /// The config file's last applied config and the services that Ingresses add to it.
+    merged: tokio::sync::Mutex<Merged>,
+}
+
+/// The two halves of what the gateway serves.
+#[derive(Debug)]
+struct Merged {
+    file: Config,
+    generated: Vec<crate::config::Service>,
+}
+
+impl Merged {
+    /// The file's config plus the generated services whose hosts the file leaves free.
+    fn config(&self) -> Config {
+        let mut cfg = self.file.clone();
+        let taken = file_hosts(&self.file);
+        cfg.services.extend(
+            self.generated
+                .iter()
+                .filter(|s| !s.hosts.iter().any(|h| taken.contains(h)))
+                .cloned(),
+        );
+        cfg
+    }
+}
+
+fn file_hosts(cfg: &Config) -> Vec<String> {
+    cfg.services
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(|h| h.trim().to_ascii_lowercase()))
+        .collect()
 }
 
 /// Re-reads the config file and applies it to a running gateway.
@@ -45,6 +76,11 @@ const ADMIN_CONNECTIONS: usize = 256;
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    /// The Knative Ingress controller, when `kubernetes.ingress` is set.
+    ingress: Option<Tasks>,
+    internal_addr: Option<SocketAddr>,
+    internal: Option<JoinHandle<usize>>,
+    certs: Option<Arc<CertStore>>,
     admin_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     secure: Option<JoinHandle<usize>>,
@@ -81,12 +117,18 @@ impl Gateway {
             None => None,
         };
         let proxy = Arc::new(Proxy::new(table, metrics.clone()));
-        let outside = Outside::new(sources(&cfg, &metrics));
+        #[cfg(feature = "kubernetes")]
+        let kube = Arc::new(crate::kubernetes::Kube::new(&cfg.kubernetes, &metrics));
+        let outside = Outside::new(vec![
+            #[cfg(feature = "kubernetes")]
+            kube.clone(),
+        ]);
         let draining = Arc::new(AtomicBool::new(false));
         let settings = ServerSettings {
             max_header_bytes: usize::try_from(cfg.limits.max_header_bytes.0).unwrap_or(usize::MAX),
             header_read_timeout: cfg.limits.header_read_timeout.0,
             idle_timeout: cfg.limits.idle_timeout.0,
+            internal: false,
         };
         let drain_timeout = cfg.drain_timeout.0;
         let listener = TcpListener::bind(cfg.listen.0).await?;
@@ -103,7 +145,30 @@ impl Gateway {
             None,
             gauges[0].1.clone(),
         ));
-        let (tls_addr, secure, cert_watch) = match (&cfg.tls, store) {
+        let (internal_addr, internal) = match cfg.listen_internal {
+            Some(a) => {
+                let l = TcpListener::bind(a.0).await?;
+                let bound = l.local_addr()?;
+                let conns = Connections::new(limit);
+                gauges.push(("http-internal", conns.clone()));
+                let settings = ServerSettings {
+                    internal: true,
+                    ..settings
+                };
+                let task = tokio::spawn(server::serve(
+                    l,
+                    proxy.clone(),
+                    settings,
+                    rx.clone(),
+                    drain_timeout,
+                    None,
+                    conns,
+                ));
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        let (tls_addr, secure, cert_watch) = match (&cfg.tls, store.clone()) {
             (Some(t), Some(store)) => {
                 let l = TcpListener::bind(t.listen.0).await?;
                 let bound = l.local_addr()?;
@@ -122,7 +187,7 @@ impl Gateway {
                     Some(listener),
                     conns,
                 ));
-                proxy.set_https_redirect(t.redirect_http.then_some(bound.port()));
+                proxy.set_https(t.redirect_port.unwrap_or(bound.port()), t.redirect_http);
                 let every = if cfg.watch_interval.0.is_zero() {
                     Duration::from_secs(1)
                 } else {
@@ -166,15 +231,27 @@ impl Gateway {
             scalers: ScalerSet::new(makers),
             fixed: StartOnly::of(&cfg),
             applied: Applied::default(),
+            merged: tokio::sync::Mutex::new(Merged {
+                file: cfg.clone(),
+                generated: Vec::new(),
+            }),
         });
         // Backends start only once rouse can take the requests that wake them, and from the
         // endpoints the outside sources already know.
         let table = live.proxy.table();
         live.outside.sync(&cfg, table.revisions()).await;
         live.scalers.sync(&cfg, table.revisions()).await;
-        info!(%addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
+        #[cfg(feature = "kubernetes")]
+        let ingress = ingress_controller(&cfg, &kube, &live, store.clone(), addr, internal_addr);
+        #[cfg(not(feature = "kubernetes"))]
+        let ingress = None;
+        info!(%addr, internal = ?internal_addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
+            ingress,
+            internal_addr,
+            internal,
+            certs: store,
             admin_addr,
             tls_addr,
             secure,
@@ -192,6 +269,16 @@ impl Gateway {
     /// The data listener's bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The cluster-local listener's bound address, if any.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal_addr
+    }
+
+    /// The TLS listener's certificates, if it has one.
+    pub fn certs(&self) -> Option<&Arc<CertStore>> {
+        self.certs.as_ref()
     }
 
     /// The TLS listener's bound address, if any.
@@ -228,9 +315,16 @@ impl Gateway {
         // A reload in progress finishes first (it may be starting or stopping scalers), and
         // none starts after this point.
         let _no_reloads = self.live.applied.lock().await;
+        if let Some((stop, task)) = self.ingress {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop_data.send(true);
         let mut connections_left = self.data.await.unwrap_or(0);
+        if let Some(t) = self.internal {
+            connections_left += t.await.unwrap_or(0);
+        }
         if let Some(t) = self.secure {
             connections_left += t.await.unwrap_or(0);
         }
@@ -258,9 +352,20 @@ impl Gateway {
 }
 
 impl Live {
+    /// Applies a new config file's config, keeping the services Ingresses add.
+    async fn swap(&self, cfg: &Config) -> Result<(), TlsError> {
+        let mut merged = self.merged.lock().await;
+        let previous = std::mem::replace(&mut merged.file, cfg.clone());
+        let result = self.build(&merged.config()).await;
+        if result.is_err() {
+            merged.file = previous;
+        }
+        result
+    }
+
     /// Builds the new table from the old one (revisions updated in place), swaps it in, then
     /// brings the scalers in step.
-    async fn swap(&self, cfg: &Config) -> Result<(), TlsError> {
+    async fn build(&self, cfg: &Config) -> Result<(), TlsError> {
         let metrics = self.proxy.metrics().clone();
         let table = RouteTable::build(cfg, &metrics, Some(&self.proxy.table()))?;
         // Only a config that is applied is told what it cannot change.
@@ -289,11 +394,65 @@ impl reload::Apply for Live {
     }
 }
 
-/// The outside endpoint sources compiled into this build.
-fn sources(cfg: &Config, metrics: &Arc<Metrics>) -> Vec<Arc<dyn Source>> {
-    let _ = (cfg, metrics);
-    vec![
-        #[cfg(feature = "kubernetes")]
-        Arc::new(crate::kubernetes::Kube::new(&cfg.kubernetes, metrics)),
-    ]
+#[cfg(feature = "kubernetes")]
+impl crate::kubernetes::ingress::Gateway for Live {
+    async fn serve(&self, services: Vec<crate::config::Service>) -> Result<(), String> {
+        let mut merged = self.merged.lock().await;
+        merged.generated = services;
+        self.build(&merged.config())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn check(&self, services: &[crate::config::Service]) -> Vec<String> {
+        let Ok(merged) = self.merged.try_lock() else {
+            return Vec::new();
+        };
+        let mut cfg = merged.file.clone();
+        cfg.services = services.to_vec();
+        cfg.validate()
+            .into_iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect()
+    }
+
+    fn file_hosts(&self) -> Vec<String> {
+        self.merged
+            .try_lock()
+            .map(|m| file_hosts(&m.file))
+            .unwrap_or_default()
+    }
 }
+
+/// Starts serving Knative Ingresses, when the config asks for it.
+#[cfg(feature = "kubernetes")]
+fn ingress_controller(
+    cfg: &Config,
+    kube: &crate::kubernetes::Kube,
+    live: &Arc<Live>,
+    certs: Option<Arc<CertStore>>,
+    public: SocketAddr,
+    internal: Option<SocketAddr>,
+) -> Option<Tasks> {
+    use crate::kubernetes::ingress;
+    let (class, internal) = (cfg.kubernetes.ingress.clone()?, internal?);
+    let settings = ingress::Settings {
+        class,
+        namespace: kube.own_namespace().to_owned(),
+        public_port: public.port(),
+        internal_port: internal.port(),
+        internal_addr: ingress::local_addr(internal),
+    };
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(ingress::run(
+        settings,
+        live.clone(),
+        certs,
+        kube.health(),
+        rx,
+    ));
+    Some((stop, task))
+}
+
+/// A background task with the switch that stops it.
+type Tasks = (watch::Sender<bool>, JoinHandle<()>);

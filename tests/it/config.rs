@@ -197,7 +197,10 @@ fn every_problem_is_reported_at_once_and_units_are_checked() {
         "listen: invalid type: sequence, expected a string",
     );
     assert_rejected("services: []\nlisten: 127.0.0.1:1", "services: no services");
-    assert_rejected("listen: 127.0.0.1:1", "missing key `services`");
+    assert_rejected(
+        "listen: 127.0.0.1:1",
+        "services: no services; add at least one service",
+    );
     let dup_host = format!(
         "{GOOD}  - name: two\n    hosts: [\"HELLO\"]\n    traffic: [{{ revision: a, percent: 100 }}]\n    revisions: [{{ name: a, endpoints: [\"127.0.0.1:1\"] }}]\n"
     );

@@ -149,3 +149,89 @@ async fn routes_by_host_path_prefix_and_headers() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn cluster_local_services_rewritten_hosts_and_routes_without_default() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let gw = Cfg::new()
+        .listen_internal("127.0.0.1:0")
+        .admin()
+        .service(
+            Svc::new("public")
+                .host("pub.test")
+                .route(Route::new("/api").rewrite_host("inner.test").to("a"))
+                .revision(Rev::new("a").endpoint(a.addr)),
+        )
+        .service(
+            Svc::new("local")
+                .host("local.test")
+                .visibility("cluster-local")
+                .only(Rev::new("b").endpoint(b.addr)),
+        )
+        .start()
+        .await;
+    let internal = gw.internal_addr().unwrap();
+    let cl = h1_client();
+    // A cluster-local service is not there for the public listener, and is for the internal one.
+    let got = get(&cl, gw.addr(), "local.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.header("rouse-error"), "no-service");
+    assert_eq!(b.requests(), 0);
+    assert_eq!(get(&cl, internal, "local.test", "/", &[]).await.body, "b");
+    // The internal listener serves public services too.
+    assert_eq!(get(&cl, internal, "pub.test", "/api", &[]).await.body, "a");
+    // rewrite_host: the backend sees the new host over HTTP/1.1 and from an HTTP/2 client;
+    // forwarding headers keep the client's.
+    assert_eq!(
+        get(&cl, gw.addr(), "pub.test", "/api/x", &[]).await.body,
+        "a"
+    );
+    let seen = a.headers_at("/api/x");
+    assert_eq!(seen["host"], "inner.test");
+    assert_eq!(seen["x-forwarded-host"], "pub.test");
+    let mut h2 = h2_conn(gw.addr()).await;
+    let req = http::Request::get("http://pub.test/api/h2")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let got = collect(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(got.body, "a");
+    assert_eq!(a.headers_at("/api/h2")["host"], "inner.test");
+    // No default traffic: a path no route takes is 404, and says so.
+    let before = a.requests();
+    let got = get(&cl, gw.addr(), "pub.test", "/other", &[]).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.header("rouse-error"), "no-route");
+    assert!(got.body.contains("matches path \"/other\""), "{}", got.body);
+    assert_eq!(a.requests(), before);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, "rouse_unrouted_requests_total{reason=\"no_route\"}"),
+        1.0
+    );
+    // A cluster-local service needs the internal listener, a rewritten host must be a host.
+    let issues = |yaml: &str| Config::parse(yaml).unwrap_err().to_string();
+    let err = issues(
+        "listen: 127.0.0.1:0\nservices:\n  - { name: s, hosts: ['*'], visibility: cluster-local, traffic: [{ revision: r, percent: 100 }], revisions: [{ name: r, endpoints: ['127.0.0.1:1'] }] }\n",
+    );
+    assert!(
+        err.contains(
+            "services[0].visibility: cluster-local services are served only on listen_internal"
+        ),
+        "{err}"
+    );
+    let err = issues(
+        "listen: 127.0.0.1:0\nservices:\n  - { name: s, hosts: ['*'], routes: [{ path: /, rewrite_host: 'a b/c', traffic: [{ revision: r, percent: 100 }] }], revisions: [{ name: r, endpoints: ['127.0.0.1:1'] }] }\n",
+    );
+    assert!(
+        err.contains("services[0].routes[0].rewrite_host: \"a b/c\" is not a host name"),
+        "{err}"
+    );
+    let err = issues(
+        "listen: 127.0.0.1:0\nservices:\n  - { name: s, hosts: ['*'], revisions: [{ name: r, endpoints: ['127.0.0.1:1'] }] }\n",
+    );
+    assert!(
+        err.contains("services[0].traffic: empty"),
+        "no routes and no traffic: {err}"
+    );
+}

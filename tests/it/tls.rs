@@ -261,6 +261,48 @@ async fn cleartext_requests_can_be_redirected_to_https() {
     assert_eq!(be.requests(), 0);
 }
 
+#[tokio::test]
+async fn a_service_can_redirect_its_own_cleartext_requests() {
+    let pki = Pki::new("tls-redirect-service");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let be = Backend::start("be").await;
+    let gw = Cfg::new()
+        .tls(pki.listener().redirect_port(443))
+        .service(
+            Svc::new("secure")
+                .host("a.test")
+                .redirect_to_https(true)
+                .only(Rev::new("r").endpoint(be.addr)),
+        )
+        .service(
+            Svc::new("plain")
+                .host("b.test")
+                .only(Rev::new("r").endpoint(be.addr)),
+        )
+        .start()
+        .await;
+    let got = get(&h1_client(), gw.addr(), "a.test:8080", "/x?y=1", &[]).await;
+    assert_eq!(got.status, StatusCode::MOVED_PERMANENTLY);
+    // Port 443 is the scheme's own: left out.
+    assert_eq!(got.header("location"), "https://a.test/x?y=1");
+    assert_eq!(be.requests(), 0);
+    let got = get(&h1_client(), gw.addr(), "b.test", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "other services serve cleartext");
+    let tls = handshake(&pki, gw.tls_addr().unwrap(), "a.test", &[]).await;
+    assert_eq!(get_over(tls, "a.test").await.status, StatusCode::OK);
+    // Without a TLS listener there is nowhere to redirect to: refused with the key path.
+    let err = Config::parse(
+        "listen: 127.0.0.1:0\nservices:\n  - { name: s, hosts: ['*'], redirect_to_https: true, traffic: [{ revision: r, percent: 100 }], revisions: [{ name: r, endpoints: ['127.0.0.1:1'] }] }\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("services[0].redirect_to_https: there is no TLS listener"),
+        "{err}"
+    );
+}
+
 /// A backend served over TLS with a certificate for 127.0.0.1.
 async fn tls_backend(pki: &Pki) -> SocketAddr {
     pki.leaf("up", &["127.0.0.1", "up.test"]);

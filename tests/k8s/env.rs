@@ -136,6 +136,23 @@ pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
         let node = Node::start(admin.clone(), images).await;
         apply_file(&admin, "deploy/namespace.yaml", None).await;
         apply_file(&admin, "deploy/rbac.yaml", None).await;
+        apply_file(&admin, "deploy/knative/rbac.yaml", None).await;
+        apply_file(
+            &admin,
+            bin.join("knative-ingress-crd.yaml").to_str().unwrap(),
+            None,
+        )
+        .await;
+        // The CRD serves once it is established.
+        let gvk = GroupVersionKind::gvk("networking.internal.knative.dev", "v1alpha1", "Ingress");
+        let began = tokio::time::Instant::now();
+        while kube::discovery::pinned_kind(&admin, &gvk).await.is_err() {
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "Knative's Ingress CRD is not served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         ENV.set(Env {
             cluster: tokio::sync::Mutex::new(cluster),
             node,
@@ -163,6 +180,7 @@ pub fn finish(keep: bool) {
 
 /// The documents of a YAML file of the repository.
 pub fn manifests(file: &str) -> Vec<serde_json::Value> {
+    // Relative to the repository; an absolute path stays as it is.
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut out = Vec::new();
@@ -310,6 +328,11 @@ services:
 
 static PORT: AtomicU16 = AtomicU16::new(20000);
 
+/// The first of `n` consecutive ports no other test of the run uses.
+pub fn ports(n: u16) -> u16 {
+    PORT.fetch_add(n, Ordering::Relaxed)
+}
+
 /// A rouse process under test.
 pub struct Rouse {
     /// The data listener.
@@ -353,6 +376,18 @@ impl Rouse {
         addr: SocketAddr,
         admin: SocketAddr,
     ) -> Rouse {
+        Rouse::start_with(name, user, body, addr, admin, &[]).await
+    }
+
+    /// [`Rouse::start_on`] with more environment variables.
+    pub async fn start_with(
+        name: &str,
+        user: &str,
+        body: &str,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        vars: &[(&str, &str)],
+    ) -> Rouse {
         let port = addr.port();
         let dir = env().dir.join(format!("rouse-{name}-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -372,6 +407,7 @@ impl Rouse {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", format!("{name}-{port}"))
             .env("RUST_LOG", "info,rouse=debug")
+            .envs(vars.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())

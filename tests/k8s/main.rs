@@ -13,6 +13,7 @@
 mod cluster;
 mod env;
 mod faults;
+mod ingress;
 mod manifests;
 mod node;
 mod replicas;
@@ -42,6 +43,7 @@ fn all() -> Vec<Trial> {
     t.extend(faults::trials());
     t.extend(replicas::trials());
     t.extend(manifests::trials());
+    t.extend(ingress::trials());
     t
 }
 

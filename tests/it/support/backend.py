@@ -8,7 +8,10 @@
 #   WORKER_PID_FILE fork a worker that ignores SIGTERM and sleeps, and write its pid here
 #   IGNORE_SIGTERM  the server itself ignores SIGTERM (a backend that hangs on shutdown)
 #   PID_FILE        write the process id here first thing
-# Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1.
+# Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1;
+# ?echo=NAME,... returns each named request header as x-echo-NAME. A request with
+# K-Network-Probe: probe is answered 200 at once with its K-Network-Hash echoed, as Knative's
+# backends answer the ingress's readiness probe.
 # Every response carries x-pid, x-in-flight and x-max-in-flight (high-water mark).
 import http.server, os, signal, sys, threading, time, urllib.parse
 
@@ -55,6 +58,12 @@ class H(http.server.BaseHTTPRequestHandler):
         self.handle_any()
 
     def handle_any(self):
+        if self.headers.get("k-network-probe") == "probe":
+            self.send_response(200)
+            self.send_header("k-network-hash", self.headers.get("k-network-hash", ""))
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         with lock:
             state["now"] += 1
             state["max"] = max(state["max"], state["now"])
@@ -68,6 +77,8 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_header("x-pid", str(os.getpid()))
             self.send_header("x-in-flight", str(now))
             self.send_header("x-max-in-flight", str(high))
+            for name in filter(None, q.get("echo", [""])[0].split(",")):
+                self.send_header("x-echo-" + name, self.headers.get(name, ""))
             self.end_headers()
             self.wfile.write(body)
             self.wfile.flush()

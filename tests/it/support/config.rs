@@ -104,6 +104,8 @@ node!(
         watch_interval: &str,
         /// `tls`: the HTTPS listener.
         tls: TlsListener,
+        /// `listen_internal`: the cluster-local listener.
+        listen_internal: &str,
     }
 );
 
@@ -190,6 +192,10 @@ node!(
     Svc {
         /// `timeouts`: the per-request time limits.
         timeouts: Timeouts,
+        /// `visibility`: `external` or `cluster-local`.
+        visibility: &str,
+        /// `redirect_to_https`: cleartext requests get a 301 to HTTPS.
+        redirect_to_https: bool,
     }
 );
 
@@ -250,7 +256,10 @@ impl Svc {
 
 node!(
     /// One entry of a service's `routes`.
-    Route {}
+    Route {
+        /// `rewrite_host`: the Host matching requests are sent with.
+        rewrite_host: &str,
+    }
 );
 
 impl Route {
@@ -477,6 +486,8 @@ node!(
     TlsListener {
         /// `redirect_http`: answer every cleartext request with a 301 to HTTPS.
         redirect_http: bool,
+        /// `redirect_port`: the port redirects name.
+        redirect_port: u16,
     }
 );
 
@@ -554,19 +565,24 @@ mod tests {
             .watch_interval("50ms")
             .header_read_timeout("400ms")
             .pool_idle_timeout("30s")
+            .listen_internal("127.0.0.1:8081")
             .tls(
                 TlsListener::new()
                     .redirect_http(true)
+                    .redirect_port(443)
                     .cert(Cert::new("a.pem", "a.key").host("a.test"))
                     .cert(Cert::new("b.pem", "b.key").host("*.b.test")),
             )
             .service(
                 Svc::new("s")
                     .host("*")
+                    .visibility("cluster-local")
+                    .redirect_to_https(true)
                     .route(
                         Route::new("/api")
                             .header("x-canary", "yes")
                             .set_header("x-v", "0")
+                            .rewrite_host("inner.test")
                             .to("two"),
                     )
                     .timeouts(
@@ -618,15 +634,20 @@ mod tests {
         );
         assert_eq!(c.limits.header_read_timeout.0, ms(400));
         assert_eq!(c.upstream.pool_idle_timeout.0, ms(30_000));
+        assert_eq!(c.listen_internal.unwrap().0.to_string(), "127.0.0.1:8081");
         let tls = c.tls.unwrap();
         assert!(tls.redirect_http);
+        assert_eq!(tls.redirect_port, Some(443));
         assert_eq!(tls.certificates[1].key, PathBuf::from("b.key"));
         assert_eq!(tls.certificates[1].hosts, ["*.b.test"]);
 
         let s = &c.services[0];
         assert_eq!(s.hosts, ["*"]);
+        assert_eq!(s.visibility, rouse::config::Visibility::ClusterLocal);
+        assert!(s.redirect_to_https);
         let route = &s.routes[0];
         assert_eq!(route.path, "/api");
+        assert_eq!(route.rewrite_host.as_deref(), Some("inner.test"));
         assert_eq!(route.headers["x-canary"], "yes");
         assert_eq!(route.set_headers["x-v"], "0");
         assert_eq!(

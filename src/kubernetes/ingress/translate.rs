@@ -1,0 +1,404 @@
+//! One Ingress → the gateway's services: a service per rule (its expanded hosts, its
+//! visibility, a 301 to HTTPS where asked), a route per path in the order given with Knative's
+//! probe copy before each (`InsertProbe`: the same match plus `K-Network-Hash: override`,
+//! setting `K-Network-Hash: <hash>` on what it forwards), and a revision per backend, whose
+//! endpoints are the Service's ready pods. Pure: what the cluster says about the backends comes
+//! in through [`Lookup`], so every rule here is tested without a cluster.
+
+use super::spec::{IngressSpec, IntOrString, expanded_hosts};
+use crate::config::{
+    self, Addr, ColdStart, KubeEndpoints, PortRef, Protocol, Queue, Target, Timeouts, Visibility,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// The probe header, sent as `override` by the prober and set to the hash by the probe route.
+pub const HASH_HEADER: &str = "k-network-hash";
+
+/// A backend as the cluster describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    /// The ready pods of the Service, from its EndpointSlices, on this endpoint port.
+    Pods {
+        /// The port's name in the EndpointSlices (the Service port's name); `None` when the
+        /// Service has one unnamed port.
+        port: Option<String>,
+        /// The Service port is h2c (`h2c` or `http2` by name, or appProtocol
+        /// `kubernetes.io/h2c`).
+        h2c: bool,
+    },
+    /// Fixed addresses: an `ExternalName` Service, resolved.
+    Addrs {
+        /// Where to connect.
+        addrs: Vec<SocketAddr>,
+        /// Speak h2c.
+        h2c: bool,
+    },
+}
+
+/// What the cluster knows about the Services an Ingress names.
+pub trait Lookup {
+    /// The backend `namespace/name` port `port` stands for, or why there is none, in words.
+    fn backend(&self, namespace: &str, name: &str, port: &IntOrString) -> Result<Backend, String>;
+}
+
+/// An Ingress, read and checked.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The spec, with Knative's defaults applied.
+    pub spec: IngressSpec,
+    /// Knative's hash of the spec as stored.
+    pub hash: String,
+}
+
+impl Ingress {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Every host of every rule, expanded, with its rule's visibility.
+    pub fn hosts(&self, cluster_domain: &str) -> Vec<(String, bool)> {
+        self.spec
+            .rules
+            .iter()
+            .flat_map(|r| {
+                let local = r.visibility == "ClusterLocal";
+                r.hosts
+                    .iter()
+                    .flat_map(move |h| expanded_hosts(h, cluster_domain))
+                    .map(move |h| (h, local))
+            })
+            .collect()
+    }
+}
+
+/// Why an Ingress is not served: a condition reason and a message for its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// The gateway services that serve `ing`.
+pub fn translate(
+    ing: &Ingress,
+    lookup: &impl Lookup,
+    cluster_domain: &str,
+) -> Result<Vec<config::Service>, Refusal> {
+    let mut services = Vec::new();
+    let mut missing = Vec::new();
+    for (i, rule) in ing.spec.rules.iter().enumerate() {
+        let local = rule.visibility == "ClusterLocal";
+        let mut hosts: Vec<String> = rule
+            .hosts
+            .iter()
+            .flat_map(|h| expanded_hosts(h, cluster_domain))
+            .collect();
+        hosts.dedup();
+        if hosts.is_empty() {
+            hosts.push("*".to_owned());
+        }
+        let mut revisions: Vec<config::Revision> = Vec::new();
+        let mut routes = Vec::new();
+        let paths = rule.http.iter().flat_map(|h| h.paths.iter().flatten());
+        for p in paths {
+            let mut traffic = Vec::new();
+            for s in p.splits.iter().flatten() {
+                let rev = format!("{}:{}", s.service_name, port_text(&s.service_port));
+                if !revisions.iter().any(|r| r.name == rev) {
+                    match lookup.backend(&ing.namespace, &s.service_name, &s.service_port) {
+                        Ok(b) => revisions.push(revision(&rev, &ing.namespace, &s.service_name, b)),
+                        Err(why) => {
+                            missing.push(why);
+                            continue;
+                        }
+                    }
+                }
+                traffic.push(Target {
+                    revision: rev,
+                    percent: u32::try_from(s.percent).unwrap_or(0),
+                    tag: None,
+                    set_headers: s.append_headers.clone(),
+                });
+            }
+            let path = if p.path.is_empty() { "/" } else { &p.path };
+            let headers: BTreeMap<String, String> = p
+                .headers
+                .iter()
+                .map(|(k, m)| (k.to_ascii_lowercase(), m.exact.clone()))
+                .collect();
+            let rewrite_host = (!p.rewrite_host.is_empty()).then(|| p.rewrite_host.clone());
+            let mut probe_match = headers.clone();
+            probe_match.insert(HASH_HEADER.to_owned(), "override".to_owned());
+            let mut probe_set = p.append_headers.clone();
+            probe_set.insert(HASH_HEADER.to_owned(), ing.hash.clone());
+            routes.push(config::Route {
+                path: path.to_owned(),
+                headers: probe_match,
+                set_headers: probe_set,
+                rewrite_host: rewrite_host.clone(),
+                traffic: traffic.clone(),
+            });
+            routes.push(config::Route {
+                path: path.to_owned(),
+                headers,
+                set_headers: p.append_headers.clone(),
+                rewrite_host,
+                traffic,
+            });
+        }
+        services.push(config::Service {
+            name: format!("{}/rules[{i}]", ing.key()),
+            hosts,
+            visibility: if local {
+                Visibility::ClusterLocal
+            } else {
+                Visibility::External
+            },
+            redirect_to_https: !local && ing.spec.http_option == "Redirected",
+            routes,
+            traffic: Vec::new(),
+            revisions,
+            // Knative's ingress contract: no timeout of its own, and no retry.
+            timeouts: Timeouts::default(),
+        });
+    }
+    if !missing.is_empty() {
+        missing.dedup();
+        return Err(Refusal {
+            reason: "BackendMissing",
+            message: missing.join("; "),
+        });
+    }
+    Ok(services)
+}
+
+fn port_text(p: &IntOrString) -> String {
+    match p {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
+}
+
+fn revision(name: &str, namespace: &str, service: &str, b: Backend) -> config::Revision {
+    let (endpoints, kubernetes, h2c) = match b {
+        Backend::Pods { port, h2c } => (
+            Vec::new(),
+            Some(KubeEndpoints {
+                service: service.to_owned(),
+                namespace: Some(namespace.to_owned()),
+                port: port.map(PortRef::Name),
+            }),
+            h2c,
+        ),
+        Backend::Addrs { addrs, h2c } => (addrs.into_iter().map(Addr).collect(), None, h2c),
+    };
+    config::Revision {
+        name: name.to_owned(),
+        protocol: if h2c { Protocol::H2c } else { Protocol::Http1 },
+        container_concurrency: 0,
+        endpoints,
+        kubernetes,
+        queue: Queue::default(),
+        scale: None,
+        cold_start: ColdStart {
+            placeholder: None,
+            header: false,
+        },
+        tls: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::proxy::router::RouteTable;
+    use http::{HeaderMap, HeaderName};
+    use std::sync::Arc;
+
+    struct Cluster;
+
+    impl Lookup for Cluster {
+        fn backend(&self, _: &str, name: &str, port: &IntOrString) -> Result<Backend, String> {
+            match (name, port) {
+                ("gone", _) => Err(format!("Service {name} does not exist")),
+                ("grpc", _) => Ok(Backend::Pods {
+                    port: Some("h2c".into()),
+                    h2c: true,
+                }),
+                (_, IntOrString::String(p)) => Ok(Backend::Pods {
+                    port: Some(p.clone()),
+                    h2c: false,
+                }),
+                _ => Ok(Backend::Pods {
+                    port: None,
+                    h2c: false,
+                }),
+            }
+        }
+    }
+
+    fn ingress(spec: &str) -> Ingress {
+        let spec: IngressSpec = serde_json::from_str(spec).unwrap();
+        Ingress {
+            namespace: "ns".into(),
+            name: "ing".into(),
+            spec: super::super::spec::check(spec, "ns").unwrap(),
+            hash: "abc".into(),
+        }
+    }
+
+    /// Builds the route table the gateway would, from translated services.
+    fn table(services: Vec<config::Service>) -> RouteTable {
+        let mut cfg = Config::parse(
+            "listen: 127.0.0.1:0\nlisten_internal: 127.0.0.1:0\ntls: { listen: 127.0.0.1:0, certificates: [] }\nkubernetes: { ingress: {} }\n",
+        )
+        .unwrap();
+        cfg.services = services;
+        let issues = cfg.validate();
+        assert!(issues.is_empty(), "{issues:?}");
+        RouteTable::build(&cfg, &Arc::new(Metrics::new()), None).unwrap()
+    }
+
+    fn pick(t: &RouteTable, internal: bool, host: &str, path: &str, h: &[(&str, &str)]) -> String {
+        let mut hm = HeaderMap::new();
+        for (k, v) in h {
+            hm.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let Some(svc) = t.service(host, internal) else {
+            return "no service".into();
+        };
+        let Some(route) = svc.route(path, &hm) else {
+            return "no route".into();
+        };
+        let arm = route.pick(&hm);
+        let mut set: Vec<String> = route
+            .set_headers
+            .iter()
+            .chain(arm.set_headers.iter())
+            .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+            .collect();
+        set.sort();
+        format!("{} {}", arm.revision.name, set.join(","))
+    }
+
+    #[test]
+    fn paths_headers_probe_copies_and_visibility() {
+        let ing = ingress(
+            r#"{"rules":[
+              {"hosts":["a.example"],"visibility":"ExternalIP","http":{"paths":[
+                {"path":"/foo","appendHeaders":{"who":"foo"},"splits":[{"serviceName":"foo","serviceNamespace":"ns","servicePort":80}]},
+                {"headers":{"Knative-Serving-Tag":{"exact":"t"}},"splits":[{"serviceName":"tag","serviceNamespace":"ns","servicePort":80}]},
+                {"splits":[{"serviceName":"main","serviceNamespace":"ns","servicePort":"http","appendHeaders":{"arm":"1"}}]}]}},
+              {"hosts":["b.ns.svc.cluster.local"],"visibility":"ClusterLocal","http":{"paths":[
+                {"splits":[{"serviceName":"grpc","serviceNamespace":"ns","servicePort":81}]}]}}]}"#,
+        );
+        let services = translate(&ing, &Cluster, "cluster.local").unwrap();
+        let t = table(services);
+        assert_eq!(
+            pick(&t, false, "a.example", "/foo/x", &[]),
+            "foo:80 who=foo"
+        );
+        assert_eq!(
+            pick(
+                &t,
+                false,
+                "a.example",
+                "/healthz",
+                &[("k-network-hash", "override")]
+            ),
+            "main:http arm=1,k-network-hash=abc",
+            "the probe copy sets the hash"
+        );
+        assert_eq!(
+            pick(
+                &t,
+                false,
+                "a.example",
+                "/foo",
+                &[("k-network-hash", "override")]
+            ),
+            "foo:80 k-network-hash=abc,who=foo"
+        );
+        assert_eq!(
+            pick(&t, false, "a.example", "/", &[("knative-serving-tag", "t")]),
+            "tag:80 "
+        );
+        assert_eq!(
+            pick(
+                &t,
+                false,
+                "a.example",
+                "/",
+                &[("knative-serving-tag", "other")]
+            ),
+            "main:http arm=1"
+        );
+        // Cluster-local: every short form, on the internal listener only.
+        for host in ["b.ns.svc.cluster.local", "b.ns.svc", "b.ns"] {
+            assert_eq!(pick(&t, true, host, "/", &[]), "grpc:81 ");
+            assert_eq!(pick(&t, false, host, "/", &[]), "no service");
+        }
+        // The internal listener serves public hosts too.
+        assert_eq!(pick(&t, true, "a.example", "/foo", &[]), "foo:80 who=foo");
+        let grpc = t
+            .revisions()
+            .iter()
+            .find(|r| &*r.name == "grpc:81")
+            .unwrap();
+        assert_eq!(grpc.protocol, Protocol::H2c);
+    }
+
+    #[test]
+    fn no_catch_all_means_404_and_zero_percent_gets_nothing() {
+        let ing = ingress(
+            r#"{"rules":[{"hosts":["a.example"],"http":{"paths":[
+                {"path":"/foo","splits":[
+                  {"serviceName":"one","serviceNamespace":"ns","servicePort":80,"percent":100},
+                  {"serviceName":"two","serviceNamespace":"ns","servicePort":80,"percent":0}]}]}}]}"#,
+        );
+        let t = table(translate(&ing, &Cluster, "cluster.local").unwrap());
+        assert_eq!(pick(&t, false, "a.example", "/bar", &[]), "no route");
+        for _ in 0..200 {
+            assert_eq!(pick(&t, false, "a.example", "/foo", &[]), "one:80 ");
+        }
+    }
+
+    #[test]
+    fn redirect_applies_to_public_rules_only() {
+        let ing = ingress(
+            r#"{"httpOption":"Redirected","rules":[
+              {"hosts":["a.example"],"http":{"paths":[{"splits":[{"serviceName":"s","serviceNamespace":"ns","servicePort":80}]}]}},
+              {"hosts":["a.ns.svc.cluster.local"],"visibility":"ClusterLocal","http":{"paths":[{"splits":[{"serviceName":"s","serviceNamespace":"ns","servicePort":80}]}]}}]}"#,
+        );
+        let s = translate(&ing, &Cluster, "cluster.local").unwrap();
+        assert!(s[0].redirect_to_https);
+        assert!(!s[1].redirect_to_https);
+    }
+
+    #[test]
+    fn a_missing_backend_is_named() {
+        let ing = ingress(
+            r#"{"rules":[{"hosts":["a.example"],"http":{"paths":[{"splits":[{"serviceName":"gone","serviceNamespace":"ns","servicePort":80}]}]}}]}"#,
+        );
+        let r = translate(&ing, &Cluster, "cluster.local").unwrap_err();
+        assert_eq!(r.reason, "BackendMissing");
+        assert!(
+            r.message.contains("Service gone does not exist"),
+            "{}",
+            r.message
+        );
+    }
+}
