@@ -116,7 +116,7 @@ impl Cluster {
             "kube-controller-manager",
             &[
                 format!("--kubeconfig={}", kc.display()),
-                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,endpointslice-controller".into(),
+                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,endpointslice-controller,endpoints-controller".into(),
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=false".into(),
                 "--secure-port=0".into(),

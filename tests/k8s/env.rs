@@ -2,7 +2,7 @@
 //! local node, and helpers that make a namespace with an app in it and start rouse against it.
 
 use crate::cluster::{Cluster, tail};
-use crate::node::Node;
+use crate::node::{Image, Node};
 use crate::support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -129,11 +129,33 @@ pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
     block_on(async {
         let cluster = Cluster::start(&bin, &dir).await;
         let admin = cluster.admin().await;
-        let images = HashMap::from([(
+        let mut images = HashMap::from([(
             "rouse.test/backend".to_owned(),
-            vec!["python3".to_owned(), support::BACKEND_PY.to_owned()],
+            Image {
+                command: vec!["python3".to_owned(), support::BACKEND_PY.to_owned()],
+                own_network: false,
+            },
         )]);
-        let node = Node::start(admin.clone(), images).await;
+        // Knative's test images, when the conformance run built them.
+        if let Ok(dir) = std::env::var("ROUSE_KNATIVE_BIN") {
+            for name in crate::conformance::IMAGES {
+                images.insert(
+                    format!("{}/{name}:latest", crate::conformance::REPO),
+                    Image {
+                        command: vec![PathBuf::from(&dir).join(name).display().to_string()],
+                        own_network: true,
+                    },
+                );
+            }
+        }
+        crate::node::bridge();
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, crate::dns::resolv_conf(crate::node::GATEWAY)).unwrap();
+        tokio::spawn(crate::dns::serve(
+            admin.clone(),
+            SocketAddr::new(crate::node::GATEWAY.into(), 53),
+        ));
+        let node = Node::start(admin.clone(), images, resolv).await;
         apply_file(&admin, "deploy/namespace.yaml", None).await;
         apply_file(&admin, "deploy/rbac.yaml", None).await;
         apply_file(&admin, "deploy/knative/rbac.yaml", None).await;

@@ -11,6 +11,8 @@
 //! `cargo test --features kubernetes --test k8s` runs it; `.ci/run` does.
 
 mod cluster;
+mod conformance;
+mod dns;
 mod env;
 mod faults;
 mod ingress;
@@ -44,6 +46,7 @@ fn all() -> Vec<Trial> {
     t.extend(replicas::trials());
     t.extend(manifests::trials());
     t.extend(ingress::trials());
+    t.extend(conformance::trials());
     t
 }
 

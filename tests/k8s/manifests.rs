@@ -82,6 +82,21 @@ async fn the_deploy_manifests_apply_and_carry_a_valid_config() {
     // Namespace, ServiceAccount, ClusterRole, Role, 2 RoleBindings, ConfigMap, Deployment,
     // Service, PodDisruptionBudget, and the example's Deployment and Service.
     assert_eq!(total, 12);
+    // rouse as Knative's ingress: ClusterRole and binding, and its ConfigMap, Deployment, two Services and
+    // budget, whose config serves Ingresses with every listener the Services point at.
+    let mut knative = 0;
+    for file in ["deploy/knative/rbac.yaml", "deploy/knative/rouse.yaml"] {
+        let docs = manifests(file);
+        if let Some(cm) = docs.iter().find(|d| d["kind"] == "ConfigMap") {
+            let text = cm["data"]["config.yaml"].as_str().unwrap();
+            let cfg = rouse::config::Config::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let ing = cfg.kubernetes.ingress.expect("kubernetes.ingress");
+            assert_eq!(ing.class, "rouse.ingress.networking.knative.dev");
+            assert!(cfg.listen_internal.is_some() && cfg.tls.is_some());
+        }
+        knative += dry_run(docs, None).await;
+    }
+    assert_eq!(knative, 7);
 }
 
 fn helm() -> PathBuf {

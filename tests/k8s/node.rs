@@ -3,7 +3,13 @@
 //! each Pod's first container as a local process (a map from image name to command), gives
 //! it an address of its own in 192.0.2.0/24 and its port in `PORT`, reports it Ready once its
 //! port accepts connections, and stops it (SIGTERM, then SIGKILL after the grace period) when
-//! the Pod is deleted. With the controller-manager running, the whole loop is real: rouse
+//! the Pod is deleted.
+//!
+//! Programs that listen on every address (Knative's test images bind `:PORT`) get a network
+//! namespace of their own instead, as a real Pod does: an address in 198.18.0.0/15 (never
+//! reused within a run) on a veth joined to the bridge [`BRIDGE`] (198.18.0.1, the way to
+//! everything else), and an `/etc/resolv.conf` naming the cluster DNS at 198.18.0.1 with
+//! Kubernetes' search path. With the controller-manager running, the whole loop is real: rouse
 //! patches a Deployment, the controllers make Pods, this runs them, the EndpointSlice
 //! controller lists them, and rouse watches the slices.
 
@@ -17,6 +23,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +32,50 @@ use tokio::task::JoinHandle;
 
 /// The node's name.
 pub const NAME: &str = "local";
+
+/// The bridge that Pods with a network of their own hang off.
+pub const BRIDGE: &str = "rouse-pods";
+/// The bridge's address: the Pods' gateway and DNS server.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// Pods with a network of their own so far: the next one's number.
+static NEXT_OWN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// What a container image runs as on this node.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Runs in a network namespace of its own (for programs that bind every address).
+    pub own_network: bool,
+}
+
+/// Joins the Pods' bridge; called once before any Pod with a network of its own starts.
+pub fn bridge() {
+    for args in [
+        vec!["ip", "link", "add", BRIDGE, "type", "bridge"],
+        vec!["ip", "addr", "add", "198.18.0.1/15", "dev", BRIDGE],
+        vec!["ip", "link", "set", BRIDGE, "up"],
+    ] {
+        let ok = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{args:?} failed");
+    }
+}
+
+/// Inside a Pod's new network and mount namespaces: waits for the veth the node moves in,
+/// configures it, puts the Pod's resolv.conf in place, and runs the program.
+const POD_NETWORK: &str = r#"resolv=$1 ip=$2 up=$3; shift 3
+: > "$up"
+n=0
+until ip link show eth0 >/dev/null 2>&1; do
+  n=$((n+1)); [ $n -gt 1000 ] && { echo "no eth0" >&2; exit 90; }; sleep 0.01
+done
+ip link set lo up && ip addr add "$ip/15" dev eth0 && ip link set eth0 up && ip route add default via 198.18.0.1 || exit 91
+mount --bind "$resolv" /etc/resolv.conf || exit 92
+exec "$@""#;
 
 /// One Pod this node runs.
 struct Running {
@@ -66,7 +117,7 @@ impl Drop for Node {
 impl Node {
     /// Registers the node and starts running Pods; `images` maps an image name to the
     /// command its containers run.
-    pub async fn start(client: Client, images: HashMap<String, Vec<String>>) -> Node {
+    pub async fn start(client: Client, images: HashMap<String, Image>, resolv: PathBuf) -> Node {
         let nodes: Api<NodeObject> = Api::all(client.clone());
         let node: NodeObject = serde_json::from_value(json!({
             "metadata": { "name": NAME },
@@ -85,7 +136,12 @@ impl Node {
             .await
             .unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let task = tokio::spawn(run(client.clone(), state.clone(), Arc::new(images)));
+        let task = tokio::spawn(run(
+            client.clone(),
+            state.clone(),
+            Arc::new(images),
+            Arc::new(resolv),
+        ));
         Node {
             client,
             state,
@@ -129,7 +185,12 @@ impl Node {
     }
 }
 
-async fn run(client: Client, state: Arc<Mutex<State>>, images: Arc<HashMap<String, Vec<String>>>) {
+async fn run(
+    client: Client,
+    state: Arc<Mutex<State>>,
+    images: Arc<HashMap<String, Image>>,
+    resolv: Arc<PathBuf>,
+) {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut events = watcher::watcher(pods, watcher::Config::default())
         .default_backoff()
@@ -137,7 +198,7 @@ async fn run(client: Client, state: Arc<Mutex<State>>, images: Arc<HashMap<Strin
     while let Some(e) = events.next().await {
         match e {
             Ok(Event::Apply(p) | Event::InitApply(p)) => {
-                handle(&client, &state, &images, p).await;
+                handle(&client, &state, &images, &resolv, p).await;
             }
             Ok(Event::Delete(p)) => {
                 let key = key(&p);
@@ -165,7 +226,8 @@ static NEXT_IP: AtomicU8 = AtomicU8::new(10);
 async fn handle(
     client: &Client,
     state: &Arc<Mutex<State>>,
-    images: &HashMap<String, Vec<String>>,
+    images: &HashMap<String, Image>,
+    resolv: &std::path::Path,
     pod: Pod,
 ) {
     let (ns, name) = key(&pod);
@@ -235,7 +297,7 @@ async fn handle(
         return;
     };
     let image = container.image.clone().unwrap_or_default();
-    let Some(command) = images.get(&image) else {
+    let Some(img) = images.get(&image) else {
         report_failed(
             client,
             &ns,
@@ -250,10 +312,40 @@ async fn handle(
         .as_ref()
         .and_then(|p| p.first())
         .map_or(8080, |p| u16::try_from(p.container_port).unwrap_or(8080));
-    let ip = Ipv4Addr::new(192, 0, 2, next_ip());
-    let mut cmd = tokio::process::Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .args(container.args.clone().unwrap_or_default())
+    let command = &img.command;
+    // Pods sharing the node's network take 192.0.2.10-250 in turn; the others a number of
+    // their own for the run, which names their address and their veth.
+    let own = NEXT_OWN.fetch_add(1, Ordering::Relaxed);
+    let ip = if img.own_network {
+        Ipv4Addr::from(u32::from(GATEWAY) + 1 + own)
+    } else {
+        Ipv4Addr::new(192, 0, 2, next_ip())
+    };
+    let up = resolv.with_file_name(format!("pod-{own}.up"));
+    let mut cmd = if img.own_network {
+        let mut c = tokio::process::Command::new("unshare");
+        c.args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(POD_NETWORK)
+        .arg("sh")
+        .arg(resolv)
+        .arg(ip.to_string())
+        .arg(&up)
+        .args(command);
+        c
+    } else {
+        let mut c = tokio::process::Command::new(&command[0]);
+        c.args(&command[1..]);
+        c
+    };
+    cmd.args(container.args.clone().unwrap_or_default())
         .env("PORT", port.to_string())
         .env("HOST", ip.to_string())
         .env("POD_NAME", &name)
@@ -279,6 +371,12 @@ async fn handle(
             return;
         }
     };
+    if img.own_network
+        && let Err(why) = plug(child.id(), own, &up).await
+    {
+        report_failed(client, &ns, &name, &why).await;
+        return;
+    }
     {
         let mut st = state.lock().unwrap();
         *st.started.entry(ns.clone()).or_default() += 1;
@@ -335,6 +433,41 @@ async fn handle(
             report_ready(&client, &ns, &name, true).await;
         }
     });
+}
+
+/// Moves one end of a new veth pair into the network namespace of process `pid` (as `eth0`)
+/// and joins the other to the bridge. The pair goes when the namespace does.
+async fn plug(pid: Option<u32>, n: u32, up: &std::path::Path) -> Result<(), String> {
+    let pid = pid.ok_or("the pod's process exited at once")?.to_string();
+    // The process makes its namespace a moment after it starts, and says so by creating
+    // `up`; a veth moved in before that would land in the node's own namespace.
+    let began = tokio::time::Instant::now();
+    while !up.exists() {
+        if began.elapsed() > Duration::from_secs(10) {
+            return Err("the pod's process made no network namespace in 10s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let host = format!("rp{n}");
+    for args in [
+        vec![
+            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+        ],
+        vec!["link", "set", &host, "master", BRIDGE, "up"],
+    ] {
+        let out = tokio::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| format!("ip {args:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The next pod address's last byte, 10 to 250, going round.
