@@ -21,6 +21,12 @@
 #[path = "../tests/k8s/cluster.rs"]
 mod cluster;
 #[allow(dead_code)]
+#[path = "../tests/k8s/conformance.rs"]
+mod conformance;
+#[allow(dead_code)]
+#[path = "../tests/k8s/dns.rs"]
+mod dns;
+#[allow(dead_code)]
 #[path = "../tests/k8s/env.rs"]
 mod env;
 #[allow(dead_code)]
