@@ -444,11 +444,16 @@ fn ingress_controller(
         internal_addr: ingress::local_addr(internal),
     };
     let (stop, rx) = watch::channel(false);
+    let stats = Arc::new(ingress::Stats::default());
+    live.proxy
+        .metrics()
+        .add_collector(Box::new(ingress::StatsMetrics(stats.clone())));
     let task = tokio::spawn(ingress::run(
         settings,
         live.clone(),
         certs,
         kube.health(),
+        stats,
         rx,
     ));
     Some((stop, task))

@@ -319,6 +319,49 @@ async fn ingresses_of_our_class_are_served_probed_and_ready() {
         let got = get_host(ing.public, "hello.example", "/?echo=x-who", &[]).await;
         assert_eq!(got.header("x-echo-x-who"), who);
     }
+    // Every replica is probed: with a second one listed that does not answer, an update is
+    // served here but not Ready; once that replica is gone, it is.
+    let slices = Api::<EndpointSlice>::namespaced(env().admin.clone(), &ns);
+    let replicas = |ips: &[&str]| json!({ "endpoints": ips.iter().map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } })).collect::<Vec<_>>() });
+    slices
+        .patch(
+            "rouse-internal-1",
+            &PatchParams::default(),
+            &Patch::Merge(replicas(&["192.0.2.1", "192.0.2.250"])),
+        )
+        .await
+        .unwrap();
+    ing.update("hello", spec("two-replicas")).await;
+    let o = ing.condition("hello", "Ready", "Unknown").await;
+    assert!(
+        o.data["status"].to_string().contains("Uninitialized"),
+        "{}",
+        o.data["status"]
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let o = ing.condition("hello", "Ready", "Unknown").await;
+    assert_eq!(
+        ing.rouse.metric("rouse_ingresses{state=\"probing\"}").await,
+        1.0,
+        "{}",
+        o.data["status"]
+    );
+    let got = get_host(ing.public, "hello.example", "/?echo=x-who", &[]).await;
+    assert_eq!(got.header("x-echo-x-who"), "two-replicas");
+    slices
+        .patch(
+            "rouse-internal-1",
+            &PatchParams::default(),
+            &Patch::Merge(replicas(&["192.0.2.1"])),
+        )
+        .await
+        .unwrap();
+    ing.ready("hello").await;
+    assert_eq!(
+        ing.rouse.metric("rouse_ingresses{state=\"ready\"}").await,
+        1.0
+    );
+    assert!(ing.rouse.metric("rouse_ingress_passes_total").await >= 4.0);
     // The others were never touched.
     for name in ["foreign", "classless"] {
         let o = ingresses(&ns).get(name).await.unwrap();
@@ -406,6 +449,12 @@ async fn ingresses_that_cannot_be_served_say_why_and_the_rest_go_on() {
             "{name}: {c}"
         );
     }
+    eventually(
+        "the refusals are counted",
+        Duration::from_secs(10),
+        || async { ing.rouse.metric("rouse_ingresses{state=\"refused\"}").await == 4.0 },
+    )
+    .await;
     let o = ingresses(&ns).get("bogus").await.unwrap();
     let msg = o.data["status"]["conditions"].to_string();
     for part in ["visibility: \\\"Everywhere\\\"", "percents sum to 60"] {

@@ -29,11 +29,16 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use rustls::sign::CertifiedKey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -94,12 +99,71 @@ fn ingress_resource() -> ApiResource {
     }
 }
 
-/// Runs the controller until `stop`.
+/// What the controller reports in `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Ingresses of rouse's class by state, after the last pass: Ready, being probed, refused.
+    states: [AtomicI64; 3],
+    /// Passes over all Ingresses.
+    passes: AtomicU64,
+    /// Their total duration, in microseconds.
+    pass_micros: AtomicU64,
+    /// The last one's, in microseconds.
+    last_micros: AtomicU64,
+}
+
+/// Exports [`Stats`] as metrics.
+#[derive(Debug)]
+pub struct StatsMetrics(pub Arc<Stats>);
+
+impl Collector for StatsMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.0;
+        let gauge = ConstGauge::new(0i64);
+        let mut e = encoder.encode_descriptor(
+            "rouse_ingresses",
+            "Knative Ingresses of rouse's class by state: ready (every replica serves the current spec), probing, refused (see the Ingress's status)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (state, v) in ["ready", "probing", "refused"].iter().zip(&stats.states) {
+            ConstGauge::new(v.load(Ordering::Relaxed))
+                .encode(e.encode_family(&[("state", *state)])?)?;
+        }
+        let counter = ConstCounter::new(0u64);
+        let e = encoder.encode_descriptor(
+            "rouse_ingress_passes",
+            "Times the controller read every Ingress again and brought the route table in step",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(stats.passes.load(Ordering::Relaxed)).encode(e)?;
+        let secs = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64 / 1e6;
+        let e = encoder.encode_descriptor(
+            "rouse_ingress_pass_seconds",
+            "Time spent in those passes (reading, translating, swapping the route table, starting probes, writing statuses)",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(secs(&stats.pass_micros)).encode(e)?;
+        let e = encoder.encode_descriptor(
+            "rouse_ingress_last_pass_seconds",
+            "How long the last pass took",
+            None,
+            gauge.metric_type(),
+        )?;
+        ConstGauge::new(secs(&stats.last_micros)).encode(e)?;
+        Ok(())
+    }
+}
+
+/// Runs the controller until `stop`, reporting into `stats`.
 pub async fn run(
     settings: Settings,
     gateway: Arc<impl Gateway>,
     certs: Option<Arc<CertStore>>,
     health: Arc<Health>,
+    stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let client = loop {
@@ -205,7 +269,15 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         let replicas: Vec<IpAddr> = pods.borrow().iter().map(SocketAddr::ip).collect();
-        c.reconcile(&*gateway, certs.as_deref(), &replicas).await;
+        let began = tokio::time::Instant::now();
+        let states = c.reconcile(&*gateway, certs.as_deref(), &replicas).await;
+        let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        for (v, n) in stats.states.iter().zip(states) {
+            v.store(n, Ordering::Relaxed);
+        }
+        stats.passes.fetch_add(1, Ordering::Relaxed);
+        stats.pass_micros.fetch_add(took, Ordering::Relaxed);
+        stats.last_micros.store(took, Ordering::Relaxed);
     }
     for t in tasks {
         t.abort();
@@ -299,12 +371,13 @@ impl Controller {
         class.is_some_and(|c| *c == self.settings.class.class)
     }
 
+    /// One pass; returns how many Ingresses are ready, being probed and refused.
     async fn reconcile(
         &mut self,
         gateway: &impl Gateway,
         certs: Option<&CertStore>,
         replicas: &[IpAddr],
-    ) {
+    ) -> [i64; 3] {
         let mut objs: Vec<Arc<DynamicObject>> = self
             .ingresses
             .state()
@@ -390,6 +463,7 @@ impl Controller {
         let live: std::collections::HashSet<&str> = seen.iter().map(|s| s.key.as_str()).collect();
         self.probes.retain(|k, _| live.contains(k.as_str()));
         self.ready.retain(|k, _| live.contains(k.as_str()));
+        let mut counts = [0; 3];
         for s in &seen {
             let state = match &s.outcome {
                 Err(r) => State::Refused(r.clone()),
@@ -406,11 +480,17 @@ impl Controller {
                     })
                 }
             };
+            counts[match state {
+                State::Ready => 0,
+                State::Probing(_) => 1,
+                State::Refused(_) => 2,
+            }] += 1;
             let status = self.status(s.generation, &state);
             if !same_status(s.obj.data.get("status"), &status) {
                 self.write_status(&s.obj, status).await;
             }
         }
+        counts
     }
 
     /// Reads and translates one Ingress, claiming its hosts: its services and TLS
