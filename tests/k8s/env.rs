@@ -446,6 +446,12 @@ impl Rouse {
         r
     }
 
+    /// Its process id (the benchmarks read its memory).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills it at once (no drain, no Lease release), as a crashed pod would die.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {

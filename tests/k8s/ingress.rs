@@ -48,22 +48,22 @@ fn resource() -> ApiResource {
     }
 }
 
-fn ingresses(ns: &str) -> Api<DynamicObject> {
+pub fn ingresses(ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(env().admin.clone(), ns, &resource())
 }
 
 /// A rouse serving Ingresses of its own class (one per test: every test's rouse sees every
 /// namespace), listed as the one replica behind its `rouse-internal` Service.
-struct Ingress {
-    rouse: Rouse,
+pub struct Ingress {
+    pub rouse: Rouse,
     class: String,
-    ns: String,
-    public: SocketAddr,
+    pub ns: String,
+    pub public: SocketAddr,
     internal: SocketAddr,
     tls: SocketAddr,
 }
 
-async fn start(name: &str, extra: &str) -> Ingress {
+pub async fn start(name: &str, extra: &str) -> Ingress {
     let ns = namespace(name).await;
     let base = ports(4);
     let at = |i: u16| -> SocketAddr { format!("192.0.2.1:{}", base + i).parse().unwrap() };
@@ -123,7 +123,7 @@ kubernetes: {{ namespace: {ns}, ingress: {{ class: {class} }} }}
 
 impl Ingress {
     /// Creates Ingress `name` of this rouse's class with `spec`.
-    async fn create(&self, name: &str, spec: Value) {
+    pub async fn create(&self, name: &str, spec: Value) {
         self.create_as(name, Some(&self.class), spec).await;
     }
 
@@ -146,7 +146,7 @@ impl Ingress {
     }
 
     /// Replaces the spec of Ingress `name`.
-    async fn update(&self, name: &str, spec: Value) {
+    pub async fn update(&self, name: &str, spec: Value) {
         ingresses(&self.ns)
             .patch(
                 name,
@@ -158,7 +158,7 @@ impl Ingress {
     }
 
     /// Waits for Ingress `name` to be Ready for its current generation; returns it.
-    async fn ready(&self, name: &str) -> DynamicObject {
+    pub async fn ready(&self, name: &str) -> DynamicObject {
         self.condition(name, "Ready", "True").await
     }
 
@@ -189,12 +189,12 @@ impl Ingress {
     }
 }
 
-fn split(service: &str, percent: u32, headers: Value) -> Value {
+pub fn split(service: &str, percent: u32, headers: Value) -> Value {
     json!({ "serviceName": service, "serviceNamespace": "NS", "servicePort": 80, "percent": percent, "appendHeaders": headers })
 }
 
 /// Fills in the namespace wherever a spec says `NS`.
-fn in_ns(spec: Value, ns: &str) -> Value {
+pub fn in_ns(spec: Value, ns: &str) -> Value {
     serde_json::from_str(&spec.to_string().replace("\"NS\"", &format!("\"{ns}\""))).unwrap()
 }
 

@@ -199,6 +199,24 @@ pub async fn run(
         changed.clone(),
         health.clone(),
         "Ingresses",
+        // Its own status writes (and anyone's) change nothing rouse serves: only the spec
+        // (its generation), the class and deletion do.
+        |o: &DynamicObject| {
+            let a = o.metadata.annotations.as_ref();
+            let class = a.and_then(|a| {
+                a.get(CLASS_ANNOTATION)
+                    .or_else(|| a.get(CLASS_ANNOTATION_OLD))
+            });
+            Some((
+                format!("{:?}/{:?}", o.metadata.namespace, o.metadata.name),
+                format!(
+                    "{:?}/{:?}/{:?}/{class:?}",
+                    o.metadata.uid,
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some()
+                ),
+            ))
+        },
     ));
     let (services, writer) = reflector::store::<Service>();
     tasks.push(drive(
@@ -212,6 +230,7 @@ pub async fn run(
         changed.clone(),
         health.clone(),
         "Services",
+        |_| None,
     ));
     let (secrets, writer) = reflector::store::<Secret>();
     tasks.push(drive(
@@ -225,6 +244,7 @@ pub async fn run(
         changed.clone(),
         health.clone(),
         "Secrets",
+        |_| None,
     ));
     let (pods_tx, mut pods) = watch::channel(Vec::new());
     let (_stop_pods, stop_rx) = watch::channel(false);
@@ -251,6 +271,8 @@ pub async fn run(
         ready: HashMap::new(),
         last_served: None,
         accepted: Default::default(),
+        current: HashMap::new(),
+        stats: stats.clone(),
     };
     info!(class = %c.settings.class.class, "serving Knative Ingresses");
     loop {
@@ -262,8 +284,10 @@ pub async fn run(
                 c.probes.clear();
             }
             Some((key, hash)) = c.done.1.recv() => {
+                // Only this Ingress's status changes: no pass over all of them.
                 c.probes.remove(&key);
-                c.ready.insert(key, hash);
+                c.confirm(key, hash).await;
+                continue;
             }
             _ = tokio::time::sleep(RESYNC) => {}
             _ = stop.changed() => break,
@@ -284,13 +308,16 @@ pub async fn run(
     }
 }
 
-/// Runs one watch into its store, waking the controller on every event; errors are retried
-/// with the watcher's backoff and said on `/readyz` until the watch works again.
+/// Runs one watch into its store, waking the controller on events that may change what it
+/// does: all of them, unless `relevant` gives an object a fingerprint, in which case only a new
+/// fingerprint for its key (or a deletion) wakes it. Errors are retried with the watcher's
+/// backoff and said on `/readyz` until the watch works again.
 fn drive<K>(
     stream: impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     changed: Arc<Notify>,
     health: Arc<Health>,
     what: &'static str,
+    relevant: fn(&K) -> Option<(String, String)>,
 ) -> JoinHandle<()>
 where
     K: Send + 'static,
@@ -298,10 +325,27 @@ where
     let key = format!("ingress watch of {what}");
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream.default_backoff());
+        let mut seen: HashMap<String, String> = HashMap::new();
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
+                Ok(watcher::Event::Apply(o)) => {
+                    health.clear(&key);
+                    if let Some((k, fp)) = relevant(&o) {
+                        if seen.get(&k) == Some(&fp) {
+                            continue;
+                        }
+                        seen.insert(k, fp);
+                    }
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    if let Some((k, _)) = relevant(&o) {
+                        seen.remove(&k);
+                    }
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::InitDone) => {
                     health.clear(&key);
                     changed.notify_one();
                 }
@@ -336,6 +380,9 @@ struct Controller {
     last_served: Option<Vec<String>>,
     /// The Ingresses served after the last pass.
     accepted: std::collections::HashSet<String>,
+    /// Each Ingress served after the last pass, with its generation and hash.
+    current: HashMap<String, (Arc<DynamicObject>, i64, String)>,
+    stats: Arc<Stats>,
 }
 
 /// An Ingress key and the hash every replica was found serving.
@@ -444,6 +491,16 @@ impl Controller {
             .filter(|s| s.outcome.is_ok())
             .map(|s| s.key.clone())
             .collect();
+        self.current = seen
+            .iter()
+            .filter_map(|s| {
+                let (ing, _) = s.outcome.as_ref().ok()?;
+                Some((
+                    s.key.clone(),
+                    (s.obj.clone(), s.generation, ing.hash.clone()),
+                ))
+            })
+            .collect();
         let services: Vec<config::Service> = seen
             .iter()
             .filter_map(|s| s.outcome.as_ref().ok())
@@ -491,6 +548,22 @@ impl Controller {
             }
         }
         counts
+    }
+
+    /// Every replica serves `hash` for Ingress `key`: marks it Ready if that is still its spec.
+    async fn confirm(&mut self, key: String, hash: String) {
+        let Some((obj, generation, current)) = self.current.get(&key).cloned() else {
+            return;
+        };
+        if current != hash {
+            return;
+        }
+        if self.ready.insert(key, hash.clone()).as_ref() != Some(&hash) {
+            self.stats.states[1].fetch_sub(1, Ordering::Relaxed);
+            self.stats.states[0].fetch_add(1, Ordering::Relaxed);
+        }
+        let status = self.status(generation, &State::Ready);
+        self.write_status(&obj, status).await;
     }
 
     /// Reads and translates one Ingress, claiming its hosts: its services and TLS
