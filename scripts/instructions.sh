@@ -5,6 +5,10 @@
 #
 #   scripts/instructions.sh          # gateway and sidecar, HTTP/1.1, 10 connections
 #
+# Target `gateway-1000hosts` is the gateway with 1,000 services shaped as the Knative ingress
+# makes them (two routes each: Knative's probe route and the path), the requests going to the
+# 500th: the cost of a large route table on the request path.
+#
 # Each target serves N1 and then N2 requests in two runs; (I(N2) - I(N1)) / (N2 - N1) cancels
 # start-up and shutdown. Kernel time is not counted (callgrind sees user space only). Installs
 # nginx, nghttp2-client (h2load) and valgrind from Debian's packages if missing. Loopback only;
@@ -63,6 +67,25 @@ services:
       - { name: r, endpoints: ["127.0.0.1:$BE"] }
 EOF
 
+{
+  echo "listen: \"127.0.0.1:$GW\""
+  echo "watch_interval: 0s"
+  echo "services:"
+  for i in $(seq 0 999); do
+    host="h$i.example"
+    [ "$i" = 500 ] && host="127.0.0.1"
+    cat <<SVC
+  - name: s$i
+    hosts: ["$host"]
+    routes:
+      - { path: /, headers: { k-network-hash: override }, set_headers: { k-network-hash: h$i }, traffic: [{ revision: r, percent: 100 }] }
+      - { path: /, traffic: [{ revision: r, percent: 100 }] }
+    revisions:
+      - { name: r, endpoints: ["127.0.0.1:$BE"] }
+SVC
+  done
+} > "$WORK/gw1000.yaml"
+
 wait_port() {
   for _ in $(seq 200); do
     (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
@@ -79,6 +102,11 @@ count() { # target n -> instructions
       port=$GW
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
+    gateway-1000hosts)
+      port=$GW
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" gateway --config "$WORK/gw1000.yaml" >/dev/null 2>&1 &
       ;;
     sidecar)
       port=$SC
@@ -103,9 +131,9 @@ count() { # target n -> instructions
 }
 
 wait_port $BE
-printf '%-8s %14s %14s %22s\n' target "I($N1)" "I($N2)" "instructions/request"
-for t in gateway sidecar; do
+printf '%-18s %14s %14s %22s\n' target "I($N1)" "I($N2)" "instructions/request"
+for t in ${TARGETS:-gateway gateway-1000hosts sidecar}; do
   a=$(count $t "$N1")
   b=$(count $t "$N2")
-  printf '%-8s %14s %14s %22s\n' "$t" "$a" "$b" $(( (b - a) / (N2 - N1) ))
+  printf '%-18s %14s %14s %22s\n' "$t" "$a" "$b" $(( (b - a) / (N2 - N1) ))
 done
