@@ -70,7 +70,9 @@ fn rss_mib(pid: u32) -> f64 {
                     let ids: Vec<&str> = ids.split_whitespace().collect();
                     ids.len() > 1 && ids.last() == Some(&pid.to_string().as_str())
                 })
-                && st.lines().any(|l| l.starts_with("Name:") && l.contains("rouse"))
+                && st
+                    .lines()
+                    .any(|l| l.starts_with("Name:") && l.contains("rouse"))
         })
         .unwrap_or_default();
     status
