@@ -123,6 +123,7 @@ impl<T: Apply> Reloader<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartOnly {
     listen: Addr,
+    listen_internal: Option<Addr>,
     admin: Option<Addr>,
     limits: Limits,
     drain_timeout: Dur,
@@ -136,6 +137,7 @@ impl StartOnly {
     pub fn of(cfg: &Config) -> StartOnly {
         StartOnly {
             listen: cfg.listen,
+            listen_internal: cfg.listen_internal,
             admin: cfg.admin,
             limits: cfg.limits.clone(),
             drain_timeout: cfg.drain_timeout,
@@ -149,6 +151,10 @@ impl StartOnly {
     pub fn changed(&self, next: &StartOnly) -> Vec<&'static str> {
         [
             ("listen", self.listen != next.listen),
+            (
+                "listen_internal",
+                self.listen_internal != next.listen_internal,
+            ),
             ("admin", self.admin != next.admin),
             ("limits", self.limits != next.limits),
             ("drain_timeout", self.drain_timeout != next.drain_timeout),

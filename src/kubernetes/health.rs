@@ -20,6 +20,9 @@ pub struct Health {
     /// Every watch has listed its objects once or failed (then what it knows is all there
     /// is for now), and there are credentials: as of the last `/readyz`.
     pub synced: AtomicBool,
+    /// The Ingress controller has not finished its first pass: this replica does not serve
+    /// the cluster's Ingresses yet.
+    pub ingress_pending: AtomicBool,
 }
 
 impl Health {

@@ -362,8 +362,15 @@ impl Source for Kube {
                 "kubernetes: waiting for the first list of EndpointSlices".to_owned(),
             );
         }
+        let ingress_pending = self.health.ingress_pending.load(Ordering::Relaxed);
+        if ingress_pending {
+            notes.insert(
+                0,
+                "kubernetes: the first pass over Knative's Ingresses has not finished".to_owned(),
+            );
+        }
         Readiness {
-            ready: listed,
+            ready: listed && !ingress_pending,
             notes,
         }
     }

@@ -111,7 +111,9 @@ impl Proxy {
             grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
         };
         let https_port = self.https_port.load(Ordering::Relaxed);
-        if https_port != 0 && !conn.secure && self.redirect_all.load(Ordering::Relaxed) {
+        // The cluster-local listener is never redirected: only public cleartext is.
+        let public_cleartext = !conn.secure && !conn.internal;
+        if https_port != 0 && public_cleartext && self.redirect_all.load(Ordering::Relaxed) {
             return redirect_to_https(&mut req, https_port, answer);
         }
         let host = match request_host(&mut req) {
@@ -134,7 +136,7 @@ impl Proxy {
                 self.metrics.unrouted(Code::NoService);
                 return ProxyError::NoService(host).into_response_as(answer);
             };
-            if svc.redirect_to_https && https_port != 0 && !conn.secure {
+            if svc.redirect_to_https && https_port != 0 && public_cleartext {
                 return redirect_to_https(&mut req, https_port, answer);
             }
             let Some(route) = svc.route(req.uri().path(), req.headers()) else {

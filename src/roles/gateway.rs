@@ -35,6 +35,18 @@ pub struct Live {
     applied: Applied,
     /// The config file's last applied config and the services that Ingresses add to it.
     merged: tokio::sync::Mutex<Merged>,
+    /// The config file's config as last applied, without its services, and the hosts those
+    /// services claim: what Ingresses are checked against, readable without waiting for
+    /// `merged`.
+    file: arc_swap::ArcSwap<(Config, Vec<String>)>,
+}
+
+/// The file's config without its services, and their hosts.
+fn file_view(cfg: &Config) -> (Config, Vec<String>) {
+    let hosts = file_hosts(cfg);
+    let mut base = cfg.clone();
+    base.services = Vec::new();
+    (base, hosts)
 }
 
 /// The two halves of what the gateway serves.
@@ -235,6 +247,7 @@ impl Gateway {
                 file: cfg.clone(),
                 generated: Vec::new(),
             }),
+            file: arc_swap::ArcSwap::from_pointee(file_view(&cfg)),
         });
         // Backends start only once rouse can take the requests that wake them, and from the
         // endpoints the outside sources already know.
@@ -315,9 +328,15 @@ impl Gateway {
         // A reload in progress finishes first (it may be starting or stopping scalers), and
         // none starts after this point.
         let _no_reloads = self.live.applied.lock().await;
-        if let Some((stop, task)) = self.ingress {
+        if let Some((stop, mut task)) = self.ingress {
+            // It stops between passes; one in progress gets a moment, then is cut short.
             let _ = stop.send(true);
-            let _ = task.await;
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop_data.send(true);
@@ -357,8 +376,9 @@ impl Live {
         let mut merged = self.merged.lock().await;
         let previous = std::mem::replace(&mut merged.file, cfg.clone());
         let result = self.build(&merged.config()).await;
-        if result.is_err() {
-            merged.file = previous;
+        match &result {
+            Ok(()) => self.file.store(Arc::new(file_view(cfg))),
+            Err(_) => merged.file = previous,
         }
         result
     }
@@ -398,17 +418,17 @@ impl reload::Apply for Live {
 impl crate::kubernetes::ingress::Gateway for Live {
     async fn serve(&self, services: Vec<crate::config::Service>) -> Result<(), String> {
         let mut merged = self.merged.lock().await;
-        merged.generated = services;
-        self.build(&merged.config())
-            .await
-            .map_err(|e| e.to_string())
+        let previous = std::mem::replace(&mut merged.generated, services);
+        let result = self.build(&merged.config()).await;
+        if result.is_err() {
+            // What is served stays what was served; a later file reload must not fail on it.
+            merged.generated = previous;
+        }
+        result.map_err(|e| e.to_string())
     }
 
     fn check(&self, services: &[crate::config::Service]) -> Vec<String> {
-        let Ok(merged) = self.merged.try_lock() else {
-            return Vec::new();
-        };
-        let mut cfg = merged.file.clone();
+        let mut cfg = self.file.load().0.clone();
         cfg.services = services.to_vec();
         cfg.validate()
             .into_iter()
@@ -417,10 +437,7 @@ impl crate::kubernetes::ingress::Gateway for Live {
     }
 
     fn file_hosts(&self) -> Vec<String> {
-        self.merged
-            .try_lock()
-            .map(|m| file_hosts(&m.file))
-            .unwrap_or_default()
+        self.file.load().1.clone()
     }
 }
 
@@ -444,6 +461,11 @@ fn ingress_controller(
         internal_addr: ingress::local_addr(internal),
     };
     let (stop, rx) = watch::channel(false);
+    // Not ready until the controller's first pass: a replica that joins the Service before
+    // it serves the cluster's Ingresses would answer 404 for them.
+    kube.health()
+        .ingress_pending
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let stats = Arc::new(ingress::Stats::default());
     live.proxy
         .metrics()

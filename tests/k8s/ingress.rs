@@ -35,6 +35,10 @@ pub fn trials() -> Vec<Trial> {
             "tls_from_secrets_by_sni_and_redirects_to_https",
             tls_from_secrets_by_sni_and_redirects_to_https,
         ),
+        trial(
+            "without_the_ingress_rbac_rouse_is_not_ready_and_says_why",
+            without_the_ingress_rbac_rouse_is_not_ready_and_says_why,
+        ),
     ]
 }
 
@@ -640,4 +644,39 @@ async fn tls_from_secrets_by_sni_and_redirects_to_https() {
             .is_err()
     );
     drop(ing.rouse);
+}
+
+/// A replica that cannot read the Ingresses never joins its Service: `/readyz` stays 503 until
+/// its first pass, and names what it cannot read.
+async fn without_the_ingress_rbac_rouse_is_not_ready_and_says_why() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("ingress-norbac").await;
+    let base = ports(4);
+    let at = |i: u16| -> SocketAddr { format!("192.0.2.1:{}", base + i).parse().unwrap() };
+    let body = format!(
+        "listen_internal: {}\nkubernetes: {{ namespace: {ns}, ingress: {{ class: norbac.example }} }}\n",
+        at(2)
+    );
+    let rouse = Rouse::start_with(
+        "ingress-norbac",
+        "system:serviceaccount:rouse:no-rights",
+        &body,
+        at(0),
+        at(1),
+        &[("POD_NAMESPACE", &ns)],
+    )
+    .await;
+    eventually(
+        "/readyz names the forbidden watch",
+        Duration::from_secs(20),
+        || async {
+            let (status, text) = rouse.admin_get("/readyz").await;
+            status == 503
+                && text.contains("the first pass over Knative's Ingresses has not finished")
+                && text.contains("forbidden")
+        },
+    )
+    .await;
+    let (_, text) = rouse.admin_get("/readyz").await;
+    assert!(text.contains("Ingresses"), "{text}");
 }

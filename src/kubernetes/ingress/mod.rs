@@ -248,6 +248,7 @@ pub async fn run(
     ));
     let (pods_tx, mut pods) = watch::channel(Vec::new());
     let (_stop_pods, stop_rx) = watch::channel(false);
+    let (listed, mut replicas_listed) = watch::channel(false);
     tasks.push(tokio::spawn(endpoints::follow(
         client.clone(),
         Target {
@@ -257,9 +258,26 @@ pub async fn run(
         },
         AddrSink(pods_tx),
         health.clone(),
-        watch::channel(false).0,
+        listed,
         stop_rx,
     )));
+    // The first pass waits for every cache: one made from half a picture would refuse
+    // Ingresses whose Services are simply not listed yet.
+    let caches = async {
+        let _ = ingresses.wait_until_ready().await;
+        let _ = services.wait_until_ready().await;
+        let _ = secrets.wait_until_ready().await;
+        let _ = replicas_listed.wait_for(|l| *l).await;
+    };
+    tokio::select! {
+        () = caches => {}
+        _ = stop.changed() => {
+            for t in tasks {
+                t.abort();
+            }
+            return;
+        }
+    }
     let mut c = Controller {
         settings,
         client,
@@ -268,6 +286,7 @@ pub async fn run(
         secrets,
         probes: HashMap::new(),
         done: mpsc::unbounded_channel(),
+        next_probe: 0,
         ready: HashMap::new(),
         last_served: None,
         accepted: Default::default(),
@@ -275,23 +294,28 @@ pub async fn run(
         stats: stats.clone(),
     };
     info!(class = %c.settings.class.class, "serving Knative Ingresses");
+    let mut resync = tokio::time::Instant::now();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            r = pods.changed() => {
-                if r.is_err() { break; }
-                // A replica came or went: what is not Ready yet is probed again on the new set.
-                c.probes.clear();
+        if !first {
+            tokio::select! {
+                _ = changed.notified() => {}
+                r = pods.changed() => {
+                    if r.is_err() { break; }
+                    // A replica came or went: what is not Ready yet is probed again on the
+                    // new set, and results of probes of the old set no longer count.
+                    c.probes.clear();
+                }
+                Some(done) = c.done.1.recv() => {
+                    // Only this Ingress's status changes: no pass over all of them.
+                    c.confirm(done).await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(resync) => {}
+                _ = stop.changed() => break,
             }
-            Some((key, hash)) = c.done.1.recv() => {
-                // Only this Ingress's status changes: no pass over all of them.
-                c.probes.remove(&key);
-                c.confirm(key, hash).await;
-                continue;
-            }
-            _ = tokio::time::sleep(RESYNC) => {}
-            _ = stop.changed() => break,
         }
+        resync = tokio::time::Instant::now() + RESYNC;
         let replicas: Vec<IpAddr> = pods.borrow().iter().map(SocketAddr::ip).collect();
         let began = tokio::time::Instant::now();
         let states = c.reconcile(&*gateway, certs.as_deref(), &replicas).await;
@@ -300,6 +324,10 @@ pub async fn run(
             v.store(n, Ordering::Relaxed);
         }
         stats.passes.fetch_add(1, Ordering::Relaxed);
+        if first {
+            first = false;
+            health.ingress_pending.store(false, Ordering::Relaxed);
+        }
         stats.pass_micros.fetch_add(took, Ordering::Relaxed);
         stats.last_micros.store(took, Ordering::Relaxed);
     }
@@ -369,11 +397,13 @@ struct Controller {
     secrets: Store<Secret>,
     /// Probes running, by Ingress key, with the hash they wait for.
     probes: HashMap<String, (String, ProbeTask)>,
-    /// Finished probes report here: (Ingress key, the hash every replica serves).
+    /// Finished probes report here.
     done: (
         mpsc::UnboundedSender<Probed>,
         mpsc::UnboundedReceiver<Probed>,
     ),
+    /// The number of the next probe: a result counts only while its probe is the current one.
+    next_probe: u64,
     /// The hash every replica was last found serving, by Ingress key.
     ready: HashMap<String, String>,
     /// What the gateway was last given, to skip swaps that change nothing.
@@ -385,18 +415,19 @@ struct Controller {
     stats: Arc<Stats>,
 }
 
-/// An Ingress key and the hash every replica was found serving.
-type Probed = (String, String);
+/// A finished probe: the Ingress key, the hash every replica was found serving, and the
+/// probe's number.
+type Probed = (String, String, u64);
 
 /// Certificates by the host names they serve.
 type Certs = Vec<(Vec<String>, Arc<CertifiedKey>)>;
 
-/// A probe that stops when dropped.
-struct ProbeTask(JoinHandle<()>);
+/// A probe, by number, that stops when dropped.
+struct ProbeTask(u64, JoinHandle<()>);
 
 impl Drop for ProbeTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.1.abort();
     }
 }
 
@@ -508,10 +539,11 @@ impl Controller {
             .collect();
         let fingerprint: Vec<String> = services.iter().map(|s| format!("{s:?}")).collect();
         if self.last_served.as_ref() != Some(&fingerprint) {
-            if let Err(e) = gateway.serve(services).await {
-                warn!("the gateway refused the Ingresses' routes: {e}");
+            match gateway.serve(services).await {
+                Ok(()) => self.last_served = Some(fingerprint),
+                // Tried again on the next pass.
+                Err(e) => warn!("the gateway refused the Ingresses' routes: {e}"),
             }
-            self.last_served = Some(fingerprint);
         }
         if let Some(c) = certs {
             c.set_given(&given);
@@ -543,19 +575,37 @@ impl Controller {
                 State::Refused(_) => 2,
             }] += 1;
             let status = self.status(s.generation, &state);
-            if !same_status(s.obj.data.get("status"), &status) {
+            // Another replica (or this one before a restart) may have found every replica
+            // serving this generation already: "not yet" from here must not undo that.
+            let stored_ready = matches!(state, State::Probing(_))
+                && is_ready(s.obj.data.get("status"), s.generation);
+            if !stored_ready && !same_status(s.obj.data.get("status"), &status) {
                 self.write_status(&s.obj, status).await;
             }
         }
         counts
     }
 
-    /// Every replica serves `hash` for Ingress `key`: marks it Ready if that is still its spec.
-    async fn confirm(&mut self, key: String, hash: String) {
+    /// Every replica serves `hash` for Ingress `key`: marks it Ready if that probe is still
+    /// the current one, and the Ingress still rouse's with that spec.
+    async fn confirm(&mut self, (key, hash, id): Probed) {
+        if self.probes.get(&key).is_none_or(|(_, p)| p.0 != id) {
+            return;
+        }
+        self.probes.remove(&key);
         let Some((obj, generation, current)) = self.current.get(&key).cloned() else {
             return;
         };
-        if current != hash {
+        let (ns, name) = key.split_once('/').unwrap_or_default();
+        let live = self
+            .ingresses
+            .get(&ObjectRef::new_with(name, ingress_resource()).within(ns));
+        let still = live.is_some_and(|o| {
+            self.ours(&o)
+                && o.metadata.deletion_timestamp.is_none()
+                && o.metadata.generation == Some(generation)
+        });
+        if current != hash || !still {
             return;
         }
         if self.ready.insert(key, hash.clone()).as_ref() != Some(&hash) {
@@ -563,7 +613,9 @@ impl Controller {
             self.stats.states[0].fetch_add(1, Ordering::Relaxed);
         }
         let status = self.status(generation, &State::Ready);
-        self.write_status(&obj, status).await;
+        if !same_status(obj.data.get("status"), &status) {
+            self.write_status(&obj, status).await;
+        }
     }
 
     /// Reads and translates one Ingress, claiming its hosts: its services and TLS
@@ -598,7 +650,7 @@ impl Controller {
         let hosts = ing.hosts(&self.settings.class.cluster_domain);
         if let Some((h, owner)) = hosts
             .iter()
-            .find_map(|(h, _)| claimed.get(h).filter(|o| **o != key).map(|o| (h, o)))
+            .find_map(|(h, _)| claimed.get(h).map(|o| (h, o)))
         {
             return Err(Refusal {
                 reason: "DomainConflict",
@@ -612,9 +664,15 @@ impl Controller {
         if !problems.is_empty() {
             return Err(invalid(problems.join("; ")));
         }
-        let tls = self.certificates(&ing, certs)?;
+        let mut tls = self.certificates(&ing, certs)?;
+        let owner = format!("Ingress {key}");
         for (h, _) in hosts {
-            claimed.insert(h, format!("Ingress {key}"));
+            claimed.insert(h, owner.clone());
+        }
+        // A certificate serves only names no one else has: an Ingress cannot take over the
+        // TLS of another's host by listing it.
+        for (names, _) in &mut tls {
+            names.retain(|h| claimed.get(h).is_none_or(|o| *o == owner));
         }
         Ok((ing, services, tls))
     }
@@ -688,17 +746,36 @@ impl Controller {
             let name = s.metadata.name.clone().unwrap_or_default();
             if let Some(ext) = s.spec.as_ref().and_then(|sp| sp.external_name.clone()) {
                 let ext = ext.trim_end_matches('.').to_ascii_lowercase();
-                let addrs = if own.contains(&ext) {
-                    vec![self.settings.internal_addr]
-                } else {
-                    match tokio::net::lookup_host((ext.as_str(), 80)).await {
-                        Ok(a) => a.map(|a| a.ip()).map(|ip| SocketAddr::new(ip, 0)).collect(),
-                        Err(_) => Vec::new(),
-                    }
-                };
-                resolved.insert((ns.clone(), name.clone()), (ext, addrs));
+                resolved.insert((ns.clone(), name.clone()), (ext, Vec::new()));
             }
             services.insert((ns, name), s);
+        }
+        // Every name at once, each bounded: a pass must not wait on a slow resolver.
+        let lookups = resolved.iter().map(|(key, (ext, _))| {
+            let ext = ext.clone();
+            let own = own.contains(&ext);
+            let internal = self.settings.internal_addr;
+            async move {
+                let addrs = if own {
+                    vec![internal]
+                } else {
+                    let found = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tokio::net::lookup_host((ext.as_str(), 80)),
+                    )
+                    .await;
+                    match found {
+                        Ok(Ok(a)) => a.map(|a| SocketAddr::new(a.ip(), 0)).collect(),
+                        _ => Vec::new(),
+                    }
+                };
+                (key.clone(), addrs)
+            }
+        });
+        for (key, addrs) in futures_util::future::join_all(lookups).await {
+            if let Some(r) = resolved.get_mut(&key) {
+                r.1 = addrs;
+            }
         }
         ClusterLookup {
             services,
@@ -729,12 +806,14 @@ impl Controller {
             }
         }
         let (tx, key_owned, hash) = (self.done.0.clone(), key.to_owned(), ing.hash.clone());
+        let id = self.next_probe;
+        self.next_probe += 1;
         let task = tokio::spawn(async move {
             probe::all(targets, hash.clone()).await;
-            let _ = tx.send((key_owned, hash));
+            let _ = tx.send((key_owned, hash, id));
         });
         self.probes
-            .insert(key.to_owned(), (ing.hash.clone(), ProbeTask(task)));
+            .insert(key.to_owned(), (ing.hash.clone(), ProbeTask(id, task)));
     }
 
     fn status(&self, generation: i64, state: &State) -> Value {
@@ -795,6 +874,17 @@ enum State {
     Ready,
     Probing(String),
     Refused(Refusal),
+}
+
+/// Whether a stored status says Ready for `generation`.
+fn is_ready(status: Option<&Value>, generation: i64) -> bool {
+    let Some(st) = status else { return false };
+    st["observedGeneration"].as_i64() == Some(generation)
+        && st["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// Whether the stored status already says what `want` says (times aside).

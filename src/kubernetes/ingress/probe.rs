@@ -60,7 +60,8 @@ async fn exchange(
 ) -> Result<(StatusCode, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
     let stream = TcpStream::connect(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
+    // Stopped however this exchange ends, the timeout's drop included.
+    let conn = AbortOnDrop(tokio::spawn(conn));
     let req = Request::get("/healthz")
         .header(header::HOST, host)
         .header(header::USER_AGENT, "Knative-Ingress-Probe")
@@ -69,7 +70,7 @@ async fn exchange(
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())?;
     let res = send.send_request(req).await;
-    conn.abort();
+    drop(conn);
     let res = res?;
     let got = res
         .headers()
@@ -77,6 +78,15 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     Ok((res.status(), got))
+}
+
+/// A task stopped when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Probes every `(addr, host)` until each has answered ready, pausing between tries of one

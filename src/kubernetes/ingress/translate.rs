@@ -61,16 +61,20 @@ impl Ingress {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Every host of every rule, expanded, with its rule's visibility.
+    /// Every host of every rule, expanded (`*` for a rule without hosts), with its rule's
+    /// visibility.
     pub fn hosts(&self, cluster_domain: &str) -> Vec<(String, bool)> {
         self.spec
             .rules
             .iter()
             .flat_map(|r| {
                 let local = r.visibility == "ClusterLocal";
+                // A rule without hosts takes every host no one else lists: it claims "*".
+                let any = r.hosts.is_empty().then(|| "*".to_owned());
                 r.hosts
                     .iter()
                     .flat_map(move |h| expanded_hosts(h, cluster_domain))
+                    .chain(any)
                     .map(move |h| (h, local))
             })
             .collect()
@@ -108,7 +112,13 @@ pub fn translate(
         let mut revisions: Vec<config::Revision> = Vec::new();
         let mut routes = Vec::new();
         let paths = rule.http.iter().flat_map(|h| h.paths.iter().flatten());
+        let mut matches = std::collections::HashSet::new();
         for p in paths {
+            // A path with the match of an earlier one can never be chosen (first match wins).
+            let key = (p.path.trim_end().to_owned(), format!("{:?}", p.headers));
+            if !matches.insert(key) {
+                continue;
+            }
             let mut traffic = Vec::new();
             for s in p.splits.iter().flatten() {
                 let rev = format!("{}:{}", s.service_name, port_text(&s.service_port));
@@ -374,6 +384,18 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(pick(&t, false, "a.example", "/foo", &[]), "one:80 ");
         }
+    }
+
+    #[test]
+    fn a_path_repeating_an_earlier_match_is_left_out_and_hostless_rules_claim_any_host() {
+        let ing = ingress(
+            r#"{"rules":[{"http":{"paths":[
+                {"path":"/a","splits":[{"serviceName":"first","serviceNamespace":"ns","servicePort":80}]},
+                {"path":"/a","splits":[{"serviceName":"second","serviceNamespace":"ns","servicePort":80}]}]}}]}"#,
+        );
+        let t = table(translate(&ing, &Cluster, "cluster.local").unwrap());
+        assert_eq!(pick(&t, false, "whatever.example", "/a", &[]), "first:80 ");
+        assert_eq!(ing.hosts("cluster.local"), [("*".to_owned(), false)]);
     }
 
     #[test]

@@ -264,15 +264,24 @@ pub fn spawn_get(
     tokio::spawn(async move { get(&c, addr, "x", &path, &[]).await })
 }
 
-/// A port on which nothing listens (bound, then closed).
+/// A port on which nothing listens yet, for a listener a test starts itself. It comes from
+/// 20000-32767, below the range the kernel hands out for port 0, so nothing else the tests
+/// run in parallel (a backend process rouse starts on a port-0 pick, a client's socket) can
+/// be given it between this call and the test's bind.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20000 + n % 12000));
+        if TcpListener::bind(addr).await.is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// An endpoint that refuses every connection: a port bound but never listening, and kept for
 /// the life of the test process, so that no other test's listener can be given it meanwhile
-/// (a port merely freed, as [`dead_addr`] returns, could be, and would then answer).
+/// (a port merely free, as [`dead_addr`] returns for a test to listen on, would then answer).
 pub fn refusing_addr() -> SocketAddr {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
