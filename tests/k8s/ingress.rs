@@ -637,6 +637,30 @@ async fn tls_from_secrets_by_sni_and_redirects_to_https() {
         || async { https_get(ing.tls, "secure.example", &second.0).await == Ok(200) },
     )
     .await;
+    // A Secret rotated by delete and create: while it is gone the Ingress says so, and goes on
+    // serving what it served, its certificate included.
+    Api::<Secret>::namespaced(env().admin.clone(), &ns)
+        .delete("secure-cert", &Default::default())
+        .await
+        .unwrap();
+    let o = ing.condition("secure", "Ready", "False").await;
+    let st = o.data["status"].to_string();
+    assert!(
+        st.contains("SecretMissing") && st.contains("the last spec that could be served is served"),
+        "{st}"
+    );
+    assert_eq!(
+        https_get(ing.tls, "secure.example", &second.0).await,
+        Ok(200)
+    );
+    assert_eq!(
+        get_host(ing.public, "secure.example", "/", &[])
+            .await
+            .status,
+        301
+    );
+    tls_secret(&ns, "secure-cert", &second).await;
+    ing.ready("secure").await;
     // A name no Ingress has a certificate for: no handshake (there is no default).
     assert!(
         https_get(ing.tls, "elsewhere.example", &first.0)

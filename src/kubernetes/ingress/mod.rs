@@ -291,6 +291,7 @@ pub async fn run(
         last_served: None,
         accepted: Default::default(),
         current: HashMap::new(),
+        last_good: HashMap::new(),
         stats: stats.clone(),
     };
     info!(class = %c.settings.class.class, "serving Knative Ingresses");
@@ -412,6 +413,8 @@ struct Controller {
     accepted: std::collections::HashSet<String>,
     /// Each Ingress served after the last pass, with its generation and hash.
     current: HashMap<String, (Arc<DynamicObject>, i64, String)>,
+    /// The last translation that could be served, by Ingress key.
+    last_good: HashMap<String, LastGood>,
     stats: Arc<Stats>,
 }
 
@@ -437,6 +440,16 @@ struct Seen {
     key: String,
     generation: i64,
     outcome: Result<(Ingress, Vec<config::Service>), Refusal>,
+    /// For a refused Ingress that was served before: what it served then, still served.
+    kept: Vec<config::Service>,
+}
+
+/// The last translation of an Ingress that could be served.
+#[derive(Clone)]
+struct LastGood {
+    services: Vec<config::Service>,
+    tls: Certs,
+    hosts: Vec<String>,
 }
 
 impl Controller {
@@ -493,7 +506,7 @@ impl Controller {
             let name = obj.metadata.name.clone().unwrap_or_default();
             let key = format!("{namespace}/{name}");
             let generation = obj.metadata.generation.unwrap_or(0);
-            let outcome = self
+            let mut outcome = self
                 .read(
                     &obj,
                     &namespace,
@@ -504,22 +517,50 @@ impl Controller {
                     &mut claimed,
                 )
                 .map(|(ing, services, tls)| {
-                    given.extend(tls);
+                    given.extend(tls.iter().cloned());
+                    let hosts = ing.hosts(&self.settings.class.cluster_domain);
+                    self.last_good.insert(
+                        key.clone(),
+                        LastGood {
+                            services: services.clone(),
+                            tls,
+                            hosts: hosts.into_iter().map(|(h, _)| h).collect(),
+                        },
+                    );
                     (ing, services)
                 });
-            if let Err(r) = &outcome {
+            let mut kept = Vec::new();
+            if let Err(r) = &mut outcome {
                 debug!(ingress = %key, reason = r.reason, "not served: {}", r.message);
+                // An Ingress that was served goes on with what it served (a Secret rotated by
+                // delete and create, a Service replaced), unless its hosts went to another.
+                let owner = format!("Ingress {key}");
+                if let Some(lg) = self.last_good.get(&key)
+                    && lg
+                        .hosts
+                        .iter()
+                        .all(|h| claimed.get(h).is_none_or(|o| *o == owner))
+                {
+                    for h in &lg.hosts {
+                        claimed.insert(h.clone(), owner.clone());
+                    }
+                    given.extend(lg.tls.iter().cloned());
+                    kept = lg.services.clone();
+                    r.message
+                        .push_str(" (the last spec that could be served is served until then)");
+                }
             }
             seen.push(Seen {
                 obj,
                 key,
                 generation,
                 outcome,
+                kept,
             });
         }
         self.accepted = seen
             .iter()
-            .filter(|s| s.outcome.is_ok())
+            .filter(|s| s.outcome.is_ok() || !s.kept.is_empty())
             .map(|s| s.key.clone())
             .collect();
         self.current = seen
@@ -534,8 +575,11 @@ impl Controller {
             .collect();
         let services: Vec<config::Service> = seen
             .iter()
-            .filter_map(|s| s.outcome.as_ref().ok())
-            .flat_map(|(_, services)| services.iter().cloned())
+            .flat_map(|s| match &s.outcome {
+                Ok((_, services)) => services.iter(),
+                Err(_) => s.kept.iter(),
+            })
+            .cloned()
             .collect();
         let fingerprint: Vec<String> = services.iter().map(|s| format!("{s:?}")).collect();
         if self.last_served.as_ref() != Some(&fingerprint) {
@@ -552,6 +596,7 @@ impl Controller {
         let live: std::collections::HashSet<&str> = seen.iter().map(|s| s.key.as_str()).collect();
         self.probes.retain(|k, _| live.contains(k.as_str()));
         self.ready.retain(|k, _| live.contains(k.as_str()));
+        self.last_good.retain(|k, _| live.contains(k.as_str()));
         let mut counts = [0; 3];
         for s in &seen {
             let state = match &s.outcome {
