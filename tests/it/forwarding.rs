@@ -6,6 +6,7 @@ use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -67,6 +68,63 @@ async fn only_dead_endpoints_give_502_naming_the_cause() {
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(got.header("rouse-error"), "connect-failed");
     assert!(got.body.contains(&dead.to_string()), "{}", got.body);
+}
+
+/// An endpoint whose listen queue is full: the kernel drops its SYNs, so connecting neither
+/// succeeds nor is refused. The listener and the connections that fill it live as long as the
+/// returned value.
+async fn silent_addr() -> (
+    SocketAddr,
+    Vec<tokio::net::TcpStream>,
+    tokio::net::TcpListener,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Never accepted: a few connections fill the queue (its length is the backlog plus one).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    (addr, held, listener)
+}
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_the_connect_is_a_504_after_one_retry() {
+    let (silent, _held, _listener) = silent_addr().await;
+    let gw = Cfg::single(Rev::new("r").endpoint(silent))
+        .connect_timeout("300ms")
+        .admin()
+        .start()
+        .await;
+    let began = tokio::time::Instant::now();
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.body);
+    assert_eq!(got.header("rouse-error"), "connect-timeout");
+    assert!(got.body.contains(&silent.to_string()), "{}", got.body);
+    // Tried twice (the retry after a failed connect), each bounded by connect_timeout.
+    assert!(
+        began.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        began.elapsed()
+    );
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "rouse_requests_total{service=\"s\",revision=\"r\",code=\"5xx\"}"
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]

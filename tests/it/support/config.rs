@@ -155,6 +155,11 @@ impl Cfg {
         Cfg(self.0.set_in("upstream", "pool_idle_timeout", d))
     }
 
+    /// `upstream.connect_timeout`.
+    pub fn connect_timeout(self, d: &str) -> Cfg {
+        Cfg(self.0.set_in("upstream", "connect_timeout", d))
+    }
+
     /// Adds a service to `services`.
     pub fn service(self, s: Svc) -> Cfg {
         Cfg(self.0.push("services", s))
@@ -565,6 +570,7 @@ mod tests {
             .watch_interval("50ms")
             .header_read_timeout("400ms")
             .pool_idle_timeout("30s")
+            .connect_timeout("2s")
             .listen_internal("127.0.0.1:8081")
             .tls(
                 TlsListener::new()
@@ -634,6 +640,7 @@ mod tests {
         );
         assert_eq!(c.limits.header_read_timeout.0, ms(400));
         assert_eq!(c.upstream.pool_idle_timeout.0, ms(30_000));
+        assert_eq!(c.upstream.connect_timeout.0, ms(2_000));
         assert_eq!(c.listen_internal.unwrap().0.to_string(), "127.0.0.1:8081");
         let tls = c.tls.unwrap();
         assert!(tls.redirect_http);
