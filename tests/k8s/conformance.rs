@@ -7,7 +7,6 @@
 
 use crate::env::{ROUSE_USER, Rouse, env};
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::PostParams;
 use libtest_mimic::Trial;
@@ -66,7 +65,7 @@ async fn run() {
     // dials the node at its node ports), the private one listing this rouse as its replica.
     let services = Api::<Service>::namespaced(admin.clone(), "rouse");
     create(
-        services.clone(),
+        services,
         json!({
             "metadata": { "name": "rouse" },
             "spec": { "type": "NodePort", "ports": [
@@ -76,24 +75,7 @@ async fn run() {
         }),
     )
     .await;
-    create(
-        services,
-        json!({
-            "metadata": { "name": "rouse-internal" },
-            "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 80 }] },
-        }),
-    )
-    .await;
-    create(
-        Api::<EndpointSlice>::namespaced(admin.clone(), "rouse"),
-        json!({
-            "metadata": { "name": "rouse-internal-1", "labels": { "kubernetes.io/service-name": "rouse-internal" } },
-            "addressType": "IPv4",
-            "ports": [{ "name": "http", "port": 80 }],
-            "endpoints": [{ "addresses": [IP], "conditions": { "ready": true } }],
-        }),
-    )
-    .await;
+    crate::env::listed_service("rouse", "rouse-internal", "http", 80, 80, &[IP]).await;
     let body = format!(
         "listen_internal: {IP}:80
 tls: {{ listen: {IP}:{HTTPS_NODE_PORT}, certificates: [], redirect_port: 443 }}

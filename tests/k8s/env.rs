@@ -6,6 +6,7 @@ use crate::node::{Image, Node};
 use crate::support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client};
@@ -247,6 +248,40 @@ pub async fn apply(
     let mut pp = PatchParams::apply("rouse-test").force();
     pp.dry_run = dry_run;
     api.patch(&name, &pp, &Patch::Apply(doc)).await.map(|_| ())
+}
+
+/// A Service without selector in `ns` whose one port `port_name` (`port` → `target`) is served
+/// by `ips`, as its one EndpointSlice says: how a test lists processes that are not Pods (rouse
+/// itself, its peers) behind a Service.
+pub async fn listed_service(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    port: u16,
+    target: u16,
+    ips: &[&str],
+) {
+    let admin = &env().admin;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "ports": [{ "name": port_name, "port": port, "targetPort": target }] },
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": { "name": format!("{name}-1"), "labels": { "kubernetes.io/service-name": name } },
+        "addressType": "IPv4",
+        "ports": [{ "name": port_name, "port": target }],
+        "endpoints": ips.iter().map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
 }
 
 static NS: AtomicU32 = AtomicU32::new(0);

@@ -4,16 +4,16 @@
 //! served say why in their status while the others go on; Ingresses of other classes are never
 //! touched; TLS certificates come from Secrets by SNI and follow them when they change.
 
-use crate::env::{ROUSE_USER, Rouse, app, env, eventually, namespace, ports};
+use crate::env::{ROUSE_USER, Rouse, app, env, eventually, listed_service, namespace, ports};
 use crate::support::{Got, get, h1_client};
 use crate::trial;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use libtest_mimic::Trial;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -42,18 +42,12 @@ pub fn trials() -> Vec<Trial> {
     ]
 }
 
-fn resource() -> ApiResource {
-    ApiResource {
-        group: "networking.internal.knative.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "networking.internal.knative.dev/v1alpha1".into(),
-        kind: "Ingress".into(),
-        plural: "ingresses".into(),
-    }
-}
-
 pub fn ingresses(ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(env().admin.clone(), ns, &resource())
+    Api::namespaced_with(
+        env().admin.clone(),
+        ns,
+        &rouse::kubernetes::ingress::ingress_resource(),
+    )
 }
 
 /// A rouse serving Ingresses of its own class (one per test: every test's rouse sees every
@@ -68,53 +62,35 @@ pub struct Ingress {
 }
 
 pub async fn start(name: &str, extra: &str) -> Ingress {
+    start_as(name, ROUSE_USER, extra).await
+}
+
+/// [`start`], rouse running as `user`.
+pub async fn start_as(name: &str, user: &str, extra: &str) -> Ingress {
     let ns = namespace(name).await;
     let base = ports(4);
     let at = |i: u16| -> SocketAddr { format!("192.0.2.1:{}", base + i).parse().unwrap() };
     let (public, admin, internal, tls) = (at(0), at(1), at(2), at(3));
     let class = format!("{name}.rouse.ingress.networking.knative.dev");
     // rouse's own Services: the private one lists this process as its one replica.
-    let admin_client = &env().admin;
-    for (svc, port) in [
-        ("rouse", public.port()),
-        ("rouse-internal", internal.port()),
-    ] {
-        let s: Service = serde_json::from_value(json!({
-            "metadata": { "name": svc },
-            "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": port }] },
-        }))
-        .unwrap();
-        Api::<Service>::namespaced(admin_client.clone(), &ns)
-            .create(&PostParams::default(), &s)
-            .await
-            .unwrap();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": { "name": format!("{svc}-1"), "labels": { "kubernetes.io/service-name": svc } },
-            "addressType": "IPv4",
-            "ports": [{ "name": "http", "port": port }],
-            "endpoints": [{ "addresses": ["192.0.2.1"], "conditions": { "ready": true } }],
-        }))
-        .unwrap();
-        Api::<EndpointSlice>::namespaced(admin_client.clone(), &ns)
-            .create(&PostParams::default(), &slice)
-            .await
-            .unwrap();
-    }
+    listed_service(&ns, "rouse", "http", 80, public.port(), &["192.0.2.1"]).await;
+    listed_service(
+        &ns,
+        "rouse-internal",
+        "http",
+        80,
+        internal.port(),
+        &["192.0.2.1"],
+    )
+    .await;
     let body = format!(
         "listen_internal: {internal}
 tls: {{ listen: {tls}, certificates: [] }}
 kubernetes: {{ namespace: {ns}, ingress: {{ class: {class} }} }}
 {extra}"
     );
-    let rouse = Rouse::start_with(
-        name,
-        ROUSE_USER,
-        &body,
-        public,
-        admin,
-        &[("POD_NAMESPACE", &ns)],
-    )
-    .await;
+    let rouse =
+        Rouse::start_with(name, user, &body, public, admin, &[("POD_NAMESPACE", &ns)]).await;
     Ingress {
         rouse,
         class,
@@ -674,22 +650,13 @@ async fn tls_from_secrets_by_sni_and_redirects_to_https() {
 /// its first pass, and names what it cannot read.
 async fn without_the_ingress_rbac_rouse_is_not_ready_and_says_why() {
     let _shared = env().exclusive.read().await;
-    let ns = namespace("ingress-norbac").await;
-    let base = ports(4);
-    let at = |i: u16| -> SocketAddr { format!("192.0.2.1:{}", base + i).parse().unwrap() };
-    let body = format!(
-        "listen_internal: {}\nkubernetes: {{ namespace: {ns}, ingress: {{ class: norbac.example }} }}\n",
-        at(2)
-    );
-    let rouse = Rouse::start_with(
+    let ing = start_as(
         "ingress-norbac",
         "system:serviceaccount:rouse:no-rights",
-        &body,
-        at(0),
-        at(1),
-        &[("POD_NAMESPACE", &ns)],
+        "",
     )
     .await;
+    let rouse = &ing.rouse;
     eventually(
         "/readyz names the forbidden watch",
         Duration::from_secs(20),

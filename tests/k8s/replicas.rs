@@ -2,17 +2,13 @@
 //! decides on the demand of all; any replica may scale from zero; the next leader takes over
 //! when the leader dies.
 
-use crate::env::{ROUSE_USER, Rouse, app, env, eventually, namespace, replicas};
+use crate::env::{ROUSE_USER, Rouse, app, env, eventually, listed_service, namespace, replicas};
 use crate::support::{get, h1_client};
 use crate::trial;
 use http::StatusCode;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::PostParams;
 use libtest_mimic::Trial;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,38 +19,13 @@ pub fn trials() -> Vec<Trial> {
     )]
 }
 
-/// A Service without selector whose one EndpointSlice lists `ips` on port `admin`: how the
-/// replicas find each other (in a cluster, the Service selecting rouse's pods).
-async fn peers_service(ns: &str, ips: &[&str], admin: u16) {
-    let admin_client = &env().admin;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": { "name": "rouse-peers" },
-        "spec": { "ports": [{ "name": "admin", "port": admin }] },
-    }))
-    .unwrap();
-    Api::<Service>::namespaced(admin_client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await
-        .unwrap();
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": { "name": "rouse-peers-1", "labels": { "kubernetes.io/service-name": "rouse-peers" } },
-        "addressType": "IPv4",
-        "ports": [{ "name": "admin", "port": admin }],
-        "endpoints": ips.iter().map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true } })).collect::<Vec<_>>(),
-    }))
-    .unwrap();
-    Api::<EndpointSlice>::namespaced(admin_client.clone(), ns)
-        .create(&PostParams::default(), &slice)
-        .await
-        .unwrap();
-}
-
 async fn two_replicas_one_leader_deciding_for_both_and_a_takeover() {
     let _shared = env().exclusive.read().await;
     let ns = namespace("replicas").await;
     app(&ns, "hello", 0, &[]).await;
     let ips = ["192.0.2.201", "192.0.2.202"];
-    peers_service(&ns, &ips, 9901).await;
+    // How the replicas find each other (in a cluster, the Service selecting rouse's pods).
+    listed_service(&ns, "rouse-peers", "admin", 9901, 9901, &ips).await;
     let cfg = format!(
         "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }}, peers: {{ service: rouse-peers, namespace: {ns}, port: admin }} }}
 services:

@@ -89,7 +89,15 @@ impl Settings {
     }
 }
 
-fn ingress_resource() -> ApiResource {
+/// An Ingress's class: its annotation, in the current spelling or else the older one.
+fn class_of(o: &DynamicObject) -> Option<&String> {
+    let a = o.metadata.annotations.as_ref()?;
+    a.get(CLASS_ANNOTATION)
+        .or_else(|| a.get(CLASS_ANNOTATION_OLD))
+}
+
+/// Knative's Ingress resource, for the dynamic API.
+pub fn ingress_resource() -> ApiResource {
     ApiResource {
         group: "networking.internal.knative.dev".into(),
         version: "v1alpha1".into(),
@@ -202,11 +210,7 @@ pub async fn run(
         // Its own status writes (and anyone's) change nothing rouse serves: only the spec
         // (its generation), the class and deletion do.
         |o: &DynamicObject| {
-            let a = o.metadata.annotations.as_ref();
-            let class = a.and_then(|a| {
-                a.get(CLASS_ANNOTATION)
-                    .or_else(|| a.get(CLASS_ANNOTATION_OLD))
-            });
+            let class = class_of(o);
             Some((
                 format!("{:?}/{:?}", o.metadata.namespace, o.metadata.name),
                 format!(
@@ -454,12 +458,7 @@ struct LastGood {
 
 impl Controller {
     fn ours(&self, o: &DynamicObject) -> bool {
-        let a = o.metadata.annotations.as_ref();
-        let class = a.and_then(|a| {
-            a.get(CLASS_ANNOTATION)
-                .or_else(|| a.get(CLASS_ANNOTATION_OLD))
-        });
-        class.is_some_and(|c| *c == self.settings.class.class)
+        class_of(o).is_some_and(|c| *c == self.settings.class.class)
     }
 
     /// One pass; returns how many Ingresses are ready, being probed and refused.
