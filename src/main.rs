@@ -32,6 +32,11 @@ enum Command {
     /// Run beside one app container as Knative's queue-proxy does, configured by the same
     /// environment variables (or the flags below).
     Sidecar(Box<rouse::knative::env::SidecarArgs>),
+    /// Take the place of Knative's activator: hold requests for revisions at zero, report
+    /// their demand to Knative's autoscaler, and send them on to the pods once they are up;
+    /// configured by Knative's environment (or the flags below).
+    #[cfg(feature = "kubernetes")]
+    Activator(Box<rouse::roles::activator::ActivatorArgs>),
     /// Add the rouse sidecar to the workloads of Kubernetes manifests (YAML on stdin or from
     /// a file, to stdout), with the app's readiness probe moved to it as Knative does.
     #[cfg(feature = "kubernetes")]
@@ -111,6 +116,21 @@ fn main() -> ExitCode {
             serve("rouse sidecar", sidecar(settings))
         }
         Command::Gateway { config } => serve("rouse", gateway(config)),
+        #[cfg(feature = "kubernetes")]
+        Command::Activator(args) => {
+            let (cfg, quiet) = match (args.config(), args.quiet()) {
+                (Ok(c), Ok(q)) => (c, q),
+                (Err(e), _) => {
+                    eprintln!("rouse activator: {e}");
+                    return ExitCode::FAILURE;
+                }
+                (_, Err(e)) => {
+                    eprintln!("rouse activator: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve("rouse activator", activator(cfg, quiet))
+        }
         #[cfg(feature = "kubernetes")]
         Command::Inject {
             file,
@@ -226,6 +246,22 @@ async fn gateway(path: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(w) = watcher {
         w.abort();
     }
+    tracing::info!(?report, "stopped");
+    Ok(())
+}
+
+/// `rouse activator`: the gateway with Knative's activator contract; on SIGTERM, health
+/// checks fail for `quiet` while everything is still served, then it drains.
+#[cfg(feature = "kubernetes")]
+async fn activator(cfg: Config, quiet: std::time::Duration) -> anyhow::Result<()> {
+    let gw = Gateway::start(cfg)
+        .await
+        .context("cannot start the activator's listeners")?;
+    wait_for_stop(None).await?;
+    tracing::info!(quiet = ?quiet, "draining: health checks now fail; still serving");
+    gw.begin_drain();
+    tokio::time::sleep(quiet).await;
+    let report = gw.shutdown().await;
     tracing::info!(?report, "stopped");
     Ok(())
 }

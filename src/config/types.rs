@@ -60,6 +60,64 @@ pub struct Kubernetes {
     pub peers: Option<Peers>,
     /// Also serve Knative's `Ingress` objects of this class, as the cluster's ingress.
     pub ingress: Option<IngressClass>,
+    /// Serve Knative's Revisions as Knative's activator does: each is reached by the
+    /// `Knative-Serving-Revision`/`-Namespace` headers or its `<name>.<namespace>.svc` host,
+    /// through the pods of its private Service, and held while it has none.
+    pub activator: Option<ActivatorSettings>,
+    /// Report the demand of Knative revisions (`kubernetes.knative_revision`) to Knative's
+    /// autoscaler, as Knative's activator does.
+    pub autoscaler: Option<AutoscalerLink>,
+}
+
+/// `rouse activator`: which Revisions are served and how requests for them are held.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivatorSettings {
+    /// The cluster's DNS domain: a request without the revision headers is routed by a Host
+    /// of the form `<revision>.<namespace>.svc.<cluster_domain>`.
+    pub cluster_domain: String,
+    /// Serve only the Revisions of this namespace; default every namespace.
+    pub namespace: Option<String>,
+    /// This replica's pod IP (`POD_IP`): where it finds itself among the activators that
+    /// Knative put in front of a revision, to take its share of the pods.
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// Bounds on the requests held per revision while it has no free pod (Knative's own
+    /// queue is practically unbounded).
+    pub queue: Queue,
+}
+
+impl Default for ActivatorSettings {
+    fn default() -> Self {
+        ActivatorSettings {
+            cluster_domain: "cluster.local".to_owned(),
+            namespace: None,
+            pod_ip: None,
+            queue: Queue::default(),
+        }
+    }
+}
+
+/// The websocket to Knative's autoscaler that revision stats go to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalerLink {
+    /// The autoscaler's stats endpoint.
+    pub url: String,
+    /// The name the stats carry as their pod (the autoscaler counts reporters by it);
+    /// default `POD_NAME`, else the host name.
+    pub pod_name: Option<String>,
+    /// How often a message with every active revision's figures is sent.
+    pub interval: Dur,
+}
+
+impl Default for AutoscalerLink {
+    fn default() -> Self {
+        AutoscalerLink {
+            url: "ws://autoscaler.knative-serving.svc.cluster.local:8080".to_owned(),
+            pod_name: None,
+            interval: Dur(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Serving Knative Ingresses (`networking.internal.knative.dev/v1alpha1`).
@@ -78,6 +136,11 @@ pub struct IngressClass {
     /// The cluster's DNS domain, for the Services' names and the short forms of
     /// cluster-local hosts.
     pub cluster_domain: String,
+    /// Do the activator's job in the same hop: a split to a Knative revision goes straight
+    /// to the pods of the revision's private Service, is held while there are none, and its
+    /// demand is reported to the autoscaler (`kubernetes.autoscaler`), so Knative's
+    /// activator is never in the path of these requests.
+    pub activate: bool,
 }
 
 impl Default for IngressClass {
@@ -87,6 +150,7 @@ impl Default for IngressClass {
             public_service: "rouse".to_owned(),
             private_service: "rouse-internal".to_owned(),
             cluster_domain: "cluster.local".to_owned(),
+            activate: false,
         }
     }
 }
@@ -139,6 +203,21 @@ pub struct KubeEndpoints {
     /// list one port.
     #[serde(default)]
     pub port: Option<PortRef>,
+    /// Also use a pod the EndpointSlices list as not ready (and not terminating) as soon as
+    /// it answers Knative's queue-proxy probe sent to it directly: the kubelet's readiness
+    /// period and the slice update are then not part of a cold start.
+    #[serde(default)]
+    pub probe_not_ready: bool,
+    /// The Knative Revision (`namespace/name`) these pods serve: its demand is reported to
+    /// Knative's autoscaler (`kubernetes.autoscaler`), and requests carry
+    /// `K-Proxy-Request: activator` so its queue-proxies do not count them twice.
+    #[serde(default)]
+    pub knative_revision: Option<String>,
+    /// A Service whose EndpointSlices list the replicas of rouse that share these pods (the
+    /// activators Knative put in front of the revision): each takes its own slice of the
+    /// pods, as Knative's activators do, when the revision has a `container_concurrency`.
+    #[serde(default)]
+    pub shared_by: Option<String>,
 }
 
 /// A port named in a Service (`http`) or given as a number (`8080`).
@@ -621,7 +700,7 @@ fn default_placeholder_status() -> u16 {
 }
 
 /// Bounds on held requests for one revision.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Queue {
     /// Held requests beyond this are answered 503 at once.

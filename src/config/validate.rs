@@ -12,7 +12,10 @@ use std::time::Duration;
 impl Config {
     /// Checks the rules serde cannot express; returns every problem found.
     pub fn validate(&self) -> Vec<ConfigIssue> {
-        let mut v = Validator::default();
+        let mut v = Validator {
+            pod_ip: self.kubernetes.activator.as_ref().and_then(|a| a.pod_ip),
+            ..Validator::default()
+        };
         v.config(self);
         v.issues
     }
@@ -21,6 +24,8 @@ impl Config {
 #[derive(Default)]
 struct Validator {
     issues: Vec<ConfigIssue>,
+    /// `kubernetes.activator.pod_ip`, which `shared_by` needs.
+    pod_ip: Option<std::net::IpAddr>,
 }
 
 impl Validator {
@@ -52,7 +57,10 @@ impl Validator {
     }
 
     fn config(&mut self, c: &Config) {
-        if c.services.is_empty() && c.kubernetes.ingress.is_none() {
+        if c.services.is_empty()
+            && c.kubernetes.ingress.is_none()
+            && c.kubernetes.activator.is_none()
+        {
             self.err(
                 "services",
                 "no services; add at least one service with hosts, traffic and revisions",
@@ -91,6 +99,36 @@ impl Validator {
                 self.err(
                     "listen_internal",
                     "kubernetes.ingress needs a cluster-local listener for ClusterLocal rules; add listen_internal",
+                );
+            }
+        }
+        if let Some(a) = &c.kubernetes.activator {
+            if !cfg!(feature = "kubernetes") {
+                self.err(
+                    "kubernetes.activator",
+                    "this rouse was built without Kubernetes support; use a build with the `kubernetes` feature (the release image has it)",
+                );
+            }
+            self.subdomain("kubernetes.activator.cluster_domain", &a.cluster_domain);
+            if let Some(ns) = &a.namespace {
+                self.object_name("kubernetes.activator.namespace", ns);
+            }
+        }
+        if let Some(a) = &c.kubernetes.autoscaler {
+            let rest = a.url.strip_prefix("ws://").unwrap_or_default();
+            if rest.is_empty() || rest.starts_with('/') {
+                self.err(
+                    "kubernetes.autoscaler.url",
+                    format!(
+                        "{:?} is not a ws:// URL with a host; Knative's is ws://autoscaler.knative-serving.svc.cluster.local:8080",
+                        a.url
+                    ),
+                );
+            }
+            if a.interval.0 < Duration::from_millis(100) {
+                self.err(
+                    "kubernetes.autoscaler.interval",
+                    "must be at least 100ms (Knative's activator reports every 1s)",
                 );
             }
         }
@@ -497,6 +535,27 @@ impl Validator {
                 format!("{kp}.port"),
                 "0 is not a port; give 1-65535 or a port name",
             );
+        }
+        if let Some(kr) = &k.knative_revision {
+            match kr.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                    self.object_name(&format!("{kp}.knative_revision"), ns);
+                    self.object_name(&format!("{kp}.knative_revision"), name);
+                }
+                _ => self.err(
+                    format!("{kp}.knative_revision"),
+                    format!("{kr:?} is not namespace/name, e.g. default/hello-00001"),
+                ),
+            }
+        }
+        if let Some(s) = &k.shared_by {
+            self.object_name(&format!("{kp}.shared_by"), s);
+            if self.pod_ip.is_none() {
+                self.err(
+                    format!("{kp}.shared_by"),
+                    "needs kubernetes.activator.pod_ip, this replica's address among those the Service lists",
+                );
+            }
         }
     }
 

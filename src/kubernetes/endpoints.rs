@@ -45,6 +45,8 @@ impl std::fmt::Display for Target {
 pub struct Ready {
     /// The ready endpoints, one per pod, in a stable order.
     pub addrs: Vec<SocketAddr>,
+    /// Endpoints listed but not ready, and not terminating: pods on their way up.
+    pub not_ready: Vec<SocketAddr>,
     /// Why some endpoints could not be used (no such port, several ports and none named).
     pub problem: Option<String>,
 }
@@ -56,6 +58,7 @@ pub fn ready_endpoints<'a>(
 ) -> Ready {
     let mut out = Ready::default();
     let mut pods = HashSet::new();
+    let mut unready: Vec<(SocketAddr, Option<String>)> = Vec::new();
     let mut seen = HashSet::new();
     // Slices in name order, so that the choice between a pod's IPv4 and IPv6 address does
     // not depend on the order events arrived in; IPv4 first.
@@ -113,7 +116,18 @@ pub fn ready_endpoints<'a>(
         };
         for ep in slice.endpoints.iter().flatten() {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let terminating = ep
+                .conditions
+                .as_ref()
+                .and_then(|c| c.terminating)
+                .unwrap_or(false);
             if !ready {
+                if !terminating
+                    && let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok())
+                {
+                    let uid = ep.target_ref.as_ref().and_then(|t| t.uid.clone());
+                    unready.push((SocketAddr::new(ip, number), uid));
+                }
                 continue;
             }
             // One endpoint per pod: its other-family address would double its capacity.
@@ -132,6 +146,18 @@ pub fn ready_endpoints<'a>(
         }
     }
     out.addrs.sort();
+    // A pod ready in one family and not yet in the other counts as ready; a pod not ready
+    // in both is one endpoint.
+    let mut unready_pods = HashSet::new();
+    for (addr, uid) in unready {
+        let counted = uid
+            .as_ref()
+            .is_some_and(|u| pods.contains(u) || !unready_pods.insert(u.clone()));
+        if !counted && !seen.contains(&addr) && !out.not_ready.contains(&addr) {
+            out.not_ready.push(addr);
+        }
+    }
+    out.not_ready.sort();
     out
 }
 
@@ -141,6 +167,12 @@ pub trait Sink: Send + 'static {
     fn name(&self) -> String;
     /// The ready endpoints changed.
     fn ready(&mut self, addrs: &[SocketAddr]);
+    /// The ready or the not-ready endpoints changed; only the ready ones matter unless the
+    /// sink says otherwise.
+    fn pods(&mut self, ready: &[SocketAddr], not_ready: &[SocketAddr]) {
+        let _ = not_ready;
+        self.ready(ready);
+    }
     /// The Service cannot give endpoints at all (`why`); asked again until it can.
     fn missing(&mut self, why: &str);
 }
@@ -287,8 +319,11 @@ pub async fn follow(
             None => health.clear(&format!("port of Service {target}")),
         }
         recheck = check_service(&services, &target, &mut sink, &health, slices.is_empty()).await;
-        if last.as_ref().is_none_or(|l| l.addrs != now.addrs) {
-            debug!(endpoints = ?now.addrs, "{}: EndpointSlices of {target} changed", sink.name());
+        if last
+            .as_ref()
+            .is_none_or(|l| l.addrs != now.addrs || l.not_ready != now.not_ready)
+        {
+            debug!(endpoints = ?now.addrs, not_ready = ?now.not_ready, "{}: EndpointSlices of {target} changed", sink.name());
             if last
                 .as_ref()
                 .is_none_or(|l| l.addrs.len() != now.addrs.len())
@@ -299,7 +334,7 @@ pub async fn follow(
                     sink.name()
                 );
             }
-            sink.ready(&now.addrs);
+            sink.pods(&now.addrs, &now.not_ready);
         }
         last = Some(now);
         synced.send_replace(true);
@@ -337,7 +372,7 @@ impl Drop for ClearOnDrop {
     }
 }
 /// How often a Service that has no EndpointSlices is looked up again.
-const SERVICE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+pub const SERVICE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// With no slices, says whether that is because the Service does not exist: a missing one is
 /// reported and handed to the sink. Returns when to check again.
@@ -450,6 +485,44 @@ mod tests {
         let r = ready_endpoints([&s], Some(&PortRef::Name("http".into())));
         assert_eq!(addrs(&r), ["10.0.0.1:8080", "10.0.0.3:8080"]);
         assert_eq!(r.problem, None);
+    }
+
+    #[test]
+    fn pods_on_their_way_up_are_listed_apart_and_terminating_ones_not_at_all() {
+        let mut s = slice(
+            "a-v4",
+            "IPv4",
+            &[("http", 8012)],
+            &[
+                ("10.0.0.1", "p1", Some(true)),
+                ("10.0.0.2", "p2", Some(false)),
+                ("10.0.0.3", "p3", Some(false)),
+                ("10.0.0.4", "p4", Some(false)),
+            ],
+        );
+        // p3 is terminating; p4 is ready in the other family.
+        s.endpoints.as_mut().unwrap()[2]
+            .conditions
+            .as_mut()
+            .unwrap()
+            .terminating = Some(true);
+        let v6 = slice(
+            "a-v6",
+            "IPv6",
+            &[("http", 8012)],
+            &[
+                ("fd00::4", "p4", Some(true)),
+                ("fd00::2", "p2", Some(false)),
+            ],
+        );
+        let r = ready_endpoints([&s, &v6], Some(&PortRef::Name("http".into())));
+        assert_eq!(addrs(&r), ["10.0.0.1:8012", "[fd00::4]:8012"]);
+        let not_ready: Vec<String> = r.not_ready.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            not_ready,
+            ["10.0.0.2:8012"],
+            "one entry per pod, none terminating"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Health {
     /// The Ingress controller has not finished its first pass: this replica does not serve
     /// the cluster's Ingresses yet.
     pub ingress_pending: AtomicBool,
+    /// The Revision watcher has not listed Knative's Revisions yet: this replica cannot route
+    /// requests for them.
+    pub revisions_pending: AtomicBool,
 }
 
 impl Health {

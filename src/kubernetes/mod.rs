@@ -11,6 +11,8 @@
 //! client is made from `KUBECONFIG` or `~/.kube/config` if there is one, else from the pod's
 //! service account.
 
+pub mod activation;
+pub mod activator;
 pub mod endpoints;
 pub mod health;
 pub mod ingress;
@@ -50,6 +52,8 @@ type Tasks = (watch::Sender<bool>, Vec<JoinHandle<()>>);
 #[derive(Debug)]
 struct Watch {
     target: Target,
+    /// How the pods are used: probed while not ready, shared with other activators.
+    mode: (bool, Option<String>),
     rev: Arc<Revision>,
     stop: watch::Sender<bool>,
     synced: watch::Receiver<bool>,
@@ -268,8 +272,9 @@ impl Kube {
                 service: k.service.clone(),
                 port: k.port.clone(),
             };
+            let mode = (k.probe_not_ready, k.shared_by.clone());
             if let Some(w) = watches.remove(&key) {
-                if w.target == target && Arc::ptr_eq(&w.rev, rev) {
+                if w.target == target && w.mode == mode && Arc::ptr_eq(&w.rev, rev) {
                     next.insert(key, w);
                     continue;
                 }
@@ -278,19 +283,47 @@ impl Kube {
             }
             let (stop, stop_rx) = watch::channel(false);
             let (synced_tx, synced) = watch::channel(false);
-            let task = tokio::spawn(endpoints::follow(
-                client.clone(),
-                target.clone(),
-                endpoints::RevisionSink(rev.clone()),
-                self.health.clone(),
-                synced_tx,
-                stop_rx,
-            ));
+            let own_ip = cfg.kubernetes.activator.as_ref().and_then(|a| a.pod_ip);
+            let share = match (&k.shared_by, own_ip) {
+                (Some(s), Some(own)) => Some((
+                    client.clone(),
+                    activation::Share {
+                        target: Target {
+                            namespace: target.namespace.clone(),
+                            service: s.clone(),
+                            port: None,
+                        },
+                        own,
+                    },
+                    self.health.clone(),
+                )),
+                _ => None,
+            };
+            let task = if k.probe_not_ready || share.is_some() {
+                tokio::spawn(endpoints::follow(
+                    client.clone(),
+                    target.clone(),
+                    activation::PodSink::start(rev.clone(), k.probe_not_ready, share),
+                    self.health.clone(),
+                    synced_tx,
+                    stop_rx,
+                ))
+            } else {
+                tokio::spawn(endpoints::follow(
+                    client.clone(),
+                    target.clone(),
+                    endpoints::RevisionSink(rev.clone()),
+                    self.health.clone(),
+                    synced_tx,
+                    stop_rx,
+                ))
+            };
             fresh.push(synced.clone());
             next.insert(
                 key,
                 Watch {
                     target,
+                    mode,
                     rev: rev.clone(),
                     stop,
                     synced,
@@ -369,8 +402,15 @@ impl Source for Kube {
                 "kubernetes: the first pass over Knative's Ingresses has not finished".to_owned(),
             );
         }
+        let revisions_pending = self.health.revisions_pending.load(Ordering::Relaxed);
+        if revisions_pending {
+            notes.insert(
+                0,
+                "kubernetes: Knative's Revisions have not been listed yet".to_owned(),
+            );
+        }
         Readiness {
-            ready: listed && !ingress_pending,
+            ready: listed && !ingress_pending && !revisions_pending,
             notes,
         }
     }

@@ -49,6 +49,26 @@ pub struct Proxy {
     /// Every cleartext request is redirected to HTTPS.
     redirect_all: AtomicBool,
     dialect: Dialect,
+    /// A role's own step before routing, if it has one.
+    front: Option<Arc<dyn Front>>,
+}
+
+/// What a [`Front`] decided about a request.
+#[derive(Debug)]
+pub enum Intercept {
+    /// Answered here; the request goes no further.
+    Answer(Box<Response<Body>>),
+    /// Routed by its host, as it came.
+    Pass,
+    /// Routed by this host instead: `Host` (and the URI's authority) become it.
+    Reroute(HeaderValue),
+}
+
+/// A step some roles put before routing (Knative's activator contract: its probes, and the
+/// revision named by headers rather than the host). Synchronous: it reads and edits headers.
+pub trait Front: Send + Sync + std::fmt::Debug + 'static {
+    /// Looks at a request whose host (`host`) is known and checked.
+    fn intercept(&self, req: &mut Request<Incoming>, host: &str) -> Intercept;
 }
 
 impl Proxy {
@@ -64,7 +84,14 @@ impl Proxy {
             https_port: AtomicU16::new(0),
             redirect_all: AtomicBool::new(false),
             dialect: Dialect::Rouse,
+            front: None,
         }
+    }
+
+    /// Puts `front` before routing.
+    pub fn with_front(mut self, front: Arc<dyn Front>) -> Proxy {
+        self.front = Some(front);
+        self
     }
 
     /// Follows `dialect`'s conventions for error bodies and forwarding headers.
@@ -116,13 +143,23 @@ impl Proxy {
         if https_port != 0 && public_cleartext && self.redirect_all.load(Ordering::Relaxed) {
             return redirect_to_https(&mut req, https_port, answer);
         }
-        let host = match request_host(&mut req) {
+        let mut host = match request_host(&mut req) {
             Ok(h) => h,
             Err(e) => {
                 self.metrics.unrouted(e.code());
                 return e.into_response_as(answer);
             }
         };
+        if let Some(front) = &self.front {
+            match front.intercept(&mut req, &host) {
+                Intercept::Answer(res) => return *res,
+                Intercept::Pass => {}
+                Intercept::Reroute(h) => {
+                    rewrite_authority(&mut req, &h);
+                    host = h.to_str().unwrap_or_default().to_owned();
+                }
+            }
+        }
         let upgrade = tunnel::requested(req.headers());
         // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
         // header that a route sets.

@@ -90,6 +90,11 @@ pub struct Revision {
     managed: AtomicBool,
     /// The most endpoints a scaler may give it; 0 for a revision nobody scales.
     ceiling: AtomicU32,
+    /// Set by a stats reporter that found the revision idle for a whole period: the next
+    /// request is the first after idleness, which the reporter announces at once.
+    idle: AtomicBool,
+    /// Signalled on that first request.
+    woke: Notify,
 }
 
 impl Revision {
@@ -119,7 +124,19 @@ impl Revision {
             leased: AtomicU32::new(0),
             managed: AtomicBool::new(false),
             ceiling: AtomicU32::new(0),
+            idle: AtomicBool::new(false),
+            woke: Notify::new(),
         }
+    }
+
+    /// Marks the revision idle: the next request signals [`Revision::woken`].
+    pub fn mark_idle(&self) {
+        self.idle.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves on the first request after [`Revision::mark_idle`].
+    pub async fn woken(&self) {
+        self.woke.notified().await;
     }
 
     /// Marks whether a scaler owns the endpoint set; returns the previous value.
@@ -277,6 +294,11 @@ impl Revision {
     pub fn begin(self: &Arc<Self>, proxied: bool) -> Active {
         let now = Instant::now();
         self.stats.arrive(now);
+        // A read first: the flag is rarely set, and a write on every request would bounce the
+        // cache line between cores.
+        if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::Relaxed) {
+            self.woke.notify_one();
+        }
         if proxied {
             self.proxied.arrive(now);
         }
@@ -560,6 +582,7 @@ impl Revision {
                     eject_for: Duration::from_secs(1),
                     pool: crate::http::client::PoolSettings::default(),
                     cold_start: settings::ColdStart::default(),
+                    knative: None,
                 },
             },
             Vec::new(),

@@ -36,6 +36,9 @@ pub struct RevisionSettings {
     pub pool: PoolSettings,
     /// Cold-start behaviour.
     pub cold_start: ColdStart,
+    /// The Knative Revision (namespace, name) whose demand is reported to Knative's
+    /// autoscaler.
+    pub knative: Option<Arc<(String, String)>>,
 }
 
 /// What requests see while a revision is cold.
@@ -78,6 +81,11 @@ impl RevisionSettings {
                 placeholder: r.cold_start.placeholder.clone().map(Arc::new),
                 header: r.cold_start.header,
             },
+            knative: r
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.knative_revision.as_deref()?.split_once('/'))
+                .map(|(ns, name)| Arc::new((ns.to_owned(), name.to_owned()))),
         })
     }
 }

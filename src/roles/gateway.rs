@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::discovery::Outside;
 use crate::http::server::{self, Connections, ServerSettings, TlsListener};
 use crate::http::tls::{CertStore, TlsError};
+use crate::knative::activator::ActivatorFront;
 use crate::metrics::{ConnectionGauges, Metrics};
 use crate::proxy::Proxy;
 use crate::proxy::router::RouteTable;
@@ -49,11 +50,12 @@ fn file_view(cfg: &Config) -> (Config, Vec<String>) {
     (base, hosts)
 }
 
-/// The two halves of what the gateway serves.
+/// What the gateway serves: the file's config, and the services generated from the cluster
+/// by each source (Ingresses, Revisions).
 #[derive(Debug)]
 struct Merged {
     file: Config,
-    generated: Vec<crate::config::Service>,
+    generated: std::collections::BTreeMap<&'static str, Vec<crate::config::Service>>,
 }
 
 impl Merged {
@@ -63,7 +65,8 @@ impl Merged {
         let taken = file_hosts(&self.file);
         cfg.services.extend(
             self.generated
-                .iter()
+                .values()
+                .flatten()
                 .filter(|s| !s.hosts.iter().any(|h| taken.contains(h)))
                 .cloned(),
         );
@@ -88,8 +91,9 @@ const ADMIN_CONNECTIONS: usize = 256;
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
-    /// The Knative Ingress controller, when `kubernetes.ingress` is set.
-    ingress: Option<Tasks>,
+    /// The cluster's controllers: Knative Ingresses (`kubernetes.ingress`), Revisions
+    /// (`kubernetes.activator`), the stats link to Knative's autoscaler.
+    controllers: Vec<Tasks>,
     internal_addr: Option<SocketAddr>,
     internal: Option<JoinHandle<usize>>,
     certs: Option<Arc<CertStore>>,
@@ -128,14 +132,21 @@ impl Gateway {
             )),
             None => None,
         };
-        let proxy = Arc::new(Proxy::new(table, metrics.clone()));
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut proxy = Proxy::new(table, metrics.clone());
+        if let Some(a) = &cfg.kubernetes.activator {
+            proxy = proxy.with_front(Arc::new(ActivatorFront::new(
+                &a.cluster_domain,
+                draining.clone(),
+            )));
+        }
+        let proxy = Arc::new(proxy);
         #[cfg(feature = "kubernetes")]
         let kube = Arc::new(crate::kubernetes::Kube::new(&cfg.kubernetes, &metrics));
         let outside = Outside::new(vec![
             #[cfg(feature = "kubernetes")]
             kube.clone(),
         ]);
-        let draining = Arc::new(AtomicBool::new(false));
         let settings = ServerSettings {
             max_header_bytes: usize::try_from(cfg.limits.max_header_bytes.0).unwrap_or(usize::MAX),
             header_read_timeout: cfg.limits.header_read_timeout.0,
@@ -245,7 +256,7 @@ impl Gateway {
             applied: Applied::default(),
             merged: tokio::sync::Mutex::new(Merged {
                 file: cfg.clone(),
-                generated: Vec::new(),
+                generated: Default::default(),
             }),
             file: arc_swap::ArcSwap::from_pointee(file_view(&cfg)),
         });
@@ -255,13 +266,18 @@ impl Gateway {
         live.outside.sync(&cfg, table.revisions()).await;
         live.scalers.sync(&cfg, table.revisions()).await;
         #[cfg(feature = "kubernetes")]
-        let ingress = ingress_controller(&cfg, &kube, &live, store.clone(), addr, internal_addr);
+        let controllers =
+            ingress_controller(&cfg, &kube, &live, store.clone(), addr, internal_addr)
+                .into_iter()
+                .chain(revision_watcher(&cfg, &kube, &live))
+                .chain(autoscaler_link(&cfg, &live))
+                .collect();
         #[cfg(not(feature = "kubernetes"))]
-        let ingress = None;
+        let controllers = Vec::new();
         info!(%addr, internal = ?internal_addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
-            ingress,
+            controllers,
             internal_addr,
             internal,
             certs: store,
@@ -316,6 +332,13 @@ impl Gateway {
         self.live.swap(cfg).await
     }
 
+    /// Starts failing readiness (`/readyz`, and the kubelet's checks answered by a front)
+    /// while still serving everything: the time a Kubernetes Service takes to stop sending
+    /// new connections here, before [`Gateway::shutdown`].
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
     /// A reloader for `path`, for SIGHUP and the file watcher.
     pub fn reloader(&self, path: &Path) -> Reloader {
         Reloader::new(self.live.clone(), path, self.live.applied.clone())
@@ -328,8 +351,8 @@ impl Gateway {
         // A reload in progress finishes first (it may be starting or stopping scalers), and
         // none starts after this point.
         let _no_reloads = self.live.applied.lock().await;
-        if let Some((stop, mut task)) = self.ingress {
-            // It stops between passes; one in progress gets a moment, then is cut short.
+        for (stop, mut task) in self.controllers {
+            // They stop between passes; one in progress gets a moment, then is cut short.
             let _ = stop.send(true);
             if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
@@ -414,21 +437,32 @@ impl reload::Apply for Live {
     }
 }
 
+/// One source's share of the generated services.
 #[cfg(feature = "kubernetes")]
-impl crate::kubernetes::ingress::Gateway for Live {
+#[derive(Debug)]
+struct Slot {
+    live: Arc<Live>,
+    source: &'static str,
+}
+
+#[cfg(feature = "kubernetes")]
+impl crate::kubernetes::ingress::Gateway for Slot {
     async fn serve(&self, services: Vec<crate::config::Service>) -> Result<(), String> {
-        let mut merged = self.merged.lock().await;
-        let previous = std::mem::replace(&mut merged.generated, services);
-        let result = self.build(&merged.config()).await;
+        let mut merged = self.live.merged.lock().await;
+        let previous = merged.generated.insert(self.source, services);
+        let result = self.live.build(&merged.config()).await;
         if result.is_err() {
             // What is served stays what was served; a later file reload must not fail on it.
-            merged.generated = previous;
+            match previous {
+                Some(p) => merged.generated.insert(self.source, p),
+                None => merged.generated.remove(self.source),
+            };
         }
         result.map_err(|e| e.to_string())
     }
 
     fn check(&self, services: &[crate::config::Service]) -> Vec<String> {
-        let mut cfg = self.file.load().0.clone();
+        let mut cfg = self.live.file.load().0.clone();
         cfg.services = services.to_vec();
         cfg.validate()
             .into_iter()
@@ -437,7 +471,7 @@ impl crate::kubernetes::ingress::Gateway for Live {
     }
 
     fn file_hosts(&self) -> Vec<String> {
-        self.file.load().1.clone()
+        self.live.file.load().1.clone()
     }
 }
 
@@ -472,9 +506,58 @@ fn ingress_controller(
         .add_collector(Box::new(ingress::StatsMetrics(stats.clone())));
     let task = tokio::spawn(ingress::run(
         settings,
-        live.clone(),
+        Arc::new(Slot {
+            live: live.clone(),
+            source: "ingress",
+        }),
         certs,
         kube.health(),
+        stats,
+        rx,
+    ));
+    Some((stop, task))
+}
+
+/// Starts serving Knative's Revisions as their activator, when the config asks for it.
+#[cfg(feature = "kubernetes")]
+fn revision_watcher(
+    cfg: &Config,
+    kube: &crate::kubernetes::Kube,
+    live: &Arc<Live>,
+) -> Option<Tasks> {
+    let settings = cfg.kubernetes.activator.clone()?;
+    let (stop, rx) = watch::channel(false);
+    // Not ready until the Revisions are listed: requests for them would get 404.
+    kube.health()
+        .revisions_pending
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let slot = Arc::new(Slot {
+        live: live.clone(),
+        source: "activator",
+    });
+    let task = tokio::spawn(crate::kubernetes::activator::run(
+        settings,
+        slot,
+        kube.health(),
+        rx,
+    ));
+    Some((stop, task))
+}
+
+/// Starts reporting demand to Knative's autoscaler, when the config asks for it.
+#[cfg(feature = "kubernetes")]
+fn autoscaler_link(cfg: &Config, live: &Arc<Live>) -> Option<Tasks> {
+    use crate::knative::autoscaler;
+    let link = cfg.kubernetes.autoscaler.clone()?;
+    let stats = Arc::new(autoscaler::LinkStats::default());
+    live.proxy
+        .metrics()
+        .add_collector(Box::new(autoscaler::LinkMetrics(stats.clone())));
+    let proxy = live.proxy.clone();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(autoscaler::run(
+        link,
+        move || proxy.table().revisions().to_vec(),
         stats,
         rx,
     ));

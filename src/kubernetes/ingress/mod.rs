@@ -345,7 +345,7 @@ pub async fn run(
 /// does: all of them, unless `relevant` gives an object a fingerprint, in which case only a new
 /// fingerprint for its key (or a deletion) wakes it. Errors are retried with the watcher's
 /// backoff and said on `/readyz` until the watch works again.
-fn drive<K>(
+pub(crate) fn drive<K>(
     stream: impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     changed: Arc<Notify>,
     health: Arc<Health>,
@@ -703,7 +703,12 @@ impl Controller {
                 ),
             });
         }
-        let services = translate::translate(&ing, lookup, &self.settings.class.cluster_domain)?;
+        let services = translate::translate(
+            &ing,
+            lookup,
+            &self.settings.class.cluster_domain,
+            self.settings.class.activate,
+        )?;
         let problems = gateway.check(&services);
         if !problems.is_empty() {
             return Err(invalid(problems.join("; ")));

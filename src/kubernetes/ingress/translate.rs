@@ -91,10 +91,17 @@ pub struct Refusal {
 }
 
 /// The gateway services that serve `ing`.
+///
+/// With `activate` (`kubernetes.ingress.activate`), a split that names a Knative revision
+/// (its `appendHeaders` carry `Knative-Serving-Revision` and `-Namespace`) goes to the pods of
+/// the revision's private Service instead of its public one, which points at Knative's
+/// activator while the revision is at zero: rouse holds the requests and reports the demand
+/// itself, one hop less.
 pub fn translate(
     ing: &Ingress,
     lookup: &impl Lookup,
     cluster_domain: &str,
+    activate: bool,
 ) -> Result<Vec<config::Service>, Refusal> {
     let mut services = Vec::new();
     let mut missing = Vec::new();
@@ -122,20 +129,34 @@ pub fn translate(
             let mut traffic = Vec::new();
             for s in p.splits.iter().flatten() {
                 let rev = format!("{}:{}", s.service_name, port_text(&s.service_port));
+                let knative = activate
+                    .then(|| knative_revision(&s.append_headers))
+                    .flatten();
                 if !revisions.iter().any(|r| r.name == rev) {
                     match lookup.backend(&ing.namespace, &s.service_name, &s.service_port) {
-                        Ok(b) => revisions.push(revision(&rev, &ing.namespace, &s.service_name, b)),
+                        Ok(b) => {
+                            let mut r = revision(&rev, &ing.namespace, &s.service_name, b);
+                            if let Some((ns, name)) = &knative {
+                                activated(&mut r, ns, name);
+                            }
+                            revisions.push(r);
+                        }
                         Err(why) => {
                             missing.push(why);
                             continue;
                         }
                     }
                 }
+                let mut set_headers = s.append_headers.clone();
+                if knative.is_some() {
+                    // The queue-proxies count these as proxied: rouse reports them.
+                    set_headers.insert("k-proxy-request".to_owned(), "activator".to_owned());
+                }
                 traffic.push(Target {
                     revision: rev,
                     percent: u32::try_from(s.percent).unwrap_or(0),
                     tag: None,
-                    set_headers: s.append_headers.clone(),
+                    set_headers,
                 });
             }
             let path = if p.path.is_empty() { "/" } else { &p.path };
@@ -197,6 +218,39 @@ fn port_text(p: &IntOrString) -> String {
     }
 }
 
+/// The Knative revision a split's headers name: (namespace, name).
+fn knative_revision(headers: &BTreeMap<String, String>) -> Option<(String, String)> {
+    let get = |k: &str| {
+        headers
+            .iter()
+            .find(|(h, v)| h.eq_ignore_ascii_case(k) && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    Some((
+        get("knative-serving-namespace")?,
+        get("knative-serving-revision")?,
+    ))
+}
+
+/// Points a revision at the pods of Knative revision `namespace/name` (its private
+/// Service), probed directly while not ready, with its demand reported to the autoscaler.
+fn activated(r: &mut config::Revision, namespace: &str, name: &str) {
+    let port = if r.protocol == Protocol::H2c {
+        "http2"
+    } else {
+        "http"
+    };
+    r.endpoints = Vec::new();
+    r.kubernetes = Some(KubeEndpoints {
+        service: format!("{name}-private"),
+        namespace: Some(namespace.to_owned()),
+        port: Some(PortRef::Name(port.to_owned())),
+        probe_not_ready: true,
+        knative_revision: Some(format!("{namespace}/{name}")),
+        shared_by: None,
+    });
+}
+
 fn revision(name: &str, namespace: &str, service: &str, b: Backend) -> config::Revision {
     let (endpoints, kubernetes, h2c) = match b {
         Backend::Pods { port, h2c } => (
@@ -205,6 +259,9 @@ fn revision(name: &str, namespace: &str, service: &str, b: Backend) -> config::R
                 service: service.to_owned(),
                 namespace: Some(namespace.to_owned()),
                 port: port.map(PortRef::Name),
+                probe_not_ready: false,
+                knative_revision: None,
+                shared_by: None,
             }),
             h2c,
         ),
@@ -315,7 +372,7 @@ mod tests {
               {"hosts":["b.ns.svc.cluster.local"],"visibility":"ClusterLocal","http":{"paths":[
                 {"splits":[{"serviceName":"grpc","serviceNamespace":"ns","servicePort":81}]}]}}]}"#,
         );
-        let services = translate(&ing, &Cluster, "cluster.local").unwrap();
+        let services = translate(&ing, &Cluster, "cluster.local", false).unwrap();
         let t = table(services);
         assert_eq!(
             pick(&t, false, "a.example", "/foo/x", &[]),
@@ -379,7 +436,7 @@ mod tests {
                   {"serviceName":"one","serviceNamespace":"ns","servicePort":80,"percent":100},
                   {"serviceName":"two","serviceNamespace":"ns","servicePort":80,"percent":0}]}]}}]}"#,
         );
-        let t = table(translate(&ing, &Cluster, "cluster.local").unwrap());
+        let t = table(translate(&ing, &Cluster, "cluster.local", false).unwrap());
         assert_eq!(pick(&t, false, "a.example", "/bar", &[]), "no route");
         for _ in 0..200 {
             assert_eq!(pick(&t, false, "a.example", "/foo", &[]), "one:80 ");
@@ -393,7 +450,7 @@ mod tests {
                 {"path":"/a","splits":[{"serviceName":"first","serviceNamespace":"ns","servicePort":80}]},
                 {"path":"/a","splits":[{"serviceName":"second","serviceNamespace":"ns","servicePort":80}]}]}}]}"#,
         );
-        let t = table(translate(&ing, &Cluster, "cluster.local").unwrap());
+        let t = table(translate(&ing, &Cluster, "cluster.local", false).unwrap());
         assert_eq!(pick(&t, false, "whatever.example", "/a", &[]), "first:80 ");
         assert_eq!(ing.hosts("cluster.local"), [("*".to_owned(), false)]);
     }
@@ -405,7 +462,7 @@ mod tests {
               {"hosts":["a.example"],"http":{"paths":[{"splits":[{"serviceName":"s","serviceNamespace":"ns","servicePort":80}]}]}},
               {"hosts":["a.ns.svc.cluster.local"],"visibility":"ClusterLocal","http":{"paths":[{"splits":[{"serviceName":"s","serviceNamespace":"ns","servicePort":80}]}]}}]}"#,
         );
-        let s = translate(&ing, &Cluster, "cluster.local").unwrap();
+        let s = translate(&ing, &Cluster, "cluster.local", false).unwrap();
         assert!(s[0].redirect_to_https);
         assert!(!s[1].redirect_to_https);
     }
@@ -415,7 +472,7 @@ mod tests {
         let ing = ingress(
             r#"{"rules":[{"hosts":["a.example"],"http":{"paths":[{"splits":[{"serviceName":"gone","serviceNamespace":"ns","servicePort":80}]}]}}]}"#,
         );
-        let r = translate(&ing, &Cluster, "cluster.local").unwrap_err();
+        let r = translate(&ing, &Cluster, "cluster.local", false).unwrap_err();
         assert_eq!(r.reason, "BackendMissing");
         assert!(
             r.message.contains("Service gone does not exist"),

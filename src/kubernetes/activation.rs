@@ -1,0 +1,368 @@
+//! Which of a Knative revision's pods an activating proxy sends requests to, decided the way
+//! Knative's activator decides it, minus its delays:
+//!
+//! - A pod the EndpointSlices list as not ready (and not terminating) is probed directly
+//!   (`GET /healthz`, `K-Network-Probe: queue`; ready is 200 with the body `queue`) and used
+//!   the moment it answers. Knative's activator probes every 200 ms; here the first probe goes
+//!   out when the pod is listed and the next ones every 25 ms, backing off to 200 ms, so a
+//!   cold start does not wait a probe period, nor the kubelet's readiness period and the slice
+//!   update after it.
+//! - With `container_concurrency` set and several activators in front of the revision (the
+//!   ready addresses of `shared_by`, Knative's public Service of the revision in proxy
+//!   mode), each replica takes its own slice of the pods, as Knative's `assignSlice` cuts it
+//!   (addresses compared as text, as Knative sorts them), so a mixed fleet of rouse and
+//!   Knative activators never sends one pod more than its concurrency. A replica not listed
+//!   there (the revision is in serve mode, or this replica is not in its subset) uses every
+//!   pod.
+
+use super::endpoints::{self, Sink, Target};
+use super::health::Health;
+use crate::revision::Revision;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use kube::Client;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+/// One probe's time limit (Knative's `PROBE_TIMEOUT`).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// The pause after a pod's first failed probe, growing by half each time up to
+/// [`LAST_PAUSE`] (Knative's fixed `PROBE_FREQUENCY`).
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const LAST_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the EndpointSlices list: (ready, not ready).
+type Listed = (Vec<SocketAddr>, Vec<SocketAddr>);
+
+/// A revision's pods, fed by the watch of its private Service, and the task that probes the
+/// not-ready ones and cuts this replica's share.
+#[derive(Debug)]
+pub struct PodSink {
+    rev: Arc<Revision>,
+    listed: watch::Sender<Listed>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PodSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How pods are shared with the other activators of a revision.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// The Service listing them.
+    pub target: Target,
+    /// This replica's address among them.
+    pub own: IpAddr,
+}
+
+impl PodSink {
+    /// Starts the probing task for `rev`; with `share`, also a watch of the activators listed
+    /// by its Service.
+    pub fn start(
+        rev: Arc<Revision>,
+        probe_not_ready: bool,
+        share: Option<(Client, Share, Arc<Health>)>,
+    ) -> PodSink {
+        let (listed, rx) = watch::channel((Vec::new(), Vec::new()));
+        let task = tokio::spawn(run(rev.clone(), rx, probe_not_ready, share));
+        PodSink { rev, listed, task }
+    }
+}
+
+impl Sink for PodSink {
+    fn name(&self) -> String {
+        format!("revision {} of service {}", self.rev.name, self.rev.service)
+    }
+
+    fn ready(&mut self, addrs: &[SocketAddr]) {
+        self.pods(addrs, &[]);
+    }
+
+    fn pods(&mut self, ready: &[SocketAddr], not_ready: &[SocketAddr]) {
+        self.listed
+            .send_replace((ready.to_vec(), not_ready.to_vec()));
+        if !ready.is_empty() {
+            self.rev.clear_failure();
+        }
+    }
+
+    fn missing(&mut self, why: &str) {
+        self.rev.fail_start(why, endpoints::SERVICE_RECHECK);
+    }
+}
+
+/// Peers' addresses from their Service's slices.
+struct PeerSink(watch::Sender<Vec<IpAddr>>);
+
+impl Sink for PeerSink {
+    fn name(&self) -> String {
+        "the activators sharing a revision".to_owned()
+    }
+
+    fn ready(&mut self, addrs: &[SocketAddr]) {
+        let mut ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+        ips.dedup();
+        self.0.send_replace(ips);
+    }
+
+    fn missing(&mut self, _why: &str) {
+        self.0.send_replace(Vec::new());
+    }
+}
+
+async fn run(
+    rev: Arc<Revision>,
+    mut listed: watch::Receiver<Listed>,
+    probe_not_ready: bool,
+    share: Option<(Client, Share, Arc<Health>)>,
+) {
+    let (peers_tx, mut peers) = watch::channel(Vec::new());
+    let own = share.as_ref().map(|(_, s, _)| s.own);
+    // Stopped with this task (its sender is dropped when the task is aborted).
+    let (_stop_peers, stop_rx) = watch::channel(false);
+    let _peers_task = share.map(|(client, s, health)| {
+        AbortOnDrop(tokio::spawn(endpoints::follow(
+            client,
+            s.target,
+            PeerSink(peers_tx),
+            health,
+            watch::channel(false).0,
+            stop_rx,
+        )))
+    });
+    // Not-ready pods that answered their probe.
+    let mut answered: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut probes: FuturesUnordered<JoinHandle<SocketAddr>> = FuturesUnordered::new();
+    let mut probing: HashMap<SocketAddr, tokio::task::AbortHandle> = HashMap::new();
+    let mut last: Option<Vec<SocketAddr>> = None;
+    loop {
+        let (ready, not_ready) = listed.borrow_and_update().clone();
+        if probe_not_ready {
+            answered.retain(|a| not_ready.contains(a));
+            probing.retain(|a, h| {
+                let keep = not_ready.contains(a);
+                if !keep {
+                    h.abort();
+                }
+                keep
+            });
+            for a in &not_ready {
+                if !answered.contains(a) && !probing.contains_key(a) {
+                    let t = tokio::spawn(probe_until_up(*a));
+                    probing.insert(*a, t.abort_handle());
+                    probes.push(t);
+                }
+            }
+        }
+        let mut usable: Vec<SocketAddr> = ready;
+        usable.extend(answered.iter().copied());
+        let mine = match own {
+            Some(own) => assign(
+                usable,
+                &peers.borrow_and_update(),
+                own,
+                rev.settings().container_concurrency,
+            ),
+            None => usable,
+        };
+        if last.as_ref() != Some(&mine) {
+            if mine.len() != last.as_ref().map_or(0, Vec::len) {
+                info!(
+                    endpoints = mine.len(),
+                    probed = answered.len(),
+                    "revision {} of service {}: endpoints in use",
+                    rev.name,
+                    rev.service
+                );
+            }
+            rev.set_endpoint_addrs(&mine);
+            last = Some(mine);
+        }
+        tokio::select! {
+            r = listed.changed() => if r.is_err() { return },
+            r = peers.changed(), if own.is_some() => if r.is_err() { return },
+            Some(done) = probes.next(), if !probes.is_empty() => {
+                if let Ok(a) = done
+                    && probing.remove(&a).is_some()
+                {
+                    debug!(pod = %a, "answered its probe before the kubelet marked it ready");
+                    answered.insert(a);
+                }
+            }
+        }
+    }
+}
+
+/// Probes `addr` until it answers as ready; returns it then.
+async fn probe_until_up(addr: SocketAddr) -> SocketAddr {
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let began = Instant::now();
+        if matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, probe(addr)).await,
+            Ok(Ok(true))
+        ) {
+            return addr;
+        }
+        tokio::time::sleep_until(began + pause).await;
+        pause = (pause + pause / 2).min(LAST_PAUSE);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Knative's activator probe of one pod's queue-proxy: true when it answers 200 `queue`.
+pub async fn probe(addr: SocketAddr) -> Result<bool, BoxError> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    let _conn = AbortOnDrop(tokio::spawn(conn));
+    let req = Request::get("/healthz")
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "Knative-Activator-Probe")
+        .header("k-network-probe", "queue")
+        .body(Empty::<Bytes>::new())?;
+    let res = send.send_request(req).await?;
+    if res.status() != StatusCode::OK {
+        return Ok(false);
+    }
+    let body = Limited::new(res.into_body(), 64)
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(body.as_ref() == b"queue")
+}
+
+/// This replica's share of `pods` among `peers` (Knative's `assignSlice`): every pod when
+/// the revision has no concurrency limit, when this replica is not among the peers, or when
+/// it is the only one; otherwise a contiguous slice of the pods sorted as text, plus one of
+/// the remainder for the first replicas, or a single pod when there are more replicas than
+/// pods.
+pub fn assign(
+    mut pods: Vec<SocketAddr>,
+    peers: &[IpAddr],
+    own: IpAddr,
+    container_concurrency: u32,
+) -> Vec<SocketAddr> {
+    if container_concurrency == 0 || pods.len() <= 1 {
+        return pods;
+    }
+    let mut names: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    names.sort();
+    names.dedup();
+    let Ok(me) = names.binary_search(&own.to_string()) else {
+        return pods;
+    };
+    let n = names.len();
+    if n == 1 {
+        return pods;
+    }
+    pods.sort_by_cached_key(ToString::to_string);
+    let total = pods.len();
+    if n > total {
+        return vec![pods[me % total]];
+    }
+    let size = total / n;
+    let mut mine = pods[me * size..me * size + size].to_vec();
+    let remnants = total % n;
+    if me < remnants {
+        mine.push(pods[total - remnants + me]);
+    }
+    mine
+}
+
+/// A task stopped when this is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(n: u8) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 8012)))
+            .collect()
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 1, 0, last])
+    }
+
+    #[test]
+    fn each_activator_takes_a_disjoint_slice_covering_every_pod() {
+        // 20 pods, 3 activators: slices of 6, and the 2 left over go to the first two.
+        let peers = [ip(1), ip(2), ip(3)];
+        let mut all = Vec::new();
+        let mut sizes = Vec::new();
+        for me in peers {
+            let mine = assign(pods(20), &peers, me, 1);
+            sizes.push(mine.len());
+            all.extend(mine);
+        }
+        assert_eq!(sizes, [7, 7, 6]);
+        all.sort();
+        let before = all.len();
+        all.dedup();
+        assert_eq!(before, all.len(), "a pod went to two activators");
+        assert_eq!(all, pods(20));
+    }
+
+    #[test]
+    fn addresses_are_ordered_as_text_as_knative_orders_them() {
+        // As text 10.1.0.10 < 10.1.0.9, so the activator at .10 is index 0 and takes the
+        // first pod in text order (10.0.0.1:8012), the one at .9 the next (10.0.0.2:8012).
+        let peers = [ip(9), ip(10)];
+        assert_eq!(
+            assign(pods(2), &peers, ip(10), 2),
+            vec![SocketAddr::from(([10, 0, 0, 1], 8012))]
+        );
+        assert_eq!(
+            assign(pods(2), &peers, ip(9), 2),
+            vec![SocketAddr::from(([10, 0, 0, 2], 8012))]
+        );
+        // Pods as text: 10.0.0.10 sorts before 10.0.0.2.
+        let p = vec![
+            SocketAddr::from(([10, 0, 0, 2], 8012)),
+            SocketAddr::from(([10, 0, 0, 10], 8012)),
+        ];
+        assert_eq!(
+            assign(p, &peers, ip(10), 2),
+            vec![SocketAddr::from(([10, 0, 0, 10], 8012))]
+        );
+    }
+
+    #[test]
+    fn more_activators_than_pods_share_round_robin() {
+        let peers = [ip(1), ip(2), ip(3)];
+        assert_eq!(assign(pods(2), &peers, ip(3), 1), vec![pods(2)[0]]);
+        assert_eq!(assign(pods(2), &peers, ip(2), 1), vec![pods(2)[1]]);
+    }
+
+    #[test]
+    fn every_pod_when_unlimited_alone_or_not_listed() {
+        let peers = [ip(1), ip(2)];
+        assert_eq!(assign(pods(4), &peers, ip(1), 0), pods(4), "cc 0");
+        assert_eq!(assign(pods(4), &peers, ip(7), 1), pods(4), "not listed");
+        assert_eq!(assign(pods(4), &[ip(1)], ip(1), 1), pods(4), "alone");
+        assert_eq!(assign(pods(1), &peers, ip(2), 1), pods(1), "one pod");
+    }
+}
