@@ -32,6 +32,10 @@ mod env;
 #[allow(dead_code)]
 #[path = "../tests/k8s/node.rs"]
 mod node;
+#[allow(dead_code)]
+#[path = "../tests/k8s/serving.rs"]
+mod serving;
+
 #[allow(unused_imports)]
 #[path = "../tests/it/support/mod.rs"]
 mod support;

@@ -249,6 +249,10 @@ mod ingress;
 #[allow(dead_code)]
 #[path = "../tests/k8s/node.rs"]
 mod node;
+#[allow(dead_code)]
+#[path = "../tests/k8s/serving.rs"]
+mod serving;
+
 #[allow(unused_imports)]
 #[path = "../tests/it/support/mod.rs"]
 mod support;

@@ -55,11 +55,19 @@ for b in "${BINARIES[@]}"; do
     CGO_ENABLED=0 go build -o "$CACHE/$b.tmp" "knative.dev/serving/cmd/$b" >&2
     mv "$CACHE/$b.tmp" "$CACHE/$b"
 done
-# The CRDs and default ConfigMaps, from the module the binaries were built from.
-src=$(go list -m -f '{{.Dir}}' knative.dev/serving)
+# The CRDs and default ConfigMaps, from the modules the binaries were built from: Serving's
+# own, and the networking (ServerlessService, Certificate, Ingress, ClusterDomainClaim) and
+# caching (Image) ones its controller watches.
+serving=$(go list -m -f '{{.Dir}}' knative.dev/serving)
+networking=$(go list -m -f '{{.Dir}}' knative.dev/networking)
+caching=$(go list -m -f '{{.Dir}}' knative.dev/caching)
 rm -rf "$CACHE/config"
 mkdir -p "$CACHE/config/crds" "$CACHE/config/configmaps"
-cp "$src"/config/core/300-resources/*.yaml "$CACHE/config/crds/"
-cp "$src"/config/core/configmaps/*.yaml "$CACHE/config/configmaps/"
+cp "$serving"/config/core/300-resources/*.yaml "$CACHE/config/crds/"
+for f in serverlessservice certificate ingress domain-claim; do
+    cp "$networking/config/$f.yaml" "$CACHE/config/crds/networking-$f.yaml"
+done
+cp "$caching/config/image.yaml" "$CACHE/config/crds/caching-image.yaml"
+cp "$serving"/config/core/configmaps/*.yaml "$CACHE/config/configmaps/"
 touch "$CACHE/config/ok"
 echo "$CACHE"

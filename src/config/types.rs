@@ -82,7 +82,8 @@ pub struct ActivatorSettings {
     /// Knative put in front of a revision, to take its share of the pods.
     pub pod_ip: Option<std::net::IpAddr>,
     /// Bounds on the requests held per revision while it has no free pod (Knative's own
-    /// queue is practically unbounded).
+    /// queue is practically unbounded). Default: 1000 requests, 64 MiB of declared bodies,
+    /// held until the revision's timeout, no shedding.
     pub queue: Queue,
 }
 
@@ -92,7 +93,7 @@ impl Default for ActivatorSettings {
             cluster_domain: "cluster.local".to_owned(),
             namespace: None,
             pod_ip: None,
-            queue: Queue::default(),
+            queue: Queue::knative(),
         }
     }
 }
@@ -713,6 +714,19 @@ pub struct Queue {
     /// cannot add endpoints), an arrival predicted to wait longer than this gets 503 at once;
     /// 0 turns shedding off. Capped at `max_wait`.
     pub target_wait: Dur,
+}
+
+impl Queue {
+    /// Bounds for a revision that Knative's autoscaler scales: held until the request's own
+    /// timeout (as Knative's activator holds), never shed for a predicted wait (rouse does
+    /// not know when Knative adds pods); the count and byte bounds stay.
+    pub fn knative() -> Queue {
+        Queue {
+            max_wait: Dur(Duration::ZERO),
+            target_wait: Dur(Duration::ZERO),
+            ..Queue::default()
+        }
+    }
 }
 
 impl Default for Queue {

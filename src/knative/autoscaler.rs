@@ -153,8 +153,8 @@ impl Periods {
                     if let Some((_, task)) = old {
                         task.abort();
                     }
-                    // Idle until a request says otherwise.
-                    rev.mark_idle();
+                    // A revision is idle until a request says otherwise (a request that came
+                    // before this watcher is announced as soon as it starts).
                     let (tx, r, k) = (self.wakeups.clone(), rev.clone(), key.clone());
                     let task = tokio::spawn(async move {
                         loop {
@@ -239,10 +239,12 @@ pub fn pod_name(link: &AutoscalerLink) -> String {
         })
 }
 
-/// Reports the revisions `revisions` returns (those with a Knative key) until `stop`.
+/// Reports the revisions `revisions` returns (those with a Knative key), read again each
+/// time `changed` changes, until `stop`.
 pub async fn run(
     link: AutoscalerLink,
     revisions: impl Fn() -> Vec<Arc<Revision>> + Send + 'static,
+    mut changed: watch::Receiver<u64>,
     stats: Arc<LinkStats>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -273,6 +275,12 @@ pub async fn run(
             at = tick.tick() => {
                 p.track(revisions());
                 send(p.close(at.max(Instant::now())));
+            }
+            r = changed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                p.track(revisions());
             }
             Some((key, _rev)) = woken.recv() => {
                 if let Some(m) = p.woken(key) {

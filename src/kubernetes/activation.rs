@@ -100,8 +100,11 @@ impl Sink for PodSink {
         }
     }
 
-    fn missing(&mut self, why: &str) {
-        self.rev.fail_start(why, endpoints::SERVICE_RECHECK);
+    fn missing(&mut self, _why: &str) {
+        // Knative creates a revision's private Service a moment after the Revision: requests
+        // wait for it (within their timeout) instead of failing, as with Knative's activator.
+        // The watch says what is missing on /readyz meanwhile.
+        self.listed.send_replace((Vec::new(), Vec::new()));
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Proxy {
     dialect: Dialect,
     /// A role's own step before routing, if it has one.
     front: Option<Arc<dyn Front>>,
+    /// Counts table swaps, for whoever follows the set of revisions.
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a [`Front`] decided about a request.
@@ -85,6 +87,7 @@ impl Proxy {
             redirect_all: AtomicBool::new(false),
             dialect: Dialect::Rouse,
             front: None,
+            swaps: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -116,6 +119,12 @@ impl Proxy {
     pub fn swap(&self, table: RouteTable) {
         self.live.publish(table.revisions().to_vec());
         self.table.store(Arc::new(table));
+        self.swaps.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the table is swapped.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 
     /// The metrics this proxy records into.

@@ -124,7 +124,8 @@ impl Revision {
             leased: AtomicU32::new(0),
             managed: AtomicBool::new(false),
             ceiling: AtomicU32::new(0),
-            idle: AtomicBool::new(false),
+            // Idle until a request says otherwise.
+            idle: AtomicBool::new(true),
             woke: Notify::new(),
         }
     }

@@ -72,9 +72,10 @@ impl ActivatorArgs {
             "max_requests": self.max_held,
             "max_bytes": self.max_held_bytes,
         });
-        if let Some(w) = &self.max_wait {
-            queue["max_wait"] = json!(w);
-        }
+        // Knative's activator holds a request until the revision's own timeout.
+        queue["max_wait"] = json!(self.max_wait.as_deref().unwrap_or("0s"));
+        // Knative's autoscaler adds the pods: no wait can be predicted here.
+        queue["target_wait"] = json!("0s");
         let cfg = json!({
             "listen": self.listen.to_string(),
             "listen_internal": self.listen_h2c.to_string(),

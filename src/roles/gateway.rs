@@ -554,10 +554,12 @@ fn autoscaler_link(cfg: &Config, live: &Arc<Live>) -> Option<Tasks> {
         .metrics()
         .add_collector(Box::new(autoscaler::LinkMetrics(stats.clone())));
     let proxy = live.proxy.clone();
+    let swaps = proxy.swaps();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(autoscaler::run(
         link,
         move || proxy.table().revisions().to_vec(),
+        swaps,
         stats,
         rx,
     ));

@@ -1,5 +1,6 @@
 //! A real control plane for the test run: etcd, kube-apiserver and kube-controller-manager
-//! (deployment, replicaset and endpointslice controllers), built from Kubernetes' own modules
+//! (deployment, replicaset, endpoints, EndpointSlice, EndpointSlice mirroring and garbage
+//! collection controllers), built from Kubernetes' own modules
 //! by `scripts/k8s-binaries.sh`, started on loopback inside the run's network namespace and
 //! killed when the run ends (the run's PID namespace kills anything left).
 //!
@@ -116,7 +117,7 @@ impl Cluster {
             "kube-controller-manager",
             &[
                 format!("--kubeconfig={}", kc.display()),
-                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,endpointslice-controller,endpoints-controller".into(),
+                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,endpointslice-controller,endpoints-controller,endpointslice-mirroring-controller,garbage-collector-controller".into(),
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=false".into(),
                 "--secure-port=0".into(),
@@ -137,7 +138,9 @@ impl Cluster {
             "kube-apiserver",
             &[
                 "--etcd-servers=http://127.0.0.1:2379".into(),
-                "--bind-address=127.0.0.1".into(),
+                // Every address of the test's network namespace: Knative's components run as
+                // Pods with networks of their own and reach it at 192.0.2.1.
+                "--bind-address=0.0.0.0".into(),
                 "--secure-port=6443".into(),
                 "--advertise-address=192.0.2.1".into(),
                 format!("--tls-cert-file={}", d("apiserver.pem")),
@@ -217,10 +220,16 @@ impl Cluster {
 
     /// Writes a kubeconfig `<file>.kubeconfig` for `user` in `groups`; returns its path.
     pub fn kubeconfig(&self, file: &str, user: &str, groups: &[&str]) -> PathBuf {
+        self.kubeconfig_at(file, user, groups, API)
+    }
+
+    /// [`Cluster::kubeconfig`] reaching the API server at `server` (Pods with a network of
+    /// their own use `https://192.0.2.1:6443`).
+    pub fn kubeconfig_at(&self, file: &str, user: &str, groups: &[&str], server: &str) -> PathBuf {
         self.issue(file, user, groups, &[]);
         let d = |f: &str| self.dir.join(f).display().to_string();
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {API}\n    certificate-authority: {}\nusers:\n- name: {file}\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {file}}}\ncurrent-context: test\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: {file}\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {file}}}\ncurrent-context: test\n",
             d("ca.pem"),
             d(&format!("{file}.pem")),
             d(&format!("{file}.key")),

@@ -86,6 +86,27 @@ pub fn enter_namespaces() -> Option<i32> {
             String::from_utf8(out.stdout).unwrap().trim().to_owned()
         }
     };
+    let serving = match std::env::var(crate::serving::DIR_VAR) {
+        Ok(d) => d,
+        Err(_) => {
+            eprintln!(
+                "k8s: finding Knative Serving's components (the first run on a machine builds them: 2-8 minutes)"
+            );
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/knative-serving-binaries.sh"
+            );
+            let out = Command::new(script)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("running scripts/knative-serving-binaries.sh");
+            assert!(
+                out.status.success(),
+                "scripts/knative-serving-binaries.sh failed"
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
     let me = std::env::current_exe().unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args(["--net", "--pid", "--fork", "--kill-child"]);
@@ -101,6 +122,7 @@ pub fn enter_namespaces() -> Option<i32> {
         .args(std::env::args_os().skip(1))
         .env(INSIDE, "1")
         .env("ROUSE_K8S_BIN", bin)
+        .env(crate::serving::DIR_VAR, serving)
         .status()
         .expect("running unshare (util-linux) to make the test's network namespace");
     Some(status.code().unwrap_or(1))
@@ -149,6 +171,7 @@ pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
                 );
             }
         }
+        images.extend(crate::serving::images());
         crate::node::bridge();
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, crate::dns::resolv_conf(crate::node::GATEWAY)).unwrap();
@@ -450,6 +473,26 @@ impl Rouse {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, format!("listen: {addr}\nadmin: {admin}\n{body}")).unwrap();
+        let args = vec![
+            "gateway".to_owned(),
+            "--config".to_owned(),
+            cfg.display().to_string(),
+        ];
+        Rouse::spawn(name, user, &args, addr, admin, vars).await
+    }
+
+    /// Starts `rouse <args>` as `user`, listening on `addr` with its admin port on `admin`.
+    pub async fn spawn(
+        name: &str,
+        user: &str,
+        args: &[String],
+        addr: SocketAddr,
+        admin: SocketAddr,
+        vars: &[(&str, &str)],
+    ) -> Rouse {
+        let port = addr.port();
+        let dir = env().dir.join(format!("rouse-{name}-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig =
             env()
                 .cluster
@@ -459,8 +502,7 @@ impl Rouse {
         let log = dir.join("rouse.log");
         let out = std::fs::File::create(&log).unwrap();
         let proc = Command::new(support::bin())
-            .args(["gateway", "--config"])
-            .arg(&cfg)
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", format!("{name}-{port}"))
             .env("RUST_LOG", "info,rouse=debug")

@@ -10,6 +10,7 @@
 //!
 //! `cargo test --features kubernetes --test k8s` runs it; `.ci/run` does.
 
+mod activator;
 mod cluster;
 mod conformance;
 mod dns;
@@ -20,6 +21,7 @@ mod manifests;
 mod node;
 mod replicas;
 mod scale;
+mod serving;
 #[allow(unused_imports)]
 #[path = "../it/support/mod.rs"]
 mod support;
@@ -47,6 +49,7 @@ fn all() -> Vec<Trial> {
     t.extend(manifests::trials());
     t.extend(ingress::trials());
     t.extend(conformance::trials());
+    t.extend(activator::trials());
     t
 }
 

@@ -16,6 +16,7 @@
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node as NodeObject, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -83,6 +84,9 @@ struct Running {
     port: u16,
     /// The process; taken when it is being stopped.
     child: Option<Child>,
+    /// The Pod's other containers, in its network namespace (Knative's queue-proxy beside
+    /// the app); stopped with it.
+    sidecars: Vec<Child>,
     /// Set by a test: the Pod stays not ready whatever its process does.
     held_unready: bool,
 }
@@ -203,10 +207,13 @@ async fn run(
             Ok(Event::Delete(p)) => {
                 let key = key(&p);
                 let gone = state.lock().unwrap().pods.remove(&key);
-                if let Some(mut r) = gone
-                    && let Some(mut c) = r.child.take()
-                {
-                    let _ = c.start_kill();
+                if let Some(mut r) = gone {
+                    if let Some(mut c) = r.child.take() {
+                        let _ = c.start_kill();
+                    }
+                    for c in r.sidecars.iter_mut() {
+                        let _ = c.start_kill();
+                    }
                 }
             }
             _ => {}
@@ -235,25 +242,35 @@ async fn handle(
     let spec = pod.spec.clone().unwrap_or_default();
     if pod.metadata.deletion_timestamp.is_some() {
         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
-        let child = state
+        let (child, mut sidecars) = state
             .lock()
             .unwrap()
             .pods
             .get_mut(&(ns.clone(), name.clone()))
-            .and_then(|r| r.child.take());
+            .map(|r| (r.child.take(), std::mem::take(&mut r.sidecars)))
+            .unwrap_or_default();
         let api = api.clone();
         tokio::spawn(async move {
-            if let Some(mut c) = child {
+            let term = |c: &Child| {
                 if let Some(pid) = c.id() {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGTERM,
                     );
                 }
+            };
+            for c in &sidecars {
+                term(c);
+            }
+            if let Some(mut c) = child {
+                term(&c);
                 let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
                 if tokio::time::timeout(grace, c.wait()).await.is_err() {
                     let _ = c.kill().await;
                 }
+            }
+            for c in sidecars.iter_mut() {
+                let _ = c.kill().await;
             }
             let _ = api
                 .delete(&name, &DeleteParams::default().grace_period(0))
@@ -353,11 +370,7 @@ async fn handle(
         .env("POD_IP", ip.to_string())
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
-    for e in container.env.clone().unwrap_or_default() {
-        if let Some(v) = e.value {
-            cmd.env(e.name, v);
-        }
-    }
+    container_env(&mut cmd, container, &ns, &name, ip);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -377,6 +390,50 @@ async fn handle(
         report_failed(client, &ns, &name, &why).await;
         return;
     }
+    // The other containers join the first one's network (and mount, for resolv.conf).
+    let mut sidecars = Vec::new();
+    for c in spec.containers.iter().skip(1).filter(|_| img.own_network) {
+        let image = c.image.clone().unwrap_or_default();
+        let Some(side) = images.get(&image) else {
+            report_failed(
+                client,
+                &ns,
+                &name,
+                &format!("no command for image {image:?} on the local node"),
+            )
+            .await;
+            return;
+        };
+        let Some(pid) = child.id().and_then(outer_pid) else {
+            report_failed(client, &ns, &name, "the pod's first process is gone").await;
+            return;
+        };
+        let mut cmd = tokio::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/proc/{pid}/ns/net"))
+            .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+            .arg("--")
+            .args(&side.command)
+            .args(c.args.clone().unwrap_or_default())
+            .env("POD_NAME", &name)
+            .env("POD_NAMESPACE", &ns)
+            .env("POD_IP", ip.to_string())
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        container_env(&mut cmd, c, &ns, &name, ip);
+        match cmd.spawn() {
+            Ok(s) => sidecars.push(s),
+            Err(e) => {
+                report_failed(
+                    client,
+                    &ns,
+                    &name,
+                    &format!("cannot start {:?}: {e}", side.command),
+                )
+                .await;
+                return;
+            }
+        }
+    }
     {
         let mut st = state.lock().unwrap();
         *st.started.entry(ns.clone()).or_default() += 1;
@@ -386,6 +443,7 @@ async fn handle(
                 ip,
                 port,
                 child: Some(child),
+                sidecars,
                 held_unready: false,
             },
         );
@@ -403,25 +461,42 @@ async fn handle(
     )
     .await
     .ok();
-    // Readiness: the port accepts a connection.
+    // Readiness: the port accepts a connection, and so does the port of every container's
+    // readiness probe (Knative's queue-proxy is probed on its serving port).
+    let mut checked = vec![port];
+    for c in spec.containers.iter().filter(|_| img.own_network) {
+        let probe = c.readiness_probe.as_ref();
+        let p = probe
+            .and_then(|p| p.http_get.as_ref().map(|h| h.port.clone()))
+            .or_else(|| probe.and_then(|p| p.tcp_socket.as_ref().map(|t| t.port.clone())));
+        if let Some(IntOrString::Int(n)) = p
+            && let Ok(n) = u16::try_from(n)
+            && n != 0
+            && !checked.contains(&n)
+        {
+            checked.push(n);
+        }
+    }
     let client = client.clone();
     let state = state.clone();
     tokio::spawn(async move {
-        let addr = SocketAddr::new(IpAddr::V4(ip), port);
-        loop {
-            let alive = state
-                .lock()
-                .unwrap()
-                .pods
-                .get(&(ns.clone(), name.clone()))
-                .is_some_and(|r| r.child.is_some());
-            if !alive {
-                return;
+        for port in checked {
+            let addr = SocketAddr::new(IpAddr::V4(ip), port);
+            loop {
+                let alive = state
+                    .lock()
+                    .unwrap()
+                    .pods
+                    .get(&(ns.clone(), name.clone()))
+                    .is_some_and(|r| r.child.is_some());
+                if !alive {
+                    return;
+                }
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let held = state
             .lock()
@@ -433,6 +508,54 @@ async fn handle(
             report_ready(&client, &ns, &name, true).await;
         }
     });
+}
+
+/// The number `/proc` knows process `pid` of the run's PID namespace by: the run keeps the
+/// machine's `/proc`, where it appears under its outer number (`NSpid` lists both).
+fn outer_pid(pid: u32) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let Some(ids) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+            continue;
+        };
+        let ids: Vec<u32> = ids
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if ids.len() >= 2 && ids.last() == Some(&pid) {
+            return ids.first().copied();
+        }
+    }
+    None
+}
+
+/// A container's environment: its values, and the Pod fields the kubelet fills in
+/// (`fieldRef` to the name, namespace and IP).
+fn container_env(
+    cmd: &mut tokio::process::Command,
+    c: &k8s_openapi::api::core::v1::Container,
+    ns: &str,
+    name: &str,
+    ip: Ipv4Addr,
+) {
+    for e in c.env.clone().unwrap_or_default() {
+        let field = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        let v = match (e.value, field) {
+            (Some(v), _) => v,
+            (None, Some("metadata.name")) => name.to_owned(),
+            (None, Some("metadata.namespace")) => ns.to_owned(),
+            (None, Some("status.podIP")) => ip.to_string(),
+            (None, Some("status.hostIP")) => "192.0.2.1".to_owned(),
+            _ => continue,
+        };
+        cmd.env(e.name, v);
+    }
 }
 
 /// Moves one end of a new veth pair into the network namespace of process `pid` (as `eth0`)

@@ -241,6 +241,7 @@ fn activated(r: &mut config::Revision, namespace: &str, name: &str) {
         "http"
     };
     r.endpoints = Vec::new();
+    r.queue = Queue::knative();
     r.kubernetes = Some(KubeEndpoints {
         service: format!("{name}-private"),
         namespace: Some(namespace.to_owned()),

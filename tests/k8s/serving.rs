@@ -1,0 +1,150 @@
+//! Knative Serving's own controller and autoscaler on the test control plane: built from the
+//! `knative.dev/serving` module by `scripts/knative-serving-binaries.sh`, run as Pods of the
+//! local node (each with a network of its own, as both listen on `:8080`), with Knative's
+//! CRDs and the ConfigMaps of `knative-serving.yaml`. Started by the first test that needs
+//! them; the run's end stops them with every other Pod.
+//!
+//! Without Knative's webhook, a Revision template needs the autoscaler class annotation (the
+//! webhook adds it to the PodAutoscaler), and the images' registry is listed as one whose tags
+//! are not resolved.
+
+use crate::env::{apply_file, env};
+use crate::node::Image;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
+use kube::core::GroupVersionKind;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Where the binaries and Knative's config are, when the run has them.
+pub const DIR_VAR: &str = "ROUSE_KNATIVE_SERVING";
+/// Knative's queue-proxy, as `config-deployment` names it.
+pub const QUEUE_IMAGE: &str = "rouse.test/queue";
+/// The app of the tests' Revisions: the counting backend, listening on every address of
+/// its Pod (the queue-proxy reaches it on 127.0.0.1).
+pub const APP_IMAGE: &str = "rouse.test/hello";
+
+/// The namespace of Knative's components.
+pub const SYSTEM: &str = "knative-serving";
+
+/// The images of Knative's components, and the tests' app, for the local node.
+pub fn images() -> Vec<(String, Image)> {
+    let Ok(dir) = std::env::var(DIR_VAR) else {
+        return Vec::new();
+    };
+    let bin = |b: &str| PathBuf::from(&dir).join(b).display().to_string();
+    let own = |command: Vec<String>| Image {
+        command,
+        own_network: true,
+    };
+    vec![
+        (
+            "rouse.test/knative-controller".to_owned(),
+            own(vec![bin("controller")]),
+        ),
+        (
+            "rouse.test/knative-autoscaler".to_owned(),
+            own(vec![bin("autoscaler")]),
+        ),
+        (QUEUE_IMAGE.to_owned(), own(vec![bin("queue")])),
+        (
+            APP_IMAGE.to_owned(),
+            own(vec![
+                "python3".to_owned(),
+                crate::support::BACKEND_PY.to_owned(),
+            ]),
+        ),
+    ]
+}
+
+static STARTED: OnceCell<String> = OnceCell::const_new();
+
+/// Starts Knative's controller and autoscaler once; returns the autoscaler's stats URL.
+pub async fn serving() -> String {
+    STARTED.get_or_init(start).await.clone()
+}
+
+async fn start() -> String {
+    let dir = PathBuf::from(
+        std::env::var(DIR_VAR).expect("the run builds Knative Serving's components first"),
+    );
+    let admin = &env().admin;
+    let crds = dir.join("config/crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&crds)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        apply_file(admin, f.to_str().unwrap(), None).await;
+    }
+    for (group, version, kind) in [
+        ("serving.knative.dev", "v1", "Revision"),
+        ("serving.knative.dev", "v1", "Configuration"),
+        (
+            "autoscaling.internal.knative.dev",
+            "v1alpha1",
+            "PodAutoscaler",
+        ),
+        ("autoscaling.internal.knative.dev", "v1alpha1", "Metric"),
+        (
+            "networking.internal.knative.dev",
+            "v1alpha1",
+            "ServerlessService",
+        ),
+        ("caching.internal.knative.dev", "v1alpha1", "Image"),
+    ] {
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        crate::env::eventually(&format!("{kind} served"), Duration::from_secs(30), || {
+            let gvk = gvk.clone();
+            async move { kube::discovery::pinned_kind(admin, &gvk).await.is_ok() }
+        })
+        .await;
+    }
+    apply_file(admin, "tests/k8s/knative-serving.yaml", None).await;
+    apply_file(admin, "deploy/knative/activator.yaml", None).await;
+    let kubeconfig = env().cluster.lock().await.kubeconfig_at(
+        "knative-serving",
+        "knative-serving",
+        &["system:masters"],
+        "https://192.0.2.1:6443",
+    );
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), SYSTEM);
+    for (name, metrics_domain) in [
+        ("autoscaler", "knative.dev/serving"),
+        ("controller", "knative.dev/internal/serving"),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "app": name } },
+            "spec": { "containers": [{
+                "name": name,
+                "image": format!("rouse.test/knative-{name}"),
+                "ports": [{ "containerPort": 8080 }],
+                "env": [
+                    { "name": "SYSTEM_NAMESPACE", "value": SYSTEM },
+                    { "name": "KUBECONFIG", "value": kubeconfig.display().to_string() },
+                    { "name": "METRICS_DOMAIN", "value": metrics_domain },
+                ],
+            }]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    // The autoscaler's stats server answers once it has its informers.
+    let ip = loop {
+        if let Some(a) = env().node.pods(SYSTEM).get("autoscaler") {
+            break a.ip();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    crate::env::eventually(
+        "Knative's autoscaler accepts connections",
+        Duration::from_secs(60),
+        || async move { tokio::net::TcpStream::connect((ip, 8080)).await.is_ok() },
+    )
+    .await;
+    format!("ws://{ip}:8080")
+}
