@@ -288,9 +288,11 @@ impl Validator {
             self.unique_name(&mut revs, &r.name, j, &rp, "revisions");
             match (&r.scale, r.endpoints.is_empty(), &r.kubernetes) {
                 (_, _, Some(k)) => self.kube_endpoints(&rp, r, k),
+                // Never any endpoint: it answers every request with its placeholder.
+                (None, true, None) if r.cold_start.placeholder.is_some() => {}
                 (None, true, None) => self.err(
                     format!("{rp}.endpoints"),
-                    "empty; list at least one ip:port, add scale.process to start processes, or a kubernetes section to take the pods of a Service",
+                    "empty; list at least one ip:port, add scale.process to start processes, a kubernetes section to take the pods of a Service, or a cold_start.placeholder to answer every request with it",
                 ),
                 (None, false, None) => {}
                 (Some(_), _, None) => {}

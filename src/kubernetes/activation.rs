@@ -299,6 +299,77 @@ impl<T> Drop for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server that answers every request with `status` and `body`, and counts them.
+    async fn answering(status: u16, body: &'static str) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let res = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(res.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_pod_not_ready_yet_is_used_once_its_queue_proxy_answers_and_no_sooner() {
+        let queue = answering(200, "queue").await;
+        let other_app = answering(200, "hello").await;
+        let starting = answering(503, "not yet").await;
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let rev = Revision::for_test(1, 0);
+        let mut sink = PodSink::start(rev.clone(), true, None);
+        sink.pods(&[], &[queue, other_app, starting, closed]);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while rev.endpoints().is_empty() {
+                rev.endpoints_changed().await;
+            }
+        })
+        .await
+        .expect("the pod that answered its probe is used");
+        // A few more probe rounds: the others never qualify.
+        tokio::time::sleep(LAST_PAUSE * 3).await;
+        let used: Vec<SocketAddr> = rev.endpoints().iter().map(|e| e.addr).collect();
+        assert_eq!(used, [queue]);
+
+        // Listed ready: used without a probe; gone from the slices: dropped.
+        sink.pods(&[closed], &[]);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let used: Vec<SocketAddr> = rev.endpoints().iter().map(|e| e.addr).collect();
+                if used == [closed] {
+                    return;
+                }
+                rev.endpoints_changed().await;
+            }
+        })
+        .await
+        .expect("the set follows the slices");
+
+        // Without probing, not-ready pods are never used.
+        let rev = Revision::for_test(1, 0);
+        let mut sink = PodSink::start(rev.clone(), false, None);
+        sink.pods(&[], &[queue]);
+        tokio::time::sleep(LAST_PAUSE * 2).await;
+        assert!(rev.endpoints().is_empty());
+    }
 
     fn pods(n: u8) -> Vec<SocketAddr> {
         (1..=n)

@@ -59,6 +59,11 @@ impl Route {
                 .all(|(k, v)| headers.get_all(k).iter().any(|x| x == v))
     }
 
+    /// Every arm, in the config's order.
+    pub fn arms(&self) -> &[Arm] {
+        &self.arms
+    }
+
     /// The arm for a request: by `rouse-tag` if it names one, else by weighted choice.
     pub fn pick(&self, headers: &HeaderMap) -> &Arm {
         // Most routes have no tags; they skip the header lookup.

@@ -22,10 +22,16 @@ use std::time::Duration;
 const ACTIVATOR_USER: &str = "system:serviceaccount:knative-serving:rouse-activator";
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "activator_a_revision_at_zero_is_scaled_by_knatives_autoscaler_on_rouses_stats",
-        from_zero_and_back,
-    )]
+    vec![
+        trial(
+            "activator_a_revision_at_zero_is_scaled_by_knatives_autoscaler_on_rouses_stats",
+            from_zero_and_back,
+        ),
+        trial(
+            "activator_one_hop_the_ingress_activates_a_knative_route_itself",
+            one_hop,
+        ),
+    ]
 }
 
 /// A Configuration whose Revision starts at zero, with `container_concurrency`.
@@ -211,4 +217,96 @@ async fn from_zero_and_back() {
     for g in held {
         assert_eq!(g.status.as_u16(), 200, "{}", g.body);
     }
+}
+
+/// rouse as Knative's ingress with `activate`: a Knative Route of rouse's class becomes an
+/// Ingress that rouse serves and marks Ready (probes of the revision at zero answered by rouse,
+/// without waking it); a request to the Route's host is held by the ingress itself, Knative's
+/// autoscaler scales the revision on the ingress's stats, and the request goes straight to the
+/// pod. Nothing listens where Knative's activator would be (the activator Service lists
+/// 192.0.2.1:8012), so an answer proves the one hop.
+async fn one_hop() {
+    let _shared = env().exclusive.read().await;
+    let autoscaler = serving().await;
+    let ing = crate::ingress::launch(
+        "onehop",
+        crate::env::ROUSE_USER,
+        ", activate: true",
+        &format!(", autoscaler: {{ url: \"{autoscaler}\" }}"),
+        "",
+    )
+    .await;
+    let ns = ing.ns.clone();
+    configuration(&ns, "hello", 0).await;
+    let rev = "hello-00001";
+    let deployment = format!("{rev}-deployment");
+    eventually(
+        "Knative made the Revision's Deployment at zero",
+        Duration::from_secs(60),
+        || async { replicas(&ns, &deployment).await == Some(0) },
+    )
+    .await;
+    apply(
+        &env().admin,
+        json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Route",
+            "metadata": {
+                "name": "hello",
+                "namespace": ns,
+                "annotations": { "networking.knative.dev/ingress.class": ing.class() },
+            },
+            "spec": { "traffic": [{ "revisionName": rev, "percent": 100 }] },
+        }),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        env().admin.clone(),
+        &ns,
+        &kube::api::ApiResource {
+            group: "serving.knative.dev".into(),
+            version: "v1".into(),
+            api_version: "serving.knative.dev/v1".into(),
+            kind: "Route".into(),
+            plural: "routes".into(),
+        },
+    );
+    eventually(
+        "the Route is Ready (its Ingress served and probed by rouse)",
+        Duration::from_secs(60),
+        || async {
+            routes.get_opt("hello").await.unwrap().is_some_and(|r| {
+                r.data["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        },
+    )
+    .await;
+    // The probes did not wake the revision.
+    assert_eq!(replicas(&ns, &deployment).await, Some(0));
+    assert_eq!(
+        ing.rouse.metric("rouse_autoscaler_wakeups_total").await,
+        0.0
+    );
+
+    let c = support::h1_client();
+    let host = format!("hello.{ns}.example.com");
+    let got = support::get(&c, ing.public, &host, "/?echo=host", &[]).await;
+    assert_eq!(got.status.as_u16(), 200, "{}", got.body);
+    assert!(got.body.starts_with("hello "), "{}", got.body);
+    assert_eq!(got.header("x-echo-host"), host);
+    assert!(replicas(&ns, &deployment).await >= Some(1));
+    assert!(ing.rouse.metric("rouse_autoscaler_wakeups_total").await >= 1.0);
+    eventually(
+        "Knative scaled the revision back to zero",
+        Duration::from_secs(90),
+        || async { replicas(&ns, &deployment).await == Some(0) },
+    )
+    .await;
 }

@@ -67,6 +67,17 @@ pub async fn start(name: &str, extra: &str) -> Ingress {
 
 /// [`start`], rouse running as `user`.
 pub async fn start_as(name: &str, user: &str, extra: &str) -> Ingress {
+    launch(name, user, "", "", extra).await
+}
+
+/// [`start`] with more keys in `kubernetes.ingress` and in `kubernetes`.
+pub async fn launch(
+    name: &str,
+    user: &str,
+    ingress_keys: &str,
+    kube_keys: &str,
+    extra: &str,
+) -> Ingress {
     let ns = namespace(name).await;
     let base = ports(4);
     let at = |i: u16| -> SocketAddr { format!("192.0.2.1:{}", base + i).parse().unwrap() };
@@ -86,7 +97,7 @@ pub async fn start_as(name: &str, user: &str, extra: &str) -> Ingress {
     let body = format!(
         "listen_internal: {internal}
 tls: {{ listen: {tls}, certificates: [] }}
-kubernetes: {{ namespace: {ns}, ingress: {{ class: {class} }} }}
+kubernetes: {{ namespace: {ns}, ingress: {{ class: {class} {ingress_keys} }} {kube_keys} }}
 {extra}"
     );
     let rouse =
@@ -102,6 +113,11 @@ kubernetes: {{ namespace: {ns}, ingress: {{ class: {class} }} }}
 }
 
 impl Ingress {
+    /// The Ingress class this rouse serves.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
     /// Creates Ingress `name` of this rouse's class with `spec`.
     pub async fn create(&self, name: &str, spec: Value) {
         self.create_as(name, Some(&self.class), spec).await;

@@ -170,12 +170,31 @@ pub fn translate(
             probe_match.insert(HASH_HEADER.to_owned(), "override".to_owned());
             let mut probe_set = p.append_headers.clone();
             probe_set.insert(HASH_HEADER.to_owned(), ing.hash.clone());
+            // A probe of an activated split is answered here, as Knative's activator answers
+            // it for a revision at zero: the hash proves this replica serves the spec, and a
+            // probe must not wake the revision.
+            let mut probe_traffic = traffic.clone();
+            for arm in probe_traffic.iter_mut() {
+                let activated = revisions.iter().any(|r| {
+                    r.name == arm.revision
+                        && r.kubernetes
+                            .as_ref()
+                            .is_some_and(|k| k.knative_revision.is_some())
+                });
+                if activated {
+                    let answer = format!("{}:probe", arm.revision);
+                    if !revisions.iter().any(|r| r.name == answer) {
+                        revisions.push(probe_answer(&answer, &ing.hash));
+                    }
+                    arm.revision = answer;
+                }
+            }
             routes.push(config::Route {
                 path: path.to_owned(),
                 headers: probe_match,
                 set_headers: probe_set,
                 rewrite_host: rewrite_host.clone(),
-                traffic: traffic.clone(),
+                traffic: probe_traffic,
             });
             routes.push(config::Route {
                 path: path.to_owned(),
@@ -215,6 +234,30 @@ fn port_text(p: &IntOrString) -> String {
     match p {
         IntOrString::Int(n) => n.to_string(),
         IntOrString::String(s) => s.clone(),
+    }
+}
+
+/// A revision that answers every request (Knative's probes) with 200 and `hash`.
+fn probe_answer(name: &str, hash: &str) -> config::Revision {
+    let mut headers = BTreeMap::new();
+    headers.insert(HASH_HEADER.to_owned(), hash.to_owned());
+    config::Revision {
+        name: name.to_owned(),
+        protocol: Protocol::Http1,
+        container_concurrency: 0,
+        endpoints: Vec::new(),
+        kubernetes: None,
+        queue: Queue::default(),
+        scale: None,
+        cold_start: ColdStart {
+            placeholder: Some(config::Placeholder {
+                status: 200,
+                body: String::new(),
+                headers,
+            }),
+            header: false,
+        },
+        tls: None,
     }
 }
 
@@ -360,6 +403,88 @@ mod tests {
             .collect();
         set.sort();
         format!("{} {}", arm.revision.name, set.join(","))
+    }
+
+    #[test]
+    fn activated_splits_go_to_the_revisions_pods_and_probes_are_answered_here() {
+        let ing = ingress(
+            r#"{"rules":[{"hosts":["hello.ns.example.com"],"visibility":"ExternalIP","http":{"paths":[
+                {"splits":[
+                  {"serviceName":"hello-00001","serviceNamespace":"ns","servicePort":80,"percent":60,
+                   "appendHeaders":{"Knative-Serving-Revision":"hello-00001","Knative-Serving-Namespace":"ns"}},
+                  {"serviceName":"plain","serviceNamespace":"ns","servicePort":80,"percent":40}]}]}}]}"#,
+        );
+        let services = translate(&ing, &Cluster, "cluster.local", true).unwrap();
+        let revs = &services[0].revisions;
+        let hello = revs.iter().find(|r| r.name == "hello-00001:80").unwrap();
+        let k = hello.kubernetes.as_ref().unwrap();
+        assert_eq!(k.service, "hello-00001-private");
+        assert_eq!(k.port, Some(PortRef::Name("http".into())));
+        assert_eq!(k.knative_revision.as_deref(), Some("ns/hello-00001"));
+        assert!(k.probe_not_ready);
+        assert_eq!(hello.queue, Queue::knative());
+        let plain = revs.iter().find(|r| r.name == "plain:80").unwrap();
+        assert_eq!(plain.kubernetes.as_ref().unwrap().service, "plain");
+        assert_eq!(plain.kubernetes.as_ref().unwrap().knative_revision, None);
+
+        let t = table(services.clone());
+        // Traffic: the activated arm carries K-Proxy-Request; the plain one does not.
+        let route = t
+            .service("hello.ns.example.com", false)
+            .unwrap()
+            .route("/", &HeaderMap::new())
+            .unwrap();
+        let arms: Vec<String> = route
+            .arms()
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a.revision.name,
+                    a.set_headers
+                        .iter()
+                        .find(|(k, _)| k == "k-proxy-request")
+                        .map_or("-", |(_, v)| v.to_str().unwrap())
+                )
+            })
+            .collect();
+        assert_eq!(arms, ["hello-00001:80 activator", "plain:80 -"]);
+        // Probes: the activated arm's copy answers with the hash; the plain one forwards.
+        let probe = t
+            .service("hello.ns.example.com", false)
+            .unwrap()
+            .route("/healthz", &{
+                let mut h = HeaderMap::new();
+                h.insert("k-network-hash", "override".parse().unwrap());
+                h
+            })
+            .unwrap();
+        let names: Vec<&str> = probe.arms().iter().map(|a| &*a.revision.name).collect();
+        assert_eq!(names, ["hello-00001:80:probe", "plain:80"]);
+        let answer = revs
+            .iter()
+            .find(|r| r.name == "hello-00001:80:probe")
+            .unwrap();
+        let p = answer.cold_start.placeholder.as_ref().unwrap();
+        assert_eq!(
+            (p.status, p.headers["k-network-hash"].as_str()),
+            (200, "abc")
+        );
+
+        // Without activate, the same Ingress goes to the public Service.
+        let services = translate(&ing, &Cluster, "cluster.local", false).unwrap();
+        let hello = services[0]
+            .revisions
+            .iter()
+            .find(|r| r.name == "hello-00001:80")
+            .unwrap();
+        assert_eq!(hello.kubernetes.as_ref().unwrap().service, "hello-00001");
+        assert!(
+            services[0]
+                .revisions
+                .iter()
+                .all(|r| !r.name.ends_with(":probe"))
+        );
     }
 
     #[test]
