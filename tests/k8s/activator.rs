@@ -143,6 +143,27 @@ async fn from_zero_and_back() {
         },
     )
     .await;
+    // An activator that cannot reach the autoscaler is still ready (Knative's is not), and
+    // says so in its metrics.
+    {
+        let cut_off = activator(&ns, "ws://192.0.2.1:9", &[]).await;
+        eventually("failed connects counted", Duration::from_secs(10), || async {
+            cut_off.metric("rouse_autoscaler_connect_errors_total").await >= 2.0
+        })
+        .await;
+        assert_eq!(cut_off.metric("rouse_autoscaler_connected").await, 0.0);
+        assert_eq!(cut_off.admin_get("/readyz").await.0, 200);
+        let c = support::h1_client();
+        let kubelet = support::get(
+            &c,
+            cut_off.addr,
+            "10.0.0.1:8012",
+            "/",
+            &[("user-agent", "kube-probe/1.37")],
+        )
+        .await;
+        assert_eq!(kubelet.status.as_u16(), 200, "{}", kubelet.body);
+    }
     let rouse = activator(&ns, &autoscaler, &["--max-held", "2"]).await;
 
     // Knative's probes of an activator, answered as Knative's answers them.
