@@ -107,8 +107,6 @@ pub struct AutoscalerLink {
     /// The name the stats carry as their pod (the autoscaler counts reporters by it);
     /// default `POD_NAME`, else the host name.
     pub pod_name: Option<String>,
-    /// How often a message with every active revision's figures is sent.
-    pub interval: Dur,
 }
 
 impl Default for AutoscalerLink {
@@ -116,7 +114,6 @@ impl Default for AutoscalerLink {
         AutoscalerLink {
             url: "ws://autoscaler.knative-serving.svc.cluster.local:8080".to_owned(),
             pod_name: None,
-            interval: Dur(Duration::from_secs(1)),
         }
     }
 }

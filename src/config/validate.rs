@@ -93,6 +93,12 @@ impl Validator {
             if ing.class.trim().is_empty() {
                 self.err("kubernetes.ingress.class", "must not be empty");
             }
+            if ing.activate && c.kubernetes.autoscaler.is_none() {
+                self.err(
+                    "kubernetes.ingress.activate",
+                    "needs kubernetes.autoscaler, or revisions at zero are never woken; Knative's is { url: ws://autoscaler.knative-serving.svc.cluster.local:8080 }",
+                );
+            }
             self.object_name("kubernetes.ingress.public_service", &ing.public_service);
             self.object_name("kubernetes.ingress.private_service", &ing.private_service);
             if c.listen_internal.is_none() {
@@ -123,12 +129,6 @@ impl Validator {
                         "{:?} is not a ws:// URL with a host; Knative's is ws://autoscaler.knative-serving.svc.cluster.local:8080",
                         a.url
                     ),
-                );
-            }
-            if a.interval.0 < Duration::from_millis(100) {
-                self.err(
-                    "kubernetes.autoscaler.interval",
-                    "must be at least 100ms (Knative's activator reports every 1s)",
                 );
             }
         }

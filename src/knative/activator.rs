@@ -27,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// What the activator answers to `K-Network-Probe: activator`.
 pub const PROBE_BODY: &str = "activator";
 
-/// The hosts a revision is reached by, the first being the one requests are routed by.
+/// The hosts a revision is reached by, the first being the one requests named by the
+/// revision headers are routed by.
 pub fn revision_hosts(name: &str, namespace: &str, domain: &str) -> Vec<String> {
     vec![
         format!("{name}.{namespace}.svc.{domain}"),
@@ -83,7 +84,8 @@ fn answer_or_route(
             reply(StatusCode::OK, "")
         }));
     }
-    if let Some(p) = h.get(&NETWORK_PROBE) {
+    // An empty value is no probe, as Knative reads it.
+    if let Some(p) = h.get(&NETWORK_PROBE).filter(|p| !p.is_empty()) {
         return Intercept::Answer(Box::new(match p.as_bytes() {
             b"probe" => match h.get(&NETWORK_HASH) {
                 Some(hash) if !hash.is_empty() => {

@@ -59,6 +59,14 @@ const FRAMES_QUEUED: usize = 16;
 /// noticed by the failed write.
 const PING_EVERY: Duration = Duration::from_millis(3300);
 
+/// Knative's activator reports every second, and the autoscaler adds what it hears into
+/// one-second buckets: another period would scale what it sees.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A connection that has heard nothing (no pong) for this long is taken for dead: a
+/// peer that vanished without closing leaves writes succeeding for minutes.
+const SILENCE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Knative's handshake timeout.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -129,12 +137,26 @@ type Key = Arc<(String, String)>;
 /// The reporting side: closes periods and announces wake-ups.
 struct Periods {
     pod: String,
-    /// Revisions reported on in the last period, with the concurrency already announced by a
-    /// wake-up (taken off the next period's figures).
+    /// Knative revisions reported on in the last period, with the concurrency already
+    /// announced by a wake-up (taken off the next period's figures).
     active: HashMap<Key, f64>,
-    /// A task per reported revision, waiting for its first request after idleness.
-    watchers: HashMap<Key, (Arc<Revision>, JoinHandle<()>)>,
-    wakeups: mpsc::UnboundedSender<(Key, Arc<Revision>)>,
+    /// A task per reported revision of the route table, waiting for its first request after
+    /// idleness, by the revision's address: one Knative revision may be several (the one-hop
+    /// ingress has one per Ingress rule: public, cluster-local, each tag), reported as one.
+    watchers: HashMap<usize, Watcher>,
+    wakeups: mpsc::UnboundedSender<Key>,
+}
+
+struct Watcher {
+    key: Key,
+    rev: Arc<Revision>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Periods {
@@ -145,58 +167,68 @@ impl Periods {
             let Some(key) = rev.settings().knative.clone() else {
                 continue;
             };
-            match self.watchers.remove(&key) {
-                Some((r, task)) if Arc::ptr_eq(&r, &rev) => {
-                    next.insert(key, (r, task));
-                }
-                old => {
-                    if let Some((_, task)) = old {
-                        task.abort();
-                    }
-                    // A revision is idle until a request says otherwise (a request that came
-                    // before this watcher is announced as soon as it starts).
-                    let (tx, r, k) = (self.wakeups.clone(), rev.clone(), key.clone());
-                    let task = tokio::spawn(async move {
-                        loop {
-                            r.woken().await;
-                            if tx.send((k.clone(), r.clone())).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    next.insert(key, (rev, task));
-                }
+            let id = Arc::as_ptr(&rev) as usize;
+            if let Some(w) = self.watchers.remove(&id)
+                && w.key == key
+            {
+                next.insert(id, w);
+                continue;
             }
+            // A revision is idle until a request says otherwise (a request that came before
+            // this watcher is announced as soon as it starts).
+            let (tx, r, k) = (self.wakeups.clone(), rev.clone(), key.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    r.woken().await;
+                    if tx.send(k.clone()).is_err() {
+                        return;
+                    }
+                }
+            });
+            next.insert(id, Watcher { key, rev, task });
         }
-        for (_, (_, task)) in self.watchers.drain() {
-            task.abort();
-        }
+        // Those left are gone from the table; dropping them stops their tasks.
         self.watchers = next;
-        self.active.retain(|k, _| self.watchers.contains_key(k));
+        let keys: std::collections::HashSet<&Key> =
+            self.watchers.values().map(|w| &w.key).collect();
+        self.active.retain(|k, _| keys.contains(k));
     }
 
-    /// Closes the period at `now`: a message per revision that was active in it.
+    /// Closes the period at `now`: a message per Knative revision that was active in it.
     fn close(&mut self, now: Instant) -> Vec<WireStatMessage> {
+        // Every copy of a revision is marked idle before its window is taken, so a request
+        // that arrives in between is announced rather than lost; copies found busy are
+        // marked busy again below.
+        let mut sums: HashMap<&Key, (f64, u64, Vec<&Arc<Revision>>)> = HashMap::new();
+        for w in self.watchers.values() {
+            w.rev.mark_idle();
+            let win = w.rev.stats().take(now);
+            let e = sums.entry(&w.key).or_default();
+            e.0 += win.avg_concurrency;
+            e.1 += win.arrivals;
+            e.2.push(&w.rev);
+        }
         let mut out = Vec::new();
-        for (key, (rev, _)) in &self.watchers {
-            let w = rev.stats().take(now);
+        for (key, (avg, arrivals, revs)) in sums {
             let announced = self.active.get(key).copied();
-            if announced.is_none() && w.arrivals == 0 && w.avg_concurrency == 0.0 {
+            if announced.is_none() && arrivals == 0 && avg == 0.0 {
                 continue;
             }
             let first = announced.unwrap_or(0.0);
             out.push(message(
                 key,
                 &self.pod,
-                (w.avg_concurrency - first).max(0.0),
-                w.arrivals as f64 - first,
+                (avg - first).max(0.0),
+                arrivals as f64 - first,
             ));
-            if w.avg_concurrency == 0.0 {
+            if avg == 0.0 {
                 // Idle for a whole period: the next request is announced at once.
                 self.active.remove(key);
-                rev.mark_idle();
             } else {
                 self.active.insert(key.clone(), 0.0);
+                for r in revs {
+                    r.mark_busy();
+                }
             }
         }
         out
@@ -258,7 +290,7 @@ pub async fn run(
         wakeups,
     };
     p.track(revisions());
-    let every = link.interval.0;
+    let every = REPORT_EVERY;
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let send = |msgs: Vec<WireStatMessage>| {
@@ -282,7 +314,7 @@ pub async fn run(
                 }
                 p.track(revisions());
             }
-            Some((key, _rev)) = woken.recv() => {
+            Some(key) = woken.recv() => {
                 if let Some(m) = p.woken(key) {
                     stats.pokes.fetch_add(1, Ordering::Relaxed);
                     send(vec![m]);
@@ -291,9 +323,7 @@ pub async fn run(
             _ = stop.changed() => break,
         }
     }
-    for (_, (_, task)) in p.watchers.drain() {
-        task.abort();
-    }
+    p.watchers.clear();
     conn.abort();
 }
 
@@ -326,6 +356,7 @@ async fn connection(url: String, mut frames: mpsc::Receiver<Vec<u8>>, stats: Arc
         info!(%url, "connected to Knative's autoscaler");
         let (mut sink, mut incoming) = ws.split();
         let mut ping = tokio::time::interval(PING_EVERY);
+        let mut heard = Instant::now();
         let why = loop {
             tokio::select! {
                 f = frames.recv() => {
@@ -339,10 +370,13 @@ async fn connection(url: String, mut frames: mpsc::Receiver<Vec<u8>>, stats: Arc
                 m = incoming.next() => match m {
                     // Pings are answered by the library as they are read.
                     Some(Ok(Message::Close(_))) | None => break "closed by the autoscaler".to_owned(),
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => heard = Instant::now(),
                     Some(Err(e)) => break e.to_string(),
                 },
                 _ = ping.tick() => {
+                    if heard.elapsed() > SILENCE_LIMIT {
+                        break format!("no answer to pings for {SILENCE_LIMIT:?}");
+                    }
                     if let Err(e) = sink.send(Message::Ping(Default::default())).await {
                         break e.to_string();
                     }
@@ -393,7 +427,7 @@ mod tests {
         rev.update(s);
     }
 
-    fn periods() -> (Periods, mpsc::UnboundedReceiver<(Key, Arc<Revision>)>) {
+    fn periods() -> (Periods, mpsc::UnboundedReceiver<Key>) {
         let (wakeups, rx) = mpsc::unbounded_channel();
         (
             Periods {
@@ -472,7 +506,7 @@ mod tests {
 
         // The first request wakes the revision: announced with concurrency 1 at once.
         let a = rev.begin(false);
-        let (key, _) = tokio::time::timeout(Duration::from_secs(1), woken.recv())
+        let key = tokio::time::timeout(Duration::from_secs(1), woken.recv())
             .await
             .expect("the first request is signalled without waiting for the period")
             .unwrap();
@@ -512,7 +546,51 @@ mod tests {
             "idle revisions are not reported"
         );
         let _c = rev.begin(false);
-        let (key, _) = woken.recv().await.unwrap();
+        let key = woken.recv().await.unwrap();
+        assert!(p.woken(key).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn copies_of_one_knative_revision_are_reported_as_one_and_each_wakes_it() {
+        // The one-hop ingress makes a revision per Ingress rule for one Knative revision.
+        let public = Revision::for_test(0, 1);
+        let local = Revision::for_test(0, 1);
+        keyed(&public, "apps", "hello-00001");
+        keyed(&local, "apps", "hello-00001");
+        let (mut p, mut woken) = periods();
+        p.track(vec![public.clone(), local.clone()]);
+        p.track(vec![public.clone(), local.clone()]);
+        assert_eq!(p.watchers.len(), 2, "tracked again, not duplicated");
+
+        let a = public.begin(false);
+        let key = woken.recv().await.unwrap();
+        assert!(p.woken(key).is_some());
+        let b = local.begin(false);
+        // The other copy was idle too: its first request is signalled, but the revision is
+        // already counted in this period.
+        let key = woken.recv().await.unwrap();
+        assert!(p.woken(key).is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let msgs = p.close(Instant::now());
+        assert_eq!(msgs.len(), 1, "one message for both copies");
+        let (k, conc, count) = figures(&msgs[0]);
+        assert_eq!(k, "apps/hello-00001");
+        assert!(
+            (conc - 1.0).abs() < 1e-9,
+            "2 active minus the announced 1: {conc}"
+        );
+        assert_eq!(count, 1.0);
+        drop((a, b));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(figures(&p.close(Instant::now())[0]).1, 0.0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(p.close(Instant::now()).is_empty());
+        // Idle again: a request on the cluster-local copy alone wakes it.
+        let _c = local.begin(false);
+        let key = tokio::time::timeout(Duration::from_secs(1), woken.recv())
+            .await
+            .expect("the other copy's first request is announced too")
+            .unwrap();
         assert!(p.woken(key).is_some());
     }
 

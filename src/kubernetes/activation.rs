@@ -19,8 +19,6 @@ use super::endpoints::{self, Sink, Target};
 use super::health::Health;
 use crate::revision::Revision;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
@@ -31,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -89,10 +87,10 @@ impl Sink for PodSink {
     }
 
     fn ready(&mut self, addrs: &[SocketAddr]) {
-        self.pods(addrs, &[]);
+        self.pods(addrs, &[], true);
     }
 
-    fn pods(&mut self, ready: &[SocketAddr], not_ready: &[SocketAddr]) {
+    fn pods(&mut self, ready: &[SocketAddr], not_ready: &[SocketAddr], _ready_changed: bool) {
         self.listed
             .send_replace((ready.to_vec(), not_ready.to_vec()));
         if !ready.is_empty() {
@@ -149,9 +147,13 @@ async fn run(
     });
     // Not-ready pods that answered their probe.
     let mut answered: BTreeSet<SocketAddr> = BTreeSet::new();
-    let mut probes: FuturesUnordered<JoinHandle<SocketAddr>> = FuturesUnordered::new();
+    // Stopped with this task: a JoinSet aborts what it holds when dropped.
+    let mut probes: JoinSet<SocketAddr> = JoinSet::new();
     let mut probing: HashMap<SocketAddr, tokio::task::AbortHandle> = HashMap::new();
     let mut last: Option<Vec<SocketAddr>> = None;
+    // This replica's place among the activators, once known (Knative's keeps its last one
+    // while it is not listed).
+    let mut place: Option<(usize, usize)> = None;
     loop {
         let (ready, not_ready) = listed.borrow_and_update().clone();
         if probe_not_ready {
@@ -165,21 +167,19 @@ async fn run(
             });
             for a in &not_ready {
                 if !answered.contains(a) && !probing.contains_key(a) {
-                    let t = tokio::spawn(probe_until_up(*a));
-                    probing.insert(*a, t.abort_handle());
-                    probes.push(t);
+                    let h = probes.spawn(probe_until_up(*a));
+                    probing.insert(*a, h);
                 }
             }
         }
         let mut usable: Vec<SocketAddr> = ready;
         usable.extend(answered.iter().copied());
         let mine = match own {
-            Some(own) => assign(
-                usable,
-                &peers.borrow_and_update(),
-                own,
-                rev.settings().container_concurrency,
-            ),
+            Some(own) => {
+                let peers = peers.borrow_and_update().clone();
+                place = locate(&peers, own).or(place);
+                assign(usable, place, rev.settings().container_concurrency)
+            }
             None => usable,
         };
         if last.as_ref() != Some(&mine) {
@@ -198,7 +198,7 @@ async fn run(
         tokio::select! {
             r = listed.changed() => if r.is_err() { return },
             r = peers.changed(), if own.is_some() => if r.is_err() { return },
-            Some(done) = probes.next(), if !probes.is_empty() => {
+            Some(done) = probes.join_next(), if !probes.is_empty() => {
                 if let Ok(a) = done
                     && probing.remove(&a).is_some()
                 {
@@ -249,27 +249,31 @@ pub async fn probe(addr: SocketAddr) -> Result<bool, BoxError> {
     Ok(body.as_ref() == b"queue")
 }
 
-/// This replica's share of `pods` among `peers` (Knative's `assignSlice`): every pod when
-/// the revision has no concurrency limit, when this replica is not among the peers, or when
-/// it is the only one; otherwise a contiguous slice of the pods sorted as text, plus one of
-/// the remainder for the first replicas, or a single pod when there are more replicas than
-/// pods.
+/// This replica's place among `peers`: (its index with the addresses sorted as text, as
+/// Knative sorts them; how many there are), or `None` when it is not listed.
+pub fn locate(peers: &[IpAddr], own: IpAddr) -> Option<(usize, usize)> {
+    let mut names: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    names.sort();
+    names.dedup();
+    let me = names.binary_search(&own.to_string()).ok()?;
+    Some((me, names.len()))
+}
+
+/// This replica's share of `pods` from its `place` (Knative's `assignSlice`): every pod when
+/// the revision has no concurrency limit, when the place is unknown, or when it is the only
+/// replica; otherwise a contiguous slice of the pods sorted as text, plus one of the remainder
+/// for the first replicas, or a single pod when there are more replicas than pods.
 pub fn assign(
     mut pods: Vec<SocketAddr>,
-    peers: &[IpAddr],
-    own: IpAddr,
+    place: Option<(usize, usize)>,
     container_concurrency: u32,
 ) -> Vec<SocketAddr> {
     if container_concurrency == 0 || pods.len() <= 1 {
         return pods;
     }
-    let mut names: Vec<String> = peers.iter().map(ToString::to_string).collect();
-    names.sort();
-    names.dedup();
-    let Ok(me) = names.binary_search(&own.to_string()) else {
+    let Some((me, n)) = place else {
         return pods;
     };
-    let n = names.len();
     if n == 1 {
         return pods;
     }
@@ -336,7 +340,7 @@ mod tests {
         };
         let rev = Revision::for_test(1, 0);
         let mut sink = PodSink::start(rev.clone(), true, None);
-        sink.pods(&[], &[queue, other_app, starting, closed]);
+        sink.pods(&[], &[queue, other_app, starting, closed], true);
         tokio::time::timeout(Duration::from_secs(5), async {
             while rev.endpoints().is_empty() {
                 rev.endpoints_changed().await;
@@ -350,7 +354,7 @@ mod tests {
         assert_eq!(used, [queue]);
 
         // Listed ready: used without a probe; gone from the slices: dropped.
-        sink.pods(&[closed], &[]);
+        sink.pods(&[closed], &[], true);
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 let used: Vec<SocketAddr> = rev.endpoints().iter().map(|e| e.addr).collect();
@@ -366,7 +370,7 @@ mod tests {
         // Without probing, not-ready pods are never used.
         let rev = Revision::for_test(1, 0);
         let mut sink = PodSink::start(rev.clone(), false, None);
-        sink.pods(&[], &[queue]);
+        sink.pods(&[], &[queue], true);
         tokio::time::sleep(LAST_PAUSE * 2).await;
         assert!(rev.endpoints().is_empty());
     }
@@ -388,7 +392,7 @@ mod tests {
         let mut all = Vec::new();
         let mut sizes = Vec::new();
         for me in peers {
-            let mine = assign(pods(20), &peers, me, 1);
+            let mine = assign(pods(20), locate(&peers, me), 1);
             sizes.push(mine.len());
             all.extend(mine);
         }
@@ -405,12 +409,13 @@ mod tests {
         // As text 10.1.0.10 < 10.1.0.9, so the activator at .10 is index 0 and takes the
         // first pod in text order (10.0.0.1:8012), the one at .9 the next (10.0.0.2:8012).
         let peers = [ip(9), ip(10)];
+        assert_eq!(locate(&peers, ip(10)), Some((0, 2)));
         assert_eq!(
-            assign(pods(2), &peers, ip(10), 2),
+            assign(pods(2), locate(&peers, ip(10)), 2),
             vec![SocketAddr::from(([10, 0, 0, 1], 8012))]
         );
         assert_eq!(
-            assign(pods(2), &peers, ip(9), 2),
+            assign(pods(2), locate(&peers, ip(9)), 2),
             vec![SocketAddr::from(([10, 0, 0, 2], 8012))]
         );
         // Pods as text: 10.0.0.10 sorts before 10.0.0.2.
@@ -419,7 +424,7 @@ mod tests {
             SocketAddr::from(([10, 0, 0, 10], 8012)),
         ];
         assert_eq!(
-            assign(p, &peers, ip(10), 2),
+            assign(p, locate(&peers, ip(10)), 2),
             vec![SocketAddr::from(([10, 0, 0, 10], 8012))]
         );
     }
@@ -427,16 +432,25 @@ mod tests {
     #[test]
     fn more_activators_than_pods_share_round_robin() {
         let peers = [ip(1), ip(2), ip(3)];
-        assert_eq!(assign(pods(2), &peers, ip(3), 1), vec![pods(2)[0]]);
-        assert_eq!(assign(pods(2), &peers, ip(2), 1), vec![pods(2)[1]]);
+        assert_eq!(assign(pods(2), locate(&peers, ip(3)), 1), vec![pods(2)[0]]);
+        assert_eq!(assign(pods(2), locate(&peers, ip(2)), 1), vec![pods(2)[1]]);
     }
 
     #[test]
     fn every_pod_when_unlimited_alone_or_not_listed() {
         let peers = [ip(1), ip(2)];
-        assert_eq!(assign(pods(4), &peers, ip(1), 0), pods(4), "cc 0");
-        assert_eq!(assign(pods(4), &peers, ip(7), 1), pods(4), "not listed");
-        assert_eq!(assign(pods(4), &[ip(1)], ip(1), 1), pods(4), "alone");
-        assert_eq!(assign(pods(1), &peers, ip(2), 1), pods(1), "one pod");
+        assert_eq!(assign(pods(4), locate(&peers, ip(1)), 0), pods(4), "cc 0");
+        assert_eq!(locate(&peers, ip(7)), None);
+        assert_eq!(assign(pods(4), None, 1), pods(4), "place unknown");
+        assert_eq!(
+            assign(pods(4), locate(&[ip(1)], ip(1)), 1),
+            pods(4),
+            "alone"
+        );
+        assert_eq!(
+            assign(pods(1), locate(&peers, ip(2)), 1),
+            pods(1),
+            "one pod"
+        );
     }
 }

@@ -70,6 +70,16 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
         .filter_map(|c| c.get("ports")?.as_array())
         .flatten()
         .any(|p| p.get("name").and_then(Value::as_str) == Some("h2c"));
+    // Knative's activator skips its direct probe of a not-ready pod when the queue-proxy
+    // cannot judge the app's readiness itself: an exec readiness probe, or a startup probe on
+    // any container.
+    let containers = spec.get("containers").and_then(Value::as_array);
+    let probe_not_ready = !containers.into_iter().flatten().any(|c| {
+        c.get("startupProbe").is_some_and(|p| !p.is_null())
+            || c.get("readinessProbe")
+                .and_then(|p| p.get("exec"))
+                .is_some_and(|e| !e.is_null())
+    });
     let mut set_headers = BTreeMap::new();
     set_headers.insert(PROXY_REQUEST.as_str().to_owned(), "activator".to_owned());
     Some(config::Service {
@@ -93,7 +103,7 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
                 service: format!("{name}-private"),
                 namespace: Some(namespace.to_owned()),
                 port: Some(PortRef::Name(if h2c { "http2" } else { "http" }.to_owned())),
-                probe_not_ready: true,
+                probe_not_ready,
                 knative_revision: Some(format!("{namespace}/{name}")),
                 // Knative's public Service of the revision lists the activators in front of
                 // it while it is in proxy mode.
@@ -172,6 +182,7 @@ pub async fn run(
     }
     info!(namespace = ?settings.namespace, "serving Knative Revisions as their activator");
     let mut last: Option<Vec<String>> = None;
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
         let mut all: Vec<Arc<DynamicObject>> = revisions.state();
         all.sort_by(|a, b| {
@@ -196,19 +207,22 @@ pub async fn run(
             match gateway.serve(services).await {
                 Ok(()) => {
                     last = Some(key);
+                    retry = None;
                     health.clear("revisions");
+                    health.revisions_pending.store(false, Ordering::Relaxed);
                     info!(revisions = n, "serving Knative Revisions");
                 }
                 Err(e) => {
-                    let why = format!("the Revisions could not be served: {e}");
+                    let why = format!("the Revisions could not be served: {e}; retrying every 5s");
                     warn!("{why}");
                     health.report("revisions", &why);
+                    retry = Some(tokio::time::Instant::now() + Duration::from_secs(5));
                 }
             }
         }
-        health.revisions_pending.store(false, Ordering::Relaxed);
         tokio::select! {
             _ = changed.notified() => {}
+            () = crate::clock::sleep_until_opt(retry) => {}
             _ = stop.changed() => break,
         }
     }
@@ -276,10 +290,26 @@ mod tests {
         let s = service_for(&revision(json!({ "containers": [{ "image": "x" }] })), &a).unwrap();
         let r = &s.revisions[0];
         assert_eq!((r.container_concurrency, r.protocol), (0, Protocol::Http1));
+        assert!(r.kubernetes.as_ref().unwrap().probe_not_ready);
         let k = r.kubernetes.as_ref().unwrap();
         assert_eq!(k.port, Some(PortRef::Name("http".into())));
         assert_eq!(k.shared_by.as_deref(), Some("hello-00001"));
         assert_eq!(s.timeouts.request, Some(Dur(Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn pods_are_not_taken_early_when_the_queue_proxy_cannot_judge_the_app() {
+        let a = ActivatorSettings::default();
+        for spec in [
+            json!({ "containers": [{ "image": "x", "readinessProbe": { "exec": { "command": ["true"] } } }] }),
+            json!({ "containers": [{ "image": "x" }, { "image": "y", "startupProbe": { "tcpSocket": { "port": 1 } } }] }),
+        ] {
+            let s = service_for(&revision(spec.clone()), &a).unwrap();
+            assert!(
+                !s.revisions[0].kubernetes.as_ref().unwrap().probe_not_ready,
+                "{spec}"
+            );
+        }
     }
 
     #[test]

@@ -167,11 +167,13 @@ pub trait Sink: Send + 'static {
     fn name(&self) -> String;
     /// The ready endpoints changed.
     fn ready(&mut self, addrs: &[SocketAddr]);
-    /// The ready or the not-ready endpoints changed; only the ready ones matter unless the
-    /// sink says otherwise.
-    fn pods(&mut self, ready: &[SocketAddr], not_ready: &[SocketAddr]) {
+    /// The ready or (when `ready_changed` is false, only) the not-ready endpoints changed;
+    /// only the ready ones matter unless the sink says otherwise.
+    fn pods(&mut self, ready: &[SocketAddr], not_ready: &[SocketAddr], ready_changed: bool) {
         let _ = not_ready;
-        self.ready(ready);
+        if ready_changed {
+            self.ready(ready);
+        }
     }
     /// The Service cannot give endpoints at all (`why`); asked again until it can.
     fn missing(&mut self, why: &str);
@@ -334,7 +336,8 @@ pub async fn follow(
                     sink.name()
                 );
             }
-            sink.pods(&now.addrs, &now.not_ready);
+            let ready_changed = last.as_ref().is_none_or(|l| l.addrs != now.addrs);
+            sink.pods(&now.addrs, &now.not_ready, ready_changed);
         }
         last = Some(now);
         synced.send_replace(true);

@@ -25,7 +25,7 @@ use self::endpoints::Target;
 use self::health::{Health, HealthMetrics};
 use self::peers::PeerTable;
 use self::workload::{Workload, WorkloadScaler};
-use crate::config::{self, Config};
+use crate::config::{self, Config, PortRef};
 use crate::discovery::{Readiness, Source};
 use crate::metrics::Metrics;
 use crate::revision::Revision;
@@ -288,10 +288,19 @@ impl Kube {
                 (Some(s), Some(own)) => Some((
                     client.clone(),
                     activation::Share {
+                        // Knative's public Service lists each activator on two ports (http
+                        // or http2 by protocol, and https); one is enough to find it.
                         target: Target {
                             namespace: target.namespace.clone(),
                             service: s.clone(),
-                            port: None,
+                            port: Some(PortRef::Name(
+                                if r.protocol == config::Protocol::H2c {
+                                    "http2"
+                                } else {
+                                    "http"
+                                }
+                                .to_owned(),
+                            )),
                         },
                         own,
                     },

@@ -135,6 +135,11 @@ impl Revision {
         self.idle.store(true, Ordering::Relaxed);
     }
 
+    /// Undoes [`Revision::mark_idle`]: the revision was busy after all.
+    pub fn mark_busy(&self) {
+        self.idle.store(false, Ordering::Relaxed);
+    }
+
     /// Resolves on the first request after [`Revision::mark_idle`].
     pub async fn woken(&self) {
         self.woke.notified().await;

@@ -92,8 +92,11 @@ const ADMIN_CONNECTIONS: usize = 256;
 pub struct Gateway {
     addr: SocketAddr,
     /// The cluster's controllers: Knative Ingresses (`kubernetes.ingress`), Revisions
-    /// (`kubernetes.activator`), the stats link to Knative's autoscaler.
+    /// (`kubernetes.activator`).
     controllers: Vec<Tasks>,
+    /// The stats link to Knative's autoscaler (`kubernetes.autoscaler`): stopped last, as
+    /// requests held during the drain still need it to wake their revisions.
+    link: Option<Tasks>,
     internal_addr: Option<SocketAddr>,
     internal: Option<JoinHandle<usize>>,
     certs: Option<Arc<CertStore>>,
@@ -270,14 +273,16 @@ impl Gateway {
             ingress_controller(&cfg, &kube, &live, store.clone(), addr, internal_addr)
                 .into_iter()
                 .chain(revision_watcher(&cfg, &kube, &live))
-                .chain(autoscaler_link(&cfg, &live))
                 .collect();
+        #[cfg(feature = "kubernetes")]
+        let link = autoscaler_link(&cfg, &live);
         #[cfg(not(feature = "kubernetes"))]
-        let controllers = Vec::new();
+        let (controllers, link) = (Vec::new(), None);
         info!(%addr, internal = ?internal_addr, tls = ?tls_addr, admin = ?admin_addr, services = cfg.services.len(), "gateway listening");
         Ok(Gateway {
             addr,
             controllers,
+            link,
             internal_addr,
             internal,
             certs: store,
@@ -378,6 +383,10 @@ impl Gateway {
         let in_flight = || table.revisions().iter().map(|r| r.in_flight()).sum::<u32>();
         while in_flight() > 0 && began.elapsed() < self.drain_timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some((stop, task)) = self.link {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         // Backends stop only once nothing is being proxied to them.
         self.live.scalers.stop_all().await;

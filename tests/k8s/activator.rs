@@ -35,8 +35,27 @@ pub fn trials() -> Vec<Trial> {
 }
 
 /// A Configuration whose Revision starts at zero, with `container_concurrency`.
-async fn configuration(ns: &str, name: &str, container_concurrency: u32) {
+pub async fn configuration(ns: &str, name: &str, container_concurrency: u32) {
+    configuration_with(ns, name, container_concurrency, &[], APP_IMAGE).await;
+}
+
+/// [`configuration`] with more template annotations and another image.
+pub async fn configuration_with(
+    ns: &str,
+    name: &str,
+    container_concurrency: u32,
+    annotations: &[(&str, &str)],
+    image: &str,
+) {
     let admin = &env().admin;
+    let mut notes = json!({
+        // Knative's webhook would add the class; it does not run here.
+        "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+        "autoscaling.knative.dev/initial-scale": "0",
+    });
+    for (k, v) in annotations {
+        notes[*k] = json!(v);
+    }
     apply(
         admin,
         json!({
@@ -44,16 +63,12 @@ async fn configuration(ns: &str, name: &str, container_concurrency: u32) {
             "kind": "Configuration",
             "metadata": { "name": name, "namespace": ns },
             "spec": { "template": {
-                "metadata": { "annotations": {
-                    // Knative's webhook would add the class; it does not run here.
-                    "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
-                    "autoscaling.knative.dev/initial-scale": "0",
-                }},
+                "metadata": { "annotations": notes },
                 "spec": {
                     "containerConcurrency": container_concurrency,
                     "timeoutSeconds": 60,
                     "containers": [{
-                        "image": APP_IMAGE,
+                        "image": image,
                         "env": [
                             { "name": "HOST", "value": "0.0.0.0" },
                             { "name": "REVISION", "value": name },
@@ -70,7 +85,7 @@ async fn configuration(ns: &str, name: &str, container_concurrency: u32) {
 }
 
 /// The Deployment's `spec.replicas` (None until Knative made it).
-async fn replicas(ns: &str, name: &str) -> Option<i32> {
+pub async fn replicas(ns: &str, name: &str) -> Option<i32> {
     Api::<Deployment>::namespaced(env().admin.clone(), ns)
         .get_opt(name)
         .await
@@ -79,7 +94,7 @@ async fn replicas(ns: &str, name: &str) -> Option<i32> {
 }
 
 /// Starts `rouse activator` for the Revisions of `ns`.
-async fn activator(ns: &str, autoscaler: &str, extra: &[&str]) -> Rouse {
+pub async fn activator(ns: &str, autoscaler: &str, extra: &[&str]) -> Rouse {
     let port = ports(3);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", port + 2).parse().unwrap();
@@ -147,9 +162,16 @@ async fn from_zero_and_back() {
     // says so in its metrics.
     {
         let cut_off = activator(&ns, "ws://192.0.2.1:9", &[]).await;
-        eventually("failed connects counted", Duration::from_secs(10), || async {
-            cut_off.metric("rouse_autoscaler_connect_errors_total").await >= 2.0
-        })
+        eventually(
+            "failed connects counted",
+            Duration::from_secs(10),
+            || async {
+                cut_off
+                    .metric("rouse_autoscaler_connect_errors_total")
+                    .await
+                    >= 2.0
+            },
+        )
         .await;
         assert_eq!(cut_off.metric("rouse_autoscaler_connected").await, 0.0);
         assert_eq!(cut_off.admin_get("/readyz").await.0, 200);
@@ -192,6 +214,11 @@ async fn from_zero_and_back() {
     assert_eq!(got.status.as_u16(), 200, "{}", got.body);
     assert!(got.body.starts_with("hello "), "{}", got.body);
     assert_eq!(got.header("x-echo-host"), "hello.example.com");
+    assert_eq!(
+        got.header("x-echo-k-proxy-request"),
+        "activator",
+        "the queue-proxy must count it as proxied"
+    );
     // Knative's target is 70 % of containerConcurrency 1: one request asks for two pods.
     assert!(replicas(&ns, &deployment).await >= Some(1));
     assert!(rouse.metric("rouse_autoscaler_wakeups_total").await >= 1.0);
@@ -323,11 +350,18 @@ async fn one_hop() {
     assert!(got.body.starts_with("hello "), "{}", got.body);
     assert_eq!(got.header("x-echo-host"), host);
     assert!(replicas(&ns, &deployment).await >= Some(1));
-    assert!(ing.rouse.metric("rouse_autoscaler_wakeups_total").await >= 1.0);
+    let wakeups = ing.rouse.metric("rouse_autoscaler_wakeups_total").await;
+    assert!(wakeups >= 1.0);
     eventually(
         "Knative scaled the revision back to zero",
         Duration::from_secs(90),
         || async { replicas(&ns, &deployment).await == Some(0) },
     )
     .await;
+    // The cluster-local rule is another revision of rouse for the same Knative revision: its
+    // cold start is announced too, and reported under the same name.
+    let local = format!("hello.{ns}.svc.cluster.local");
+    let got = support::get(&c, ing.internal(), &local, "/", &[]).await;
+    assert_eq!(got.status.as_u16(), 200, "{}", got.body);
+    assert!(ing.rouse.metric("rouse_autoscaler_wakeups_total").await > wakeups);
 }

@@ -113,6 +113,11 @@ kubernetes: {{ namespace: {ns}, ingress: {{ class: {class} {ingress_keys} }} {ku
 }
 
 impl Ingress {
+    /// The cluster-local listener.
+    pub fn internal(&self) -> SocketAddr {
+        self.internal
+    }
+
     /// The Ingress class this rouse serves.
     pub fn class(&self) -> &str {
         &self.class

@@ -163,6 +163,17 @@ impl Node {
             .collect()
     }
 
+    /// The process id (in the run's PID namespace) of Pod `name`'s first container.
+    #[allow(dead_code)]
+    pub fn pid(&self, namespace: &str, name: &str) -> Option<u32> {
+        let st = self.state.lock().unwrap();
+        st.pods
+            .get(&(namespace.to_owned(), name.to_owned()))?
+            .child
+            .as_ref()?
+            .id()
+    }
+
     /// Processes ever started for Pods of `namespace`.
     pub fn started(&self, namespace: &str) -> u32 {
         self.state

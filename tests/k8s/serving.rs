@@ -51,6 +51,10 @@ pub fn images() -> Vec<(String, Image)> {
         ),
         (QUEUE_IMAGE.to_owned(), own(vec![bin("queue")])),
         (
+            "rouse.test/knative-activator".to_owned(),
+            own(vec![bin("activator")]),
+        ),
+        (
             APP_IMAGE.to_owned(),
             own(vec![
                 "python3".to_owned(),
@@ -61,6 +65,66 @@ pub fn images() -> Vec<(String, Image)> {
 }
 
 static STARTED: OnceCell<String> = OnceCell::const_new();
+static ACTIVATOR: OnceCell<std::net::SocketAddr> = OnceCell::const_new();
+
+/// Starts Knative's own activator once (after the controller and autoscaler); returns its
+/// HTTP/1.1 address (port 8012 of its Pod), once it is ready (connected to the autoscaler).
+#[allow(dead_code)]
+pub async fn knative_activator() -> std::net::SocketAddr {
+    serving().await;
+    *ACTIVATOR
+        .get_or_init(|| async {
+            let kubeconfig = env().cluster.lock().await.kubeconfig_at(
+                "knative-activator",
+                "knative-activator",
+                &["system:masters"],
+                "https://192.0.2.1:6443",
+            );
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": { "name": "activator", "labels": { "app": "activator" } },
+                "spec": { "containers": [{
+                    "name": "activator",
+                    "image": "rouse.test/knative-activator",
+                    "ports": [{ "containerPort": 8012 }],
+                    "env": [
+                        { "name": "SYSTEM_NAMESPACE", "value": SYSTEM },
+                        { "name": "KUBECONFIG", "value": kubeconfig.display().to_string() },
+                        { "name": "METRICS_DOMAIN", "value": "knative.dev/internal/serving" },
+                    ],
+                }]},
+            }))
+            .unwrap();
+            Api::<Pod>::namespaced(env().admin.clone(), SYSTEM)
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap();
+            let addr = loop {
+                if let Some(a) = env().node.pods(SYSTEM).get("activator") {
+                    break *a;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            // Ready once its websocket to the autoscaler is up: the kubelet's check says so.
+            let client = crate::support::h1_client();
+            crate::env::eventually(
+                "Knative's activator is ready",
+                Duration::from_secs(60),
+                || {
+                    let client = client.clone();
+                    async move {
+                        let req = http::Request::get(format!("http://{addr}/"))
+                            .header("user-agent", "kube-probe/1.37")
+                            .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            .unwrap();
+                        client.request(req).await.is_ok_and(|r| r.status() == 200)
+                    }
+                },
+            )
+            .await;
+            addr
+        })
+        .await
+}
 
 /// Starts Knative's controller and autoscaler once; returns the autoscaler's stats URL.
 pub async fn serving() -> String {

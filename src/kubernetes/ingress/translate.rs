@@ -284,7 +284,12 @@ fn activated(r: &mut config::Revision, namespace: &str, name: &str) {
         "http"
     };
     r.endpoints = Vec::new();
-    r.queue = Queue::knative();
+    // Held as Knative's activator holds, up to Knative's default revision timeout: an Ingress
+    // carries no timeout, and a revision that never comes up must not hold requests forever.
+    r.queue = Queue {
+        max_wait: config::Dur(std::time::Duration::from_secs(300)),
+        ..Queue::knative()
+    };
     r.kubernetes = Some(KubeEndpoints {
         service: format!("{name}-private"),
         namespace: Some(namespace.to_owned()),
@@ -422,7 +427,8 @@ mod tests {
         assert_eq!(k.port, Some(PortRef::Name("http".into())));
         assert_eq!(k.knative_revision.as_deref(), Some("ns/hello-00001"));
         assert!(k.probe_not_ready);
-        assert_eq!(hello.queue, Queue::knative());
+        assert_eq!(hello.queue.max_wait.0, std::time::Duration::from_secs(300));
+        assert_eq!(hello.queue.target_wait.0, std::time::Duration::ZERO);
         let plain = revs.iter().find(|r| r.name == "plain:80").unwrap();
         assert_eq!(plain.kubernetes.as_ref().unwrap().service, "plain");
         assert_eq!(plain.kubernetes.as_ref().unwrap().knative_revision, None);
