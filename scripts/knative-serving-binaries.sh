@@ -15,11 +15,13 @@ set -euo pipefail
 
 SERVING=v0.42.2
 BINARIES=(controller autoscaler activator queue)
+# Knative's own test app, a fast Go server, for the benchmarks' warm revision.
+APPS=(helloworld)
 CACHE=${ROUSE_K8S_CACHE:-$HOME/.cache/rouse-k8s}/knative-serving-$SERVING
 
 have_all() {
     [[ -f $CACHE/config/ok ]] || return 1
-    for b in "${BINARIES[@]}"; do [[ -x $CACHE/$b ]] || return 1; done
+    for b in "${BINARIES[@]}" "${APPS[@]}"; do [[ -x $CACHE/$b ]] || return 1; done
 }
 if have_all; then
     echo "$CACHE"
@@ -46,6 +48,7 @@ import (
 	_ "knative.dev/serving/cmd/autoscaler"
 	_ "knative.dev/serving/cmd/controller"
 	_ "knative.dev/serving/cmd/queue"
+	_ "knative.dev/serving/test/test_images/helloworld"
 )
 GO
 export GOFLAGS=-mod=mod
@@ -53,6 +56,10 @@ go get "knative.dev/serving@$SERVING" >&2
 go mod tidy >&2
 for b in "${BINARIES[@]}"; do
     CGO_ENABLED=0 go build -o "$CACHE/$b.tmp" "knative.dev/serving/cmd/$b" >&2
+    mv "$CACHE/$b.tmp" "$CACHE/$b"
+done
+for b in "${APPS[@]}"; do
+    CGO_ENABLED=0 go build -o "$CACHE/$b.tmp" "knative.dev/serving/test/test_images/$b" >&2
     mv "$CACHE/$b.tmp" "$CACHE/$b"
 done
 # The CRDs and default ConfigMaps, from the modules the binaries were built from: Serving's

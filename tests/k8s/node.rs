@@ -3,7 +3,7 @@
 //! each Pod's first container as a local process (a map from image name to command), gives
 //! it an address of its own in 192.0.2.0/24 and its port in `PORT`, reports it Ready once its
 //! port accepts connections, and stops it (SIGTERM, then SIGKILL after the grace period) when
-//! the Pod is deleted.
+//! the Pod is deleted. Each Pod's output is in `pod-<namespace>-<name>.log` in the run's folder.
 //!
 //! Programs that listen on every address (Knative's test images bind `:PORT`) get a network
 //! namespace of their own instead, as a real Pod does: an address in 198.18.0.0/15 (never
@@ -381,6 +381,14 @@ async fn handle(
         .env("POD_IP", ip.to_string())
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
+    // Each Pod's output goes to a file of its own in the run's folder, as `kubectl logs`
+    // would show it, instead of into the test's output.
+    let log = resolv.with_file_name(format!("pod-{ns}-{name}.log"));
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&log)
+        && let Ok(g) = f.try_clone()
+    {
+        cmd.stdout(f).stderr(g);
+    }
     container_env(&mut cmd, container, &ns, &name, ip);
     let child = match cmd.spawn() {
         Ok(c) => c,
@@ -430,6 +438,11 @@ async fn handle(
             .env("POD_IP", ip.to_string())
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null());
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&log)
+            && let Ok(g) = f.try_clone()
+        {
+            cmd.stdout(f).stderr(g);
+        }
         container_env(&mut cmd, c, &ns, &name, ip);
         match cmd.spawn() {
             Ok(s) => sidecars.push(s),

@@ -27,6 +27,10 @@ pub const QUEUE_IMAGE: &str = "rouse.test/queue";
 /// its Pod (the queue-proxy reaches it on 127.0.0.1).
 pub const APP_IMAGE: &str = "rouse.test/hello";
 
+/// Knative's own helloworld test app (Go, listens on :8080): a backend fast enough that a
+/// benchmark measures the proxies in front of it.
+pub const HELLOWORLD_IMAGE: &str = "rouse.test/helloworld";
+
 /// The namespace of Knative's components.
 pub const SYSTEM: &str = "knative-serving";
 
@@ -54,6 +58,7 @@ pub fn images() -> Vec<(String, Image)> {
             "rouse.test/knative-activator".to_owned(),
             own(vec![bin("activator")]),
         ),
+        (HELLOWORLD_IMAGE.to_owned(), own(vec![bin("helloworld")])),
         (
             APP_IMAGE.to_owned(),
             own(vec![
