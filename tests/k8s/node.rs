@@ -55,6 +55,11 @@ pub struct Image {
 pub fn bridge() {
     for args in [
         vec!["ip", "link", "add", BRIDGE, "type", "bridge"],
+        // A fixed address: a bridge otherwise takes the lowest of its ports' addresses, so it
+        // changes as Pods come and go, and the Pods' cached address of their gateway goes
+        // stale until their ARP entry expires, stalling every connection through it (seen as
+        // 30-50 s pauses of established connections).
+        vec!["ip", "link", "set", BRIDGE, "address", "02:00:c6:12:00:01"],
         vec!["ip", "addr", "add", "198.18.0.1/15", "dev", BRIDGE],
         vec!["ip", "link", "set", BRIDGE, "up"],
     ] {
