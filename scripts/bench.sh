@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Side-by-side proxy benchmark: direct to the backend, nginx, HAProxy, the rouse gateway and
-# the rouse sidecar, interleaved and repeated in one run, each reported as a ratio to direct
-# from the same round.
+# Side-by-side proxy benchmark: direct to the backend, nginx, HAProxy, the rouse gateway, the
+# rouse sidecar and Knative's own queue-proxy (the sidecar's counterpart, built from
+# knative.dev/serving by scripts/knative-serving-binaries.sh when Go is there), interleaved and
+# repeated in one run, each reported as a ratio to direct from the same round.
 #
 #   scripts/bench.sh            # quick mode, under 3 minutes
 #   scripts/bench.sh full       # full mode, under 15 minutes
@@ -62,6 +63,9 @@ NG=18090; NG_H2=18091; NG_TLS=18095
 HA=18092; HA_H2=18093; HA_TLS=18096
 RO=18094; RO_TLS=18097
 SC=18098; SC_ADMIN=18099; SC_STATS=18100; SC_METRICS=18101
+# Knative's queue-proxy: its serving ports; its admin (8022) and metrics (9090, 9091) ports are
+# fixed by Knative.
+KQ=18102; KQ_TLS=18103
 
 # A throwaway certificate for the TLS rows (h2load does not verify it).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -156,7 +160,21 @@ CONTAINER_CONCURRENCY=0 QUEUE_SERVING_PORT=$SC USER_PORT=$BE REVISION_TIMEOUT_SE
   ROUSE_ADMIN_PORT=$SC_ADMIN ROUSE_STATS_PORT=$SC_STATS ROUSE_METRICS_PORT=$SC_METRICS \
   ROUSE_DRAIN_QUIET_PERIOD=100ms \
   RUST_LOG=warn start sidecar "$ROUSE" sidecar
-for port in $BE $BE_H2 $BE_TLS $NG $NG_H2 $NG_TLS $HA $HA_H2 $HA_TLS $RO $RO_TLS $SC; do
+# Knative's queue-proxy, configured as Knative configures it for a revision with CC 0.
+QUEUE=""
+if KN_DIR=$("$ROOT/scripts/knative-serving-binaries.sh" 2>/dev/null); then
+  QUEUE="$KN_DIR/queue"
+  CONTAINER_CONCURRENCY=0 QUEUE_SERVING_PORT=$KQ QUEUE_SERVING_TLS_PORT=$KQ_TLS USER_PORT=$BE \
+    REVISION_TIMEOUT_SECONDS=300 SERVING_NAMESPACE=bench SERVING_CONFIGURATION=bench \
+    SERVING_REVISION=bench-00001 SERVING_POD=bench-pod SERVING_POD_IP=127.0.0.1 \
+    SERVING_LOGGING_CONFIG='{"level":"error","outputPaths":["stdout"],"errorOutputPaths":["stderr"],"encoding":"json"}' \
+    SERVING_LOGGING_LEVEL=error \
+    SERVING_READINESS_PROBE="{\"tcpSocket\":{\"port\":$BE,\"host\":\"127.0.0.1\"},\"successThreshold\":1}" \
+    start knative_queue "$QUEUE"
+else
+  echo "Knative's queue-proxy not built (needs Go): its rows are left out" >&2
+fi
+for port in $BE $BE_H2 $BE_TLS $NG $NG_H2 $NG_TLS $HA $HA_H2 $HA_TLS $RO $RO_TLS $SC ${QUEUE:+$KQ}; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.05
@@ -164,6 +182,8 @@ for port in $BE $BE_H2 $BE_TLS $NG $NG_H2 $NG_TLS $HA $HA_H2 $HA_TLS $RO $RO_TLS
 done
 RSS_IDLE_ROUSE=$(awk '/VmRSS/ {print $2}' /proc/$PID_rouse/status)
 RSS_IDLE_SIDECAR=$(awk '/VmRSS/ {print $2}' /proc/$PID_sidecar/status)
+RSS_IDLE_KQ=0
+if [ -n "$QUEUE" ]; then RSS_IDLE_KQ=$(awk '/VmRSS/ {print $2}' /proc/$PID_knative_queue/status); fi
 
 # CPU ticks (user + system) of a process and its threads/children that serve traffic.
 ticks() { # pids...
@@ -189,6 +209,7 @@ proxy_pid() {
   case $1 in
     direct) echo "$PID_backend" ;; nginx) echo "$PID_nginx" ;;
     haproxy) echo "$PID_haproxy" ;; rouse) echo "$PID_rouse" ;; sidecar) echo "$PID_sidecar" ;;
+    knative-queue) echo "$PID_knative_queue" ;;
   esac
 }
 port_of() { # target mode
@@ -197,6 +218,7 @@ port_of() { # target mode
     nginx/h2c|nginx/grpc) echo $NG_H2 ;; nginx/tls) echo $NG_TLS ;; nginx/*) echo $NG ;;
     haproxy/h2c|haproxy/grpc) echo $HA_H2 ;; haproxy/tls) echo $HA_TLS ;; haproxy/*) echo $HA ;;
     rouse/tls) echo $RO_TLS ;; rouse/*) echo $RO ;; sidecar/*) echo $SC ;;
+    knative-queue/*) echo $KQ ;;
   esac
 }
 
@@ -266,16 +288,16 @@ for round in $(seq "$ROUNDS"); do
     targets="direct nginx haproxy rouse"
     # The sidecar forwards HTTP/2 clients over h2c to the app's one port, which the
     # HTTP/1.1-only backend does not speak: HTTP/1.1 rows only.
-    case $mode in c1|c50) targets="$targets sidecar" ;; esac
+    case $mode in c1|c50) targets="$targets sidecar${QUEUE:+ knative-queue}" ;; esac
     for target in $targets; do
       measure "$round" "$target" "$mode"
     done
   done
 done
 
-python3 - "$RESULTS" "$MODE" "$RSS_IDLE_ROUSE" "${BENCH_MD:-}" "${BENCH_JSON:-}" "$RSS_IDLE_SIDECAR" <<'PY'
+python3 - "$RESULTS" "$MODE" "$RSS_IDLE_ROUSE" "${BENCH_MD:-}" "${BENCH_JSON:-}" "$RSS_IDLE_SIDECAR" "$RSS_IDLE_KQ" <<'PY'
 import csv, json, statistics, sys, os, datetime
-path, run_mode, rss_idle, md_out, json_out, rss_idle_sidecar = sys.argv[1:7]
+path, run_mode, rss_idle, md_out, json_out, rss_idle_sidecar, rss_idle_kq = sys.argv[1:8]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
 for r in rows:
     for k in ("rps", "p50_us", "p99_us", "cpu_ms_per_1k", "rss_kb"):
@@ -283,7 +305,7 @@ for r in rows:
 direct = {(r["round"], r["mode"]): r for r in rows if r["target"] == "direct"}
 out = []
 for mode in ("c1", "c50", "h2c", "tls", "grpc"):
-    for target in ("direct", "nginx", "haproxy", "rouse", "sidecar"):
+    for target in ("direct", "nginx", "haproxy", "rouse", "sidecar", "knative-queue"):
         rs = [r for r in rows if r["mode"] == mode and r["target"] == target]
         if not rs:
             continue
@@ -319,7 +341,8 @@ for o in out:
         f"{o['cpu_ms_per_1k']:.0f} | {o['rss_mb']:.1f} MB |"
     )
 lines += ["", f"rouse h2c req/s ÷ nginx h2c req/s: {rouse_h2 / nginx_h2:.2f}" if nginx_h2 else "",
-          f"rouse RSS idle: gateway {int(rss_idle) / 1024:.1f} MB, sidecar {int(rss_idle_sidecar) / 1024:.1f} MB"]
+          f"rouse RSS idle: gateway {int(rss_idle) / 1024:.1f} MB, sidecar {int(rss_idle_sidecar) / 1024:.1f} MB"
+          + (f"; Knative's queue-proxy {int(rss_idle_kq) / 1024:.1f} MB" if int(rss_idle_kq) else "")]
 text = "\n".join(lines)
 print(text)
 if md_out:

@@ -81,6 +81,7 @@ until ip link show eth0 >/dev/null 2>&1; do
 done
 ip link set lo up && ip addr add "$ip/15" dev eth0 && ip link set eth0 up && ip route add default via 198.18.0.1 || exit 91
 mount --bind "$resolv" /etc/resolv.conf || exit 92
+: > "$up.net"
 exec "$@""#;
 
 /// One Pod this node runs.
@@ -618,6 +619,17 @@ async fn plug(pid: Option<u32>, n: u32, up: &std::path::Path) -> Result<(), Stri
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
+    }
+    // The Pod reports its IP only once the address is configured, as a CNI plugin sets it up
+    // before the containers start: a client that tried an address with no one behind it
+    // yet would find its neighbour entry failed and lose a second to ARP.
+    let configured = up.with_extension("up.net");
+    let began = tokio::time::Instant::now();
+    while !configured.exists() {
+        if began.elapsed() > Duration::from_secs(10) {
+            return Err("the pod's network was not configured in 10s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
 }
