@@ -214,7 +214,9 @@ async fn run(rounds: usize, n_held: usize) -> bool {
     .await;
     let pod = pods_of(&ns, "warm-00001-deployment").await[0];
     let queue = SocketAddr::new(pod.ip(), 8012);
-    println!("\nwarm revision, one pod of Knative's helloworld (wrk -t1, 10 s at c=50, 5 s at c=1):");
+    println!(
+        "\nwarm revision, one pod of Knative's helloworld (wrk -t1, 10 s at c=50, 5 s at c=1):"
+    );
     println!(
         "| path | req/s c=50 | ratio to queue-proxy | p50 c=50 | p50 c=1 | added p50 c=1 | CPU ms per 1,000 requests |"
     );
@@ -258,9 +260,10 @@ async fn run(rounds: usize, n_held: usize) -> bool {
                 || async {
                     activator::replicas(&ns, "cold-00001-deployment").await == Some(0)
                         && pods
-                            .list(&kube::api::ListParams::default().labels(
-                                "serving.knative.dev/revision=cold-00001",
-                            ))
+                            .list(
+                                &kube::api::ListParams::default()
+                                    .labels("serving.knative.dev/revision=cold-00001"),
+                            )
                             .await
                             .is_ok_and(|l| l.items.is_empty())
                 },

@@ -390,7 +390,10 @@ async fn handle(
     // Each Pod's output goes to a file of its own in the run's folder, as `kubectl logs`
     // would show it, instead of into the test's output.
     let log = resolv.with_file_name(format!("pod-{ns}-{name}.log"));
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&log)
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
         && let Ok(g) = f.try_clone()
     {
         cmd.stdout(f).stderr(g);
@@ -444,7 +447,10 @@ async fn handle(
             .env("POD_IP", ip.to_string())
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null());
-        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&log)
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
             && let Ok(g) = f.try_clone()
         {
             cmd.stdout(f).stderr(g);
