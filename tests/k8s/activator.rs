@@ -358,6 +358,19 @@ async fn one_hop() {
         || async { replicas(&ns, &deployment).await == Some(0) },
     )
     .await;
+    // Every copy of the revision in rouse (one per Ingress rule) has seen its pod go.
+    eventually("rouse saw the pod go", Duration::from_secs(30), || async {
+        let (_, text) = ing.rouse.admin_get("/metrics").await;
+        let copies: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("rouse_revision_endpoints{")
+                    && l.contains(&format!("revision=\"{rev}:80\""))
+            })
+            .collect();
+        !copies.is_empty() && copies.iter().all(|l| l.ends_with(" 0"))
+    })
+    .await;
     // The cluster-local rule is another revision of rouse for the same Knative revision: its
     // cold start is announced too, and reported under the same name.
     let local = format!("hello.{ns}.svc.cluster.local");

@@ -276,18 +276,19 @@ async fn handle(
                     );
                 }
             };
-            for c in &sidecars {
+            // Every container gets SIGTERM and the whole grace period, as the kubelet gives
+            // them (Knative's queue-proxy keeps serving for its drain after the app is gone).
+            let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+            let mut all: Vec<Child> = child.into_iter().collect();
+            all.append(&mut sidecars);
+            for c in &all {
                 term(c);
             }
-            if let Some(mut c) = child {
-                term(&c);
-                let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
-                if tokio::time::timeout(grace, c.wait()).await.is_err() {
+            let deadline = tokio::time::Instant::now() + grace;
+            for c in all.iter_mut() {
+                if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
                     let _ = c.kill().await;
                 }
-            }
-            for c in sidecars.iter_mut() {
-                let _ = c.kill().await;
             }
             let _ = api
                 .delete(&name, &DeleteParams::default().grace_period(0))
