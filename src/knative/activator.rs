@@ -27,14 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// What the activator answers to `K-Network-Probe: activator`.
 pub const PROBE_BODY: &str = "activator";
 
-/// The hosts a revision is reached by, the first being the one requests named by the
-/// revision headers are routed by.
-pub fn revision_hosts(name: &str, namespace: &str, domain: &str) -> Vec<String> {
-    vec![
-        format!("{name}.{namespace}.svc.{domain}"),
-        format!("{name}.{namespace}.svc"),
-        format!("{name}.{namespace}"),
-    ]
+/// The host requests for revision `name` of `namespace` are routed by: its Service's full
+/// name, the first of the hosts the Revision watcher gives the revision's service.
+pub fn revision_host(name: &str, namespace: &str, domain: &str) -> String {
+    format!("{name}.{namespace}.svc.{domain}")
 }
 
 /// Knative's activator contract before routing.
@@ -111,7 +107,7 @@ fn answer_or_route(
     h.remove(&NETWORK_HASH);
     let named = match (h.get(&SERVING_REVISION), h.get(&SERVING_NAMESPACE)) {
         (Some(r), Some(n)) if !r.is_empty() && !n.is_empty() => match (r.to_str(), n.to_str()) {
-            (Ok(r), Ok(n)) => Some(revision_hosts(r, n, domain).swap_remove(0)),
+            (Ok(r), Ok(n)) => Some(revision_host(r, n, domain)),
             _ => None,
         },
         _ => None,

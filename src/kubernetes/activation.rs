@@ -17,6 +17,7 @@
 
 use super::endpoints::{self, Sink, Target};
 use super::health::Health;
+use super::peers::AddrSink;
 use crate::revision::Revision;
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
@@ -31,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
 /// One probe's time limit (Knative's `PROBE_TIMEOUT`).
@@ -106,25 +108,6 @@ impl Sink for PodSink {
     }
 }
 
-/// Peers' addresses from their Service's slices.
-struct PeerSink(watch::Sender<Vec<IpAddr>>);
-
-impl Sink for PeerSink {
-    fn name(&self) -> String {
-        "the activators sharing a revision".to_owned()
-    }
-
-    fn ready(&mut self, addrs: &[SocketAddr]) {
-        let mut ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-        ips.dedup();
-        self.0.send_replace(ips);
-    }
-
-    fn missing(&mut self, _why: &str) {
-        self.0.send_replace(Vec::new());
-    }
-}
-
 async fn run(
     rev: Arc<Revision>,
     mut listed: watch::Receiver<Listed>,
@@ -136,10 +119,10 @@ async fn run(
     // Stopped with this task (its sender is dropped when the task is aborted).
     let (_stop_peers, stop_rx) = watch::channel(false);
     let _peers_task = share.map(|(client, s, health)| {
-        AbortOnDrop(tokio::spawn(endpoints::follow(
+        AbortOnDropHandle::new(tokio::spawn(endpoints::follow(
             client,
             s.target,
-            PeerSink(peers_tx),
+            AddrSink(peers_tx),
             health,
             watch::channel(false).0,
             stop_rx,
@@ -176,7 +159,11 @@ async fn run(
         usable.extend(answered.iter().copied());
         let mine = match own {
             Some(own) => {
-                let peers = peers.borrow_and_update().clone();
+                let peers: Vec<IpAddr> = peers
+                    .borrow_and_update()
+                    .iter()
+                    .map(SocketAddr::ip)
+                    .collect();
                 place = locate(&peers, own).or(place);
                 assign(usable, place, rev.settings().container_concurrency)
             }
@@ -232,7 +219,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub async fn probe(addr: SocketAddr) -> Result<bool, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    let _conn = AbortOnDrop(tokio::spawn(conn));
+    let _conn = AbortOnDropHandle::new(tokio::spawn(conn));
     let req = Request::get("/healthz")
         .header(header::HOST, addr.to_string())
         .header(header::USER_AGENT, "Knative-Activator-Probe")
@@ -289,15 +276,6 @@ pub fn assign(
         mine.push(pods[total - remnants + me]);
     }
     mine
-}
-
-/// A task stopped when this is dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -12,17 +12,18 @@
 //! the first list, and `/readyz` says so until then.
 
 use super::health::Health;
+use super::ingress::spec::expanded_hosts;
 use super::ingress::{Gateway, drive};
 use crate::config::{
     self, ActivatorSettings, ColdStart, Dur, KubeEndpoints, PortRef, Protocol, Target, Timeouts,
     Visibility,
 };
-use crate::knative::activator::revision_hosts;
+use crate::knative::activator::revision_host;
 use crate::knative::headers::PROXY_REQUEST;
+use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -84,7 +85,11 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
     set_headers.insert(PROXY_REQUEST.as_str().to_owned(), "activator".to_owned());
     Some(config::Service {
         name: format!("{namespace}/{name}"),
-        hosts: revision_hosts(name, namespace, &a.cluster_domain),
+        // Knative's ExpandedHosts of the revision's Service name: also `.svc` and `<ns>` short.
+        hosts: expanded_hosts(
+            &revision_host(name, namespace, &a.cluster_domain),
+            &a.cluster_domain,
+        ),
         visibility: Visibility::External,
         redirect_to_https: false,
         routes: Vec::new(),
@@ -137,23 +142,16 @@ pub async fn run(
     health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = loop {
-        match Client::try_default().await {
-            Ok(c) => break c,
-            Err(e) => {
-                let why = format!(
-                    "no Kubernetes credentials to watch Knative's Revisions ({e}); rouse tries again every 5s"
-                );
-                warn!("{why}");
-                health.report("revisions", &why);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
+    let Some(client) = super::health::client_until(
+        &health,
+        "revisions",
+        "to watch Knative's Revisions",
+        &mut stop,
+    )
+    .await
+    else {
+        return;
     };
-    health.clear("revisions");
     let ar = revision_resource();
     let api = match &settings.namespace {
         Some(ns) => Api::<DynamicObject>::namespaced_with(client, ns, &ar),

@@ -28,6 +28,36 @@ pub struct Health {
     pub revisions_pending: AtomicBool,
 }
 
+/// A client from the default credentials (`KUBECONFIG`, `~/.kube/config`, or the pod's service
+/// account), tried every 5 s until one is made; each failure is said on `/readyz` under `key`,
+/// as having no credentials `purpose`. `None` when `stop` changes first.
+pub async fn client_until(
+    health: &Health,
+    key: &str,
+    purpose: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<kube::Client> {
+    loop {
+        match kube::Client::try_default().await {
+            Ok(c) => {
+                health.clear(key);
+                return Some(c);
+            }
+            Err(e) => {
+                let why = format!(
+                    "no Kubernetes credentials {purpose} ({e}); rouse tries again every 5s"
+                );
+                tracing::warn!("{why}");
+                health.report(key, &why);
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = stop.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
 impl Health {
     /// Records (or updates) the problem with `what`.
     pub fn report(&self, what: &str, why: &str) {

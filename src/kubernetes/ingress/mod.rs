@@ -174,23 +174,12 @@ pub async fn run(
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = loop {
-        match Client::try_default().await {
-            Ok(c) => break c,
-            Err(e) => {
-                let why = format!(
-                    "no Kubernetes credentials for the Ingress controller ({e}); rouse tries again every 5s"
-                );
-                warn!("{why}");
-                health.report("ingress", &why);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
+    let Some(client) =
+        super::health::client_until(&health, "ingress", "for the Ingress controller", &mut stop)
+            .await
+    else {
+        return;
     };
-    health.clear("ingress");
     let changed = Arc::new(Notify::new());
     let ar = ingress_resource();
     let writer = reflector::store::Writer::new(ar.clone());

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long one probe may take, as Knative's prober allows.
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +62,7 @@ async fn exchange(
     let stream = TcpStream::connect(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // Stopped however this exchange ends, the timeout's drop included.
-    let conn = AbortOnDrop(tokio::spawn(conn));
+    let conn = AbortOnDropHandle::new(tokio::spawn(conn));
     let req = Request::get("/healthz")
         .header(header::HOST, host)
         .header(header::USER_AGENT, "Knative-Ingress-Probe")
@@ -78,15 +79,6 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     Ok((res.status(), got))
-}
-
-/// A task stopped when this is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Probes every `(addr, host)` until each has answered ready, pausing between tries of one
