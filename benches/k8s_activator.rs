@@ -43,25 +43,12 @@ fn raise_fd_limit() {
     }
 }
 
-/// `/proc/<pid>/status` of process `pid` of the run's PID namespace (`/proc` is the
-/// machine's; the process is found by the last entry of its `NSpid` line).
+/// `/proc/<pid>/status` of process `pid` of the run's PID namespace, and its number in the
+/// machine's `/proc`.
 fn status_of(pid: u32) -> (String, String) {
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(st) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let mine = st
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .is_some_and(|ids| {
-                let ids: Vec<&str> = ids.split_whitespace().collect();
-                ids.len() > 1 && ids.last() == Some(&pid.to_string().as_str())
-            });
-        if mine {
-            return (e.file_name().to_string_lossy().into_owned(), st);
-        }
-    }
-    panic!("process {pid} not found");
+    let outer = node::outer_pid(pid).unwrap_or_else(|| panic!("process {pid} not found"));
+    let st = std::fs::read_to_string(format!("/proc/{outer}/status")).unwrap();
+    (outer.to_string(), st)
 }
 
 fn rss_mib(pid: u32) -> f64 {

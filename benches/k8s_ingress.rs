@@ -54,28 +54,12 @@ fn spec(ns: &str, host: &str, who: &str) -> serde_json::Value {
     )
 }
 
-/// The resident memory of process `pid` of this PID namespace. `/proc` here is the machine's
-/// (the harness makes a PID namespace but keeps the mount), so the process is found by the
-/// last entry of its `NSpid` line.
+/// The resident memory of rouse's process `pid` of this PID namespace (found in the machine's
+/// `/proc` by its outer number).
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .find(|st| {
-            st.lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .is_some_and(|ids| {
-                    let ids: Vec<&str> = ids.split_whitespace().collect();
-                    ids.len() > 1 && ids.last() == Some(&pid.to_string().as_str())
-                })
-                && st
-                    .lines()
-                    .any(|l| l.starts_with("Name:") && l.contains("rouse"))
-        })
-        .unwrap_or_default();
-    status
+    node::outer_pid(pid)
+        .and_then(|outer| std::fs::read_to_string(format!("/proc/{outer}/status")).ok())
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())

@@ -413,6 +413,13 @@ pub fn ports(n: u16) -> u16 {
     PORT.fetch_add(n, Ordering::Relaxed)
 }
 
+/// The folder of a rouse process under test (its config, its log), made if need be.
+fn run_dir(name: &str, addr: SocketAddr) -> PathBuf {
+    let dir = env().dir.join(format!("rouse-{name}-{}", addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A rouse process under test.
 pub struct Rouse {
     /// The data listener.
@@ -468,10 +475,7 @@ impl Rouse {
         admin: SocketAddr,
         vars: &[(&str, &str)],
     ) -> Rouse {
-        let port = addr.port();
-        let dir = env().dir.join(format!("rouse-{name}-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("config.yaml");
+        let cfg = run_dir(name, addr).join("config.yaml");
         std::fs::write(&cfg, format!("listen: {addr}\nadmin: {admin}\n{body}")).unwrap();
         let args = vec![
             "gateway".to_owned(),
@@ -491,8 +495,7 @@ impl Rouse {
         vars: &[(&str, &str)],
     ) -> Rouse {
         let port = addr.port();
-        let dir = env().dir.join(format!("rouse-{name}-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = run_dir(name, addr);
         let kubeconfig =
             env()
                 .cluster

@@ -391,14 +391,7 @@ async fn handle(
     // Each Pod's output goes to a file of its own in the run's folder, as `kubectl logs`
     // would show it, instead of into the test's output.
     let log = resolv.with_file_name(format!("pod-{ns}-{name}.log"));
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        && let Ok(g) = f.try_clone()
-    {
-        cmd.stdout(f).stderr(g);
-    }
+    output_to(&mut cmd, &log);
     container_env(&mut cmd, container, &ns, &name, ip);
     let child = match cmd.spawn() {
         Ok(c) => c,
@@ -448,14 +441,7 @@ async fn handle(
             .env("POD_IP", ip.to_string())
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null());
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            && let Ok(g) = f.try_clone()
-        {
-            cmd.stdout(f).stderr(g);
-        }
+        output_to(&mut cmd, &log);
         container_env(&mut cmd, c, &ns, &name, ip);
         match cmd.spawn() {
             Ok(s) => sidecars.push(s),
@@ -547,9 +533,21 @@ async fn handle(
     });
 }
 
+/// Appends a container's output to the Pod's log file.
+fn output_to(cmd: &mut tokio::process::Command, log: &std::path::Path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        && let Ok(g) = f.try_clone()
+    {
+        cmd.stdout(f).stderr(g);
+    }
+}
+
 /// The number `/proc` knows process `pid` of the run's PID namespace by: the run keeps the
 /// machine's `/proc`, where it appears under its outer number (`NSpid` lists both).
-fn outer_pid(pid: u32) -> Option<u32> {
+pub fn outer_pid(pid: u32) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;

@@ -85,30 +85,13 @@ pub async fn knative_activator() -> std::net::SocketAddr {
                 &["system:masters"],
                 "https://192.0.2.1:6443",
             );
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": { "name": "activator", "labels": { "app": "activator" } },
-                "spec": { "containers": [{
-                    "name": "activator",
-                    "image": "rouse.test/knative-activator",
-                    "ports": [{ "containerPort": 8012 }],
-                    "env": [
-                        { "name": "SYSTEM_NAMESPACE", "value": SYSTEM },
-                        { "name": "KUBECONFIG", "value": kubeconfig.display().to_string() },
-                        { "name": "METRICS_DOMAIN", "value": "knative.dev/internal/serving" },
-                    ],
-                }]},
-            }))
-            .unwrap();
-            Api::<Pod>::namespaced(env().admin.clone(), SYSTEM)
-                .create(&PostParams::default(), &pod)
-                .await
-                .unwrap();
-            let addr = loop {
-                if let Some(a) = env().node.pods(SYSTEM).get("activator") {
-                    break *a;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let addr = component(
+                "activator",
+                8012,
+                "knative.dev/internal/serving",
+                &kubeconfig,
+            )
+            .await;
             // Ready once its websocket to the autoscaler is up: the kubelet's check says so.
             let client = crate::support::h1_client();
             crate::env::eventually(
@@ -129,6 +112,41 @@ pub async fn knative_activator() -> std::net::SocketAddr {
             addr
         })
         .await
+}
+
+/// Runs Knative's component `name` (image `rouse.test/knative-<name>`) as a Pod in
+/// knative-serving, with the environment Knative's own manifests give it; returns its address
+/// on `port` once the node runs it.
+async fn component(
+    name: &str,
+    port: u16,
+    metrics_domain: &str,
+    kubeconfig: &std::path::Path,
+) -> std::net::SocketAddr {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": name } },
+        "spec": { "containers": [{
+            "name": name,
+            "image": format!("rouse.test/knative-{name}"),
+            "ports": [{ "containerPort": port }],
+            "env": [
+                { "name": "SYSTEM_NAMESPACE", "value": SYSTEM },
+                { "name": "KUBECONFIG", "value": kubeconfig.display().to_string() },
+                { "name": "METRICS_DOMAIN", "value": metrics_domain },
+            ],
+        }]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(env().admin.clone(), SYSTEM)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    loop {
+        if let Some(a) = env().node.pods(SYSTEM).get(name) {
+            return *a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts Knative's controller and autoscaler once; returns the autoscaler's stats URL.
@@ -181,34 +199,17 @@ async fn start() -> String {
         &["system:masters"],
         "https://192.0.2.1:6443",
     );
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), SYSTEM);
-    for (name, metrics_domain) in [
-        ("autoscaler", "knative.dev/serving"),
-        ("controller", "knative.dev/internal/serving"),
-    ] {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "app": name } },
-            "spec": { "containers": [{
-                "name": name,
-                "image": format!("rouse.test/knative-{name}"),
-                "ports": [{ "containerPort": 8080 }],
-                "env": [
-                    { "name": "SYSTEM_NAMESPACE", "value": SYSTEM },
-                    { "name": "KUBECONFIG", "value": kubeconfig.display().to_string() },
-                    { "name": "METRICS_DOMAIN", "value": metrics_domain },
-                ],
-            }]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-    }
     // The autoscaler's stats server answers once it has its informers.
-    let ip = loop {
-        if let Some(a) = env().node.pods(SYSTEM).get("autoscaler") {
-            break a.ip();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ip = component("autoscaler", 8080, "knative.dev/serving", &kubeconfig)
+        .await
+        .ip();
+    component(
+        "controller",
+        8080,
+        "knative.dev/internal/serving",
+        &kubeconfig,
+    )
+    .await;
     crate::env::eventually(
         "Knative's autoscaler accepts connections",
         Duration::from_secs(60),
