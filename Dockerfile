@@ -1,4 +1,4 @@
-# The rouse image: the release binary with Kubernetes support on a distroless base (glibc and
+# The rouse image: the dist-profile binary with Kubernetes support on a distroless base (glibc and
 # CA certificates, no shell, no package manager), running as the distroless non-root user.
 #
 #   docker build -t rouse:0.1.0 .
@@ -12,11 +12,11 @@ COPY Cargo.toml Cargo.lock ./
 COPY benches benches
 RUN mkdir -p src tests/it tests/k8s && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > tests/it/main.rs && echo 'fn main() {}' > tests/k8s/main.rs \
-    && cargo build --release --locked --features kubernetes --bin rouse || true
+    && cargo build --profile dist --locked --features kubernetes --bin rouse || true
 COPY src src
 COPY config config
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --features kubernetes --bin rouse \
-    && strip -o /rouse target/release/rouse
+RUN touch src/main.rs src/lib.rs && cargo build --profile dist --locked --features kubernetes --bin rouse \
+    && strip -o /rouse target/dist/rouse
 
 # Run stage: nothing but the binary and what it links against.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -9,7 +9,7 @@
 #   BENCH_MD=out.md BENCH_JSON=out.json scripts/bench.sh full
 #
 # Installs wrk, nghttp2-client (h2load), nginx and haproxy from Debian's packages if missing,
-# builds rouse in release mode, and stops everything it started on exit. Loopback only.
+# builds rouse with the dist profile (what ships), and stops everything it started on exit. Loopback only.
 # Pinning: the load generator runs on CPU 0; proxy and backend share CPU 1, so a ratio to
 # direct measures the proxy's cost per request against the backend's.
 set -euo pipefail
@@ -43,8 +43,8 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 # memory differs (about 1.5 MB less RSS than the dynamically linked build).
 TRIPLE=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
-  CARGO_TARGET_DIR="$ROOT/target/static" cargo build --release --locked -q --target $TRIPLE
-ROUSE="$ROOT/target/static/$TRIPLE/release/rouse"
+  CARGO_TARGET_DIR="$ROOT/target/static" cargo build --profile dist --locked -q --target $TRIPLE
+ROUSE="$ROOT/target/static/$TRIPLE/dist/rouse"
 
 WORK=$(mktemp -d /tmp/rouse-bench.XXXXXX)
 PIDS=()

@@ -29,8 +29,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --locked -q
-ROUSE="$ROOT/target/release/rouse"
+cargo build --profile dist --locked -q
+ROUSE="$ROOT/target/dist/rouse"
 
 WORK=$(mktemp -d /tmp/rouse-instr.XXXXXX)
 PIDS=()

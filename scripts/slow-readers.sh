@@ -11,8 +11,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 N=${CLIENTS:-500}
-cargo build --release --locked -q
-ROUSE="$ROOT/target/release/rouse"
+cargo build --profile dist --locked -q
+ROUSE="$ROOT/target/dist/rouse"
 WORK=$(mktemp -d /tmp/rouse-slow.XXXXXX)
 PIDS=()
 cleanup() {

@@ -17,8 +17,8 @@ command -v h2load >/dev/null || {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null && apt-get install -y -qq nghttp2-client >/dev/null
 }
-cargo build --release --locked -q
-ROUSE="$ROOT/target/release/rouse"
+cargo build --profile dist --locked -q
+ROUSE="$ROOT/target/dist/rouse"
 BACKEND_PY="$ROOT/tests/it/support/backend.py"
 
 WORK=$(mktemp -d /tmp/rouse-soak.XXXXXX)

@@ -20,6 +20,7 @@ pub mod knative;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod metrics;
+pub mod observe;
 pub mod probe;
 pub mod proxy;
 pub mod revision;

@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rouse::config::Config;
+use rouse::config::reload::Overrides;
 use rouse::roles::gateway::Gateway;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::filter::Targets;
@@ -16,8 +18,35 @@ use tracing_subscriber::prelude::*;
     about = "Concurrency-aware reverse proxy and activator for scale-to-zero workloads"
 )]
 struct Cli {
+    /// How log lines are written: `text` (coloured only on a terminal, and not with NO_COLOR)
+    /// or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROUSE_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A config file, given bare or with `--config`.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// Path of the YAML config.
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+    /// Path of the YAML config (the same as giving it bare).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    fn path(self) -> Option<PathBuf> {
+        self.file.or(self.config)
+    }
 }
 
 #[derive(Subcommand)]
@@ -25,9 +54,16 @@ enum Command {
     /// Serve the gateway described by a YAML config file (without one: the built-in demo).
     #[command(alias = "run")]
     Gateway {
-        /// Path of the YAML config; omit it to run the demo in config/demo.yaml.
-        #[arg(short, long)]
-        config: Option<PathBuf>,
+        /// The YAML config (omit it to run the demo in config/demo.yaml).
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Serve on this address instead of the config's `listen`, e.g. 127.0.0.1:8081.
+        #[arg(long, value_name = "ADDR", value_parser = rouse::config::parse_addr)]
+        listen: Option<SocketAddr>,
+        /// Serve the admin endpoints (status page, metrics) here instead of the config's
+        /// `admin`.
+        #[arg(long, value_name = "ADDR", value_parser = rouse::config::parse_addr)]
+        admin: Option<SocketAddr>,
     },
     /// Run beside one app container as Knative's queue-proxy does, configured by the same
     /// environment variables (or the flags below).
@@ -61,13 +97,22 @@ enum Command {
     },
     /// Check a config file and exit: 0 if valid, 1 with every problem and its key path if not.
     Validate {
-        /// Path of the YAML config.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Print the route table (hosts, paths, splits, revisions) of a config file, or of a
+    /// running rouse asked at its admin address.
+    Routes {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Ask the rouse running with this admin address, e.g. 127.0.0.1:9901 (it includes
+        /// routes from Kubernetes).
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["file", "config"])]
+        admin: Option<String>,
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     // RUST_LOG takes the same `target=level,...` form as env_logger, without regexes; in a
     // Knative pod, SERVING_LOGGING_LEVEL (debug, info, warn, error) is the fallback.
     let filter: Targets = std::env::var("RUST_LOG")
@@ -75,36 +120,34 @@ fn init_logging() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| "info".parse().expect("static filter parses"));
+    let layer = tracing_subscriber::fmt::layer().with_target(false);
+    let layer = match format {
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let colour = std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            layer.with_ansi(colour).boxed()
+        }
+    };
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(layer)
         .with(filter)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log = cli.log_format;
     match cli.command {
-        Command::Validate { config } => match Config::load(&config).and_then(|cfg| {
-            cfg.check_tls_files()?;
-            Ok(cfg)
-        }) {
-            Ok(cfg) => {
-                println!(
-                    "{}: valid ({} services, {} revisions)",
-                    config.display(),
-                    cfg.services.len(),
-                    cfg.services
-                        .iter()
-                        .map(|s| s.revisions.len())
-                        .sum::<usize>()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Validate { config } => {
+            let Some(config) = config.path() else {
+                eprintln!("rouse validate: give the config file to check: rouse validate FILE");
+                return ExitCode::from(2);
+            };
+            validate(&config)
+        }
+        Command::Routes { config, admin } => routes(config.path(), admin.as_deref()),
         Command::Sidecar(args) => {
             let settings = match args.settings() {
                 Ok(s) => s,
@@ -113,9 +156,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            serve("rouse sidecar", sidecar(settings))
+            serve(log, "rouse sidecar", sidecar(settings))
         }
-        Command::Gateway { config } => serve("rouse", gateway(config)),
+        Command::Gateway {
+            config,
+            listen,
+            admin,
+        } => serve(
+            log,
+            "rouse",
+            gateway(config.path(), Overrides { listen, admin }),
+        ),
         #[cfg(feature = "kubernetes")]
         Command::Activator(args) => {
             let (cfg, quiet) = match (args.config(), args.quiet()) {
@@ -129,7 +180,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            serve("rouse activator", activator(cfg, quiet))
+            serve(log, "rouse activator", activator(cfg, quiet))
         }
         #[cfg(feature = "kubernetes")]
         Command::Inject {
@@ -148,6 +199,100 @@ fn main() -> ExitCode {
             },
         ),
     }
+}
+
+/// `rouse validate`: every problem with its key path, or a one-line summary.
+fn validate(path: &std::path::Path) -> ExitCode {
+    match Config::load(path).and_then(|cfg| {
+        cfg.check_tls_files()?;
+        Ok(cfg)
+    }) {
+        Ok(cfg) => {
+            let revisions: usize = cfg.services.iter().map(|s| s.revisions.len()).sum();
+            println!(
+                "{}: valid ({}, {})",
+                path.display(),
+                plural(cfg.services.len(), "service"),
+                plural(revisions, "revision")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// `rouse routes`: the route table of a file, or of a running rouse.
+fn routes(file: Option<PathBuf>, admin: Option<&str>) -> ExitCode {
+    use rouse::admin::status::{ServiceView, print_routes, routes};
+    let services: Result<Vec<ServiceView>, String> = match (file, admin) {
+        (Some(path), _) => Config::load(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|cfg| {
+                rouse::proxy::router::RouteTable::build(
+                    &cfg,
+                    &std::sync::Arc::new(rouse::metrics::Metrics::new()),
+                    None,
+                )
+                .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .map(|t| routes(&t)),
+        (None, Some(addr)) => fetch_routes(addr),
+        (None, None) => {
+            eprintln!(
+                "rouse routes: give a config file (rouse routes FILE), or the admin address of a \
+                 running rouse (rouse routes --admin 127.0.0.1:9901)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match services {
+        Ok(s) => {
+            print!("{}", print_routes(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rouse routes: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// GET `/api/routes` from a running rouse's admin listener: one short HTTP/1.0 exchange.
+fn fetch_routes(addr: &str) -> Result<Vec<rouse::admin::status::ServiceView>, String> {
+    use std::io::{Read, Write};
+    let fail = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot ask the rouse at {addr}: {e}; is it running, and is {addr} its `admin` address?"
+        )
+    };
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| fail(&e))?;
+    let timeout = Some(std::time::Duration::from_secs(5));
+    s.set_read_timeout(timeout).map_err(|e| fail(&e))?;
+    write!(s, "GET /api/routes HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| fail(&e))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| fail(&e))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| fail(&"no HTTP answer"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Err(fail(&format_args!(
+            "it answered {status:?} (a rouse older than this one, or not rouse)"
+        )));
+    }
+    serde_json::from_str(body).map_err(|e| fail(&format_args!("unreadable answer: {e}")))
 }
 
 /// `rouse inject`: manifests in, manifests with the sidecar out; what was done on stderr.
@@ -180,8 +325,8 @@ fn inject(file: &std::path::Path, opts: &rouse::kubernetes::inject::Options) -> 
 }
 
 /// Runs a role until it stops: logging, the open-file limit, the runtime, and the exit status.
-fn serve(label: &str, role: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    init_logging();
+fn serve(log: LogFormat, label: &str, role: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging(log);
     raise_fd_limit();
     match runtime().and_then(|rt| rt.block_on(role)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,19 +366,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn gateway(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = match &path {
+async fn gateway(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let mut cfg = match &path {
         Some(p) => Config::load(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
         None => {
             tracing::info!("no --config given: serving the built-in demo (config/demo.yaml)");
             Config::parse(DEMO).map_err(|e| anyhow::anyhow!("built-in demo: {e}"))?
         }
     };
+    overrides.apply(&mut cfg);
     let watch_every = cfg.watch_interval.0;
     let gw = Gateway::start(cfg)
         .await
         .context("cannot start the gateway listeners")?;
-    let reloader = path.as_deref().map(|p| gw.reloader(p));
+    let reloader = path
+        .as_deref()
+        .map(|p| gw.reloader_with(p, overrides.clone()));
     let watcher = reloader
         .clone()
         .filter(|_| !watch_every.is_zero())

@@ -74,6 +74,63 @@ pub struct Metrics {
     cold_start: HistogramFamily,
     scale_events: Family<DirectionLabels, Counter>,
     start_failures: Family<RevisionLabels, Counter>,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+    /// The last cold starts, for the status page (the histogram has their distribution, not
+    /// their order).
+    pub cold_starts: ColdStarts,
+}
+
+/// One finished cold start.
+#[derive(Debug, Clone)]
+pub struct ColdStart {
+    /// Service of the revision.
+    pub service: std::sync::Arc<str>,
+    /// The revision.
+    pub revision: std::sync::Arc<str>,
+    /// When it ended (its first held request was forwarded).
+    pub at: tokio::time::Instant,
+    /// How long it took.
+    pub took: std::time::Duration,
+}
+
+/// The last [`ColdStarts::KEPT`] cold starts, newest last. Written once per cold start, read by
+/// the status page: never on a request's way.
+#[derive(Debug, Default)]
+pub struct ColdStarts(Mutex<std::collections::VecDeque<ColdStart>>);
+
+impl ColdStarts {
+    /// How many are kept.
+    pub const KEPT: usize = 50;
+
+    /// Records a cold start that just ended.
+    pub fn record(
+        &self,
+        service: &std::sync::Arc<str>,
+        revision: &std::sync::Arc<str>,
+        took: std::time::Duration,
+    ) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == Self::KEPT {
+            q.pop_front();
+        }
+        q.push_back(ColdStart {
+            service: service.clone(),
+            revision: revision.clone(),
+            at: tokio::time::Instant::now(),
+            took,
+        });
+    }
+
+    /// The kept cold starts, newest last.
+    pub fn list(&self) -> Vec<ColdStart> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +165,12 @@ impl Metrics {
         let cold_start: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let scale_events = Family::<DirectionLabels, Counter>::default();
         let start_failures = Family::<RevisionLabels, Counter>::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "rouse_access_log_dropped",
+            "Access log lines dropped because the log's writer fell behind",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "rouse_cold_start_seconds",
             "Time from the first request held for a revision with no endpoint to its forwarding",
@@ -180,7 +243,22 @@ impl Metrics {
             cold_start,
             scale_events,
             start_failures,
+            cold_starts: ColdStarts::default(),
+            access_log_dropped,
         }
+    }
+
+    /// Requests that matched no revision, by reason label, for the status page.
+    pub fn unrouted_counts(&self) -> Vec<(&'static str, u64)> {
+        [Code::NoService, Code::NoRoute, Code::MissingHost]
+            .map(|c| {
+                let n = self
+                    .unrouted
+                    .get_or_create(&ReasonLabels { reason: c.label() })
+                    .get();
+                (c.label(), n)
+            })
+            .to_vec()
     }
 
     /// Adds a collector read at scrape time (gauges of live state).
@@ -288,6 +366,17 @@ impl RevisionMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
+    }
+
+    /// Requests answered so far, by status class (`1xx` to `5xx`).
+    pub fn answered(&self) -> [(&'static str, u64); 5] {
+        let names = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        std::array::from_fn(|i| (names[i], self.by_class[i].get()))
+    }
+
+    /// Refusals so far, by reason label.
+    pub fn rejections(&self) -> [(&'static str, u64); Code::REJECTIONS.len()] {
+        std::array::from_fn(|i| (Code::REJECTIONS[i].label(), self.rejected[i].get()))
     }
 
     /// Counts a refusal before an endpoint was reached (one of [`Code::REJECTIONS`]).

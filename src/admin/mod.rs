@@ -2,7 +2,10 @@
 //! `/readyz` (503 from the moment draining starts, so health-checking load balancers take this
 //! instance out while in-flight requests finish; also 503 until outside sources such as
 //! Kubernetes have listed the endpoints once, and always with a line per thing rouse cannot
-//! get from them).
+//! get from them); and, with a [`status::Status`], the live status page (`/` and `/status`)
+//! and its JSON (`/api/status`, `/api/routes`).
+
+pub mod status;
 
 use crate::discovery::Outside;
 use crate::http::body::{PLAIN, ProxyBody, text};
@@ -11,6 +14,8 @@ use crate::metrics::Metrics;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
+
+const JSON: &str = "application/json";
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Admin request handler.
@@ -19,7 +24,11 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     outside: Outside,
+    status: Option<Arc<status::Status>>,
 }
+
+/// The status page: one file, no outside assets, so it works air-gapped.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 impl Admin {
     /// An admin handler reporting `metrics` and readiness from `draining`.
@@ -28,13 +37,24 @@ impl Admin {
             metrics,
             draining,
             outside: Outside::default(),
+            status: None,
         }
+    }
+
+    /// Also serves the status page and its JSON.
+    pub fn with_status(mut self, status: Arc<status::Status>) -> Admin {
+        self.status = Some(status);
+        self
     }
 
     /// Also reports the readiness of `outside`'s sources.
     pub fn with_sources(mut self, outside: Outside) -> Admin {
         self.outside = outside;
         self
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.outside.readiness().ready
     }
 
     fn ready(&self) -> Response<ProxyBody> {
@@ -68,10 +88,27 @@ impl Handler for Admin {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN)
             }
             "/readyz" => self.ready(),
+            "/" | "/status" if self.status.is_some() => {
+                text(StatusCode::OK, STATUS_PAGE, "text/html; charset=utf-8")
+            }
+            "/api/status" if let Some(s) = &self.status => {
+                text(StatusCode::OK, s.json(self.is_ready()), JSON)
+            }
+            "/api/routes" if let Some(s) = &self.status => {
+                text(StatusCode::OK, s.routes_json(), JSON)
+            }
             other if let Some(page) = self.outside.page(other) => text(StatusCode::OK, page, PLAIN),
             other => text(
                 StatusCode::NOT_FOUND,
-                format!("no admin endpoint {other}; try /metrics, /healthz or /readyz\n"),
+                match self.status {
+                    Some(_) => format!(
+                        "no admin endpoint {other}; try / (the status page), /api/status, \
+                         /api/routes, /metrics, /healthz or /readyz\n"
+                    ),
+                    None => {
+                        format!("no admin endpoint {other}; try /metrics, /healthz or /readyz\n")
+                    }
+                },
                 PLAIN,
             ),
         }

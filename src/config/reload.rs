@@ -26,12 +26,35 @@ pub trait Apply: Send + Sync + 'static {
 /// shutdown takes it for good).
 pub type Applied = Arc<tokio::sync::Mutex<Option<Vec<u8>>>>;
 
+/// Settings given on the command line, which win over the file's at start and on every
+/// reload (so `rouse run --listen` is not undone, nor warned about, by a reload).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `admin`.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+impl Overrides {
+    /// Puts the overrides into `cfg`.
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(a) = self.listen {
+            cfg.listen = Addr(a);
+        }
+        if let Some(a) = self.admin {
+            cfg.admin = Some(Addr(a));
+        }
+    }
+}
+
 /// Re-reads a config file and applies it.
 #[derive(Debug)]
 pub struct Reloader<T> {
     target: Arc<T>,
     path: PathBuf,
     applied: Applied,
+    overrides: Overrides,
 }
 
 impl<T> Clone for Reloader<T> {
@@ -40,17 +63,20 @@ impl<T> Clone for Reloader<T> {
             target: self.target.clone(),
             path: self.path.clone(),
             applied: self.applied.clone(),
+            overrides: self.overrides.clone(),
         }
     }
 }
 
 impl<T: Apply> Reloader<T> {
-    /// A reloader of `path` into `target`, serialized by `applied`.
-    pub fn new(target: Arc<T>, path: &Path, applied: Applied) -> Reloader<T> {
+    /// A reloader of `path` into `target`, serialized by `applied`; `overrides` win over
+    /// what the file says.
+    pub fn new(target: Arc<T>, path: &Path, applied: Applied, overrides: Overrides) -> Reloader<T> {
         Reloader {
             target,
             path: path.to_owned(),
             applied,
+            overrides,
         }
     }
 
@@ -77,7 +103,8 @@ impl<T: Apply> Reloader<T> {
         }
         let text = String::from_utf8_lossy(&bytes);
         let result = async {
-            let cfg = Config::parse(&text)?;
+            let mut cfg = Config::parse(&text)?;
+            self.overrides.apply(&mut cfg);
             // The listener's certificates are not swapped by a reload (the store re-reads its
             // own files), but a file that names unusable ones is still refused. Upstream CAs
             // are loaded by the apply step, before any live revision changes.
@@ -96,7 +123,11 @@ impl<T: Apply> Reloader<T> {
             }
             Err(e) => {
                 self.target.counted(false);
-                warn!(path = %self.path.display(), "config not reloaded, keeping the running one: {e}");
+                warn!(
+                    path = %self.path.display(),
+                    "config not reloaded, keeping the running one: {}",
+                    e.one_line()
+                );
                 Err(e)
             }
         }
@@ -130,6 +161,7 @@ pub struct StartOnly {
     watch_interval: Dur,
     tls: Option<Tls>,
     kubernetes: Kubernetes,
+    access_log: Option<super::types::AccessLog>,
 }
 
 impl StartOnly {
@@ -144,6 +176,7 @@ impl StartOnly {
             watch_interval: cfg.watch_interval,
             tls: cfg.tls.clone(),
             kubernetes: cfg.kubernetes.clone(),
+            access_log: cfg.access_log.clone(),
         }
     }
 
@@ -161,6 +194,7 @@ impl StartOnly {
             ("watch_interval", self.watch_interval != next.watch_interval),
             ("tls", self.tls != next.tls),
             ("kubernetes", self.kubernetes != next.kubernetes),
+            ("access_log", self.access_log != next.access_log),
         ]
         .into_iter()
         .filter_map(|(key, differs)| differs.then_some(key))

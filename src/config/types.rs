@@ -2,6 +2,7 @@
 //! express are checked in [`validate`](super::validate).
 
 use super::units::{ByteSize, Dur};
+use super::words::or_list;
 use crate::http::tls::{Certificate, UpstreamTls};
 use serde::{Deserialize, Deserializer, de};
 use std::collections::BTreeMap;
@@ -42,9 +43,32 @@ pub struct Config {
     /// from the pod's service account, or `KUBECONFIG`, or `~/.kube/config`.
     #[serde(default)]
     pub kubernetes: Kubernetes,
+    /// One line per request, off when absent.
+    #[serde(default)]
+    pub access_log: Option<AccessLog>,
     /// The services, each with hosts, routes, traffic and revisions.
     #[serde(default)]
     pub services: Vec<Service>,
+}
+
+/// The access log: where its lines go and how they read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr`, or a file path (appended to, created if missing).
+    #[serde(default = "default_access_log_to")]
+    pub to: String,
+    /// `json` (one object per line) or a template whose `{field}`s are replaced.
+    #[serde(default = "default_access_log_format")]
+    pub format: String,
+}
+
+fn default_access_log_to() -> String {
+    "stdout".into()
+}
+
+fn default_access_log_format() -> String {
+    "json".into()
 }
 
 /// Cluster-wide settings, used only when some revision has a `kubernetes` section.
@@ -220,7 +244,10 @@ pub struct KubeEndpoints {
 
 /// A port named in a Service (`http`) or given as a number (`8080`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a port number from 1 to 65535 or a port name, like 8080 or http"
+)]
 pub enum PortRef {
     /// A port number.
     Number(u16),
@@ -357,14 +384,36 @@ pub struct Service {
 }
 
 /// Which listeners serve a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Visibility {
     /// Every listener.
     #[default]
     External,
     /// Only the cluster-local listener (`listen_internal`).
     ClusterLocal,
+}
+
+impl<'de> Deserialize<'de> for Visibility {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let i = d.deserialize_str(OneOf(&["external", "cluster-local"]))?;
+        Ok([Visibility::External, Visibility::ClusterLocal][i])
+    }
+}
+
+/// Reads one of a fixed set of names as its index in `.0`; anything else is told the names.
+struct OneOf(&'static [&'static str]);
+
+impl de::Visitor<'_> for OneOf {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&or_list(self.0))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+        self.0
+            .iter()
+            .position(|name| *name == v)
+            .ok_or_else(|| E::unknown_variant(v, self.0))
+    }
 }
 
 /// A route: a path prefix plus exact header matches, with its own split.
@@ -408,8 +457,7 @@ pub struct Target {
 }
 
 /// Upstream protocol of a revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     #[default]
@@ -419,6 +467,13 @@ pub enum Protocol {
     /// Whatever the client spoke: HTTP/2 requests go out over h2c, the rest over HTTP/1.1
     /// (what Knative's queue-proxy does; for apps that serve both on one port).
     Auto,
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let i = d.deserialize_str(OneOf(&["http1", "h2c", "auto"]))?;
+        Ok([Protocol::Http1, Protocol::H2c, Protocol::Auto][i])
+    }
 }
 
 impl Protocol {
@@ -667,6 +722,9 @@ pub struct ColdStart {
     pub placeholder: Option<Placeholder>,
     /// Add `rouse-cold-start: true` to responses that waited for a cold revision.
     pub header: bool,
+    /// Answer a browser's page request (a GET that accepts `text/html`) at once with a small
+    /// page that says the revision is starting and reloads itself, instead of a blank wait.
+    pub waiting_page: bool,
 }
 
 impl Default for ColdStart {
@@ -674,6 +732,7 @@ impl Default for ColdStart {
         ColdStart {
             placeholder: None,
             header: true,
+            waiting_page: false,
         }
     }
 }
@@ -762,12 +821,22 @@ pub struct Addr(pub SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_addr(&text).map(Addr).map_err(de::Error::custom)
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Addr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address like 127.0.0.1:8080")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Addr, E> {
+                parse_addr(v).map(Addr).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+/// Parses `ip:port` or `host:port` (resolved now), with an error that says how to write it.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);
     }

@@ -57,6 +57,17 @@ impl Validator {
     }
 
     fn config(&mut self, c: &Config) {
+        if let Some(a) = &c.access_log {
+            if let Err(e) = crate::observe::access::Format::parse(&a.format) {
+                self.err("access_log.format", e);
+            }
+            if a.to.trim().is_empty() {
+                self.err(
+                    "access_log.to",
+                    "must not be empty; write stdout, stderr or a file path",
+                );
+            }
+        }
         if c.services.is_empty()
             && c.kubernetes.ingress.is_none()
             && c.kubernetes.activator.is_none()
@@ -704,6 +715,21 @@ mod tests {
                 .map(|i| format!("{}: {}", i.path, i.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn access_log_templates_and_sinks_are_checked_by_key() {
+        let got = issues(&with_revision(
+            "        endpoints: ['127.0.0.1:9']\n",
+            "access_log: { to: '', format: '{method} {nope}' }\n",
+        ));
+        assert_eq!(
+            got,
+            [
+                "access_log.format: no field {nope}; the fields are time, client, method, host, path, protocol, status, bytes, duration_ms, service, revision, upstream, cold_start, wait_ms, error, trace_id",
+                "access_log.to: must not be empty; write stdout, stderr or a file path",
+            ]
+        );
     }
 
     fn with_revision(rev: &str, top: &str) -> String {

@@ -38,6 +38,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait Exchange: Send + 'static {
     /// Ends the exchange.
     fn end(self, clean: bool);
+
+    /// `bytes` more of the body went towards the client.
+    fn sent(&mut self, _bytes: usize) {}
 }
 
 /// Bodies of rouse's own carry no exchange.
@@ -184,7 +187,7 @@ impl<E> ProxyBody<E> {
 /// passes; ends `done` accordingly.
 async fn relay<E: Exchange>(
     mut inner: Incoming,
-    done: E,
+    mut done: E,
     limits: Limits,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     outcome: Arc<AtomicU8>,
@@ -210,6 +213,9 @@ async fn relay<E: Exchange>(
                 return done.end(false);
             }
             Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    done.sent(data.len());
+                }
                 let last = inner.is_end_stream();
                 // The upstream just moved; the client now has the idle limit to take it.
                 moved = Instant::now();
@@ -260,6 +266,9 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
                 }
                 match Pin::new(&mut up.inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(d), Some(data)) = (&mut up.done, frame.data_ref()) {
+                            d.sent(data.len());
+                        }
                         if up.inner.is_end_stream() {
                             up.finish(true);
                         }

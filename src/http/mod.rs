@@ -1,6 +1,7 @@
 //! HTTP on the wire, and nothing about revisions: the listener ([`server`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]), the response body ([`body`]), header rewriting
-//! ([`headers`]) and upgraded connections ([`tunnel`]).
+//! ([`headers`]), upgraded connections ([`tunnel`]) and the page browsers get while a
+//! revision starts ([`waiting`]).
 
 pub mod body;
 pub mod client;
@@ -8,3 +9,4 @@ pub mod headers;
 pub mod server;
 pub mod tls;
 pub mod tunnel;
+pub mod waiting;

@@ -23,6 +23,29 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+/// Binds a listener; a failure names the address and the config key (or flag) that set it,
+/// and for the common "address in use" says what to do.
+pub async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "; another process listens there: stop it, or give another address"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "; no interface of this machine has that address: pick one it has, or 0.0.0.0"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "; ports below 1024 need privileges: choose a port from 1024 up"
+            }
+            _ => "",
+        };
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (`{key}`): {e}{hint}"),
+        )
+    })
+}
+
 /// What the handler knows about the client connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {

@@ -428,6 +428,7 @@ impl SidecarSettings {
             limits: Limits::default(),
             upstream: Upstream::default(),
             kubernetes: Default::default(),
+            access_log: None,
             services: vec![Service {
                 name: self
                     .service

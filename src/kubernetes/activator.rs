@@ -119,6 +119,7 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
             cold_start: ColdStart {
                 placeholder: None,
                 header: false,
+                waiting_page: false,
             },
             tls: None,
         }],

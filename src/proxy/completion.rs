@@ -6,6 +6,7 @@
 
 use crate::http::body::{Exchange, ProxyBody};
 use crate::http::client::Pooled;
+use crate::observe::Record;
 use crate::revision::{Active, Lease};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -23,6 +24,8 @@ pub struct Completion {
     keep_alive: Option<Duration>,
     start: Instant,
     status: u16,
+    /// The access log line and spans, when observed; ends with the exchange.
+    record: Option<Box<Record>>,
 }
 
 impl Completion {
@@ -42,7 +45,14 @@ impl Completion {
             keep_alive: None,
             start,
             status,
+            record: None,
         }
+    }
+
+    /// Carries the request's record until the exchange ends.
+    pub fn with_record(mut self, record: Option<Box<Record>>) -> Completion {
+        self.record = record;
+        self
     }
 
     /// Notes how long the backend keeps the connection idle (its `Keep-Alive: timeout=`).
@@ -64,12 +74,25 @@ impl Completion {
                 .metrics
                 .record(self.status, self.start.elapsed().as_secs_f64());
         }
+        if let Some(mut r) = self.record.take() {
+            r.status = self.status;
+            // An upgrade ends when its tunnel closes, which is never "clean".
+            if !clean && self.status != 101 {
+                r.error = Some("response-incomplete".into());
+            }
+        }
     }
 }
 
 impl Exchange for Completion {
     fn end(mut self, clean: bool) {
         self.finish(clean);
+    }
+
+    fn sent(&mut self, bytes: usize) {
+        if let Some(r) = &mut self.record {
+            r.bytes += bytes as u64;
+        }
     }
 }
 

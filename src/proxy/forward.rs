@@ -12,6 +12,7 @@ use crate::http::body::{Cut, Limits};
 use crate::http::client::{BodyFault, ConnectError, OutBody, SendError};
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
+use crate::observe::Record;
 use crate::revision::Revision;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
@@ -63,6 +64,7 @@ pub async fn forward(
     rev: &Arc<Revision>,
     mut req: Request<Incoming>,
     ctx: Ctx,
+    record: &mut Option<Box<Record>>,
 ) -> Result<Response<Body>, ProxyError> {
     let active = rev.begin(ctx.proxied);
     let protocol = rev.protocol.for_request(req.version());
@@ -70,6 +72,12 @@ pub async fn forward(
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
     let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
+    if let (Some(r), Some(waited)) = (record.as_mut(), acquired.waited) {
+        let from = std::time::SystemTime::now()
+            .checked_sub(waited)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        r.held(from, waited, acquired.cold);
+    }
     // One settings snapshot for the whole request.
     let settings = rev.settings();
     let tls_upstream = settings.pool.tls.is_some();
@@ -87,6 +95,9 @@ pub async fn forward(
     let mut retried = false;
     loop {
         let ep = lease.endpoint().clone();
+        if let Some(r) = record {
+            r.send(ep.addr, req.headers_mut());
+        }
         // The send path (connect, handshake, exchange) is the largest state of this future;
         // boxing it keeps a request that is only waiting in the queue small.
         let sent = match protocol {
@@ -105,7 +116,8 @@ pub async fn forward(
                 let proto = res.headers().get(header::UPGRADE).cloned();
                 // An upgraded connection never returns to the pool.
                 let conn = if switching { None } else { conn };
-                let done = Completion::new(lease, conn, ctx.start, status, active);
+                let done = Completion::new(lease, conn, ctx.start, status, active)
+                    .with_record(record.take());
                 let mut res = match (client_upgrade, upstream_upgrade) {
                     (Some(client), Some(upstream)) => {
                         let (mut parts, _) = res.into_parts();

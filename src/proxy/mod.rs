@@ -22,6 +22,7 @@ use crate::http::headers::{self, strip_port};
 use crate::http::server::{ConnInfo, Handler};
 use crate::http::tunnel;
 use crate::metrics::Metrics;
+use crate::observe::{Observer, Record};
 use crate::revision::Revision;
 use crate::revision::gauges::LiveRevisions;
 use arc_swap::ArcSwap;
@@ -53,6 +54,8 @@ pub struct Proxy {
     front: Option<Arc<dyn Front>>,
     /// Counts table swaps, for whoever follows the set of revisions.
     swaps: tokio::sync::watch::Sender<u64>,
+    /// The access log and tracer (both off unless configured).
+    observer: Arc<Observer>,
 }
 
 /// What a [`Front`] decided about a request.
@@ -88,7 +91,19 @@ impl Proxy {
             dialect: Dialect::Rouse,
             front: None,
             swaps: tokio::sync::watch::channel(0).0,
+            observer: Arc::new(Observer::off()),
         }
+    }
+
+    /// Writes an access log line and trace spans per request, as `observer` is set up to.
+    pub fn with_observer(mut self, observer: Arc<Observer>) -> Proxy {
+        self.observer = observer;
+        self
+    }
+
+    /// The access log and tracer.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
     }
 
     /// Puts `front` before routing.
@@ -136,9 +151,42 @@ impl Proxy {
     /// the activator's conventions decides), counted apart in the revision's statistics.
     pub async fn serve(
         &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        proxied: bool,
+    ) -> Response<Body> {
+        let mut record = self.observer.begin(
+            req.method(),
+            req.uri().path(),
+            req.version(),
+            req.headers(),
+            conn.peer,
+        );
+        if record.is_none() {
+            return self.route(req, conn, proxied, &mut None).await;
+        }
+        let res = self.route(req, conn, proxied, &mut record).await;
+        // Still here: rouse answered itself (a proxied response's record went with its body).
+        if let Some(r) = &mut record {
+            r.status = res.status().as_u16();
+            r.bytes = http_body::Body::size_hint(res.body()).exact().unwrap_or(0);
+            r.error = res
+                .headers()
+                .get("rouse-error")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        res
+    }
+
+    /// Routes and forwards one request; `record`, if any, is filled in on the way and goes
+    /// with a proxied response's body.
+    async fn route(
+        &self,
         mut req: Request<Incoming>,
         conn: ConnInfo,
         proxied: bool,
+        record: &mut Option<Box<Record>>,
     ) -> Response<Body> {
         let start = Instant::now();
         let answer = Answer {
@@ -203,6 +251,11 @@ impl Proxy {
             }
             (arm.revision.clone(), svc.timeouts, host)
         };
+        if let Some(r) = record {
+            r.host.clone_from(&host);
+            r.service = Some(rev.service.clone());
+            r.revision = Some(rev.name.clone());
+        }
         let deadline = timeouts.request.map(|d| start + d);
         let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
         if rev.is_cold()
@@ -211,6 +264,15 @@ impl Proxy {
             rev.poke();
             rev.metrics.record(p.status, start.elapsed().as_secs_f64());
             return placeholder(&p, rev.settings().cold_start.header);
+        }
+        if rev.is_cold()
+            && let Some(page) = rev.settings().cold_start.waiting_page.clone()
+            && crate::http::waiting::wanted(req.method(), req.headers())
+        {
+            // The page reloads itself; each reload is demand, so the start goes on.
+            rev.poke();
+            rev.metrics.record(503, start.elapsed().as_secs_f64());
+            return waiting_page(page, rev.settings().cold_start.header);
         }
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small; and a boxed future is not laid out twice
@@ -227,7 +289,7 @@ impl Proxy {
             upgrade,
             cut: conn.cut,
         };
-        let forwarding = Box::pin(forward(&rev, req, ctx));
+        let forwarding = Box::pin(forward(&rev, req, ctx, record));
         let result = match start_by {
             None => forwarding.await,
             Some(t) => match tokio::time::timeout_at(t, forwarding).await {
@@ -380,6 +442,27 @@ fn redirect_to_https(req: &mut Request<Incoming>, port: u16, answer: Answer) -> 
     *res.status_mut() = http::StatusCode::MOVED_PERMANENTLY;
     if let Ok(v) = HeaderValue::try_from(location) {
         res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// The page browsers get while a revision starts: 503 (it is not the page they asked for, and
+/// must not be cached), with `Retry-After` matching the page's own reload.
+fn waiting_page(page: bytes::Bytes, mark: bool) -> Response<Body> {
+    let mut res = Response::new(ProxyBody::full(page));
+    *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(crate::http::waiting::RELOAD_SECONDS),
+    );
+    if mark {
+        h.insert(COLD_START_HEADER, HeaderValue::from_static("true"));
     }
     res
 }

@@ -33,6 +33,15 @@ pub struct Arm {
     /// Headers set on requests sent through this arm.
     pub set_headers: Headers,
     tag: Option<Box<str>>,
+    /// Its share of the split, in percent.
+    pub percent: u32,
+}
+
+impl Arm {
+    /// The tag that selects this arm, if any.
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
 }
 
 /// A route: match conditions plus a split.
@@ -62,6 +71,16 @@ impl Route {
     /// Every arm, in the config's order.
     pub fn arms(&self) -> &[Arm] {
         &self.arms
+    }
+
+    /// The path prefix it matches.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The headers a request must carry to match.
+    pub fn match_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
     }
 
     /// The arm for a request: by `rouse-tag` if it names one, else by weighted choice.
@@ -118,6 +137,16 @@ impl Service {
             .iter()
             .find(|r| r.matches(path, headers))
             .or(self.default.as_ref())
+    }
+
+    /// Its routes, in the order they are tried (longest prefix first).
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route of requests no other route matches; `None` when they get 404.
+    pub fn default_route(&self) -> Option<&Route> {
+        self.default.as_ref()
     }
 }
 
@@ -195,6 +224,7 @@ impl RouteTable {
                         revision: revs[t.revision.as_str()].clone(),
                         set_headers: header_list(&t.set_headers),
                         tag: t.tag.as_deref().map(Into::into),
+                        percent: t.percent,
                     })
                     .collect(),
                 tagged: traffic.iter().any(|t| t.tag.is_some()),
@@ -258,6 +288,26 @@ impl RouteTable {
     /// Every revision in the table.
     pub fn revisions(&self) -> &[Arc<Revision>] {
         &self.revisions
+    }
+
+    /// Every service, in the config's order.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// The hosts that lead to the `i`th service, sorted, `*` last when it is the fallback.
+    pub fn hosts_of(&self, i: usize) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .hosts
+            .iter()
+            .filter(|(_, s)| **s == i)
+            .map(|(h, _)| &**h)
+            .collect();
+        out.sort_unstable();
+        if self.wildcard == Some(i) {
+            out.push("*");
+        }
+        out
     }
 }
 

@@ -331,6 +331,11 @@ impl Revision {
         self.queue.held()
     }
 
+    /// How long requests have been held without a break (no held request waited longer).
+    pub fn held_for(&self) -> Duration {
+        self.queue.standing()
+    }
+
     /// Requests proxied to endpoints right now, including endpoints already taken out of the
     /// set (a scaled-down backend finishing its last requests).
     pub fn in_flight(&self) -> u32 {
@@ -493,6 +498,9 @@ impl Revision {
         if let Some(t) = began {
             let took = t.elapsed();
             self.metrics.cold_start.observe(took.as_secs_f64());
+            self.root_metrics
+                .cold_starts
+                .record(&self.service, &self.name, took);
             tracing::info!(
                 service = %self.service, revision = %self.name,
                 "cold start: first held request forwarded after {} ms",

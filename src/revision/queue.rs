@@ -122,6 +122,16 @@ impl Queue {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// How long requests have been held without the queue emptying; zero while it is empty.
+    /// No held request has waited longer.
+    pub fn standing(&self) -> Duration {
+        if self.held() == 0 {
+            return Duration::ZERO;
+        }
+        let since = self.empty_at.load(Ordering::Relaxed);
+        Duration::from_millis(clock::now_ms().saturating_sub(since))
+    }
+
     /// True while nobody waits, so an arrival may take a free slot without queueing (no
     /// barging past those already held).
     pub fn is_empty(&self) -> bool {

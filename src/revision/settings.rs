@@ -48,6 +48,8 @@ pub struct ColdStart {
     pub placeholder: Option<Arc<config::Placeholder>>,
     /// Mark responses that waited with `rouse-cold-start: true`.
     pub header: bool,
+    /// The page a browser gets while the revision starts, made once per config.
+    pub waiting_page: Option<bytes::Bytes>,
 }
 
 impl RevisionSettings {
@@ -80,6 +82,10 @@ impl RevisionSettings {
             cold_start: ColdStart {
                 placeholder: r.cold_start.placeholder.clone().map(Arc::new),
                 header: r.cold_start.header,
+                waiting_page: r
+                    .cold_start
+                    .waiting_page
+                    .then(|| crate::http::waiting::page(&r.name)),
             },
             knative: r
                 .kubernetes

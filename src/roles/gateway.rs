@@ -2,6 +2,7 @@
 //! for every autoscaled revision, with live reload and drain on shutdown.
 
 use crate::admin::Admin;
+use crate::admin::status::Status;
 use crate::config::reload::{self, Applied, StartOnly};
 use crate::config::{Config, ConfigError};
 use crate::discovery::Outside;
@@ -17,10 +18,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 /// What a reload can change, shared by the gateway and its reloader.
@@ -110,6 +111,8 @@ pub struct Gateway {
     stop_admin: watch::Sender<bool>,
     data: JoinHandle<usize>,
     admin: Option<JoinHandle<usize>>,
+    /// The status page's history; stops with the gateway.
+    _sampler: Option<AbortOnDropHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -136,7 +139,8 @@ impl Gateway {
             None => None,
         };
         let draining = Arc::new(AtomicBool::new(false));
-        let mut proxy = Proxy::new(table, metrics.clone());
+        let observer = Arc::new(crate::observe::from_config(&cfg, &metrics, None).await?);
+        let mut proxy = Proxy::new(table, metrics.clone()).with_observer(observer);
         if let Some(a) = &cfg.kubernetes.activator {
             proxy = proxy.with_front(Arc::new(ActivatorFront::new(
                 &a.cluster_domain,
@@ -157,7 +161,7 @@ impl Gateway {
             internal: false,
         };
         let drain_timeout = cfg.drain_timeout.0;
-        let listener = TcpListener::bind(cfg.listen.0).await?;
+        let listener = server::bind(cfg.listen.0, "listen").await?;
         let addr = listener.local_addr()?;
         let (stop_data, rx) = watch::channel(false);
         let limit = cfg.limits.max_connections;
@@ -173,7 +177,7 @@ impl Gateway {
         ));
         let (internal_addr, internal) = match cfg.listen_internal {
             Some(a) => {
-                let l = TcpListener::bind(a.0).await?;
+                let l = server::bind(a.0, "listen_internal").await?;
                 let bound = l.local_addr()?;
                 let conns = Connections::new(limit);
                 gauges.push(("http-internal", conns.clone()));
@@ -196,7 +200,7 @@ impl Gateway {
         };
         let (tls_addr, secure, cert_watch) = match (&cfg.tls, store.clone()) {
             (Some(t), Some(store)) => {
-                let l = TcpListener::bind(t.listen.0).await?;
+                let l = server::bind(t.listen.0, "tls.listen").await?;
                 let bound = l.local_addr()?;
                 let listener = TlsListener {
                     acceptor: tokio_rustls::TlsAcceptor::from(store.server_config()),
@@ -225,14 +229,31 @@ impl Gateway {
             _ => (None, None, None),
         };
         let (stop_admin, rx) = watch::channel(false);
+        let mut sampler = None;
         let (admin_addr, admin) = match cfg.admin {
             Some(a) => {
-                let l = TcpListener::bind(a.0).await?;
+                let l = server::bind(a.0, "admin").await?;
                 let bound = l.local_addr()?;
-                let h =
-                    Arc::new(Admin::new(metrics, draining.clone()).with_sources(outside.clone()));
                 let conns = Connections::new(ADMIN_CONNECTIONS);
                 gauges.push(("admin", conns.clone()));
+                let role = match cfg.kubernetes.activator {
+                    Some(_) => "activator",
+                    None => "gateway",
+                };
+                let status = Arc::new(Status::new(
+                    proxy.clone(),
+                    role,
+                    draining.clone(),
+                    gauges.clone(),
+                ));
+                sampler = Some(AbortOnDropHandle::new(tokio::spawn(
+                    status.clone().run_sampler(),
+                )));
+                let h = Arc::new(
+                    Admin::new(metrics, draining.clone())
+                        .with_sources(outside.clone())
+                        .with_status(status),
+                );
                 let t = tokio::spawn(server::serve(
                     l,
                     h,
@@ -296,6 +317,7 @@ impl Gateway {
             stop_admin,
             data,
             admin,
+            _sampler: sampler,
             drain_timeout,
         })
     }
@@ -346,7 +368,17 @@ impl Gateway {
 
     /// A reloader for `path`, for SIGHUP and the file watcher.
     pub fn reloader(&self, path: &Path) -> Reloader {
-        Reloader::new(self.live.clone(), path, self.live.applied.clone())
+        self.reloader_with(path, reload::Overrides::default())
+    }
+
+    /// A reloader for `path` whose configs get the command line's `overrides`.
+    pub fn reloader_with(&self, path: &Path, overrides: reload::Overrides) -> Reloader {
+        Reloader::new(
+            self.live.clone(),
+            path,
+            self.live.applied.clone(),
+            overrides,
+        )
     }
 
     /// Drains: readiness turns 503, the data port stops accepting, connections finish their
@@ -391,6 +423,7 @@ impl Gateway {
         // Backends stop only once nothing is being proxied to them.
         self.live.scalers.stop_all().await;
         self.live.outside.stop().await;
+        self.live.proxy.observer().shutdown().await;
         let _ = self.stop_admin.send(true);
         if let Some(a) = self.admin {
             let _ = a.await;

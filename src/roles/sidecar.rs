@@ -11,6 +11,7 @@ use crate::knative::env::SidecarSettings;
 use crate::knative::front::{AdminHandler, QueueHandler, StatsHandler};
 use crate::knative::stat::{StatCollector, StatReporter};
 use crate::metrics::Metrics;
+use crate::observe::trace::KnativeTracing;
 use crate::probe::Prober;
 use crate::proxy::Proxy;
 use crate::proxy::router::RouteTable;
@@ -19,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -51,10 +51,11 @@ pub struct Sidecar {
 
 async fn listen<H: Handler>(
     at: SocketAddr,
+    key: &str,
     handler: Arc<H>,
     stop: &watch::Sender<bool>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<usize>)> {
-    let l = TcpListener::bind(at).await?;
+    let l = server::bind(at, key).await?;
     let bound = l.local_addr()?;
     let task = tokio::spawn(server::serve(
         l,
@@ -85,19 +86,37 @@ impl Sidecar {
             &s.namespace,
             &s.configuration,
         )));
-        let proxy = Arc::new(Proxy::new(table, metrics.clone()).with_dialect(Dialect::Knative));
+        let knative = KnativeTracing::from_env()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let observer = Arc::new(crate::observe::from_config(&cfg, &metrics, Some(&knative)).await?);
+        let proxy = Arc::new(
+            Proxy::new(table, metrics.clone())
+                .with_dialect(Dialect::Knative)
+                .with_observer(observer),
+        );
         let prober = Arc::new(Prober::new(s.probes.clone()));
         let drainer = Arc::new(Drainer::new(s.drain_quiet));
         let unready = Arc::new(AtomicBool::new(false));
         let (stop, _) = watch::channel(false);
         let queue = Arc::new(QueueHandler::new(proxy, prober.clone(), drainer.clone()));
-        let (addr, serving) = listen(s.serving, queue, &stop).await?;
-        let (admin_addr, admin) =
-            listen(s.admin, Arc::new(AdminHandler::new(drainer.clone())), &stop).await?;
-        let (stats_addr, stats) =
-            listen(s.stats, Arc::new(StatsHandler(reporter.clone())), &stop).await?;
+        let (addr, serving) = listen(s.serving, "QUEUE_SERVING_PORT", queue, &stop).await?;
+        let (admin_addr, admin) = listen(
+            s.admin,
+            "ROUSE_ADMIN_PORT",
+            Arc::new(AdminHandler::new(drainer.clone())),
+            &stop,
+        )
+        .await?;
+        let (stats_addr, stats) = listen(
+            s.stats,
+            "ROUSE_STATS_PORT",
+            Arc::new(StatsHandler(reporter.clone())),
+            &stop,
+        )
+        .await?;
         let (metrics_addr, user_metrics) = listen(
             s.metrics,
+            "ROUSE_METRICS_PORT",
             Arc::new(Admin::new(metrics, unready.clone())),
             &stop,
         )

@@ -116,7 +116,7 @@ fn each_mistake_names_its_key_path() {
         (
             "protocol: http1",
             "protocol: http3",
-            "services[0].revisions[0].protocol: unknown variant `http3`",
+            "services[0].revisions[0].protocol: expected one of http1, h2c or auto, got \"http3\"",
         ),
         (
             "protocol: http1",
@@ -131,7 +131,7 @@ fn each_mistake_names_its_key_path() {
         (
             "container_concurrency: 0",
             "container_concurency: 0",
-            "services[0].revisions[0].container_concurency: unknown field `container_concurency`, expected one of",
+            "services[0].revisions[0].container_concurency: unknown key \"container_concurency\"; did you mean \"container_concurrency\"? The keys here are name, protocol, container_concurrency,",
         ),
         (
             "listen: \"127.0.0.1:8080\"",
@@ -194,7 +194,7 @@ fn every_problem_is_reported_at_once_and_units_are_checked() {
     );
     assert_rejected(
         "listen: [",
-        "listen: invalid type: sequence, expected a string",
+        "listen: expected an address like 127.0.0.1:8080, got a list",
     );
     assert_rejected("services: []\nlisten: 127.0.0.1:1", "services: no services");
     assert_rejected(
@@ -223,7 +223,7 @@ fn validate_command_exits_nonzero_with_key_paths() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 services, 3 revisions)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 service, 3 revisions)"));
     let bad = write_config("invalid", &GOOD.replacen("percent: 90", "percent: 85", 1));
     let out = std::process::Command::new(bin())
         .args(["validate", "--config"])
@@ -317,7 +317,7 @@ fn scale_section_mistakes_name_their_key_paths() {
         ),
         (
             base(&proc_.replace("process:", "procss:")),
-            "services[0].revisions[0].scale.procss: unknown field `procss`",
+            "services[0].revisions[0].scale.procss: unknown key \"procss\"; did you mean \"process\"?",
         ),
         (
             base(proc_).replace(

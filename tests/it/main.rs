@@ -1,6 +1,8 @@
 //! The one integration-test binary: every suite is a module, so the crate links once. Each
 //! suite covers one capability.
 
+mod browser;
+mod cli;
 mod concurrency;
 mod config;
 mod connections;
@@ -8,6 +10,7 @@ mod drain;
 mod forwarding;
 mod grpc;
 mod layout;
+mod observe;
 mod protocols;
 mod reload;
 mod routing;

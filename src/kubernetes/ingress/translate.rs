@@ -256,6 +256,7 @@ fn probe_answer(name: &str, hash: &str) -> config::Revision {
                 headers,
             }),
             header: false,
+            waiting_page: false,
         },
         tls: None,
     }
@@ -327,6 +328,7 @@ fn revision(name: &str, namespace: &str, service: &str, b: Backend) -> config::R
         cold_start: ColdStart {
             placeholder: None,
             header: false,
+            waiting_page: false,
         },
         tls: None,
     }

@@ -160,6 +160,14 @@ impl Cfg {
         Cfg(self.0.set_in("upstream", "connect_timeout", d))
     }
 
+    /// `access_log`: where lines go (`to`) and how they read (`format`).
+    pub fn access_log(self, to: &str, format: &str) -> Cfg {
+        Cfg(self
+            .0
+            .set_in("access_log", "to", to)
+            .set_in("access_log", "format", format))
+    }
+
     /// Adds a service to `services`.
     pub fn service(self, s: Svc) -> Cfg {
         Cfg(self.0.push("services", s))
@@ -381,6 +389,12 @@ impl Rev {
     /// `cold_start.header`: whether responses that waited for a cold start are marked.
     pub fn cold_start_header(self, mark: bool) -> Rev {
         Rev(self.0.set_in("cold_start", "header", mark))
+    }
+
+    /// `cold_start.waiting_page`: browsers asking for a page while it starts get one that
+    /// reloads itself.
+    pub fn waiting_page(self, on: bool) -> Rev {
+        Rev(self.0.set_in("cold_start", "waiting_page", on))
     }
 
     /// `tls`: connect to the endpoints over TLS, trusting the CA bundle `ca` and verifying
