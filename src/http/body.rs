@@ -213,9 +213,7 @@ async fn relay<E: Exchange>(
                 return done.end(false);
             }
             Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    done.sent(data.len());
-                }
+                let len = f.data_ref().map_or(0, Bytes::len);
                 let last = inner.is_end_stream();
                 // The upstream just moved; the client now has the idle limit to take it.
                 moved = Instant::now();
@@ -224,6 +222,7 @@ async fn relay<E: Exchange>(
                     sent = tx.send(Ok(f)) => if sent.is_err() { return done.end(false) },
                     () = tokio::time::sleep_until(at) => break which,
                 }
+                done.sent(len);
                 if last {
                     outcome.store(CLEAN, Ordering::Release);
                     return done.end(true);

@@ -13,6 +13,44 @@ use tokio::sync::mpsc;
 
 /// Lines waiting for the writer, at most.
 const QUEUED: usize = 8192;
+/// A host or path longer than this is cut (marked with `…`): with [`QUEUED`], it bounds the
+/// queue's bytes whatever clients send.
+const FIELD_MAX: usize = 2048;
+/// The most bytes written at once.
+const BATCH: usize = 64 * 1024;
+/// The longest exit waits for queued lines to be written.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// What the writer is sent.
+enum Msg {
+    Line(String),
+    /// Write everything before this, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+fn cut(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= FIELD_MAX {
+        return s.into();
+    }
+    let mut end = FIELD_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
+/// Escapes a template field as nginx does: `"`, `\`, control and non-ASCII bytes as `\xHH`,
+/// so a client cannot forge fields or lines with its host or path.
+fn escape_into(text: &str, out: &mut String) {
+    for b in text.bytes() {
+        match b {
+            b'"' | b'\\' | 0..=0x1f | 0x7f.. => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+            b => out.push(char::from(b)),
+        }
+    }
+}
 
 /// The fields a line can have, in the JSON form's order; a template names them in braces.
 pub const FIELDS: &[&str] = &[
@@ -98,8 +136,8 @@ struct Line<'a> {
     time: String,
     client: String,
     method: &'a str,
-    host: &'a str,
-    path: &'a str,
+    host: std::borrow::Cow<'a, str>,
+    path: std::borrow::Cow<'a, str>,
     protocol: &'static str,
     status: u16,
     bytes: u64,
@@ -133,8 +171,8 @@ impl Line<'_> {
             time: humantime::format_rfc3339_millis(r.started).to_string(),
             client: r.client.ip().to_string(),
             method: r.method.as_str(),
-            host: &r.host,
-            path: &r.path,
+            host: cut(&r.host),
+            path: cut(&r.path),
             protocol: protocol(r.version),
             status: r.status,
             bytes: r.bytes,
@@ -149,15 +187,16 @@ impl Line<'_> {
         }
     }
 
-    /// A field as template text; `-` for one that has no value, as common log formats do.
+    /// A field as template text, escaped; `-` for one that has no value, as common log
+    /// formats do.
     fn field(&self, i: usize, out: &mut String) {
         let opt = |v: Option<&str>| v.unwrap_or("-").to_owned();
         let text = match FIELDS[i] {
             "time" => self.time.clone(),
             "client" => self.client.clone(),
             "method" => self.method.to_owned(),
-            "host" => self.host.to_owned(),
-            "path" => self.path.to_owned(),
+            "host" => self.host.to_string(),
+            "path" => self.path.to_string(),
             "protocol" => self.protocol.to_owned(),
             "status" => self.status.to_string(),
             "bytes" => self.bytes.to_string(),
@@ -170,7 +209,7 @@ impl Line<'_> {
             "error" => opt(self.error),
             _ => opt(self.trace_id.as_deref()),
         };
-        out.push_str(&text);
+        escape_into(&text, out);
     }
 }
 
@@ -200,7 +239,7 @@ impl Sink {
 #[derive(Debug)]
 pub struct AccessLog {
     format: Format,
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Msg>,
     dropped: Counter,
 }
 
@@ -228,7 +267,7 @@ impl AccessLog {
                     })?,
             ),
         };
-        let (tx, rx) = mpsc::channel(QUEUED);
+        let (tx, rx) = mpsc::channel::<Msg>(QUEUED);
         tokio::spawn(write_lines(rx, out));
         Ok(AccessLog {
             format,
@@ -250,7 +289,8 @@ impl AccessLog {
                         Piece::Field(i) => line.field(*i, &mut s),
                     }
                 }
-                // One request, one line, whatever a path or host contained.
+                // One request, one line: fields are escaped, but a template's own text may
+                // hold a line break.
                 if s.contains(['\n', '\r']) {
                     s = s.replace(['\n', '\r'], " ");
                 }
@@ -258,28 +298,53 @@ impl AccessLog {
             }
         };
         text.push('\n');
-        if self.tx.try_send(text).is_err() {
+        if self.tx.try_send(Msg::Line(text)).is_err() {
             self.dropped.inc();
         }
+    }
+
+    /// Waits (a little) until the lines queued so far are written: at exit.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let wait = async {
+            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        };
+        let _ = tokio::time::timeout(FLUSH_WAIT, wait).await;
     }
 }
 
 /// Writes queued lines, flushing whenever the queue runs empty.
 async fn write_lines(
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Msg>,
     out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
 ) {
     let mut out = tokio::io::BufWriter::new(out);
-    let mut batch = String::new();
-    while let Some(line) = rx.recv().await {
+    let mut batch = String::with_capacity(BATCH);
+    let mut flushed = Vec::new();
+    while let Some(msg) = rx.recv().await {
         batch.clear();
-        batch.push_str(&line);
-        while let Ok(more) = rx.try_recv() {
-            let _ = write!(batch, "{more}");
+        let mut next = Some(msg);
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Line(l) => batch.push_str(&l),
+                Msg::Flush(done) => flushed.push(done),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
         }
         if out.write_all(batch.as_bytes()).await.is_err() || out.flush().await.is_err() {
             // Nowhere left to write (a closed stdout): lines are dropped from here on.
             return;
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+        // A burst's buffer is not kept for good.
+        if batch.capacity() > 4 * BATCH {
+            batch = String::with_capacity(BATCH);
         }
     }
 }
@@ -287,6 +352,17 @@ async fn write_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_cannot_forge_others_and_long_ones_are_cut() {
+        let mut out = String::new();
+        escape_into("a\"b c\\d\te\u{e9}", &mut out);
+        assert_eq!(out, "a\\x22b c\\x5Cd\\x09e\\xC3\\xA9");
+        let long = "é".repeat(FIELD_MAX);
+        let c = cut(&long);
+        assert!(c.len() <= FIELD_MAX + "…".len() && c.ends_with('…'));
+        assert_eq!(cut("/short"), "/short");
+    }
 
     #[test]
     fn templates_name_fields_and_refuse_unknown_ones() {

@@ -23,16 +23,17 @@ pub struct Observer {
     tracer: Option<trace::Tracer>,
 }
 
-/// Sets up what a config and the environment ask for: the config's `access_log`, and traces
+/// Sets up what the config and the environment ask for: an access log when `access` gives
+/// where it goes and its format (the config's `access_log.to` and `.format`), and traces
 /// when an `OTEL_*` variable names an endpoint (`knative`: queue-proxy's tracing settings too).
-pub async fn from_config(
-    cfg: &crate::config::Config,
+pub async fn start(
+    access: Option<(&str, &str)>,
     metrics: &crate::metrics::Metrics,
     knative: Option<&trace::KnativeTracing>,
 ) -> std::io::Result<Observer> {
-    let access = match &cfg.access_log {
-        Some(a) => {
-            let format = access::Format::parse(&a.format).map_err(|e| {
+    let access = match access {
+        Some((to, format)) => {
+            let format = access::Format::parse(format).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!("access_log.format: {e}"),
@@ -40,7 +41,7 @@ pub async fn from_config(
             })?;
             Some(
                 access::AccessLog::start(
-                    access::Sink::parse(&a.to),
+                    access::Sink::parse(to),
                     format,
                     metrics.access_log_dropped.clone(),
                 )
@@ -68,6 +69,9 @@ impl Observer {
 
     /// Sends the spans still batched; at exit.
     pub async fn shutdown(&self) {
+        if let Some(a) = &self.access {
+            a.flush().await;
+        }
         if let Some(t) = &self.tracer {
             t.shutdown().await;
         }
@@ -103,6 +107,7 @@ impl Observer {
             revision: None,
             endpoint: None,
             waited: None,
+            holding: None,
             cold: false,
             status: 0,
             bytes: 0,
@@ -132,6 +137,8 @@ pub struct Record {
     pub endpoint: Option<SocketAddr>,
     /// How long it was held for a slot, if it was.
     pub waited: Option<Duration>,
+    /// Set while it may be held: when it began to wait, and whether the revision was cold.
+    holding: Option<(SystemTime, Instant, bool)>,
     /// It waited for a cold start.
     pub cold: bool,
     /// The status answered.
@@ -144,12 +151,28 @@ pub struct Record {
 }
 
 impl Record {
-    /// The request was held from `from` until now (for the hold span).
-    pub fn held(&mut self, from: SystemTime, waited: Duration, cold: bool) {
+    /// The request may now wait for a slot of a revision that is `cold` (no endpoint): if it
+    /// ends before [`Record::acquired`] (refused, timed out, its client gone), it is recorded
+    /// as held until then.
+    pub fn holding(&mut self, cold: bool) {
+        self.holding = Some((SystemTime::now(), Instant::now(), cold));
+    }
+
+    /// The request has its slot; `waited` is how long it was held, if it was.
+    pub fn acquired(&mut self, waited: Option<Duration>, cold: bool) {
+        let Some((from, _, _)) = self.holding.take() else {
+            return;
+        };
+        if let Some(w) = waited {
+            self.held(from, w, cold, false);
+        }
+    }
+
+    fn held(&mut self, from: SystemTime, waited: Duration, cold: bool, failed: bool) {
         self.waited = Some(waited);
         self.cold = cold;
         if let (Some(span), Some(t)) = (&self.span, &self.observer.tracer) {
-            t.hold_span(span, from, cold);
+            t.hold_span(span, from, cold, failed);
         }
     }
 
@@ -172,6 +195,15 @@ impl Drop for Record {
     fn drop(&mut self) {
         let ended = SystemTime::now();
         let took = self.start.elapsed();
+        // Still waiting when it ended: refused, timed out, or its client left.
+        if let Some((from, at, cold)) = self.holding.take() {
+            self.held(from, at.elapsed(), cold, true);
+        }
+        // Nothing was answered: the client went away first (nginx's 499).
+        if self.status == 0 {
+            self.status = 499;
+            self.error = Some("client-closed".into());
+        }
         if let Some(a) = &self.observer.access {
             a.write(self, took);
         }

@@ -236,8 +236,9 @@ impl Tracer {
         }
     }
 
-    /// Records the hold, from `from` until now, as a child span.
-    pub(super) fn hold_span(&self, span: &RequestSpan, from: SystemTime, cold: bool) {
+    /// Records the hold, from `from` until now, as a child span; `failed`: it ended without a
+    /// slot.
+    pub(super) fn hold_span(&self, span: &RequestSpan, from: SystemTime, cold: bool, failed: bool) {
         let mut hold = self
             .tracer
             .span_builder("rouse.hold")
@@ -245,6 +246,9 @@ impl Tracer {
             .with_start_time(from)
             .with_attributes([KeyValue::new("rouse.cold_start", cold)])
             .start_with_context(&self.tracer, &span.server);
+        if failed {
+            hold.set_status(Status::error("ended while held"));
+        }
         hold.end();
     }
 

@@ -71,12 +71,12 @@ pub async fn forward(
     if ctx.upgrade.is_some() && protocol == Protocol::H2c {
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
+    if let Some(r) = record {
+        r.holding(rev.is_cold());
+    }
     let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
-    if let (Some(r), Some(waited)) = (record.as_mut(), acquired.waited) {
-        let from = std::time::SystemTime::now()
-            .checked_sub(waited)
-            .unwrap_or(std::time::UNIX_EPOCH);
-        r.held(from, waited, acquired.cold);
+    if let Some(r) = record {
+        r.acquired(acquired.waited, acquired.cold);
     }
     // One settings snapshot for the whole request.
     let settings = rev.settings();

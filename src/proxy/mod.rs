@@ -165,11 +165,15 @@ impl Proxy {
         if record.is_none() {
             return self.route(req, conn, proxied, &mut None).await;
         }
+        let head = req.method() == http::Method::HEAD;
         let res = self.route(req, conn, proxied, &mut record).await;
         // Still here: rouse answered itself (a proxied response's record went with its body).
         if let Some(r) = &mut record {
             r.status = res.status().as_u16();
-            r.bytes = http_body::Body::size_hint(res.body()).exact().unwrap_or(0);
+            r.bytes = match head {
+                true => 0,
+                false => http_body::Body::size_hint(res.body()).exact().unwrap_or(0),
+            };
             r.error = res
                 .headers()
                 .get("rouse-error")
@@ -207,6 +211,9 @@ impl Proxy {
                 return e.into_response_as(answer);
             }
         };
+        if let Some(r) = record {
+            r.host.clone_from(&host);
+        }
         if let Some(front) = &self.front {
             match front.intercept(&mut req, &host) {
                 Intercept::Answer(res) => return *res,
@@ -214,6 +221,9 @@ impl Proxy {
                 Intercept::Reroute(h) => {
                     rewrite_authority(&mut req, &h);
                     host = h.to_str().unwrap_or_default().to_owned();
+                    if let Some(r) = record {
+                        r.host.clone_from(&host);
+                    }
                 }
             }
         }
@@ -252,7 +262,6 @@ impl Proxy {
             (arm.revision.clone(), svc.timeouts, host)
         };
         if let Some(r) = record {
-            r.host.clone_from(&host);
             r.service = Some(rev.service.clone());
             r.revision = Some(rev.name.clone());
         }
@@ -268,6 +277,8 @@ impl Proxy {
         if rev.is_cold()
             && let Some(page) = rev.settings().cold_start.waiting_page.clone()
             && crate::http::waiting::wanted(req.method(), req.headers())
+            // After a failed start, its 503 with the reason says more than "starting".
+            && !matches!(rev.phase(), crate::revision::phase::Phase::Failed { .. })
         {
             // The page reloads itself; each reload is demand, so the start goes on.
             rev.poke();

@@ -43,6 +43,13 @@ pub struct Live {
     file: arc_swap::ArcSwap<(Config, Vec<String>)>,
 }
 
+/// The access log's destination and format, if the config has one.
+fn access(cfg: &Config) -> Option<(&str, &str)> {
+    cfg.access_log
+        .as_ref()
+        .map(|a| (a.to.as_str(), a.format.as_str()))
+}
+
 /// The file's config without its services, and their hosts.
 fn file_view(cfg: &Config) -> (Config, Vec<String>) {
     let hosts = file_hosts(cfg);
@@ -139,7 +146,7 @@ impl Gateway {
             None => None,
         };
         let draining = Arc::new(AtomicBool::new(false));
-        let observer = Arc::new(crate::observe::from_config(&cfg, &metrics, None).await?);
+        let observer = Arc::new(crate::observe::start(access(&cfg), &metrics, None).await?);
         let mut proxy = Proxy::new(table, metrics.clone()).with_observer(observer);
         if let Some(a) = &cfg.kubernetes.activator {
             proxy = proxy.with_front(Arc::new(ActivatorFront::new(

@@ -35,6 +35,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Sidecar {
     addr: SocketAddr,
+    /// The tracer, flushed after the drain.
+    observer: Arc<crate::observe::Observer>,
     admin_addr: SocketAddr,
     stats_addr: SocketAddr,
     metrics_addr: SocketAddr,
@@ -88,11 +90,11 @@ impl Sidecar {
         )));
         let knative = KnativeTracing::from_env()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let observer = Arc::new(crate::observe::from_config(&cfg, &metrics, Some(&knative)).await?);
+        let observer = Arc::new(crate::observe::start(None, &metrics, Some(&knative)).await?);
         let proxy = Arc::new(
             Proxy::new(table, metrics.clone())
                 .with_dialect(Dialect::Knative)
-                .with_observer(observer),
+                .with_observer(observer.clone()),
         );
         let prober = Arc::new(Prober::new(s.probes.clone()));
         let drainer = Arc::new(Drainer::new(s.drain_quiet));
@@ -129,6 +131,7 @@ impl Sidecar {
         );
         Ok(Sidecar {
             addr,
+            observer,
             admin_addr,
             stats_addr,
             metrics_addr,
@@ -201,6 +204,7 @@ impl Sidecar {
             let _ = l.await;
         }
         self.report_task.abort();
+        self.observer.shutdown().await;
         out
     }
 }

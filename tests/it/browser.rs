@@ -156,6 +156,7 @@ async fn the_status_page_shows_revisions_splits_and_a_cold_start_in_a_browser() 
 async fn a_browser_waits_on_the_waiting_page_and_lands_on_the_started_site() {
     let Some(chrome) = chromium() else { return };
     let gw = Cfg::new()
+        .admin()
         .service(
             Svc::new("site").host("*").only(
                 Rev::new("web")
@@ -174,6 +175,13 @@ async fn a_browser_waits_on_the_waiting_page_and_lands_on_the_started_site() {
         "the browser did not land on the site:\n{dom}"
     );
     assert!(!dom.contains("Starting"), "{dom}");
+    // It got there through the waiting page (a 503), not by being held.
+    let text = metrics(&gw).await;
+    let pages = metric(
+        &text,
+        r#"rouse_requests_total{service="site",revision="web",code="5xx"}"#,
+    );
+    assert!(pages >= 1.0, "no waiting page was served:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,4 +230,34 @@ async fn the_waiting_page_is_for_browsers_and_other_clients_still_wait() {
     let site = get(&c, gw.addr(), "x", "/", &[("accept", "text/html")]).await;
     assert_eq!(site.status, StatusCode::OK);
     assert!(site.body.starts_with("web "), "{}", site.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_start_browsers_get_the_failure_not_the_waiting_page() {
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("site").host("*").only(
+                Rev::new("web")
+                    .waiting_page(true)
+                    .scale(Scale::new(backend("web").env("FAIL_BOOT", "3")).min(0)),
+            ),
+        )
+        .start()
+        .await;
+    let c = h1_client();
+    let html = [("accept", "text/html")];
+    let first = get(&c, gw.addr(), "x", "/", &html).await;
+    assert!(first.body.contains("Starting"), "{}", first.body);
+    let rev = gw.proxy().table().revisions()[0].clone();
+    wait_until("the start to fail", || rev.phase().as_str() == "failed").await;
+    let after = get(&c, gw.addr(), "x", "/", &html).await;
+    assert_eq!(after.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        after.header("rouse-error"),
+        "start-failed",
+        "{}",
+        after.body
+    );
+    assert!(!after.body.contains("Starting"));
 }

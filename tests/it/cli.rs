@@ -154,7 +154,33 @@ async fn run_listens_where_the_flags_say_and_names_an_address_in_use() {
     wait_ready(admin).await;
     let got = get(&h1_client(), listen, "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, "b");
+    // A reload keeps the command line's addresses: the file still says the taken ones, and
+    // the reload neither moves the listener nor warns about it.
+    let b2 = Backend::start("b2").await;
+    std::fs::write(
+        &cfg,
+        Cfg::new()
+            .listen(taken_addr)
+            .admin_at(taken_admin)
+            .service(Svc::single(Rev::new("r").endpoint(b2.addr)))
+            .yaml(),
+    )
+    .unwrap();
+    signal(_p.0.id(), "-HUP");
+    let client = h1_client();
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = get(&client, listen, "x", "/", &[]).await.body;
+        if body == "b2" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(body, "b2", "the reload applied, on the --listen address");
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("config reloaded"), "{text}");
+    assert!(!text.contains("change only on restart"), "{text}");
     let first = text.lines().next().expect("a log line");
     let line: serde_json::Value =
         serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));

@@ -62,8 +62,24 @@ async fn access_log_writes_one_json_line_per_request_with_its_fields() {
     assert_eq!(ok.status, StatusCode::OK);
     let missing = get(&c, gw.addr(), "nowhere.test", "/x", &[]).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    let got = lines(&log, 2).await;
-    assert_eq!(got.len(), 2, "one line per request: {got:#?}");
+    // A last request marks the end: three requests, three lines, in order.
+    let head = send(
+        &c,
+        Request::head(format!("http://{}/last", gw.addr()))
+            .header("host", "shop.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::OK);
+    let got = lines(&log, 3).await;
+    let last: serde_json::Value = serde_json::from_str(&got[2]).unwrap();
+    assert_eq!(
+        (&last["method"], &last["path"]),
+        (&"HEAD".into(), &"/last".into())
+    );
+    assert_eq!(last["bytes"], 0, "a HEAD answer has no body");
+    assert_eq!(got.len(), 3, "one line per request: {got:#?}");
     let first: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
     assert_eq!(first["method"], "GET");
     assert_eq!(first["host"], "shop.test");
@@ -86,6 +102,10 @@ async fn access_log_writes_one_json_line_per_request_with_its_fields() {
     assert_eq!(second["status"], 404);
     assert_eq!(second["error"], "no-service");
     assert!(second["revision"].is_null() && second["upstream"].is_null());
+    assert_eq!(
+        second["host"], "nowhere.test",
+        "the host that matched nothing is shown"
+    );
     assert_eq!(second["bytes"], missing.body.len() as u64);
 }
 
@@ -119,6 +139,37 @@ async fn access_log_templates_fill_their_fields_and_mark_held_requests() {
     let (ms, err) = wait.split_once(' ').unwrap();
     assert!(ms.parse::<f64>().unwrap() > 0.0, "held time {ms}");
     assert_eq!(err, "err=-");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_held_is_logged_as_499_with_its_wait() {
+    let b = Backend::start("b").await;
+    let log = temp_dir("access-gone").join("access.log");
+    let gw = Cfg::new()
+        .access_log(
+            log.to_str().unwrap(),
+            "{path} {status} {error} held={wait_ms}",
+        )
+        .service(Svc::single(Rev::new("r").cc(1).endpoint(b.addr)))
+        .start()
+        .await;
+    let c = h1_client();
+    let slow = spawn_get(&c, gw.addr(), "/slow?delay=800");
+    wait_until("the slow request in flight", || b.requests() == 1).await;
+    // A second client waits for the only slot, then gives up.
+    let gone = spawn_get(&h1_client(), gw.addr(), "/gone");
+    wait_until("the second request held", || {
+        gw.proxy().table().revisions()[0].held() == 1
+    })
+    .await;
+    gone.abort();
+    let got = lines(&log, 1).await;
+    let (head, held) = got[0].split_once(" held=").unwrap();
+    assert_eq!(head, "/gone 499 client-closed");
+    assert!(held.parse::<f64>().unwrap() > 0.0, "{held}");
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    let got = lines(&log, 2).await;
+    assert!(got[1].starts_with("/slow 200 - held=-"), "{got:?}");
 }
 
 #[test]
@@ -306,6 +357,15 @@ async fn spans_continue_the_clients_trace_through_a_cold_start_to_the_backend() 
     assert_eq!(attr(server, "rouse.revision"), "StringValue(\"r\")");
     // The hold ends before the exchange begins; both lie inside the request's span.
     assert!(hold.end_time_unix_nano <= up.start_time_unix_nano);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("tracing: exporting spans over OTLP/HTTP"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes when stdout is a file"
+    );
     assert!(server.start_time_unix_nano <= hold.start_time_unix_nano);
     assert!(up.end_time_unix_nano <= server.end_time_unix_nano);
 }
