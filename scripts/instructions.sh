@@ -5,6 +5,10 @@
 #
 #   scripts/instructions.sh          # gateway and sidecar, HTTP/1.1, 10 connections
 #
+# Target `gateway-accesslog` is the gateway writing a JSON access log line per request to a
+# file (the writer task included): what the access log costs. Run it with
+# TARGETS=gateway-accesslog.
+#
 # Target `gateway-1000hosts` is the gateway with 1,000 services shaped as the Knative ingress
 # makes them (two routes each: Knative's probe route and the path), the requests going to the
 # 500th: the cost of a large route table on the request path.
@@ -67,6 +71,8 @@ services:
       - { name: r, endpoints: ["127.0.0.1:$BE"] }
 EOF
 
+{ cat "$WORK/gw.yaml"; echo "access_log: { to: $WORK/access.log, format: json }"; } > "$WORK/gw-log.yaml"
+
 {
   echo "listen: \"127.0.0.1:$GW\""
   echo "watch_interval: 0s"
@@ -102,6 +108,11 @@ count() { # target n -> instructions
       port=$GW
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
+    gateway-accesslog)
+      port=$GW
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" gateway --config "$WORK/gw-log.yaml" >/dev/null 2>&1 &
       ;;
     gateway-1000hosts)
       port=$GW

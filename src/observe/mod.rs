@@ -77,7 +77,9 @@ impl Observer {
         }
     }
 
-    /// A record for a request arriving now, or `None` when nothing is observed.
+    /// A record for a request arriving now, or `None` when nothing is observed (the common
+    /// case: one branch, inlined into the request path).
+    #[inline]
     pub fn begin(
         self: &Arc<Self>,
         method: &Method,
@@ -89,6 +91,18 @@ impl Observer {
         if self.access.is_none() && self.tracer.is_none() {
             return None;
         }
+        self.record(method, path, version, headers, client)
+    }
+
+    #[inline(never)]
+    fn record(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        version: Version,
+        headers: &HeaderMap,
+        client: SocketAddr,
+    ) -> Option<Box<Record>> {
         let started = SystemTime::now();
         let span = self
             .tracer

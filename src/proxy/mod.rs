@@ -162,9 +162,6 @@ impl Proxy {
             req.headers(),
             conn.peer,
         );
-        if record.is_none() {
-            return self.route(req, conn, proxied, &mut None).await;
-        }
         let head = req.method() == http::Method::HEAD;
         let res = self.route(req, conn, proxied, &mut record).await;
         // Still here: rouse answered itself (a proxied response's record went with its body).
