@@ -53,6 +53,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    service: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -76,6 +82,8 @@ pub struct Metrics {
     start_failures: Family<RevisionLabels, Counter>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    sticky: Family<OutcomeLabels, Counter>,
+    no_wake: Family<OutcomeLabels, Counter>,
     /// The last cold starts, for the status page (the histogram has their distribution, not
     /// their order).
     pub cold_starts: ColdStarts,
@@ -166,6 +174,18 @@ impl Metrics {
         let scale_events = Family::<DirectionLabels, Counter>::default();
         let start_failures = Family::<RevisionLabels, Counter>::default();
         let access_log_dropped = Counter::default();
+        let sticky = Family::<OutcomeLabels, Counter>::default();
+        let no_wake = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "rouse_no_wake_requests",
+            "Requests matched by a service's no_wake, by outcome (answered, passed)",
+            no_wake.clone(),
+        );
+        registry.register(
+            "rouse_sticky_requests",
+            "Requests of services with sticky splits, by outcome (pinned, new, replaced)",
+            sticky.clone(),
+        );
         registry.register(
             "rouse_access_log_dropped",
             "Access log lines dropped because the log's writer fell behind",
@@ -245,7 +265,29 @@ impl Metrics {
             start_failures,
             cold_starts: ColdStarts::default(),
             access_log_dropped,
+            sticky,
+            no_wake,
         }
+    }
+
+    /// The counters of a sticky service: pinned, new, replaced.
+    pub fn sticky(&self, service: &str) -> [Counter; 3] {
+        ["pinned", "new", "replaced"].map(|outcome| {
+            self.sticky.get_or_create_owned(&OutcomeLabels {
+                service: service.to_owned(),
+                outcome,
+            })
+        })
+    }
+
+    /// The counters of a service's `no_wake`: answered, passed.
+    pub fn no_wake(&self, service: &str) -> [Counter; 2] {
+        ["answered", "passed"].map(|outcome| {
+            self.no_wake.get_or_create_owned(&OutcomeLabels {
+                service: service.to_owned(),
+                outcome,
+            })
+        })
     }
 
     /// Requests that matched no revision, by reason label, for the status page.

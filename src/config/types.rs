@@ -381,6 +381,57 @@ pub struct Service {
     /// Per-request time limits; none by default.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Keep each client on the revision it first got; off by default.
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
+    /// Requests (health checks, bots, monitors) that must neither wake a revision nor keep
+    /// it up; none by default.
+    #[serde(default)]
+    pub no_wake: Option<NoWake>,
+}
+
+/// Requests that are not demand: matched by any of a path prefix, a user agent or a header,
+/// they are passed to a revision only if it has a free slot at once, and otherwise answered
+/// with `answer`; either way they neither start a revision nor count as its activity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoWake {
+    /// Path prefixes.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Text found in `User-Agent`, ignoring case.
+    #[serde(default)]
+    pub user_agents: Vec<String>,
+    /// Headers with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The answer when no slot is free (the revision is cold, or busy).
+    #[serde(default = "asleep")]
+    pub answer: Placeholder,
+}
+
+fn asleep() -> Placeholder {
+    Placeholder {
+        status: 503,
+        body: "asleep\n".into(),
+        headers: BTreeMap::new(),
+    }
+}
+
+/// How a service pins clients to revisions: by a cookie rouse sets, or by a hash of a
+/// request header. Exactly one of `cookie` and `header`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sticky {
+    /// The name of the cookie rouse sets to pin a client.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// How long the cookie lasts; none: until the browser closes.
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    /// Pin by a hash of this request header's value instead (a user or session id).
+    #[serde(default)]
+    pub header: Option<String>,
 }
 
 /// Which listeners serve a service.

@@ -289,6 +289,76 @@ impl Validator {
         }
     }
 
+    fn sticky(&mut self, p: &str, k: &crate::config::Sticky) {
+        match (&k.cookie, &k.header) {
+            (Some(_), Some(_)) | (None, None) => self.err(
+                p,
+                "give one of cookie (a name for the cookie rouse sets) or header (a request header whose value pins the client)",
+            ),
+            (Some(c), None) => {
+                // RFC 6265's cookie-name is an RFC 9110 token, as a header name is (any case).
+                let token = !c.is_empty()
+                    && c.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                    });
+                if !token {
+                    self.err(
+                        format!("{p}.cookie"),
+                        format!("{c:?} is not a cookie name; use letters, digits and - _ . only"),
+                    );
+                }
+            }
+            (None, Some(h)) => {
+                if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    self.err(format!("{p}.header"), format!("{h:?} is not a valid header name"));
+                }
+                if k.max_age.is_some() {
+                    self.err(
+                        format!("{p}.max_age"),
+                        "only a cookie has a max_age; a header pin lasts as long as the client sends it",
+                    );
+                }
+            }
+        }
+    }
+
+    fn no_wake(&mut self, p: &str, n: &NoWake) {
+        if n.paths.is_empty() && n.user_agents.is_empty() && n.headers.is_empty() {
+            self.err(
+                p,
+                "matches nothing; list paths (prefixes like /healthz), user_agents (text like kube-probe) or headers",
+            );
+        }
+        for (i, path) in n.paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                self.err(
+                    format!("{p}.paths[{i}]"),
+                    format!("{path:?} must start with \"/\""),
+                );
+            }
+        }
+        for (i, a) in n.user_agents.iter().enumerate() {
+            if a.trim().is_empty() {
+                self.err(
+                    format!("{p}.user_agents[{i}]"),
+                    "must not be empty (it would match every request)",
+                );
+            }
+        }
+        for (k, v) in &n.headers {
+            self.header(&format!("{p}.headers.{k}"), k, v);
+        }
+        if !(200..=599).contains(&n.answer.status) {
+            self.err(
+                format!("{p}.answer.status"),
+                format!("{} is not a final HTTP status (200-599)", n.answer.status),
+            );
+        }
+        for (k, v) in &n.answer.headers {
+            self.header(&format!("{p}.answer.headers.{k}"), k, v);
+        }
+    }
+
     fn service(&mut self, p: &str, s: &Service) {
         if s.revisions.is_empty() {
             self.err(format!("{p}.revisions"), "empty; add at least one revision");
@@ -348,6 +418,12 @@ impl Validator {
         // No default traffic is allowed when routes take every request there is.
         if !s.traffic.is_empty() || s.routes.is_empty() {
             self.traffic(&format!("{p}.traffic"), &s.traffic, &revs, &known);
+        }
+        if let Some(k) = &s.sticky {
+            self.sticky(&format!("{p}.sticky"), k);
+        }
+        if let Some(n) = &s.no_wake {
+            self.no_wake(&format!("{p}.no_wake"), n);
         }
         let mut route_keys: HashMap<(&str, &BTreeMap<String, String>), usize> = HashMap::new();
         for (j, r) in s.routes.iter().enumerate() {
@@ -715,6 +791,57 @@ mod tests {
                 .map(|i| format!("{}: {}", i.path, i.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn sticky_needs_one_pin_with_a_valid_name() {
+        let svc = |sticky: &str| {
+            format!(
+                "listen: 127.0.0.1:1\nservices:\n  - name: s\n    hosts: ['*']\n    sticky: {sticky}\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions: [{{ name: r, endpoints: ['127.0.0.1:9'] }}]\n"
+            )
+        };
+        assert!(issues(&svc("{ cookie: rouse-s, max_age: 1h }")).is_empty());
+        assert!(issues(&svc("{ header: x-user }")).is_empty());
+        let one = "services[0].sticky: give one of cookie (a name for the cookie rouse sets) or header (a request header whose value pins the client)";
+        assert_eq!(issues(&svc("{}")), [one]);
+        assert_eq!(issues(&svc("{ cookie: a, header: b }")), [one]);
+        assert_eq!(
+            issues(&svc("{ cookie: 'a b' }")),
+            [
+                "services[0].sticky.cookie: \"a b\" is not a cookie name; use letters, digits and - _ . only"
+            ]
+        );
+        assert_eq!(
+            issues(&svc("{ header: 'x y', max_age: 1h }")),
+            [
+                "services[0].sticky.header: \"x y\" is not a valid header name",
+                "services[0].sticky.max_age: only a cookie has a max_age; a header pin lasts as long as the client sends it",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_wake_must_match_something_and_answer_with_a_status() {
+        let svc = |n: &str| {
+            format!(
+                "listen: 127.0.0.1:1\nservices:\n  - name: s\n    hosts: ['*']\n    no_wake: {n}\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions: [{{ name: r, endpoints: ['127.0.0.1:9'] }}]\n"
+            )
+        };
+        assert!(issues(&svc("{ paths: [/healthz] }")).is_empty());
+        assert_eq!(
+            issues(&svc("{ answer: { status: 99 } }")),
+            [
+                "services[0].no_wake: matches nothing; list paths (prefixes like /healthz), user_agents (text like kube-probe) or headers",
+                "services[0].no_wake.answer.status: 99 is not a final HTTP status (200-599)",
+            ]
+        );
+        assert_eq!(
+            issues(&svc("{ paths: [healthz], user_agents: [''] }")),
+            [
+                "services[0].no_wake.paths[0]: \"healthz\" must start with \"/\"",
+                "services[0].no_wake.user_agents[0]: must not be empty (it would match every request)",
+            ]
+        );
     }
 
     #[test]

@@ -475,6 +475,8 @@ impl SidecarSettings {
                     idle: self.idle_timeout.map(Dur),
                     exempt_streams: true,
                 },
+                sticky: None,
+                no_wake: None,
             }],
         }
     }

@@ -133,6 +133,8 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
             idle: seconds("idleTimeoutSeconds"),
             exempt_streams: false,
         },
+        sticky: None,
+        no_wake: None,
     })
 }
 

@@ -13,7 +13,7 @@ use crate::http::client::{BodyFault, ConnectError, OutBody, SendError};
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
 use crate::observe::Record;
-use crate::revision::Revision;
+use crate::revision::{Acquired, Lease, Revision};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
@@ -57,24 +57,40 @@ pub struct Ctx {
     pub upgrade: Option<HeaderValue>,
     /// Closes the client's connection, when a time limit must stop an HTTP/1.1 response.
     pub cut: Cut,
+    /// A slot already taken for a request that is not demand (`no_wake`): it is used, and
+    /// the request is not counted as the revision's activity.
+    pub lease: Option<Lease>,
 }
 
 /// Forwards `req` to `rev` and returns the response to stream back.
 pub async fn forward(
     rev: &Arc<Revision>,
     mut req: Request<Incoming>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     record: &mut Option<Box<Record>>,
 ) -> Result<Response<Body>, ProxyError> {
-    let active = rev.begin(ctx.proxied);
+    let taken = ctx.lease.take();
+    let active = match taken {
+        Some(_) => rev.begin_quiet(),
+        None => rev.begin(ctx.proxied),
+    };
     let protocol = rev.protocol.for_request(req.version());
     if ctx.upgrade.is_some() && protocol == Protocol::H2c {
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
-    if let Some(r) = record {
-        r.holding(rev.is_cold());
-    }
-    let acquired = rev.acquire(declared_len(&req), ctx.deadline).await?;
+    let acquired = match taken {
+        Some(lease) => Acquired {
+            lease,
+            waited: None,
+            cold: false,
+        },
+        None => {
+            if let Some(r) = record {
+                r.holding(rev.is_cold());
+            }
+            rev.acquire(declared_len(&req), ctx.deadline).await?
+        }
+    };
     if let Some(r) = record {
         r.acquired(acquired.waited, acquired.cold);
     }

@@ -9,8 +9,10 @@
 
 pub mod completion;
 pub mod forward;
+pub mod quiet;
 pub mod router;
 pub mod split;
+pub mod sticky;
 
 use self::completion::Body;
 use self::forward::{COLD_START_HEADER, Ctx, forward};
@@ -231,7 +233,9 @@ impl Proxy {
             self.metrics.unrouted(Code::BadRequest);
             return ProxyError::BadRequest(e.to_string()).into_response_as(answer);
         }
-        let (rev, timeouts, host) = {
+        // The cookie that pins a new client of a sticky service, for the response.
+        let mut set_cookie = None;
+        let (rev, timeouts, host, quiet) = {
             let table = self.table.load();
             let Some(svc) = table.service(&host, conn.internal) else {
                 self.metrics.unrouted(Code::NoService);
@@ -252,16 +256,48 @@ impl Proxy {
             if let Some(h) = &route.rewrite_host {
                 rewrite_authority(&mut req, h);
             }
-            let arm = route.pick(req.headers());
+            let arm = match &svc.sticky {
+                None => route.pick(req.headers()),
+                Some(sticky) => {
+                    let (arm, pin) = route.pick_for(req.headers(), sticky);
+                    set_cookie = pin;
+                    arm
+                }
+            };
             for (k, v) in arm.set_headers.iter() {
                 req.headers_mut().insert(k.clone(), v.clone());
             }
-            (arm.revision.clone(), svc.timeouts, host)
+            // Not demand: cloned out only when it matches (health checks, bots).
+            let quiet = svc
+                .quiet
+                .as_ref()
+                .filter(|q| q.matches(req.uri().path(), req.headers()))
+                .map(|q| (q.answer.clone(), q.answered.clone(), q.passed.clone()));
+            (arm.revision.clone(), svc.timeouts, host, quiet)
         };
         if let Some(r) = record {
             r.service = Some(rev.service.clone());
             r.revision = Some(rev.name.clone());
         }
+        // A request that is not demand takes a free slot at once or gets its answer: it never
+        // waits, never pokes the autoscaler, and is not counted as activity.
+        let lease = match quiet {
+            None => None,
+            Some((answer, answered, passed)) => {
+                match rev.held().eq(&0).then(|| rev.try_acquire()).flatten() {
+                    Some(l) => {
+                        passed.inc();
+                        Some(l)
+                    }
+                    None => {
+                        answered.inc();
+                        rev.metrics
+                            .record(answer.status, start.elapsed().as_secs_f64());
+                        return placeholder(&answer, false);
+                    }
+                }
+            }
+        };
         let deadline = timeouts.request.map(|d| start + d);
         let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
         if rev.is_cold()
@@ -296,6 +332,7 @@ impl Proxy {
             timeouts,
             upgrade,
             cut: conn.cut,
+            lease,
         };
         let forwarding = Box::pin(forward(&rev, req, ctx, record));
         let result = match start_by {
@@ -306,7 +343,12 @@ impl Proxy {
             },
         };
         match result {
-            Ok(res) => res,
+            Ok(mut res) => {
+                if let Some(c) = set_cookie {
+                    res.headers_mut().append(header::SET_COOKIE, c);
+                }
+                res
+            }
             Err(e) => {
                 let e = match e {
                     // Report the configured limit, not the time waited.

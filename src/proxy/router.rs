@@ -6,7 +6,9 @@
 //! service's default traffic. Within the matched route a `rouse-tag` header selects a tagged
 //! arm; otherwise the split picks one.
 
+use super::quiet::Quiet;
 use super::split::Split;
+use super::sticky::{self, Pin, Sticky};
 use crate::config::{self, Config};
 use crate::discovery;
 use crate::http::headers::strip_port;
@@ -35,6 +37,8 @@ pub struct Arm {
     tag: Option<Box<str>>,
     /// Its share of the split, in percent.
     pub percent: u32,
+    /// What a sticky cookie that pins a client to its revision holds.
+    pub token: Box<str>,
 }
 
 impl Arm {
@@ -99,6 +103,52 @@ impl Route {
         // Validation guarantees a non-empty split summing to 100.
         &self.arms[self.split.pick().unwrap_or(0)]
     }
+
+    /// The arm for a request of a service that pins its clients: by `rouse-tag`, else by the
+    /// client's pin if it names an arm still in the split, else by weighted choice, with the
+    /// `Set-Cookie` that pins the client to it when pins are cookies.
+    pub fn pick_for(&self, headers: &HeaderMap, sticky: &Sticky) -> (&Arm, Option<HeaderValue>) {
+        if self.tagged
+            && let Some(tag) = headers.get(&TAG_HEADER)
+            && let Some(arm) = self.arms.iter().find(|a| {
+                a.tag
+                    .as_deref()
+                    .is_some_and(|t| t.as_bytes() == tag.as_bytes())
+            })
+        {
+            return (arm, None);
+        }
+        let total = self.split.total();
+        match &sticky.pin {
+            Pin::Header(name) => match headers.get(name) {
+                Some(v) if total > 0 => {
+                    sticky.pinned.inc();
+                    let roll =
+                        u32::try_from(sticky::hash(v.as_bytes()) % u64::from(total)).unwrap_or(0);
+                    (&self.arms[self.split.pick_with(roll)], None)
+                }
+                _ => {
+                    sticky.new.inc();
+                    (self.pick(headers), None)
+                }
+            },
+            Pin::Cookie { name, .. } => {
+                let held = sticky::cookie(headers, name);
+                if let Some(t) = held
+                    && let Some(arm) = self.arms.iter().find(|a| a.percent > 0 && *a.token == *t)
+                {
+                    sticky.pinned.inc();
+                    return (arm, None);
+                }
+                match held {
+                    Some(_) => sticky.replaced.inc(),
+                    None => sticky.new.inc(),
+                };
+                let arm = self.pick(headers);
+                (arm, sticky.set_cookie(&arm.token))
+            }
+        }
+    }
 }
 
 /// Per-request time limits of a service.
@@ -128,6 +178,10 @@ pub struct Service {
     cluster_local: bool,
     /// Cleartext requests get a 301 to HTTPS.
     pub redirect_to_https: bool,
+    /// Clients keep the revision they first got.
+    pub sticky: Option<Sticky>,
+    /// Requests that are not demand.
+    pub quiet: Option<Quiet>,
 }
 
 impl Service {
@@ -225,6 +279,7 @@ impl RouteTable {
                         set_headers: header_list(&t.set_headers),
                         tag: t.tag.as_deref().map(Into::into),
                         percent: t.percent,
+                        token: sticky::token(&t.revision),
                     })
                     .collect(),
                 tagged: traffic.iter().any(|t| t.tag.is_some()),
@@ -253,6 +308,21 @@ impl RouteTable {
                 routes: routes.into(),
                 cluster_local: s.visibility == config::Visibility::ClusterLocal,
                 redirect_to_https: s.redirect_to_https,
+                sticky: s.sticky.as_ref().and_then(|k| {
+                    let counters = metrics.sticky(&s.name);
+                    match (&k.cookie, &k.header) {
+                        (Some(c), _) => Some(Sticky::cookie(c, k.max_age.map(|d| d.0), counters)),
+                        // Validation has checked the name.
+                        (None, Some(h)) => HeaderName::from_bytes(h.as_bytes())
+                            .ok()
+                            .map(|h| Sticky::header(h, counters)),
+                        (None, None) => None,
+                    }
+                }),
+                quiet: s
+                    .no_wake
+                    .as_ref()
+                    .map(|n| Quiet::new(n, metrics.no_wake(&s.name))),
                 timeouts: Timeouts {
                     request: s.timeouts.request.map(|d| d.0),
                     response_start: s.timeouts.response_start.map(|d| d.0),

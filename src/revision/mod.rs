@@ -311,6 +311,17 @@ impl Revision {
         Active {
             rev: self.clone(),
             proxied,
+            counted: true,
+        }
+    }
+
+    /// A request that is not demand (`no_wake`): in flight on its slot, but not counted in
+    /// the statistics the autoscaler reads, and it does not end an idle period.
+    pub fn begin_quiet(self: &Arc<Self>) -> Active {
+        Active {
+            rev: self.clone(),
+            proxied: false,
+            counted: false,
         }
     }
 
@@ -527,10 +538,15 @@ pub struct Active {
     rev: Arc<Revision>,
     /// Sent by an activator: also counted in the revision's proxied statistics.
     proxied: bool,
+    /// Counted in the statistics at all (not for requests that are not demand).
+    counted: bool,
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let now = Instant::now();
         self.rev.stats.depart(now);
         if self.proxied {

@@ -11,6 +11,7 @@ mod forwarding;
 mod grpc;
 mod layout;
 mod observe;
+mod policies;
 mod protocols;
 mod reload;
 mod routing;

@@ -218,6 +218,8 @@ pub fn translate(
             revisions,
             // Knative's ingress contract: no timeout of its own, and no retry.
             timeouts: Timeouts::default(),
+            sticky: None,
+            no_wake: None,
         });
     }
     if !missing.is_empty() {

@@ -213,6 +213,28 @@ node!(
 );
 
 impl Svc {
+    /// `sticky: { cookie, max_age }`: clients pinned by a cookie rouse sets.
+    pub fn sticky_cookie(self, name: &str, max_age: Option<&str>) -> Svc {
+        let s = Svc(self.0.set_in("sticky", "cookie", name));
+        match max_age {
+            Some(a) => Svc(s.0.set_in("sticky", "max_age", a)),
+            None => s,
+        }
+    }
+
+    /// `no_wake`: requests with these path prefixes or user agents are not demand.
+    pub fn no_wake(self, paths: &[&str], user_agents: &[&str]) -> Svc {
+        Svc(self
+            .0
+            .set_in("no_wake", "paths", paths)
+            .set_in("no_wake", "user_agents", user_agents))
+    }
+
+    /// `sticky: { header }`: clients pinned by a hash of a request header.
+    pub fn sticky_header(self, name: &str) -> Svc {
+        Svc(self.0.set_in("sticky", "header", name))
+    }
+
     /// A service named `name`, with no hosts, traffic or revisions yet.
     pub fn new(name: &str) -> Svc {
         Svc(Map::default().set("name", name))

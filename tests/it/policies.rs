@@ -1,0 +1,332 @@
+//! Traffic policies users ask scale-to-zero proxies for: sticky splits (by cookie or by a
+//! header's hash).
+
+use crate::support::*;
+use http::StatusCode;
+use std::collections::HashMap;
+
+/// Requests per new-client batch: with an 80/20 split, ±3 points is 4.7 standard deviations.
+const NEW_CLIENTS: usize = 4000;
+
+/// `n` requests with `headers`, 8 at a time; the bodies (each backend answers its name) and
+/// the `Set-Cookie` each response carried.
+async fn requests(
+    addr: std::net::SocketAddr,
+    n: usize,
+    headers: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let c = h1_client();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, headers) = (c.clone(), headers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (w..n).step_by(8) {
+                let mut h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let user = format!("user-{i}");
+                if h.iter().any(|(k, _)| *k == "x-user") {
+                    h.retain(|(k, _)| *k != "x-user");
+                    h.push(("x-user", &user));
+                }
+                let got = get(&c, addr, "shop.test", "/", &h).await;
+                assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+                let cookie = got
+                    .headers
+                    .get("set-cookie")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                out.push((got.body, cookie));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn shares(got: &[(String, String)]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for (body, _) in got {
+        *m.entry(body.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// Asserts that `count` of `n` is within 3 points of `percent`.
+fn within_3_points(count: usize, n: usize, percent: f64) {
+    let got = count as f64 * 100.0 / n as f64;
+    assert!(
+        (got - percent).abs() <= 3.0,
+        "{got:.1} % where {percent} % was asked"
+    );
+}
+
+async fn shop(a: &Backend, b: &Backend, sticky: impl Fn(Svc) -> Svc) -> Gateway {
+    Cfg::new()
+        .admin()
+        .service(sticky(
+            Svc::new("shop")
+                .host("shop.test")
+                .traffic(Target::new("stable", 80))
+                .traffic(Target::new("canary", 20).tag("canary"))
+                .revision(Rev::new("stable").endpoint(a.addr))
+                .revision(Rev::new("canary").endpoint(b.addr)),
+        ))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_pins_keep_clients_on_their_revision_while_new_clients_split_by_percent() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = shop(&a, &b, |s| s.sticky_cookie("rouse-shop", Some("1h"))).await;
+    // New clients: split 80/20, each told its pin.
+    let fresh = requests(gw.addr(), NEW_CLIENTS, Vec::new()).await;
+    let s = shares(&fresh);
+    within_3_points(s["a"], NEW_CLIENTS, 80.0);
+    within_3_points(s["b"], NEW_CLIENTS, 20.0);
+    let pin_of = |rev: &str| -> String {
+        let cookie = &fresh.iter().find(|(body, _)| body == rev).unwrap().1;
+        let (pair, attrs) = cookie.split_once(';').unwrap();
+        assert_eq!(attrs, " Path=/; HttpOnly; SameSite=Lax; Max-Age=3600");
+        assert!(pair.starts_with("rouse-shop="), "{cookie}");
+        pair.to_owned()
+    };
+    assert!(
+        fresh.iter().all(|(_, c)| !c.is_empty()),
+        "every new client is pinned"
+    );
+    // Pinned clients stay, 1,000 requests each, and are not told again.
+    for (rev, pin) in [("a", pin_of("a")), ("b", pin_of("b"))] {
+        let got = requests(
+            gw.addr(),
+            1000,
+            vec![("cookie".into(), format!("x=1; {pin}"))],
+        )
+        .await;
+        assert_eq!(shares(&got), HashMap::from([(rev.to_owned(), 1000)]));
+        assert!(got.iter().all(|(_, c)| c.is_empty()));
+    }
+    // A tag is an explicit ask: it wins over the pin.
+    let c = h1_client();
+    let tagged = get(
+        &c,
+        gw.addr(),
+        "shop.test",
+        "/",
+        &[("cookie", &pin_of("a")), ("rouse-tag", "canary")],
+    )
+    .await;
+    assert_eq!(tagged.body, "b");
+    let text = metrics(&gw).await;
+    let count = |outcome: &str| {
+        metric(
+            &text,
+            &format!("rouse_sticky_requests_total{{service=\"shop\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("new"), NEW_CLIENTS as f64);
+    assert_eq!(count("pinned"), 2000.0);
+    assert_eq!(count("replaced"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_to_a_revision_that_left_the_split_is_replaced() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = shop(&a, &b, |s| s.sticky_cookie("pin", None)).await;
+    let c = h1_client();
+    // Find a canary client's pin.
+    let mut canary_pin = None;
+    for _ in 0..200 {
+        let got = get(&c, gw.addr(), "shop.test", "/", &[]).await;
+        if got.body == "b" {
+            canary_pin = Some(
+                got.header("set-cookie")
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            );
+            break;
+        }
+    }
+    let pin = canary_pin.expect("the canary got a client");
+    assert_eq!(
+        get(&c, gw.addr(), "shop.test", "/", &[("cookie", &pin)])
+            .await
+            .body,
+        "b"
+    );
+    // The canary leaves the split (0 %, reachable by tag only).
+    let next = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("shop")
+                .host("shop.test")
+                .sticky_cookie("pin", None)
+                .traffic(Target::new("stable", 100))
+                .traffic(Target::new("canary", 0).tag("canary"))
+                .revision(Rev::new("stable").endpoint(a.addr))
+                .revision(Rev::new("canary").endpoint(b.addr)),
+        )
+        .parse();
+    gw.apply(&next).await.unwrap();
+    let moved = get(&c, gw.addr(), "shop.test", "/", &[("cookie", &pin)]).await;
+    assert_eq!(moved.body, "a");
+    let repinned = moved.header("set-cookie");
+    assert!(
+        repinned.starts_with("pin=") && !repinned.starts_with(&pin),
+        "{repinned}"
+    );
+    // The new pin holds.
+    let new_pin = repinned.split(';').next().unwrap();
+    let again = get(&c, gw.addr(), "shop.test", "/", &[("cookie", new_pin)]).await;
+    assert_eq!((again.body.as_str(), again.header("set-cookie")), ("a", ""));
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_sticky_requests_total{service=\"shop\",outcome=\"replaced\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_pins_each_value_to_one_revision_and_values_split_by_percent() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = shop(&a, &b, |s| s.sticky_header("x-user")).await;
+    // Many users, one request each: the split's shares.
+    let users = requests(
+        gw.addr(),
+        NEW_CLIENTS,
+        vec![("x-user".into(), String::new())],
+    )
+    .await;
+    let s = shares(&users);
+    within_3_points(s["a"], NEW_CLIENTS, 80.0);
+    within_3_points(s["b"], NEW_CLIENTS, 20.0);
+    assert!(
+        users.iter().all(|(_, c)| c.is_empty()),
+        "a header pin sets no cookie"
+    );
+    // A few users, 200 requests each: each always on one revision.
+    let c = h1_client();
+    let mut seen = HashMap::new();
+    for u in 0..10 {
+        let user = format!("person-{u}");
+        let first = get(&c, gw.addr(), "shop.test", "/", &[("x-user", &user)])
+            .await
+            .body;
+        for _ in 0..200 {
+            let got = get(&c, gw.addr(), "shop.test", "/", &[("x-user", &user)]).await;
+            assert_eq!(got.body, first, "{user} moved");
+        }
+        *seen.entry(first).or_insert(0) += 1;
+    }
+    // Requests without the header are split by percent, as today.
+    let anon = requests(gw.addr(), 400, Vec::new()).await;
+    assert!(shares(&anon).len() == 2, "{:?}", shares(&anon));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_neither_wake_a_revision_nor_keep_it_up() {
+    let pid_file = temp_dir("no-wake").join("backend.pid");
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("svc")
+                .host("*")
+                .no_wake(&["/healthz"], &["kube-probe"])
+                .only(
+                    Rev::new("r").scale(
+                        Scale::new(
+                            Process::new(&["python3", BACKEND_PY])
+                                .env("REVISION", "r")
+                                .env("PID_FILE", pid_file.to_str().unwrap())
+                                .ready_http_get("/"),
+                        )
+                        .min(0)
+                        .idle_grace("1s")
+                        .tick("100ms"),
+                    ),
+                ),
+        )
+        .start()
+        .await;
+    let rev = gw.proxy().table().revisions()[0].clone();
+    let c = h1_client();
+    // 1,000 health checks on a revision at zero: each answered at once, none wakes it.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, addr) = (c.clone(), gw.addr());
+        tasks.push(tokio::spawn(async move {
+            for _ in (w..1000).step_by(8) {
+                let got = get(&c, addr, "x", "/healthz", &[]).await;
+                assert_eq!(
+                    (got.status, got.body.as_str()),
+                    (StatusCode::SERVICE_UNAVAILABLE, "asleep\n")
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let probe = get(
+        &c,
+        gw.addr(),
+        "x",
+        "/",
+        &[("user-agent", "kube-probe/1.30")],
+    )
+    .await;
+    assert_eq!(probe.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Give the autoscaler three of its ticks to act on any demand it saw: there was none.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rev.phase().as_str(), "cold");
+    assert_eq!(rev.desired(), 0);
+    assert!(!pid_file.exists(), "a backend was started");
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_no_wake_requests_total{service=\"svc\",outcome=\"answered\"}"
+        ),
+        1001.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_scale_events_total{service=\"svc\",revision=\"r\",direction=\"up\"}"
+        ),
+        0.0
+    );
+    // A real request wakes it.
+    let real = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(real.status, StatusCode::OK);
+    assert!(pid_file.exists());
+    // Health checks every 20 ms: passed to the warm backend, yet it scales to zero after
+    // idle_grace as if they were not there.
+    let mut passed = 0;
+    let mut scaled_down = false;
+    for _ in 0..500 {
+        let got = get(&c, gw.addr(), "x", "/healthz", &[]).await;
+        if got.status == StatusCode::OK {
+            passed += 1;
+        }
+        if rev.phase().as_str() == "cold" {
+            scaled_down = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(scaled_down, "health checks kept the revision up");
+    assert!(passed > 0, "health checks reached the warm backend");
+}
