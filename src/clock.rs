@@ -5,8 +5,20 @@ use std::sync::OnceLock;
 use tokio::time::Instant;
 
 fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    epochs().0
+}
+
+/// The monotonic and the wall clock, read together once.
+fn epochs() -> (Instant, std::time::SystemTime) {
+    static EPOCH: OnceLock<(Instant, std::time::SystemTime)> = OnceLock::new();
+    *EPOCH.get_or_init(|| (Instant::now(), std::time::SystemTime::now()))
+}
+
+/// The wall-clock time now, advanced by the monotonic clock from one reading of both: it
+/// follows paused time in tests, and a wall clock stepped by NTP does not jump it.
+pub fn wall_now() -> std::time::SystemTime {
+    let (mono, wall) = epochs();
+    wall + mono.elapsed()
 }
 
 /// Milliseconds since the first call in this process.

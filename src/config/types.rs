@@ -605,6 +605,9 @@ pub struct Scale {
     /// Interval between autoscaler decisions.
     #[serde(default = "default_tick")]
     pub tick: Dur,
+    /// A higher `min` at given hours of given days, in a time zone (office hours).
+    #[serde(default)]
+    pub keep_warm: Option<KeepWarm>,
     /// Start local processes on demand.
     #[serde(default)]
     pub process: Option<Process>,
@@ -786,6 +789,59 @@ impl Default for ColdStart {
             waiting_page: false,
         }
     }
+}
+
+/// Keep-warm windows: at least `min` endpoints while a window is open, on top of
+/// `scale.min`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepWarm {
+    /// An IANA time zone such as `Europe/Berlin`; `UTC` by default.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// The windows; a revision is kept at the highest `min` of those open.
+    pub windows: Vec<KeepWarmWindow>,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+/// One keep-warm window.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepWarmWindow {
+    /// Days it opens on (`mon` … `sun`); every day when empty.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Opening time, `HH:MM` local.
+    pub from: String,
+    /// Closing time, `HH:MM` local; earlier than `from` means the next day.
+    pub to: String,
+    /// Endpoints kept while it is open.
+    #[serde(default = "default_keep_warm_min")]
+    pub min: u32,
+}
+
+fn default_keep_warm_min() -> u32 {
+    1
+}
+
+/// The day names of `keep_warm` windows, Monday first.
+pub const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Minutes after midnight of `HH:MM` (00:00 to 24:00).
+pub fn parse_clock(s: &str) -> Result<u16, String> {
+    let bad = || format!("{s:?} is not a time of day; write HH:MM, like 08:30 or 18:00");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if m >= 60 || h > 24 || (h == 24 && m > 0) {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
 }
 
 /// A canned response.

@@ -322,6 +322,43 @@ impl Validator {
         }
     }
 
+    fn keep_warm(&mut self, p: &str, k: &KeepWarm, max: u32) {
+        if let Err(e) = jiff::tz::TimeZone::get(&k.time_zone) {
+            self.err(
+                format!("{p}.time_zone"),
+                format!(
+                    "{:?} is not a known time zone ({e}); write an IANA name like Europe/Berlin, America/New_York or UTC",
+                    k.time_zone
+                ),
+            );
+        }
+        if k.windows.is_empty() {
+            self.err(format!("{p}.windows"), "empty; add a window like { days: [mon, tue, wed, thu, fri], from: \"08:00\", to: \"18:00\" }");
+        }
+        for (i, w) in k.windows.iter().enumerate() {
+            let wp = format!("{p}.windows[{i}]");
+            for (j, d) in w.days.iter().enumerate() {
+                if !DAYS.contains(&d.to_ascii_lowercase().as_str()) {
+                    self.err(
+                        format!("{wp}.days[{j}]"),
+                        format!("{d:?} is not a day; write one of {}", DAYS.join(", ")),
+                    );
+                }
+            }
+            for (key, t) in [("from", &w.from), ("to", &w.to)] {
+                if let Err(e) = parse_clock(t) {
+                    self.err(format!("{wp}.{key}"), e);
+                }
+            }
+            if w.min == 0 || w.min > max {
+                self.err(
+                    format!("{wp}.min"),
+                    format!("{} must be from 1 to scale.max ({max})", w.min),
+                );
+            }
+        }
+    }
+
     fn no_wake(&mut self, p: &str, n: &NoWake) {
         if n.paths.is_empty() && n.user_agents.is_empty() && n.headers.is_empty() {
             self.err(
@@ -490,6 +527,9 @@ impl Validator {
         }
         if sc.idle_grace.0.is_zero() {
             self.err(format!("{sp}.idle_grace"), "must be greater than 0");
+        }
+        if let Some(k) = &sc.keep_warm {
+            self.keep_warm(&format!("{sp}.keep_warm"), k, sc.max);
         }
         if sc.tick.0.is_zero() {
             self.err(format!("{sp}.tick"), "must be greater than 0");
@@ -840,6 +880,34 @@ mod tests {
             [
                 "services[0].no_wake.paths[0]: \"healthz\" must start with \"/\"",
                 "services[0].no_wake.user_agents[0]: must not be empty (it would match every request)",
+            ]
+        );
+    }
+
+    #[test]
+    fn keep_warm_windows_are_checked_by_key() {
+        let rev = |k: &str| {
+            with_revision(
+                &format!(
+                    "        scale: {{ process: {{ command: [x] }}, max: 2, keep_warm: {k} }}\n"
+                ),
+                "",
+            )
+        };
+        assert!(
+            issues(&rev("{ time_zone: Europe/Berlin, windows: [{ days: [mon, FRI], from: '08:00', to: '18:00' }] }"))
+                .is_empty()
+        );
+        assert_eq!(
+            issues(&rev(
+                "{ time_zone: Mars/Olympus, windows: [{ days: [monday], from: '8:00', to: '24:01', min: 3 }] }"
+            )),
+            [
+                "services[0].revisions[0].scale.keep_warm.time_zone: \"Mars/Olympus\" is not a known time zone (failed to find time zone `Mars/Olympus` in time zone database); write an IANA name like Europe/Berlin, America/New_York or UTC",
+                "services[0].revisions[0].scale.keep_warm.windows[0].days[0]: \"monday\" is not a day; write one of mon, tue, wed, thu, fri, sat, sun",
+                "services[0].revisions[0].scale.keep_warm.windows[0].from: \"8:00\" is not a time of day; write HH:MM, like 08:30 or 18:00",
+                "services[0].revisions[0].scale.keep_warm.windows[0].to: \"24:01\" is not a time of day; write HH:MM, like 08:30 or 18:00",
+                "services[0].revisions[0].scale.keep_warm.windows[0].min: 3 must be from 1 to scale.max (2)",
             ]
         );
     }

@@ -83,6 +83,13 @@ impl Collector for LiveCollector {
             "Endpoints the autoscaler wants for a revision (static revisions: their endpoint count)",
             |r| i64::from(r.desired()),
         )?;
+        revision_gauge(
+            &mut encoder,
+            &revs,
+            "rouse_revision_min_scale",
+            "The fewest endpoints a scaled revision's autoscaler keeps now: scale.min, or more while a keep-warm window is open",
+            |r| i64::from(r.floor()),
+        )?;
         let gauge = ConstGauge::new(0i64);
         let mut e = encoder.encode_descriptor(
             "rouse_endpoint_in_flight",

@@ -90,6 +90,8 @@ pub struct Revision {
     managed: AtomicBool,
     /// The most endpoints a scaler may give it; 0 for a revision nobody scales.
     ceiling: AtomicU32,
+    /// The fewest its autoscaler keeps now: `scale.min`, or more in a keep-warm window.
+    floor: AtomicU32,
     /// Set by a stats reporter that found the revision idle for a whole period: the next
     /// request is the first after idleness, which the reporter announces at once.
     idle: AtomicBool,
@@ -124,6 +126,7 @@ impl Revision {
             leased: AtomicU32::new(0),
             managed: AtomicBool::new(false),
             ceiling: AtomicU32::new(0),
+            floor: AtomicU32::new(0),
             // Idle until a request says otherwise.
             idle: AtomicBool::new(true),
             woke: Notify::new(),
@@ -143,6 +146,16 @@ impl Revision {
     /// Resolves on the first request after [`Revision::mark_idle`].
     pub async fn woken(&self) {
         self.woke.notified().await;
+    }
+
+    /// Sets the fewest endpoints its autoscaler keeps now.
+    pub fn set_floor(&self, n: u32) {
+        self.floor.store(n, Ordering::Relaxed);
+    }
+
+    /// The fewest endpoints its autoscaler keeps now (0 for a revision nobody scales).
+    pub fn floor(&self) -> u32 {
+        self.floor.load(Ordering::Relaxed)
     }
 
     /// Marks whether a scaler owns the endpoint set; returns the previous value.

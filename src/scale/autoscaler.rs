@@ -1,8 +1,10 @@
 //! The autoscaler loop of one revision: it feeds the revision's concurrency into the
 //! [`Kpa`] decision every tick, and at once when a request finds no endpoint, and tells the
 //! [`Scaler`] whenever the wanted count changes. An idle revision at zero does not tick at
-//! all; it sleeps until a request arrives.
+//! all; it sleeps until a request arrives, unless keep-warm windows ([`KeepWarm`]) may raise
+//! its floor, which is read at every tick.
 
+use super::keep_warm::KeepWarm;
 use super::kpa::{Kpa, KpaSettings};
 use super::scaler::Scaler;
 use crate::revision::Revision;
@@ -16,16 +18,26 @@ pub async fn run(
     rev: Arc<Revision>,
     scaler: Arc<dyn Scaler>,
     settings: KpaSettings,
+    keep_warm: Option<KeepWarm>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut kpa = Kpa::new(settings);
     rev.set_ceiling(settings.max);
+    // The floor now: `min`, raised while a keep-warm window is open.
+    let floor = || {
+        keep_warm
+            .as_ref()
+            .map_or(0, KeepWarm::floor)
+            .max(settings.min)
+            .min(settings.max)
+    };
     // Backends already running or starting (pods rouse did not start, or found on restart)
     // are kept until they have been idle for `idle_grace` as seen from here, not dropped at
     // the first decision.
     let ready = u32::try_from(rev.endpoints().len()).unwrap_or(u32::MAX);
     let running = ready.max(scaler.existing().await);
-    let mut current = running.clamp(settings.min, settings.max.max(settings.min));
+    let mut current = running.clamp(floor(), settings.max.max(settings.min));
+    rev.set_floor(floor());
     if running > 0 {
         kpa.touch(Instant::now());
     }
@@ -35,7 +47,8 @@ pub async fn run(
     loop {
         // Endpoints that exist while the wish is zero (pods another replica started, or ones
         // still going away) keep the loop ticking, so they are noticed and decided on.
-        let idle_at_zero = current == 0 && rev.stats().active() == 0 && rev.is_cold();
+        let idle_at_zero =
+            current == 0 && keep_warm.is_none() && rev.stats().active() == 0 && rev.is_cold();
         let mut demand = false;
         tokio::select! {
             biased;
@@ -75,7 +88,10 @@ pub async fn run(
         }
         let now = Instant::now();
         let active = rev.stats().active() + scaler.peer_load().active;
-        let d = kpa.decide(now, rev.endpoints().len() as u32, active);
+        let mut d = kpa.decide(now, rev.endpoints().len() as u32, active);
+        let low = floor();
+        rev.set_floor(low);
+        d.desired = d.desired.max(low);
         if d.desired == current && demand && current > 0 && rev.is_cold() {
             // Requests wait, the wish is unchanged, and still no endpoint: say it again, so
             // a scaler whose backends went away behind its back (a workload set to zero by
@@ -94,5 +110,95 @@ pub async fn run(
             rev.set_desired(current);
             scaler.scale(current);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A scaler that only remembers what it was asked for.
+    #[derive(Debug, Default)]
+    struct Recording(Mutex<Vec<u32>>);
+
+    impl Scaler for Recording {
+        fn scale(&self, desired: u32) {
+            self.0.lock().unwrap().push(desired);
+        }
+        fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+    }
+
+    impl Recording {
+        fn last(&self) -> Option<u32> {
+            self.0.lock().unwrap().last().copied()
+        }
+    }
+
+    fn settings() -> KpaSettings {
+        KpaSettings {
+            target: 1.0,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            tick: Duration::from_secs(1),
+            idle_grace: Duration::from_secs(30),
+            min: 0,
+            max: 3,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_warm_window_starts_and_stops_a_revision_on_the_clock() {
+        // A window opening at the minute 10 minutes from now and closing 10 minutes later, UTC.
+        let now = jiff::Timestamp::try_from(clock::wall_now())
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::UTC);
+        let minute = |plus: i32| {
+            let m = (i32::from(now.hour()) * 60 + i32::from(now.minute()) + plus).rem_euclid(1440);
+            format!("{:02}:{:02}", m / 60, m % 60)
+        };
+        let k: crate::config::KeepWarm = serde_norway::from_str(&format!(
+            "{{ windows: [{{ from: '{}', to: '{}', min: 2 }}] }}",
+            minute(10),
+            minute(20)
+        ))
+        .unwrap();
+        let into_minute = Duration::from_secs(u64::try_from(now.second()).unwrap());
+        let rev = Revision::for_test(1, 0);
+        let scaler = Arc::new(Recording::default());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            rev.clone(),
+            scaler.clone(),
+            settings(),
+            KeepWarm::new(&k),
+            rx,
+        ));
+        let opens = Duration::from_secs(600) - into_minute;
+        tokio::time::sleep(opens - Duration::from_secs(2)).await;
+        assert_eq!(scaler.last(), Some(0), "closed: nothing wanted");
+        assert_eq!(rev.floor(), 0);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(scaler.last(), Some(2), "open: the window's min");
+        assert_eq!(rev.floor(), 2);
+        assert_eq!(rev.desired(), 2);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(scaler.last(), Some(0), "closed again: back to zero");
+        assert_eq!(rev.floor(), 0);
+        assert_eq!(
+            *scaler.0.lock().unwrap(),
+            [0, 2, 0],
+            "one start and one stop, nothing between"
+        );
+        let _ = stop.send(true);
+        task.await.unwrap();
     }
 }

@@ -5,6 +5,7 @@
 //! config.
 
 pub mod autoscaler;
+pub mod keep_warm;
 pub mod kpa;
 pub mod process;
 pub mod scaler;

@@ -3,6 +3,7 @@
 //! in step with the config across reloads.
 
 use super::autoscaler;
+use super::keep_warm::KeepWarm;
 use super::kpa::KpaSettings;
 use super::process::ProcessScaler;
 use super::scaler::{MakeScaler, Scaler};
@@ -81,6 +82,7 @@ pub fn start(
         rev.clone(),
         scaler.clone(),
         kpa_settings(cfg, scale),
+        scale.keep_warm.as_ref().and_then(KeepWarm::new),
         rx,
     ));
     Some(ScaleHandle {
