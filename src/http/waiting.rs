@@ -60,10 +60,25 @@ p{{color:#5f6b7a;margin:4px 0}}
 </style></head>
 <body><main><div class="spin" role="progressbar" aria-label="starting"></div>
 <h1 id="starting">Starting <span id="revision">{name}</span>…</h1>
-<p>It was idle and is waking up. This page reloads by itself every {RELOAD_SECONDS} seconds and shows the site as soon as it is ready.</p>
+<p>It was idle and is waking up.<!--progress--> This page reloads by itself every {RELOAD_SECONDS} seconds and shows the site as soon as it is ready.</p>
 </main></body></html>
 "#
     ))
+}
+
+/// The page with how long the revision has been starting, when known: a start of minutes (a
+/// large model loading) shows it is still going.
+pub fn with_progress(page: &Bytes, so_far: Option<std::time::Duration>) -> Bytes {
+    let Some(d) = so_far else {
+        return page.clone();
+    };
+    let text = String::from_utf8_lossy(page);
+    let s = d.as_secs();
+    let said = match s {
+        0..60 => format!(" Starting for {s} s."),
+        _ => format!(" Starting for {} min {} s.", s / 60, s % 60),
+    };
+    Bytes::from(text.replacen("<!--progress-->", &said, 1))
 }
 
 #[cfg(test)]
@@ -84,6 +99,18 @@ mod tests {
         assert!(!wanted(&http::Method::GET, &h("application/json")));
         assert!(!wanted(&http::Method::GET, &h("*/*")), "curl waits");
         assert!(!wanted(&http::Method::GET, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn progress_is_shown_when_known() {
+        let p = page("web");
+        assert_eq!(with_progress(&p, None), p);
+        let later = with_progress(&p, Some(std::time::Duration::from_secs(125)));
+        let text = std::str::from_utf8(&later).unwrap();
+        assert!(
+            text.contains("waking up. Starting for 2 min 5 s. This page"),
+            "{text}"
+        );
     }
 
     #[test]

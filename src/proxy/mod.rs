@@ -305,7 +305,9 @@ impl Proxy {
         {
             rev.poke();
             rev.metrics.record(p.status, start.elapsed().as_secs_f64());
-            return placeholder(&p, rev.settings().cold_start.header);
+            let mut res = placeholder(&p, rev.settings().cold_start.header);
+            starting(&mut res, rev.starting_for());
+            return res;
         }
         if rev.is_cold()
             && let Some(page) = rev.settings().cold_start.waiting_page.clone()
@@ -316,7 +318,11 @@ impl Proxy {
             // The page reloads itself; each reload is demand, so the start goes on.
             rev.poke();
             rev.metrics.record(503, start.elapsed().as_secs_f64());
-            return waiting_page(page, rev.settings().cold_start.header);
+            let so_far = rev.starting_for();
+            let page = crate::http::waiting::with_progress(&page, so_far);
+            let mut res = waiting_page(page, rev.settings().cold_start.header);
+            starting(&mut res, so_far);
+            return res;
         }
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small; and a boxed future is not laid out twice
@@ -494,6 +500,17 @@ fn redirect_to_https(req: &mut Request<Incoming>, port: u16, answer: Answer) -> 
         res.headers_mut().insert(header::LOCATION, v);
     }
     res
+}
+
+/// Header on the answers given while a revision starts (placeholder, waiting page): whole
+/// seconds it has been starting, a progress signal for clients that wait long.
+pub const STARTING_FOR_HEADER: HeaderName = HeaderName::from_static("rouse-starting-for");
+
+fn starting(res: &mut Response<Body>, so_far: Option<std::time::Duration>) {
+    if let Some(d) = so_far {
+        res.headers_mut()
+            .insert(STARTING_FOR_HEADER, HeaderValue::from(d.as_secs()));
+    }
 }
 
 /// The page browsers get while a revision starts: 503 (it is not the page they asked for, and

@@ -42,7 +42,7 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -92,6 +92,8 @@ pub struct Revision {
     ceiling: AtomicU32,
     /// The fewest its autoscaler keeps now: `scale.min`, or more in a keep-warm window.
     floor: AtomicU32,
+    /// `clock::now_ms()` when its start from zero began; 0 when it is not starting.
+    starting_at: AtomicU64,
     /// Set by a stats reporter that found the revision idle for a whole period: the next
     /// request is the first after idleness, which the reporter announces at once.
     idle: AtomicBool,
@@ -127,6 +129,7 @@ impl Revision {
             managed: AtomicBool::new(false),
             ceiling: AtomicU32::new(0),
             floor: AtomicU32::new(0),
+            starting_at: AtomicU64::new(0),
             // Idle until a request says otherwise.
             idle: AtomicBool::new(true),
             woke: Notify::new(),
@@ -256,7 +259,22 @@ impl Revision {
 
     /// Records the autoscaler's wish (for metrics).
     pub fn set_desired(&self, n: u32) {
-        self.desired.store(n, Ordering::Relaxed);
+        let before = self.desired.swap(n, Ordering::Relaxed);
+        if before == 0 && n > 0 && self.is_cold() {
+            // A start from zero begins; `clock::now_ms` is 0 only at its own epoch.
+            self.starting_at
+                .store(clock::now_ms().max(1), Ordering::Relaxed);
+        } else if n == 0 {
+            self.starting_at.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the revision has been starting from zero (wanted, no endpoint yet), for the
+    /// progress the waiting page and placeholders show; `None` when it is not starting.
+    pub fn starting_for(&self) -> Option<Duration> {
+        let at = self.starting_at.load(Ordering::Relaxed);
+        (at != 0 && self.is_cold())
+            .then(|| Duration::from_millis(clock::now_ms().saturating_sub(at)))
     }
 
     /// True while the revision has no endpoint at all.

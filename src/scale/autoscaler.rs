@@ -201,4 +201,92 @@ mod tests {
         let _ = stop.send(true);
         task.await.unwrap();
     }
+
+    /// A backend that takes `boot` to start: the revision gets its endpoint then.
+    #[derive(Debug)]
+    struct SlowBoot {
+        rev: Arc<Revision>,
+        boot: Duration,
+        started: std::sync::atomic::AtomicBool,
+    }
+
+    impl Scaler for SlowBoot {
+        fn scale(&self, desired: u32) {
+            if desired > 0 && !self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let (rev, boot) = (self.rev.clone(), self.boot);
+                tokio::spawn(async move {
+                    tokio::time::sleep(boot).await;
+                    rev.replace_endpoints(&["127.0.0.1:9".parse().unwrap()]);
+                });
+            }
+        }
+        fn stop(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+    }
+
+    /// A revision whose backend boots in 4 minutes, held with `max_wait`; the request's
+    /// outcome and what `starting_for` said at 2 minutes.
+    async fn long_start(
+        max_wait: Duration,
+    ) -> (
+        Result<crate::revision::Acquired, crate::error::ProxyError>,
+        Option<Duration>,
+    ) {
+        let rev = Revision::for_test_with(
+            1,
+            0,
+            crate::revision::queue::QueueLimits {
+                max_requests: 10,
+                max_bytes: u64::MAX,
+                max_wait: Some(max_wait),
+                target_wait: None,
+            },
+        );
+        let scaler = Arc::new(SlowBoot {
+            rev: rev.clone(),
+            boot: Duration::from_secs(240),
+            started: Default::default(),
+        });
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run(rev.clone(), scaler, settings(), None, rx));
+        let held = {
+            let rev = rev.clone();
+            // The request's own limit, as `timeouts.request: 15m` gives it.
+            let deadline = Instant::now() + Duration::from_secs(900);
+            tokio::spawn(async move {
+                // Counted as active while held, as the proxy counts every request.
+                let _active = rev.begin(false);
+                rev.acquire(0, Some(deadline)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let midway = rev.starting_for();
+        let got = held.await.unwrap();
+        let _ = stop.send(true);
+        task.await.unwrap();
+        (got, midway)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_of_minutes_is_waited_for_when_the_limits_allow_it() {
+        let began = Instant::now();
+        let (got, midway) = long_start(Duration::from_secs(600)).await;
+        let acquired = got.expect("held through the 4-minute boot");
+        assert!(acquired.cold);
+        let waited = began.elapsed();
+        assert!(
+            (Duration::from_secs(240)..Duration::from_secs(245)).contains(&waited),
+            "{waited:?}"
+        );
+        let m = midway.expect("starting at 2 minutes");
+        assert!(
+            (Duration::from_secs(119)..=Duration::from_secs(121)).contains(&m),
+            "{m:?}"
+        );
+        // With the default max_wait (10 s) the same start fails the request.
+        let (got, _) = long_start(Duration::from_secs(10)).await;
+        let e = got.expect_err("the default wait is too short");
+        assert_eq!(e.code(), crate::error::Code::QueueTimeout);
+    }
 }

@@ -330,3 +330,56 @@ async fn health_checks_neither_wake_a_revision_nor_keep_it_up() {
     assert!(scaled_down, "health checks kept the revision up");
     assert!(passed > 0, "health checks reached the warm backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_start_shows_clients_how_long_it_has_been_starting() {
+    let gw = Cfg::new()
+        .service(
+            Svc::new("model").host("*").only(
+                Rev::new("llm")
+                    .placeholder(Placeholder::new(503, "loading\n"))
+                    .waiting_page(true)
+                    .scale(
+                        Scale::new(
+                            Process::new(&["python3", BACKEND_PY])
+                                .env("REVISION", "llm")
+                                .env("BOOT_DELAY_MS", "2500")
+                                .ready_http_get("/")
+                                .boot_timeout("1m"),
+                        )
+                        .min(0),
+                    ),
+            ),
+        )
+        .start()
+        .await;
+    let c = h1_client();
+    let mut progress = Vec::new();
+    let body = loop {
+        let got = get(&c, gw.addr(), "x", "/", &[]).await;
+        if got.status == StatusCode::OK {
+            assert_eq!(
+                got.header("rouse-starting-for"),
+                "",
+                "not starting any more"
+            );
+            break got.body;
+        }
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "loading\n")
+        );
+        let s = got.header("rouse-starting-for");
+        if !s.is_empty() {
+            progress.push(s.parse::<u64>().unwrap());
+        }
+        assert!(progress.len() < 100, "never started: {progress:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(body.starts_with("llm "), "{body}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(
+        progress.last().is_some_and(|s| *s >= 2),
+        "the 2.5 s boot shows: {progress:?}"
+    );
+}
