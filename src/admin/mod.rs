@@ -97,6 +97,31 @@ impl Handler for Admin {
             "/api/routes" if let Some(s) = &self.status => {
                 text(StatusCode::OK, s.routes_json(), JSON)
             }
+            path if let Some(s) = &self.status
+                && let Some(service) = path
+                    .strip_prefix("/api/rollouts/")
+                    .and_then(|p| p.strip_suffix("/stop")) =>
+            {
+                if req.method() != http::Method::POST {
+                    text(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "POST to stop a rollout\n",
+                        PLAIN,
+                    )
+                } else if s.stop_rollout(service) {
+                    text(
+                        StatusCode::OK,
+                        format!("rollout of {service} stopped\n"),
+                        PLAIN,
+                    )
+                } else {
+                    text(
+                        StatusCode::NOT_FOUND,
+                        format!("service {service} has no rollout going on\n"),
+                        PLAIN,
+                    )
+                }
+            }
             other if let Some(page) = self.outside.page(other) => text(StatusCode::OK, page, PLAIN),
             other => text(
                 StatusCode::NOT_FOUND,

@@ -45,8 +45,24 @@ pub struct RouteView {
     pub path: String,
     /// Headers a request must carry, name and value.
     pub headers: Vec<(String, String)>,
-    /// Its split.
+    /// Its split, with each arm's share now.
     pub arms: Vec<ArmView>,
+    /// The gradual rollout moving it, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+/// A gradual rollout as the status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutView {
+    /// The revision that ends with all of it.
+    pub revision: String,
+    /// `warming`, `moving`, `done` or `stopped`.
+    pub state: String,
+    /// Steps taken.
+    pub step: u32,
+    /// Steps in all.
+    pub steps: u32,
 }
 
 /// One arm of a split.
@@ -76,12 +92,19 @@ fn route_view(r: &Route) -> RouteView {
         arms: r
             .arms()
             .iter()
-            .map(|a| ArmView {
+            .zip(r.shares())
+            .map(|(a, percent)| ArmView {
                 revision: a.revision.name.to_string(),
-                percent: a.percent,
+                percent,
                 tag: a.tag().map(str::to_owned),
             })
             .collect(),
+        rollout: r.rollout().map(|ro| RolloutView {
+            revision: ro.revision.name.to_string(),
+            state: ro.state().as_str().to_owned(),
+            step: ro.step(),
+            steps: ro.spec.steps,
+        }),
     }
 }
 
@@ -306,6 +329,20 @@ impl Status {
             every.tick().await;
             self.sample();
         }
+    }
+
+    /// Stops the rollout of `service`; false if it has none.
+    pub fn stop_rollout(&self, service: &str) -> bool {
+        let table = self.proxy.table();
+        let found = table
+            .rollouts()
+            .iter()
+            .find(|r| &*r.spec.service == service);
+        if let Some(r) = found {
+            r.stop();
+            tracing::info!(service, revision = %r.revision.name, step = r.step(), "rollout stopped");
+        }
+        found.is_some()
     }
 
     /// The route table now.

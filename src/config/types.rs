@@ -388,6 +388,26 @@ pub struct Service {
     /// it up; none by default.
     #[serde(default)]
     pub no_wake: Option<NoWake>,
+    /// Move the default split to one revision, step by step.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+/// A gradual rollout of the service's default split to one revision.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// The revision (an arm of `traffic`) that ends with all of it.
+    pub to: String,
+    /// From its first share to all of it.
+    pub over: Dur,
+    /// Equal steps to take.
+    #[serde(default = "default_rollout_steps")]
+    pub steps: u32,
+}
+
+fn default_rollout_steps() -> u32 {
+    10
 }
 
 /// Requests that are not demand: matched by any of a path prefix, a user agent or a header,

@@ -359,6 +359,36 @@ impl Validator {
         }
     }
 
+    fn rollout(&mut self, p: &str, r: &Rollout, traffic: &[Target]) {
+        match traffic.iter().find(|t| t.revision == r.to) {
+            None if traffic.is_empty() => self.err(
+                p,
+                "moves the default traffic, which this service has none of; add traffic with the revisions to move between",
+            ),
+            None => self.err(
+                format!("{p}.to"),
+                format!(
+                    "{:?} is not in traffic; add {{ revision: {}, percent: 0 }} to traffic",
+                    r.to, r.to
+                ),
+            ),
+            Some(t) if t.percent == 100 => self.err(
+                format!("{p}.to"),
+                format!("{:?} already has 100 % of traffic; nothing to roll out", r.to),
+            ),
+            Some(_) => {}
+        }
+        if r.over.0.is_zero() {
+            self.err(format!("{p}.over"), "must be greater than 0, like 10m");
+        }
+        if !(1..=100).contains(&r.steps) {
+            self.err(
+                format!("{p}.steps"),
+                format!("{} must be from 1 to 100", r.steps),
+            );
+        }
+    }
+
     fn no_wake(&mut self, p: &str, n: &NoWake) {
         if n.paths.is_empty() && n.user_agents.is_empty() && n.headers.is_empty() {
             self.err(
@@ -461,6 +491,9 @@ impl Validator {
         }
         if let Some(n) = &s.no_wake {
             self.no_wake(&format!("{p}.no_wake"), n);
+        }
+        if let Some(r) = &s.rollout {
+            self.rollout(&format!("{p}.rollout"), r, &s.traffic);
         }
         let mut route_keys: HashMap<(&str, &BTreeMap<String, String>), usize> = HashMap::new();
         for (j, r) in s.routes.iter().enumerate() {
@@ -908,6 +941,38 @@ mod tests {
                 "services[0].revisions[0].scale.keep_warm.windows[0].from: \"8:00\" is not a time of day; write HH:MM, like 08:30 or 18:00",
                 "services[0].revisions[0].scale.keep_warm.windows[0].to: \"24:01\" is not a time of day; write HH:MM, like 08:30 or 18:00",
                 "services[0].revisions[0].scale.keep_warm.windows[0].min: 3 must be from 1 to scale.max (2)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rollout_must_name_an_arm_and_take_time() {
+        let svc = |traffic: &str, r: &str| {
+            format!(
+                "listen: 127.0.0.1:1\nservices:\n  - name: s\n    hosts: ['*']\n    rollout: {r}\n    traffic: {traffic}\n    routes: [{{ path: /x, traffic: [{{ revision: a, percent: 100 }}] }}]\n    revisions: [{{ name: a, endpoints: ['127.0.0.1:9'] }}, {{ name: b, endpoints: ['127.0.0.1:8'] }}]\n"
+            )
+        };
+        let split = "[{ revision: a, percent: 100 }, { revision: b, percent: 0 }]";
+        assert!(issues(&svc(split, "{ to: b, over: 10m }")).is_empty());
+        assert_eq!(
+            issues(&svc(
+                "[{ revision: a, percent: 100 }]",
+                "{ to: b, over: 0s, steps: 0 }"
+            )),
+            [
+                "services[0].rollout.to: \"b\" is not in traffic; add { revision: b, percent: 0 } to traffic",
+                "services[0].rollout.over: must be greater than 0, like 10m",
+                "services[0].rollout.steps: 0 must be from 1 to 100",
+            ]
+        );
+        assert_eq!(
+            issues(&svc(split, "{ to: a, over: 1m }")),
+            ["services[0].rollout.to: \"a\" already has 100 % of traffic; nothing to roll out"]
+        );
+        assert_eq!(
+            issues(&svc("[]", "{ to: a, over: 1m }")),
+            [
+                "services[0].rollout: moves the default traffic, which this service has none of; add traffic with the revisions to move between"
             ]
         );
     }

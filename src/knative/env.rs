@@ -477,6 +477,7 @@ impl SidecarSettings {
                 },
                 sticky: None,
                 no_wake: None,
+                rollout: None,
             }],
         }
     }

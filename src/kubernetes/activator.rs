@@ -135,6 +135,7 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
         },
         sticky: None,
         no_wake: None,
+        rollout: None,
     })
 }
 

@@ -10,6 +10,7 @@
 pub mod completion;
 pub mod forward;
 pub mod quiet;
+pub mod rollout;
 pub mod router;
 pub mod split;
 pub mod sticky;
@@ -45,6 +46,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// The revisions whose live gauges `/metrics` reports: the current table's.
     live: LiveRevisions,
+    /// The table's rollouts, for their gauges.
+    rollouts: rollout::LiveRollouts,
     /// Keeps the log of rouse's own 5xx answers readable under overload.
     throttle: Throttle,
     /// The port redirects to HTTPS name; 0 = there is no TLS listener.
@@ -83,7 +86,10 @@ impl Proxy {
     pub fn new(table: RouteTable, metrics: Arc<Metrics>) -> Proxy {
         let live = LiveRevisions::register(&metrics);
         live.publish(table.revisions().to_vec());
+        let rollouts = rollout::LiveRollouts::register(&metrics);
+        rollouts.publish(table.rollouts().to_vec());
         Proxy {
+            rollouts,
             table: ArcSwap::from_pointee(table),
             metrics,
             live,
@@ -135,6 +141,7 @@ impl Proxy {
     /// Replaces the snapshot; requests already routed finish on the revisions they chose.
     pub fn swap(&self, table: RouteTable) {
         self.live.publish(table.revisions().to_vec());
+        self.rollouts.publish(table.rollouts().to_vec());
         self.table.store(Arc::new(table));
         self.swaps.send_modify(|n| *n += 1);
     }

@@ -7,6 +7,7 @@
 //! arm; otherwise the split picks one.
 
 use super::quiet::Quiet;
+use super::rollout::{self, Rollout};
 use super::split::Split;
 use super::sticky::{self, Pin, Sticky};
 use crate::config::{self, Config};
@@ -61,6 +62,8 @@ pub struct Route {
     /// Some arm has a tag.
     tagged: bool,
     split: Split,
+    /// A gradual rollout moving this (default) route's split.
+    rollout: Option<Arc<Rollout>>,
 }
 
 impl Route {
@@ -101,7 +104,23 @@ impl Route {
             return arm;
         }
         // Validation guarantees a non-empty split summing to 100.
-        &self.arms[self.split.pick().unwrap_or(0)]
+        match &self.rollout {
+            None => &self.arms[self.split.pick().unwrap_or(0)],
+            Some(r) => &self.arms[r.split().pick().unwrap_or(0)],
+        }
+    }
+
+    /// The gradual rollout moving this route's split, if any.
+    pub fn rollout(&self) -> Option<&Arc<Rollout>> {
+        self.rollout.as_ref()
+    }
+
+    /// Each arm's share now, in arm order (a rollout's, while one moves the split).
+    pub fn shares(&self) -> Vec<u32> {
+        match &self.rollout {
+            None => self.arms.iter().map(|a| a.percent).collect(),
+            Some(r) => r.current(),
+        }
     }
 
     /// The arm for a request of a service that pins its clients: by `rouse-tag`, else by the
@@ -118,14 +137,16 @@ impl Route {
         {
             return (arm, None);
         }
-        let total = self.split.total();
+        let guard = self.rollout.as_ref().map(|r| r.split());
+        let split: &Split = guard.as_deref().map_or(&self.split, |s| s);
+        let total = split.total();
         match &sticky.pin {
             Pin::Header(name) => match headers.get(name) {
                 Some(v) if total > 0 => {
                     sticky.pinned.inc();
                     let roll =
                         u32::try_from(sticky::hash(v.as_bytes()) % u64::from(total)).unwrap_or(0);
-                    (&self.arms[self.split.pick_with(roll)], None)
+                    (&self.arms[split.pick_with(roll)], None)
                 }
                 _ => {
                     sticky.new.inc();
@@ -135,7 +156,12 @@ impl Route {
             Pin::Cookie { name, .. } => {
                 let held = sticky::cookie(headers, name);
                 if let Some(t) = held
-                    && let Some(arm) = self.arms.iter().find(|a| a.percent > 0 && *a.token == *t)
+                    && let Some(arm) = self
+                        .arms
+                        .iter()
+                        .enumerate()
+                        .find(|(i, a)| split.weight_of(*i) > 0 && *a.token == *t)
+                        .map(|(_, a)| a)
                 {
                     sticky.pinned.inc();
                     return (arm, None);
@@ -211,6 +237,7 @@ pub struct RouteTable {
     wildcard: Option<usize>,
     services: Box<[Service]>,
     revisions: Vec<Arc<Revision>>,
+    rollouts: Vec<Arc<Rollout>>,
 }
 
 impl RouteTable {
@@ -226,6 +253,7 @@ impl RouteTable {
         let mut wildcard = None;
         let mut services = Vec::with_capacity(cfg.services.len());
         let mut all = Vec::new();
+        let mut rollouts = Vec::new();
         let registry = Registry::new(previous.map_or(&[], |p| &p.revisions), metrics);
         // Everything fallible first: a reload that fails must not have changed any live
         // revision (they are updated in place below).
@@ -284,6 +312,7 @@ impl RouteTable {
                     .collect(),
                 tagged: traffic.iter().any(|t| t.tag.is_some()),
                 split: Split::new(traffic.iter().map(|t| t.percent)),
+                rollout: None,
             };
             let mut routes: Vec<Route> = s
                 .routes
@@ -301,10 +330,33 @@ impl RouteTable {
             // Stable sort: equal prefixes keep file order.
             routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             let empty = BTreeMap::new();
+            let mut default =
+                (!s.traffic.is_empty()).then(|| route("/", &empty, &empty, None, &s.traffic));
+            if let (Some(d), Some(ro)) = (&mut default, &s.rollout)
+                && let Some(to) = s.traffic.iter().position(|t| t.revision == ro.to)
+            {
+                let spec = rollout::Spec {
+                    service: name.clone(),
+                    from: s.traffic.iter().map(|t| t.percent).collect(),
+                    to,
+                    over: ro.over.0,
+                    steps: ro.steps,
+                };
+                let revision = d.arms[to].revision.clone();
+                // The same rollout of the same revision goes on across a reload.
+                let kept = previous.and_then(|p| {
+                    p.rollouts
+                        .iter()
+                        .find(|r| r.spec == spec && Arc::ptr_eq(&r.revision, &revision))
+                        .cloned()
+                });
+                let r = kept.unwrap_or_else(|| Rollout::start(spec, revision));
+                rollouts.push(r.clone());
+                d.rollout = Some(r);
+            }
             services.push(Service {
                 name: name.clone(),
-                default: (!s.traffic.is_empty())
-                    .then(|| route("/", &empty, &empty, None, &s.traffic)),
+                default,
                 routes: routes.into(),
                 cluster_local: s.visibility == config::Visibility::ClusterLocal,
                 redirect_to_https: s.redirect_to_https,
@@ -336,6 +388,7 @@ impl RouteTable {
             wildcard,
             services: services.into(),
             revisions: all,
+            rollouts,
         })
     }
 
@@ -358,6 +411,11 @@ impl RouteTable {
     /// Every revision in the table.
     pub fn revisions(&self) -> &[Arc<Revision>] {
         &self.revisions
+    }
+
+    /// Every gradual rollout going on.
+    pub fn rollouts(&self) -> &[Arc<Rollout>] {
+        &self.rollouts
     }
 
     /// Every service, in the config's order.

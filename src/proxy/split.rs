@@ -35,6 +35,13 @@ impl Split {
         self.cumulative.last().copied().unwrap_or(0)
     }
 
+    /// The weight of the caller's arm `arm` (0 for an arm left out).
+    pub fn weight_of(&self, arm: usize) -> u32 {
+        self.arms.iter().position(|a| *a == arm).map_or(0, |i| {
+            self.cumulative[i] - if i == 0 { 0 } else { self.cumulative[i - 1] }
+        })
+    }
+
     /// Picks an arm at random; `None` only if every weight is zero.
     pub fn pick(&self) -> Option<usize> {
         match self.arms.len() {
@@ -66,6 +73,9 @@ mod tests {
             counts[s.pick_with(roll)] += 1;
         }
         assert_eq!(counts, weights);
+        for (i, w) in weights.iter().enumerate() {
+            assert_eq!(s.weight_of(i), *w);
+        }
     }
 
     #[test]

@@ -88,6 +88,14 @@ async fn the_status_page_shows_revisions_splits_and_a_cold_start_in_a_browser() 
                 .only(Rev::new("model").scale(Scale::new(backend("model")).min(0))),
         )
         .service(
+            Svc::new("deploy")
+                .host("deploy.test")
+                .split(&[("blue", 100), ("green", 0)])
+                .rollout("green", "1h", 10)
+                .revision(Rev::new("blue").endpoint(b.addr))
+                .revision(Rev::new("green").endpoint(b.addr)),
+        )
+        .service(
             Svc::new("idle")
                 .host("idle.test")
                 .only(Rev::new("sleeper").scale(Scale::new(backend("sleeper")).min(0))),
@@ -123,6 +131,15 @@ async fn the_status_page_shows_revisions_splits_and_a_cold_start_in_a_browser() 
     assert!(
         dom.contains("stable 80%"),
         "the split's shares are shown:\n{dom}"
+    );
+    // A rollout shows where it is, and the split its current shares.
+    assert!(
+        dom.contains("rollout to green: moving, step 1 of 10"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("blue 90%") && dom.contains("green 10%"),
+        "{dom}"
     );
     // The cold start is listed with its revision.
     let starts = &dom[dom

@@ -383,3 +383,199 @@ async fn a_long_start_shows_clients_how_long_it_has_been_starting() {
         "the 2.5 s boot shows: {progress:?}"
     );
 }
+
+/// The default route's split and rollout, as `/api/status` shows them.
+async fn rollout_status(gw: &Gateway) -> serde_json::Value {
+    let got = get(
+        &h1_client(),
+        gw.admin_addr().unwrap(),
+        "admin",
+        "/api/status",
+        &[],
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&got.body).unwrap();
+    doc["services"][0]["default"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_warms_the_new_revision_then_moves_shares_with_nothing_lost() {
+    let stable = Backend::start("stable").await;
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("shop")
+                .host("shop.test")
+                .split(&[("v1", 100), ("v2", 0)])
+                .rollout("v2", "2s", 4)
+                .revision(Rev::new("v1").endpoint(stable.addr))
+                .revision(
+                    Rev::new("v2").scale(
+                        Scale::new(
+                            Process::new(&["python3", BACKEND_PY])
+                                .env("REVISION", "v2")
+                                .env("BOOT_DELAY_MS", "500")
+                                .ready_http_get("/"),
+                        )
+                        .min(0),
+                    ),
+                ),
+        )
+        .start()
+        .await;
+    // Clients go on all along: every answer is kept, in order, with its cold-start mark.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (tx, done, addr) = (tx.clone(), done.clone(), gw.addr());
+        workers.push(tokio::spawn(async move {
+            let c = h1_client();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let got = get(&c, addr, "shop.test", "/", &[]).await;
+                let cold = got.header("rouse-cold-start").to_owned();
+                let _ = tx.send((got.status, got.body, cold));
+            }
+        }));
+    }
+    drop(tx);
+    let mut state = String::new();
+    for _ in 0..400 {
+        let view = rollout_status(&gw).await;
+        state = view["rollout"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if state == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(state, "done");
+    let view = rollout_status(&gw).await;
+    assert_eq!(
+        (&view["arms"][0]["percent"], &view["arms"][1]["percent"]),
+        (&0.into(), &100.into())
+    );
+    assert_eq!(view["rollout"]["step"], 4);
+    // A little more traffic on the finished split, then the tally.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let mut answers = Vec::new();
+    while let Some(a) = rx.recv().await {
+        answers.push(a);
+    }
+    assert!(answers.len() > 100, "{} answers", answers.len());
+    assert!(
+        answers.iter().all(|(s, _, _)| *s == StatusCode::OK),
+        "a request failed"
+    );
+    let to_v2: Vec<bool> = answers
+        .iter()
+        .map(|(_, body, _)| body.starts_with("v2 "))
+        .collect();
+    assert!(
+        answers
+            .iter()
+            .all(|(_, body, cold)| !body.starts_with("v2 ") || cold.is_empty()),
+        "v2 got a share before it was warm"
+    );
+    // Its share grows: none at first, all at the end, more in each quarter than the one before.
+    let quarter = to_v2.len() / 4;
+    let shares: Vec<usize> = to_v2
+        .chunks(quarter)
+        .take(4)
+        .map(|c| c.iter().filter(|v| **v).count())
+        .collect();
+    assert!(!to_v2[0], "the first answer came from v2");
+    assert!(
+        to_v2[to_v2.len() - 10..].iter().all(|v| *v),
+        "the last answers are v2's"
+    );
+    assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_rollout_share{service=\"shop\",revision=\"v2\"}"
+        ),
+        100.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_rollout_state{service=\"shop\",revision=\"v2\",state=\"done\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_can_be_stopped_where_it_is() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("shop")
+                .host("shop.test")
+                .split(&[("v1", 100), ("v2", 0)])
+                .rollout("v2", "10s", 10)
+                .revision(Rev::new("v1").endpoint(a.addr))
+                .revision(Rev::new("v2").endpoint(b.addr)),
+        )
+        .start()
+        .await;
+    let admin = gw.admin_addr().unwrap();
+    let c = h1_client();
+    let post = |path: &str| {
+        http::Request::post(format!("http://{admin}{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    wait_until_async(|| async { rollout_status(&gw).await["rollout"]["step"].as_u64() >= Some(2) })
+        .await;
+    let stopped = send(&c, post("/api/rollouts/shop/stop")).await;
+    assert_eq!(
+        (stopped.status, stopped.body.as_str()),
+        (StatusCode::OK, "rollout of shop stopped\n")
+    );
+    let view = rollout_status(&gw).await;
+    assert_eq!(view["rollout"]["state"], "stopped");
+    let frozen = view["arms"][1]["percent"].clone();
+    // Two more step lengths: nothing moves.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let later = rollout_status(&gw).await;
+    assert_eq!(
+        (&later["arms"][1]["percent"], &later["rollout"]["state"]),
+        (&frozen, &"stopped".into())
+    );
+    // Unknown services and other methods are told what is wrong.
+    let none = send(&c, post("/api/rollouts/nope/stop")).await;
+    assert_eq!(
+        (none.status, none.body.as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            "service nope has no rollout going on\n"
+        )
+    );
+    let got = get(&c, admin, "admin", "/api/rollouts/shop/stop", &[]).await;
+    assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// Waits (up to 10 s) until an async condition holds.
+async fn wait_until_async<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("condition not met within 10 s");
+}

@@ -220,6 +220,7 @@ pub fn translate(
             timeouts: Timeouts::default(),
             sticky: None,
             no_wake: None,
+            rollout: None,
         });
     }
     if !missing.is_empty() {

@@ -230,6 +230,15 @@ impl Svc {
             .set_in("no_wake", "user_agents", user_agents))
     }
 
+    /// `rollout`: move the default split to `to` in `steps` over `over`.
+    pub fn rollout(self, to: &str, over: &str, steps: u32) -> Svc {
+        Svc(self
+            .0
+            .set_in("rollout", "to", to)
+            .set_in("rollout", "over", over)
+            .set_in("rollout", "steps", steps))
+    }
+
     /// `sticky: { header }`: clients pinned by a hash of a request header.
     pub fn sticky_header(self, name: &str) -> Svc {
         Svc(self.0.set_in("sticky", "header", name))
