@@ -5,25 +5,24 @@ use std::sync::OnceLock;
 use tokio::time::Instant;
 
 fn epoch() -> Instant {
-    epochs().0
-}
-
-/// The monotonic and the wall clock, read together once.
-fn epochs() -> (Instant, std::time::SystemTime) {
-    static EPOCH: OnceLock<(Instant, std::time::SystemTime)> = OnceLock::new();
-    *EPOCH.get_or_init(|| (Instant::now(), std::time::SystemTime::now()))
-}
-
-/// The wall-clock time now, advanced by the monotonic clock from one reading of both: it
-/// follows paused time in tests, and a wall clock stepped by NTP does not jump it.
-pub fn wall_now() -> std::time::SystemTime {
-    let (mono, wall) = epochs();
-    wall + mono.elapsed()
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// Milliseconds since the first call in this process.
 pub fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The wall-clock time now, moved on by however far tokio's clock runs ahead of the real
+/// one: nothing in production, the virtual advance on paused time in tests.
+// The real clock is read on purpose here: the difference is what paused time has added.
+#[allow(clippy::disallowed_types)]
+pub fn wall_now() -> std::time::SystemTime {
+    let ahead = Instant::now()
+        .into_std()
+        .saturating_duration_since(std::time::Instant::now());
+    std::time::SystemTime::now() + ahead
 }
 
 /// Sleeps until `t`, or forever if there is none (a `select!` branch that may be off).

@@ -376,6 +376,7 @@ async fn gateway(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<
     };
     overrides.apply(&mut cfg);
     let watch_every = cfg.watch_interval.0;
+    let signals = Signals::take()?;
     let gw = Gateway::start(cfg)
         .await
         .context("cannot start the gateway listeners")?;
@@ -386,7 +387,7 @@ async fn gateway(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<
         .clone()
         .filter(|_| !watch_every.is_zero())
         .map(|r| tokio::spawn(r.watch(watch_every)));
-    wait_for_stop(reloader.as_ref()).await?;
+    wait_for_stop(signals, reloader.as_ref()).await?;
     tracing::info!("shutting down: draining in-flight requests");
     // Shutdown waits for a reload in progress and blocks new ones; only then is the watcher
     // stopped, so it is never cancelled in the middle of starting or stopping scalers.
@@ -402,10 +403,11 @@ async fn gateway(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<
 /// checks fail for `quiet` while everything is still served, then it drains.
 #[cfg(feature = "kubernetes")]
 async fn activator(cfg: Config, quiet: std::time::Duration) -> anyhow::Result<()> {
+    let signals = Signals::take()?;
     let gw = Gateway::start(cfg)
         .await
         .context("cannot start the activator's listeners")?;
-    wait_for_stop(None).await?;
+    wait_for_stop(signals, None).await?;
     tracing::info!(quiet = ?quiet, "draining: health checks now fail; still serving");
     gw.begin_drain();
     tokio::time::sleep(quiet).await;
@@ -435,12 +437,35 @@ async fn sidecar(settings: rouse::knative::env::SidecarSettings) -> anyhow::Resu
     Ok(())
 }
 
+/// The signals a running role answers, taken before it listens: a SIGHUP that arrives as the
+/// first requests are served must reload, not end the process (the default action).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file meanwhile.
-async fn wait_for_stop(reloader: Option<&rouse::roles::gateway::Reloader>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+async fn wait_for_stop(
+    signals: Signals,
+    reloader: Option<&rouse::roles::gateway::Reloader>,
+) -> anyhow::Result<()> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),

@@ -108,18 +108,24 @@ impl Handler for Admin {
                         "POST to stop a rollout\n",
                         PLAIN,
                     )
-                } else if s.stop_rollout(service) {
-                    text(
-                        StatusCode::OK,
-                        format!("rollout of {service} stopped\n"),
-                        PLAIN,
-                    )
                 } else {
-                    text(
-                        StatusCode::NOT_FOUND,
-                        format!("service {service} has no rollout going on\n"),
-                        PLAIN,
-                    )
+                    match s.stop_rollout(service) {
+                        Some(true) => text(
+                            StatusCode::OK,
+                            format!("rollout of {service} stopped\n"),
+                            PLAIN,
+                        ),
+                        Some(false) => text(
+                            StatusCode::CONFLICT,
+                            format!("the rollout of {service} has already ended\n"),
+                            PLAIN,
+                        ),
+                        None => text(
+                            StatusCode::NOT_FOUND,
+                            format!("service {service} has no rollout going on\n"),
+                            PLAIN,
+                        ),
+                    }
                 }
             }
             other if let Some(page) = self.outside.page(other) => text(StatusCode::OK, page, PLAIN),

@@ -331,18 +331,22 @@ impl Status {
         }
     }
 
-    /// Stops the rollout of `service`; false if it has none.
-    pub fn stop_rollout(&self, service: &str) -> bool {
+    /// Stops the rollout of `service`: `None` if it has none, else whether it was going on
+    /// (a finished rollout stays done).
+    pub fn stop_rollout(&self, service: &str) -> Option<bool> {
         let table = self.proxy.table();
-        let found = table
+        let r = table
             .rollouts()
             .iter()
-            .find(|r| &*r.spec.service == service);
-        if let Some(r) = found {
-            r.stop();
-            tracing::info!(service, revision = %r.revision.name, step = r.step(), "rollout stopped");
+            .find(|r| &*r.spec.service == service)?;
+        let stopped = r.stop();
+        if stopped {
+            tracing::info!(
+                service, revision = %r.revision.name, step = r.step(),
+                "rollout stopped; it starts again from the configured split when rouse restarts or the rollout in its config changes: write the traffic you want there to keep it"
+            );
         }
-        found.is_some()
+        Some(stopped)
     }
 
     /// The route table now.

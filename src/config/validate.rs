@@ -296,6 +296,12 @@ impl Validator {
                 "give one of cookie (a name for the cookie rouse sets) or header (a request header whose value pins the client)",
             ),
             (Some(c), None) => {
+                if k.max_age.is_some_and(|a| a.0 < Duration::from_secs(1)) {
+                    self.err(
+                        format!("{p}.max_age"),
+                        "must be at least 1s (a Max-Age of 0 deletes the cookie); leave it out for a cookie that lasts until the browser closes",
+                    );
+                }
                 // RFC 6265's cookie-name is an RFC 9110 token, as a header name is (any case).
                 let token = !c.is_empty()
                     && c.bytes().all(|b| {

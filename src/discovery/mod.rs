@@ -20,6 +20,7 @@ pub fn assign(revised: &Revised, r: &config::Revision) {
     if !autoscaled {
         // Nobody scales this revision: its queue is all the capacity it will get.
         rev.set_ceiling(0);
+        rev.set_floor(0);
     }
     let owned_elsewhere = autoscaled || r.kubernetes.is_some();
     let was_owned = rev.set_managed(owned_elsewhere);

@@ -70,6 +70,8 @@ pub async fn forward(
     record: &mut Option<Box<Record>>,
 ) -> Result<Response<Body>, ProxyError> {
     let taken = ctx.lease.take();
+    // Not demand (`no_wake`): it must never wait or wake the revision, retries included.
+    let quiet = taken.is_some();
     let active = match taken {
         Some(_) => rev.begin_quiet(),
         None => rev.begin(ctx.proxied),
@@ -179,9 +181,13 @@ pub async fn forward(
                 // failed endpoint is now ejected, so it is chosen again only if it is the last).
                 retried = true;
                 drop(lease);
-                lease = match rev.acquire(0, ctx.deadline).await {
-                    Ok(a) => a.lease,
-                    Err(_) => return Err(connect_error(ep.addr, error)),
+                let again = match quiet {
+                    true => (rev.held() == 0).then(|| rev.try_acquire()).flatten(),
+                    false => rev.acquire(0, ctx.deadline).await.ok().map(|a| a.lease),
+                };
+                lease = match again {
+                    Some(l) => l,
+                    None => return Err(connect_error(ep.addr, error)),
                 };
                 req = *back;
             }

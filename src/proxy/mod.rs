@@ -256,6 +256,13 @@ impl Proxy {
                 let path = req.uri().path().to_owned();
                 return ProxyError::NoRoute { host, path }.into_response_as(answer);
             };
+            // Not demand: judged on what the client sent, before any header is set; cloned
+            // out only when it matches (health checks, bots).
+            let quiet = svc
+                .quiet
+                .as_ref()
+                .filter(|q| q.matches(req.uri().path(), req.headers()))
+                .map(|q| (q.answer.clone(), q.answered.clone(), q.passed.clone()));
             for (k, v) in route.set_headers.iter() {
                 req.headers_mut().insert(k.clone(), v.clone());
             }
@@ -274,12 +281,6 @@ impl Proxy {
             for (k, v) in arm.set_headers.iter() {
                 req.headers_mut().insert(k.clone(), v.clone());
             }
-            // Not demand: cloned out only when it matches (health checks, bots).
-            let quiet = svc
-                .quiet
-                .as_ref()
-                .filter(|q| q.matches(req.uri().path(), req.headers()))
-                .map(|q| (q.answer.clone(), q.answered.clone(), q.passed.clone()));
             (arm.revision.clone(), svc.timeouts, host, quiet)
         };
         if let Some(r) = record {
@@ -307,16 +308,18 @@ impl Proxy {
         };
         let deadline = timeouts.request.map(|d| start + d);
         let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
-        if rev.is_cold()
-            && let Some(p) = rev.settings().cold_start.placeholder.clone()
-        {
+        // A request that is not demand has its slot already; the cold answers below (which
+        // wake the revision) are not for it.
+        let cold = lease.is_none() && rev.is_cold();
+        if cold && let Some(p) = rev.settings().cold_start.placeholder.clone() {
             rev.poke();
             rev.metrics.record(p.status, start.elapsed().as_secs_f64());
             let mut res = placeholder(&p, rev.settings().cold_start.header);
             starting(&mut res, rev.starting_for());
+            pin(&mut res, set_cookie);
             return res;
         }
-        if rev.is_cold()
+        if cold
             && let Some(page) = rev.settings().cold_start.waiting_page.clone()
             && crate::http::waiting::wanted(req.method(), req.headers())
             // After a failed start, its 503 with the reason says more than "starting".
@@ -329,6 +332,8 @@ impl Proxy {
             let page = crate::http::waiting::with_progress(&page, so_far);
             let mut res = waiting_page(page, rev.settings().cold_start.header);
             starting(&mut res, so_far);
+            // Its reloads come back to this revision, not to a new roll of the split.
+            pin(&mut res, set_cookie);
             return res;
         }
         // Boxed: the handler future lives inside the client connection for the whole request,
@@ -357,9 +362,7 @@ impl Proxy {
         };
         match result {
             Ok(mut res) => {
-                if let Some(c) = set_cookie {
-                    res.headers_mut().append(header::SET_COOKIE, c);
-                }
+                pin(&mut res, set_cookie);
                 res
             }
             Err(e) => {
@@ -512,6 +515,13 @@ fn redirect_to_https(req: &mut Request<Incoming>, port: u16, answer: Answer) -> 
 /// Header on the answers given while a revision starts (placeholder, waiting page): whole
 /// seconds it has been starting, a progress signal for clients that wait long.
 pub const STARTING_FOR_HEADER: HeaderName = HeaderName::from_static("rouse-starting-for");
+
+/// Adds the cookie that pins a client of a sticky service, if one is due.
+fn pin(res: &mut Response<Body>, set_cookie: Option<HeaderValue>) {
+    if let Some(c) = set_cookie {
+        res.headers_mut().append(header::SET_COOKIE, c);
+    }
+}
 
 fn starting(res: &mut Response<Body>, so_far: Option<std::time::Duration>) {
     if let Some(d) = so_far {

@@ -109,7 +109,7 @@ pub struct Rollout {
     step: AtomicU32,
     state: AtomicU8,
     stop: AtomicBool,
-    wake: tokio::sync::Notify,
+    wake: Arc<tokio::sync::Notify>,
     task: std::sync::Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
@@ -124,13 +124,16 @@ impl Rollout {
             step: AtomicU32::new(0),
             state: AtomicU8::new(State::Warming as u8),
             stop: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
             task: std::sync::Mutex::new(None),
         });
         // The task holds only a weak reference: the rollout ends with the last table that
-        // holds it.
-        let task = tokio::spawn(drive(Arc::downgrade(&r)));
-        *r.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(AbortOnDropHandle::new(task));
+        // holds it. Outside a runtime (`rouse routes FILE` builds a table to print it) no
+        // step is ever taken.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let task = rt.spawn(drive(Arc::downgrade(&r), r.wake.clone()));
+            *r.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(AbortOnDropHandle::new(task));
+        }
         r
     }
 
@@ -159,13 +162,22 @@ impl Rollout {
         State::ALL[usize::from(self.state.load(Ordering::Relaxed)).min(3)]
     }
 
-    /// Freezes the split where it is; no further step is taken.
-    pub fn stop(&self) {
+    /// Freezes the split where it is; no further step is taken. False if it had already
+    /// ended (done, or stopped before).
+    pub fn stop(&self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
-        if self.state() != State::Done {
-            self.state.store(State::Stopped as u8, Ordering::Relaxed);
-        }
         self.wake.notify_one();
+        [State::Warming, State::Moving]
+            .into_iter()
+            .any(|from| self.to(from, State::Stopped))
+    }
+
+    /// Moves from state `from` to `to`, only if it is in `from` (a stop and the last step may
+    /// race; whichever comes first wins).
+    fn to(&self, from: State, to: State) -> bool {
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     fn set_step(&self, step: u32) {
@@ -175,8 +187,9 @@ impl Rollout {
     }
 }
 
-/// Takes the rollout's steps: warm the revision, then one step every `over / steps`.
-async fn drive(weak: std::sync::Weak<Rollout>) {
+/// Takes the rollout's steps: warm the revision, then the first step, and the last one `over`
+/// later (one step: all at once).
+async fn drive(weak: std::sync::Weak<Rollout>, wake: Arc<tokio::sync::Notify>) {
     // Warm: ask for the revision (a start from zero if it is there) until it has an endpoint;
     // the ask is renewed every second, so the revision is not let go meanwhile.
     let mut asked = 0u32;
@@ -197,32 +210,34 @@ async fn drive(weak: std::sync::Weak<Rollout>) {
     }
     let every = {
         let Some(r) = weak.upgrade() else { return };
-        r.state.store(State::Moving as u8, Ordering::Relaxed);
-        r.spec.over / r.spec.steps.max(1)
+        if !r.to(State::Warming, State::Moving) {
+            return;
+        }
+        r.spec.over / r.spec.steps.saturating_sub(1).max(1)
     };
     let mut step = 0;
     loop {
-        let Some(r) = weak.upgrade() else { return };
-        if r.stop.load(Ordering::SeqCst) {
-            return;
+        {
+            // Not held across the wait: a rollout a reload dropped ends at once.
+            let Some(r) = weak.upgrade() else { return };
+            if r.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            step += 1;
+            r.set_step(step);
+            if step >= r.spec.steps {
+                r.to(State::Moving, State::Done);
+                tracing::info!(service = %r.spec.service, revision = %r.revision.name, "rollout done");
+                return;
+            }
+            tracing::info!(
+                service = %r.spec.service, revision = %r.revision.name, step, steps = r.spec.steps,
+                share = r.current()[r.spec.to], "rollout step"
+            );
         }
-        step += 1;
-        r.set_step(step);
-        if step >= r.spec.steps {
-            r.state.store(State::Done as u8, Ordering::Relaxed);
-            tracing::info!(service = %r.spec.service, revision = %r.revision.name, "rollout done");
-            return;
-        }
-        tracing::info!(
-            service = %r.spec.service, revision = %r.revision.name, step, steps = r.spec.steps,
-            share = r.current()[r.spec.to], "rollout step"
-        );
-        let stopped = async {
-            r.wake.notified().await;
-        };
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            () = stopped => return,
+            () = wake.notified() => return,
         }
     }
 }
@@ -328,11 +343,14 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!((r.state(), r.current()), (State::Warming, vec![100, 0]));
         rev.replace_endpoints(&["127.0.0.1:9".parse().unwrap()]);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Within the warm-up's next look (every 100 ms).
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!((r.state(), r.current()), (State::Moving, vec![75, 25]));
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        // Four steps over 60 s: one every 20 s after the first.
+        tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(r.current(), [50, 50]);
-        r.stop();
+        assert!(r.stop());
+        assert!(!r.stop(), "stopped once");
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!((r.state(), r.current()), (State::Stopped, vec![50, 50]));
         assert_eq!(r.split().total(), 100);
@@ -351,7 +369,11 @@ mod tests {
         let r = Rollout::start(spec, rev);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(r.current(), [60, 40]);
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // The last of four steps comes `over` (40 s) after the first.
+        tokio::time::sleep(Duration::from_secs(39)).await;
+        assert_eq!((r.state(), r.current()), (State::Moving, vec![20, 80]));
+        tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!((r.state(), r.current()), (State::Done, vec![0, 100]));
+        assert!(!r.stop(), "a finished rollout does not stop");
     }
 }

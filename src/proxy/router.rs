@@ -155,16 +155,22 @@ impl Route {
             },
             Pin::Cookie { name, .. } => {
                 let held = sticky::cookie(headers, name);
-                if let Some(t) = held
-                    && let Some(arm) = self
-                        .arms
-                        .iter()
-                        .enumerate()
-                        .find(|(i, a)| split.weight_of(*i) > 0 && *a.token == *t)
-                        .map(|(_, a)| a)
-                {
-                    sticky.pinned.inc();
-                    return (arm, None);
+                if let Some(t) = held {
+                    match self.arms.iter().enumerate().find(|(_, a)| *a.token == *t) {
+                        Some((i, arm)) if split.weight_of(i) > 0 => {
+                            sticky.pinned.inc();
+                            return (arm, None);
+                        }
+                        // Its revision has left this split: replaced below.
+                        Some(_) => {}
+                        // A pin to a revision of another of the service's routes: kept for
+                        // there; this route splits by its own shares and leaves the cookie.
+                        None if sticky.knows(t) => {
+                            sticky.pinned.inc();
+                            return (&self.arms[split.pick().unwrap_or(0)], None);
+                        }
+                        None => {}
+                    }
                 }
                 match held {
                     Some(_) => sticky.replaced.inc(),
@@ -363,7 +369,10 @@ impl RouteTable {
                 sticky: s.sticky.as_ref().and_then(|k| {
                     let counters = metrics.sticky(&s.name);
                     match (&k.cookie, &k.header) {
-                        (Some(c), _) => Some(Sticky::cookie(c, k.max_age.map(|d| d.0), counters)),
+                        (Some(c), _) => Some(
+                            Sticky::cookie(c, k.max_age.map(|d| d.0), counters)
+                                .knowing(service_tokens(s)),
+                        ),
                         // Validation has checked the name.
                         (None, Some(h)) => HeaderName::from_bytes(h.as_bytes())
                             .ok()
@@ -437,6 +446,25 @@ impl RouteTable {
         }
         out
     }
+}
+
+/// The pins a service's clients may hold: the revisions with a share in any of its splits,
+/// and the one a rollout moves to.
+fn service_tokens(s: &config::Service) -> Vec<Box<str>> {
+    let shared = s
+        .routes
+        .iter()
+        .flat_map(|r| &r.traffic)
+        .chain(&s.traffic)
+        .filter(|t| t.percent > 0)
+        .map(|t| t.revision.as_str());
+    let mut out: Vec<Box<str>> = shared
+        .chain(s.rollout.as_ref().map(|r| r.to.as_str()))
+        .map(sticky::token)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn header_list(m: &BTreeMap<String, String>) -> Headers {

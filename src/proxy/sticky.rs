@@ -38,6 +38,9 @@ pub struct Sticky {
     pub new: Counter,
     /// Requests whose pin named a revision no longer in the split, split anew.
     pub replaced: Counter,
+    /// The tokens of every revision with a share somewhere in the service, sorted: a pin to
+    /// one of them is kept by routes that do not lead there.
+    known: Box<[Box<str>]>,
 }
 
 impl Sticky {
@@ -68,7 +71,19 @@ impl Sticky {
             pinned,
             new,
             replaced,
+            known: Box::default(),
         }
+    }
+
+    /// Knows `tokens` (sorted) as the pins the service's routes may hold.
+    pub fn knowing(mut self, tokens: Vec<Box<str>>) -> Sticky {
+        self.known = tokens.into();
+        self
+    }
+
+    /// True for a pin to a revision with a share somewhere in the service.
+    pub fn knows(&self, token: &str) -> bool {
+        self.known.binary_search_by(|t| (**t).cmp(token)).is_ok()
     }
 
     /// The `Set-Cookie` value that pins a client to the revision whose token is `token`.

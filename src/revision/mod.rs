@@ -259,11 +259,16 @@ impl Revision {
 
     /// Records the autoscaler's wish (for metrics).
     pub fn set_desired(&self, n: u32) {
-        let before = self.desired.swap(n, Ordering::Relaxed);
-        if before == 0 && n > 0 && self.is_cold() {
-            // A start from zero begins; `clock::now_ms` is 0 only at its own epoch.
-            self.starting_at
-                .store(clock::now_ms().max(1), Ordering::Relaxed);
+        self.desired.store(n, Ordering::Relaxed);
+        if n > 0 && self.is_cold() {
+            // A start from zero begins (kept if one is already under way); `clock::now_ms` is
+            // 0 only at its own epoch.
+            let _ = self.starting_at.compare_exchange(
+                0,
+                clock::now_ms().max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         } else if n == 0 {
             self.starting_at.store(0, Ordering::Relaxed);
         }
@@ -363,6 +368,19 @@ impl Revision {
 
     /// Replaces the endpoint set and wakes every held request to try the new set.
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        if endpoints.is_empty() {
+            // The last endpoint went while some are wanted (a crash): a start begins again.
+            if self.desired.load(Ordering::Relaxed) > 0 {
+                let _ = self.starting_at.compare_exchange(
+                    0,
+                    clock::now_ms().max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        } else {
+            self.starting_at.store(0, Ordering::Relaxed);
+        }
         self.endpoints.store(Arc::new(endpoints));
         self.queue.wake_all();
         self.endpoints_changed.notify_one();

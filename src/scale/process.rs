@@ -228,9 +228,29 @@ fn publish(rev: &Revision, live: &mut [Instance]) {
 
 fn free_port() -> std::io::Result<u16> {
     // The kernel picks a free port; the small window until the child binds it is acceptable
-    // on loopback, and a lost race shows up as a failed start that is retried.
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    // on loopback, and a lost race shows up as a failed start that is retried. But the kernel
+    // may hand the same port out again before the child has bound it, and two backends told
+    // one port would answer each other's readiness checks (one that never starts looks
+    // ready): ports given out lately are not given out again.
+    static RECENT: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
+    const KEPT: usize = 256;
+    let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last = None;
+    for _ in 0..32 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        last = Some(port);
+        if !recent.contains(&port) {
+            break;
+        }
+    }
+    let port = last.unwrap_or(0);
+    if recent.len() == KEPT {
+        recent.pop_front();
+    }
+    recent.push_back(port);
+    Ok(port)
 }
 
 fn start_instance(

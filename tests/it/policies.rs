@@ -218,7 +218,6 @@ async fn a_header_pins_each_value_to_one_revision_and_values_split_by_percent() 
     );
     // A few users, 200 requests each: each always on one revision.
     let c = h1_client();
-    let mut seen = HashMap::new();
     for u in 0..10 {
         let user = format!("person-{u}");
         let first = get(&c, gw.addr(), "shop.test", "/", &[("x-user", &user)])
@@ -228,7 +227,6 @@ async fn a_header_pins_each_value_to_one_revision_and_values_split_by_percent() 
             let got = get(&c, gw.addr(), "shop.test", "/", &[("x-user", &user)]).await;
             assert_eq!(got.body, first, "{user} moved");
         }
-        *seen.entry(first).or_insert(0) += 1;
     }
     // Requests without the header are split by percent, as today.
     let anon = requests(gw.addr(), 400, Vec::new()).await;
@@ -578,4 +576,56 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("condition not met within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_holds_across_the_services_routes() {
+    let (a, b, api) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("api").await,
+    );
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("shop")
+                .host("shop.test")
+                .sticky_cookie("pin", None)
+                .split(&[("stable", 50), ("canary", 50)])
+                .route(Route::new("/api").to("backend"))
+                .revision(Rev::new("stable").endpoint(a.addr))
+                .revision(Rev::new("canary").endpoint(b.addr))
+                .revision(Rev::new("backend").endpoint(api.addr)),
+        )
+        .start()
+        .await;
+    let c = h1_client();
+    let first = get(&c, gw.addr(), "shop.test", "/", &[]).await;
+    let pin = first
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The API route has no share for the pinned revision: it answers, and leaves the pin.
+    let api_call = get(&c, gw.addr(), "shop.test", "/api/x", &[("cookie", &pin)]).await;
+    assert_eq!(
+        (api_call.body.as_str(), api_call.header("set-cookie")),
+        ("api", "")
+    );
+    for _ in 0..50 {
+        let again = get(&c, gw.addr(), "shop.test", "/", &[("cookie", &pin)]).await;
+        assert_eq!(
+            (again.body.as_str(), again.header("set-cookie")),
+            (first.body.as_str(), "")
+        );
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_sticky_requests_total{service=\"shop\",outcome=\"replaced\"}"
+        ),
+        0.0
+    );
 }

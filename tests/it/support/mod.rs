@@ -172,7 +172,10 @@ fn stream_body(size: u64, body_delay: u64, guard: InFlight) -> Body {
 impl Backend {
     /// Starts a backend named `name` (its name is its default response body).
     pub async fn start(name: &str) -> Backend {
-        Backend::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+        // Not a port-0 pick: the kernel could give it a port that rouse has just picked for a
+        // backend process another test starts, and then answer that process's readiness
+        // checks in its place.
+        Backend::start_on(name, dead_addr().await).await
     }
 
     /// Starts a backend on a given address (one that something else was told to use).
