@@ -570,6 +570,11 @@ pub struct Revision {
     /// Most requests one endpoint handles at once; 0 = unlimited.
     #[serde(default)]
     pub container_concurrency: u32,
+    /// The port on which each backend also serves gRPC (h2c): gRPC requests go there, the
+    /// rest to the endpoint's own port; 0 with `scale.process`: rouse gives each process one
+    /// (`{grpc_port}`, `GRPC_PORT`).
+    #[serde(default)]
+    pub grpc_port: Option<u16>,
     /// Static endpoints (`ip:port`).
     #[serde(default)]
     pub endpoints: Vec<Addr>,

@@ -465,6 +465,25 @@ impl Validator {
                     self.header(&format!("{rp}.cold_start.placeholder.headers.{k}"), k, v);
                 }
             }
+            if let Some(g) = r.grpc_port {
+                if r.protocol != Protocol::Http1 {
+                    self.err(
+                        format!("{rp}.grpc_port"),
+                        "needs protocol http1: gRPC goes to this port over h2c, everything else to the endpoint's own port over HTTP/1.1",
+                    );
+                }
+                if r.kubernetes.is_some() {
+                    self.err(
+                        format!("{rp}.grpc_port"),
+                        "is not supported for revisions from Kubernetes yet; give gRPC a revision of its own, on the Service's gRPC port",
+                    );
+                } else if g == 0 && r.scale.as_ref().and_then(|s| s.process.as_ref()).is_none() {
+                    self.err(
+                        format!("{rp}.grpc_port"),
+                        "0 (a port for each process, as {grpc_port} and GRPC_PORT) needs scale.process; for static endpoints write their gRPC port",
+                    );
+                }
+            }
             if r.protocol == Protocol::Auto && r.tls.is_some() {
                 self.err(
                     format!("{rp}.protocol"),
@@ -979,6 +998,27 @@ mod tests {
             issues(&svc("[]", "{ to: a, over: 1m }")),
             [
                 "services[0].rollout: moves the default traffic, which this service has none of; add traffic with the revisions to move between"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_grpc_port_needs_http1_and_a_port_or_processes() {
+        assert!(
+            issues(&with_revision(
+                "        grpc_port: 8081\n        endpoints: ['127.0.0.1:8080']\n",
+                ""
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            issues(&with_revision(
+                "        grpc_port: 0\n        protocol: h2c\n        endpoints: ['127.0.0.1:8080']\n",
+                ""
+            )),
+            [
+                "services[0].revisions[0].grpc_port: needs protocol http1: gRPC goes to this port over h2c, everything else to the endpoint's own port over HTTP/1.1",
+                "services[0].revisions[0].grpc_port: 0 (a port for each process, as {grpc_port} and GRPC_PORT) needs scale.process; for static endpoints write their gRPC port",
             ]
         );
     }

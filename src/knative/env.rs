@@ -445,6 +445,7 @@ impl SidecarSettings {
                     set_headers: BTreeMap::new(),
                 }],
                 revisions: vec![Revision {
+                    grpc_port: None,
                     name,
                     protocol: Protocol::Auto,
                     container_concurrency: self.container_concurrency,

@@ -100,6 +100,7 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
             set_headers,
         }],
         revisions: vec![config::Revision {
+            grpc_port: None,
             name: name.to_owned(),
             protocol: if h2c { Protocol::H2c } else { Protocol::Http1 },
             container_concurrency: cc,

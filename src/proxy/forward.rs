@@ -55,6 +55,8 @@ pub struct Ctx {
     pub timeouts: Timeouts,
     /// The protocol a client asked to upgrade to (WebSocket), if any.
     pub upgrade: Option<HeaderValue>,
+    /// A gRPC request: to the backend's gRPC port, if it has one of its own.
+    pub grpc: bool,
     /// Closes the client's connection, when a time limit must stop an HTTP/1.1 response.
     pub cut: Cut,
     /// A slot already taken for a request that is not demand (`no_wake`): it is used, and
@@ -76,7 +78,12 @@ pub async fn forward(
         Some(_) => rev.begin_quiet(),
         None => rev.begin(ctx.proxied),
     };
-    let protocol = rev.protocol.for_request(req.version());
+    // gRPC for backends with a gRPC port of their own goes there, over h2c.
+    let to_grpc = ctx.grpc && rev.settings().grpc_port.is_some();
+    let protocol = match to_grpc {
+        true => Protocol::H2c,
+        false => rev.protocol.for_request(req.version()),
+    };
     if ctx.upgrade.is_some() && protocol == Protocol::H2c {
         return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
     }
@@ -113,18 +120,20 @@ pub async fn forward(
     let mut retried = false;
     loop {
         let ep = lease.endpoint().clone();
+        let to = match to_grpc {
+            true => ep.grpc.unwrap_or(ep.addr),
+            false => ep.addr,
+        };
         if let Some(r) = record {
-            r.send(ep.addr, req.headers_mut());
+            r.send(to, req.headers_mut());
         }
         // The send path (connect, handshake, exchange) is the largest state of this future;
         // boxing it keeps a request that is only waiting in the queue small.
         let sent = match protocol {
-            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(ep.addr, req))
+            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(to, req))
                 .await
                 .map(|(r, c)| (r, Some(c))),
-            Protocol::H2c => Box::pin(ep.pool.send_h2(ep.addr, req))
-                .await
-                .map(|r| (r, None)),
+            Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await.map(|r| (r, None)),
         };
         match sent {
             Ok((mut res, conn)) => {
@@ -166,16 +175,16 @@ pub async fn forward(
                     return Err(ProxyError::ClientBody(reason));
                 }
                 return Err(ProxyError::Upstream {
-                    endpoint: ep.addr,
+                    endpoint: to,
                     source,
                 });
             }
             Err(SendError::Connect { req: back, error }) => {
                 ep.metrics.connect_errors.inc();
                 ep.eject(settings.eject_for);
-                debug!(endpoint = %ep.addr, %error, retried, "connect failed");
+                debug!(endpoint = %to, %error, retried, "connect failed");
                 if retried {
-                    return Err(connect_error(ep.addr, error));
+                    return Err(connect_error(to, error));
                 }
                 // The request never left rouse: give the slot back and take one elsewhere (the
                 // failed endpoint is now ejected, so it is chosen again only if it is the last).
@@ -187,7 +196,7 @@ pub async fn forward(
                 };
                 lease = match again {
                     Some(l) => l,
-                    None => return Err(connect_error(ep.addr, error)),
+                    None => return Err(connect_error(to, error)),
                 };
                 req = *back;
             }

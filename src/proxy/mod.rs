@@ -349,6 +349,7 @@ impl Proxy {
             deadline,
             timeouts,
             upgrade,
+            grpc: answer.grpc,
             cut: conn.cut,
             lease,
         };

@@ -15,6 +15,9 @@ use std::time::Duration;
 pub struct Endpoint {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the same backend takes gRPC (h2c), when it has a port of its own for it
+    /// (`grpc_port`).
+    pub grpc: Option<SocketAddr>,
     in_flight: AtomicU32,
     /// `clock::now_ms()` until which the balancer avoids this endpoint.
     ejected_until: AtomicU64,
@@ -24,9 +27,15 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Creates an endpoint with an empty connection pool.
-    pub fn new(addr: SocketAddr, pool: PoolSettings, metrics: EndpointMetrics) -> Endpoint {
+    pub fn new(
+        addr: SocketAddr,
+        grpc: Option<SocketAddr>,
+        pool: PoolSettings,
+        metrics: EndpointMetrics,
+    ) -> Endpoint {
         Endpoint {
             addr,
+            grpc,
             in_flight: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             pool: Pool::new(pool),

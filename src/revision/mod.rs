@@ -94,6 +94,8 @@ pub struct Revision {
     floor: AtomicU32,
     /// `clock::now_ms()` when its start from zero began; 0 when it is not starting.
     starting_at: AtomicU64,
+    /// The gRPC port of each process given one, by its main address.
+    grpc_addrs: Mutex<std::collections::HashMap<SocketAddr, SocketAddr>>,
     /// Set by a stats reporter that found the revision idle for a whole period: the next
     /// request is the first after idleness, which the reporter announces at once.
     idle: AtomicBool,
@@ -130,6 +132,7 @@ impl Revision {
             ceiling: AtomicU32::new(0),
             floor: AtomicU32::new(0),
             starting_at: AtomicU64::new(0),
+            grpc_addrs: Mutex::new(std::collections::HashMap::new()),
             // Idle until a request says otherwise.
             idle: AtomicBool::new(true),
             woke: Notify::new(),
@@ -184,12 +187,35 @@ impl Revision {
 
     /// Builds an endpoint of this revision (pool settings and metric handles filled in).
     pub fn make_endpoint(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        let settings = self.settings.load();
+        let grpc = match settings.grpc_port {
+            None => None,
+            // Each process was given its own.
+            Some(0) => self
+                .grpc_addrs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&addr)
+                .copied(),
+            Some(port) => Some(SocketAddr::new(addr.ip(), port)),
+        };
         Arc::new(Endpoint::new(
             addr,
-            self.settings.load().pool.clone(),
+            grpc,
+            settings.pool.clone(),
             self.root_metrics
                 .endpoint(&self.service, &self.name, &addr.to_string()),
         ))
+    }
+
+    /// Notes that the backend listening on `addr` takes gRPC on `grpc` (a process given two
+    /// ports), for when its endpoint is made; `None` forgets it.
+    pub fn set_grpc_addr(&self, addr: SocketAddr, grpc: Option<SocketAddr>) {
+        let mut m = self.grpc_addrs.lock().unwrap_or_else(|p| p.into_inner());
+        match grpc {
+            Some(g) => m.insert(addr, g),
+            None => m.remove(&addr),
+        };
     }
 
     /// Sets the endpoints by address, keeping the live state of those already present.
@@ -662,6 +688,7 @@ impl Revision {
                     pool: crate::http::client::PoolSettings::default(),
                     cold_start: settings::ColdStart::default(),
                     knative: None,
+                    grpc_port: None,
                 },
             },
             Vec::new(),
@@ -784,6 +811,7 @@ mod tests {
         let m = Metrics::new();
         r.set_endpoints(vec![Arc::new(Endpoint::new(
             "127.0.0.1:1".parse().unwrap(),
+            None,
             PoolSettings::default(),
             m.endpoint("s", "r", "e"),
         ))]);

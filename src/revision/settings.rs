@@ -39,6 +39,8 @@ pub struct RevisionSettings {
     /// The Knative Revision (namespace, name) whose demand is reported to Knative's
     /// autoscaler.
     pub knative: Option<Arc<(String, String)>>,
+    /// The backends' gRPC port (`grpc_port`): 0 when each process is given one.
+    pub grpc_port: Option<u16>,
 }
 
 /// What requests see while a revision is cold.
@@ -87,6 +89,7 @@ impl RevisionSettings {
                     .waiting_page
                     .then(|| crate::http::waiting::page(&r.name)),
             },
+            grpc_port: r.grpc_port,
             knative: r
                 .kubernetes
                 .as_ref()

@@ -161,6 +161,7 @@ async fn manage(
                     publish(&rev, &mut live);
                 }
                 Event::Failed { id, reason } => {
+                    forget_grpc(&rev, &live, id);
                     live.retain(|i| i.id != id);
                     let pause = backoff.fail();
                     warn!(service = %rev.service, revision = %rev.name, %reason,
@@ -179,6 +180,7 @@ async fn manage(
                         .find(|i| i.id == id)
                         .and_then(|i| i.ready_at)
                         .is_some_and(|t| t.elapsed() < STABLE_AFTER);
+                    forget_grpc(&rev, &live, id);
                     live.retain(|i| i.id != id);
                     warn!(service = %rev.service, revision = %rev.name, %reason, "backend exited");
                     publish(&rev, &mut live);
@@ -226,6 +228,13 @@ fn publish(rev: &Revision, live: &mut [Instance]) {
     }
 }
 
+/// The instance `id` is gone: so is its gRPC port.
+fn forget_grpc(rev: &Revision, live: &[Instance], id: u64) {
+    if let Some(i) = live.iter().find(|i| i.id == id) {
+        rev.set_grpc_addr(i.addr, None);
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     // The kernel picks a free port; the small window until the child binds it is acceptable
     // on loopback, and a lost race shows up as a failed start that is retried. But the kernel
@@ -262,12 +271,22 @@ fn start_instance(
     let port = free_port().map_err(|e| format!("no free port: {e}"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let p = port.to_string();
+    // A backend that also serves gRPC on a port of its own (`grpc_port: 0`) is given one.
+    let grpc = match rev.settings().grpc_port {
+        Some(0) => Some(free_port().map_err(|e| format!("no free port: {e}"))?),
+        _ => None,
+    };
+    let g = grpc.map(|g| g.to_string()).unwrap_or_default();
     let args: Vec<String> = spec
         .command
         .iter()
-        .map(|a| a.replace("{port}", &p))
+        .map(|a| a.replace("{port}", &p).replace("{grpc_port}", &g))
         .collect();
     let mut cmd = Command::new(&args[0]);
+    if let Some(g) = grpc {
+        cmd.env("GRPC_PORT", g.to_string());
+        rev.set_grpc_addr(addr, Some(SocketAddr::from(([127, 0, 0, 1], g))));
+    }
     cmd.args(&args[1..])
         .env("PORT", &p)
         .envs(&spec.env)

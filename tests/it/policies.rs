@@ -629,3 +629,97 @@ async fn a_pin_holds_across_the_services_routes() {
         0.0
     );
 }
+
+/// The two-port backend example (REST on `PORT`, gRPC on `GRPC_PORT`), built by `cargo test`
+/// next to this test binary.
+fn two_port_backend() -> String {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples/two_port_backend");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it; a run of one test target does not (`cargo build --example two_port_backend`)",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_grpc_reach_one_process_through_one_cold_start() {
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("model").host("*").only(
+                Rev::new("m").grpc_port(0).scale(
+                    Scale::new(
+                        Process::new(&[&two_port_backend(), "--grpc", "{grpc_port}"])
+                            .ready_http_get("/"),
+                    )
+                    .min(0),
+                ),
+            ),
+        )
+        .start()
+        .await;
+    // A gRPC call first: it wakes the revision and waits for it, over h2c to its gRPC port.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr()).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut msg = bytes::BytesMut::new();
+    bytes::BufMut::put_u8(&mut msg, 0);
+    bytes::BufMut::put_u32(&mut msg, 5);
+    msg.extend_from_slice(b"hello");
+    let req = http::Request::post("http://model.local/inference.GRPCInferenceService/ModelReady")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(msg.freeze()))
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()
+            .get("rouse-cold-start")
+            .map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "{:?}",
+        res.headers()
+    );
+    let collected = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    let body = collected.to_bytes();
+    let reply = String::from_utf8_lossy(&body[5..]).into_owned();
+    let grpc_pid = reply
+        .strip_prefix("grpc ")
+        .and_then(|r| r.strip_suffix(":hello"))
+        .unwrap_or_else(|| panic!("{reply}"))
+        .to_owned();
+    // REST goes to the same process's HTTP port.
+    let rest = get(&h1_client(), gw.addr(), "x", "/v2/models/m", &[]).await;
+    assert_eq!(rest.status, StatusCode::OK);
+    assert_eq!(
+        rest.body,
+        format!("rest {grpc_pid}"),
+        "one process serves both"
+    );
+    // And one process was started.
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_scale_events_total{service=\"model\",revision=\"m\",direction=\"up\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_revision_endpoints{service=\"model\",revision=\"m\"}"
+        ),
+        1.0
+    );
+}

@@ -245,6 +245,7 @@ fn probe_answer(name: &str, hash: &str) -> config::Revision {
     let mut headers = BTreeMap::new();
     headers.insert(HASH_HEADER.to_owned(), hash.to_owned());
     config::Revision {
+        grpc_port: None,
         name: name.to_owned(),
         protocol: Protocol::Http1,
         container_concurrency: 0,
@@ -321,6 +322,7 @@ fn revision(name: &str, namespace: &str, service: &str, b: Backend) -> config::R
         Backend::Addrs { addrs, h2c } => (addrs.into_iter().map(Addr).collect(), None, h2c),
     };
     config::Revision {
+        grpc_port: None,
         name: name.to_owned(),
         protocol: if h2c { Protocol::H2c } else { Protocol::Http1 },
         container_concurrency: 0,

@@ -422,6 +422,11 @@ impl Rev {
         Rev(self.0.set_in("cold_start", "header", mark))
     }
 
+    /// `grpc_port`: the backends also take gRPC there (0: one per process, from rouse).
+    pub fn grpc_port(self, port: u16) -> Rev {
+        Rev(self.0.set("grpc_port", port))
+    }
+
     /// `cold_start.waiting_page`: browsers asking for a page while it starts get one that
     /// reloads itself.
     pub fn waiting_page(self, on: bool) -> Rev {
