@@ -6,9 +6,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names an endpoint; without one no tracer exists and
 //! the trace headers pass through untouched, as any other header.
 //!
-//! The exporter's own variables (`OTEL_EXPORTER_OTLP_*HEADERS`, `*_TIMEOUT`,
-//! `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`) are read by the OpenTelemetry SDK. Export goes through a small
+//! The exporter's own variables (`OTEL_EXPORTER_OTLP_*HEADERS`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) are read by the
+//! OpenTelemetry SDK; an export's time limit is rouse's own (10 s). Export goes through a small
 //! HTTP/1.1 client on rouse's runtime: the SDK's batch thread is not a Tokio thread.
 
 use super::Record;
