@@ -90,17 +90,23 @@ impl Route {
         &self.headers
     }
 
+    /// The arm a `rouse-tag` header names, if any.
+    fn tagged_arm(&self, headers: &HeaderMap) -> Option<&Arm> {
+        // Most routes have no tags; they skip the header lookup.
+        if !self.tagged {
+            return None;
+        }
+        let tag = headers.get(&TAG_HEADER)?;
+        self.arms.iter().find(|a| {
+            a.tag
+                .as_deref()
+                .is_some_and(|t| t.as_bytes() == tag.as_bytes())
+        })
+    }
+
     /// The arm for a request: by `rouse-tag` if it names one, else by weighted choice.
     pub fn pick(&self, headers: &HeaderMap) -> &Arm {
-        // Most routes have no tags; they skip the header lookup.
-        if self.tagged
-            && let Some(tag) = headers.get(&TAG_HEADER)
-            && let Some(arm) = self.arms.iter().find(|a| {
-                a.tag
-                    .as_deref()
-                    .is_some_and(|t| t.as_bytes() == tag.as_bytes())
-            })
-        {
+        if let Some(arm) = self.tagged_arm(headers) {
             return arm;
         }
         // Validation guarantees a non-empty split summing to 100.
@@ -127,14 +133,7 @@ impl Route {
     /// client's pin if it names an arm still in the split, else by weighted choice, with the
     /// `Set-Cookie` that pins the client to it when pins are cookies.
     pub fn pick_for(&self, headers: &HeaderMap, sticky: &Sticky) -> (&Arm, Option<HeaderValue>) {
-        if self.tagged
-            && let Some(tag) = headers.get(&TAG_HEADER)
-            && let Some(arm) = self.arms.iter().find(|a| {
-                a.tag
-                    .as_deref()
-                    .is_some_and(|t| t.as_bytes() == tag.as_bytes())
-            })
-        {
+        if let Some(arm) = self.tagged_arm(headers) {
             return (arm, None);
         }
         let guard = self.rollout.as_ref().map(|r| r.split());
@@ -150,7 +149,7 @@ impl Route {
                 }
                 _ => {
                     sticky.new.inc();
-                    (self.pick(headers), None)
+                    (&self.arms[split.pick().unwrap_or(0)], None)
                 }
             },
             Pin::Cookie { name, .. } => {
@@ -176,7 +175,7 @@ impl Route {
                     Some(_) => sticky.replaced.inc(),
                     None => sticky.new.inc(),
                 };
-                let arm = self.pick(headers);
+                let arm = &self.arms[split.pick().unwrap_or(0)];
                 (arm, sticky.set_cookie(&arm.token))
             }
         }
