@@ -1,8 +1,9 @@
 //! A backend with two ports, as KServe's model servers have (REST on one, gRPC on another):
 //! HTTP/1.1 on `PORT` answers `rest PID`, and h2c on `--grpc PORT` (else `GRPC_PORT`) answers
 //! each unary gRPC call
-//! with one message, `grpc PID:REQUEST`, and `grpc-status: 0`. The tests start it as one
-//! process of a scaled revision, through rouse, to show that both ports are one backend.
+//! with one message, `grpc PID:REQUEST`, and `grpc-status: 0`, both on `HOST` (default
+//! 127.0.0.1). The tests start it as one process of a scaled revision, and as a pod, through
+//! rouse, to show that both ports are one backend.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request, Response};
@@ -72,7 +73,9 @@ async fn grpc(req: Request<Incoming>) -> Result<Response<Grpc>, Infallible> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let rest_l = TcpListener::bind(("127.0.0.1", port("PORT")))
+    // A pod's own address, or loopback.
+    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
+    let rest_l = TcpListener::bind((host.as_str(), port("PORT")))
         .await
         .expect("bind PORT");
     // The command line's port, so that rouse's `{grpc_port}` in arguments is what is used.
@@ -83,7 +86,7 @@ async fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| port("GRPC_PORT"));
-    let grpc_l = TcpListener::bind(("127.0.0.1", grpc_port))
+    let grpc_l = TcpListener::bind((host.as_str(), grpc_port))
         .await
         .expect("bind GRPC_PORT");
     tokio::spawn(async move {

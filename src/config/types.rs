@@ -225,6 +225,11 @@ pub struct KubeEndpoints {
     /// list one port.
     #[serde(default)]
     pub port: Option<PortRef>,
+    /// The pods' gRPC port, by name or number, as the EndpointSlices list it: gRPC requests
+    /// go to each pod on this port over h2c, everything else to `port` (one
+    /// `container_concurrency` for both).
+    #[serde(default)]
+    pub grpc_port: Option<PortRef>,
     /// Also use a pod the EndpointSlices list as not ready (and not terminating) as soon as
     /// it answers Knative's queue-proxy probe sent to it directly: the kubelet's readiness
     /// period and the slice update are then not part of a cold start.

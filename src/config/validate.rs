@@ -475,7 +475,7 @@ impl Validator {
                 if r.kubernetes.is_some() {
                     self.err(
                         format!("{rp}.grpc_port"),
-                        "is not supported for revisions from Kubernetes yet; give gRPC a revision of its own, on the Service's gRPC port",
+                        "is for processes and listed endpoints; for a Service's pods write kubernetes.grpc_port (its gRPC port by name or number)",
                     );
                 } else if g == 0 && r.scale.as_ref().and_then(|s| s.process.as_ref()).is_none() {
                     self.err(
@@ -722,6 +722,28 @@ impl Validator {
                 format!("{kp}.port"),
                 "0 is not a port; give 1-65535 or a port name",
             );
+        }
+        if let Some(g) = &k.grpc_port {
+            match g {
+                PortRef::Name(n) => self.port_name(&format!("{kp}.grpc_port"), n),
+                PortRef::Number(0) => self.err(
+                    format!("{kp}.grpc_port"),
+                    "0 is not a port; give 1-65535 or a port name",
+                ),
+                PortRef::Number(_) => {}
+            }
+            if r.protocol != Protocol::Http1 {
+                self.err(
+                    format!("{kp}.grpc_port"),
+                    "needs protocol http1: gRPC goes to this port over h2c, everything else to kubernetes.port over HTTP/1.1",
+                );
+            }
+            if k.grpc_port == k.port && k.port.is_some() {
+                self.err(
+                    format!("{kp}.grpc_port"),
+                    "is the same port as kubernetes.port; leave grpc_port out when one port serves both",
+                );
+            }
         }
         if let Some(kr) = &k.knative_revision {
             match kr.split_once('/') {
@@ -1063,7 +1085,7 @@ mod tests {
     #[test]
     fn kubernetes_sections_are_checked_with_their_key_paths() {
         let ok = with_revision(
-            "        kubernetes: { service: hello, namespace: apps, port: http }\n        scale: { deployment: hello.v1 }\n",
+            "        kubernetes: { service: hello, namespace: apps, port: http, grpc_port: 9090 }\n        scale: { deployment: hello.v1 }\n",
             "kubernetes: { namespace: apps, lease: { name: rouse.lock, duration: 10s }, peers: { service: rouse, port: admin } }\n",
         );
         assert_eq!(issues(&ok), Vec::<String>::new());
@@ -1093,6 +1115,31 @@ mod tests {
                 "        kubernetes: { service: hello, port: a-very-long-port-name }\n",
                 "",
                 format!("{p}.kubernetes.port: \"a-very-long-port-name\" is not a port name: use 1-15 lowercase letters, digits and '-' with at least one letter, as in the Service's ports"),
+            ),
+            (
+                "        grpc_port: 9090\n        kubernetes: { service: hello }\n",
+                "",
+                format!("{p}.grpc_port: is for processes and listed endpoints; for a Service's pods write kubernetes.grpc_port (its gRPC port by name or number)"),
+            ),
+            (
+                "        protocol: h2c\n        kubernetes: { service: hello, port: http, grpc_port: grpc }\n",
+                "",
+                format!("{p}.kubernetes.grpc_port: needs protocol http1: gRPC goes to this port over h2c, everything else to kubernetes.port over HTTP/1.1"),
+            ),
+            (
+                "        kubernetes: { service: hello, port: http, grpc_port: http }\n",
+                "",
+                format!("{p}.kubernetes.grpc_port: is the same port as kubernetes.port; leave grpc_port out when one port serves both"),
+            ),
+            (
+                "        kubernetes: { service: hello, grpc_port: 0 }\n",
+                "",
+                format!("{p}.kubernetes.grpc_port: 0 is not a port; give 1-65535 or a port name"),
+            ),
+            (
+                "        kubernetes: { service: hello, grpc_port: GRPC }\n",
+                "",
+                format!("{p}.kubernetes.grpc_port: \"GRPC\" is not a port name: use 1-15 lowercase letters, digits and '-' with at least one letter, as in the Service's ports"),
             ),
             (
                 "        kubernetes: { service: hello }\n        scale: { deployment: hello, stateful_set: hello }\n",

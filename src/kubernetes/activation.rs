@@ -100,6 +100,10 @@ impl Sink for PodSink {
         }
     }
 
+    fn grpc(&mut self, by_endpoint: &[(SocketAddr, SocketAddr)]) {
+        self.rev.set_grpc_addrs(by_endpoint);
+    }
+
     fn missing(&mut self, _why: &str) {
         // Knative creates a revision's private Service a moment after the Revision: requests
         // wait for it (within their timeout) instead of failing, as with Knative's activator.

@@ -109,6 +109,7 @@ pub fn service_for(rev: &DynamicObject, a: &ActivatorSettings) -> Option<config:
                 service: format!("{name}-private"),
                 namespace: Some(namespace.to_owned()),
                 port: Some(PortRef::Name(if h2c { "http2" } else { "http" }.to_owned())),
+                grpc_port: None,
                 probe_not_ready,
                 knative_revision: Some(format!("{namespace}/{name}")),
                 // Knative's public Service of the revision lists the activators in front of

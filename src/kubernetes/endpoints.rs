@@ -14,7 +14,7 @@ use crate::revision::Revision;
 use crate::scale::scaler::Backoff;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashSet};
@@ -32,6 +32,9 @@ pub struct Target {
     pub service: String,
     /// The port, or `None` when the slices list exactly one.
     pub port: Option<PortRef>,
+    /// The pods' gRPC port, when they serve gRPC on a port of their own
+    /// (`kubernetes.grpc_port`).
+    pub grpc_port: Option<PortRef>,
 }
 
 impl std::fmt::Display for Target {
@@ -49,17 +52,56 @@ pub struct Ready {
     pub not_ready: Vec<SocketAddr>,
     /// Why some endpoints could not be used (no such port, several ports and none named).
     pub problem: Option<String>,
+    /// Each listed endpoint's gRPC address (the same pod on the gRPC port), when one was
+    /// asked for and its slice lists it; in endpoint order.
+    pub grpc: Vec<(SocketAddr, SocketAddr)>,
 }
 
-/// The ready endpoints among `slices` for `port`.
+/// The number of `port` among a slice's ports (the only one when `port` is `None`).
+fn port_number(ports: &[EndpointPort], port: Option<&PortRef>) -> Option<u16> {
+    let n = match port {
+        Some(PortRef::Number(n)) => ports
+            .iter()
+            .find(|p| p.port == Some(i32::from(*n)))
+            .and_then(|p| p.port),
+        Some(PortRef::Name(name)) => ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| p.port),
+        None if ports.len() == 1 => ports[0].port,
+        None => None,
+    };
+    n.and_then(|n| u16::try_from(n).ok())
+}
+
+/// A slice's ports, for messages: `http (8080), grpc (9090)`.
+fn list_ports(ports: &[EndpointPort]) -> String {
+    let listed: Vec<String> = ports
+        .iter()
+        .map(|p| match (&p.name, p.port) {
+            (Some(n), Some(no)) if !n.is_empty() => format!("{n} ({no})"),
+            (_, Some(no)) => no.to_string(),
+            _ => "?".to_owned(),
+        })
+        .collect();
+    if listed.is_empty() {
+        "none".to_owned()
+    } else {
+        listed.join(", ")
+    }
+}
+
+/// The ready endpoints among `slices` for `port`, and their addresses on `grpc`.
 pub fn ready_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: Option<&PortRef>,
+    grpc: Option<&PortRef>,
 ) -> Ready {
     let mut out = Ready::default();
     let mut pods = HashSet::new();
     let mut unready: Vec<(SocketAddr, Option<String>)> = Vec::new();
     let mut seen = HashSet::new();
+    let mut grpc_of: BTreeMap<SocketAddr, SocketAddr> = BTreeMap::new();
     // Slices in name order, so that the choice between a pod's IPv4 and IPv6 address does
     // not depend on the order events arrived in; IPv4 first.
     let mut slices: Vec<&EndpointSlice> = slices.into_iter().collect();
@@ -72,48 +114,37 @@ pub fn ready_endpoints<'a>(
             continue;
         }
         let ports = slice.ports.as_deref().unwrap_or_default();
-        let number = match port {
-            Some(PortRef::Number(n)) => ports
-                .iter()
-                .find(|p| p.port == Some(i32::from(*n)))
-                .and_then(|p| p.port),
-            Some(PortRef::Name(name)) => ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .and_then(|p| p.port),
-            None if ports.len() == 1 => ports[0].port,
-            None if ports.is_empty() => None,
-            None => {
-                let names: Vec<_> = ports.iter().filter_map(|p| p.name.as_deref()).collect();
-                out.problem = Some(format!(
-                    "the Service has several ports ({}); name one with kubernetes.port",
-                    names.join(", ")
-                ));
-                continue;
-            }
-        };
-        let Some(number) = number.and_then(|n| u16::try_from(n).ok()) else {
-            if slice.endpoints.as_ref().is_some_and(|e| !e.is_empty()) {
-                let listed: Vec<String> = ports
-                    .iter()
-                    .map(|p| match (&p.name, p.port) {
-                        (Some(n), Some(no)) if !n.is_empty() => format!("{n} ({no})"),
-                        (_, Some(no)) => no.to_string(),
-                        _ => "?".to_owned(),
-                    })
-                    .collect();
+        let has_endpoints = slice.endpoints.as_ref().is_some_and(|e| !e.is_empty());
+        if port.is_none() && ports.len() > 1 {
+            let names: Vec<_> = ports.iter().filter_map(|p| p.name.as_deref()).collect();
+            out.problem = Some(format!(
+                "the Service has several ports ({}); name one with kubernetes.port",
+                names.join(", ")
+            ));
+            continue;
+        }
+        let Some(number) = port_number(ports, port) else {
+            if has_endpoints {
                 out.problem = Some(format!(
                     "no port {} in the Service's EndpointSlices (they list: {})",
                     port.map_or_else(|| "at all".to_owned(), ToString::to_string),
-                    if listed.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        listed.join(", ")
-                    }
+                    list_ports(ports)
                 ));
             }
             continue;
         };
+        // Without its gRPC port a pod still serves everything else; gRPC to it fails, and
+        // the problem says why.
+        let grpc_number = grpc.and_then(|g| {
+            let n = port_number(ports, Some(g));
+            if n.is_none() && has_endpoints {
+                out.problem = Some(format!(
+                    "no gRPC port {g} (kubernetes.grpc_port) in the Service's EndpointSlices (they list: {})",
+                    list_ports(ports)
+                ));
+            }
+            n
+        });
         for ep in slice.endpoints.iter().flatten() {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             let terminating = ep
@@ -127,6 +158,9 @@ pub fn ready_endpoints<'a>(
                 {
                     let uid = ep.target_ref.as_ref().and_then(|t| t.uid.clone());
                     unready.push((SocketAddr::new(ip, number), uid));
+                    if let Some(g) = grpc_number {
+                        grpc_of.insert(SocketAddr::new(ip, number), SocketAddr::new(ip, g));
+                    }
                 }
                 continue;
             }
@@ -142,6 +176,9 @@ pub fn ready_endpoints<'a>(
             let addr = SocketAddr::new(ip, number);
             if seen.insert(addr) {
                 out.addrs.push(addr);
+                if let Some(g) = grpc_number {
+                    grpc_of.insert(addr, SocketAddr::new(ip, g));
+                }
             }
         }
     }
@@ -158,6 +195,10 @@ pub fn ready_endpoints<'a>(
         }
     }
     out.not_ready.sort();
+    out.grpc = grpc_of
+        .into_iter()
+        .filter(|(a, _)| seen.contains(a) || out.not_ready.contains(a))
+        .collect();
     out
 }
 
@@ -177,6 +218,11 @@ pub trait Sink: Send + 'static {
     }
     /// The Service cannot give endpoints at all (`why`); asked again until it can.
     fn missing(&mut self, why: &str);
+    /// The endpoints' gRPC addresses (`kubernetes.grpc_port`) changed; told before the
+    /// endpoints themselves, so new ones are made with theirs.
+    fn grpc(&mut self, by_endpoint: &[(SocketAddr, SocketAddr)]) {
+        let _ = by_endpoint;
+    }
 }
 
 /// A revision's endpoints: the ready pods get new requests; the others' requests finish.
@@ -193,6 +239,10 @@ impl Sink for RevisionSink {
         if !addrs.is_empty() {
             self.0.clear_failure();
         }
+    }
+
+    fn grpc(&mut self, by_endpoint: &[(SocketAddr, SocketAddr)]) {
+        self.0.set_grpc_addrs(by_endpoint);
     }
 
     fn missing(&mut self, why: &str) {
@@ -315,12 +365,20 @@ pub async fn follow(
         if !changed {
             continue;
         }
-        let now = ready_endpoints(slices.values(), target.port.as_ref());
+        let now = ready_endpoints(
+            slices.values(),
+            target.port.as_ref(),
+            target.grpc_port.as_ref(),
+        );
         match &now.problem {
             Some(p) => health.report(&format!("port of Service {target}"), p),
             None => health.clear(&format!("port of Service {target}")),
         }
         recheck = check_service(&services, &target, &mut sink, &health, slices.is_empty()).await;
+        let grpc_changed = last.as_ref().is_none_or(|l| l.grpc != now.grpc);
+        if grpc_changed && target.grpc_port.is_some() {
+            sink.grpc(&now.grpc);
+        }
         if last
             .as_ref()
             .is_none_or(|l| l.addrs != now.addrs || l.not_ready != now.not_ready)
@@ -485,7 +543,7 @@ mod tests {
                 ("10.0.0.3", "p3", None),
             ],
         );
-        let r = ready_endpoints([&s], Some(&PortRef::Name("http".into())));
+        let r = ready_endpoints([&s], Some(&PortRef::Name("http".into())), None);
         assert_eq!(addrs(&r), ["10.0.0.1:8080", "10.0.0.3:8080"]);
         assert_eq!(r.problem, None);
     }
@@ -518,7 +576,7 @@ mod tests {
                 ("fd00::2", "p2", Some(false)),
             ],
         );
-        let r = ready_endpoints([&s, &v6], Some(&PortRef::Name("http".into())));
+        let r = ready_endpoints([&s, &v6], Some(&PortRef::Name("http".into())), None);
         assert_eq!(addrs(&r), ["10.0.0.1:8012", "[fd00::4]:8012"]);
         let not_ready: Vec<String> = r.not_ready.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -542,7 +600,7 @@ mod tests {
             &[("http", 80)],
             &[("fd00::1", "p1", Some(true)), ("fd00::2", "p2", Some(true))],
         );
-        let r = ready_endpoints([&v6, &v4], None);
+        let r = ready_endpoints([&v6, &v4], None, None);
         assert_eq!(addrs(&r), ["10.0.0.1:80", "[fd00::2]:80"]);
     }
 
@@ -555,21 +613,68 @@ mod tests {
             &[("10.0.0.1", "p1", Some(true))],
         );
         assert_eq!(
-            addrs(&ready_endpoints([&s], Some(&PortRef::Name("grpc".into())))),
+            addrs(&ready_endpoints(
+                [&s],
+                Some(&PortRef::Name("grpc".into())),
+                None
+            )),
             ["10.0.0.1:9000"]
         );
         assert_eq!(
-            addrs(&ready_endpoints([&s], Some(&PortRef::Number(8080)))),
+            addrs(&ready_endpoints([&s], Some(&PortRef::Number(8080)), None)),
             ["10.0.0.1:8080"]
         );
-        let r = ready_endpoints([&s], Some(&PortRef::Name("web".into())));
+        let r = ready_endpoints([&s], Some(&PortRef::Name("web".into())), None);
         assert!(r.addrs.is_empty());
         let p = r.problem.unwrap();
         assert!(
             p.contains("no port \"web\"") && p.contains("http (8080), grpc (9000)"),
             "{p}"
         );
-        let r = ready_endpoints([&s], None);
+        let r = ready_endpoints([&s], None, None);
         assert!(r.problem.unwrap().contains("several ports (http, grpc)"));
+    }
+
+    #[test]
+    fn each_endpoint_gets_its_pods_grpc_port_and_a_missing_one_is_named() {
+        let s = slice(
+            "a",
+            "IPv4",
+            &[("http", 8080), ("grpc", 9000)],
+            &[
+                ("10.0.0.1", "p1", Some(true)),
+                ("10.0.0.2", "p2", Some(false)),
+            ],
+        );
+        let http = PortRef::Name("http".into());
+        let r = ready_endpoints([&s], Some(&http), Some(&PortRef::Name("grpc".into())));
+        assert_eq!(r.problem, None);
+        let grpc: Vec<(String, String)> = r
+            .grpc
+            .iter()
+            .map(|(a, g)| (a.to_string(), g.to_string()))
+            .collect();
+        // The pod on its way up has one too, for when it is taken before the kubelet says so.
+        assert_eq!(
+            grpc,
+            [
+                ("10.0.0.1:8080".to_owned(), "10.0.0.1:9000".to_owned()),
+                ("10.0.0.2:8080".to_owned(), "10.0.0.2:9000".to_owned()),
+            ]
+        );
+        assert_eq!(
+            ready_endpoints([&s], Some(&http), Some(&PortRef::Number(9000))).grpc,
+            r.grpc
+        );
+        // Without it, the pods still serve the rest; gRPC has nowhere to go, and that is said.
+        let r = ready_endpoints([&s], Some(&http), Some(&PortRef::Name("grcp".into())));
+        assert_eq!(addrs(&r), ["10.0.0.1:8080"]);
+        assert!(r.grpc.is_empty());
+        let p = r.problem.unwrap();
+        assert!(
+            p.contains("no gRPC port \"grcp\" (kubernetes.grpc_port)")
+                && p.contains("http (8080), grpc (9000)"),
+            "{p}"
+        );
     }
 }

@@ -211,6 +211,7 @@ impl Kube {
                     .unwrap_or_else(|| self.own_namespace.clone()),
                 service: p.service.clone(),
                 port: Some(p.port.clone()),
+                grpc_port: None,
             };
             tasks.push(tokio::spawn(endpoints::follow(
                 client.clone(),
@@ -271,6 +272,7 @@ impl Kube {
                 namespace: self.namespace_of(k),
                 service: k.service.clone(),
                 port: k.port.clone(),
+                grpc_port: k.grpc_port.clone(),
             };
             let mode = (k.probe_not_ready, k.shared_by.clone());
             if let Some(w) = watches.remove(&key) {
@@ -301,6 +303,7 @@ impl Kube {
                                 }
                                 .to_owned(),
                             )),
+                            grpc_port: None,
                         },
                         own,
                     },

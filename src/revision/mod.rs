@@ -94,7 +94,8 @@ pub struct Revision {
     floor: AtomicU32,
     /// `clock::now_ms()` when its start from zero began; 0 when it is not starting.
     starting_at: AtomicU64,
-    /// The gRPC port of each process given one, by its main address.
+    /// The gRPC address of each backend given its own (a process given two ports, a pod's
+    /// `kubernetes.grpc_port`), by its main address.
     grpc_addrs: Mutex<std::collections::HashMap<SocketAddr, SocketAddr>>,
     /// Set by a stats reporter that found the revision idle for a whole period: the next
     /// request is the first after idleness, which the reporter announces at once.
@@ -216,6 +217,26 @@ impl Revision {
             Some(g) => m.insert(addr, g),
             None => m.remove(&addr),
         };
+    }
+
+    /// Replaces every backend's gRPC address (a Service's pods and their gRPC port). An
+    /// endpoint whose gRPC address changed is made again; requests on the old one finish.
+    pub fn set_grpc_addrs(&self, by_endpoint: &[(SocketAddr, SocketAddr)]) {
+        *self.grpc_addrs.lock().unwrap_or_else(|p| p.into_inner()) =
+            by_endpoint.iter().copied().collect();
+        let old = self.endpoints();
+        let want = |e: &Endpoint| by_endpoint.iter().find(|(a, _)| *a == e.addr).map(|g| g.1);
+        if old.iter().all(|e| e.grpc == want(e)) {
+            return;
+        }
+        let next = old
+            .iter()
+            .map(|e| match e.grpc == want(e) {
+                true => e.clone(),
+                false => self.make_endpoint(e.addr),
+            })
+            .collect();
+        self.set_endpoints(next);
     }
 
     /// Sets the endpoints by address, keeping the live state of those already present.
@@ -928,5 +949,29 @@ mod tests {
             assert!(b.await.unwrap().is_ok());
         }
         assert!(held.await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_changed_grpc_address_remakes_only_its_endpoint() {
+        let r = rev(1, 2, LIMITS);
+        let mut settings = (*r.settings()).clone();
+        settings.grpc_port = Some(0);
+        r.update(settings);
+        let before = r.endpoints();
+        let a = before[0].addr;
+        let g = SocketAddr::from(([127, 0, 0, 1], 2000));
+        r.set_grpc_addrs(&[(a, g)]);
+        let after = r.endpoints();
+        assert_eq!(after[0].grpc, Some(g));
+        assert!(!Arc::ptr_eq(&before[0], &after[0]), "made again");
+        assert!(Arc::ptr_eq(&before[1], &after[1]), "kept, with its pool");
+        assert_eq!(after[1].grpc, None);
+        // The same map again changes nothing; an endpoint added later is made with its own.
+        r.set_grpc_addrs(&[(a, g)]);
+        assert!(Arc::ptr_eq(&after[0], &r.endpoints()[0]));
+        let c = SocketAddr::from(([127, 0, 0, 1], 1005));
+        r.set_grpc_addrs(&[(a, g), (c, SocketAddr::from(([127, 0, 0, 1], 2005)))]);
+        r.set_endpoint_addrs(&[a, c]);
+        assert_eq!(r.endpoints()[1].grpc.map(|g| g.port()), Some(2005));
     }
 }

@@ -39,7 +39,8 @@ pub struct RevisionSettings {
     /// The Knative Revision (namespace, name) whose demand is reported to Knative's
     /// autoscaler.
     pub knative: Option<Arc<(String, String)>>,
-    /// The backends' gRPC port (`grpc_port`): 0 when each process is given one.
+    /// The backends' gRPC port (`grpc_port`): 0 when each backend is given its own (processes
+    /// given two ports, pods with `kubernetes.grpc_port`).
     pub grpc_port: Option<u16>,
 }
 
@@ -89,7 +90,11 @@ impl RevisionSettings {
                     .waiting_page
                     .then(|| crate::http::waiting::page(&r.name)),
             },
-            grpc_port: r.grpc_port,
+            // A Service's pods: each endpoint's gRPC address comes with it from the slices.
+            grpc_port: match r.kubernetes.as_ref().and_then(|k| k.grpc_port.as_ref()) {
+                Some(_) => Some(0),
+                None => r.grpc_port,
+            },
             knative: r
                 .kubernetes
                 .as_ref()

@@ -630,20 +630,6 @@ async fn a_pin_holds_across_the_services_routes() {
     );
 }
 
-/// The two-port backend example (REST on `PORT`, gRPC on `GRPC_PORT`), built by `cargo test`
-/// next to this test binary.
-fn two_port_backend() -> String {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples/two_port_backend");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds it; a run of one test target does not (`cargo build --example two_port_backend`)",
-        path.display()
-    );
-    path.to_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_and_grpc_reach_one_process_through_one_cold_start() {
     let gw = Cfg::new()
@@ -662,41 +648,22 @@ async fn rest_and_grpc_reach_one_process_through_one_cold_start() {
         .start()
         .await;
     // A gRPC call first: it wakes the revision and waits for it, over h2c to its gRPC port.
-    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr()).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut msg = bytes::BytesMut::new();
-    bytes::BufMut::put_u8(&mut msg, 0);
-    bytes::BufMut::put_u32(&mut msg, 5);
-    msg.extend_from_slice(b"hello");
-    let req = http::Request::post("http://model.local/inference.GRPCInferenceService/ModelReady")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(http_body_util::Full::new(msg.freeze()))
-        .unwrap();
-    let res = send.send_request(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let call = grpc_call(gw.addr(), "model.local", "hello").await;
+    assert_eq!(call.status, StatusCode::OK);
     assert_eq!(
-        res.headers()
+        call.headers
             .get("rouse-cold-start")
             .map(|v| v.to_str().unwrap()),
         Some("true"),
         "{:?}",
-        res.headers()
+        call.headers
     );
-    let collected = http_body_util::BodyExt::collect(res.into_body())
-        .await
-        .unwrap();
-    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
-    let body = collected.to_bytes();
-    let reply = String::from_utf8_lossy(&body[5..]).into_owned();
-    let grpc_pid = reply
+    assert_eq!(call.grpc_status, "0");
+    let grpc_pid = call
+        .reply
         .strip_prefix("grpc ")
         .and_then(|r| r.strip_suffix(":hello"))
-        .unwrap_or_else(|| panic!("{reply}"))
+        .unwrap_or_else(|| panic!("{}", call.reply))
         .to_owned();
     // REST goes to the same process's HTTP port.
     let rest = get(&h1_client(), gw.addr(), "x", "/v2/models/m", &[]).await;

@@ -136,6 +136,10 @@ fn sh(args: &[&str]) {
     assert!(ok, "{args:?} failed");
 }
 
+/// A pod of the two-port example backend: REST on its first container port (`PORT`), gRPC
+/// on `GRPC_PORT`.
+pub const TWO_PORT_IMAGE: &str = "rouse.test/two-port";
+
 /// Sets the environment up, runs `f`, and tears everything down.
 pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
     sh(&["ip", "link", "set", "lo", "up"]);
@@ -152,13 +156,24 @@ pub fn with_env<T>(f: impl FnOnce() -> T) -> T {
     block_on(async {
         let cluster = Cluster::start(&bin, &dir).await;
         let admin = cluster.admin().await;
-        let mut images = HashMap::from([(
-            "rouse.test/backend".to_owned(),
-            Image {
-                command: vec!["python3".to_owned(), support::BACKEND_PY.to_owned()],
-                own_network: false,
-            },
-        )]);
+        let mut images = HashMap::from([
+            (
+                "rouse.test/backend".to_owned(),
+                Image {
+                    command: vec!["python3".to_owned(), support::BACKEND_PY.to_owned()],
+                    own_network: false,
+                },
+            ),
+            (
+                TWO_PORT_IMAGE.to_owned(),
+                Image {
+                    // Built by `cargo test`, or `cargo build --example two_port_backend`; a
+                    // pod of it fails to start, saying so, when it is missing.
+                    command: vec![support::two_port_backend_path().display().to_string()],
+                    own_network: false,
+                },
+            ),
+        ]);
         // Knative's test images, when the conformance run built them.
         if let Ok(dir) = std::env::var("ROUSE_KNATIVE_BIN") {
             for name in crate::conformance::IMAGES {

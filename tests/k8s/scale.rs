@@ -1,8 +1,10 @@
 //! Scale to zero and back through real Deployments: rouse patches the scale subresource, the
 //! controllers make Pods, the local node runs them, and rouse follows their EndpointSlices.
 
-use crate::env::{ROUSE_USER, Rouse, app, env, eventually, hello_config, namespace, replicas};
-use crate::support::{get, h1_client};
+use crate::env::{
+    ROUSE_USER, Rouse, TWO_PORT_IMAGE, app, env, eventually, hello_config, namespace, replicas,
+};
+use crate::support::{get, grpc_call, h1_client};
 use crate::trial;
 use http::StatusCode;
 use libtest_mimic::Trial;
@@ -41,6 +43,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "traffic_splits_across_two_deployments",
             traffic_splits_across_two_deployments,
+        ),
+        trial(
+            "rest_and_grpc_reach_the_same_pod_on_its_two_ports",
+            rest_and_grpc_reach_the_same_pod_on_its_two_ports,
         ),
     ]
 }
@@ -401,6 +407,118 @@ async fn a_new_leader_cuts_no_running_pods_before_its_window_holds_demand() {
         "scaled down after the window",
         Duration::from_secs(20),
         || async { replicas(&ns, "hello").await < 2 },
+    )
+    .await;
+}
+
+/// A model server's pods serve REST on `http` and gRPC on `grpc` (KServe's layout): with
+/// `kubernetes.grpc_port`, one revision takes both, and one cold start serves a gRPC call.
+async fn rest_and_grpc_reach_the_same_pod_on_its_two_ports() {
+    let _shared = env().exclusive.read().await;
+    let ns = namespace("two-ports").await;
+    let admin = env().admin.clone();
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "model" },
+        "spec": {
+            "replicas": 0,
+            "selector": { "matchLabels": { "app": "model" } },
+            "template": {
+                "metadata": { "labels": { "app": "model" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "model",
+                        "image": TWO_PORT_IMAGE,
+                        "ports": [
+                            { "name": "http", "containerPort": 8080 },
+                            { "name": "grpc", "containerPort": 9090 },
+                        ],
+                        "env": [{ "name": "GRPC_PORT", "value": "9090" }],
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &d)
+        .await
+        .unwrap();
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "model" },
+        "spec": { "selector": { "app": "model" }, "ports": [
+            { "name": "http", "port": 80, "targetPort": "http" },
+            { "name": "grpc", "port": 81, "targetPort": "grpc" },
+        ] },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &svc)
+        .await
+        .unwrap();
+    // `typo` names a gRPC port the Service does not have: its REST still works, and
+    // /readyz says what is wrong.
+    let cfg = format!(
+        "kubernetes: {{ namespace: {ns}, lease: {{ namespace: {ns}, duration: 3s }} }}
+services:
+  - name: model
+    hosts: [model.test]
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+        container_concurrency: 4
+        kubernetes: {{ service: model, port: http, grpc_port: grpc }}
+        scale: {{ min: 0, max: 1, idle_grace: 60s, deployment: model }}
+  - name: typo
+    hosts: [typo.test]
+    traffic: [{{ revision: v1, percent: 100 }}]
+    revisions:
+      - name: v1
+        kubernetes: {{ service: model, port: http, grpc_port: grcp }}
+"
+    );
+    let rouse = Rouse::start("two-ports", ROUSE_USER, &cfg).await;
+    rouse.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(replicas(&ns, "model").await, 0);
+
+    // The gRPC call wakes the Deployment and goes to the pod's gRPC port over h2c.
+    let call = grpc_call(rouse.addr, "model.test", "ready?").await;
+    assert_eq!(call.status, StatusCode::OK, "{call:?}");
+    assert_eq!(call.grpc_status, "0", "{call:?}");
+    assert_eq!(
+        call.headers
+            .get("rouse-cold-start")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    let pid = call
+        .reply
+        .strip_prefix("grpc ")
+        .and_then(|r| r.strip_suffix(":ready?"))
+        .unwrap_or_else(|| panic!("{call:?}"))
+        .to_owned();
+    assert_eq!(replicas(&ns, "model").await, 1);
+    // REST to the same pod's HTTP port, through the same endpoint.
+    let rest = get(&h1_client(), rouse.addr, "model.test", "/v2/models/m", &[]).await;
+    assert_eq!(rest.status, StatusCode::OK, "{}", rest.body);
+    assert_eq!(rest.body, format!("rest {pid}"), "one pod serves both");
+    assert_eq!(
+        rouse
+            .metric("rouse_revision_endpoints{service=\"model\",revision=\"v1\"}")
+            .await,
+        1.0
+    );
+
+    // The misnamed gRPC port: REST is served, the problem is named.
+    let rest = get(&h1_client(), rouse.addr, "typo.test", "/", &[]).await;
+    assert_eq!(rest.status, StatusCode::OK, "{}", rest.body);
+    assert_eq!(rest.body, format!("rest {pid}"));
+    let wanted =
+        "no gRPC port \"grcp\" (kubernetes.grpc_port) in the Service's EndpointSlices (they list: ";
+    eventually(
+        "the missing gRPC port on /readyz",
+        Duration::from_secs(10),
+        || async { rouse.admin_get("/readyz").await.1.contains(wanted) },
     )
     .await;
 }

@@ -248,6 +248,7 @@ pub async fn run(
             namespace: settings.namespace.clone(),
             service: settings.class.private_service.clone(),
             port: Some(PortRef::Name("http".to_owned())),
+            grpc_port: None,
         },
         AddrSink(pods_tx),
         health.clone(),

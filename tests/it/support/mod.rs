@@ -536,6 +536,75 @@ pub fn run_binary(config: &std::path::Path) -> Proc {
 /// The test app run as a process (see its header for what it does).
 pub const BACKEND_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
 
+/// Where the two-port backend example (REST on `PORT`, gRPC on `GRPC_PORT`) is built: next
+/// to this test binary.
+pub fn two_port_backend_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples/two_port_backend")
+}
+
+/// The two-port backend example, which `cargo test` builds (a run of one test target does not).
+pub fn two_port_backend() -> String {
+    let path = two_port_backend_path();
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it; a run of one test target does not (`cargo build --example two_port_backend`)",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+/// What a unary gRPC call answered.
+#[derive(Debug)]
+pub struct GrpcReply {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The response's headers.
+    pub headers: http::HeaderMap,
+    /// The `grpc-status` trailer ("" without one).
+    pub grpc_status: String,
+    /// The first message, as text.
+    pub reply: String,
+}
+
+/// One unary gRPC call with message `msg` to `addr` over h2c, as `authority`, of the
+/// two-port example's method.
+pub async fn grpc_call(addr: SocketAddr, authority: &str, msg: &str) -> GrpcReply {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut framed = bytes::BytesMut::new();
+    bytes::BufMut::put_u8(&mut framed, 0);
+    bytes::BufMut::put_u32(&mut framed, u32::try_from(msg.len()).unwrap());
+    framed.extend_from_slice(msg.as_bytes());
+    let req = http::Request::post(format!(
+        "http://{authority}/inference.GRPCInferenceService/ModelReady"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Full::new(framed.freeze()))
+    .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let collected = body.collect().await.unwrap();
+    let grpc_status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = collected.to_bytes();
+    GrpcReply {
+        status: parts.status,
+        headers: parts.headers,
+        grpc_status,
+        reply: String::from_utf8_lossy(body.get(5..).unwrap_or_default()).into_owned(),
+    }
+}
+
 /// Whether process `pid` still exists.
 pub fn pid_alive(pid: &str) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
