@@ -6,6 +6,8 @@
 #            matched service
 #   headers  any request headers through hop-by-hop stripping and the forwarding headers: no
 #            panic, nothing connection-scoped forwarded
+#   framing  any bytes as a client's HTTP/1.1 stream through the framing check: no panic, the
+#            same verdict however the bytes are cut
 #
 #   scripts/fuzz.sh                      # every target, 60 s each
 #   FUZZ_SECONDS=900 scripts/fuzz.sh config
@@ -19,7 +21,7 @@ rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly -
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config route headers)
+[ ${#targets[@]} -gt 0 ] || targets=(config route headers framing)
 # The shipped configs are the config target's first inputs.
 mkdir -p corpus/config
 cp "$ROOT"/config/*.yaml corpus/config/

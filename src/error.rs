@@ -10,6 +10,7 @@
 //! what gRPC libraries read; a text body would reach them as an opaque protocol error.
 
 use crate::http::body::{PLAIN, ProxyBody};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -448,6 +449,23 @@ impl ProxyError {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
+    }
+}
+
+impl ProxyError {
+    /// This failure as a whole HTTP/1.1 answer that ends the connection, for a request refused
+    /// before hyper could parse it (its framing broke a rule; see `http::strict`).
+    pub fn http1_close(&self) -> Bytes {
+        let code = self.code();
+        let status = code.status();
+        let text = format!("{self}\n");
+        Bytes::from(format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {PLAIN}\r\nrouse-error: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{text}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            code.as_str(),
+            text.len(),
+        ))
     }
 }
 

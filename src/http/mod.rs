@@ -1,4 +1,5 @@
-//! HTTP on the wire, and nothing about revisions: the listener ([`server`]), TLS ([`tls`]), the
+//! HTTP on the wire, and nothing about revisions: the listener ([`server`]) and its check of
+//! HTTP/1.1 framing ([`strict`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]), the response body ([`body`]), header rewriting
 //! ([`headers`]), upgraded connections ([`tunnel`]) and the page browsers get while a
 //! revision starts ([`waiting`]).
@@ -7,6 +8,7 @@ pub mod body;
 pub mod client;
 pub mod headers;
 pub mod server;
+pub mod strict;
 pub mod tls;
 pub mod tunnel;
 pub mod waiting;

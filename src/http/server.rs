@@ -4,6 +4,7 @@
 
 use crate::http::body::{BoxError, Cut};
 use crate::http::headers::ClientAddr;
+use crate::http::strict::{Broken, Strict};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -73,6 +74,12 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// An HTTP/1.1 request was refused for its framing before it could be parsed (see
+    /// [`strict`](super::strict)); it was answered 400 and its connection closed.
+    fn refused(&self, why: Broken) {
+        let _ = why;
+    }
 }
 
 /// Listener settings.
@@ -226,17 +233,23 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Wire>> {
 }
 
 /// False only when `head` holds a complete first line that is not an HTTP/1.x request line
-/// (`METHOD target HTTP/1.x`); a line not yet complete is left to the HTTP/1.1 parser.
+/// (`METHOD target HTTP/1.x`); a line not yet complete is left to the HTTP/1.1 parser. A line
+/// that ends in a bare LF counts as a line here, so that such a request gets its 400 from
+/// [`Strict`] rather than a silent close.
 fn may_be_http1(head: &[u8]) -> bool {
     // Empty lines before a request line are to be ignored (RFC 9112 §2.2).
     let mut head = head;
-    while let Some(rest) = head.strip_prefix(b"\r\n") {
+    while let Some(rest) = head
+        .strip_prefix(b"\r\n")
+        .or_else(|| head.strip_prefix(b"\n"))
+    {
         head = rest;
     }
-    match head.windows(2).position(|w| w == b"\r\n") {
+    match memchr::memchr(b'\n', head) {
         None => true,
         Some(end) => {
             let line = &head[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")
         }
     }
@@ -382,6 +395,17 @@ impl<S: ConnService> hyper::service::Service<Request<Incoming>> for Noted<S> {
     }
 }
 
+/// What one client connection is served with, besides its stream and service.
+struct Conn<F> {
+    /// Turns true when the listener stops: finish gracefully.
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    /// Closes an HTTP/1.1 connection at once.
+    cut: Cut,
+    /// Told when an HTTP/1.1 request is refused for its framing.
+    refused: F,
+}
+
 /// The HTTP/1.1 and HTTP/2 settings every connection of a listener shares.
 struct Protocols {
     http1: http1::Builder,
@@ -412,21 +436,21 @@ impl Protocols {
     }
 
     /// Serves one connection in the protocol it speaks, to its end.
-    async fn serve<I, S>(
-        &self,
-        io: I,
-        wire: Wire,
-        svc: S,
-        stop: watch::Receiver<bool>,
-        peer: SocketAddr,
-        cut: Cut,
-    ) where
+    async fn serve<I, S, F>(&self, io: I, wire: Wire, svc: S, conn: Conn<F>)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
+        F: FnOnce(Broken) + Send + Unpin + 'static,
     {
-        let io = TokioIo::new(io);
+        let Conn {
+            stop,
+            peer,
+            cut,
+            refused,
+        } = conn;
         let result = match wire {
             Wire::Http1 => {
+                let io = TokioIo::new(Strict::new(io, refused));
                 let conn = self.http1.serve_connection(io, svc).with_upgrades();
                 run(conn, stop, Some(cut), None).await
             }
@@ -437,7 +461,7 @@ impl Protocols {
                     inner: svc,
                     last: last.clone(),
                 };
-                let conn = self.http2.serve_connection(io, svc);
+                let conn = self.http2.serve_connection(TokioIo::new(io), svc);
                 Box::pin(run(conn, stop, None, Some((last, self.idle_timeout)))).await
             }
         };
@@ -447,16 +471,12 @@ impl Protocols {
     }
 
     /// Serves a plain TCP connection: HTTP/1.1 or h2c with prior knowledge on the same port.
-    async fn serve_tcp<S>(
-        &self,
-        stream: TcpStream,
-        svc: S,
-        stop: watch::Receiver<bool>,
-        peer: SocketAddr,
-        cut: Cut,
-    ) where
+    async fn serve_tcp<S, F>(&self, stream: TcpStream, svc: S, conn: Conn<F>)
+    where
         S: ConnService,
+        F: FnOnce(Broken) + Send + Unpin + 'static,
     {
+        let peer = conn.peer;
         // A client that connects and sends nothing is held no longer than one that sends half
         // a request head.
         let first = within(
@@ -468,22 +488,17 @@ impl Protocols {
         let Some(Some(wire)) = first.await else {
             return;
         };
-        self.serve(stream, wire, svc, stop, peer, cut).await;
+        self.serve(stream, wire, svc, conn).await;
     }
 
     /// Serves a TLS connection in the protocol ALPN agreed; without ALPN that is HTTP/1.1, since
     /// HTTP/2 over TLS requires ALPN (RFC 9113, section 3.3).
-    async fn serve_tls<S>(
-        &self,
-        stream: TcpStream,
-        tls: TlsListener,
-        svc: S,
-        stop: watch::Receiver<bool>,
-        peer: SocketAddr,
-        cut: Cut,
-    ) where
+    async fn serve_tls<S, F>(&self, stream: TcpStream, tls: TlsListener, svc: S, conn: Conn<F>)
+    where
         S: ConnService,
+        F: FnOnce(Broken) + Send + Unpin + 'static,
     {
+        let peer = conn.peer;
         let handshake = tls.acceptor.accept(stream);
         let Some(s) = within(tls.handshake_timeout, handshake, peer, "TLS handshake").await else {
             return;
@@ -492,7 +507,7 @@ impl Protocols {
             Some(b"h2") => Wire::H2,
             _ => Wire::Http1,
         };
-        self.serve(s, wire, svc, stop, peer, cut).await;
+        self.serve(s, wire, svc, conn).await;
     }
 }
 
@@ -561,6 +576,8 @@ pub async fn serve<H: Handler>(
                     cut: cut.clone(),
                 };
                 let h = handler.clone();
+                let told = handler.clone();
+                let refused = move |why| told.refused(why);
                 let svc = hyper::service::service_fn(move |req| {
                     let (h, conn) = (h.clone(), conn.clone());
                     async move { Ok::<_, Infallible>(h.call(req, conn).await) }
@@ -572,12 +589,18 @@ pub async fn serve<H: Handler>(
                     // so the place is kept until its tunnel ends too.
                     let _permit = permit;
                     let held = cut.clone();
+                    let c = Conn {
+                        stop,
+                        peer,
+                        cut,
+                        refused,
+                    };
                     match tls {
-                        None => p.serve_tcp(stream, svc, stop, peer, cut).await,
+                        None => p.serve_tcp(stream, svc, c).await,
                         // The handshake runs here, not in the accept loop, so a slow client
                         // cannot hold up others. Boxed, so that the TLS session's state is not
                         // part of every plain connection's task.
-                        Some(t) => Box::pin(p.serve_tls(stream, t, svc, stop, peer, cut)).await,
+                        Some(t) => Box::pin(p.serve_tls(stream, t, svc, c)).await,
                     }
                     held.tunnels_closed().await;
                 });

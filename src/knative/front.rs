@@ -98,6 +98,10 @@ impl Handler for QueueHandler {
             }
         }
     }
+
+    fn refused(&self, why: crate::http::strict::Broken) {
+        self.proxy.refused_framing(why);
+    }
 }
 
 /// The autoscaler's stats port: `GET /metrics` answers the latest `Stat` in protobuf,

@@ -383,6 +383,14 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A request refused for its framing (see `http::strict`): counted as a bad request.
+    pub fn refused_framing(&self, why: crate::http::strict::Broken) {
+        self.metrics.unrouted(Code::BadRequest);
+        debug!(reason = why.message(), "request refused for its framing");
+    }
+}
+
 impl Handler for Proxy {
     type Body = Body;
 
@@ -392,6 +400,10 @@ impl Handler for Proxy {
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         self.serve(req, conn, false)
+    }
+
+    fn refused(&self, why: crate::http::strict::Broken) {
+        self.refused_framing(why);
     }
 }
 

@@ -837,3 +837,23 @@ async fn grpc_health_probe_needs_serving() {
         assert_eq!(got.status, want, "service {service}: {}", got.body);
     }
 }
+
+/// The drop-in checks HTTP/1.1 framing as the gateway does: Content-Length beside
+/// Transfer-Encoding is refused before the app sees anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_refused_before_the_app_sees_it() {
+    let app = Backend::start("app").await;
+    let sc = start(args(app.addr, 0)).await;
+    let out = raw(
+        sc.addr(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("send one of them"), "{out}");
+    assert_eq!(app.requests(), 0);
+    // A well-framed request on a new connection is served.
+    let got = get(&h1_client(), sc.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(app.requests(), 1);
+}

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 struct Pki {
@@ -209,6 +210,18 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     assert_eq!(
         be.headers_at("/p").get("x-forwarded-proto").unwrap(),
         "https"
+    );
+    // HTTP/1.1 framing is checked over TLS as in clear: a bare LF is refused.
+    let mut raw = handshake(&pki, addr, "a.test", &[]).await;
+    raw.write_all(b"GET /p HTTP/1.1\r\nHost: a.test\nX: y\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = raw.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("ends in LF without CR"),
+        "{out}"
     );
 }
 
