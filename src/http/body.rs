@@ -331,6 +331,8 @@ struct CutInner {
     fire: Notify,
     tunnels: std::sync::atomic::AtomicUsize,
     tunnel_ended: Notify,
+    /// A tunnel was ever taken over from the connection: it switched protocols.
+    switched: std::sync::atomic::AtomicBool,
 }
 
 impl Cut {
@@ -347,9 +349,18 @@ impl Cut {
     /// Marks a tunnel taken over from this connection as open until the guard drops.
     pub fn hold(&self) -> TunnelHold {
         self.0
+            .switched
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.0
             .tunnels
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         TunnelHold(self.0.clone())
+    }
+
+    /// True once a tunnel was taken over from the connection (it switched protocols): its
+    /// bytes are no longer HTTP/1.1 requests.
+    pub fn switched(&self) -> bool {
+        self.0.switched.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves once no tunnel of this connection is open.

@@ -75,10 +75,13 @@ pub trait Handler: Send + Sync + 'static {
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 
-    /// An HTTP/1.1 request was refused for its framing before it could be parsed (see
-    /// [`strict`](super::strict)); it was answered 400 and its connection closed.
-    fn refused(&self, why: Broken) {
+    /// An HTTP/1.1 request was refused for its framing before its head could be parsed (see
+    /// [`strict`](super::strict)); it is answered 400 and its connection closed. Returns the
+    /// whole answer to send, if the handler has its own (hyper's plain 400 otherwise). A break
+    /// in a body's chunks fails that body instead, which the handler answers.
+    fn refused(&self, why: Broken) -> Option<Bytes> {
         let _ = why;
+        None
     }
 }
 
@@ -440,7 +443,7 @@ impl Protocols {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
-        F: FnOnce(Broken) + Send + Unpin + 'static,
+        F: FnOnce(Broken) -> Option<Bytes> + Send + Unpin + 'static,
     {
         let Conn {
             stop,
@@ -450,7 +453,7 @@ impl Protocols {
         } = conn;
         let result = match wire {
             Wire::Http1 => {
-                let io = TokioIo::new(Strict::new(io, refused));
+                let io = TokioIo::new(Strict::new(io, cut.clone(), refused));
                 let conn = self.http1.serve_connection(io, svc).with_upgrades();
                 run(conn, stop, Some(cut), None).await
             }
@@ -474,7 +477,7 @@ impl Protocols {
     async fn serve_tcp<S, F>(&self, stream: TcpStream, svc: S, conn: Conn<F>)
     where
         S: ConnService,
-        F: FnOnce(Broken) + Send + Unpin + 'static,
+        F: FnOnce(Broken) -> Option<Bytes> + Send + Unpin + 'static,
     {
         let peer = conn.peer;
         // A client that connects and sends nothing is held no longer than one that sends half
@@ -496,7 +499,7 @@ impl Protocols {
     async fn serve_tls<S, F>(&self, stream: TcpStream, tls: TlsListener, svc: S, conn: Conn<F>)
     where
         S: ConnService,
-        F: FnOnce(Broken) + Send + Unpin + 'static,
+        F: FnOnce(Broken) -> Option<Bytes> + Send + Unpin + 'static,
     {
         let peer = conn.peer;
         let handshake = tls.acceptor.accept(stream);

@@ -12,9 +12,13 @@
 //! heads, chunk-size lines and trailers, never at body bytes: a `memchr` for each line end,
 //! and a few bytes at each line start. A request that breaks a rule never reaches hyper
 //! whole: its offending byte is replaced by one no head may hold, so hyper's own parser fails
-//! there and answers 400, which [`Strict`] rewrites into rouse's answer naming the rule. After
-//! an upgrade or `CONNECT` head the bytes may be a tunnel's, and pass unlooked-at.
+//! there and answers 400. On a connection's first request [`Strict`] rewrites that answer into
+//! rouse's, naming the rule; later on a keep-alive connection, hyper's plain 400 goes out as it
+//! is, since earlier answers may still be on their way in the same writes. Once a request that
+//! asked for an upgrade (or a `CONNECT`) has been answered with a switch, the bytes are a
+//! tunnel's and pass unlooked-at.
 
+use crate::http::body::Cut;
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
@@ -28,6 +32,9 @@ pub enum Broken {
     BareLf,
     /// `Content-Length` and `Transfer-Encoding` in one request.
     LengthAndChunked,
+    /// A `Content-Length` that is not one decimal number (a list of equal ones counts as
+    /// one), or too long to read.
+    LengthUnreadable,
 }
 
 impl Broken {
@@ -39,6 +46,9 @@ impl Broken {
             }
             Broken::LengthAndChunked => {
                 "the request has both Content-Length and Transfer-Encoding; send one of them"
+            }
+            Broken::LengthUnreadable => {
+                "the request's Content-Length is not a decimal number; send the body's length in digits"
             }
         }
     }
@@ -62,8 +72,7 @@ enum At {
     Data(u64),
     /// The CRLF after chunk data; `true` once its CR was seen.
     DataEnd(bool),
-    /// Past an upgrade or `CONNECT` head, or framing this scan cannot follow: what comes is
-    /// hyper's alone to judge.
+    /// Past the switch of an upgrade or `CONNECT`: the bytes are a tunnel's.
     Through,
 }
 
@@ -82,9 +91,9 @@ struct Head {
     cr: bool,
     content_length: Option<u64>,
     chunked: bool,
-    /// An `Upgrade` header or a `CONNECT`: the bytes after the head may be a tunnel's.
+    /// An `Upgrade` header or a `CONNECT`: the bytes after the answer may be a tunnel's.
     tunnel: bool,
-    /// A field this scan must read (a length) did not fit in `start`.
+    /// A `Content-Length` that could not be read (not a number, or too long to keep).
     unread: bool,
 }
 
@@ -104,9 +113,9 @@ impl Default for Head {
     }
 }
 
-/// The bytes of a line kept: enough for `content-length:` and a length of 20 digits, with
-/// spaces.
-const START: usize = 48;
+/// The bytes of a line kept when it goes on in the next read: enough for `content-length:`
+/// and a length of 20 digits, with room for spaces and a repeated value.
+const START: usize = 96;
 
 /// What scanning a read found.
 enum Found {
@@ -121,7 +130,12 @@ enum Found {
 pub struct Strict<T, F> {
     io: T,
     framing: Framing,
+    /// The connection's switch, which says when it became a tunnel.
+    cut: Cut,
     refused: Option<Broken>,
+    /// rouse's answer for the refused request, which replaces hyper's 400: only when it was
+    /// the connection's first, so that nothing else is being written.
+    rewrite: Option<Bytes>,
     on_refuse: Option<F>,
     /// rouse's answer still to write, once hyper started its own 400.
     answer: Option<Bytes>,
@@ -129,13 +143,17 @@ pub struct Strict<T, F> {
     answered: bool,
 }
 
-impl<T, F: FnOnce(Broken)> Strict<T, F> {
-    /// Wraps `io`, whose next byte starts a request.
-    pub fn new(io: T, on_refuse: F) -> Self {
+impl<T, F: FnOnce(Broken) -> Option<Bytes>> Strict<T, F> {
+    /// Wraps `io`, whose next byte starts a request; `cut` is the connection's. `on_refuse` is
+    /// told when a request head is refused, and gives the answer for it, if any (hyper's
+    /// plain 400 goes out otherwise).
+    pub fn new(io: T, cut: Cut, on_refuse: F) -> Self {
         Strict {
             io,
             framing: Framing::default(),
+            cut,
             refused: None,
+            rewrite: None,
             on_refuse: Some(on_refuse),
             answer: None,
             answered: false,
@@ -177,18 +195,29 @@ fn judge(line: &[u8], first: bool, whole: bool) -> Field {
     // Most lines are none of these: one byte tells.
     match line.first().map(|b| b | 0x20) {
         Some(b'c') if starts_with_ci(line, CONTENT_LENGTH) => {
-            let digits = line[CONTENT_LENGTH.len()..].trim_ascii();
-            Field::Length(
-                std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.parse().ok())
-                    .filter(|_| whole),
-            )
+            Field::Length(parse_length(&line[CONTENT_LENGTH.len()..]).filter(|_| whole))
         }
         Some(b't') if starts_with_ci(line, TRANSFER_ENCODING) => Field::TransferEncoding,
         Some(b'u') if starts_with_ci(line, UPGRADE) => Field::Upgrade,
         _ => Field::Other,
     }
+}
+
+/// A `Content-Length` value as hyper reads it: decimal digits, or a list of equal ones.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut n = None;
+    for part in value.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if n.is_some_and(|n| n != v) {
+            return None;
+        }
+        n = Some(v);
+    }
+    n
 }
 
 impl Head {
@@ -239,10 +268,10 @@ impl Head {
         if self.trailer {
             return Ok(At::Head(Head::default()));
         }
+        let length = self.content_length.is_some() || self.unread;
         match (self.content_length, self.chunked) {
-            (Some(_), true) => Err(Broken::LengthAndChunked),
-            // hyper makes the tunnel, or refuses a length it cannot read.
-            _ if self.tunnel || self.unread => Ok(At::Through),
+            _ if length && self.chunked => Err(Broken::LengthAndChunked),
+            _ if self.unread => Err(Broken::LengthUnreadable),
             (None, true) => Ok(At::Size {
                 size: 0,
                 digits_done: false,
@@ -254,9 +283,18 @@ impl Head {
     }
 }
 
+/// What the scan tells the connection besides the framing.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// Request heads read to their end.
+    heads: u32,
+    /// The last of them asked for an upgrade (or was a `CONNECT`).
+    asked: bool,
+}
+
 impl At {
     /// Follows `bytes`; stops at the first one that breaks a rule.
-    fn scan(&mut self, bytes: &[u8]) -> Found {
+    fn scan(&mut self, bytes: &[u8], seen: &mut Seen) -> Found {
         let mut i = 0;
         while i < bytes.len() {
             let rest = &bytes[i..];
@@ -346,9 +384,14 @@ impl At {
                     let ended = h.line_ended(&rest[..nl]);
                     i += nl + 1;
                     if ended {
+                        let (request, tunnel) = (!h.trailer, h.tunnel);
                         match h.next() {
                             Ok(next) => *self = next,
                             Err(why) => return Found::Broken(i - 1, why),
+                        }
+                        if request {
+                            seen.heads += 1;
+                            seen.asked = tunnel;
                         }
                     }
                 }
@@ -361,12 +404,18 @@ impl At {
 /// The framing of one connection's requests, followed read by read: what [`Strict`] runs,
 /// public so that it can be fuzzed.
 #[derive(Debug, Clone)]
-pub struct Framing(At);
+pub struct Framing {
+    at: At,
+    seen: Seen,
+}
 
 impl Default for Framing {
     /// At the start of a connection: a request head comes first.
     fn default() -> Self {
-        Framing(At::Head(Head::default()))
+        Framing {
+            at: At::Head(Head::default()),
+            seen: Seen::default(),
+        }
     }
 }
 
@@ -374,23 +423,44 @@ impl Framing {
     /// Follows the next bytes read; returns the index (in `bytes`) of the first byte that
     /// breaks a rule, and the rule. After a broken rule the framing is lost: scan no further.
     pub fn scan(&mut self, bytes: &[u8]) -> Option<(usize, Broken)> {
-        match self.0.scan(bytes) {
+        match self.at.scan(bytes, &mut self.seen) {
             Found::Fine => None,
             Found::Broken(k, why) => Some((k, why)),
         }
     }
 
-    /// True once the bytes are no longer looked at (after an upgrade or `CONNECT` head, or a
-    /// framing hyper will refuse).
+    /// The last request asked for an upgrade (or was a `CONNECT`): if it was answered with
+    /// a switch, what follows is a tunnel's.
+    pub fn asked_to_switch(&self) -> bool {
+        self.seen.asked
+    }
+
+    /// The connection switched protocols: its bytes are no longer looked at.
+    pub fn switched(&mut self) {
+        self.at = At::Through;
+    }
+
+    /// True once the bytes are no longer looked at.
     pub fn stood_aside(&self) -> bool {
-        matches!(self.0, At::Through)
+        matches!(self.at, At::Through)
+    }
+
+    /// The next byte is in a request head (not a body, nor a body's trailers): a request
+    /// refused here never reached the handler.
+    pub fn in_request_head(&self) -> bool {
+        matches!(&self.at, At::Head(h) if !h.trailer)
+    }
+
+    /// Request heads read to their end so far.
+    pub fn heads(&self) -> u32 {
+        self.seen.heads
     }
 }
 
 /// The start of the answer hyper writes when its parser fails.
 const HYPER_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\n";
 
-impl<T: AsyncRead + Unpin, F: FnOnce(Broken) + Unpin> AsyncRead for Strict<T, F> {
+impl<T: AsyncRead + Unpin, F: FnOnce(Broken) -> Option<Bytes> + Unpin> AsyncRead for Strict<T, F> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -403,6 +473,11 @@ impl<T: AsyncRead + Unpin, F: FnOnce(Broken) + Unpin> AsyncRead for Strict<T, F>
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        // A request that asked to switch protocols was answered with the switch: the rest is
+        // a tunnel's (the client sends nothing of it before the answer).
+        if this.framing.asked_to_switch() && this.cut.switched() {
+            this.framing.switched();
+        }
         if this.framing.stood_aside() {
             return Poll::Ready(Ok(()));
         }
@@ -413,8 +488,14 @@ impl<T: AsyncRead + Unpin, F: FnOnce(Broken) + Unpin> AsyncRead for Strict<T, F>
             buf.filled_mut()[at] = POISON;
             buf.set_filled(at + 1);
             this.refused = Some(why);
-            if let Some(f) = this.on_refuse.take() {
-                f(why);
+            // A request whose head was whole is the handler's: it answers the broken body.
+            if this.framing.in_request_head()
+                && let Some(f) = this.on_refuse.take()
+            {
+                let answer = f(why);
+                if this.framing.heads() == 0 {
+                    this.rewrite = answer;
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -449,9 +530,9 @@ impl<T: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Strict<T, F> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let Some(why) = this.refused else {
+        if this.rewrite.is_none() && !this.answered {
             return Pin::new(&mut this.io).poll_write(cx, data);
-        };
+        }
         if this.answered {
             ready!(this.poll_answer(cx))?;
             return Poll::Ready(Ok(data.len()));
@@ -461,9 +542,7 @@ impl<T: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Strict<T, F> {
         match memchr::memmem::find(data, HYPER_400) {
             Some(0) => {
                 this.answered = true;
-                this.answer = Some(
-                    crate::error::ProxyError::BadRequest(why.message().to_owned()).http1_close(),
-                );
+                this.answer = this.rewrite.take();
                 ready!(this.poll_answer(cx))?;
                 Poll::Ready(Ok(data.len()))
             }
@@ -478,7 +557,7 @@ impl<T: AsyncWrite + Unpin, F: Unpin> AsyncWrite for Strict<T, F> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.refused.is_none() {
+        if this.rewrite.is_none() && !this.answered {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         let first = bufs
@@ -586,13 +665,60 @@ mod tests {
     }
 
     #[test]
-    fn tunnels_and_unreadable_lengths_are_left_to_hyper() {
-        for whole in [
-            &b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nany\nbytes"[..],
-            b"CONNECT a:443 HTTP/1.1\r\n\r\nany\nbytes",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999999\r\n\r\nx\ny",
+    fn after_an_upgrade_request_the_next_request_is_checked_until_a_switch() {
+        // Not switched (the upgrade was declined): the next request is a request.
+        let whole: &[u8] = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\nGET / HTTP/1.1\nHost: a\r\n\r\n";
+        assert_eq!(scan(&[whole]), Some((46, Broken::BareLf)));
+        let mut f = Framing::default();
+        assert_eq!(
+            f.scan(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            None
+        );
+        assert!(f.asked_to_switch());
+        // Switched: a tunnel's bytes are not looked at.
+        f.switched();
+        assert_eq!(f.scan(b"any\nbytes"), None);
+        assert!(f.stood_aside());
+    }
+
+    #[test]
+    fn lengths_are_read_as_hyper_reads_them_and_the_rest_refused() {
+        for (whole, want) in [
+            (&b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\na\nb\ncGET / HTTP/1.1\r\n\r\n"[..], None),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\nab", Some(Broken::LengthUnreadable)),
+            (b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nab", Some(Broken::LengthUnreadable)),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999999\r\n\r\nx",
+                Some(Broken::LengthUnreadable),
+            ),
+            // A length that cannot be read does not hide a Transfer-Encoding beside it.
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5, 5\r\n\r\n0\r\n\r\n",
+                Some(Broken::LengthAndChunked),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n0\r\n\r\n",
+                Some(Broken::LengthAndChunked),
+            ),
         ] {
-            assert_eq!(scan(&[whole]), None, "{:?}", String::from_utf8_lossy(whole));
+            for (i, r) in every_split(whole).enumerate() {
+                assert_eq!(
+                    r.map(|(_, why)| why),
+                    want,
+                    "{:?} cut at {i}",
+                    String::from_utf8_lossy(whole)
+                );
+            }
         }
+        // Leading zeros past what a split line keeps: refused, not passed unread.
+        let long = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "0".repeat(120)
+        );
+        let (a, b) = long.as_bytes().split_at(40);
+        assert_eq!(
+            scan(&[a, b]).map(|(_, why)| why),
+            Some(Broken::LengthAndChunked)
+        );
     }
 }

@@ -99,8 +99,8 @@ impl Handler for QueueHandler {
         }
     }
 
-    fn refused(&self, why: crate::http::strict::Broken) {
-        self.proxy.refused_framing(why);
+    fn refused(&self, why: crate::http::strict::Broken) -> Option<bytes::Bytes> {
+        self.proxy.refused_framing(why)
     }
 }
 

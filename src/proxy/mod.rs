@@ -384,10 +384,12 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// A request refused for its framing (see `http::strict`): counted as a bad request.
-    pub fn refused_framing(&self, why: crate::http::strict::Broken) {
+    /// A request head refused for its framing (see `http::strict`): counted as a bad request;
+    /// its answer.
+    pub fn refused_framing(&self, why: crate::http::strict::Broken) -> Option<bytes::Bytes> {
         self.metrics.unrouted(Code::BadRequest);
         debug!(reason = why.message(), "request refused for its framing");
+        Some(ProxyError::BadRequest(why.message().to_owned()).http1_close())
     }
 }
 
@@ -402,8 +404,8 @@ impl Handler for Proxy {
         self.serve(req, conn, false)
     }
 
-    fn refused(&self, why: crate::http::strict::Broken) {
-        self.refused_framing(why);
+    fn refused(&self, why: crate::http::strict::Broken) -> Option<bytes::Bytes> {
+        self.refused_framing(why)
     }
 }
 

@@ -196,6 +196,155 @@ async fn stale_pooled_connection_is_retried_before_any_byte_is_sent() {
     stale_connections_are_retried(gw.addr(), &conns).await;
 }
 
+/// Reads from `s` until a whole request head has arrived; returns it.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole head: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads one response with a `content-length` body from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole response: {text}");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The new connection a resent request comes on; if none comes within 5 s, fails with what
+/// the client was answered instead.
+async fn resent_on(
+    backend: &tokio::net::TcpListener,
+    client: &mut tokio::net::TcpStream,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    match tokio::time::timeout(Duration::from_secs(5), backend.accept()).await {
+        Ok(accepted) => accepted.unwrap(),
+        Err(_) => panic!(
+            "the request was not resent on a new connection; the client got: {}",
+            read_response(client).await
+        ),
+    }
+}
+
+/// The race the pool must survive: a backend closes its idle keep-alive connection just as
+/// rouse hands that connection a request. Here it is made certain on one thread: the client's
+/// request reaches rouse first and the backend's FIN right after, so rouse picks the pooled
+/// connection (not yet known closed) and gives it the request, and only then does the
+/// connection read its end. hyper hands the unsent request back, and rouse sends it on a new
+/// connection: the client never sees the race.
+#[tokio::test]
+async fn a_request_handed_to_a_pooled_connection_that_closes_is_resent_on_a_new_one() {
+    use tokio::io::AsyncWriteExt;
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = Cfg::single(Rev::new("r").endpoint(backend.local_addr().unwrap()))
+        .pool_idle_timeout("30s")
+        .start()
+        .await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    client.set_nodelay(true).unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Two requests on one upstream connection: it is pooled and reused.
+    client.write_all(get("/one").as_bytes()).await.unwrap();
+    let (mut first, _) = backend.accept().await.unwrap();
+    for path in ["/one", "/two"] {
+        if path == "/two" {
+            client.write_all(get(path).as_bytes()).await.unwrap();
+        }
+        let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut first))
+            .await
+            .unwrap_or_else(|_| panic!("{path} did not come on the pooled connection"));
+        assert!(head.starts_with(&format!("GET {path} ")), "{head}");
+        first
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nold")
+            .await
+            .unwrap();
+        assert!(read_response(&mut client).await.ends_with("old"));
+    }
+    // Let the connection settle back into the pool.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The request, then at once the backend's close; nothing yields in between.
+    client.write_all(get("/three").as_bytes()).await.unwrap();
+    drop(first);
+    let (mut second, _) = resent_on(&backend, &mut client).await;
+    let head = read_head(&mut second).await;
+    assert!(head.starts_with("GET /three "), "{head}");
+    second
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")
+        .await
+        .unwrap();
+    let res = read_response(&mut client).await;
+    assert!(
+        res.starts_with("HTTP/1.1 200") && res.ends_with("new"),
+        "{res}"
+    );
+}
+
+/// The same race over h2c: the backend's connection closes just as rouse starts a stream on
+/// it. The stream never started, hyper hands the request back, and rouse sends it on a new
+/// connection.
+#[tokio::test]
+async fn an_h2c_request_caught_by_its_connection_closing_is_resent_on_a_new_one() {
+    use tokio::io::AsyncWriteExt;
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = Cfg::single(
+        Rev::new("r")
+            .endpoint(backend.local_addr().unwrap())
+            .protocol("h2c"),
+    )
+    .start()
+    .await;
+    // Each backend connection answers with its number.
+    let serve = |s: tokio::net::TcpStream, n: usize| {
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                    format!("conn {n}"),
+                ))))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+        })
+    };
+    let mut client = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    client.set_nodelay(true).unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    client.write_all(get("/one").as_bytes()).await.unwrap();
+    let (s, _) = backend.accept().await.unwrap();
+    let first = serve(s, 1);
+    assert!(read_response(&mut client).await.ends_with("conn 1"));
+    // The request, then at once the end of the backend's connection.
+    client.write_all(get("/two").as_bytes()).await.unwrap();
+    first.abort();
+    let (s, _) = resent_on(&backend, &mut client).await;
+    let _second = serve(s, 2);
+    let res = read_response(&mut client).await;
+    assert!(
+        res.starts_with("HTTP/1.1 200") && res.ends_with("conn 2"),
+        "{res}"
+    );
+}
+
 /// A POST cannot be sent twice, so it never goes out on a pooled connection idle long enough
 /// to be closing as it is written: against [`closes_on_second_request`] (an idle close racing
 /// the request, made certain), each POST after a pause gets a new connection and its answer,
@@ -237,7 +386,7 @@ async fn ambiguous_requests_are_refused_before_any_backend_sees_them() {
         .admin()
         .start()
         .await;
-    let cases: [(&str, &[u8], &str); 8] = [
+    let cases: [(&str, &[u8], &str); 7] = [
         (
             "two Host headers",
             b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
@@ -269,11 +418,6 @@ async fn ambiguous_requests_are_refused_before_any_backend_sees_them() {
             "ends in LF without CR",
         ),
         (
-            "a bare LF after a chunk size",
-            b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
-            "ends in LF without CR",
-        ),
-        (
             "Content-Length beside Transfer-Encoding",
             b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
             "the request has both Content-Length and Transfer-Encoding; send one of them",
@@ -287,6 +431,18 @@ async fn ambiguous_requests_are_refused_before_any_backend_sees_them() {
         // One answer, and the connection closed after it (`raw` reads to the end).
         assert_eq!(out.matches("HTTP/1.1").count(), 1, "{what}: {out}");
     }
+    assert_eq!(a.requests(), 0, "no refused request reached the backend");
+    // A bare LF in a chunked body's framing fails the body, after its head went to the
+    // handler: 400 `client-body`, as for any broken body.
+    let out = raw(
+        gw.addr(),
+        b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("rouse-error: client-body"),
+        "{out}"
+    );
     // A chunked body is not read as heads: its own LFs are data.
     let out = raw(
         gw.addr(),
@@ -294,21 +450,18 @@ async fn ambiguous_requests_are_refused_before_any_backend_sees_them() {
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert_eq!(
-        a.requests(),
-        1,
-        "only the well-framed request reached the backend"
-    );
     let m = metrics(&gw).await;
     assert_eq!(
         metric(&m, "rouse_unrouted_requests_total{reason=\"bad_request\"}"),
-        8.0
+        7.0,
+        "the refused heads; the broken body is its revision's 4xx"
     );
 }
 
 /// The check of framing follows every request on a keep-alive connection, however the bytes
 /// are cut: a request that breaks a rule after good ones is refused after their answers, and
-/// the ones before it are served whole.
+/// the ones before it are served whole. That 400 is hyper's own, without rouse's words: only
+/// a connection's first answer is rewritten, since earlier answers may share its writes.
 #[tokio::test]
 async fn a_broken_request_after_good_ones_on_one_connection_is_refused_after_their_answers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -333,9 +486,32 @@ async fn a_broken_request_after_good_ones_on_one_connection_is_refused_after_the
             .map(|(i, _)| &out[i + 9..i + 12])
             .collect();
         assert_eq!(statuses, ["200", "200", "400"], "step {step}: {out}");
-        assert!(out.contains("ends in LF without CR"), "{out}");
     }
     assert_eq!(a.requests(), 4, "two good requests, twice");
+}
+
+/// A request that asks for an upgrade the backend declines leaves the connection HTTP/1.1, and
+/// its next request is checked like any other; a switched connection is a tunnel and is not.
+#[tokio::test]
+async fn after_a_declined_upgrade_the_next_request_is_still_checked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .await
+        .unwrap();
+    let declined = read_response(&mut s).await;
+    assert!(declined.starts_with("HTTP/1.1 200"), "{declined}");
+    // The next request comes in a read of its own, after the answer.
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a.test\nX: y\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(a.requests(), 1);
 }
 
 /// RFC 9112 §3.2.2: for an absolute-form target the authority picks the service and becomes
