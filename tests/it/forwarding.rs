@@ -70,6 +70,68 @@ async fn only_dead_endpoints_give_502_naming_the_cause() {
     assert!(got.body.contains(&dead.to_string()), "{}", got.body);
 }
 
+/// A request that may have reached the backend is never sent again, whatever its method: a
+/// backend that reads it and closes without answering gets each request once, on one
+/// connection, and the client gets 502 `upstream-failed` naming the endpoint.
+#[tokio::test]
+async fn a_request_the_backend_may_have_seen_is_never_retried() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::AsyncReadExt;
+    let (conns, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c2, h2) = (conns.clone(), heads.clone());
+    let addr = serve_each(move |mut s| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        let h2 = h2.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            h2.fetch_add(1, Ordering::SeqCst);
+            // Closed unanswered.
+        }
+    })
+    .await;
+    let gw = Cfg::single(Rev::new("r").endpoint(addr)).start().await;
+    let c = h1_client();
+    // A GET without a body is the one rouse could replay; on a new connection it does not.
+    for (i, (method, body)) in [("GET", ""), ("POST", "body"), ("PUT", "body")]
+        .into_iter()
+        .enumerate()
+    {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}/", gw.addr()))
+            .header("host", "x")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let got = send(&c, req).await;
+        assert_eq!(
+            got.status,
+            StatusCode::BAD_GATEWAY,
+            "{method}: {}",
+            got.body
+        );
+        assert_eq!(got.header("rouse-error"), "upstream-failed", "{method}");
+        assert!(got.body.contains(&addr.to_string()), "{}", got.body);
+        assert_eq!(
+            heads.load(Ordering::SeqCst),
+            i + 1,
+            "{method} was sent once"
+        );
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        3,
+        "one connection per request"
+    );
+}
+
 /// An endpoint whose listen queue is full: the kernel drops its SYNs, so connecting neither
 /// succeeds nor is refused. The listener and the connections that fill it live as long as the
 /// returned value.

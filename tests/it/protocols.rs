@@ -337,3 +337,120 @@ async fn an_idle_http2_client_connection_is_closed_and_its_open_stream_finishes(
         "no new stream on a closed connection"
     );
 }
+
+/// Response trailers reach an HTTP/1.1 client only if it said it takes them (`TE: trailers`):
+/// without it, the body comes whole and the trailer fields are dropped.
+#[tokio::test]
+async fn http11_trailers_are_dropped_for_a_client_that_did_not_ask_for_them() {
+    let be = Backend::start("t").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(be.addr)).start().await;
+    let out = raw(
+        gw.addr(),
+        b"GET /?trailers=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{out}");
+    assert!(lower.contains("with trailers"), "the body is whole: {out}");
+    assert!(
+        !lower.contains("\r\nx-checksum: abc123\r\n"),
+        "no trailer field: {out}"
+    );
+}
+
+/// A request rouse answers on its own (here 404 for a host it does not serve, and 503 for a
+/// revision that holds no one) gets no `100 Continue` first: a client waiting for it never
+/// has to send its body.
+#[tokio::test]
+async fn no_100_continue_when_rouse_answers_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let be = Backend::start("a").await;
+    let gw = Cfg::new()
+        .service(
+            Svc::new("s").host("a.test").only(
+                Rev::new("r")
+                    .endpoint(be.addr)
+                    .cc(1)
+                    .queue(Queue::new().max_requests(0)),
+            ),
+        )
+        .start()
+        .await;
+    // The only slot is taken, and nobody may wait for it.
+    let c = h1_client();
+    let addr = gw.addr();
+    let busy = tokio::spawn(async move { get(&c, addr, "a.test", "/?delay=1000", &[]).await });
+    wait_until("the slot taken", || {
+        be.seen.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    for (host, status) in [("other.test", "404"), ("a.test", "503")] {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // The body is never sent: the answer comes without it, and it is the first thing.
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{host}: {out}"
+        );
+        assert!(!out.contains("100 Continue"), "{host}: {out}");
+    }
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+    assert_eq!(be.requests(), 1);
+}
+
+/// A client that leaves in the middle of a response gives its slot back at once, and the
+/// backend connection that carried it is closed, not pooled for the next request.
+#[tokio::test]
+async fn a_client_leaving_mid_response_frees_the_slot_and_the_connection_is_not_reused() {
+    use http_body_util::BodyExt;
+    let be = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(be.addr).cc(1))
+        .admin()
+        .start()
+        .await;
+    let mut res = download(gw.addr(), 100_000_000).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Some of it, then gone.
+    let first = res.body_mut().frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop(res);
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",
+        0.0,
+    )
+    .await;
+    // The only slot is free again, and the next request goes on a new backend connection.
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        be.seen
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the abandoned connection was not reused"
+    );
+}
+
+/// A client's own `X-Forwarded-Proto` (from a load balancer in front) is kept; without one,
+/// rouse sets what the client spoke.
+#[tokio::test]
+async fn x_forwarded_proto_from_the_client_is_kept() {
+    let be = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(be.addr)).start().await;
+    let c = h1_client();
+    get(&c, gw.addr(), "x", "/lb", &[("x-forwarded-proto", "https")]).await;
+    get(&c, gw.addr(), "x", "/direct", &[]).await;
+    assert_eq!(be.headers_at("/lb")["x-forwarded-proto"], "https");
+    assert_eq!(be.headers_at("/direct")["x-forwarded-proto"], "http");
+}

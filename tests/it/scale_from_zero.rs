@@ -553,3 +553,37 @@ async fn cold_start_header_false_leaves_the_mark_off() {
         1.0
     );
 }
+
+/// `max_wait: 0` is no limit of its own, not "no waiting": a request held through a cold
+/// start longer than the service's `timeouts.request` gets 504 `request-timeout` when that
+/// ends, never 503 `queue-timeout` (and not at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_zero_leaves_a_held_request_to_the_request_timeout() {
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("svc")
+                .host("*")
+                .only(
+                    Rev::new("r")
+                        .queue(Queue::new().max_wait("0"))
+                        .scale(Scale::new(backend(&[("BOOT_DELAY_MS", "5000")])).min(0)),
+                )
+                .timeouts(Timeouts::new().request("1500ms")),
+        )
+        .start()
+        .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.body);
+    assert_eq!(got.header("rouse-error"), "request-timeout");
+    // It was held (and counted as waiting), not refused.
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_queue_wait_seconds_count{service=\"svc\",revision=\"r\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+}

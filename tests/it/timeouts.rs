@@ -212,3 +212,19 @@ async fn an_http2_stream_with_no_window_loses_its_slot_at_the_idle_limit() {
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     drop(stalled);
 }
+
+/// `timeouts.request` over HTTP/1.1: a backend slower than it is cut, 504 `request-timeout`.
+#[tokio::test]
+async fn a_slow_answer_past_the_request_limit_is_a_504_request_timeout() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::new()
+        .service(
+            Svc::single(Rev::new("r").endpoint(a.addr)).timeouts(Timeouts::new().request("500ms")),
+        )
+        .start()
+        .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/?delay=5000", &[]).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.body);
+    assert_eq!(got.header("rouse-error"), "request-timeout");
+    assert_eq!(got.version, http::Version::HTTP_11);
+}

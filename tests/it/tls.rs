@@ -114,6 +114,77 @@ fn peer_cert(s: &Tls) -> CertificateDer<'static> {
         .into_owned()
 }
 
+/// Accepts any server certificate: for finding out which one rouse serves, right or wrong.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The certificate rouse serves for SNI name `sni` (`None`: no SNI, as a client connecting
+/// by IP address sends).
+async fn served(addr: SocketAddr, sni: Option<&str>) -> CertificateDer<'static> {
+    let provider = tls_provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let name = match sni {
+        Some(n) => ServerName::try_from(n.to_owned()).unwrap(),
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with rouse");
+    peer_cert(&s)
+}
+
 async fn get_over(s: Tls, host: &str) -> Got {
     let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(s);
@@ -176,8 +247,17 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
         peer_cert(&handshake(&pki, addr, "x.wild.test", &[]).await),
         b
     );
-    // No matching name: the default (first) certificate, which the client then rejects for
-    // the wrong name, as it should.
+    // No matching name, no SNI at all, or a name the wildcard does not cover (it covers one
+    // label): the default, which is the first certificate when none is marked.
+    for sni in [
+        Some("other.test"),
+        None,
+        Some("a.b.wild.test"),
+        Some("wild.test"),
+    ] {
+        assert_eq!(served(addr, sni).await, a, "{sni:?}");
+    }
+    // A client that checks names rejects it for other.test, as it should.
     let tcp = TcpStream::connect(addr).await.unwrap();
     let err = pki
         .client(&[])
@@ -249,10 +329,57 @@ async fn changed_certificate_files_are_used_without_restart() {
     assert!(seen.is_some(), "new certificate never served");
     // The connection made before the change is unaffected.
     assert_eq!(get_over(established, "a.test").await.status, StatusCode::OK);
-    // A broken key file is refused and the current certificate stays.
+    // A broken key file is refused and the current certificate stays (four checks of the
+    // files at 100 ms)...
     std::fs::write(pki.dir.join("a.key"), "not a key").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(peer_cert(&handshake(&pki, addr, "a.test", &[]).await), new);
+    // ...and the files are still watched: a good pair after it is taken.
+    let third = pki.leaf("a", &["a.test"]);
+    let mut taken = false;
+    for _ in 0..100 {
+        if peer_cert(&handshake(&pki, addr, "a.test", &[]).await) == third {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        taken,
+        "the certificate after the broken key was never served"
+    );
+}
+
+/// The certificate marked `default: true` is served for names no certificate lists and for
+/// clients that send no name; the handshake is given `handshake_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marked_default_certificate_is_served_for_unknown_names() {
+    let pki = Pki::new("tls-default");
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let be = Backend::start("be").await;
+    let listener = TlsListener::new()
+        .cert(Cert::new(&pki.path("a.pem"), &pki.path("a.key")).host("a.test"))
+        .cert(
+            Cert::new(&pki.path("b.pem"), &pki.path("b.key"))
+                .host("b.test")
+                .default_for_unknown_names(),
+        )
+        .handshake_timeout("300ms");
+    let gw = tls_config(listener, be.addr).start().await;
+    let addr = gw.tls_addr().unwrap();
+    assert_eq!(served(addr, Some("a.test")).await, a);
+    assert_eq!(served(addr, Some("other.test")).await, b);
+    assert_eq!(served(addr, None).await, b);
+    // A client that opens a connection and never says hello is let go (the default would
+    // hold it 10 s).
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed after handshake_timeout: {closed:?}"
+    );
 }
 
 #[tokio::test]

@@ -543,6 +543,8 @@ node!(
         redirect_http: bool,
         /// `redirect_port`: the port redirects name.
         redirect_port: u16,
+        /// `handshake_timeout`: time allowed for a TLS handshake.
+        handshake_timeout: &str,
     }
 );
 
@@ -572,6 +574,11 @@ impl Cert {
     /// Adds an SNI name to its `hosts`.
     pub fn host(self, host: &str) -> Cert {
         Cert(self.0.push("hosts", host))
+    }
+
+    /// `default: true`: served when no certificate lists the SNI name, or there is none.
+    pub fn default_for_unknown_names(self) -> Cert {
+        Cert(self.0.set("default", true))
     }
 }
 
