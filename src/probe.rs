@@ -253,6 +253,7 @@ pub struct Prober {
     probes: Arc<[Probe]>,
     running: Mutex<Option<watch::Receiver<Option<bool>>>>,
     runs: AtomicU64,
+    calls: AtomicU64,
 }
 
 impl Prober {
@@ -262,6 +263,7 @@ impl Prober {
             probes: probes.into(),
             running: Mutex::new(None),
             runs: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         }
     }
 
@@ -270,9 +272,15 @@ impl Prober {
         self.runs.load(Ordering::Relaxed)
     }
 
+    /// Checks asked for so far, whether they started a run or joined one.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
     /// True if every probe passes. Joins the run in progress if there is one. The run itself
     /// is a task of its own, so a caller that goes away does not cancel it for the others.
     pub async fn check(self: &Arc<Self>) -> bool {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let mut rx = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             match &*running {

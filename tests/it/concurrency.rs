@@ -3,7 +3,6 @@
 
 use crate::support::*;
 use http::StatusCode;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_concurrency_is_never_exceeded_under_64_clients() {
@@ -77,9 +76,19 @@ async fn queue_bounds_answer_503_with_retry_after() {
     let c = h1_client();
     let addr = gw.addr();
     let busy = spawn_get(&c, addr, "/?delay=1500");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",
+        1.0,
+    )
+    .await;
     let held = spawn_get(&c, addr, "/");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_held_requests{service=\"s\",revision=\"r\"}",
+        1.0,
+    )
+    .await;
     // Queue holds one: the next is refused at once.
     let full = get(&c, addr, "x", "/", &[]).await;
     assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -421,33 +421,43 @@ async fn a_rollout_warms_the_new_revision_then_moves_shares_with_nothing_lost() 
         )
         .start()
         .await;
-    // Clients go on all along: every answer is kept, in order, with its cold-start mark.
+    // Clients go on all along: every answer is kept, in order, with its cold-start mark and
+    // the rollout step it was sent and answered in (when those agree).
+    use std::sync::atomic::{AtomicU64, Ordering};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let step = std::sync::Arc::new(AtomicU64::new(u64::MAX));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (tx, done, addr) = (tx.clone(), done.clone(), gw.addr());
+        let (tx, done, step, addr) = (tx.clone(), done.clone(), step.clone(), gw.addr());
         workers.push(tokio::spawn(async move {
             let c = h1_client();
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            while !done.load(Ordering::SeqCst) {
+                let before = step.load(Ordering::SeqCst);
                 let got = get(&c, addr, "shop.test", "/", &[]).await;
+                let after = step.load(Ordering::SeqCst);
                 let cold = got.header("rouse-cold-start").to_owned();
-                let _ = tx.send((got.status, got.body, cold));
+                let at = (before == after && before != u64::MAX).then_some(before);
+                let _ = tx.send((got.status, got.body, cold, at));
             }
         }));
     }
     drop(tx);
     let mut state = String::new();
-    for _ in 0..400 {
+    for _ in 0..1000 {
         let view = rollout_status(&gw).await;
         state = view["rollout"]["state"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        step.store(
+            view["rollout"]["step"].as_u64().unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
         if state == "done" {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(state, "done");
     let view = rollout_status(&gw).await;
@@ -468,32 +478,49 @@ async fn a_rollout_warms_the_new_revision_then_moves_shares_with_nothing_lost() 
     }
     assert!(answers.len() > 100, "{} answers", answers.len());
     assert!(
-        answers.iter().all(|(s, _, _)| *s == StatusCode::OK),
+        answers.iter().all(|(s, _, _, _)| *s == StatusCode::OK),
         "a request failed"
     );
     let to_v2: Vec<bool> = answers
         .iter()
-        .map(|(_, body, _)| body.starts_with("v2 "))
+        .map(|(_, body, _, _)| body.starts_with("v2 "))
         .collect();
     assert!(
         answers
             .iter()
-            .all(|(_, body, cold)| !body.starts_with("v2 ") || cold.is_empty()),
+            .all(|(_, body, cold, _)| !body.starts_with("v2 ") || cold.is_empty()),
         "v2 got a share before it was warm"
     );
-    // Its share grows: none at first, all at the end, more in each quarter than the one before.
-    let quarter = to_v2.len() / 4;
-    let shares: Vec<usize> = to_v2
-        .chunks(quarter)
-        .take(4)
-        .map(|c| c.iter().filter(|v| **v).count())
-        .collect();
+    // None at first, all at the end.
     assert!(!to_v2[0], "the first answer came from v2");
     assert!(
         to_v2[to_v2.len() - 10..].iter().all(|v| *v),
         "the last answers are v2's"
     );
-    assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+    // In each step, v2's share is the step's (0 while warming, then 25, 50, 75, 100 %), within
+    // five standard deviations of its sample (an answer near a step change may be counted in
+    // the step before or after it, hence a floor of 0.1).
+    let mut checked = Vec::new();
+    for k in 0..=4u64 {
+        let in_step: Vec<bool> = answers
+            .iter()
+            .filter(|a| a.3 == Some(k))
+            .map(|a| a.1.starts_with("v2 "))
+            .collect();
+        let n = in_step.len();
+        if n < 20 {
+            continue;
+        }
+        let share = in_step.iter().filter(|v| **v).count() as f64 / n as f64;
+        let want = k as f64 / 4.0;
+        let tolerance = (5.0 * (want * (1.0 - want) / n as f64).sqrt()).max(0.1);
+        assert!(
+            (share - want).abs() <= tolerance,
+            "step {k}: v2 share {share:.2} of {n}, want {want} ± {tolerance:.2}"
+        );
+        checked.push((k, n));
+    }
+    assert!(checked.len() >= 4, "too few answers per step: {checked:?}");
     let text = metrics(&gw).await;
     assert_eq!(
         metric(

@@ -223,8 +223,13 @@ async fn ten_updates_under_load_fail_no_request_and_apply_at_once() {
             _ => {}
         }
         if i == 5 {
-            // Removed revision's backend goes away; nothing may be routed to it any more.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Removed revision's backend goes away once its last requests are done; nothing
+            // may be routed to it any more.
+            let seen = a.as_ref().unwrap().seen.clone();
+            wait_until("a's last requests done", || {
+                seen.in_flight.load(Ordering::SeqCst) == 0
+            })
+            .await;
             drop(a.take());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -294,7 +299,7 @@ async fn requests_on_a_removed_revision_finish_normally() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("the slow request at ra's backend", || a.requests() == 1).await;
     change(&gw, &path, &then.yaml(), "ok").await;
     assert_eq!(get(&c, addr, "x", "/", &[]).await.body, "b");
     let got = slow.await.unwrap();

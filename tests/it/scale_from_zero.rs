@@ -156,7 +156,7 @@ async fn queue_overflow_by_count_and_bytes_is_refused_at_once() {
         }
     };
     let first = tokio::spawn(post(80));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_gauge(&gw, HELD, 1.0).await;
     let second = post(80).await;
     assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(second.header("rouse-error"), "queue-bytes");
@@ -242,16 +242,18 @@ async fn a_backend_that_fails_to_boot_is_reported_and_backed_off() {
             "rouse_rejected_requests_total{service=\"svc\",revision=\"r\",reason=\"start_failed\"}"
         ) >= 2.0
     );
-    // After the backoff the scaler tries again (and fails again: a second failure counted).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = get(&c, gw.addr(), "x", "/", &[]).await;
-    let m = metrics(&gw).await;
-    assert!(
-        metric(
-            &m,
-            "rouse_backend_start_failures_total{service=\"svc\",revision=\"r\"}"
-        ) >= 2.0
-    );
+    // After the backoff (1 s) the scaler tries again when asked, and fails again: a second
+    // failure is counted.
+    let mut failures = 1.0;
+    for _ in 0..50 {
+        let _ = get(&c, gw.addr(), "x", "/", &[]).await;
+        failures = gauge(&gw, "rouse_backend_start_failures_total").await;
+        if failures >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failures, 2.0, "a second attempt after the backoff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,12 +429,12 @@ async fn placeholder_answers_at_once_while_the_revision_wakes() {
         "the placeholder is marked"
     );
     // The placeholder started the revision: it becomes ready without further requests.
-    for _ in 0..100 {
-        if gauge(&gw, "rouse_revision_endpoints").await == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_endpoints{service=\"svc\",revision=\"r\"}",
+        1.0,
+    )
+    .await;
     let warm = get(&c, gw.addr(), "x", "/", &[]).await;
     assert_eq!(warm.status, StatusCode::OK, "{}", warm.body);
 }
@@ -462,10 +464,16 @@ async fn after_a_failed_start_the_next_attempt_holds_requests_again() {
         "1",
         "rounded up from just under 1 s"
     );
-    // Once the backoff has passed, a request is held for the new attempt, which succeeds; the
-    // old failure must not answer it.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let ok = get(&c, gw.addr(), "x", "/", &[]).await;
+    // Within the backoff requests are refused; the first one after it is held for the new
+    // attempt, which succeeds: the old failure must not answer it.
+    let mut ok = failed;
+    for _ in 0..40 {
+        ok = get(&c, gw.addr(), "x", "/", &[]).await;
+        if ok.header("rouse-error") != "start-failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.header("rouse-cold-start"), "true");
 }
