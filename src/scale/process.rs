@@ -497,3 +497,54 @@ async fn probe(addr: SocketAddr, how: &Ready) -> bool {
         Ok(true)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `status` and closes.
+    async fn answering(status: u16) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_http_get_readiness_check_counts_any_answer_below_500() {
+        let get = Ready::HttpGet("/healthz".to_owned());
+        for (status, ready) in [
+            (200, true),
+            (301, true),
+            (404, true),
+            (500, false),
+            (503, false),
+        ] {
+            assert_eq!(
+                probe(answering(status).await, &get).await,
+                ready,
+                "{status}"
+            );
+        }
+        // Nothing listening: not ready.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = l.local_addr().unwrap();
+        drop(l);
+        assert!(!probe(gone, &get).await);
+        assert!(!probe(gone, &Ready::Tcp).await);
+    }
+}

@@ -88,3 +88,22 @@ impl Backoff {
         self.next = self.first;
     }
 }
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_its_max_and_starts_over_after_a_success() {
+        let s = Duration::from_secs;
+        let mut b = Backoff::new(s(5));
+        let pauses: Vec<Duration> = (0..5).map(|_| b.fail()).collect();
+        assert_eq!(pauses, [s(1), s(2), s(4), s(5), s(5)]);
+        b.reset();
+        assert_eq!(b.fail(), s(1));
+        // A max below the first step caps it.
+        let mut small = Backoff::new(Duration::from_millis(300));
+        assert_eq!(small.fail(), Duration::from_millis(300));
+    }
+}

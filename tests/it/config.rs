@@ -371,3 +371,137 @@ fn odd_and_hostile_files_get_short_clear_answers() {
     );
     assert_rejected(&deep, "nests deeper than 64 levels");
 }
+
+/// The fenced blocks of a Markdown text: (language, body).
+fn fenced_blocks(doc: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in doc.lines() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(lang)) => open = Some((lang.trim().to_owned(), String::new())),
+            (Some(_), Some(_)) => out.extend(open.take()),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// The worked examples of docs/config.md are what `rouse validate` prints for them: each
+/// `$ rouse validate --config X.yaml` block is checked against the YAML block before it, so
+/// the doc cannot drift from the program.
+#[test]
+fn the_worked_examples_in_config_md_are_what_rouse_validate_prints() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    let blocks = fenced_blocks(&doc);
+    let mut checked = Vec::new();
+    for (i, (lang, body)) in blocks.iter().enumerate() {
+        let Some(first) = body.lines().next() else {
+            continue;
+        };
+        let Some(file) = first.strip_prefix("$ rouse validate --config ") else {
+            continue;
+        };
+        if lang != "text" {
+            continue;
+        }
+        // Examples whose file the doc does not show.
+        if file == "typo.yaml" || file == "shop.yaml" {
+            continue;
+        }
+        if file == "k8s.yaml" && !cfg!(feature = "kubernetes") {
+            continue;
+        }
+        let yaml = &blocks[..i]
+            .iter()
+            .rev()
+            .find(|(l, _)| l == "yaml")
+            .expect("a YAML block before the output")
+            .1;
+        // A fragment of one service's revisions goes into a service.
+        let yaml = if yaml.starts_with("    revisions:") {
+            format!(
+                "listen: 127.0.0.1:8080\nservices:\n  - name: hello\n    hosts: ['*']\n    traffic: [{{ revision: v1, percent: 100 }}]\n{yaml}"
+            )
+        } else {
+            yaml.clone()
+        };
+        let path = temp_dir("doc-example").join(file);
+        std::fs::write(&path, yaml).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        let got: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .skip_while(|l| !l.ends_with("invalid config:"))
+            .skip(1)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let want: Vec<String> = body
+            .lines()
+            .skip(2)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(got, want, "docs/config.md's {file} example");
+        checked.push(file.to_owned());
+    }
+    let mut want = vec!["bad.yaml", "scale.yaml", "tls.yaml"];
+    if cfg!(feature = "kubernetes") {
+        want.push("k8s.yaml");
+    }
+    assert_eq!(checked, want);
+}
+
+/// The annotated example at the top of docs/config.md is a working config: with its TLS files
+/// in place it passes `rouse validate`, but for the Kubernetes revision in a build without
+/// the `kubernetes` feature, which is refused by name, as the doc says.
+#[test]
+fn the_annotated_example_in_config_md_validates() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    let example = fenced_blocks(&doc)
+        .into_iter()
+        .find(|(l, b)| l == "yaml" && b.starts_with("# Data listener"))
+        .expect("the annotated example")
+        .1;
+    let dir = temp_dir("doc-annotated");
+    let mut p = rcgen::CertificateParams::new(vec!["hello.example.com".to_owned()]).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(dir.join("hello.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("hello.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("internal-ca.pem"), cert.pem()).unwrap();
+    let yaml = example.replace("/etc/rouse/tls/", &format!("{}/", dir.display()));
+    let path = dir.join("rouse.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "kubernetes") {
+        assert!(out.status.success(), "{err}");
+    } else {
+        let problems: Vec<&str> = err
+            .lines()
+            .skip_while(|l| !l.ends_with("invalid config:"))
+            .skip(1)
+            .collect();
+        assert_eq!(problems.len(), 1, "{err}");
+        assert!(
+            problems[0].contains(".kubernetes: this rouse was built without Kubernetes support"),
+            "{err}"
+        );
+    }
+}

@@ -384,3 +384,66 @@ async fn a_revision_moves_between_static_and_scaled_endpoints() {
     assert!(gone, "process {pid} still running");
     watcher.abort();
 }
+
+/// A file whose content is what the last reload applied is not applied (or counted) again,
+/// however often a reload is asked for (a SIGHUP, or the watcher after a touch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_content_is_not_applied_again() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let first = Cfg::new()
+        .admin()
+        .service(Svc::single(Rev::new("ra").endpoint(a.addr)));
+    let then = Cfg::new()
+        .admin()
+        .service(Svc::single(Rev::new("rb").endpoint(b.addr)));
+    let path = first.write("identical");
+    let gw = first.start().await;
+    let reloader = gw.reloader(&path);
+    let ok = "rouse_config_reloads_total{result=\"ok\"}";
+    let count = || async { metric(&metrics(&gw).await, ok) };
+    std::fs::write(&path, then.yaml()).unwrap();
+    reloader.reload().await.unwrap();
+    assert_eq!(count().await, 1.0);
+    assert_eq!(get(&h1_client(), gw.addr(), "x", "/", &[]).await.body, "b");
+    // Written again, byte for byte: not applied again.
+    std::fs::write(&path, then.yaml()).unwrap();
+    reloader.reload().await.unwrap();
+    reloader.reload().await.unwrap();
+    assert_eq!(count().await, 1.0);
+}
+
+/// Requests held for a revision at its `container_concurrency` are let in at once when a
+/// reload raises it, not when the running requests finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_are_let_in_when_a_reload_raises_container_concurrency() {
+    let a = Backend::start("a").await;
+    let v = |cc: u32| watched(Svc::single(Rev::new("r").endpoint(a.addr).cc(cc)));
+    let path = v(1).write("raise-cc");
+    let gw = v(1).start().await;
+    let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
+    let c = h1_client();
+    let running: Vec<_> = (0..3)
+        .map(|_| spawn_get(&c, gw.addr(), "/?delay=3000"))
+        .collect();
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_held_requests{service=\"s\",revision=\"r\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(a.seen.in_flight.load(Ordering::SeqCst), 1);
+    change(&gw, &path, &v(3).yaml(), "ok").await;
+    let seen = a.seen.clone();
+    wait_until("all three at the backend", || {
+        seen.in_flight.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert!(
+        running.iter().all(|t| !t.is_finished()),
+        "let in before the first finished"
+    );
+    for t in running {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    watcher.abort();
+}

@@ -595,3 +595,78 @@ async fn max_wait_zero_leaves_a_held_request_to_the_request_timeout() {
         "{text}"
     );
 }
+
+/// `{port}` in the command is the process's port (here the only way a stock `http.server`
+/// learns it), and `cwd` is where it runs: the file it serves is the folder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_gets_its_port_and_runs_in_cwd() {
+    let dir = temp_dir("cwd");
+    std::fs::write(dir.join("f.txt"), "from cwd").unwrap();
+    let gw = scaled(
+        Rev::new("r"),
+        Scale::new(
+            Process::new(&[
+                "python3",
+                "-m",
+                "http.server",
+                "{port}",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .cwd(&dir.display().to_string())
+            .ready_http_get("/"),
+        ),
+    )
+    .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/f.txt", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.body, "from cwd");
+}
+
+/// `scale.min: 1` starts a process with the gateway: the first request finds it warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_one_is_warm_before_the_first_request() {
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("svc")
+                .host("*")
+                .only(Rev::new("r").scale(Scale::new(backend(&[])).min(1))),
+        )
+        .start()
+        .await;
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_endpoints{service=\"svc\",revision=\"r\"}",
+        1.0,
+    )
+    .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "", "no cold start");
+}
+
+/// A command that cannot be run at all is a failed start, said as such: 503 `start-failed`
+/// naming the program and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_cannot_run_is_a_start_failure_naming_it() {
+    let gw = scaled(
+        Rev::new("r"),
+        Scale::new(Process::new(&["/nonexistent/backend", "--flag"])),
+    )
+    .await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.body);
+    assert_eq!(got.header("rouse-error"), "start-failed");
+    assert!(got.body.contains("/nonexistent/backend"), "{}", got.body);
+    assert!(
+        got.body.to_lowercase().contains("no such file"),
+        "{}",
+        got.body
+    );
+    assert!(
+        got.header("retry-after").parse::<u64>().is_ok(),
+        "{:?}",
+        got.headers
+    );
+}

@@ -400,6 +400,7 @@ async fn activator_rewrites_are_undone_and_forwarded_is_synthesized() {
             ("k-original-host", "hello.example.com"),
             ("knative-serving-revision", "hello-00001"),
             ("knative-serving-namespace", "ns"),
+            ("k-network-hash", "abc123"),
             ("x-forwarded-for", "192.0.2.1"),
             ("x-forwarded-proto", "https"),
         ],
@@ -412,6 +413,7 @@ async fn activator_rewrites_are_undone_and_forwarded_is_synthesized() {
         "k-original-host",
         "knative-serving-revision",
         "knative-serving-namespace",
+        "k-network-hash",
     ] {
         assert!(h.get(gone).is_none(), "{gone} reached the app");
     }
@@ -898,4 +900,31 @@ async fn ambiguous_framing_is_refused_before_the_app_sees_it() {
     let got = get(&h1_client(), sc.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(app.requests(), 1);
+}
+
+/// `SERVING_SERVICE` names the `service` label of rouse's own metrics; without it the
+/// configuration does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_label_is_serving_service_else_the_configuration() {
+    let app = Backend::start("app").await;
+    for (service, label) in [(Some("shop"), "shop"), (None, "hello")] {
+        let mut a = args(app.addr, 0);
+        a.service = service.map(str::to_owned);
+        let sc = start(a).await;
+        assert_eq!(
+            get(&h1_client(), sc.addr(), "x", "/", &[]).await.status,
+            StatusCode::OK
+        );
+        let text = get(&h1_client(), sc.metrics_addr(), "m", "/metrics", &[])
+            .await
+            .body;
+        let series =
+            format!("rouse_revision_in_flight{{service=\"{label}\",revision=\"hello-00001\"}}");
+        assert!(text.contains(&series), "{series} missing:\n{text}");
+        let other = if label == "shop" { "hello" } else { "shop" };
+        assert!(
+            !text.contains(&format!("service=\"{other}\"")),
+            "{other} in:\n{text}"
+        );
+    }
 }

@@ -499,6 +499,8 @@ node!(
         boot_timeout: &str,
         /// `stop_grace`: time between SIGTERM and SIGKILL.
         stop_grace: &str,
+        /// `cwd`: the folder the process starts in.
+        cwd: &str,
     }
 );
 
