@@ -192,3 +192,91 @@ async fn run_listens_where_the_flags_say_and_names_an_address_in_use() {
     assert_eq!(code, Some(2));
     assert!(err.contains("write it as ip:port"), "{err}");
 }
+
+/// A rouse process stopped with SIGTERM (so that it stops the backends it started) when the
+/// test ends, passed or failed.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0.id(), "-TERM");
+        for _ in 0..100 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's demo, on ports of the test's own, answers the README's curl lines as the
+/// README says: the first request is held through a cold start, a tag picks v2, and the admin
+/// port serves metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_demo_answers_its_curl_lines() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = &readme[readme.find("The demo (`config/demo.yaml`)").unwrap()..];
+    let block = &after[after.find("```sh\n").unwrap() + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let curls: Vec<&str> = block.lines().filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(curls.len(), 3, "{block}");
+    let (listen, admin) = (dead_addr().await, dead_addr().await);
+    let _demo = Stopped(
+        Command::new(bin())
+            .args([
+                "run",
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(listen).await;
+    wait_ready(admin).await;
+    let mut outputs = Vec::new();
+    for line in curls {
+        let cmd = line
+            .split(" #")
+            .next()
+            .unwrap()
+            .replace("127.0.0.1:8080", &listen.to_string())
+            .replace("127.0.0.1:9901", &admin.to_string());
+        let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let first = outputs[0].to_ascii_lowercase();
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(
+        first.contains("rouse-cold-start: true"),
+        "held through a cold start: {first}"
+    );
+    assert!(first.contains("hello from hello-v"), "{first}");
+    assert!(
+        outputs[1].starts_with("hello from hello-v2 "),
+        "{}",
+        outputs[1]
+    );
+    assert!(
+        outputs[2].contains("rouse_revision_endpoints{service=\"hello\",revision=\"hello-v2\"} 1")
+            && outputs[2].trim_end().ends_with("# EOF"),
+        "{}",
+        outputs[2]
+    );
+    // The status page the README points a browser at.
+    let page = get(&h1_client(), admin, "x", "/", &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.header("content-type").starts_with("text/html"),
+        "{:?}",
+        page.headers
+    );
+}
