@@ -842,3 +842,37 @@ async fn the_admin_endpoints_answer_as_documented() {
         other.body
     );
 }
+
+/// `upstream.max_idle_per_endpoint` caps the idle connections kept: after six at once, two
+/// are kept, so the next six at once find two to reuse and open four. `container_concurrency`
+/// sets the cap when there is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_kept_per_endpoint_are_capped() {
+    for (cap, cc, reused) in [(Some(2), 0, 2), (None, 0, 6), (None, 3, 3)] {
+        let a = Backend::start("a").await;
+        let mut cfg = Cfg::single(Rev::new("r").endpoint(a.addr).cc(cc));
+        if let Some(n) = cap {
+            cfg = cfg.max_idle_per_endpoint(n);
+        }
+        let gw = cfg.start().await;
+        let c = h1_client();
+        // With container_concurrency 3, at most three run at once anyway.
+        let batch = cc.max(6) as usize;
+        for round in 0..2 {
+            let all: Vec<_> = (0..batch)
+                .map(|_| spawn_get(&c, gw.addr(), "/?delay=300"))
+                .collect();
+            for t in all {
+                assert_eq!(t.await.unwrap().status, StatusCode::OK);
+            }
+            let conns = a.seen.connections.load(Ordering::SeqCst);
+            let first = if cc > 0 { cc as usize } else { batch };
+            let want = if round == 0 {
+                first
+            } else {
+                2 * first - reused
+            };
+            assert_eq!(conns, want, "cap {cap:?}, cc {cc}, round {round}");
+        }
+    }
+}

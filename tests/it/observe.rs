@@ -690,3 +690,34 @@ async fn every_metric_the_grafana_dashboard_uses_is_exported_and_documented() {
         );
     }
 }
+
+/// `rouse_request_duration_seconds` records each request once, from arrival to the end of the
+/// body, in the documented buckets: three requests of at least 1.1 s and one quick one (the
+/// buckets are far apart, so a loaded machine does not move a request across).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duration_histogram_counts_each_request_in_its_bucket() {
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr))
+        .admin()
+        .start()
+        .await;
+    let c = h1_client();
+    for path in ["/?delay=1100", "/?delay=1100", "/?delay=1100", "/"] {
+        assert_eq!(
+            get(&c, gw.addr(), "x", path, &[]).await.status,
+            http::StatusCode::OK
+        );
+    }
+    let text = metrics(&gw).await;
+    let series = |suffix: &str| metric(&text, &format!("rouse_request_duration_seconds{suffix}"));
+    let labels = "service=\"s\",revision=\"r\"";
+    assert_eq!(series(&format!("_count{{{labels}}}")), 4.0, "{text}");
+    // The three slow ones are above 1.024 s; the quick one below it.
+    // (prometheus-client writes `le` first.)
+    let bucket = |le: &str| series(&format!("_bucket{{le=\"{le}\",{labels}}}"));
+    assert_eq!(bucket("1.024"), 1.0, "{text}");
+    assert_eq!(bucket("8.192"), 4.0, "{text}");
+    assert_eq!(bucket("+Inf"), 4.0, "{text}");
+    let sum = series(&format!("_sum{{{labels}}}"));
+    assert!((3.3..30.0).contains(&sum), "{sum}");
+}

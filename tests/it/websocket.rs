@@ -210,3 +210,85 @@ async fn websocket_to_an_h2c_revision_is_refused_clearly() {
     let body = String::from_utf8_lossy(res.body().as_deref().unwrap_or_default()).into_owned();
     assert!(body.contains("set its protocol to http1"), "{body}");
 }
+
+/// A backend that declines the upgrade (426 here) is answered as any response: the client gets
+/// the 426, nothing is tunnelled, the slot is freed, and the connection serves the next request.
+#[tokio::test]
+async fn a_declined_upgrade_is_an_ordinary_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr).cc(1))
+        .admin()
+        .start()
+        .await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(
+        b"GET /?status=426 HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 426"), "{first}");
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",
+        0.0,
+    )
+    .await;
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert_eq!(a.requests(), 2);
+}
+
+/// A client that half-closes a tunnel (shuts down its sending side) still gets what the
+/// backend sends after that, until the backend closes.
+#[tokio::test]
+async fn a_half_closed_tunnel_still_carries_the_backends_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that switches, reads until the client's end of input, then says goodbye.
+    let backend = serve_each(|mut s| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: raw\r\n\r\n",
+            )
+            .await;
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        let _ = s
+            .write_all(format!("bye after {} bytes", got.len()).as_bytes())
+            .await;
+    })
+    .await;
+    let gw = Cfg::single(Rev::new("r").endpoint(backend)).start().await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: raw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), "bye after 5 bytes");
+}

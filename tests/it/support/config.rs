@@ -155,6 +155,12 @@ impl Cfg {
         Cfg(self.0.set_in("upstream", "pool_idle_timeout", d))
     }
 
+    /// `upstream.max_idle_per_endpoint`: idle connections kept per endpoint (no
+    /// `container_concurrency`).
+    pub fn max_idle_per_endpoint(self, n: u32) -> Cfg {
+        Cfg(self.0.set_in("upstream", "max_idle_per_endpoint", n))
+    }
+
     /// `upstream.connect_timeout`.
     pub fn connect_timeout(self, d: &str) -> Cfg {
         Cfg(self.0.set_in("upstream", "connect_timeout", d))
