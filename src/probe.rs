@@ -387,4 +387,25 @@ mod tests {
         assert!(http(open).once().await);
         assert!(t0.elapsed() >= CLOSE_GRACE, "{:?}", t0.elapsed());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_aggressive_probe_gives_up_after_ten_seconds() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = l.local_addr().unwrap();
+        drop(l);
+        let probe = Probe {
+            check: Check::Tcp(gone),
+            aggressive: true,
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+        };
+        let t0 = Instant::now();
+        assert!(!probe.run().await);
+        let took = t0.elapsed();
+        assert!(
+            took >= AGGRESSIVE_FOR - AGGRESSIVE_INTERVAL
+                && took <= AGGRESSIVE_FOR + AGGRESSIVE_ATTEMPT,
+            "{took:?}"
+        );
+    }
 }

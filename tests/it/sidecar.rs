@@ -717,6 +717,41 @@ fn missing_and_bad_variables_are_each_named_and_nothing_starts() {
         assert!(err.contains(says), "{says:?} missing:\n{err}");
     }
     assert!(!err.contains("listening"), "{err}");
+    // Flags win over the environment: the bad values given again as good flags are not
+    // reported, and only the one still missing is.
+    let out = sidecar_cmd(&[
+        ("CONTAINER_CONCURRENCY", "-1"),
+        ("QUEUE_SERVING_PORT", "8012"),
+        ("USER_PORT", "0"),
+        ("REVISION_TIMEOUT_SECONDS", "5m"),
+        ("SERVING_NAMESPACE", "ns"),
+        ("SERVING_CONFIGURATION", "c"),
+        ("SERVING_REVISION", "r"),
+        ("SERVING_POD_IP", "10.0.0.1"),
+    ])
+    .args([
+        "--container-concurrency",
+        "2",
+        "--user-port",
+        "8080",
+        "--revision-timeout-seconds",
+        "300",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SERVING_POD is not set"), "{err}");
+    for gone in [
+        "CONTAINER_CONCURRENCY",
+        "USER_PORT",
+        "REVISION_TIMEOUT_SECONDS",
+    ] {
+        assert!(
+            !err.contains(gone),
+            "{gone} reported though its flag is good:\n{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -926,5 +961,38 @@ async fn the_service_label_is_serving_service_else_the_configuration() {
             !text.contains(&format!("service=\"{other}\"")),
             "{other} in:\n{text}"
         );
+    }
+}
+
+/// An aggressive probe passes only after `successThreshold` good answers in a row, and a JSON
+/// array of probes (one per container) passes only when every one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_need_their_success_threshold_and_every_probe_of_an_array() {
+    let app = Backend::start("app").await;
+    let mut a = args(app.addr, 0);
+    a.readiness_probe = Some(format!(
+        r#"{{"httpGet":{{"path":"/ready","port":{}}},"periodSeconds":0,"successThreshold":3}}"#,
+        app.addr.port()
+    ));
+    let sc = start(a).await;
+    let got = get(&h1_client(), sc.addr(), "x", "/", &QUEUE_PROBE).await;
+    assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "queue"));
+    assert_eq!(app.requests(), 3, "three good answers in a row");
+
+    let other = Backend::start("other").await;
+    let dead = dead_addr().await;
+    for (second, want) in [
+        (other.addr, StatusCode::OK),
+        (dead, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let mut a = args(app.addr, 0);
+        a.readiness_probe = Some(format!(
+            r#"[{{"tcpSocket":{{"port":{}}},"periodSeconds":1,"timeoutSeconds":1}},{{"tcpSocket":{{"port":{}}},"periodSeconds":1,"timeoutSeconds":1}}]"#,
+            app.addr.port(),
+            second.port()
+        ));
+        let sc = start(a).await;
+        let got = get(&h1_client(), sc.addr(), "x", "/", &QUEUE_PROBE).await;
+        assert_eq!(got.status, want, "second probe to {second}: {}", got.body);
     }
 }
