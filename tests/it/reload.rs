@@ -447,3 +447,23 @@ async fn held_requests_are_let_in_when_a_reload_raises_container_concurrency() {
     }
     watcher.abort();
 }
+
+/// `listen` and `limits` change only on restart: a reload that changes them (with a route
+/// change) is applied but for them, and the gateway keeps serving where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_only_keys_are_kept_and_the_rest_applied() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let first = watched(Svc::single(Rev::new("ra").endpoint(a.addr)));
+    let path = first.write("restart-only");
+    let gw = first.start().await;
+    let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
+    let elsewhere = dead_addr().await;
+    let then = watched(Svc::single(Rev::new("rb").endpoint(b.addr)))
+        .listen(elsewhere)
+        .header_read_timeout("1s");
+    change(&gw, &path, &then.yaml(), "ok").await;
+    // The new route is served on the old address; nothing listens on the new one.
+    assert_eq!(get(&h1_client(), gw.addr(), "x", "/", &[]).await.body, "b");
+    assert!(tokio::net::TcpStream::connect(elsewhere).await.is_err());
+    watcher.abort();
+}

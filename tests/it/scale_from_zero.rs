@@ -670,3 +670,68 @@ async fn a_command_that_cannot_run_is_a_start_failure_naming_it() {
         got.headers
     );
 }
+
+/// Scaling down to a count that is not zero stops the surplus processes and keeps the
+/// longest-running one (the most recently ready go first), while the revision stays warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_down_to_one_keeps_the_oldest_process() {
+    let gw = Cfg::new()
+        .admin()
+        .service(
+            Svc::new("svc").host("*").only(
+                Rev::new("r").cc(1).scale(
+                    Scale::new(backend(&[]))
+                        .min(1)
+                        .max(3)
+                        .target(1.0)
+                        .tick("200ms")
+                        .stable_window("2s"),
+                ),
+            ),
+        )
+        .start()
+        .await;
+    let endpoints = "rouse_revision_endpoints{service=\"svc\",revision=\"r\"}";
+    wait_for_gauge(&gw, endpoints, 1.0).await;
+    let c = h1_client();
+    let oldest = get(&c, gw.addr(), "x", "/", &[])
+        .await
+        .header("x-pid")
+        .to_owned();
+    let mut tasks = Vec::new();
+    // As many clients as the revision has room for at its max, so none is shed.
+    for _ in 0..3 {
+        let (c, addr) = (c.clone(), gw.addr());
+        tasks.push(tokio::spawn(async move {
+            let mut pids = HashSet::new();
+            let until = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < until {
+                let got = get(&c, addr, "x", "/?delay=200", &[]).await;
+                assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+                pids.insert(got.header("x-pid").to_owned());
+            }
+            pids
+        }));
+    }
+    let mut pids = HashSet::new();
+    for t in tasks {
+        pids.extend(t.await.unwrap());
+    }
+    assert!(pids.len() >= 2, "only {pids:?} served the load");
+    // Idle: down to min, not to zero.
+    let mut now = 0.0;
+    for _ in 0..300 {
+        now = gauge(&gw, "rouse_revision_endpoints").await;
+        if now == 1.0 && pids.iter().filter(|p| pid_alive(p)).count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, 1.0);
+    let after = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(after.header("rouse-cold-start"), "", "still warm");
+    assert_eq!(after.header("x-pid"), oldest, "the oldest process stayed");
+    for p in pids.iter().filter(|p| **p != oldest) {
+        assert!(!pid_alive(p), "{p} still runs");
+    }
+}
