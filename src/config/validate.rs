@@ -1167,4 +1167,165 @@ mod tests {
         ));
         assert!(got.contains(&format!("{p}.scale.process: give process or deployment, not both: one thing runs the backends")), "{got:?}");
     }
+
+    /// A file with one service `s` (hosts `*`, all traffic to `r`), `svc` added to the
+    /// service, `rev` to its revision `r`, and `top` at the top.
+    fn shaped(top: &str, svc: &str, rev: &str) -> String {
+        format!(
+            "listen: 127.0.0.1:1\n{top}services:\n  - name: s\n    hosts: ['*']\n    traffic: [{{ revision: r, percent: 100 }}]\n{svc}    revisions:\n      - name: r\n{rev}"
+        )
+    }
+
+    /// Every rule the validator has, triggered once: each answer names its key and says what
+    /// is wrong. (The rules tested elsewhere in this file are not repeated.)
+    #[test]
+    fn every_rule_answers_with_its_key_path() {
+        let ep = "        endpoints: ['127.0.0.1:2']\n";
+        let proc_ =
+            |extra: &str| format!("        scale: {{ process: {{ command: [x]{extra} }} }}\n");
+        let scale =
+            |extra: &str| format!("        scale: {{ process: {{ command: [x] }}, {extra} }}\n");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "listen: 127.0.0.1:1\nservices:\n  - name: ''\n    hosts: ['*']\n    traffic: [{ revision: r, percent: 100 }]\n    revisions: [{ name: r, endpoints: ['127.0.0.1:2'] }]\n".into(),
+                "services[0].name: must not be empty",
+            ),
+            (
+                shaped("listen_internal: 127.0.0.1:1\n", "", ep).replacen("listen: 127.0.0.1:1\nlisten_internal", "listen_internal", 1).replacen("services:", "listen: 127.0.0.1:1\nservices:", 1),
+                "listen_internal: must differ from listen, admin and tls.listen",
+            ),
+            (
+                shaped("kubernetes: { ingress: { class: ' ', activate: true } }\n", "", ep),
+                "kubernetes.ingress.class: must not be empty",
+            ),
+            (
+                shaped("kubernetes: { ingress: { activate: true } }\n", "", ep),
+                "kubernetes.ingress.activate: needs kubernetes.autoscaler",
+            ),
+            (
+                shaped("kubernetes: { ingress: {} }\n", "", ep),
+                "listen_internal: kubernetes.ingress needs a cluster-local listener",
+            ),
+            (
+                shaped("kubernetes: { autoscaler: { url: 'http://x' } }\n", "", ep),
+                "kubernetes.autoscaler.url: \"http://x\" is not a ws:// URL with a host",
+            ),
+            (
+                shaped("limits: { max_header_bytes: 4KiB }\n", "", ep),
+                "limits.max_header_bytes: must be at least 8KiB",
+            ),
+            (
+                shaped("kubernetes: { peers: { service: rouse, port: 0 } }\n", "", ep),
+                "kubernetes.peers.port: 0 is not a port",
+            ),
+            (
+                shaped("limits: { idle_timeout: 0s }\n", "", ep),
+                "limits.idle_timeout: must be greater than 0",
+            ),
+            (
+                shaped("limits: { header_read_timeout: 0s }\n", "", ep),
+                "limits.header_read_timeout: must be greater than 0",
+            ),
+            (
+                shaped("upstream: { connect_timeout: 0s }\n", "", ep),
+                "upstream.connect_timeout: must be greater than 0",
+            ),
+            (
+                shaped("tls: { listen: 127.0.0.1:3, certificates: [{ cert: a, key: a, hosts: [x.test] }, { cert: b, key: b, hosts: [X.test] }] }\n", "", ep),
+                "tls.certificates[1].hosts[0]: \"X.test\" is already served by certificates[0]",
+            ),
+            (
+                shaped("tls: { listen: 127.0.0.1:3, certificates: [] }\n", "", ep),
+                "tls.certificates: empty; add at least one",
+            ),
+            (
+                shaped("", "", ep).replacen("hosts: ['*']", "hosts: ['']", 1),
+                "services[0].hosts[0]: must not be empty",
+            ),
+            (
+                shaped("", "", ep).replacen("hosts: ['*']", "hosts: ['a b']", 1),
+                "services[0].hosts[0]: \"a b\" is not a hostname",
+            ),
+            (
+                shaped("", "    sticky: { cookie: pin, max_age: 500ms }\n", ep),
+                "services[0].sticky.max_age: must be at least 1s",
+            ),
+            (
+                shaped("", "", &scale("keep_warm: { windows: [] }")),
+                "services[0].revisions[0].scale.keep_warm.windows: empty",
+            ),
+            (
+                "listen: 127.0.0.1:1\nservices:\n  - name: s\n    hosts: ['*']\n    traffic: []\n    revisions: []\n".into(),
+                "services[0].revisions: empty; add at least one revision",
+            ),
+            (
+                shaped("", "    routes:\n      - { path: /a, traffic: [{ revision: r, percent: 100 }] }\n      - { path: /a, traffic: [{ revision: r, percent: 100 }] }\n", ep),
+                "services[0].routes[1]: same path and headers as routes[0], so it could never match",
+            ),
+            (
+                shaped("", "    timeouts: { request: 0s }\n", ep),
+                "services[0].timeouts.request: must be greater than 0; leave it out for no limit",
+            ),
+            (
+                shaped("", "", &scale("tick: 0s")),
+                "services[0].revisions[0].scale.tick: must be greater than 0",
+            ),
+            (
+                shaped("", "", &scale("panic_window_percentage: 150")),
+                "services[0].revisions[0].scale.panic_window_percentage: must be above 0 and at most 100",
+            ),
+            (
+                shaped("", "", &scale("max_scale_up_rate: 1")),
+                "services[0].revisions[0].scale.max_scale_up_rate: must be above 1",
+            ),
+            (
+                shaped("", "", &scale("max_scale_down_rate: 0.5")),
+                "services[0].revisions[0].scale.max_scale_down_rate: must be above 1",
+            ),
+            (
+                shaped("", "", &proc_(", boot_timeout: 0s")),
+                "services[0].revisions[0].scale.process.boot_timeout: must be greater than 0",
+            ),
+            (
+                shaped("", "", &proc_(", stop_grace: 0s")),
+                "services[0].revisions[0].scale.process.stop_grace: must be greater than 0",
+            ),
+            (
+                shaped("", "", &proc_(", max_backoff: 50ms")),
+                "services[0].revisions[0].scale.process.max_backoff: must be at least 100ms",
+            ),
+            (
+                shaped("", "", "        kubernetes: { service: hello, knative_revision: hello }\n"),
+                "services[0].revisions[0].kubernetes.knative_revision: \"hello\" is not namespace/name",
+            ),
+            (
+                shaped("", "", "        kubernetes: { service: hello, shared_by: rouse }\n"),
+                "services[0].revisions[0].kubernetes.shared_by: needs kubernetes.activator.pod_ip",
+            ),
+            (
+                shaped("kubernetes: { lease: { name: Rouse } }\n", "", ep),
+                "kubernetes.lease.name: \"Rouse\" is not a Kubernetes object name",
+            ),
+            (
+                shaped("", "", ep).replacen(
+                    "traffic: [{ revision: r, percent: 100 }]",
+                    "traffic: [{ revision: r, percent: 100, tag: '' }]",
+                    1,
+                ),
+                "services[0].traffic[0].tag: must be non-empty text usable as a header value",
+            ),
+            (
+                shaped("", "    routes:\n      - { path: /a, set_headers: { x-a: \"\\x01\" }, traffic: [{ revision: r, percent: 100 }] }\n", ep),
+                "services[0].routes[0].set_headers.x-a: \"\\u{1}\" is not a valid header value",
+            ),
+        ];
+        let mut missed = Vec::new();
+        for (yaml, want) in &cases {
+            let got = issues(yaml);
+            if !got.iter().any(|g| g.starts_with(want)) {
+                missed.push(format!("want {want:?}\n got {got:?}\n in:\n{yaml}"));
+            }
+        }
+        assert!(missed.is_empty(), "{}", missed.join("\n\n"));
+    }
 }
