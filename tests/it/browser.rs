@@ -64,9 +64,7 @@ async fn load(chrome: &Path, url: &str, budget: Duration, screenshot: Option<&Pa
 }
 
 fn backend(rev: &str) -> Process {
-    Process::new(&["python3", BACKEND_PY])
-        .env("REVISION", rev)
-        .ready_http_get("/")
+    app_process(rev)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,16 +292,9 @@ async fn spans_continue_the_clients_trace_through_a_cold_start_to_the_backend() 
     let cfg = Cfg::new()
         .listen(listen)
         .service(
-            Svc::new("svc").host("*").only(
-                Rev::new("r").scale(
-                    Scale::new(
-                        Process::new(&["python3", BACKEND_PY])
-                            .env("REVISION", "r")
-                            .ready_http_get("/"),
-                    )
-                    .min(0),
-                ),
-            ),
+            Svc::new("svc")
+                .host("*")
+                .only(Rev::new("r").scale(app_at_zero("r"))),
         )
         .write("trace-cold");
     let log = cfg.with_file_name("rouse.log");
@@ -503,16 +496,9 @@ async fn the_status_json_shows_phases_splits_held_requests_and_cold_starts() {
                 .revision(Rev::new("spare").endpoint(b.addr)),
         )
         .service(
-            Svc::new("lab").host("lab.test").only(
-                Rev::new("cold").scale(
-                    Scale::new(
-                        Process::new(&["python3", BACKEND_PY])
-                            .env("REVISION", "cold")
-                            .ready_http_get("/"),
-                    )
-                    .min(0),
-                ),
-            ),
+            Svc::new("lab")
+                .host("lab.test")
+                .only(Rev::new("cold").scale(app_at_zero("cold"))),
         )
         .start()
         .await;
@@ -645,16 +631,9 @@ async fn every_metric_the_grafana_dashboard_uses_is_exported_and_documented() {
                 .only(Rev::new("r").endpoint(b.addr)),
         )
         .service(
-            Svc::new("z").host("z.test").only(
-                Rev::new("p").scale(
-                    Scale::new(
-                        Process::new(&["python3", BACKEND_PY])
-                            .env("REVISION", "p")
-                            .ready_http_get("/"),
-                    )
-                    .min(0),
-                ),
-            ),
+            Svc::new("z")
+                .host("z.test")
+                .only(Rev::new("p").scale(app_at_zero("p"))),
         )
         .start()
         .await;

@@ -244,15 +244,10 @@ async fn health_checks_neither_wake_a_revision_nor_keep_it_up() {
                 .no_wake(&["/healthz"], &["kube-probe"])
                 .only(
                     Rev::new("r").scale(
-                        Scale::new(
-                            Process::new(&["python3", BACKEND_PY])
-                                .env("REVISION", "r")
-                                .env("PID_FILE", pid_file.to_str().unwrap())
-                                .ready_http_get("/"),
-                        )
-                        .min(0)
-                        .idle_grace("1s")
-                        .tick("100ms"),
+                        Scale::new(app_process("r").env("PID_FILE", pid_file.to_str().unwrap()))
+                            .min(0)
+                            .idle_grace("1s")
+                            .tick("100ms"),
                     ),
                 ),
         )
@@ -339,10 +334,8 @@ async fn a_long_start_shows_clients_how_long_it_has_been_starting() {
                     .waiting_page(true)
                     .scale(
                         Scale::new(
-                            Process::new(&["python3", BACKEND_PY])
-                                .env("REVISION", "llm")
+                            app_process("llm")
                                 .env("BOOT_DELAY_MS", "2500")
-                                .ready_http_get("/")
                                 .boot_timeout("1m"),
                         )
                         .min(0),
@@ -408,15 +401,8 @@ async fn a_rollout_warms_the_new_revision_then_moves_shares_with_nothing_lost() 
                 .rollout("v2", "2s", 4)
                 .revision(Rev::new("v1").endpoint(stable.addr))
                 .revision(
-                    Rev::new("v2").scale(
-                        Scale::new(
-                            Process::new(&["python3", BACKEND_PY])
-                                .env("REVISION", "v2")
-                                .env("BOOT_DELAY_MS", "500")
-                                .ready_http_get("/"),
-                        )
-                        .min(0),
-                    ),
+                    Rev::new("v2")
+                        .scale(Scale::new(app_process("v2").env("BOOT_DELAY_MS", "500")).min(0)),
                 ),
         )
         .start()

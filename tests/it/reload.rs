@@ -467,3 +467,29 @@ async fn restart_only_keys_are_kept_and_the_rest_applied() {
     assert!(tokio::net::TcpStream::connect(elsewhere).await.is_err());
     watcher.abort();
 }
+
+/// A changed `scale` section restarts the revision's scaler: the old process is stopped, and
+/// the next request is held for a new one started with the new settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_scale_section_restarts_the_scaler() {
+    let v = |tag: &str| {
+        watched(Svc::single(Rev::new("r").scale(
+            Scale::new(app_process("r").env("TAG", tag).stop_grace("1s")).min(0),
+        )))
+    };
+    let path = v("one").write("scale-restart");
+    let gw = v("one").start().await;
+    let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
+    let c = h1_client();
+    let before = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(before.status, StatusCode::OK);
+    let old = before.header("x-pid").to_owned();
+    change(&gw, &path, &v("two").yaml(), "ok").await;
+    // The reload is reported once the old process has stopped.
+    assert!(!pid_alive(&old), "{old} still runs after the reload");
+    let after = get(&c, gw.addr(), "x", "/", &[]).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.body);
+    assert_eq!(after.header("rouse-cold-start"), "true", "held for a new process");
+    assert_ne!(after.header("x-pid"), old);
+    watcher.abort();
+}

@@ -11,13 +11,8 @@ use std::time::Duration;
 /// backend.py as revision `r`'s process, with `env` added: ready once `GET /` answers, given
 /// 2 s to stop.
 fn backend(env: &[(&str, &str)]) -> Process {
-    env.iter().fold(
-        Process::new(&["python3", BACKEND_PY])
-            .env("REVISION", "r")
-            .ready_http_get("/")
-            .stop_grace("2s"),
-        |p, (k, v)| p.env(k, v),
-    )
+    env.iter()
+        .fold(app_process("r").stop_grace("2s"), |p, (k, v)| p.env(k, v))
 }
 
 /// A gateway (with admin) whose service `svc`, on any host, sends everything to `rev` (named
@@ -316,6 +311,9 @@ async fn a_crashed_backend_is_replaced_and_held_requests_wait_for_it() {
     let c = h1_client();
     let first = get(&c, gw.addr(), "x", "/exit", &[]).await;
     assert_eq!(first.status, StatusCode::OK);
+    // It crashed within 10 s of being ready: the replacement waits for the backoff (1 s)
+    // before it boots, so a crashing backend is not restarted in a tight loop.
+    let crashed = tokio::time::Instant::now();
     let old = first.header("x-pid").to_owned();
     // Once rouse has seen the process go, a request is held until the replacement is ready:
     // one request, one answer, from a new process.
@@ -332,6 +330,11 @@ async fn a_crashed_backend_is_replaced_and_held_requests_wait_for_it() {
     assert!(
         !new.is_empty() && new != old,
         "replacement pid {new:?} vs {old}"
+    );
+    assert!(
+        crashed.elapsed() >= Duration::from_millis(1300),
+        "replaced after {:?}, without the 1 s backoff before its 300 ms boot",
+        crashed.elapsed()
     );
 }
 

@@ -536,6 +536,18 @@ pub fn run_binary(config: &std::path::Path) -> Proc {
 /// The test app run as a process (see its header for what it does).
 pub const BACKEND_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/backend.py");
 
+/// The test app as revision `rev`'s process: `REVISION=rev`, ready once `GET /` answers.
+pub fn app_process(rev: &str) -> Process {
+    Process::new(&["python3", BACKEND_PY])
+        .env("REVISION", rev)
+        .ready_http_get("/")
+}
+
+/// [`app_process`] scaled from zero.
+pub fn app_at_zero(rev: &str) -> Scale {
+    Scale::new(app_process(rev)).min(0)
+}
+
 /// Where the two-port backend example (REST on `PORT`, gRPC on `GRPC_PORT`) is built: next
 /// to this test binary.
 pub fn two_port_backend_path() -> std::path::PathBuf {
