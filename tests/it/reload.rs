@@ -489,7 +489,62 @@ async fn a_changed_scale_section_restarts_the_scaler() {
     assert!(!pid_alive(&old), "{old} still runs after the reload");
     let after = get(&c, gw.addr(), "x", "/", &[]).await;
     assert_eq!(after.status, StatusCode::OK, "{}", after.body);
-    assert_eq!(after.header("rouse-cold-start"), "true", "held for a new process");
+    assert_eq!(
+        after.header("rouse-cold-start"),
+        "true",
+        "held for a new process"
+    );
     assert_ne!(after.header("x-pid"), old);
+    watcher.abort();
+}
+
+/// Stopping a process waits up to `stop_grace` for its in-flight request, then sends SIGTERM,
+/// then SIGKILL `stop_grace` later to a process that ignores SIGTERM: the request is answered,
+/// and the reload that restarted the scaler is reported only once the process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_request_then_terms_then_kills() {
+    let v = |tag: &str| {
+        watched(Svc::single(
+            Rev::new("r").scale(
+                Scale::new(
+                    app_process("r")
+                        .env("TAG", tag)
+                        .env("IGNORE_SIGTERM", "1")
+                        .stop_grace("1s"),
+                )
+                .min(0),
+            ),
+        ))
+    };
+    let path = v("one").write("stop-grace");
+    let gw = v("one").start().await;
+    let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
+    let c = h1_client();
+    let warm = get(&c, gw.addr(), "x", "/", &[]).await;
+    let old = warm.header("x-pid").to_owned();
+    let running = spawn_get(&c, gw.addr(), "/?delay=700");
+    wait_for_gauge(
+        &gw,
+        "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",
+        1.0,
+    )
+    .await;
+    let began = tokio::time::Instant::now();
+    change(&gw, &path, &v("two").yaml(), "ok").await;
+    let took = began.elapsed();
+    let got = running.await.unwrap();
+    assert_eq!(
+        got.status,
+        StatusCode::OK,
+        "the in-flight request was cut: {}",
+        got.body
+    );
+    assert_eq!(got.header("x-pid"), old);
+    assert!(!pid_alive(&old), "{old} outlived SIGKILL");
+    // About 0.7 s for the request, then the 1 s it ignored SIGTERM for.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "stopped after {took:?}"
+    );
     watcher.abort();
 }
