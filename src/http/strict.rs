@@ -721,4 +721,52 @@ mod tests {
             Some(Broken::LengthAndChunked)
         );
     }
+
+    /// Reads what `Strict` passes on from `input`, then writes `answer` through it; returns
+    /// (what was passed on, what reached the client).
+    async fn through(input: &[u8], answer: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut s = Strict::new(server, Cut::default(), |_| {
+            Some(Bytes::from_static(b"rouse's answer"))
+        });
+        client.write_all(input).await.unwrap();
+        let mut passed = vec![0u8; 4096];
+        let n = s.read(&mut passed).await.unwrap();
+        passed.truncate(n);
+        s.write_all(answer).await.unwrap();
+        s.flush().await.unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        (passed, got)
+    }
+
+    #[tokio::test]
+    async fn only_a_first_refused_requests_400_becomes_rouses() {
+        let hyper_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        // The first request breaks a rule: hyper gets it up to the poisoned byte, and its 400
+        // is replaced.
+        let (passed, got) = through(b"GET / HTTP/1.1\nHost: a\r\n\r\n", hyper_400).await;
+        assert_eq!(passed, b"GET / HTTP/1.1\x01");
+        assert_eq!(got, b"rouse's answer");
+        // After a good request, the earlier answer and hyper's 400 go out as they are.
+        let earlier = [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            hyper_400,
+        ]
+        .concat();
+        let (passed, got) = through(
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\nHost: a\r\n\r\n",
+            &earlier,
+        )
+        .await;
+        assert!(passed.ends_with(b"GET /b HTTP/1.1\x01"), "{passed:?}");
+        assert_eq!(got, earlier);
+        // Nothing refused: writes pass untouched.
+        let (passed, got) = through(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", hyper_400).await;
+        assert_eq!(passed, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(got, hyper_400);
+    }
 }

@@ -249,6 +249,8 @@ async fn the_readme_demo_answers_its_curl_lines() {
             .unwrap()
             .replace("127.0.0.1:8080", &listen.to_string())
             .replace("127.0.0.1:9901", &admin.to_string());
+        // A hang guard: rouse answers in well under it.
+        let cmd = cmd.replacen("curl ", "curl --max-time 60 ", 1);
         let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
         assert!(out.status.success(), "{cmd}: {out:?}");
         outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());

@@ -380,7 +380,7 @@ async fn no_100_continue_when_rouse_answers_first() {
     // The only slot is taken, and nobody may wait for it.
     let c = h1_client();
     let addr = gw.addr();
-    let busy = tokio::spawn(async move { get(&c, addr, "a.test", "/?delay=1000", &[]).await });
+    let busy = tokio::spawn(async move { get(&c, addr, "a.test", "/?delay=5000", &[]).await });
     wait_until("the slot taken", || {
         be.seen.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
@@ -397,7 +397,10 @@ async fn no_100_continue_when_rouse_answers_first() {
         .unwrap();
         // The body is never sent: the answer comes without it, and it is the first thing.
         let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answered and closed without the body")
+            .unwrap();
         let out = String::from_utf8_lossy(&out);
         assert!(
             out.starts_with(&format!("HTTP/1.1 {status}")),
@@ -430,6 +433,12 @@ async fn a_client_leaving_mid_response_frees_the_slot_and_the_connection_is_not_
         "rouse_revision_in_flight{service=\"s\",revision=\"r\"}",
         0.0,
     )
+    .await;
+    // The backend's side was torn down too: its stream ended with the client.
+    let seen = be.seen.clone();
+    wait_until("the backend's response dropped", || {
+        seen.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
     .await;
     // The only slot is free again, and the next request goes on a new backend connection.
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;

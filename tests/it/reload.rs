@@ -23,7 +23,7 @@ async fn change(gw: &Gateway, path: &std::path::Path, yaml: &str, result: &str) 
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if metric(&metrics(gw).await, &key) > before {
             return;
         }
@@ -448,8 +448,8 @@ async fn held_requests_are_let_in_when_a_reload_raises_container_concurrency() {
     watcher.abort();
 }
 
-/// `listen` and `limits` change only on restart: a reload that changes them (with a route
-/// change) is applied but for them, and the gateway keeps serving where it was.
+/// `listen` changes only on restart: a reload that changes it (with a route change) is
+/// applied but for it, and the gateway keeps serving where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_only_keys_are_kept_and_the_rest_applied() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
@@ -458,9 +458,7 @@ async fn restart_only_keys_are_kept_and_the_rest_applied() {
     let gw = first.start().await;
     let watcher = tokio::spawn(gw.reloader(&path).watch(Duration::from_millis(50)));
     let elsewhere = dead_addr().await;
-    let then = watched(Svc::single(Rev::new("rb").endpoint(b.addr)))
-        .listen(elsewhere)
-        .header_read_timeout("1s");
+    let then = watched(Svc::single(Rev::new("rb").endpoint(b.addr))).listen(elsewhere);
     change(&gw, &path, &then.yaml(), "ok").await;
     // The new route is served on the old address; nothing listens on the new one.
     assert_eq!(get(&h1_client(), gw.addr(), "x", "/", &[]).await.body, "b");
@@ -522,6 +520,7 @@ async fn a_stop_waits_for_the_request_then_terms_then_kills() {
     let c = h1_client();
     let warm = get(&c, gw.addr(), "x", "/", &[]).await;
     let old = warm.header("x-pid").to_owned();
+    let began = tokio::time::Instant::now();
     let running = spawn_get(&c, gw.addr(), "/?delay=700");
     wait_for_gauge(
         &gw,
@@ -529,7 +528,6 @@ async fn a_stop_waits_for_the_request_then_terms_then_kills() {
         1.0,
     )
     .await;
-    let began = tokio::time::Instant::now();
     change(&gw, &path, &v("two").yaml(), "ok").await;
     let took = began.elapsed();
     let got = running.await.unwrap();
@@ -541,9 +539,9 @@ async fn a_stop_waits_for_the_request_then_terms_then_kills() {
     );
     assert_eq!(got.header("x-pid"), old);
     assert!(!pid_alive(&old), "{old} outlived SIGKILL");
-    // About 0.7 s for the request, then the 1 s it ignored SIGTERM for.
+    // At least 0.7 s for the request, then the 1 s it ignored SIGTERM for.
     assert!(
-        took >= Duration::from_millis(1500),
+        took >= Duration::from_millis(1700),
         "stopped after {took:?}"
     );
     watcher.abort();

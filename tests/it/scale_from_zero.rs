@@ -584,9 +584,14 @@ async fn max_wait_zero_leaves_a_held_request_to_the_request_timeout() {
         )
         .start()
         .await;
+    let began = tokio::time::Instant::now();
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.body);
     assert_eq!(got.header("rouse-error"), "request-timeout");
+    assert!(
+        began.elapsed() >= Duration::from_millis(1500),
+        "held until the limit"
+    );
     // It was held (and counted as waiting), not refused.
     let text = metrics(&gw).await;
     assert_eq!(

@@ -570,7 +570,6 @@ async fn drain_under_load_loses_nothing_and_waits_for_websockets() {
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let drainer = sc.drainer().clone();
-    let began = Instant::now();
     let draining = tokio::spawn(sc.shutdown());
     wait_until("draining", || drainer.phase() == Phase::Draining).await;
     let before = served.load(Ordering::SeqCst);
@@ -604,7 +603,6 @@ async fn drain_under_load_loses_nothing_and_waits_for_websockets() {
     );
     assert_eq!(long.await.unwrap().status, StatusCode::OK);
     assert_eq!(out.active_left, 0);
-    assert!(began.elapsed() >= Duration::from_millis(800));
     assert_eq!(failed.load(Ordering::SeqCst), 0, "nothing lost");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 

@@ -19,6 +19,7 @@ async fn slow_backend_is_not_timed_out_by_default() {
         (None, None, None, false)
     );
     let gw = cfg.start().await;
+    let began = tokio::time::Instant::now();
     let got = get(
         &h1_client(),
         gw.addr(),
@@ -29,6 +30,10 @@ async fn slow_backend_is_not_timed_out_by_default() {
     .await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.body, "slow");
+    assert!(
+        began.elapsed() >= Duration::from_secs(6),
+        "both waits were waited for"
+    );
 }
 
 #[tokio::test]

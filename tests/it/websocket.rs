@@ -227,9 +227,7 @@ async fn a_declined_upgrade_is_an_ordinary_answer() {
     )
     .await
     .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let first = read_response(&mut s).await;
     assert!(first.starts_with("HTTP/1.1 426"), "{first}");
     wait_for_gauge(
         &gw,
@@ -289,6 +287,9 @@ async fn a_half_closed_tunnel_still_carries_the_backends_answer() {
     s.write_all(b"hello").await.unwrap();
     s.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the backend's answer after the half-close")
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&rest), "bye after 5 bytes");
 }

@@ -479,6 +479,45 @@ pub async fn wait_for_gauge(gw: &Gateway, prefix: &str, value: f64) {
     panic!("{prefix} never read {value}: {}", metrics(gw).await);
 }
 
+/// Reads from `s` until a whole request head has arrived; returns it.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole head: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads one response with a `content-length` body from `s` (at most 10 s: a test that
+/// waits for an answer that never comes fails instead of hanging).
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no whole response within 10 s: {text}"))
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {text}");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Writes raw bytes to `addr` and reads until the peer closes or 2 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -600,9 +639,16 @@ pub async fn grpc_call(addr: SocketAddr, authority: &str, msg: &str) -> GrpcRepl
     .header("te", "trailers")
     .body(Full::new(framed.freeze()))
     .unwrap();
-    let res = send.send_request(req).await.unwrap();
+    // Hang guards: a test whose call is never answered fails instead.
+    let res = tokio::time::timeout(Duration::from_secs(60), send.send_request(req))
+        .await
+        .expect("a gRPC answer within 60 s")
+        .unwrap();
     let (parts, body) = res.into_parts();
-    let collected = body.collect().await.unwrap();
+    let collected = tokio::time::timeout(Duration::from_secs(60), body.collect())
+        .await
+        .expect("the gRPC answer's end within 60 s")
+        .unwrap();
     let grpc_status = collected
         .trailers()
         .and_then(|t| t.get("grpc-status"))
