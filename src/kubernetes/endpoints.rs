@@ -268,11 +268,7 @@ pub async fn follow(
     // reload), also when its task is aborted.
     let _clear = ClearOnDrop {
         health: health.clone(),
-        keys: vec![
-            what.clone(),
-            format!("port of Service {target}"),
-            format!("Service {target}"),
-        ],
+        keys: vec![what.clone(), port_key(&target), format!("Service {target}")],
     };
     let api = Api::<EndpointSlice>::namespaced(client.clone(), &target.namespace);
     let services = Api::<Service>::namespaced(client, &target.namespace);
@@ -371,8 +367,8 @@ pub async fn follow(
             target.grpc_port.as_ref(),
         );
         match &now.problem {
-            Some(p) => health.report(&format!("port of Service {target}"), p),
-            None => health.clear(&format!("port of Service {target}")),
+            Some(p) => health.report(&port_key(&target), p),
+            None => health.clear(&port_key(&target)),
         }
         recheck = check_service(&services, &target, &mut sink, &health, slices.is_empty()).await;
         let grpc_changed = last.as_ref().is_none_or(|l| l.grpc != now.grpc);
@@ -399,6 +395,23 @@ pub async fn follow(
         }
         last = Some(now);
         synced.send_replace(true);
+    }
+}
+
+/// What a problem with `target`'s ports is reported as. It names the ports asked for, so that
+/// two revisions that take the same Service's pods on different ports (one of them misnamed)
+/// do not clear each other's problem.
+fn port_key(target: &Target) -> String {
+    let mut asked = Vec::new();
+    if let Some(p) = &target.port {
+        asked.push(format!("port {p}"));
+    }
+    if let Some(g) = &target.grpc_port {
+        asked.push(format!("gRPC port {g}"));
+    }
+    match asked.is_empty() {
+        true => format!("port of Service {target}"),
+        false => format!("port of Service {target} ({})", asked.join(", ")),
     }
 }
 
