@@ -528,14 +528,48 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A fresh, empty temp dir whose name starts with `name`.
+/// The folder of this test process's temp dirs: `rouse-it-PID` in the system's temp dir.
+///
+/// The test harness has no hook at exit, so a run cannot remove its own files; instead the
+/// first call removes those of test processes that have ended, and at most one finished run's
+/// files stay behind. A process that is PID 1 (in a PID namespace of its own, where other
+/// processes' PIDs are not visible) removes nothing.
+fn temp_root() -> &'static std::path::Path {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let base = std::env::temp_dir();
+        let me = std::process::id();
+        if me != 1
+            && let Ok(entries) = std::fs::read_dir(&base)
+        {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix("rouse-it-") else {
+                    continue;
+                };
+                // `rouse-it-PID` now; `rouse-it-NAME-PID-RANDOM` before.
+                let pid = rest
+                    .parse::<u32>()
+                    .ok()
+                    .or_else(|| rest.rsplit('-').nth(1).and_then(|p| p.parse().ok()));
+                if let Some(pid) = pid
+                    && pid != me
+                    && pid != 1
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = base.join(format!("rouse-it-{me}"));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    })
+}
+
+/// A fresh, empty temp dir whose name starts with `name`, under [`temp_root`].
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rouse-it-{}-{}-{}",
-        name,
-        std::process::id(),
-        fastrand_u64()
-    ));
+    let dir = temp_root().join(format!("{name}-{}", fastrand_u64()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
