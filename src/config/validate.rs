@@ -1061,9 +1061,7 @@ mod tests {
     }
 
     fn with_revision(rev: &str, top: &str) -> String {
-        format!(
-            "listen: 127.0.0.1:1\n{top}services:\n  - name: s\n    hosts: ['*']\n    traffic: [{{ revision: r, percent: 100 }}]\n    revisions:\n      - name: r\n{rev}"
-        )
+        shaped(top, "", rev)
     }
 
     #[cfg(not(feature = "kubernetes"))]
@@ -1191,7 +1189,7 @@ mod tests {
                 "services[0].name: must not be empty",
             ),
             (
-                shaped("listen_internal: 127.0.0.1:1\n", "", ep).replacen("listen: 127.0.0.1:1\nlisten_internal", "listen_internal", 1).replacen("services:", "listen: 127.0.0.1:1\nservices:", 1),
+                shaped("listen_internal: 127.0.0.1:1\n", "", ep),
                 "listen_internal: must differ from listen, admin and tls.listen",
             ),
             (

@@ -528,7 +528,7 @@ async fn a_broken_request_after_good_ones_on_one_connection_is_refused_after_the
 /// its next request is checked like any other; a switched connection is a tunnel and is not.
 #[tokio::test]
 async fn after_a_declined_upgrade_the_next_request_is_still_checked() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let a = Backend::start("a").await;
     let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
@@ -538,12 +538,7 @@ async fn after_a_declined_upgrade_the_next_request_is_still_checked() {
     let declined = read_response(&mut s).await;
     assert!(declined.starts_with("HTTP/1.1 200"), "{declined}");
     // The next request comes in a read of its own, after the answer.
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a.test\nX: y\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = send_to_end(&mut s, b"GET /x HTTP/1.1\r\nHost: a.test\nX: y\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(a.requests(), 1);
 }

@@ -15,6 +15,39 @@ fn backend(env: &[(&str, &str)]) -> Process {
         .fold(app_process("r").stop_grace("2s"), |p, (k, v)| p.env(k, v))
 }
 
+/// `clients` clients sending GET `path` to `addr` one after another for `time`; every answer
+/// must be 200 and pass `check`. Returns the backend pids that answered.
+async fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    time: Duration,
+    path: &'static str,
+    check: fn(&Got),
+) -> HashSet<String> {
+    let c = h1_client();
+    let until = tokio::time::Instant::now() + time;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut pids = HashSet::new();
+                while tokio::time::Instant::now() < until {
+                    let got = get(&c, addr, "x", path, &[]).await;
+                    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+                    check(&got);
+                    pids.insert(got.header("x-pid").to_owned());
+                }
+                pids
+            })
+        })
+        .collect();
+    let mut pids = HashSet::new();
+    for t in tasks {
+        pids.extend(t.await.unwrap());
+    }
+    pids
+}
+
 /// A gateway (with admin) whose service `svc`, on any host, sends everything to `rev` (named
 /// `r`), scaled from zero by `scale`.
 async fn scaled(rev: Rev, scale: Scale) -> Gateway {
@@ -349,27 +382,11 @@ async fn sustained_load_scales_up_to_more_than_one_process() {
             .stable_window("2s"),
     )
     .await;
-    let c = h1_client();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (c, addr) = (c.clone(), gw.addr());
-        tasks.push(tokio::spawn(async move {
-            let mut pids = HashSet::new();
-            let until = tokio::time::Instant::now() + Duration::from_secs(4);
-            while tokio::time::Instant::now() < until {
-                let got = get(&c, addr, "x", "/?delay=100", &[]).await;
-                assert_eq!(got.status, StatusCode::OK, "{}", got.body);
-                let high: u32 = got.header("x-max-in-flight").parse().unwrap();
-                assert!(high <= 2);
-                pids.insert(got.header("x-pid").to_owned());
-            }
-            pids
-        }));
-    }
-    let mut pids = HashSet::new();
-    for t in tasks {
-        pids.extend(t.await.unwrap());
-    }
+    let pids = load(gw.addr(), 8, Duration::from_secs(4), "/?delay=100", |got| {
+        let high: u32 = got.header("x-max-in-flight").parse().unwrap();
+        assert!(high <= 2);
+    })
+    .await;
     assert!(pids.len() >= 2, "only {pids:?} served the load");
     assert!(gauge(&gw, "rouse_revision_desired_scale").await >= 2.0);
 }
@@ -706,25 +723,8 @@ async fn scaling_down_to_one_keeps_the_oldest_process() {
         .await
         .header("x-pid")
         .to_owned();
-    let mut tasks = Vec::new();
     // As many clients as the revision has room for at its max, so none is shed.
-    for _ in 0..3 {
-        let (c, addr) = (c.clone(), gw.addr());
-        tasks.push(tokio::spawn(async move {
-            let mut pids = HashSet::new();
-            let until = tokio::time::Instant::now() + Duration::from_secs(3);
-            while tokio::time::Instant::now() < until {
-                let got = get(&c, addr, "x", "/?delay=200", &[]).await;
-                assert_eq!(got.status, StatusCode::OK, "{}", got.body);
-                pids.insert(got.header("x-pid").to_owned());
-            }
-            pids
-        }));
-    }
-    let mut pids = HashSet::new();
-    for t in tasks {
-        pids.extend(t.await.unwrap());
-    }
+    let pids = load(gw.addr(), 3, Duration::from_secs(3), "/?delay=200", |_| {}).await;
     assert!(pids.len() >= 2, "only {pids:?} served the load");
     // Idle: down to min, not to zero.
     let mut now = 0.0;

@@ -215,7 +215,7 @@ async fn websocket_to_an_h2c_revision_is_refused_clearly() {
 /// the 426, nothing is tunnelled, the slot is freed, and the connection serves the next request.
 #[tokio::test]
 async fn a_declined_upgrade_is_an_ordinary_answer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let a = Backend::start("a").await;
     let gw = Cfg::single(Rev::new("r").endpoint(a.addr).cc(1))
         .admin()
@@ -235,12 +235,11 @@ async fn a_declined_upgrade_is_an_ordinary_answer() {
         0.0,
     )
     .await;
-    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.unwrap();
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = send_to_end(
+        &mut s,
+        b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
     assert_eq!(a.requests(), 2);
 }

@@ -2,7 +2,8 @@
 //! controllers make Pods, the local node runs them, and rouse follows their EndpointSlices.
 
 use crate::env::{
-    ROUSE_USER, Rouse, TWO_PORT_IMAGE, app, env, eventually, hello_config, namespace, replicas,
+    ROUSE_USER, Rouse, TWO_PORT_IMAGE, app, apply, env, eventually, hello_config, namespace,
+    replicas,
 };
 use crate::support::{get, grpc_call, h1_client};
 use crate::trial;
@@ -416,8 +417,10 @@ async fn a_new_leader_cuts_no_running_pods_before_its_window_holds_demand() {
 async fn rest_and_grpc_reach_the_same_pod_on_its_two_ports() {
     let _shared = env().exclusive.read().await;
     let ns = namespace("two-ports").await;
-    let admin = env().admin.clone();
-    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+    let admin = &env().admin;
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": { "name": "model" },
         "spec": {
             "replicas": 0,
@@ -438,24 +441,19 @@ async fn rest_and_grpc_reach_the_same_pod_on_its_two_ports() {
                 },
             },
         },
-    }))
-    .unwrap();
-    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns)
-        .create(&kube::api::PostParams::default(), &d)
-        .await
-        .unwrap();
-    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+    });
+    let service = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": { "name": "model" },
         "spec": { "selector": { "app": "model" }, "ports": [
             { "name": "http", "port": 80, "targetPort": "http" },
             { "name": "grpc", "port": 81, "targetPort": "grpc" },
         ] },
-    }))
-    .unwrap();
-    kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &ns)
-        .create(&kube::api::PostParams::default(), &svc)
-        .await
-        .unwrap();
+    });
+    for doc in [deployment, service] {
+        apply(admin, doc, Some(&ns), false).await.unwrap();
+    }
     // `typo` names a gRPC port the Service does not have: its REST still works, and
     // /readyz says what is wrong.
     let cfg = format!(

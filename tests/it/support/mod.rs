@@ -518,6 +518,24 @@ pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
     }
 }
 
+/// Writes `bytes` on `s` and reads until the peer closes (at most 10 s: a test waiting for a
+/// close that never comes fails instead of hanging); what was read, as text.
+pub async fn send_to_end(s: &mut tokio::net::TcpStream, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "not closed within 10 s after: {}",
+                String::from_utf8_lossy(&out)
+            )
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Writes raw bytes to `addr` and reads until the peer closes or 2 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
