@@ -124,7 +124,7 @@ pub enum ProxyError {
         /// The endpoint.
         endpoint: SocketAddr,
         /// The transport error.
-        source: hyper::Error,
+        source: crate::http::upstream::Failure,
     },
     /// A protocol upgrade (WebSocket) was asked of a revision that speaks h2c upstream.
     #[error(

@@ -17,11 +17,11 @@
 //! the upstream exchange), ends the exchange, and cuts the client's connection where that is
 //! the only way to stop an HTTP/1.1 response (`cut`). The client sees the stream fail.
 
+use crate::http::upstream::UpBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -61,7 +61,7 @@ enum Kind<E> {
 
 #[derive(Debug)]
 struct Streamed<E> {
-    inner: Incoming,
+    inner: UpBody,
     done: Option<E>,
 }
 
@@ -139,7 +139,7 @@ impl<E> ProxyBody<E> {
     }
 
     /// Streams an upstream body, polled by the client's connection; `done` ends with it.
-    pub fn upstream(inner: Incoming, done: E) -> ProxyBody<E>
+    pub fn upstream(inner: UpBody, done: E) -> ProxyBody<E>
     where
         E: Exchange,
     {
@@ -160,7 +160,7 @@ impl<E> ProxyBody<E> {
     /// [`ProxyBody::upstream`]. `cut` is called when a limit ends the exchange, to close a
     /// client connection that nothing else would close.
     pub fn timed(
-        inner: Incoming,
+        inner: UpBody,
         done: E,
         limits: Limits,
         cut: impl FnOnce() + Send + 'static,
@@ -186,7 +186,7 @@ impl<E> ProxyBody<E> {
 /// Moves `inner` frame by frame into `tx` until it ends, the client goes away, or a limit
 /// passes; ends `done` accordingly.
 async fn relay<E: Exchange>(
-    mut inner: Incoming,
+    mut inner: UpBody,
     mut done: E,
     limits: Limits,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
@@ -209,7 +209,7 @@ async fn relay<E: Exchange>(
             }
             Some(Err(e)) => {
                 outcome.store(FAILED, Ordering::Release);
-                let _ = tx.try_send(Err(e.into()));
+                let _ = tx.try_send(Err(e));
                 return done.end(false);
             }
             Some(Ok(f)) => {
@@ -275,7 +275,7 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         up.finish(false);
-                        Poll::Ready(Some(Err(e.into())))
+                        Poll::Ready(Some(Err(e)))
                     }
                     Poll::Ready(None) => {
                         up.finish(true);

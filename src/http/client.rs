@@ -1,25 +1,24 @@
-//! The upstream client: per-endpoint pools of keep-alive HTTP/1.1 connections, or one shared
-//! HTTP/2 (h2c) connection, built on hyper's connection-level client.
+//! The upstream client: per-endpoint pools of keep-alive HTTP/1.1 connections (rouse's own,
+//! [`crate::http::upstream`]), or one shared HTTP/2 (h2c) connection (hyper's).
 //!
 //! Why not hyper-util's pooled `Client`: rouse must know whether a request left the process.
-//! hyper's `try_send_request` hands back a request that was never written (a pooled connection
-//! the application had already closed), and a failed connect never touches the request, so
-//! both can be retried safely, here on a fresh connection and by the caller on another
-//! endpoint. Once any byte may have reached the backend the request is never retried.
+//! A request none of which was written (a pooled connection the backend had already closed),
+//! and a failed connect, never touch the request, so both can be retried safely, here on a
+//! fresh connection and by the caller on another endpoint. Once any byte may have reached the
+//! backend the request is retried only in the one case below ([`RISKY_IDLE`]).
 //!
 //! An HTTP/1.1 connection goes back to its pool only when its response body has been read to
-//! the end (see [`crate::http::body`]); a response abandoned half-way closes its connection.
+//! the end (the body takes it home itself); a response abandoned half-way closes its
+//! connection.
 
+use crate::http::upstream::{self, Conn, Failed, Home, Io, UpBody};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -62,7 +61,7 @@ impl Default for PoolSettings {
 }
 
 struct Idle {
-    sender: Pooled,
+    sender: Box<Conn>,
     /// When it was returned.
     since: Instant,
     /// When it is too old to reuse: the pool's idle timeout, or sooner if the backend said
@@ -71,13 +70,55 @@ struct Idle {
 }
 
 /// The idle HTTP/1.1 connections of one endpoint, shared with the task that closes them when
-/// they expire.
-#[derive(Default)]
+/// they expire and with the response bodies that bring them back.
 struct IdleSet {
     /// Most recently returned last, so reuse is LIFO (warm connections).
     conns: Mutex<Vec<Idle>>,
     /// True while a task is closing expired connections; set and cleared under the lock.
     reaping: AtomicBool,
+    /// Idle connections kept at most.
+    max_idle: usize,
+    /// How long an idle connection is kept, unless the backend said less.
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for IdleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleSet").finish_non_exhaustive()
+    }
+}
+
+impl IdleSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Home for IdleSet {
+    /// Takes back a connection whose exchange finished cleanly.
+    fn put(self: Arc<Self>, conn: Box<Conn>, keep_alive: Option<Duration>) {
+        let keep = keep_alive.map_or(self.idle_timeout, |k| k.min(self.idle_timeout));
+        if keep.is_zero() {
+            // The backend keeps no idle connection (`Keep-Alive: timeout=0`).
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            let now = Instant::now();
+            idle.push(Idle {
+                sender: conn,
+                since: now,
+                expires: now + keep,
+            });
+            // Closed on time, not only when the endpoint is next used: an idle connection
+            // holds a socket on both sides, and a backend may count it against its limits.
+            if !self.reaping.load(Ordering::Relaxed) {
+                self.reaping.store(true, Ordering::Relaxed);
+                tokio::spawn(reap(Arc::downgrade(&self)));
+            }
+        }
+    }
 }
 
 /// Closes `set`'s connections as they expire, and ends once none is left (or the pool is gone).
@@ -120,67 +161,7 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A connection borrowed for one HTTP/1.1 exchange; returned with [`Pool::put`].
-pub type Pooled = http1::SendRequest<OutBody>;
-
-/// The body of a request sent upstream: the client's, or none, for a request replayed after its
-/// client's (empty) body was spent on a connection that failed.
-#[derive(Debug)]
-pub enum OutBody {
-    /// The client's request body, streamed, with where to record its failure.
-    Client(Incoming, Option<Arc<BodyFault>>),
-    /// No body.
-    Empty,
-}
-
-/// Where a client's request body records how it failed. Over HTTP/1.1 the upstream client's
-/// error carries the body's own as its cause; over HTTP/2 the body's failure only resets the
-/// stream, and the error says no more than that. Either way the fault is the client's, and
-/// this is how the proxy learns it.
-#[derive(Debug, Default)]
-pub struct BodyFault(std::sync::OnceLock<String>);
-
-impl BodyFault {
-    /// Why the client's body failed, if it did.
-    pub fn reason(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
-    }
-}
-
-impl http_body::Body for OutBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            OutBody::Client(b, fault) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, fault) {
-                    let _ = f.0.set(e.to_string());
-                }
-                polled
-            }
-            OutBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            OutBody::Client(b, _) => b.is_end_stream(),
-            OutBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            OutBody::Client(b, _) => b.size_hint(),
-            OutBody::Empty => http_body::SizeHint::with_exact(0),
-        }
-    }
-}
+pub use crate::http::upstream::{BodyFault, Failure, OutBody};
 
 /// A pooled connection idle this long may be closing as it is reused: an idempotent request
 /// without a body sent on it keeps a copy of its head, to be replayed on a new connection if
@@ -201,19 +182,6 @@ fn can_replay(req: &Request<OutBody>) -> bool {
         && !req.headers().contains_key(http::header::UPGRADE)
 }
 
-/// A copy of a request to replay, if it [can be replayed](can_replay).
-fn replayable(req: &Request<OutBody>) -> Option<Request<OutBody>> {
-    if !can_replay(req) {
-        return None;
-    }
-    let mut copy = Request::new(OutBody::Empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
-}
-
 /// Why a request could not be sent.
 #[derive(Debug)]
 pub enum SendError {
@@ -225,7 +193,7 @@ pub enum SendError {
         error: ConnectError,
     },
     /// The exchange failed after the request may have reached the backend.
-    Failed(hyper::Error),
+    Failed(Failure),
 }
 
 /// A failed connection attempt.
@@ -249,53 +217,27 @@ impl Pool {
     /// An empty pool.
     pub fn new(settings: PoolSettings) -> Pool {
         Pool {
+            idle: Arc::new(IdleSet {
+                conns: Mutex::default(),
+                reaping: AtomicBool::new(false),
+                max_idle: settings.max_idle,
+                idle_timeout: settings.idle_timeout,
+            }),
             settings,
-            idle: Arc::default(),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
-        self.idle.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Returns a connection whose exchange finished cleanly; `keep_alive` is how long the
-    /// backend said it keeps an idle connection, if it did.
-    pub fn put(&self, sender: Pooled, keep_alive: Option<Duration>) {
-        if sender.is_closed() {
-            return;
-        }
-        let keep = keep_alive.map_or(self.settings.idle_timeout, |k| {
-            k.min(self.settings.idle_timeout)
-        });
-        if keep.is_zero() {
-            // The backend keeps no idle connection (`Keep-Alive: timeout=0`).
-            return;
-        }
-        let mut idle = self.lock_idle();
-        if idle.len() < self.settings.max_idle {
-            let now = Instant::now();
-            idle.push(Idle {
-                sender,
-                since: now,
-                expires: now + keep,
-            });
-            // Closed on time, not only when the endpoint is next used: an idle connection
-            // holds a socket on both sides, and a backend may count it against its limits.
-            if !self.idle.reaping.load(Ordering::Relaxed) {
-                self.idle.reaping.store(true, Ordering::Relaxed);
-                tokio::spawn(reap(Arc::downgrade(&self.idle)));
-            }
-        }
+        self.idle.lock()
     }
 
     /// The warmest idle connection that has not expired, and how long it was idle.
     /// The most recently used idle connection that is still open; with `recent_only`, only
     /// one idle for less than [`RISKY_IDLE`] (the others stay pooled for requests that can be
     /// replayed).
-    fn take_idle(&self, recent_only: bool) -> Option<(Pooled, Duration)> {
+    fn take_idle(&self, recent_only: bool) -> Option<(Box<Conn>, Duration)> {
         let mut idle = self.lock_idle();
         let now = Instant::now();
         while let Some(c) = idle.last() {
@@ -345,12 +287,12 @@ impl Pool {
             .map_err(ConnectError::Tls)
     }
 
-    async fn connect_h1(&self, addr: SocketAddr) -> Result<Pooled, ConnectError> {
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<Box<Conn>, ConnectError> {
         let tcp = self.connect_tcp(addr).await?;
-        match &self.settings.tls {
-            None => h1_over(TokioIo::new(tcp), addr).await,
-            Some(tls) => h1_over(TokioIo::new(self.connect_tls(tls, addr, tcp).await?), addr).await,
-        }
+        Ok(Conn::new(match &self.settings.tls {
+            None => Io::Tcp(tcp),
+            Some(tls) => Io::Tls(Box::new(self.connect_tls(tls, addr, tcp).await?)),
+        }))
     }
 
     async fn h2_sender(
@@ -379,13 +321,13 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Sends an HTTP/1.1 request; on success also returns the connection, to be handed back
-    /// with [`Pool::put`] once the response body has ended.
+    /// Sends an HTTP/1.1 request; the response body takes the connection back to the pool
+    /// once it has been read to its end.
     pub async fn send_h1(
         &self,
         addr: SocketAddr,
         mut req: Request<OutBody>,
-    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+    ) -> Result<Response<UpBody>, SendError> {
         // A pooled connection may turn out closed; then the request comes back unsent and goes
         // out once more on a fresh connection, which is never stale.
         let mut fresh = false;
@@ -399,18 +341,12 @@ impl Pool {
             } else {
                 self.take_idle(!replayable_kind)
             };
-            let mut replay = None;
-            let mut sender = match pooled {
-                Some((s, idle_for)) => {
-                    if idle_for >= RISKY_IDLE {
-                        replay = replayable(&req);
-                    }
-                    s
-                }
+            let (conn, risky) = match pooled {
+                Some((c, idle_for)) => (c, idle_for >= RISKY_IDLE),
                 None => {
                     fresh = true;
                     match self.connect_h1(addr).await {
-                        Ok(s) => s,
+                        Ok(c) => (c, false),
                         Err(error) => {
                             return Err(SendError::Connect {
                                 req: Box::new(req),
@@ -420,34 +356,37 @@ impl Pool {
                     }
                 }
             };
-            if sender.ready().await.is_err() {
-                if fresh {
-                    // A brand-new connection that is not usable: the backend closed it at once.
-                    return Err(SendError::Connect {
-                        req: Box::new(req),
-                        error: ConnectError::Io(std::io::ErrorKind::ConnectionReset.into()),
-                    });
-                }
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, sender)),
-                Err(mut e) => match (e.take_message(), replay) {
-                    (Some(back), _) if !fresh => {
+            let home: Arc<dyn Home> = self.idle.clone();
+            match upstream::exchange(conn, req, home).await {
+                Ok(res) => return Ok(res.map(UpBody::H1)),
+                Err(Failed {
+                    failure,
+                    back: Some(back),
+                    unsent,
+                }) => {
+                    if unsent && fresh {
+                        // A brand-new connection that took nothing: the backend closed it at
+                        // once. The request never left rouse.
+                        let error = match failure {
+                            Failure::Write(e) => ConnectError::Io(e),
+                            _ => ConnectError::Io(std::io::ErrorKind::ConnectionReset.into()),
+                        };
+                        return Err(SendError::Connect { req: back, error });
+                    }
+                    if unsent {
                         debug!(%addr, "pooled connection was closed; retrying on a new one");
-                        req = back;
-                        fresh = true;
+                    } else if risky && replayable_kind {
+                        // Sent, but the reused connection failed before any answer: most
+                        // likely the backend closed it as idle just then. An idempotent
+                        // request without a body goes out once more, on a fresh connection.
+                        debug!(%addr, error = %failure, "reused connection failed before an answer; replaying on a new one");
+                    } else {
+                        return Err(SendError::Failed(failure));
                     }
-                    // Sent, but the reused connection failed before any answer: most likely
-                    // the backend closed it as idle just then. An idempotent request without a
-                    // body goes out once more, on a fresh connection.
-                    (None, Some(copy)) if e.error().is_incomplete_message() => {
-                        debug!(%addr, error = %e.error(), "reused connection failed before an answer; replaying on a new one");
-                        req = copy;
-                        fresh = true;
-                    }
-                    _ => return Err(SendError::Failed(e.into_error())),
-                },
+                    req = *back;
+                    fresh = true;
+                }
+                Err(Failed { failure, .. }) => return Err(SendError::Failed(failure)),
             }
         }
     }
@@ -457,7 +396,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         mut req: Request<OutBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpBody>, SendError> {
         let mut retried = false;
         loop {
             let mut sender = match self.h2_sender(addr).await {
@@ -470,7 +409,7 @@ impl Pool {
                 }
             };
             match sender.try_send_request(req).await {
-                Ok(res) => return Ok(res),
+                Ok(res) => return Ok(res.map(UpBody::H2)),
                 Err(mut e) => match e.take_message() {
                     Some(back) if !retried => {
                         // The connection went away before this stream started (GOAWAY/close).
@@ -478,35 +417,11 @@ impl Pool {
                         req = back;
                         retried = true;
                     }
-                    _ => return Err(SendError::Failed(e.into_error())),
+                    _ => return Err(SendError::Failed(Failure::H2(e.into_error()))),
                 },
             }
         }
     }
-}
-
-/// The most an upstream HTTP/1.1 connection buffers from the backend. Body pieces handed to
-/// the client are slices of this buffer, so while a client reads slowly, the whole buffer stays
-/// allocated for it: hyper's default (about 400 KiB) made each slow reader cost half a
-/// megabyte. 64 KiB still takes a backend's write in one read.
-const UPSTREAM_READ_BUFFER: usize = 64 << 10;
-
-/// An HTTP/1.1 handshake over any transport; the connection runs on its own task.
-async fn h1_over<I>(io: I, addr: SocketAddr) -> Result<Pooled, ConnectError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(UPSTREAM_READ_BUFFER)
-        .handshake(io)
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 /// An HTTP/2 handshake over any transport; the connection runs on its own task.

@@ -102,7 +102,7 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) -> Option<Duration> {
 }
 
 /// The `timeout=N` of a `Keep-Alive` value, less a margin: a second, or half of it if shorter.
-fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
+pub(crate) fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
     let secs: u64 = v
         .to_str()
         .ok()?

@@ -1,6 +1,7 @@
 //! HTTP on the wire, and nothing about revisions: the listener ([`server`]) and its check of
 //! HTTP/1.1 framing ([`strict`]), TLS ([`tls`]), the
-//! upstream client and its pools ([`client`]), the response body ([`body`]), header rewriting
+//! upstream client and its pools ([`client`]) with its own HTTP/1.1 connection ([`upstream`]),
+//! the response body ([`body`]), header rewriting
 //! ([`headers`]), upgraded connections ([`tunnel`]) and the page browsers get while a
 //! revision starts ([`waiting`]).
 
@@ -11,4 +12,5 @@ pub mod server;
 pub mod strict;
 pub mod tls;
 pub mod tunnel;
+pub mod upstream;
 pub mod waiting;

@@ -11,6 +11,7 @@
 //! timeout ends at the 101); only the idle timeout applies to it.
 
 use crate::clock;
+use crate::http::upstream::Upgraded;
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -42,26 +43,26 @@ pub fn mark(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Splices the two upgraded connections until either side closes or nothing moves for `idle`;
-/// `done` is dropped when the tunnel closes.
+/// Splices the client's upgraded connection (once hyper hands it over) and the upstream one
+/// until either side closes or nothing moves for `idle`; `done` is dropped when the tunnel
+/// closes.
 pub fn spawn<G: Send + 'static>(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Upgraded,
     done: G,
     idle: Option<Duration>,
 ) {
     tokio::spawn(async move {
-        let (c, u) = tokio::join!(client, upstream);
-        let (c, u) = match (c, u) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                debug!(client = ?c.err(), upstream = ?u.err(), "upgrade did not complete");
+        let c = match client.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(client = ?e, "upgrade did not complete");
                 return;
             }
         };
         let last = Arc::new(AtomicU64::new(clock::now_ms()));
         let (mut cr, mut cw) = tokio::io::split(Activity(TokioIo::new(c), last.clone()));
-        let (mut ur, mut uw) = tokio::io::split(Activity(TokioIo::new(u), last.clone()));
+        let (mut ur, mut uw) = tokio::io::split(Activity(upstream, last.clone()));
         let up = async {
             let _ = tokio::io::copy(&mut cr, &mut uw).await;
             let _ = uw.shutdown().await;

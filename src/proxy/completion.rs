@@ -1,14 +1,13 @@
-//! What ends with a proxied exchange: the endpoint [`Lease`], the HTTP/1.1 connection to give
-//! back to its pool (only after a clean end: a connection with unread response bytes cannot
-//! carry another exchange), the request's count as active for autoscaling, and its metrics.
+//! What ends with a proxied exchange: the endpoint [`Lease`], the request's count as active
+//! for autoscaling, and its metrics. (An HTTP/1.1 connection goes back to its pool from the
+//! response body itself, before the body reports its end, so a request woken by the freed slot
+//! finds a warm connection.)
 //! The response body carries it ([`crate::http::body::Exchange`]), or the tunnel task for an
 //! upgraded connection, so it lives exactly as long as the exchange does.
 
 use crate::http::body::{Exchange, ProxyBody};
-use crate::http::client::Pooled;
 use crate::observe::Record;
 use crate::revision::{Active, Lease};
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// The proxy's response body.
@@ -19,9 +18,6 @@ pub type Body = ProxyBody<Completion>;
 pub struct Completion {
     lease: Option<Lease>,
     _active: Active,
-    conn: Option<Pooled>,
-    /// How long the backend keeps the connection idle, if it said so.
-    keep_alive: Option<Duration>,
     start: Instant,
     status: u16,
     /// The access log line and spans, when observed; ends with the exchange.
@@ -29,20 +25,12 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Ties a lease (and an HTTP/1.1 connection to return) to a response of `status`; the
+    /// Ties a lease to a response of `status`; the
     /// request stays counted as active for autoscaling until this ends.
-    pub fn new(
-        lease: Lease,
-        conn: Option<Pooled>,
-        start: Instant,
-        status: u16,
-        active: Active,
-    ) -> Completion {
+    pub fn new(lease: Lease, start: Instant, status: u16, active: Active) -> Completion {
         Completion {
             lease: Some(lease),
             _active: active,
-            conn,
-            keep_alive: None,
             start,
             status,
             record: None,
@@ -55,20 +43,8 @@ impl Completion {
         self
     }
 
-    /// Notes how long the backend keeps the connection idle (its `Keep-Alive: timeout=`).
-    pub fn keep_alive(&mut self, idle: Option<Duration>) {
-        self.keep_alive = idle;
-    }
-
     fn finish(&mut self, clean: bool) {
         if let Some(lease) = self.lease.take() {
-            // Return the connection before the slot, so a request woken by the freed slot finds
-            // a warm connection.
-            if let Some(conn) = self.conn.take()
-                && clean
-            {
-                lease.endpoint().pool.put(conn, self.keep_alive);
-            }
             lease
                 .revision()
                 .metrics

@@ -12,6 +12,7 @@ use crate::http::body::{Cut, Limits};
 use crate::http::client::{BodyFault, ConnectError, OutBody, SendError};
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
+use crate::http::upstream::UpBody;
 use crate::observe::Record;
 use crate::revision::{Acquired, Lease, Revision};
 use http::header::{self, HeaderName, HeaderValue};
@@ -130,21 +131,18 @@ pub async fn forward(
         // The send path (connect, handshake, exchange) is the largest state of this future;
         // boxing it keeps a request that is only waiting in the queue small.
         let sent = match protocol {
-            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(to, req))
-                .await
-                .map(|(r, c)| (r, Some(c))),
-            Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await.map(|r| (r, None)),
+            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(to, req)).await,
+            Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await,
         };
         match sent {
-            Ok((mut res, conn)) => {
+            Ok(mut res) => {
                 let status = res.status().as_u16();
                 let switching = status == 101 && client_upgrade.is_some();
-                let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut res));
+                // An upgraded connection is the tunnel's; it never returns to the pool.
+                let upstream_upgrade = switching.then(|| res.body_mut().upgraded()).flatten();
                 let proto = res.headers().get(header::UPGRADE).cloned();
-                // An upgraded connection never returns to the pool.
-                let conn = if switching { None } else { conn };
-                let done = Completion::new(lease, conn, ctx.start, status, active)
-                    .with_record(record.take());
+                let done =
+                    Completion::new(lease, ctx.start, status, active).with_record(record.take());
                 let mut res = match (client_upgrade, upstream_upgrade) {
                     (Some(client), Some(upstream)) => {
                         let (mut parts, _) = res.into_parts();
@@ -171,7 +169,7 @@ pub async fn forward(
             }
             Err(SendError::Failed(source)) => {
                 let recorded = fault.as_ref().and_then(|f| f.reason()).map(str::to_owned);
-                if let Some(reason) = recorded.or_else(|| client_body_error(&source)) {
+                if let Some(reason) = recorded.or_else(|| source.h2().and_then(client_body_error)) {
                     return Err(ProxyError::ClientBody(reason));
                 }
                 return Err(ProxyError::Upstream {
@@ -204,9 +202,9 @@ pub async fn forward(
     }
 }
 
-/// The client's fault behind a failed exchange, if it was the request body that failed: the
-/// upstream client reports an error of the body it was sending as a user error whose cause
-/// is the body's own (hyper's, reading the client's request). A backend is not to blame for a
+/// The client's fault behind a failed HTTP/2 exchange, if it was the request body that failed:
+/// hyper's client reports an error of the body it was sending as a user error whose cause is
+/// the body's own (hyper's, reading the client's request). A backend is not to blame for a
 /// body that was malformed or cut short.
 fn client_body_error(e: &hyper::Error) -> Option<String> {
     use std::error::Error as _;
@@ -227,14 +225,9 @@ fn connect_error(endpoint: SocketAddr, e: ConnectError) -> ProxyError {
     }
 }
 
-fn respond(
-    res: Response<Incoming>,
-    mut done: Completion,
-    limits: Limits,
-    cut: Cut,
-) -> Response<Body> {
+fn respond(res: Response<UpBody>, done: Completion, limits: Limits, cut: Cut) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
-    done.keep_alive(headers::strip_response_hop_by_hop(&mut parts.headers));
+    headers::strip_hop_by_hop(&mut parts.headers);
     // The client's connection has its own version; an HTTP/1.0 backend must not make rouse
     // answer an HTTP/1.1 client as HTTP/1.0.
     parts.version = Version::HTTP_11;

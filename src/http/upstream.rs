@@ -1,0 +1,1344 @@
+//! rouse's own HTTP/1.1 upstream connection: the request head is written straight from the
+//! request's parts, the response head parsed with `httparse`, and the whole exchange runs in
+//! the task of the request itself.
+//!
+//! Why not hyper's client connection: it runs every connection as a task of its own, so each
+//! request crossed from the client connection's task to the upstream connection's task and back
+//! (a channel send, a reply oneshot, two scheduler hand-offs), and an idle connection kept a
+//! task. Here an exchange is a plain future of the request's task: write the head (and stream
+//! the body, if any), read the response head, and hand back a body that reads the rest from the
+//! same socket. An idle connection is a socket and two buffers in its pool.
+//!
+//! Responses are read strictly (RFC 9112 §6): a `Content-Length` (a list of equal values
+//! counts as one), a `Transfer-Encoding` ending in `chunked`, or a body that runs to the
+//! connection's end; no body after `HEAD`, `204` or `304`. A malformed head or chunk fails the
+//! exchange and the connection is dropped. `1xx` answers other than `101` are skipped. A
+//! connection goes back to its pool only when the response was read to its end, the request's
+//! body was sent whole, nothing more arrived, and neither side said `close`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Most bytes a response head may take.
+const MAX_HEAD: usize = 64 << 10;
+/// Most header fields in a response head (hyper's default as well).
+const MAX_HEADERS: usize = 100;
+/// First read size; reads that fill it grow the next one, up to [`MAX_READ`].
+const FIRST_READ: usize = 8 << 10;
+/// The most an upstream connection buffers from the backend. Body pieces handed to the client
+/// are slices of this buffer, so while a client reads slowly, the buffer stays allocated for
+/// it: 64 KiB still takes a backend's write in one read.
+const MAX_READ: usize = 64 << 10;
+/// Longest chunk-size line accepted (size and extensions).
+const MAX_CHUNK_LINE: usize = 4 << 10;
+
+/// The transport of an upstream connection.
+#[derive(Debug)]
+pub enum Io {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS to the backend.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Tcp(t) => t,
+            Io::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write(cx, data),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(t) => t.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One upstream HTTP/1.1 connection, idle or carrying one exchange.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    /// Bytes read from the backend and not yet handed on.
+    buf: BytesMut,
+    /// The request head being written; kept between requests so its allocation is reused.
+    head: Vec<u8>,
+    /// Size of the next read.
+    next_read: usize,
+}
+
+impl Conn {
+    /// A connection over `io`, as yet unused. Boxed: it moves with each exchange, from its
+    /// pool into the response body and back.
+    pub fn new(io: Io) -> Box<Conn> {
+        Box::new(Conn {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            next_read: FIRST_READ,
+        })
+    }
+
+    /// True when an idle connection can carry no request: the backend closed it, or sent
+    /// something nobody asked for. Peeks at the socket without blocking.
+    pub fn is_closed(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut one = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut one);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Ready means a byte or the end (or an error): either way not an idle HTTP/1.1
+        // connection any more.
+        self.io.tcp().poll_peek(&mut cx, &mut rb).is_ready()
+    }
+
+    /// Reads more from the backend into the buffer; `Ok(0)` is the connection's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+            self.buf.reserve(self.next_read);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        // A read that filled the room asks for more next time, up to the cap.
+        if n == room {
+            self.next_read = (self.next_read * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes the encoded head from `*at` on; `*at` counts what went out.
+    fn poll_write_head(&mut self, cx: &mut Context<'_>, at: &mut usize) -> Poll<io::Result<()>> {
+        while *at < self.head.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.head[*at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *at += n;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Reads until a final response head is in (skipping `1xx` other than `101`).
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        read_any: &mut bool,
+        head_only: bool,
+    ) -> Poll<Result<Head, Failure>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&mut self.buf, head_only)? {
+                    match head.status.as_u16() {
+                        101 => return Poll::Ready(Ok(head)),
+                        100..=199 => continue,
+                        _ => return Poll::Ready(Ok(head)),
+                    }
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Poll::Ready(Err(Failure::HeadTooLarge));
+                }
+            }
+            let n = ready!(self.poll_fill(cx)).map_err(Failure::Read)?;
+            if n == 0 {
+                return Poll::Ready(Err(match self.buf.is_empty() && !*read_any {
+                    true => Failure::Closed,
+                    false => Failure::HeadCut,
+                }));
+            }
+            *read_any = true;
+        }
+    }
+}
+
+/// What made an exchange fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The shared HTTP/2 connection's error.
+    #[error("{0}")]
+    H2(#[from] hyper::Error),
+    /// Writing the request failed.
+    #[error("writing the request failed: {0}")]
+    Write(io::Error),
+    /// Reading the response failed.
+    #[error("reading the response failed: {0}")]
+    Read(io::Error),
+    /// The backend closed the connection before answering.
+    #[error("the backend closed the connection before answering")]
+    Closed,
+    /// The backend closed the connection in the middle of the response head.
+    #[error("the backend closed the connection in the middle of the response head")]
+    HeadCut,
+    /// The response head is not valid HTTP/1.1.
+    #[error("malformed response head: {0}")]
+    Head(&'static str),
+    /// The response head is larger than rouse accepts.
+    #[error("response head larger than {} KiB", MAX_HEAD >> 10)]
+    HeadTooLarge,
+    /// The body ended before its length or its last chunk.
+    #[error("the backend closed the connection before the response body ended")]
+    BodyCut,
+    /// The chunked framing of the body is broken.
+    #[error("malformed chunked response body: {0}")]
+    Chunk(&'static str),
+    /// The client's request body failed while it was being sent.
+    #[error("the request body failed: {0}")]
+    RequestBody(String),
+    /// The backend switched protocols though the request asked for no upgrade.
+    #[error("the backend answered 101 to a request that asked for no upgrade")]
+    UnaskedSwitch,
+}
+
+impl Failure {
+    /// The shared HTTP/2 connection's error, if that is what failed.
+    pub fn h2(&self) -> Option<&hyper::Error> {
+        match self {
+            Failure::H2(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Framing,
+    /// Neither side asked to close (`Connection: close`, or HTTP/1.0 without `keep-alive`).
+    reuse: bool,
+    /// How long the backend keeps an idle connection, less a margin (`Keep-Alive: timeout=N`).
+    keep_alive: Option<Duration>,
+}
+
+/// How a response body is framed, and where its reading is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, at this point of the framing.
+    Chunked(Chunk),
+    /// Runs until the backend closes the connection.
+    Close,
+    /// The body is over.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then the final CRLF.
+    Trailers,
+}
+
+/// Parses a response head from the front of `buf`, taking it out if complete.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failure> {
+    // Each field as (name start, name end, value start, value end) in the head.
+    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, count, code, minor) = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut fields);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Failure::Head("more than 100 header fields"));
+            }
+            Err(e) => return Err(Failure::Head(head_error(e))),
+        };
+        let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let mut count = 0;
+        for (slot, f) in at.iter_mut().zip(res.headers.iter()) {
+            let n = offset(f.name.as_bytes());
+            let v = offset(f.value);
+            *slot = (n, n + f.name.len() as u32, v, v + f.value.len() as u32);
+            count += 1;
+        }
+        (len, count, res.code.unwrap_or(0), res.version.unwrap_or(1))
+    };
+    let raw = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| Failure::Head("invalid status code"))?;
+    let version = match minor {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut bad_length = false;
+    let mut chunked: Option<bool> = None;
+    let mut close = false;
+    let mut keep = false;
+    let mut keep_alive = None;
+    for &(ns, ne, vs, ve) in &at[..count] {
+        let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
+            .map_err(|_| Failure::Head("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
+            .map_err(|_| Failure::Head("invalid header value"))?;
+        match name.as_str() {
+            "content-length" => match parse_length(value.as_bytes()) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => bad_length = true,
+            },
+            "transfer-encoding" => {
+                // The last coding of the last field decides.
+                let last = value
+                    .as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .find(|c| !c.is_empty());
+                chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            }
+            "connection" => {
+                for t in value.as_bytes().split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    close |= t.eq_ignore_ascii_case(b"close");
+                    keep |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            "keep-alive" => keep_alive = crate::http::headers::keep_alive_timeout(&value),
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let mut reuse = match version {
+        Version::HTTP_10 => keep && !close,
+        _ => !close,
+    };
+    let no_body = head_only || matches!(code, 100..=199 | 204 | 304);
+    let body = match chunked {
+        _ if no_body => Framing::Done,
+        Some(true) => {
+            // A length beside chunked is ignored (RFC 9112 §6.3), but such a connection is
+            // not trusted with another exchange.
+            reuse &= length.is_none() && !bad_length;
+            Framing::Chunked(Chunk::Size)
+        }
+        Some(false) => {
+            reuse = false;
+            Framing::Close
+        }
+        None if bad_length => return Err(Failure::Head("invalid Content-Length")),
+        None => match length {
+            Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+            None => {
+                reuse = false;
+                Framing::Close
+            }
+        },
+    };
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        body,
+        reuse,
+        keep_alive,
+    }))
+}
+
+fn head_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line end",
+        httparse::Error::Status => "invalid status code",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many header fields",
+        httparse::Error::Version => "not HTTP/1.x",
+    }
+}
+
+/// A decimal `Content-Length` (a list of equal values counts as one).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in v.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+/// How the request body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// No body.
+    Nothing,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked (the length is not known in advance).
+    Chunked,
+}
+
+/// How `req`'s body goes out, and whether its own `Content-Length` is to be left out.
+fn sending(req: &Request<OutBody>) -> (Sending, bool) {
+    if let Some(v) = req.headers().get(header::CONTENT_LENGTH) {
+        return match parse_length(v.as_bytes()) {
+            Some(n) => (Sending::Length(n), false),
+            // Both server sides refuse such requests before they get here; never forward a
+            // length nobody can trust.
+            None => (Sending::Chunked, true),
+        };
+    }
+    if req.body().is_end_stream() {
+        return (Sending::Nothing, false);
+    }
+    match req.body().size_hint().exact() {
+        Some(n) => (Sending::Length(n), false),
+        None => (Sending::Chunked, false),
+    }
+}
+
+/// Writes the head of `req` into `dst`.
+fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending, skip_length: bool) {
+    dst.clear();
+    dst.extend_from_slice(req.method().as_str().as_bytes());
+    dst.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        if skip_length && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    match body {
+        Sending::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Sending::Length(n) if !req.headers().contains_key(header::CONTENT_LENGTH) => {
+            dst.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
+        _ => {}
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The body of a request sent upstream: the client's, or none, for a request replayed after its
+/// client's (empty) body was spent on a connection that failed.
+#[derive(Debug)]
+pub enum OutBody {
+    /// The client's request body, streamed, with where to record its failure.
+    Client(Incoming, Option<Arc<BodyFault>>),
+    /// No body.
+    Empty,
+}
+
+/// Where a client's request body records how it failed. The upstream exchange only learns
+/// that the body it was sending failed; the fault is the client's, and this is how the proxy
+/// learns it.
+#[derive(Debug, Default)]
+pub struct BodyFault(std::sync::OnceLock<String>);
+
+impl BodyFault {
+    /// Why the client's body failed, if it did.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            OutBody::Client(b, fault) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, fault) {
+                    let _ = f.0.set(e.to_string());
+                }
+                polled
+            }
+            OutBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Client(b, _) => b.is_end_stream(),
+            OutBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OutBody::Client(b, _) => b.size_hint(),
+            OutBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The part of a request body still to be sent, sent as the exchange goes on.
+#[derive(Debug)]
+struct Pump {
+    body: OutBody,
+    chunked: bool,
+    /// Bytes left to send under a `Content-Length`.
+    left: u64,
+    /// Framing and data waiting to be written, in order.
+    out: VecDeque<Bytes>,
+    /// The body has ended (its last framing may still be in `out`).
+    ended: bool,
+}
+
+enum PumpError {
+    /// The client's body failed or did not match its length.
+    Body(String),
+    /// Writing to the backend failed.
+    Write(io::Error),
+}
+
+impl Pump {
+    fn new(body: OutBody, sending: Sending) -> Pump {
+        Pump {
+            body,
+            chunked: sending == Sending::Chunked,
+            left: match sending {
+                Sending::Length(n) => n,
+                _ => 0,
+            },
+            out: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// True once the whole body is written.
+    fn done(&self) -> bool {
+        self.ended && self.out.is_empty()
+    }
+
+    /// Moves the body towards the backend as far as it can without waiting.
+    fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        loop {
+            while let Some(front) = self.out.front_mut() {
+                let n =
+                    ready!(Pin::new(&mut *io).poll_write(cx, front)).map_err(PumpError::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                front.advance(n);
+                if front.is_empty() {
+                    self.out.pop_front();
+                }
+            }
+            // Nothing is left buffered (TLS) while the body is waited for.
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(PumpError::Write)?;
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    if self.chunked {
+                        self.out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    } else if self.left > 0 {
+                        return Poll::Ready(Err(PumpError::Body(format!(
+                            "the body ended {} bytes short of its Content-Length",
+                            self.left
+                        ))));
+                    }
+                    self.ended = true;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(PumpError::Body(e.to_string()))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        self.out
+                            .push_back(Bytes::from(format!("{:X}\r\n", data.len())));
+                        self.out.push_back(data);
+                        self.out.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(data) => {
+                        let n = data.len() as u64;
+                        if n > self.left {
+                            return Poll::Ready(Err(PumpError::Body(
+                                "the body is longer than its Content-Length".into(),
+                            )));
+                        }
+                        self.left -= n;
+                        self.out.push_back(data);
+                    }
+                    Err(frame) => {
+                        // Trailers travel only in a chunked body; the last chunk carries them.
+                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                            let mut t = b"0\r\n".to_vec();
+                            for (name, value) in &trailers {
+                                t.extend_from_slice(name.as_str().as_bytes());
+                                t.extend_from_slice(b": ");
+                                t.extend_from_slice(value.as_bytes());
+                                t.extend_from_slice(b"\r\n");
+                            }
+                            t.extend_from_slice(b"\r\n");
+                            self.out.push_back(Bytes::from(t));
+                            self.chunked = false;
+                            self.left = 0;
+                            self.ended = true;
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Where a connection goes back when its exchange ended cleanly: its endpoint's pool.
+pub trait Home: Send + Sync + std::fmt::Debug {
+    /// Takes `conn` back; `keep_alive` is how long the backend said it keeps an idle
+    /// connection, if it did.
+    fn put(self: Arc<Self>, conn: Box<Conn>, keep_alive: Option<Duration>);
+}
+
+/// Why an exchange failed, and what is left of its request.
+#[derive(Debug)]
+pub struct Failed {
+    /// What went wrong.
+    pub failure: Failure,
+    /// The request, handed back untouched when it can go out again: nothing of it was
+    /// written (`unsent`), or it has no body and nothing of the response was read.
+    pub back: Option<Box<Request<OutBody>>>,
+    /// Nothing of the request was written.
+    pub unsent: bool,
+}
+
+/// Sends `req` over `conn` and reads the response head; the body reads the rest, and takes
+/// the connection home when done.
+pub async fn exchange(
+    mut conn: Box<Conn>,
+    mut req: Request<OutBody>,
+    home: Arc<dyn Home>,
+) -> Result<Response<H1Body>, Failed> {
+    let head_only = req.method() == Method::HEAD;
+    let asks_upgrade = req.headers().contains_key(header::UPGRADE);
+    let (sending, skip_length) = sending(&req);
+    encode_head(&mut conn.head, &req, sending, skip_length);
+    let mut written = 0;
+    if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
+        return Err(Failed {
+            failure: Failure::Write(e),
+            unsent: written == 0,
+            back: (written == 0 || sending == Sending::Nothing).then(|| Box::new(req)),
+        });
+    }
+    let mut pump = match sending {
+        Sending::Nothing => None,
+        _ => Some(Pump::new(
+            std::mem::replace(req.body_mut(), OutBody::Empty),
+            sending,
+        )),
+    };
+    let mut read_any = false;
+    let head = poll_fn(|cx| {
+        if let Some(p) = &mut pump
+            && !p.done()
+        {
+            match p.poll(&mut conn.io, cx) {
+                Poll::Ready(Err(PumpError::Body(why))) => {
+                    return Poll::Ready(Err(Failure::RequestBody(why)));
+                }
+                // The backend stopped reading; it may have answered first.
+                Poll::Ready(Err(PumpError::Write(e))) => {
+                    tracing::debug!(error = %e, "the backend stopped taking the request body");
+                    pump = None;
+                }
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        conn.poll_head(cx, &mut read_any, head_only)
+    })
+    .await;
+    let head = match head {
+        Ok(h) => h,
+        Err(failure) => {
+            let replayable = sending == Sending::Nothing && !read_any && conn.buf.is_empty();
+            return Err(Failed {
+                failure,
+                unsent: false,
+                back: replayable.then(|| Box::new(req)),
+            });
+        }
+    };
+    // A request body the backend stopped taking leaves the connection unfit for reuse (one
+    // still being sent is judged when the response ends).
+    let broken = sending != Sending::Nothing && pump.is_none();
+    let body = match head.status.as_u16() {
+        101 if asks_upgrade => Framing::Done,
+        101 => {
+            return Err(Failed {
+                failure: Failure::UnaskedSwitch,
+                unsent: false,
+                back: None,
+            });
+        }
+        _ => head.body,
+    };
+    let mut out = H1Body {
+        conn: Some(conn),
+        body,
+        pump: pump.filter(|p| !p.done()).map(Box::new),
+        reuse: head.reuse && !broken,
+        keep_alive: head.keep_alive,
+        home: Some(home),
+        upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
+    };
+    if out.body == Framing::Done && !out.upgrade {
+        out.finish();
+    }
+    let mut res = Response::new(out);
+    *res.status_mut() = head.status;
+    *res.version_mut() = head.version;
+    *res.headers_mut() = head.headers;
+    Ok(res)
+}
+
+/// A response body read from an upstream HTTP/1.1 connection, by whoever polls it.
+#[derive(Debug)]
+pub struct H1Body {
+    /// The connection, until the body is over.
+    conn: Option<Box<Conn>>,
+    body: Framing,
+    /// The rest of the request body, when the backend answered before taking all of it.
+    pump: Option<Box<Pump>>,
+    /// The connection may carry another exchange once this one is over.
+    reuse: bool,
+    keep_alive: Option<Duration>,
+    home: Option<Arc<dyn Home>>,
+    /// A `101` the request asked for: the connection is the tunnel's.
+    upgrade: bool,
+}
+
+impl H1Body {
+    /// The connection of a `101 Switching Protocols` answer, for the tunnel.
+    pub fn upgraded(&mut self) -> Option<Upgraded> {
+        if !self.upgrade {
+            return None;
+        }
+        let conn = *self.conn.take()?;
+        Some(Upgraded {
+            io: conn.io,
+            rest: conn.buf.freeze(),
+        })
+    }
+
+    /// The body is over: the connection goes home if it can carry another exchange.
+    fn finish(&mut self) {
+        self.body = Framing::Done;
+        let conn = self.conn.take();
+        let home = self.home.take();
+        // The backend answered before the request body was all sent: the rest is dropped
+        // with the connection.
+        let whole = self.pump.take().is_none_or(|p| p.done());
+        if let (Some(conn), Some(home)) = (conn, home)
+            && self.reuse
+            && whole
+            && conn.buf.is_empty()
+        {
+            home.put(conn, self.keep_alive);
+        }
+    }
+
+    /// Drives the rest of the request body, if any, as far as it goes without waiting.
+    fn pump(&mut self, cx: &mut Context<'_>) {
+        let (Some(p), Some(conn)) = (&mut self.pump, &mut self.conn) else {
+            return;
+        };
+        match p.poll(&mut conn.io, cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => self.pump = None,
+            Poll::Ready(Err(_)) => {
+                self.pump = None;
+                self.reuse = false;
+            }
+        }
+    }
+
+    /// The next frame from the buffer and the connection.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Failure>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.body {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) if !conn.buf.is_empty() => {
+                    let n = conn
+                        .buf
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = conn.buf.split_to(n).freeze();
+                    self.body = Framing::Length(left - n as u64);
+                    if left == n as u64 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match chunk_step(&mut conn.buf, state)? {
+                    Step::Need => {}
+                    Step::Moved(next) => {
+                        self.body = Framing::Chunked(next);
+                        continue;
+                    }
+                    Step::Data(data, next) => {
+                        self.body = Framing::Chunked(next);
+                        // The terminator often came in the same read: end now, so the
+                        // connection goes home before the response is reported complete.
+                        if next == Chunk::DataEnd {
+                            self.peek_last_chunk();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Step::Trailers(t) => {
+                        self.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Step::End => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                },
+                Framing::Length(_) | Framing::Close => {}
+            }
+            let conn = self.conn.as_mut().expect("checked above");
+            let n = ready!(conn.poll_fill(cx)).map_err(Failure::Read)?;
+            if n == 0 {
+                return match self.body {
+                    Framing::Close => {
+                        self.reuse = false;
+                        self.finish();
+                        Poll::Ready(None)
+                    }
+                    _ => Poll::Ready(Some(Err(Failure::BodyCut))),
+                };
+            }
+        }
+    }
+
+    /// After a chunk's data: when the chunk's CRLF and an empty last chunk are already
+    /// buffered, the body is over.
+    fn peek_last_chunk(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if conn.buf.starts_with(b"\r\n0\r\n\r\n") {
+            conn.buf.advance(7);
+            self.finish();
+        }
+    }
+}
+
+/// What one step of chunked decoding found.
+enum Step {
+    /// More bytes are needed.
+    Need,
+    /// Framing was consumed; go on from this state.
+    Moved(Chunk),
+    /// Data of a chunk.
+    Data(Bytes, Chunk),
+    /// The trailer fields; the body is over.
+    Trailers(HeaderMap),
+    /// The last chunk and no trailers; the body is over.
+    End,
+}
+
+/// Decodes what `buf` holds of a chunked body from `state` on.
+fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Failure> {
+    match state {
+        Chunk::Size => {
+            let Some(lf) = memchr::memchr(b'\n', buf) else {
+                return match buf.len() > MAX_CHUNK_LINE {
+                    true => Err(Failure::Chunk("chunk-size line too long")),
+                    false => Ok(Step::Need),
+                };
+            };
+            if lf == 0 || buf[lf - 1] != b'\r' {
+                return Err(Failure::Chunk("chunk-size line without CRLF"));
+            }
+            let size = chunk_size(&buf[..lf - 1])?;
+            buf.advance(lf + 1);
+            Ok(Step::Moved(match size {
+                0 => Chunk::Trailers,
+                n => Chunk::Data(n),
+            }))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::Need);
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let data = buf.split_to(n).freeze();
+            let next = match left - n as u64 {
+                0 => Chunk::DataEnd,
+                more => Chunk::Data(more),
+            };
+            Ok(Step::Data(data, next))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::Need);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(Failure::Chunk("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            Ok(Step::Moved(Chunk::Size))
+        }
+        Chunk::Trailers => {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Partial) => match buf.len() > MAX_HEAD {
+                    true => Err(Failure::Chunk("trailer fields too large")),
+                    false => Ok(Step::Need),
+                },
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for f in fields.iter() {
+                        let name = HeaderName::from_bytes(f.name.as_bytes())
+                            .map_err(|_| Failure::Chunk("invalid trailer name"))?;
+                        let value = HeaderValue::from_bytes(f.value)
+                            .map_err(|_| Failure::Chunk("invalid trailer value"))?;
+                        trailers.append(name, value);
+                    }
+                    buf.advance(len);
+                    Ok(match trailers.is_empty() {
+                        true => Step::End,
+                        false => Step::Trailers(trailers),
+                    })
+                }
+                Err(_) => Err(Failure::Chunk("malformed trailer fields")),
+            }
+        }
+    }
+}
+
+/// The hexadecimal size of a chunk-size line (`size [; extensions]`), extensions ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Failure> {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 {
+        return Err(Failure::Chunk("chunk size is not a hexadecimal number"));
+    }
+    if digits > 15 {
+        return Err(Failure::Chunk("chunk size too large"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(Failure::Chunk("chunk size is not a hexadecimal number"));
+    }
+    if rest.iter().any(|&b| b == b'\r' || b == 0) {
+        return Err(Failure::Chunk("control character in a chunk extension"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        n * 16 + u64::from(v)
+    }))
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = Failure;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Failure>>> {
+        let this = self.get_mut();
+        if this.pump.is_some() {
+            this.pump(cx);
+        }
+        let polled = this.poll_next(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            // A broken body leaves the connection in an unknown state.
+            this.reuse = false;
+            this.conn = None;
+            this.body = Framing::Done;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.body {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream response body: from rouse's own HTTP/1.1 connection, or hyper's HTTP/2 one.
+#[derive(Debug)]
+pub enum UpBody {
+    /// Over HTTP/1.1.
+    H1(H1Body),
+    /// Over the shared h2c connection.
+    H2(Incoming),
+}
+
+impl UpBody {
+    /// The upstream connection of an upgrade the backend accepted (`101`).
+    pub fn upgraded(&mut self) -> Option<Upgraded> {
+        match self {
+            UpBody::H1(b) => b.upgraded(),
+            UpBody::H2(_) => None,
+        }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H1(b) => b.is_end_stream(),
+            UpBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::H1(b) => b.size_hint(),
+            UpBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The upstream side of a tunnel: the connection, and what the backend sent past its `101`.
+#[derive(Debug)]
+pub struct Upgraded {
+    io: Io,
+    rest: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.rest.is_empty() {
+            let n = this.rest.len().min(buf.remaining());
+            buf.put_slice(&this.rest[..n]);
+            this.rest.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], head_only: bool) -> Result<Option<Head>, Failure> {
+        let mut buf = BytesMut::from(bytes);
+        parse_head(&mut buf, head_only)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let h = |b: &str| head(b.as_bytes(), false).unwrap().unwrap();
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").body,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n").body,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n").body,
+            Framing::Chunked(Chunk::Size)
+        );
+        let close = h("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert_eq!((close.body, close.reuse), (Framing::Close, false));
+        let bare = h("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((bare.body, bare.reuse), (Framing::Close, false));
+        // Length beside chunked: the chunks frame it, and the connection is not reused.
+        let both = h("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(
+            (both.body, both.reuse),
+            (Framing::Chunked(Chunk::Size), false)
+        );
+        assert_eq!(
+            h("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n").body,
+            Framing::Done
+        );
+        assert_eq!(h("HTTP/1.1 304 Not Modified\r\n\r\n").body, Framing::Done);
+        let after_head = head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true);
+        assert_eq!(after_head.unwrap().unwrap().body, Framing::Done);
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let h = |b: &str| head(b.as_bytes(), false).unwrap().unwrap();
+        assert!(h("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").reuse);
+        assert!(!h("HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n").reuse);
+        assert!(!h("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n").reuse);
+        let ten = h(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert!(ten.reuse);
+        assert_eq!(ten.keep_alive, Some(Duration::from_secs(4)));
+        assert_eq!(ten.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn bad_heads_are_refused_and_partial_ones_wait() {
+        let err = |b: &str| head(b.as_bytes(), false).unwrap_err().to_string();
+        assert!(
+            err("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n")
+                .contains("Content-Length")
+        );
+        assert!(err("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").contains("Content-Length"));
+        assert!(err("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n").contains("Content-Length"));
+        assert!(err("HTTP/1.1 2000 OK\r\n\r\n").contains("malformed"));
+        assert!(err("SSH-2.0-OpenSSH\r\n\r\n").contains("malformed"));
+        assert!(err("HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n").contains("header name"));
+        assert!(
+            head(b"HTTP/1.1 200 OK\r\ncontent-le", false)
+                .unwrap()
+                .is_none()
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(err(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).contains("100"));
+    }
+
+    #[test]
+    fn the_head_is_taken_out_and_the_body_stays() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nx-a: 1\r\nX-B: two\r\ncontent-length: 2\r\n\r\nokHTTP"[..],
+        );
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(&buf[..], b"okHTTP");
+        assert_eq!(h.headers.get("x-a").unwrap(), "1");
+        assert_eq!(h.headers.get("x-b").unwrap(), "two");
+        assert_eq!(h.status, StatusCode::OK);
+    }
+
+    fn decode_all(mut wire: BytesMut) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), Failure> {
+        let mut state = Chunk::Size;
+        let mut data = Vec::new();
+        loop {
+            match chunk_step(&mut wire, state)? {
+                Step::Need => return Err(Failure::BodyCut),
+                Step::Moved(s) => state = s,
+                Step::Data(d, s) => {
+                    data.extend_from_slice(&d);
+                    state = s;
+                }
+                Step::Trailers(t) => return Ok((data, Some(t), wire)),
+                Step::End => return Ok((data, None, wire)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (data, trailers, rest) = decode_all(BytesMut::from(
+            &b"5;name=value\r\nhello\r\n1\r\n!\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT"[..],
+        ))
+        .unwrap();
+        assert_eq!(data, b"hello!");
+        assert_eq!(trailers.unwrap().get("grpc-status").unwrap(), "0");
+        assert_eq!(&rest[..], b"NEXT", "nothing past the body is consumed");
+        let (data, trailers, _) =
+            decode_all(BytesMut::from(&b"A\r\n0123456789\r\n0\r\n\r\n"[..])).unwrap();
+        assert_eq!((data.len(), trailers), (10, None));
+    }
+
+    #[test]
+    fn broken_chunk_framing_is_refused() {
+        for (wire, why) in [
+            (&b"5\nhello\r\n0\r\n\r\n"[..], "CRLF"),
+            (b"z\r\nhello\r\n0\r\n\r\n", "hexadecimal"),
+            (b"5 x\r\nhello\r\n0\r\n\r\n", "hexadecimal"),
+            (b"5\r\nhelloXX0\r\n\r\n", "followed by CRLF"),
+            (b"1000000000000000\r\n", "too large"),
+            (b"\r\n", "hexadecimal"),
+        ] {
+            let err = decode_all(BytesMut::from(wire)).unwrap_err().to_string();
+            assert!(
+                err.contains(why),
+                "{:?}: {err}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn request_heads_carry_the_framing_they_need() {
+        let enc = |req: Request<OutBody>| {
+            let (s, skip) = sending(&req);
+            let mut dst = Vec::new();
+            encode_head(&mut dst, &req, s, skip);
+            (s, String::from_utf8(dst).unwrap())
+        };
+        let get = Request::get("/a?b=1")
+            .header("host", "x")
+            .body(OutBody::Empty)
+            .unwrap();
+        assert_eq!(
+            enc(get),
+            (
+                Sending::Nothing,
+                "GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n".into()
+            )
+        );
+        let post = Request::post("/")
+            .header("content-length", "3")
+            .body(OutBody::Empty)
+            .unwrap();
+        assert_eq!(enc(post).0, Sending::Length(3));
+        let bogus = Request::post("/")
+            .header("content-length", "3, 4")
+            .body(OutBody::Empty)
+            .unwrap();
+        let (s, text) = enc(bogus);
+        assert_eq!(s, Sending::Chunked);
+        assert!(!text.contains("content-length") && text.contains("transfer-encoding: chunked"));
+    }
+
+    #[test]
+    fn lengths_are_plain_decimals() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"7,7, 7"), Some(7));
+        assert_eq!(parse_length(b"7,8"), None);
+        assert_eq!(parse_length(b"+7"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+    }
+}
