@@ -317,6 +317,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut fields);
         let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(Failure::HeadTooLarge),
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -456,27 +457,29 @@ enum Sending {
     Chunked,
 }
 
-/// How `req`'s body goes out, and whether its own `Content-Length` is to be left out.
-fn sending(req: &Request<OutBody>) -> (Sending, bool) {
-    if let Some(v) = req.headers().get(header::CONTENT_LENGTH) {
-        return match parse_length(v.as_bytes()) {
-            Some(n) => (Sending::Length(n), false),
-            // Both server sides refuse such requests before they get here; never forward a
-            // length nobody can trust.
-            None => (Sending::Chunked, true),
-        };
+/// How `req`'s body goes out.
+fn sending(req: &Request<OutBody>) -> Sending {
+    let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let n = parse_length(first.as_bytes());
+        // Both server sides refuse disagreeing or unreadable lengths before a request gets
+        // here; never forward one nobody can trust.
+        if let Some(n) = n.filter(|&n| lengths.all(|v| parse_length(v.as_bytes()) == Some(n))) {
+            return Sending::Length(n);
+        }
     }
     if req.body().is_end_stream() {
-        return (Sending::Nothing, false);
+        return Sending::Nothing;
     }
     match req.body().size_hint().exact() {
-        Some(n) => (Sending::Length(n), false),
-        None => (Sending::Chunked, false),
+        Some(n) => Sending::Length(n),
+        None => Sending::Chunked,
     }
 }
 
-/// Writes the head of `req` into `dst`.
-fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending, skip_length: bool) {
+/// Writes the head of `req` into `dst`, its framing as `body` says.
+fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
+    use std::io::Write as _;
     dst.clear();
     dst.extend_from_slice(req.method().as_str().as_bytes());
     dst.push(b' ');
@@ -484,7 +487,10 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending, skip_le
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        if skip_length && name == header::CONTENT_LENGTH {
+        // The framing is this function's to write, never a field's to claim: a stray
+        // `Transfer-Encoding` or a second length would make the backend read a body that is
+        // not there, or a second request out of one.
+        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
             continue;
         }
         dst.extend_from_slice(name.as_str().as_bytes());
@@ -493,13 +499,20 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending, skip_le
         dst.extend_from_slice(b"\r\n");
     }
     match body {
-        Sending::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Sending::Length(n) if !req.headers().contains_key(header::CONTENT_LENGTH) => {
-            dst.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        Sending::Nothing => {}
+        Sending::Length(n) => {
+            let _ = write!(dst, "content-length: {n}\r\n");
         }
-        _ => {}
+        Sending::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     dst.extend_from_slice(b"\r\n");
+}
+
+/// The head this connection writes for `req` (for the fuzz target and tests).
+pub fn head_bytes(req: &Request<OutBody>) -> Vec<u8> {
+    let mut dst = Vec::new();
+    encode_head(&mut dst, req, sending(req));
+    dst
 }
 
 /// The body of a request sent upstream: the client's, or none, for a request replayed after its
@@ -700,8 +713,8 @@ pub async fn exchange(
 ) -> Result<Response<H1Body>, Failed> {
     let head_only = req.method() == Method::HEAD;
     let asks_upgrade = req.headers().contains_key(header::UPGRADE);
-    let (sending, skip_length) = sending(&req);
-    encode_head(&mut conn.head, &req, sending, skip_length);
+    let sending = sending(&req);
+    encode_head(&mut conn.head, &req, sending);
     let mut written = 0;
     if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
         return Err(Failed {
@@ -848,51 +861,19 @@ impl H1Body {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.body {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) if !conn.buf.is_empty() => {
-                    let n = conn
-                        .buf
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let data = conn.buf.split_to(n).freeze();
-                    self.body = Framing::Length(left - n as u64);
-                    if left == n as u64 {
+            match next_frame(&mut conn.buf, &mut self.body)? {
+                Next::Frame(f) => {
+                    if self.body == Framing::Done {
                         self.finish();
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    return Poll::Ready(Some(Ok(f)));
                 }
-                Framing::Close if !conn.buf.is_empty() => {
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                Next::End => {
+                    self.finish();
+                    return Poll::Ready(None);
                 }
-                Framing::Chunked(state) => match chunk_step(&mut conn.buf, state)? {
-                    Step::Need => {}
-                    Step::Moved(next) => {
-                        self.body = Framing::Chunked(next);
-                        continue;
-                    }
-                    Step::Data(data, next) => {
-                        self.body = Framing::Chunked(next);
-                        // The terminator often came in the same read: end now, so the
-                        // connection goes home before the response is reported complete.
-                        if next == Chunk::DataEnd {
-                            self.peek_last_chunk();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Step::Trailers(t) => {
-                        self.finish();
-                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                    }
-                    Step::End => {
-                        self.finish();
-                        return Poll::Ready(None);
-                    }
-                },
-                Framing::Length(_) | Framing::Close => {}
+                Next::Need => {}
             }
-            let conn = self.conn.as_mut().expect("checked above");
             let n = ready!(conn.poll_fill(cx)).map_err(Failure::Read)?;
             if n == 0 {
                 return match self.body {
@@ -906,18 +887,119 @@ impl H1Body {
             }
         }
     }
+}
 
-    /// After a chunk's data: when the chunk's CRLF and an empty last chunk are already
-    /// buffered, the body is over.
-    fn peek_last_chunk(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if conn.buf.starts_with(b"\r\n0\r\n\r\n") {
-            conn.buf.advance(7);
-            self.finish();
+/// What the buffer gave of a body.
+#[derive(Debug)]
+enum Next {
+    /// A frame; the body may now be [`Framing::Done`].
+    Frame(Frame<Bytes>),
+    /// The body is over.
+    End,
+    /// More bytes are needed (or the connection's end, for [`Framing::Close`]).
+    Need,
+}
+
+/// Takes the next frame of a body framed as `body` from the front of `buf`, moving `body`
+/// along; never takes a byte past the body's end.
+fn next_frame(buf: &mut BytesMut, body: &mut Framing) -> Result<Next, Failure> {
+    loop {
+        match *body {
+            Framing::Done => return Ok(Next::End),
+            Framing::Length(_) | Framing::Close if buf.is_empty() => return Ok(Next::Need),
+            Framing::Length(left) => {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                *body = match left - n as u64 {
+                    0 => Framing::Done,
+                    more => Framing::Length(more),
+                };
+                return Ok(Next::Frame(Frame::data(buf.split_to(n).freeze())));
+            }
+            Framing::Close => return Ok(Next::Frame(Frame::data(buf.split().freeze()))),
+            Framing::Chunked(state) => match chunk_step(buf, state)? {
+                Step::Need => return Ok(Next::Need),
+                Step::Moved(next) => *body = Framing::Chunked(next),
+                Step::Data(data, next) => {
+                    *body = Framing::Chunked(next);
+                    // The terminator often came in the same read: the body is over now, so
+                    // the connection goes home before the response is reported complete.
+                    if next == Chunk::DataEnd && buf.starts_with(b"\r\n0\r\n\r\n") {
+                        buf.advance(7);
+                        *body = Framing::Done;
+                    }
+                    return Ok(Next::Frame(Frame::data(data)));
+                }
+                Step::Trailers(t) => {
+                    *body = Framing::Done;
+                    return Ok(Next::Frame(Frame::trailers(t)));
+                }
+                Step::End => {
+                    *body = Framing::Done;
+                    return Ok(Next::End);
+                }
+            },
         }
     }
+}
+
+/// A whole response as this connection reads it, from `wire` arriving in pieces of the given
+/// lengths (the rest in one piece), then the connection's end: its status, fields, body and
+/// trailers, or the failure. For the fuzz target and tests: however the bytes are cut, the
+/// answer must be the same.
+pub fn read_whole(
+    wire: &[u8],
+    pieces: &[usize],
+    head_only: bool,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>, Option<HeaderMap>), Failure> {
+    let mut cuts = pieces.iter().copied();
+    let mut at = 0;
+    let mut buf = BytesMut::new();
+    // Feeds the next piece; false at the connection's end.
+    let mut feed = |buf: &mut BytesMut| {
+        if at >= wire.len() {
+            return false;
+        }
+        let n = cuts.next().unwrap_or(wire.len()).clamp(1, wire.len() - at);
+        buf.extend_from_slice(&wire[at..at + n]);
+        at += n;
+        true
+    };
+    let head = loop {
+        let got = match buf.is_empty() {
+            true => None,
+            false => parse_head(&mut buf, head_only)?,
+        };
+        match got {
+            Some(h) if (100..200).contains(&h.status.as_u16()) && h.status != 101 => continue,
+            Some(h) => break h,
+            None if buf.len() >= MAX_HEAD => return Err(Failure::HeadTooLarge),
+            None if !feed(&mut buf) => {
+                return Err(match buf.is_empty() && at == 0 {
+                    true => Failure::Closed,
+                    false => Failure::HeadCut,
+                });
+            }
+            None => {}
+        }
+    };
+    let mut body = match head.status.as_u16() {
+        101 => Framing::Done,
+        _ => head.body,
+    };
+    let (mut data, mut trailers) = (Vec::new(), None);
+    loop {
+        match next_frame(&mut buf, &mut body)? {
+            Next::Frame(f) => match f.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            },
+            Next::End => break,
+            Next::Need if feed(&mut buf) => {}
+            Next::Need if body == Framing::Close => break,
+            Next::Need => return Err(Failure::BodyCut),
+        }
+    }
+    Ok((head.status, head.headers, data, trailers))
 }
 
 /// What one step of chunked decoding found.
@@ -944,6 +1026,11 @@ fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Failure> {
                     false => Ok(Step::Need),
                 };
             };
+            // Judged by the line, not by how much of it has arrived: the verdict must not
+            // depend on how the bytes were cut.
+            if lf > MAX_CHUNK_LINE {
+                return Err(Failure::Chunk("chunk-size line too long"));
+            }
             if lf == 0 || buf[lf - 1] != b'\r' {
                 return Err(Failure::Chunk("chunk-size line without CRLF"));
             }
@@ -983,6 +1070,9 @@ fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Failure> {
                     true => Err(Failure::Chunk("trailer fields too large")),
                     false => Ok(Step::Need),
                 },
+                Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
+                    Err(Failure::Chunk("trailer fields too large"))
+                }
                 Ok(httparse::Status::Complete((len, fields))) => {
                     let mut trailers = HeaderMap::with_capacity(fields.len());
                     for f in fields.iter() {
@@ -1300,12 +1390,8 @@ mod tests {
 
     #[test]
     fn request_heads_carry_the_framing_they_need() {
-        let enc = |req: Request<OutBody>| {
-            let (s, skip) = sending(&req);
-            let mut dst = Vec::new();
-            encode_head(&mut dst, &req, s, skip);
-            (s, String::from_utf8(dst).unwrap())
-        };
+        let enc =
+            |req: Request<OutBody>| (sending(&req), String::from_utf8(head_bytes(&req)).unwrap());
         let get = Request::get("/a?b=1")
             .header("host", "x")
             .body(OutBody::Empty)
@@ -1318,17 +1404,265 @@ mod tests {
             )
         );
         let post = Request::post("/")
+            .header("Content-Length", "3")
             .header("content-length", "3")
             .body(OutBody::Empty)
             .unwrap();
-        assert_eq!(enc(post).0, Sending::Length(3));
-        let bogus = Request::post("/")
-            .header("content-length", "3, 4")
+        let (s, text) = enc(post);
+        assert_eq!(s, Sending::Length(3));
+        assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        // Lengths that disagree are never forwarded: without a body, there is none to frame.
+        for lengths in [&["3, 4"][..], &["3", "4"], &["x"]] {
+            let mut b = Request::post("/");
+            for l in lengths {
+                b = b.header("content-length", *l);
+            }
+            let (s, text) = enc(b.body(OutBody::Empty).unwrap());
+            assert_eq!(s, Sending::Nothing, "{lengths:?}");
+            assert!(!text.contains("content-length"), "{text}");
+        }
+    }
+
+    /// What a client made of a response: the head, or that it was refused; and then the body
+    /// (with its trailers), or that it failed.
+    #[derive(Debug, PartialEq)]
+    enum Verdict {
+        Refused,
+        Answered {
+            status: u16,
+            headers: Vec<(String, Vec<u8>)>,
+            body: Option<(Bytes, Option<HeaderMap>)>,
+        },
+    }
+
+    /// Serves `wire` (in `piece`-byte writes) to one connection after reading its request
+    /// head, then closes it.
+    async fn backend(wire: &'static [u8], piece: usize) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                    _ => return,
+                }
+            }
+            for p in wire.chunks(piece) {
+                if s.write_all(p).await.is_err() {
+                    return;
+                }
+                if piece < wire.len() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        addr
+    }
+
+    async fn verdict<B>(res: Result<Response<B>, ()>) -> Verdict
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        use http_body_util::BodyExt;
+        let Ok(res) = res else {
+            return Verdict::Refused;
+        };
+        let (parts, body) = res.into_parts();
+        let body = match tokio::time::timeout(Duration::from_secs(5), body.collect()).await {
+            Ok(Ok(c)) => {
+                let trailers = c.trailers().cloned();
+                Some((c.to_bytes(), trailers))
+            }
+            _ => None,
+        };
+        Verdict::Answered {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+        }
+    }
+
+    #[derive(Debug)]
+    struct Kept(std::sync::Mutex<usize>);
+
+    impl Home for Kept {
+        fn put(self: Arc<Self>, _conn: Box<Conn>, _keep_alive: Option<Duration>) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    async fn ours(wire: &'static [u8], piece: usize) -> Verdict {
+        let tcp = TcpStream::connect(backend(wire, piece).await)
+            .await
+            .unwrap();
+        let req = Request::get("/")
+            .header("host", "x")
             .body(OutBody::Empty)
             .unwrap();
-        let (s, text) = enc(bogus);
-        assert_eq!(s, Sending::Chunked);
-        assert!(!text.contains("content-length") && text.contains("transfer-encoding: chunked"));
+        let home = Arc::new(Kept(std::sync::Mutex::new(0)));
+        let res = exchange(Conn::new(Io::Tcp(tcp)), req, home).await;
+        verdict(res.map_err(|_| ())).await
+    }
+
+    async fn hypers(wire: &'static [u8], piece: usize) -> Verdict {
+        let tcp = TcpStream::connect(backend(wire, piece).await)
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/")
+            .header("host", "x")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        verdict(send.send_request(req).await.map_err(|_| ())).await
+    }
+
+    /// The same responses, valid and malformed, read by this connection and by hyper's client
+    /// (the reference): the same verdict, status, fields, body and trailers, whether the
+    /// bytes come in one write or a few at a time.
+    #[tokio::test]
+    async fn reads_responses_as_hyper_does() {
+        let corpus: &[&'static [u8]] = &[
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;a=b\r\nhel\r\n2 \r\nlo\r\n0\r\ngrpc-status: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\n\r\nto the end",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nto the end",
+            b"HTTP/1.0 200 OK\r\n\r\nold",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\n\r\n",
+            b"HTTP/1.1 404 Whatever It Says\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-obs: caf\xc3\xa9\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-empty:\r\ncontent-length: 0\r\n\r\n",
+            // Refused heads.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\nhello",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\r\n folded\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\0b\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-le",
+            b"",
+            // Bodies that break.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n;x\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok",
+        ];
+        for wire in corpus {
+            let reference = hypers(wire, usize::MAX).await;
+            for piece in [usize::MAX, 3] {
+                let got = ours(wire, piece).await;
+                assert_eq!(
+                    got,
+                    reference,
+                    "{:?} in pieces of {piece}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
+    }
+
+    /// However a response's bytes are cut into reads, it is read the same: at every cut in
+    /// two, and one byte at a time.
+    #[test]
+    fn the_verdict_does_not_depend_on_how_the_bytes_are_cut() {
+        let long_line = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;{}\r\nx\r\n0\r\n\r\n",
+            "e".repeat(MAX_CHUNK_LINE + 10)
+        );
+        let corpus: Vec<&[u8]> = vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;a=b\r\nhel\r\n2\r\nlo\r\n0\r\nt: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nEXTRA",
+            b"HTTP/1.1 200 OK\r\n\r\nto the end",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncont",
+            long_line.as_bytes(),
+        ];
+        for wire in corpus {
+            let whole = format!("{:?}", read_whole(wire, &[], false));
+            for cut in 0..=wire.len() {
+                let cut_in_two = format!("{:?}", read_whole(wire, &[cut], false));
+                assert_eq!(cut_in_two, whole, "cut at {cut}");
+            }
+            let bytewise = format!("{:?}", read_whole(wire, &vec![1; wire.len()], false));
+            assert_eq!(bytewise, whole, "one byte at a time");
+        }
+        // And the verdicts themselves.
+        let body = |w: &[u8]| read_whole(w, &[], false).map(|r| r.2);
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloEXTRA").unwrap(),
+            b"hello"
+        );
+        assert!(matches!(
+            read_whole(long_line.as_bytes(), &[], false),
+            Err(Failure::Chunk("chunk-size line too long"))
+        ));
+        assert!(matches!(
+            read_whole(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+                &[],
+                false
+            ),
+            Err(Failure::BodyCut)
+        ));
+    }
+
+    /// The head written upstream is one request, whatever the fields hold: parsed back, it
+    /// ends exactly where it was written to end, with the same method, target and fields, and
+    /// no framing but its own.
+    #[test]
+    fn a_written_head_parses_back_as_one_request() {
+        let req = Request::post("/a%20b?c=d;e")
+            .header("host", "x")
+            .header(
+                "x-obs",
+                HeaderValue::from_bytes(b"caf\xc3\xa9\tok").unwrap(),
+            )
+            .header("x-many", "1")
+            .header("x-many", "2")
+            .header("transfer-encoding", "chunked")
+            .body(OutBody::Empty)
+            .unwrap();
+        let head = head_bytes(&req);
+        let mut fields = [httparse::EMPTY_HEADER; 16];
+        let mut parsed = httparse::Request::new(&mut fields);
+        let len = match parsed.parse(&head).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("incomplete"),
+        };
+        assert_eq!(len, head.len());
+        assert_eq!(parsed.method, Some("POST"));
+        assert_eq!(parsed.path, Some("/a%20b?c=d;e"));
+        let names: Vec<&str> = parsed.headers.iter().map(|h| h.name).collect();
+        // A stray framing field is never written: this request has no body.
+        assert_eq!(names, ["host", "x-obs", "x-many", "x-many"]);
     }
 
     #[test]

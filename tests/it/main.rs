@@ -21,4 +21,5 @@ mod streaming;
 mod support;
 mod timeouts;
 mod tls;
+mod upstream;
 mod websocket;
