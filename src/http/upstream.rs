@@ -380,6 +380,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
         }
         headers.append(name, value);
     }
+    // Transfer-Encoding in an HTTP/1.0 message is faulty framing (RFC 9112 §6.1); hyper's
+    // client refuses it too.
+    if version == Version::HTTP_10 && chunked.is_some() {
+        return Err(Failure::Head("Transfer-Encoding in an HTTP/1.0 response"));
+    }
     let mut reuse = match version {
         Version::HTTP_10 => keep && !close,
         _ => !close,
@@ -582,8 +587,10 @@ struct Pump {
     left: u64,
     /// Framing and data waiting to be written, in order.
     out: VecDeque<Bytes>,
-    /// The body has ended (its last framing may still be in `out`).
+    /// The body has ended (its last framing may still be in `out`, or in the TLS session).
     ended: bool,
+    /// All of it is written and flushed.
+    finished: bool,
 }
 
 enum PumpError {
@@ -591,6 +598,14 @@ enum PumpError {
     Body(String),
     /// Writing to the backend failed.
     Write(io::Error),
+}
+
+impl Sending {
+    /// There are body bytes to send (a `Content-Length: 0` body has none: it is written as
+    /// that field, and the request can go out again like one without a body).
+    fn has_body(self) -> bool {
+        !matches!(self, Sending::Nothing | Sending::Length(0))
+    }
 }
 
 impl Pump {
@@ -604,12 +619,15 @@ impl Pump {
             },
             out: VecDeque::new(),
             ended: false,
+            finished: false,
         }
     }
 
-    /// True once the whole body is written.
+    /// True once the whole body is written and flushed. Not before the flush: over TLS a
+    /// write is taken into the session's buffer even when the socket is full, and nothing
+    /// else would flush the last chunk.
     fn done(&self) -> bool {
-        self.ended && self.out.is_empty()
+        self.finished
     }
 
     /// Moves the body towards the backend as far as it can without waiting.
@@ -629,6 +647,7 @@ impl Pump {
             // Nothing is left buffered (TLS) while the body is waited for.
             ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(PumpError::Write)?;
             if self.ended {
+                self.finished = true;
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
@@ -720,16 +739,12 @@ pub async fn exchange(
         return Err(Failed {
             failure: Failure::Write(e),
             unsent: written == 0,
-            back: (written == 0 || sending == Sending::Nothing).then(|| Box::new(req)),
+            back: (written == 0 || !sending.has_body()).then(|| Box::new(req)),
         });
     }
-    let mut pump = match sending {
-        Sending::Nothing => None,
-        _ => Some(Pump::new(
-            std::mem::replace(req.body_mut(), OutBody::Empty),
-            sending,
-        )),
-    };
+    let mut pump = sending
+        .has_body()
+        .then(|| Pump::new(std::mem::replace(req.body_mut(), OutBody::Empty), sending));
     let mut read_any = false;
     let head = poll_fn(|cx| {
         if let Some(p) = &mut pump
@@ -753,7 +768,7 @@ pub async fn exchange(
     let head = match head {
         Ok(h) => h,
         Err(failure) => {
-            let replayable = sending == Sending::Nothing && !read_any && conn.buf.is_empty();
+            let replayable = !sending.has_body() && !read_any && conn.buf.is_empty();
             return Err(Failed {
                 failure,
                 unsent: false,
@@ -763,7 +778,7 @@ pub async fn exchange(
     };
     // A request body the backend stopped taking leaves the connection unfit for reuse (one
     // still being sent is judged when the response ends).
-    let broken = sending != Sending::Nothing && pump.is_none();
+    let broken = sending.has_body() && pump.is_none();
     let body = match head.status.as_u16() {
         101 if asks_upgrade => Framing::Done,
         101 => {
@@ -831,11 +846,17 @@ impl H1Body {
         // The backend answered before the request body was all sent: the rest is dropped
         // with the connection.
         let whole = self.pump.take().is_none_or(|p| p.done());
-        if let (Some(conn), Some(home)) = (conn, home)
+        if let (Some(mut conn), Some(home)) = (conn, home)
             && self.reuse
+            && !self.upgrade
             && whole
             && conn.buf.is_empty()
         {
+            // A buffer grown for a large body is not kept while the connection idles.
+            if conn.next_read > FIRST_READ {
+                conn.buf = BytesMut::new();
+                conn.next_read = FIRST_READ;
+            }
             home.put(conn, self.keep_alive);
         }
     }
@@ -1106,7 +1127,13 @@ fn chunk_size(line: &[u8]) -> Result<u64, Failure> {
     if digits > 15 {
         return Err(Failure::Chunk("chunk size too large"));
     }
-    let rest = line[digits..].trim_ascii_start();
+    // Only spaces and tabs may stand between the size and its extensions.
+    let rest = &line[digits..];
+    let blank = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[blank..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err(Failure::Chunk("chunk size is not a hexadecimal number"));
     }
@@ -1315,6 +1342,7 @@ mod tests {
         assert!(err("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").contains("Content-Length"));
         assert!(err("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n").contains("Content-Length"));
         assert!(err("HTTP/1.1 2000 OK\r\n\r\n").contains("malformed"));
+        assert!(err("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").contains("HTTP/1.0"));
         assert!(err("SSH-2.0-OpenSSH\r\n\r\n").contains("malformed"));
         assert!(err("HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n").contains("header name"));
         assert!(
@@ -1411,6 +1439,18 @@ mod tests {
         let (s, text) = enc(post);
         assert_eq!(s, Sending::Length(3));
         assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        // A zero length is written, and counts as no body (such a request may go out again).
+        let empty = Request::get("/")
+            .header("content-length", "0")
+            .body(OutBody::Empty)
+            .unwrap();
+        let (s, text) = enc(empty);
+        assert_eq!(s, Sending::Length(0));
+        assert!(
+            !s.has_body() && text.contains("\r\ncontent-length: 0\r\n"),
+            "{text}"
+        );
+        assert!(Sending::Length(1).has_body() && Sending::Chunked.has_body());
         // Lengths that disagree are never forwarded: without a body, there is none to frame.
         for lengths in [&["3, 4"][..], &["3", "4"], &["x"]] {
             let mut b = Request::post("/");
@@ -1571,6 +1611,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n;x\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\t ;x\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
         ];
         for wire in corpus {
             let reference = hypers(wire, usize::MAX).await;

@@ -770,6 +770,20 @@ async fn a_bodiless_idempotent_request_is_replayed_when_a_reused_connection_drop
     let got = send(&c, post).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.body);
     assert_eq!(got.header("rouse-error"), "upstream-failed");
+    // A PUT with `Content-Length: 0` has no body either: replayed the same way. The first goes
+    // out on a new connection and is answered; the second reuses it after the pause.
+    let put = || {
+        http::Request::put(format!("http://{}/", gw.addr()))
+            .header("host", "x")
+            .header("content-length", "0")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(&c, put()).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = send(&c, put()).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(conns.load(Ordering::SeqCst), 4);
 }
 
 /// The admin listener's endpoints, as docs/metrics.md lists them: `/metrics` in OpenMetrics
