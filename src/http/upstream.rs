@@ -354,11 +354,18 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
             .map_err(|_| Failure::Head("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
             .map_err(|_| Failure::Head("invalid header value"))?;
-        match name.as_str() {
-            "content-length" => match parse_length(value.as_bytes()) {
-                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => bad_length = true,
-            },
+        // Fields that describe this connection are read here and not kept: the proxy would
+        // only strip them again (RFC 9110 §7.6.1). A `Connection` naming other fields is kept,
+        // for the proxy's stripping to remove those too; so is `Upgrade` on a `101`, which the
+        // tunnel passes on.
+        let scoped = match name.as_str() {
+            "content-length" => {
+                match parse_length(value.as_bytes()) {
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    _ => bad_length = true,
+                }
+                false
+            }
             "transfer-encoding" => {
                 // The last coding of the last field decides.
                 let last = value
@@ -367,18 +374,33 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
                     .map(<[u8]>::trim_ascii)
                     .find(|c| !c.is_empty());
                 chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                true
             }
             "connection" => {
+                let mut others = false;
                 for t in value.as_bytes().split(|&b| b == b',') {
                     let t = t.trim_ascii();
-                    close |= t.eq_ignore_ascii_case(b"close");
-                    keep |= t.eq_ignore_ascii_case(b"keep-alive");
+                    let (c, k) = (
+                        t.eq_ignore_ascii_case(b"close"),
+                        t.eq_ignore_ascii_case(b"keep-alive"),
+                    );
+                    close |= c;
+                    keep |= k;
+                    others |= !(c || k || t.is_empty() || t.eq_ignore_ascii_case(b"upgrade"));
                 }
+                !others
             }
-            "keep-alive" => keep_alive = crate::http::headers::keep_alive_timeout(&value),
-            _ => {}
+            "keep-alive" => {
+                keep_alive = crate::http::headers::keep_alive_timeout(&value);
+                true
+            }
+            "upgrade" => code != 101,
+            "proxy-connection" | "proxy-authenticate" | "te" => true,
+            _ => false,
+        };
+        if !scoped {
+            headers.append(name, value);
         }
-        headers.append(name, value);
     }
     // Transfer-Encoding in an HTTP/1.0 message is faulty framing (RFC 9112 §6.1); hyper's
     // client refuses it too.
@@ -1520,10 +1542,13 @@ mod tests {
             }
             _ => None,
         };
+        // What the client is given: the fields that describe the backend's connection are
+        // stripped on the way, whoever parsed them.
+        let mut fields = parts.headers;
+        crate::http::headers::strip_hop_by_hop(&mut fields);
         Verdict::Answered {
             status: parts.status.as_u16(),
-            headers: parts
-                .headers
+            headers: fields
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
@@ -1614,6 +1639,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\r\nhello\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\t ;x\r\nhello\r\n0\r\n\r\n",
             b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret, Keep-Alive\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\nproxy-connection: x\r\nte: y\r\nupgrade: z\r\nx-kept: 2\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nproxy-authenticate: Basic\r\ncontent-length: 0\r\n\r\n",
         ];
         for wire in corpus {
             let reference = hypers(wire, usize::MAX).await;
