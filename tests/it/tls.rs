@@ -443,8 +443,9 @@ async fn a_service_can_redirect_its_own_cleartext_requests() {
     );
 }
 
-/// A backend served over TLS with a certificate for 127.0.0.1.
-async fn tls_backend(pki: &Pki) -> SocketAddr {
+/// A backend served over TLS with a certificate for 127.0.0.1: GET answers `secure upstream`,
+/// anything else the length of the body it read. Counts its connections.
+async fn tls_backend(pki: &Pki) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     pki.leaf("up", &["127.0.0.1", "up.test"]);
     let certs: Vec<CertificateDer<'static>> =
         rustls::pki_types::pem::PemObject::pem_file_iter(pki.dir.join("up.pem"))
@@ -459,29 +460,68 @@ async fn tls_backend(pki: &Pki) -> SocketAddr {
         .with_single_cert(certs, key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    serve_each(move |s| {
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    let addr = serve_each(move |s| {
         let acceptor = acceptor.clone();
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         async move {
             let Ok(s) = acceptor.accept(s).await else {
                 return;
             };
-            let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                    Bytes::from_static(b"secure upstream"),
-                )))
-            });
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let text = match req.method() {
+                        &http::Method::GET => "secure upstream".to_owned(),
+                        _ => {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            body.len().to_string()
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        text,
+                    ))))
+                },
+            );
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(s), svc)
                 .await;
         }
     })
-    .await
+    .await;
+    (addr, conns)
+}
+
+/// Over a TLS upstream, a chunked request body of several megabytes goes out whole (its last
+/// chunk flushed out of the TLS session, not left in it), and the connection then carries the
+/// next requests: one connection for all of them.
+#[tokio::test]
+async fn upstream_tls_carries_streamed_bodies_and_keeps_its_connection() {
+    let pki = Pki::new("tls-upstream-body");
+    let (up, conns) = tls_backend(&pki).await;
+    let ca = pki.path("ca.pem");
+    let gw = Cfg::single(Rev::new("r").endpoint(up).tls(&ca, None))
+        .start()
+        .await;
+    let counted = tokio::time::timeout(Duration::from_secs(20), upload(gw.addr(), 4))
+        .await
+        .expect("the upload is answered");
+    assert_eq!(counted, (4 << 20).to_string());
+    let c = h1_client();
+    for _ in 0..3 {
+        let got = get(&c, gw.addr(), "x", "/", &[]).await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (StatusCode::OK, "secure upstream")
+        );
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn upstream_tls_verifies_against_the_given_ca() {
     let pki = Pki::new("tls-upstream");
-    let up = tls_backend(&pki).await;
+    let (up, _) = tls_backend(&pki).await;
     let ca = pki.path("ca.pem");
     let cfg = |server_name| Cfg::single(Rev::new("r").endpoint(up).tls(&ca, server_name));
     let gw = cfg(None).start().await;
