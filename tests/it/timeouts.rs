@@ -136,11 +136,11 @@ async fn a_client_that_stops_reading_loses_its_slot_at_the_idle_limit() {
         .write_all(b"GET /?size=100000000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        a.seen.in_flight.load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    let seen = a.seen.clone();
+    wait_until("the stalled request at the backend", || {
+        seen.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
     // The next request waits for the slot and gets it once the idle limit has passed.
     let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
