@@ -77,20 +77,14 @@ async fn only_dead_endpoints_give_502_naming_the_cause() {
 async fn a_request_the_backend_may_have_seen_is_never_retried() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
-    use tokio::io::AsyncReadExt;
     let (conns, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (c2, h2) = (conns.clone(), heads.clone());
     let addr = serve_each(move |mut s| {
         c2.fetch_add(1, Ordering::SeqCst);
         let h2 = h2.clone();
         async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
+            if head_in(&mut s, &mut Vec::new()).await.is_none() {
+                return;
             }
             h2.fetch_add(1, Ordering::SeqCst);
             // Closed unanswered.
@@ -721,13 +715,9 @@ async fn closes_on_second_request() -> (
         count.fetch_add(1, Ordering::SeqCst);
         async move {
             let mut buf = vec![0u8; 4096];
-            let mut head = Vec::new();
             // The first request (read to the end of its head, and its 2-byte body if any).
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
+            if head_in(&mut s, &mut Vec::new()).await.is_none() {
+                return;
             }
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

@@ -32,14 +32,9 @@ async fn scripted(answer: Vec<u8>, close: bool) -> Scripted {
         async move {
             let mut buf = Vec::new();
             loop {
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                }
-                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let Some(end) = head_in(&mut s, &mut buf).await else {
+                    return;
+                };
                 h.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&buf[..end]).into_owned());
@@ -374,17 +369,13 @@ async fn a_backend_answering_while_the_body_arrives_gets_the_rest_of_it() {
     let addr = serve_each(|mut s| async move {
         let mut chunk = [0u8; 1024];
         let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
-                _ => return,
-            }
-        }
+        let Some(end) = head_in(&mut s, &mut head).await else {
+            return;
+        };
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
             .await;
         // Body bytes that came with the head are echoed first.
-        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let mut pending = head.split_off(end);
         let mut got = 0;
         loop {

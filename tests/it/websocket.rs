@@ -251,13 +251,8 @@ async fn a_half_closed_tunnel_still_carries_the_backends_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A backend that switches, reads until the client's end of input, then says goodbye.
     let backend = serve_each(|mut s| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                _ => return,
-            }
+        if head_in(&mut s, &mut Vec::new()).await.is_none() {
+            return;
         }
         let _ = s
             .write_all(

@@ -479,16 +479,27 @@ pub async fn wait_for_gauge(gw: &Gateway, prefix: &str, value: f64) {
     panic!("{prefix} never read {value}: {}", metrics(gw).await);
 }
 
+/// Reads from `s` into `buf` until a whole request head is in it; returns the head's length
+/// (what came after it stays in `buf`), or `None` if the peer closed (or failed) first.
+pub async fn head_in(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(at + 4);
+        }
+        match s.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
 /// Reads from `s` until a whole request head has arrived; returns it.
 pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before a whole head: {head:?}");
-        head.extend_from_slice(&buf[..n]);
-    }
+    let whole = head_in(s, &mut head).await;
+    assert!(whole.is_some(), "closed before a whole head: {head:?}");
     String::from_utf8_lossy(&head).into_owned()
 }
 
