@@ -229,16 +229,12 @@ impl Pool {
         }
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock()
-    }
-
     /// The warmest idle connection that has not expired, and how long it was idle.
     /// The most recently used idle connection that is still open; with `recent_only`, only
     /// one idle for less than [`RISKY_IDLE`] (the others stay pooled for requests that can be
     /// replayed).
     fn take_idle(&self, recent_only: bool) -> Option<(Box<Conn>, Duration)> {
-        let mut idle = self.lock_idle();
+        let mut idle = self.idle.lock();
         let now = Instant::now();
         while let Some(c) = idle.last() {
             let idle_for = now.saturating_duration_since(c.since);
@@ -257,7 +253,7 @@ impl Pool {
 
     /// Number of idle HTTP/1.1 connections (for tests and metrics).
     pub fn idle_len(&self) -> usize {
-        self.lock_idle().len()
+        self.idle.lock().len()
     }
 
     async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {

@@ -18,9 +18,8 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Positions in [`HOP_BY_HOP`] of the two headers whose values matter.
+/// Positions in [`HOP_BY_HOP`] of the headers whose values matter.
 const CONNECTION_AT: usize = 0;
-const KEEP_ALIVE_AT: usize = 1;
 const TE_AT: usize = 4;
 const TRANSFER_ENCODING_AT: usize = 5;
 
@@ -91,17 +90,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// [`strip_hop_by_hop`] for a client's request, which is refused (nothing removed) if its
 /// framing is ambiguous.
 pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) -> Result<(), Ambiguous> {
-    strip(headers, true).map(|_| ())
+    strip(headers, true)
 }
 
-/// [`strip_hop_by_hop`] for a backend's response; returns the idle timeout its `Keep-Alive`
-/// header announces (`timeout=N`), if any, less a margin, so that a pooled connection is
-/// given up before the backend closes it.
-pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) -> Option<Duration> {
-    strip(headers, false).ok().flatten()
-}
-
-/// The `timeout=N` of a `Keep-Alive` value, less a margin: a second, or half of it if shorter.
+/// The `timeout=N` of a `Keep-Alive` value, less a margin: a second, or half of it if shorter,
+/// so that a pooled connection is given up before the backend closes it. The upstream
+/// connection reads it while parsing a response head.
 pub(crate) fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
     let secs: u64 = v
         .to_str()
@@ -117,7 +111,7 @@ pub(crate) fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
     Some(d.saturating_sub(Duration::from_secs(1)).max(d / 2))
 }
 
-fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<Option<Duration>, Ambiguous> {
+fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
     for k in headers.keys() {
@@ -127,18 +121,11 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<Option<Duration
         }
     }
     if !any {
-        return Ok(None);
+        return Ok(());
     }
     if check_framing && present[TRANSFER_ENCODING_AT] {
         check_chunked(headers)?;
     }
-    let keep_alive = if present[KEEP_ALIVE_AT] {
-        headers
-            .get(&HOP_BY_HOP[KEEP_ALIVE_AT])
-            .and_then(keep_alive_timeout)
-    } else {
-        None
-    };
     // Names listed in `Connection` that are not hop-by-hop already (those are handled below,
     // and only if present); usually there are none, and nothing is allocated.
     let listed: Vec<HeaderName> = if present[CONNECTION_AT] {
@@ -181,7 +168,7 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<Option<Duration
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    Ok(keep_alive)
+    Ok(())
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -366,6 +353,25 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// A `Content-Length` value as hyper reads it: decimal digits, or a list of equal ones (RFC
+/// 9110 §8.6); anything else, or a number past `u64`, is `None`. The request framing check
+/// and the upstream connection both read lengths with it.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let mut n = None;
+    for part in value.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if n.is_some_and(|n| n != v) {
+            return None;
+        }
+        n = Some(v);
+    }
+    n
+}
+
 /// Removes a `:port` suffix from a host (keeps IPv6 brackets intact).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -397,14 +403,23 @@ mod tests {
         assert_eq!(t("timeout=1"), Some(Duration::from_millis(500)));
         assert_eq!(t("timeout=x"), None);
         assert_eq!(t("max=5"), None);
+        assert_eq!(t("timeout=3"), Some(Duration::from_secs(2)));
         let mut h = HeaderMap::new();
         h.insert("keep-alive", HeaderValue::from_static("timeout=3"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        assert_eq!(
-            strip_response_hop_by_hop(&mut h),
-            Some(Duration::from_secs(2))
-        );
+        strip_hop_by_hop(&mut h);
         assert!(h.get("keep-alive").is_none() && h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn lengths_are_plain_decimals() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"7,7, 7"), Some(7));
+        assert_eq!(content_length(b"7,8"), None);
+        assert_eq!(content_length(b"+7"), None);
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"99999999999999999999"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! tunnel's and pass unlooked-at.
 
 use crate::http::body::Cut;
+use crate::http::headers::content_length;
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
@@ -195,29 +196,12 @@ fn judge(line: &[u8], first: bool, whole: bool) -> Field {
     // Most lines are none of these: one byte tells.
     match line.first().map(|b| b | 0x20) {
         Some(b'c') if starts_with_ci(line, CONTENT_LENGTH) => {
-            Field::Length(parse_length(&line[CONTENT_LENGTH.len()..]).filter(|_| whole))
+            Field::Length(content_length(&line[CONTENT_LENGTH.len()..]).filter(|_| whole))
         }
         Some(b't') if starts_with_ci(line, TRANSFER_ENCODING) => Field::TransferEncoding,
         Some(b'u') if starts_with_ci(line, UPGRADE) => Field::Upgrade,
         _ => Field::Other,
     }
-}
-
-/// A `Content-Length` value as hyper reads it: decimal digits, or a list of equal ones.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let mut n = None;
-    for part in value.split(|b| *b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let v: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
-        if n.is_some_and(|n| n != v) {
-            return None;
-        }
-        n = Some(v);
-    }
-    n
 }
 
 impl Head {

@@ -16,6 +16,7 @@
 //! connection goes back to its pool only when the response was read to its end, the request's
 //! body was sent whole, nothing more arrived, and neither side said `close`.
 
+use crate::http::headers::content_length;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -199,17 +200,8 @@ impl Conn {
         head_only: bool,
     ) -> Poll<Result<Head, Failure>> {
         loop {
-            if !self.buf.is_empty() {
-                if let Some(head) = parse_head(&mut self.buf, head_only)? {
-                    match head.status.as_u16() {
-                        101 => return Poll::Ready(Ok(head)),
-                        100..=199 => continue,
-                        _ => return Poll::Ready(Ok(head)),
-                    }
-                }
-                if self.buf.len() >= MAX_HEAD {
-                    return Poll::Ready(Err(Failure::HeadTooLarge));
-                }
+            if let Some(head) = final_head(&mut self.buf, head_only)? {
+                return Poll::Ready(Ok(head));
             }
             let n = ready!(self.poll_fill(cx)).map_err(Failure::Read)?;
             if n == 0 {
@@ -309,6 +301,21 @@ enum Chunk {
     Trailers,
 }
 
+/// The final response head at the front of `buf`, once it is whole: `1xx` answers other than
+/// `101` are taken out and skipped; a head not whole within [`MAX_HEAD`] is refused.
+fn final_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failure> {
+    while !buf.is_empty() {
+        match parse_head(buf, head_only)? {
+            Some(h)
+                if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Some(h) => return Ok(Some(h)),
+            None if buf.len() >= MAX_HEAD => return Err(Failure::HeadTooLarge),
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
 /// Parses a response head from the front of `buf`, taking it out if complete.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failure> {
     // Each field as (name start, name end, value start, value end) in the head.
@@ -360,7 +367,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
         // tunnel passes on.
         let scoped = match name.as_str() {
             "content-length" => {
-                match parse_length(value.as_bytes()) {
+                match content_length(value.as_bytes()) {
                     Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                     _ => bad_length = true,
                 }
@@ -456,23 +463,6 @@ fn head_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// A decimal `Content-Length` (a list of equal values counts as one).
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let mut found: Option<u64> = None;
-    for part in v.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        if found.is_some_and(|f| f != n) {
-            return None;
-        }
-        found = Some(n);
-    }
-    found
-}
-
 /// How the request body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sending {
@@ -488,10 +478,10 @@ enum Sending {
 fn sending(req: &Request<OutBody>) -> Sending {
     let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
-        let n = parse_length(first.as_bytes());
+        let n = content_length(first.as_bytes());
         // Both server sides refuse disagreeing or unreadable lengths before a request gets
         // here; never forward one nobody can trust.
-        if let Some(n) = n.filter(|&n| lengths.all(|v| parse_length(v.as_bytes()) == Some(n))) {
+        if let Some(n) = n.filter(|&n| lengths.all(|v| content_length(v.as_bytes()) == Some(n))) {
             return Sending::Length(n);
         }
     }
@@ -502,6 +492,15 @@ fn sending(req: &Request<OutBody>) -> Sending {
         Some(n) => Sending::Length(n),
         None => Sending::Chunked,
     }
+}
+
+/// `name: value` and its line end, as a head or a trailer section holds a field. (A
+/// `HeaderValue` holds no CR or LF, so a field never becomes two.)
+fn write_field(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
 }
 
 /// Writes the head of `req` into `dst`, its framing as `body` says.
@@ -520,10 +519,7 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
         if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
             continue;
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        write_field(dst, name, value);
     }
     match body {
         Sending::Nothing => {}
@@ -708,10 +704,7 @@ impl Pump {
                         if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
                             let mut t = b"0\r\n".to_vec();
                             for (name, value) in &trailers {
-                                t.extend_from_slice(name.as_str().as_bytes());
-                                t.extend_from_slice(b": ");
-                                t.extend_from_slice(value.as_bytes());
-                                t.extend_from_slice(b"\r\n");
+                                write_field(&mut t, name, value);
                             }
                             t.extend_from_slice(b"\r\n");
                             self.out.push_back(Bytes::from(t));
@@ -1008,21 +1001,14 @@ pub fn read_whole(
         true
     };
     let head = loop {
-        let got = match buf.is_empty() {
-            true => None,
-            false => parse_head(&mut buf, head_only)?,
-        };
-        match got {
-            Some(h) if (100..200).contains(&h.status.as_u16()) && h.status != 101 => continue,
-            Some(h) => break h,
-            None if buf.len() >= MAX_HEAD => return Err(Failure::HeadTooLarge),
-            None if !feed(&mut buf) => {
-                return Err(match buf.is_empty() && at == 0 {
-                    true => Failure::Closed,
-                    false => Failure::HeadCut,
-                });
-            }
-            None => {}
+        if let Some(h) = final_head(&mut buf, head_only)? {
+            break h;
+        }
+        if !feed(&mut buf) {
+            return Err(match buf.is_empty() && at == 0 {
+                true => Failure::Closed,
+                false => Failure::HeadCut,
+            });
         }
     };
     let mut body = match head.status.as_u16() {
@@ -1733,16 +1719,5 @@ mod tests {
         let names: Vec<&str> = parsed.headers.iter().map(|h| h.name).collect();
         // A stray framing field is never written: this request has no body.
         assert_eq!(names, ["host", "x-obs", "x-many", "x-many"]);
-    }
-
-    #[test]
-    fn lengths_are_plain_decimals() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b" 42 "), Some(42));
-        assert_eq!(parse_length(b"7,7, 7"), Some(7));
-        assert_eq!(parse_length(b"7,8"), None);
-        assert_eq!(parse_length(b"+7"), None);
-        assert_eq!(parse_length(b""), None);
-        assert_eq!(parse_length(b"99999999999999999999"), None);
     }
 }
