@@ -6,8 +6,9 @@
 #            matched service
 #   headers  any request headers through hop-by-hop stripping and the forwarding headers: no
 #            panic, nothing connection-scoped forwarded
-#   framing  any bytes as a client's HTTP/1.1 stream through the framing check: no panic, the
-#            same verdict however the bytes are cut
+#   downstream any bytes as a client's stream of requests to rouse's own HTTP/1.1 server
+#            connection: no panic, the same requests, bodies and verdict however the bytes
+#            are cut
 #   upstream any bytes as a backend's response to rouse's own HTTP/1.1 connection: no panic,
 #            the same answer however the bytes are cut; and any request's head as written
 #            upstream parses back as exactly one request with the same method, target, fields
@@ -24,7 +25,7 @@ rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly -
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config route headers framing upstream)
+[ ${#targets[@]} -gt 0 ] || targets=(config route headers downstream upstream)
 # The shipped configs are the config target's first inputs.
 mkdir -p corpus/config
 cp "$ROOT"/config/*.yaml corpus/config/

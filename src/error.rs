@@ -10,6 +10,7 @@
 //! what gRPC libraries read; a text body would reach them as an opaque protocol error.
 
 use crate::http::body::{PLAIN, ProxyBody};
+use crate::http::downstream::Refusal;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use std::net::SocketAddr;
@@ -50,6 +51,10 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous: two parties could read it differently.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request head is larger than rouse reads (`limits.max_header_bytes`, or more than
+    /// 100 fields).
+    #[error("request head too large: {0}")]
+    HeadTooLarge(String),
     /// The client's request body could not be read: a framing error, or the client went away
     /// in the middle of it.
     #[error("the request body could not be read ({0}); send a complete, well-formed body")]
@@ -166,6 +171,8 @@ pub enum Code {
     NoRoute,
     /// `bad-request`.
     BadRequest,
+    /// `head-too-large`.
+    HeadTooLarge,
     /// `client-body`.
     ClientBody,
     /// `queue-full`.
@@ -217,6 +224,7 @@ impl Code {
             Code::NoService => "no-service",
             Code::NoRoute => "no-route",
             Code::BadRequest => "bad-request",
+            Code::HeadTooLarge => "head-too-large",
             Code::ClientBody => "client-body",
             Code::QueueFull => "queue-full",
             Code::QueueBytes => "queue-bytes",
@@ -236,7 +244,7 @@ impl Code {
     /// without a host is a malformed request like the others, so it shares `bad_request`.
     pub const fn label(self) -> &'static str {
         match self {
-            Code::MissingHost | Code::BadRequest => "bad_request",
+            Code::MissingHost | Code::BadRequest | Code::HeadTooLarge => "bad_request",
             Code::NoService => "no_service",
             Code::NoRoute => "no_route",
             Code::ClientBody => "client_body",
@@ -261,6 +269,7 @@ impl Code {
             | Code::NoService
             | Code::NoRoute
             | Code::BadRequest
+            | Code::HeadTooLarge
             | Code::ClientBody => Origin::Client,
             Code::QueueFull
             | Code::QueueBytes
@@ -280,6 +289,7 @@ impl Code {
     pub const fn status(self) -> StatusCode {
         match self {
             Code::MissingHost | Code::BadRequest | Code::ClientBody => StatusCode::BAD_REQUEST,
+            Code::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Code::NoService | Code::NoRoute => StatusCode::NOT_FOUND,
             Code::QueueFull
             | Code::QueueBytes
@@ -301,9 +311,11 @@ impl Code {
     /// UNIMPLEMENTED, as for an unknown service.
     pub const fn grpc_status(self) -> u8 {
         match self {
-            Code::MissingHost | Code::BadRequest | Code::ClientBody | Code::UpgradeOverH2c => {
-                grpc::INTERNAL
-            }
+            Code::MissingHost
+            | Code::BadRequest
+            | Code::HeadTooLarge
+            | Code::ClientBody
+            | Code::UpgradeOverH2c => grpc::INTERNAL,
             Code::NoService | Code::NoRoute => grpc::UNIMPLEMENTED,
             Code::QueueFull
             | Code::QueueBytes
@@ -356,6 +368,7 @@ impl ProxyError {
             ProxyError::NoService(_) => Code::NoService,
             ProxyError::NoRoute { .. } => Code::NoRoute,
             ProxyError::BadRequest(_) => Code::BadRequest,
+            ProxyError::HeadTooLarge(_) => Code::HeadTooLarge,
             ProxyError::ClientBody(_) => Code::ClientBody,
             ProxyError::QueueFull { .. } => Code::QueueFull,
             ProxyError::QueueBytes { .. } => Code::QueueBytes,
@@ -452,9 +465,23 @@ impl ProxyError {
     }
 }
 
+/// The whole HTTP/1.1 answer to a refused request head, for listeners that count nothing.
+pub fn refused(why: Refusal) -> Bytes {
+    ProxyError::from(why).http1_close()
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(why: Refusal) -> ProxyError {
+        match why.too_large() {
+            true => ProxyError::HeadTooLarge(why.to_string()),
+            false => ProxyError::BadRequest(why.to_string()),
+        }
+    }
+}
+
 impl ProxyError {
-    /// This failure as a whole HTTP/1.1 answer that ends the connection, for a request refused
-    /// before hyper could parse it (its framing broke a rule; see `http::strict`).
+    /// This failure as a whole HTTP/1.1 answer that ends the connection, for a request head
+    /// refused before it could be routed (see `http::downstream`).
     pub fn http1_close(&self) -> Bytes {
         let code = self.code();
         let status = code.status();
@@ -491,6 +518,10 @@ mod tests {
                 "12",
             ),
             (ProxyError::BadRequest("two Host headers".into()), "13"),
+            (
+                ProxyError::HeadTooLarge("more than 100 fields".into()),
+                "13",
+            ),
             (ProxyError::ClientBody("invalid chunk size".into()), "13"),
             (
                 ProxyError::QueueFull {
@@ -601,7 +632,9 @@ mod tests {
     fn metric_labels_are_the_codes_in_underscore_style() {
         for (e, _) in every() {
             let c = e.code();
-            if c != Code::MissingHost && c != Code::BadRequest {
+            // A missing host and a head too large to read are malformed requests too, and
+            // share the `bad_request` label.
+            if c != Code::MissingHost && c != Code::BadRequest && c != Code::HeadTooLarge {
                 assert_eq!(c.label(), c.as_str().replace('-', "_"));
             }
         }

@@ -9,10 +9,10 @@ pub mod status;
 
 use crate::discovery::Outside;
 use crate::http::body::{PLAIN, ProxyBody, text};
+use crate::http::downstream::RequestBody;
 use crate::http::server::{ConnInfo, Handler};
 use crate::metrics::Metrics;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 
 const JSON: &str = "application/json";
@@ -76,7 +76,7 @@ impl Admin {
 impl Handler for Admin {
     type Body = ProxyBody;
 
-    async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn call(&self, req: Request<RequestBody>, _conn: ConnInfo) -> Response<ProxyBody> {
         match req.uri().path() {
             "/metrics" => text(
                 StatusCode::OK,
@@ -143,5 +143,9 @@ impl Handler for Admin {
                 PLAIN,
             ),
         }
+    }
+
+    fn refused(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {
+        crate::error::refused(why)
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP on the wire, and nothing about revisions: the listener ([`server`]) and its check of
-//! HTTP/1.1 framing ([`strict`]), TLS ([`tls`]), the
+//! HTTP on the wire, and nothing about revisions: the listener ([`server`]) with rouse's own
+//! HTTP/1.1 server connection ([`downstream`]), the framing both HTTP/1.1 sides share
+//! ([`h1`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]) with its own HTTP/1.1 connection ([`upstream`]),
 //! the response body ([`body`]), header rewriting
 //! ([`headers`]), upgraded connections ([`tunnel`]) and the page browsers get while a
@@ -7,9 +8,10 @@
 
 pub mod body;
 pub mod client;
+pub mod downstream;
+pub mod h1;
 pub mod headers;
 pub mod server;
-pub mod strict;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -3,12 +3,12 @@
 //! by ALPN; with graceful drain on shutdown.
 
 use crate::http::body::{BoxError, Cut};
+use crate::http::downstream::{self, Refusal, RequestBody, stopped};
 use crate::http::headers::ClientAddr;
-use crate::http::strict::{Broken, Strict};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nix::sys::socket::{self, MsgFlags};
 use std::convert::Infallible;
@@ -71,18 +71,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 
-    /// An HTTP/1.1 request was refused for its framing before its head could be parsed (see
-    /// [`strict`](super::strict)); it is answered 400 and its connection closed. Returns the
-    /// whole answer to send, if the handler has its own (hyper's plain 400 otherwise). A break
-    /// in a body's chunks fails that body instead, which the handler answers.
-    fn refused(&self, why: Broken) -> Option<Bytes> {
-        let _ = why;
-        None
-    }
+    /// An HTTP/1.1 request head was refused (see [`downstream`]): returns the whole answer to
+    /// send, after which the connection closes. A break in a body's chunks fails that body
+    /// instead, which the handler answers.
+    fn refused(&self, why: Refusal) -> Bytes;
 }
 
 /// Listener settings.
@@ -157,15 +153,6 @@ pub struct TlsListener {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Time allowed for a handshake.
     pub handshake_timeout: Duration,
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            // The owner is gone: nobody can ask for a graceful stop any more, so stop now.
-            return;
-        }
-    }
 }
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113, section 3.4).
@@ -258,19 +245,9 @@ fn may_be_http1(head: &[u8]) -> bool {
     }
 }
 
-/// A hyper connection that can be asked to finish its current exchange and close.
+/// A hyper HTTP/2 connection that can be asked to finish its open streams and close.
 trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: ConnService,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self);
-    }
 }
 
 impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
@@ -284,23 +261,15 @@ where
     }
 }
 
-/// Drives `conn` to its end; once `stop` turns true, asks it to finish gracefully first
-/// (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY, then finish open streams).
-/// When `cut` fires, the connection is dropped at once, whatever it was doing.
+/// Drives the HTTP/2 connection `conn` to its end; once `stop` turns true, or no request has
+/// started for the idle limit, asks it to finish gracefully first (GOAWAY, then the open
+/// streams finish).
 async fn run<C: Graceful>(
     conn: C,
     mut stop: watch::Receiver<bool>,
-    cut: Option<Cut>,
     idle: Option<(Arc<AtomicU64>, Duration)>,
 ) -> Result<(), hyper::Error> {
     let mut conn = pin!(conn);
-    let cut = async {
-        match cut {
-            Some(c) => c.fired().await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut cut = pin!(cut);
     // Idle: no request started for `limit` (the last start is noted by [`Noted`]).
     let idle = async {
         let Some((last, limit)) = idle else {
@@ -320,15 +289,11 @@ async fn run<C: Graceful>(
     tokio::select! {
         biased;
         r = conn.as_mut() => return r,
-        () = cut.as_mut() => return Ok(()),
         () = stopped(&mut stop) => {}
         () = idle => {}
     }
     conn.as_mut().graceful_shutdown();
-    tokio::select! {
-        r = conn => r,
-        () = cut => Ok(()),
-    }
+    conn.await
 }
 
 /// Awaits one step of setting up a connection for at most `limit`. On failure or timeout the
@@ -398,20 +363,9 @@ impl<S: ConnService> hyper::service::Service<Request<Incoming>> for Noted<S> {
     }
 }
 
-/// What one client connection is served with, besides its stream and service.
-struct Conn<F> {
-    /// Turns true when the listener stops: finish gracefully.
-    stop: watch::Receiver<bool>,
-    peer: SocketAddr,
-    /// Closes an HTTP/1.1 connection at once.
-    cut: Cut,
-    /// Told when an HTTP/1.1 request is refused for its framing.
-    refused: F,
-}
-
 /// The HTTP/1.1 and HTTP/2 settings every connection of a listener shares.
 struct Protocols {
-    http1: http1::Builder,
+    http1: downstream::Settings,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -419,19 +373,14 @@ struct Protocols {
 
 impl Protocols {
     fn new(settings: ServerSettings) -> Self {
-        let mut h1 = http1::Builder::new();
-        // max_header_size is the limit that holds: hyper's read buffer can grow past
-        // max_buf_size within one read, so a large head that arrives at once would get through
-        // on that limit alone.
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
-            .max_header_size(settings.max_header_bytes)
-            .max_buf_size(settings.max_header_bytes.max(8192));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         Protocols {
-            http1: h1,
+            http1: downstream::Settings {
+                max_head: settings.max_header_bytes,
+                head_timeout: settings.header_read_timeout,
+            },
             http2: h2,
             header_read_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
@@ -439,47 +388,64 @@ impl Protocols {
     }
 
     /// Serves one connection in the protocol it speaks, to its end.
-    async fn serve<I, S, F>(&self, io: I, wire: Wire, svc: S, conn: Conn<F>)
-    where
+    async fn serve<I, H>(
+        &self,
+        io: I,
+        wire: Wire,
+        handler: Arc<H>,
+        info: ConnInfo,
+        stop: watch::Receiver<bool>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: ConnService,
-        F: FnOnce(Broken) -> Option<Bytes> + Send + Unpin + 'static,
+        H: Handler,
     {
-        let Conn {
-            stop,
-            peer,
-            cut,
-            refused,
-        } = conn;
-        let result = match wire {
+        let peer = info.peer;
+        match wire {
             Wire::Http1 => {
-                let io = TokioIo::new(Strict::new(io, cut.clone(), refused));
-                let conn = self.http1.serve_connection(io, svc).with_upgrades();
-                run(conn, stop, Some(cut), None).await
+                let cut = info.cut.clone();
+                let h = &*handler;
+                let conn = downstream::serve(
+                    Box::new(io),
+                    |req| h.call(req, info.clone()),
+                    |why| h.refused(why),
+                    self.http1,
+                    stop,
+                );
+                tokio::select! {
+                    biased;
+                    () = cut.fired() => {}
+                    () = conn => {}
+                }
             }
             // Boxed so that HTTP/2's larger state does not size every HTTP/1.1 connection's task.
             Wire::H2 => {
                 let last = Arc::new(AtomicU64::new(crate::clock::now_ms()));
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (h, info) = (handler.clone(), info.clone());
+                    async move { Ok::<_, Infallible>(h.call(req.map(RequestBody::H2), info).await) }
+                });
                 let svc = Noted {
                     inner: svc,
                     last: last.clone(),
                 };
                 let conn = self.http2.serve_connection(TokioIo::new(io), svc);
-                Box::pin(run(conn, stop, None, Some((last, self.idle_timeout)))).await
+                let run = run(conn, stop, Some((last, self.idle_timeout)));
+                if let Err(e) = Box::pin(run).await {
+                    debug!(%peer, error = %e, "client connection ended with an error");
+                }
             }
-        };
-        if let Err(e) = result {
-            debug!(%peer, error = %e, "client connection ended with an error");
         }
     }
 
     /// Serves a plain TCP connection: HTTP/1.1 or h2c with prior knowledge on the same port.
-    async fn serve_tcp<S, F>(&self, stream: TcpStream, svc: S, conn: Conn<F>)
-    where
-        S: ConnService,
-        F: FnOnce(Broken) -> Option<Bytes> + Send + Unpin + 'static,
-    {
-        let peer = conn.peer;
+    async fn serve_tcp<H: Handler>(
+        &self,
+        stream: TcpStream,
+        handler: Arc<H>,
+        info: ConnInfo,
+        stop: watch::Receiver<bool>,
+    ) {
+        let peer = info.peer;
         // A client that connects and sends nothing is held no longer than one that sends half
         // a request head.
         let first = within(
@@ -491,17 +457,20 @@ impl Protocols {
         let Some(Some(wire)) = first.await else {
             return;
         };
-        self.serve(stream, wire, svc, conn).await;
+        self.serve(stream, wire, handler, info, stop).await;
     }
 
     /// Serves a TLS connection in the protocol ALPN agreed; without ALPN that is HTTP/1.1, since
     /// HTTP/2 over TLS requires ALPN (RFC 9113, section 3.3).
-    async fn serve_tls<S, F>(&self, stream: TcpStream, tls: TlsListener, svc: S, conn: Conn<F>)
-    where
-        S: ConnService,
-        F: FnOnce(Broken) -> Option<Bytes> + Send + Unpin + 'static,
-    {
-        let peer = conn.peer;
+    async fn serve_tls<H: Handler>(
+        &self,
+        stream: TcpStream,
+        tls: TlsListener,
+        handler: Arc<H>,
+        info: ConnInfo,
+        stop: watch::Receiver<bool>,
+    ) {
+        let peer = info.peer;
         let handshake = tls.acceptor.accept(stream);
         let Some(s) = within(tls.handshake_timeout, handshake, peer, "TLS handshake").await else {
             return;
@@ -510,7 +479,7 @@ impl Protocols {
             Some(b"h2") => Wire::H2,
             _ => Wire::Http1,
         };
-        self.serve(s, wire, svc, conn).await;
+        self.serve(s, wire, handler, info, stop).await;
     }
 }
 
@@ -578,32 +547,19 @@ pub async fn serve<H: Handler>(
                     internal: settings.internal,
                     cut: cut.clone(),
                 };
-                let h = handler.clone();
-                let told = handler.clone();
-                let refused = move |why| told.refused(why);
-                let svc = hyper::service::service_fn(move |req| {
-                    let (h, conn) = (h.clone(), conn.clone());
-                    async move { Ok::<_, Infallible>(h.call(req, conn).await) }
-                });
-                let (p, stop, tls) = (protocols.clone(), stop.clone(), tls.clone());
+                let (p, stop, tls, h) = (protocols.clone(), stop.clone(), tls.clone(), handler.clone());
                 connections.spawn(async move {
                     // Held for the connection's life: its place under the limit. A WebSocket
                     // (or any upgrade) taken over from it is still this client's connection,
                     // so the place is kept until its tunnel ends too.
                     let _permit = permit;
                     let held = cut.clone();
-                    let c = Conn {
-                        stop,
-                        peer,
-                        cut,
-                        refused,
-                    };
                     match tls {
-                        None => p.serve_tcp(stream, svc, c).await,
+                        None => p.serve_tcp(stream, h, conn, stop).await,
                         // The handshake runs here, not in the accept loop, so a slow client
                         // cannot hold up others. Boxed, so that the TLS session's state is not
                         // part of every plain connection's task.
-                        Some(t) => Box::pin(p.serve_tls(stream, t, svc, c)).await,
+                        Some(t) => Box::pin(p.serve_tls(stream, t, h, conn, stop)).await,
                     }
                     held.tunnels_closed().await;
                 });

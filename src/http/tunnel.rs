@@ -11,10 +11,9 @@
 //! timeout ends at the 101); only the idle timeout applies to it.
 
 use crate::clock;
+use crate::http::downstream::OnUpgrade;
 use crate::http::upstream::Upgraded;
 use http::header::{self, HeaderMap, HeaderValue};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,7 +60,7 @@ pub fn spawn<G: Send + 'static>(
             }
         };
         let last = Arc::new(AtomicU64::new(clock::now_ms()));
-        let (mut cr, mut cw) = tokio::io::split(Activity(TokioIo::new(c), last.clone()));
+        let (mut cr, mut cw) = tokio::io::split(Activity(c, last.clone()));
         let (mut ur, mut uw) = tokio::io::split(Activity(upstream, last.clone()));
         let up = async {
             let _ = tokio::io::copy(&mut cr, &mut uw).await;

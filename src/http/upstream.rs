@@ -16,6 +16,10 @@
 //! connection goes back to its pool only when the response was read to its end, the request's
 //! body was sent whole, nothing more arrived, and neither side said `close`.
 
+use crate::http::downstream::RequestBody;
+use crate::http::h1::{
+    Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, next_frame, write_field,
+};
 use crate::http::headers::content_length;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -35,18 +39,12 @@ use tokio::net::TcpStream;
 /// Error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Most bytes a response head may take.
-const MAX_HEAD: usize = 64 << 10;
-/// Most header fields in a response head (hyper's default as well).
-const MAX_HEADERS: usize = 100;
 /// First read size; reads that fill it grow the next one, up to [`MAX_READ`].
 const FIRST_READ: usize = 8 << 10;
 /// The most an upstream connection buffers from the backend. Body pieces handed to the client
 /// are slices of this buffer, so while a client reads slowly, the buffer stays allocated for
 /// it: 64 KiB still takes a backend's write in one read.
 const MAX_READ: usize = 64 << 10;
-/// Longest chunk-size line accepted (size and extensions).
-const MAX_CHUNK_LINE: usize = 4 << 10;
 
 /// The transport of an upstream connection.
 #[derive(Debug)]
@@ -253,6 +251,12 @@ pub enum Failure {
     UnaskedSwitch,
 }
 
+impl From<Malformed> for Failure {
+    fn from(m: Malformed) -> Failure {
+        Failure::Chunk(m.0)
+    }
+}
+
 impl Failure {
     /// The shared HTTP/2 connection's error, if that is what failed.
     pub fn h2(&self) -> Option<&hyper::Error> {
@@ -274,31 +278,6 @@ struct Head {
     reuse: bool,
     /// How long the backend keeps an idle connection, less a margin (`Keep-Alive: timeout=N`).
     keep_alive: Option<Duration>,
-}
-
-/// How a response body is framed, and where its reading is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    /// Chunked, at this point of the framing.
-    Chunked(Chunk),
-    /// Runs until the backend closes the connection.
-    Close,
-    /// The body is over.
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data, with this much left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields, then the final CRLF.
-    Trailers,
 }
 
 /// The final response head at the front of `buf`, once it is whole: `1xx` answers other than
@@ -494,15 +473,6 @@ fn sending(req: &Request<OutBody>) -> Sending {
     }
 }
 
-/// `name: value` and its line end, as a head or a trailer section holds a field. (A
-/// `HeaderValue` holds no CR or LF, so a field never becomes two.)
-fn write_field(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    dst.extend_from_slice(name.as_str().as_bytes());
-    dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value.as_bytes());
-    dst.extend_from_slice(b"\r\n");
-}
-
 /// Writes the head of `req` into `dst`, its framing as `body` says.
 fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
     use std::io::Write as _;
@@ -543,7 +513,7 @@ pub fn head_bytes(req: &Request<OutBody>) -> Vec<u8> {
 #[derive(Debug)]
 pub enum OutBody {
     /// The client's request body, streamed, with where to record its failure.
-    Client(Incoming, Option<Arc<BodyFault>>),
+    Client(RequestBody, Option<Arc<BodyFault>>),
     /// No body.
     Empty,
 }
@@ -563,12 +533,12 @@ impl BodyFault {
 
 impl Body for OutBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             OutBody::Client(b, fault) => {
                 let polled = Pin::new(b).poll_frame(cx);
@@ -925,59 +895,6 @@ impl H1Body {
     }
 }
 
-/// What the buffer gave of a body.
-#[derive(Debug)]
-enum Next {
-    /// A frame; the body may now be [`Framing::Done`].
-    Frame(Frame<Bytes>),
-    /// The body is over.
-    End,
-    /// More bytes are needed (or the connection's end, for [`Framing::Close`]).
-    Need,
-}
-
-/// Takes the next frame of a body framed as `body` from the front of `buf`, moving `body`
-/// along; never takes a byte past the body's end.
-fn next_frame(buf: &mut BytesMut, body: &mut Framing) -> Result<Next, Failure> {
-    loop {
-        match *body {
-            Framing::Done => return Ok(Next::End),
-            Framing::Length(_) | Framing::Close if buf.is_empty() => return Ok(Next::Need),
-            Framing::Length(left) => {
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                *body = match left - n as u64 {
-                    0 => Framing::Done,
-                    more => Framing::Length(more),
-                };
-                return Ok(Next::Frame(Frame::data(buf.split_to(n).freeze())));
-            }
-            Framing::Close => return Ok(Next::Frame(Frame::data(buf.split().freeze()))),
-            Framing::Chunked(state) => match chunk_step(buf, state)? {
-                Step::Need => return Ok(Next::Need),
-                Step::Moved(next) => *body = Framing::Chunked(next),
-                Step::Data(data, next) => {
-                    *body = Framing::Chunked(next);
-                    // The terminator often came in the same read: the body is over now, so
-                    // the connection goes home before the response is reported complete.
-                    if next == Chunk::DataEnd && buf.starts_with(b"\r\n0\r\n\r\n") {
-                        buf.advance(7);
-                        *body = Framing::Done;
-                    }
-                    return Ok(Next::Frame(Frame::data(data)));
-                }
-                Step::Trailers(t) => {
-                    *body = Framing::Done;
-                    return Ok(Next::Frame(Frame::trailers(t)));
-                }
-                Step::End => {
-                    *body = Framing::Done;
-                    return Ok(Next::End);
-                }
-            },
-        }
-    }
-}
-
 /// A whole response as this connection reads it, from `wire` arriving in pieces of the given
 /// lengths (the rest in one piece), then the connection's end: its status, fields, body and
 /// trailers, or the failure. For the fuzz target and tests: however the bytes are cut, the
@@ -1029,133 +946,6 @@ pub fn read_whole(
         }
     }
     Ok((head.status, head.headers, data, trailers))
-}
-
-/// What one step of chunked decoding found.
-enum Step {
-    /// More bytes are needed.
-    Need,
-    /// Framing was consumed; go on from this state.
-    Moved(Chunk),
-    /// Data of a chunk.
-    Data(Bytes, Chunk),
-    /// The trailer fields; the body is over.
-    Trailers(HeaderMap),
-    /// The last chunk and no trailers; the body is over.
-    End,
-}
-
-/// Decodes what `buf` holds of a chunked body from `state` on.
-fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Failure> {
-    match state {
-        Chunk::Size => {
-            let Some(lf) = memchr::memchr(b'\n', buf) else {
-                return match buf.len() > MAX_CHUNK_LINE {
-                    true => Err(Failure::Chunk("chunk-size line too long")),
-                    false => Ok(Step::Need),
-                };
-            };
-            // Judged by the line, not by how much of it has arrived: the verdict must not
-            // depend on how the bytes were cut.
-            if lf > MAX_CHUNK_LINE {
-                return Err(Failure::Chunk("chunk-size line too long"));
-            }
-            if lf == 0 || buf[lf - 1] != b'\r' {
-                return Err(Failure::Chunk("chunk-size line without CRLF"));
-            }
-            let size = chunk_size(&buf[..lf - 1])?;
-            buf.advance(lf + 1);
-            Ok(Step::Moved(match size {
-                0 => Chunk::Trailers,
-                n => Chunk::Data(n),
-            }))
-        }
-        Chunk::Data(left) => {
-            if buf.is_empty() {
-                return Ok(Step::Need);
-            }
-            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let data = buf.split_to(n).freeze();
-            let next = match left - n as u64 {
-                0 => Chunk::DataEnd,
-                more => Chunk::Data(more),
-            };
-            Ok(Step::Data(data, next))
-        }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(Step::Need);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err(Failure::Chunk("chunk data not followed by CRLF"));
-            }
-            buf.advance(2);
-            Ok(Step::Moved(Chunk::Size))
-        }
-        Chunk::Trailers => {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Partial) => match buf.len() > MAX_HEAD {
-                    true => Err(Failure::Chunk("trailer fields too large")),
-                    false => Ok(Step::Need),
-                },
-                Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
-                    Err(Failure::Chunk("trailer fields too large"))
-                }
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut trailers = HeaderMap::with_capacity(fields.len());
-                    for f in fields.iter() {
-                        let name = HeaderName::from_bytes(f.name.as_bytes())
-                            .map_err(|_| Failure::Chunk("invalid trailer name"))?;
-                        let value = HeaderValue::from_bytes(f.value)
-                            .map_err(|_| Failure::Chunk("invalid trailer value"))?;
-                        trailers.append(name, value);
-                    }
-                    buf.advance(len);
-                    Ok(match trailers.is_empty() {
-                        true => Step::End,
-                        false => Step::Trailers(trailers),
-                    })
-                }
-                Err(_) => Err(Failure::Chunk("malformed trailer fields")),
-            }
-        }
-    }
-}
-
-/// The hexadecimal size of a chunk-size line (`size [; extensions]`), extensions ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, Failure> {
-    let digits = line
-        .iter()
-        .position(|b| !b.is_ascii_hexdigit())
-        .unwrap_or(line.len());
-    if digits == 0 {
-        return Err(Failure::Chunk("chunk size is not a hexadecimal number"));
-    }
-    if digits > 15 {
-        return Err(Failure::Chunk("chunk size too large"));
-    }
-    // Only spaces and tabs may stand between the size and its extensions.
-    let rest = &line[digits..];
-    let blank = rest
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    let rest = &rest[blank..];
-    if !rest.is_empty() && rest[0] != b';' {
-        return Err(Failure::Chunk("chunk size is not a hexadecimal number"));
-    }
-    if rest.iter().any(|&b| b == b'\r' || b == 0) {
-        return Err(Failure::Chunk("control character in a chunk extension"));
-    }
-    Ok(line[..digits].iter().fold(0u64, |n, &d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => d - b'A' + 10,
-        };
-        n * 16 + u64::from(v)
-    }))
 }
 
 impl Body for H1Body {
@@ -1286,6 +1076,7 @@ impl AsyncWrite for Upgraded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::h1::{MAX_CHUNK_LINE, Step, chunk_step};
 
     fn head(bytes: &[u8], head_only: bool) -> Result<Option<Head>, Failure> {
         let mut buf = BytesMut::from(bytes);

@@ -16,11 +16,11 @@
 use super::headers::{KUBELET_PROBE, NETWORK_HASH, NETWORK_PROBE, ORIGINAL_HOST};
 use super::headers::{SERVING_NAMESPACE, SERVING_REVISION};
 use crate::http::body::{PLAIN, text};
+use crate::http::downstream::RequestBody;
 use crate::proxy::completion::Body;
 use crate::proxy::{Front, Intercept};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -61,7 +61,7 @@ fn is_kubelet_probe(h: &http::HeaderMap) -> bool {
 }
 
 impl Front for ActivatorFront {
-    fn intercept(&self, req: &mut Request<Incoming>, host: &str) -> Intercept {
+    fn intercept(&self, req: &mut Request<RequestBody>, host: &str) -> Intercept {
         answer_or_route(&self.domain, &self.draining, req.headers_mut(), host)
     }
 }

@@ -10,12 +10,12 @@ use super::drain::{Drainer, Phase};
 use super::headers::{self, Kind};
 use super::stat::StatReporter;
 use crate::http::body::{PLAIN, ProxyBody, text};
+use crate::http::downstream::RequestBody;
 use crate::http::server::{ConnInfo, Handler};
 use crate::probe::Prober;
 use crate::proxy::Proxy;
 use crate::proxy::completion::Body;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ fn reply<E>(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Proxy
 
 /// A side port that serves one path: `Some(404)` with `message` for any other.
 fn only_path(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     path: &str,
     message: &'static str,
 ) -> Option<Response<ProxyBody>> {
@@ -74,7 +74,7 @@ impl QueueHandler {
 impl Handler for QueueHandler {
     type Body = Body;
 
-    async fn call(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn call(&self, mut req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
         match headers::classify(req.headers()) {
             Kind::NetworkProbe => {
                 if self.drainer.is_draining() {
@@ -99,8 +99,8 @@ impl Handler for QueueHandler {
         }
     }
 
-    fn refused(&self, why: crate::http::strict::Broken) -> Option<bytes::Bytes> {
-        self.proxy.refused_framing(why)
+    fn refused(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {
+        self.proxy.refused_head(why)
     }
 }
 
@@ -112,7 +112,7 @@ pub struct StatsHandler(pub Arc<StatReporter>);
 impl Handler for StatsHandler {
     type Body = ProxyBody;
 
-    async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn call(&self, req: Request<RequestBody>, _conn: ConnInfo) -> Response<ProxyBody> {
         if let Some(not_found) = only_path(
             &req,
             "/metrics",
@@ -122,6 +122,10 @@ impl Handler for StatsHandler {
         }
         let body = prost::Message::encode_to_vec(&*self.0.latest());
         text(StatusCode::OK, body, "application/protobuf")
+    }
+
+    fn refused(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {
+        crate::error::refused(why)
     }
 }
 
@@ -144,7 +148,7 @@ impl AdminHandler {
 impl Handler for AdminHandler {
     type Body = ProxyBody;
 
-    async fn call(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn call(&self, req: Request<RequestBody>, _conn: ConnInfo) -> Response<ProxyBody> {
         if let Some(not_found) = only_path(
             &req,
             "/wait-for-drain",
@@ -166,5 +170,9 @@ impl Handler for AdminHandler {
             ),
             _ => reply(StatusCode::OK, "drained\n"),
         }
+    }
+
+    fn refused(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {
+        crate::error::refused(why)
     }
 }

@@ -10,6 +10,7 @@ use crate::config::Protocol;
 use crate::error::{Dialect, ProxyError};
 use crate::http::body::{Cut, Limits};
 use crate::http::client::{BodyFault, ConnectError, OutBody, SendError};
+use crate::http::downstream::RequestBody;
 use crate::http::headers::{self, ClientAddr};
 use crate::http::tunnel;
 use crate::http::upstream::UpBody;
@@ -18,7 +19,6 @@ use crate::revision::{Acquired, Lease, Revision};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ use tracing::debug;
 pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
 
 /// Declared request body size, for the queue's byte bound.
-fn declared_len(req: &Request<Incoming>) -> u64 {
+fn declared_len(req: &Request<RequestBody>) -> u64 {
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -68,7 +68,7 @@ pub struct Ctx {
 /// Forwards `req` to `rev` and returns the response to stream back.
 pub async fn forward(
     rev: &Arc<Revision>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     mut ctx: Ctx,
     record: &mut Option<Box<Record>>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -108,9 +108,9 @@ pub async fn forward(
     let settings = rev.settings();
     let tls_upstream = settings.pool.tls.is_some();
     prepare(&mut req, protocol, tls_upstream, &ctx);
-    let client_upgrade = ctx.upgrade.map(|proto| {
+    let client_upgrade = ctx.upgrade.and_then(|proto| {
         tunnel::mark(req.headers_mut(), proto);
-        hyper::upgrade::on(&mut req)
+        crate::http::downstream::on_upgrade(&mut req)
     });
     // Only a request with a body can have it fail.
     let fault =
@@ -235,7 +235,7 @@ fn respond(res: Response<UpBody>, done: Completion, limits: Limits, cut: Cut) ->
 }
 
 /// Rewrites a client request into the upstream request for `protocol`.
-fn prepare(req: &mut Request<Incoming>, protocol: Protocol, tls: bool, ctx: &Ctx) {
+fn prepare(req: &mut Request<RequestBody>, protocol: Protocol, tls: bool, ctx: &Ctx) {
     let host = ctx.host.as_str();
     let h = req.headers_mut();
     // rouse answers `Expect: 100-continue` itself when the body is first read.

@@ -21,6 +21,7 @@ use self::router::{RouteTable, Timeouts};
 use crate::clock;
 use crate::error::{Answer, Code, Dialect, ProxyError, is_grpc};
 use crate::http::body::ProxyBody;
+use crate::http::downstream::RequestBody;
 use crate::http::headers::{self, strip_port};
 use crate::http::server::{ConnInfo, Handler};
 use crate::http::tunnel;
@@ -31,7 +32,6 @@ use crate::revision::gauges::LiveRevisions;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -78,7 +78,7 @@ pub enum Intercept {
 /// revision named by headers rather than the host). Synchronous: it reads and edits headers.
 pub trait Front: Send + Sync + std::fmt::Debug + 'static {
     /// Looks at a request whose host (`host`) is known and checked.
-    fn intercept(&self, req: &mut Request<Incoming>, host: &str) -> Intercept;
+    fn intercept(&self, req: &mut Request<RequestBody>, host: &str) -> Intercept;
 }
 
 impl Proxy {
@@ -160,7 +160,7 @@ impl Proxy {
     /// the activator's conventions decides), counted apart in the revision's statistics.
     pub async fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         proxied: bool,
     ) -> Response<Body> {
@@ -193,7 +193,7 @@ impl Proxy {
     /// with a proxied response's body.
     async fn route(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: ConnInfo,
         proxied: bool,
         record: &mut Option<Box<Record>>,
@@ -384,12 +384,13 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// A request head refused for its framing (see `http::strict`): counted as a bad request;
-    /// its answer.
-    pub fn refused_framing(&self, why: crate::http::strict::Broken) -> Option<bytes::Bytes> {
-        self.metrics.unrouted(Code::BadRequest);
-        debug!(reason = why.message(), "request refused for its framing");
-        Some(ProxyError::BadRequest(why.message().to_owned()).http1_close())
+    /// An HTTP/1.1 request head refused before it could be routed (see `http::downstream`):
+    /// counted as a bad request; its answer.
+    pub fn refused_head(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {
+        let e = ProxyError::from(why);
+        self.metrics.unrouted(e.code());
+        debug!(reason = %why, "request head refused");
+        e.http1_close()
     }
 }
 
@@ -398,14 +399,14 @@ impl Handler for Proxy {
 
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         self.serve(req, conn, false)
     }
 
-    fn refused(&self, why: crate::http::strict::Broken) -> Option<bytes::Bytes> {
-        self.refused_framing(why)
+    fn refused(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {
+        self.refused_head(why)
     }
 }
 
@@ -461,7 +462,7 @@ fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> Prox
 /// backend to read differently (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, or an
 /// HTTP/2 `host` that differs from `:authority`, are refused; for an HTTP/1.1 absolute-form
 /// target the authority wins and `Host` is rewritten to it.
-fn request_host(req: &mut Request<Incoming>) -> Result<String, ProxyError> {
+fn request_host(req: &mut Request<RequestBody>) -> Result<String, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -495,7 +496,7 @@ fn request_host(req: &mut Request<Incoming>) -> Result<String, ProxyError> {
 
 /// Points the request at `host`: the `Host` header, and the URI's authority where it has one
 /// (HTTP/2, or an HTTP/1.1 absolute-form target), so no reader sees the old name.
-fn rewrite_authority(req: &mut Request<Incoming>, host: &HeaderValue) {
+fn rewrite_authority(req: &mut Request<RequestBody>, host: &HeaderValue) {
     req.headers_mut().insert(header::HOST, host.clone());
     if req.uri().authority().is_some() {
         let mut parts = req.uri().clone().into_parts();
@@ -507,7 +508,7 @@ fn rewrite_authority(req: &mut Request<Incoming>, host: &HeaderValue) {
 }
 
 /// 301 to the same host and path over HTTPS.
-fn redirect_to_https(req: &mut Request<Incoming>, port: u16, answer: Answer) -> Response<Body> {
+fn redirect_to_https(req: &mut Request<RequestBody>, port: u16, answer: Answer) -> Response<Body> {
     let host = match request_host(req) {
         Ok(h) => h,
         Err(e) => return e.into_response_as(answer),

@@ -1,0 +1,246 @@
+//! HTTP/1.1 message framing both connections share: the client's (`downstream`) reads request
+//! bodies with it, the backend's (`upstream`) response bodies. One decoder for both sides means
+//! one set of rules (RFC 9112 §6-7) and one fuzz target that holds them.
+//!
+//! Every step is a pure function of a buffer and a state: the caller reads the socket, these
+//! take what is whole from the front of the buffer. The verdict never depends on how the bytes
+//! were cut by the network.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+
+/// Why a body's framing could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub &'static str);
+
+/// Most bytes a response head, or a trailer section, may take.
+pub const MAX_HEAD: usize = 64 << 10;
+/// Most fields in a head or a trailer section (hyper's default as well).
+pub const MAX_HEADERS: usize = 100;
+
+/// Longest chunk-size line accepted (size and extensions).
+pub const MAX_CHUNK_LINE: usize = 4 << 10;
+
+/// How a body is framed, and where its reading is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, at this point of the framing.
+    Chunked(Chunk),
+    /// Runs until the sender closes the connection (responses only).
+    Close,
+    /// The body is over.
+    Done,
+}
+
+/// Where the reading of a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then the final CRLF.
+    Trailers,
+}
+
+/// What the buffer gave of a body.
+#[derive(Debug)]
+pub enum Next {
+    /// A frame; the body may now be [`Framing::Done`].
+    Frame(Frame<Bytes>),
+    /// The body is over.
+    End,
+    /// More bytes are needed (or the connection's end, for [`Framing::Close`]).
+    Need,
+}
+
+/// Takes the next frame of a body framed as `body` from the front of `buf`, moving `body`
+/// along; never takes a byte past the body's end.
+pub fn next_frame(buf: &mut BytesMut, body: &mut Framing) -> Result<Next, Malformed> {
+    loop {
+        match *body {
+            Framing::Done => return Ok(Next::End),
+            Framing::Length(_) | Framing::Close if buf.is_empty() => return Ok(Next::Need),
+            Framing::Length(left) => {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                *body = match left - n as u64 {
+                    0 => Framing::Done,
+                    more => Framing::Length(more),
+                };
+                return Ok(Next::Frame(Frame::data(buf.split_to(n).freeze())));
+            }
+            Framing::Close => return Ok(Next::Frame(Frame::data(buf.split().freeze()))),
+            Framing::Chunked(state) => match chunk_step(buf, state)? {
+                Step::Need => return Ok(Next::Need),
+                Step::Moved(next) => *body = Framing::Chunked(next),
+                Step::Data(data, next) => {
+                    *body = Framing::Chunked(next);
+                    // The terminator often came in the same read: the body is over now, so
+                    // the connection goes home before the response is reported complete.
+                    if next == Chunk::DataEnd && buf.starts_with(b"\r\n0\r\n\r\n") {
+                        buf.advance(7);
+                        *body = Framing::Done;
+                    }
+                    return Ok(Next::Frame(Frame::data(data)));
+                }
+                Step::Trailers(t) => {
+                    *body = Framing::Done;
+                    return Ok(Next::Frame(Frame::trailers(t)));
+                }
+                Step::End => {
+                    *body = Framing::Done;
+                    return Ok(Next::End);
+                }
+            },
+        }
+    }
+}
+
+/// What one step of chunked decoding found.
+pub enum Step {
+    /// More bytes are needed.
+    Need,
+    /// Framing was consumed; go on from this state.
+    Moved(Chunk),
+    /// Data of a chunk.
+    Data(Bytes, Chunk),
+    /// The trailer fields; the body is over.
+    Trailers(HeaderMap),
+    /// The last chunk and no trailers; the body is over.
+    End,
+}
+
+/// Decodes what `buf` holds of a chunked body from `state` on.
+pub fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Malformed> {
+    match state {
+        Chunk::Size => {
+            let Some(lf) = memchr::memchr(b'\n', buf) else {
+                return match buf.len() > MAX_CHUNK_LINE {
+                    true => Err(Malformed("chunk-size line too long")),
+                    false => Ok(Step::Need),
+                };
+            };
+            // Judged by the line, not by how much of it has arrived: the verdict must not
+            // depend on how the bytes were cut.
+            if lf > MAX_CHUNK_LINE {
+                return Err(Malformed("chunk-size line too long"));
+            }
+            if lf == 0 || buf[lf - 1] != b'\r' {
+                return Err(Malformed("chunk-size line without CRLF"));
+            }
+            let size = chunk_size(&buf[..lf - 1])?;
+            buf.advance(lf + 1);
+            Ok(Step::Moved(match size {
+                0 => Chunk::Trailers,
+                n => Chunk::Data(n),
+            }))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::Need);
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let data = buf.split_to(n).freeze();
+            let next = match left - n as u64 {
+                0 => Chunk::DataEnd,
+                more => Chunk::Data(more),
+            };
+            Ok(Step::Data(data, next))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::Need);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(Malformed("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            Ok(Step::Moved(Chunk::Size))
+        }
+        Chunk::Trailers => {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Partial) => match buf.len() > MAX_HEAD {
+                    true => Err(Malformed("trailer fields too large")),
+                    false => Ok(Step::Need),
+                },
+                Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
+                    Err(Malformed("trailer fields too large"))
+                }
+                Ok(httparse::Status::Complete((len, _)))
+                    if memchr::memchr_iter(b'\n', &buf[..len])
+                        .any(|i| i == 0 || buf[i - 1] != b'\r') =>
+                {
+                    // As in a head: a line end another reader may not see as one.
+                    Err(Malformed("a trailer line ends in LF without CR"))
+                }
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for f in fields.iter() {
+                        let name = HeaderName::from_bytes(f.name.as_bytes())
+                            .map_err(|_| Malformed("invalid trailer name"))?;
+                        let value = HeaderValue::from_bytes(f.value)
+                            .map_err(|_| Malformed("invalid trailer value"))?;
+                        trailers.append(name, value);
+                    }
+                    buf.advance(len);
+                    Ok(match trailers.is_empty() {
+                        true => Step::End,
+                        false => Step::Trailers(trailers),
+                    })
+                }
+                Err(_) => Err(Malformed("malformed trailer fields")),
+            }
+        }
+    }
+}
+
+/// The hexadecimal size of a chunk-size line (`size [; extensions]`), extensions ignored.
+pub fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 {
+        return Err(Malformed("chunk size is not a hexadecimal number"));
+    }
+    if digits > 15 {
+        return Err(Malformed("chunk size too large"));
+    }
+    // Only spaces and tabs may stand between the size and its extensions.
+    let rest = &line[digits..];
+    let blank = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[blank..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(Malformed("chunk size is not a hexadecimal number"));
+    }
+    if rest.iter().any(|&b| b == b'\r' || b == 0) {
+        return Err(Malformed("control character in a chunk extension"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        n * 16 + u64::from(v)
+    }))
+}
+
+/// `name: value` and its line end, as a head or a trailer section holds a field. (A
+/// `HeaderValue` holds no CR or LF, so a field never becomes two.)
+pub fn write_field(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+}
