@@ -78,6 +78,12 @@ pub enum Refusal {
     /// Not an HTTP/1.x request head.
     #[error("the request head is malformed ({0}); send a valid HTTP/1.1 request")]
     Malformed(&'static str),
+    /// `CONNECT`: a reverse proxy routes requests, it does not open tunnels to addresses the
+    /// client names (and the bytes after the head would not be a request).
+    #[error(
+        "CONNECT is not served: rouse is a reverse proxy and opens no tunnels; send the request itself to the service's host"
+    )]
+    Connect,
 }
 
 impl Refusal {
@@ -161,6 +167,9 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         }
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
             .map_err(|_| Refusal::Malformed("invalid method"))?;
+        if method == Method::CONNECT {
+            return Err(Refusal::Connect);
+        }
         let path = req.path.unwrap_or("");
         let target = (offset(path.as_bytes()), path.len() as u32);
         (len, count, method, target, req.version.unwrap_or(1))
@@ -300,6 +309,9 @@ pub fn read_all(wire: &[u8], pieces: &[usize], max: usize) -> (Vec<Whole>, Optio
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Room made for a read of a head (a head larger grows the buffer, up to the limit).
 const FIRST_READ: usize = 8 << 10;
+/// The first read of a head goes to the stack, this large, so that a connection between
+/// requests holds no buffer.
+const IDLE_READ: usize = 4 << 10;
 /// Room made for a read of a body. Body pieces handed on are slices of the buffer, so while the
 /// backend takes them slowly the buffer stays allocated for them.
 const BODY_READ: usize = 32 << 10;
@@ -385,6 +397,23 @@ impl Wire {
             return Poll::Ready(Ok(false));
         }
         let io = self.io.as_mut().ok_or_else(taken)?;
+        if self.buf.is_empty() && self.body == Framing::Done {
+            // Waiting for the next head, perhaps for long (an idle keep-alive connection): the
+            // read goes to the stack, and a buffer is taken only once bytes came.
+            if self.buf.capacity() > 0 {
+                spare::put(std::mem::take(&mut self.buf));
+            }
+            let mut space = [const { std::mem::MaybeUninit::<u8>::uninit() }; IDLE_READ];
+            let mut rb = ReadBuf::uninit(&mut space);
+            ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                self.eof = true;
+                return Poll::Ready(Ok(false));
+            }
+            self.buf = spare::take();
+            self.buf.extend_from_slice(rb.filled());
+            return Poll::Ready(Ok(true));
+        }
         if self.buf.capacity() == 0 {
             self.buf = spare::take();
         }
@@ -428,13 +457,14 @@ impl Wire {
         }
     }
 
-    /// Writes what is left of `CONTINUE`, if it is due.
+    /// Writes what is left of `CONTINUE`, if it is due, and flushes it: over TLS it is not
+    /// on the wire until then, and the client waits for it.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(done) = self.cont {
             if done == CONTINUE.len() {
-                self.cont = None;
                 let io = self.io.as_mut().ok_or_else(taken)?;
                 ready!(Pin::new(io).poll_flush(cx))?;
+                self.cont = None;
                 break;
             }
             let io = self.io.as_mut().ok_or_else(taken)?;
@@ -733,6 +763,19 @@ fn encode_head(
     close: &mut bool,
 ) -> Out {
     use std::io::Write as _;
+    // A switch keeps its `Connection: upgrade`; it ends the exchange in any case.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade.is_some();
+    let none = HeaderMap::new();
+    let (status, headers, body_len) = match status.is_informational() && !switching {
+        // A final answer cannot be `1xx` (another `1xx` would be read as the final answer's
+        // forerunner, and a `101` nobody asked for as a switch): it becomes an empty `500`, and
+        // the connection closes, as hyper's server does.
+        true => {
+            *close = true;
+            (StatusCode::INTERNAL_SERVER_ERROR, &none, Some(0))
+        }
+        false => (status, headers, body_len),
+    };
     dst.extend_from_slice(match asked.http10 {
         true => b"HTTP/1.0 ",
         false => b"HTTP/1.1 ",
@@ -742,8 +785,6 @@ fn encode_head(
     dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     dst.extend_from_slice(b"\r\n");
     let code = status.as_u16();
-    // A switch keeps its `Connection: upgrade`; it ends the exchange in any case.
-    let switching = code == 101 && asked.upgrade.is_some();
     let mut length = None;
     let mut date = false;
     for (name, value) in headers {
@@ -768,14 +809,16 @@ fn encode_head(
     }
     let out = match code {
         _ if switching => Out::Nothing,
-        100..=199 | 204 => Out::Nothing,
+        204 => Out::Nothing,
         304 => {
             if let Some(n) = length {
                 let _ = write!(dst, "content-length: {n}\r\n");
             }
             Out::Nothing
         }
-        _ => match length.or(body_len) {
+        // The answer to `HEAD` tells a length only if the response has one: an empty body says
+        // nothing of the `GET`'s.
+        _ => match length.or(body_len.filter(|&n| n > 0 || !asked.head)) {
             Some(n) => {
                 let _ = write!(dst, "content-length: {n}\r\n");
                 match asked.head {
@@ -856,6 +899,7 @@ impl Pending {
 }
 
 /// How writing a response ended.
+#[derive(Debug, Clone, Copy)]
 enum Sent {
     /// Whole; the connection may serve another request if nothing else closes it.
     Whole,
@@ -878,14 +922,22 @@ where
     let mut body = pin!(body);
     // A chunk's closing CRLF, written with what follows it.
     let mut crlf = false;
-    let mut finished = false;
+    // How it ends, once known: the body is not polled again after that (a body that failed
+    // may well say `None` next, which must not become a whole chunked end).
+    let mut end = None;
     poll_fn(|cx| {
         loop {
-            if finished || pending.big.is_some() || pending.buf.len() >= COPY_BELOW {
+            if let Some(end) = end {
+                // What was written stands, also when short: the client sees the response end
+                // early, as the connection closes.
+                let written = ready!(pending.poll_write(cx, wire));
+                return Poll::Ready(match end {
+                    Sent::Whole => written.map(|()| Sent::Whole),
+                    Sent::Short => Ok(Sent::Short),
+                });
+            }
+            if pending.big.is_some() || pending.buf.len() >= COPY_BELOW {
                 ready!(pending.poll_write(cx, wire))?;
-                if finished {
-                    return Poll::Ready(Ok(Sent::Whole));
-                }
             }
             let frame = match body.as_mut().poll_frame(cx) {
                 Poll::Pending => {
@@ -898,27 +950,23 @@ where
                 Poll::Ready(None) => None,
                 Poll::Ready(Some(Ok(f))) => Some(f),
                 Poll::Ready(Some(Err(_))) => {
-                    // What was written stands; the client sees the response end early.
-                    let _ = ready!(pending.poll_write(cx, wire));
-                    return Poll::Ready(Ok(Sent::Short));
+                    end = Some(Sent::Short);
+                    continue;
                 }
             };
             let frame = match frame {
                 None => {
-                    match out {
-                        Out::Length(n) if n > 0 => {
-                            let _ = ready!(pending.poll_write(cx, wire));
-                            return Poll::Ready(Ok(Sent::Short));
-                        }
+                    end = Some(match out {
+                        Out::Length(n) if n > 0 => Sent::Short,
                         Out::Chunked => {
                             if crlf {
                                 pending.buf.extend_from_slice(b"\r\n");
                             }
                             pending.buf.extend_from_slice(b"0\r\n\r\n");
+                            Sent::Whole
                         }
-                        _ => {}
-                    }
-                    finished = true;
+                        _ => Sent::Whole,
+                    });
                     continue;
                 }
                 Some(f) => f,
@@ -927,7 +975,14 @@ where
                 Ok(d) => d,
                 Err(f) => {
                     // Trailers end the body; they go out only in chunks to a client that
-                    // asked for them (`TE: trailers`).
+                    // asked for them (`TE: trailers`). A body that still owed bytes of its
+                    // length is short all the same.
+                    if let Out::Length(n) = out
+                        && n > 0
+                    {
+                        end = Some(Sent::Short);
+                        continue;
+                    }
                     if out == Out::Chunked {
                         if crlf {
                             pending.buf.extend_from_slice(b"\r\n");
@@ -939,9 +994,8 @@ where
                             }
                         }
                         pending.buf.extend_from_slice(b"\r\n");
-                        out = Out::Nothing;
                     }
-                    finished = true;
+                    end = Some(Sent::Whole);
                     continue;
                 }
             };
@@ -956,8 +1010,8 @@ where
                         data.truncate(*left as usize);
                         *left = 0;
                         push(pending, data);
-                        let _ = ready!(pending.poll_write(cx, wire));
-                        return Poll::Ready(Ok(Sent::Short));
+                        end = Some(Sent::Short);
+                        continue;
                     }
                     *left -= data.len() as u64;
                 }
@@ -1002,13 +1056,19 @@ async fn next_head(
 ) -> Result<Parsed, NoHead> {
     let deadline = tokio::time::Instant::now() + settings.head_timeout;
     let mut timer = pin!(tokio::time::sleep_until(deadline));
+    // Bytes already parsed without a whole head: only a line end after them can complete it,
+    // so a head that arrives in many pieces is not parsed from its start for each.
+    let mut parsed = 0;
     loop {
         {
             let mut w = lock(wire);
-            if !w.buf.is_empty() {
+            let len = w.buf.len();
+            if len > parsed
+                && (memchr::memchr(b'\n', &w.buf[parsed..]).is_some() || len > settings.max_head)
+            {
                 match parse_head(&mut w.buf, settings.max_head) {
                     Ok(Some(p)) => return Ok(p),
-                    Ok(None) => {}
+                    Ok(None) => parsed = len,
                     Err(r) => return Err(NoHead::Refused(r)),
                 }
             }
@@ -1065,6 +1125,9 @@ pub async fn serve<C, F, B>(
         broken: false,
         exchange: 0,
     }));
+    // However serving ends (also when this future is dropped), the socket closes with it, not
+    // when the last request body kept elsewhere goes.
+    let hangup = Hangup(&wire);
     let mut pending = Pending::default();
     loop {
         let parsed = match next_head(&wire, &settings, &mut stop).await {
@@ -1147,12 +1210,24 @@ pub async fn serve<C, F, B>(
             let mut w = lock(&wire);
             // No `100 Continue` once the answer is ready: the client has its answer instead.
             // One a full socket cut short is finished first, so the head stays whole.
-            if let Some(done) = w.cont.take()
-                && done > 0
-            {
-                pending.buf.extend_from_slice(&CONTINUE[done..]);
+            match w.cont.take() {
+                Some(0) if w.body != Framing::Done => {
+                    // The client was not told to send its body, and may or may not: where the
+                    // next request starts is unknown, so the connection closes after this.
+                    close = true;
+                }
+                Some(done) => pending.buf.extend_from_slice(&CONTINUE[done..]),
+                None => {}
             }
             close |= w.broken;
+        }
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade.is_some() {
+            // The switch happens only after the whole request: bytes of its body left unread
+            // would reach the new protocol as its own. A body read only in part (the backend
+            // switched without reading it) makes the answer a `500` instead.
+            if lock(&wire).body != Framing::Done && !drain(&wire) {
+                asked.upgrade = None;
+            }
         }
         let len = match body.is_end_stream() {
             true => Some(0),
@@ -1199,6 +1274,16 @@ pub async fn serve<C, F, B>(
         use tokio::io::AsyncWriteExt as _;
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     }
+    drop(hangup);
+}
+
+/// Closes the connection's socket when dropped, if it is still there.
+struct Hangup<'a>(&'a Shared);
+
+impl Drop for Hangup<'_> {
+    fn drop(&mut self) {
+        drop(lock(self.0).io.take());
+    }
 }
 
 /// Reads and drops what the handler left of the request body, from what was already read;
@@ -1207,6 +1292,11 @@ fn drain(wire: &Shared) -> bool {
     let mut w = lock(wire);
     if w.broken {
         return false;
+    }
+    if w.body != Framing::Done {
+        // A body still held (by a stream that outlived the exchange) must not end as if
+        // whole once its bytes were dropped here: it is cut instead.
+        w.exchange += 1;
     }
     let mut dropped = 0u64;
     loop {
@@ -1292,6 +1382,10 @@ mod tests {
             (
                 "GET / HTTP/2.0\r\n\r\n",
                 Refusal::Malformed("not HTTP/1.0 or HTTP/1.1"),
+            ),
+            (
+                "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+                Refusal::Connect,
             ),
         ];
         for (head, want) in cases {
@@ -1548,7 +1642,6 @@ mod tests {
             b"GET / HTTP/1.0\r\n\r\n",
             b"GET http://a.test:8080/x?y HTTP/1.1\r\nHost: a.test:8080\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX-Obs: caf\xc3\xa9\r\nX-Tab: a\tb \r\nX-Empty:\r\n\r\n",
             b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"PURGE /x HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -1588,8 +1681,10 @@ mod tests {
             }
         }
         // What hyper reads leniently and this connection refuses: a line ended by a bare LF,
-        // a length beside chunked (either can hide a second request from another reader).
-        let stricter: [&[u8]; 3] = [
+        // a length beside chunked (either can hide a second request from another reader), and
+        // CONNECT, which a reverse proxy does not serve.
+        let stricter: [&[u8]; 4] = [
+            b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
             b"GET / HTTP/1.1\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -1597,6 +1692,371 @@ mod tests {
         for wire in stricter {
             assert!(matches!(hypers(wire).await, Verdict::Seen { .. }));
             assert_eq!(ours(wire, usize::MAX).await, Verdict::Refused(400));
+        }
+    }
+
+    /// Exchanges over an in-memory pipe, whose small capacity makes writes wait.
+    mod exchanges {
+        use super::*;
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+        type Reply = http::Response<http_body_util::combinators::BoxBody<Bytes, BoxError>>;
+
+        /// Serves one connection whose transport is `io` with `call`.
+        fn serve_on<T, C, F>(io: T, call: C) -> tokio::task::JoinHandle<()>
+        where
+            T: Transport,
+            C: FnMut(Request<RequestBody>) -> F + Send + 'static,
+            F: Future<Output = Reply> + Send + 'static,
+        {
+            tokio::spawn(async move {
+                let (_stop, stop) = watch::channel(false);
+                let settings = Settings {
+                    max_head: MAX,
+                    head_timeout: Duration::from_secs(10),
+                };
+                serve(
+                    Box::new(io),
+                    call,
+                    |why| {
+                        let code = if why.too_large() { 431 } else { 400 };
+                        let text = why.to_string();
+                        let len = text.len();
+                        Bytes::from(format!(
+                            "HTTP/1.1 {code} No\r\ncontent-length: {len}\r\n\r\n{text}"
+                        ))
+                    },
+                    settings,
+                    stop,
+                )
+                .await;
+            })
+        }
+
+        /// A pipe of `cap` bytes each way, served by `call`; the client's end.
+        fn pipe<C, F>(cap: usize, call: C) -> (DuplexStream, tokio::task::JoinHandle<()>)
+        where
+            C: FnMut(Request<RequestBody>) -> F + Send + 'static,
+            F: Future<Output = Reply> + Send + 'static,
+        {
+            let (client, server) = tokio::io::duplex(cap);
+            (client, serve_on(server, call))
+        }
+
+        /// Everything the server sends until it closes (or 5 s pass: then the test fails).
+        async fn to_end(c: &mut DuplexStream) -> Vec<u8> {
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+                .await
+                .expect("the server closes the connection")
+                .unwrap();
+            out
+        }
+
+        /// Reads until a head's end is among the bytes read.
+        async fn head_of(c: &mut DuplexStream) -> String {
+            let mut out = Vec::new();
+            let mut byte = [0u8; 1];
+            while !out.ends_with(b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut byte))
+                    .await
+                    .expect("a head arrives")
+                    .unwrap();
+                assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&out));
+                out.push(byte[0]);
+            }
+            String::from_utf8(out).unwrap()
+        }
+
+        /// A body of the given frames, in order, then its end.
+        fn frames(
+            list: Vec<Result<Frame<Bytes>, BoxError>>,
+        ) -> http_body_util::combinators::BoxBody<Bytes, BoxError> {
+            let stream = futures_util::stream::iter(list);
+            http_body_util::StreamBody::new(stream).boxed()
+        }
+
+        fn empty() -> http_body_util::combinators::BoxBody<Bytes, BoxError> {
+            http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+        }
+
+        /// A body that fails while the client takes the response slowly ends the response
+        /// short: the chunked end is not written, so the client cannot take it for whole.
+        #[tokio::test]
+        async fn a_body_that_fails_is_never_ended_as_whole() {
+            let (mut c, _server) = pipe(64, |_req| async {
+                let body = frames(vec![
+                    Ok(Frame::data(Bytes::from(vec![b'a'; 1000]))),
+                    Err("the backend's connection broke".into()),
+                ]);
+                http::Response::new(body)
+            });
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let out = to_end(&mut c).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+            assert!(text.ends_with(&"a".repeat(1000)), "{text}");
+        }
+
+        /// Trailers that come while the body still owes bytes of its length leave it short:
+        /// the connection closes rather than read the next request after a short response.
+        #[tokio::test]
+        async fn trailers_before_the_length_is_reached_end_the_connection() {
+            let (mut c, _server) = pipe(1 << 16, |_req| async {
+                let body = frames(vec![
+                    Ok(Frame::data(Bytes::from_static(b"12345"))),
+                    Ok(Frame::trailers(HeaderMap::new())),
+                ]);
+                let mut res = http::Response::new(body);
+                res.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+                res
+            });
+            c.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let out = String::from_utf8(to_end(&mut c).await).unwrap();
+            assert_eq!(out.matches("HTTP/1.1 200").count(), 1, "{out}");
+            assert!(out.ends_with("\r\n\r\n12345"), "{out}");
+        }
+
+        /// The answer to `HEAD` carries no length when the response gave none, rather than a
+        /// `content-length: 0` that misstates the `GET`'s; one with a length keeps it.
+        #[tokio::test]
+        async fn head_answers_tell_only_the_length_they_know() {
+            let (mut c, _server) = pipe(1 << 16, |req| async move {
+                let mut res = http::Response::new(empty());
+                if req.uri().path() == "/sized" {
+                    res.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+                }
+                res
+            });
+            c.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let head = head_of(&mut c).await.to_ascii_lowercase();
+            assert!(!head.contains("content-length"), "{head}");
+            assert!(!head.contains("transfer-encoding"), "{head}");
+            c.write_all(b"HEAD /sized HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let head = head_of(&mut c).await;
+            assert!(head.contains("content-length: 42\r\n"), "{head}");
+            // Neither head had a body after it: the next answer starts right away.
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert!(head_of(&mut c).await.contains("content-length: 0\r\n"));
+        }
+
+        /// A `1xx` as the final answer (here `103`, or a `101` nobody asked for) becomes an
+        /// empty `500`, and the connection closes.
+        #[tokio::test]
+        async fn an_informational_final_answer_becomes_a_500() {
+            for status in [103, 101] {
+                let (mut c, _server) = pipe(1 << 16, move |_req| async move {
+                    let mut res = http::Response::new(empty());
+                    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                    res
+                });
+                c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let out = String::from_utf8(to_end(&mut c).await).unwrap();
+                assert!(out.starts_with("HTTP/1.1 500 "), "{status}: {out}");
+                assert!(out.contains("connection: close\r\n"), "{status}: {out}");
+                assert!(out.contains("content-length: 0\r\n"), "{status}: {out}");
+                assert_eq!(out.matches("HTTP/1.1").count(), 1, "{status}: {out}");
+            }
+        }
+
+        /// Answered without `100 Continue`, the client may or may not send its body: the
+        /// answer says the connection closes, and it does.
+        #[tokio::test]
+        async fn an_answer_without_100_continue_closes_the_connection() {
+            let (mut c, _server) = pipe(1 << 16, |_req| async {
+                let mut res = http::Response::new(empty());
+                *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                res
+            });
+            c.write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let out = String::from_utf8(to_end(&mut c).await).unwrap();
+            assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+            assert!(!out.contains("100 Continue"), "{out}");
+            assert!(out.contains("connection: close\r\n"), "{out}");
+        }
+
+        /// `100 Continue` is flushed before the body is waited for: over a transport that
+        /// buffers writes (as TLS does) the client still gets it, sends its body and has its
+        /// answer.
+        #[tokio::test]
+        async fn continue_is_flushed_through_a_buffering_transport() {
+            let (mut c, server) = tokio::io::duplex(8);
+            let _server = serve_on(tokio::io::BufWriter::new(server), |req| async move {
+                let got = req.into_body().collect().await.unwrap().to_bytes();
+                http::Response::new(
+                    http_body_util::Full::new(got)
+                        .map_err(|e| match e {})
+                        .boxed(),
+                )
+            });
+            c.write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            assert_eq!(head_of(&mut c).await, "HTTP/1.1 100 Continue\r\n\r\n");
+            c.write_all(b"hello").await.unwrap();
+            let head = head_of(&mut c).await;
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            let mut body = [0u8; 5];
+            c.read_exact(&mut body).await.unwrap();
+            assert_eq!(&body, b"hello");
+        }
+
+        /// A body kept past its exchange, whose unread bytes the connection dropped to go on,
+        /// fails as cut rather than ending as if whole.
+        #[tokio::test]
+        async fn a_body_kept_past_its_exchange_is_cut_when_its_bytes_are_dropped() {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (mut c, _server) = pipe(1 << 16, move |req| {
+                let _ = tx.send(req.into_body());
+                async { http::Response::new(empty()) }
+            });
+            c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+                .await
+                .unwrap();
+            let head = head_of(&mut c).await;
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            let body = rx.recv().await.unwrap();
+            let err = body
+                .collect()
+                .await
+                .expect_err("the body was dropped unread");
+            assert_eq!(
+                err.to_string(),
+                "the client closed the connection before the request body ended"
+            );
+            // The connection went on: the next request is served.
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert!(head_of(&mut c).await.starts_with("HTTP/1.1 200 OK\r\n"));
+        }
+
+        /// However serving ends, the socket closes with it, even while a request body is still
+        /// kept elsewhere.
+        #[tokio::test]
+        async fn a_stopped_connection_closes_though_its_body_is_kept() {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (mut c, server) = pipe(1 << 16, move |req| {
+                let _ = tx.send(req.into_body());
+                std::future::pending()
+            });
+            c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+                .await
+                .unwrap();
+            let body = rx.recv().await.unwrap();
+            server.abort();
+            assert!(server.await.unwrap_err().is_cancelled());
+            assert!(to_end(&mut c).await.is_empty());
+            drop(body);
+        }
+
+        /// The switch to another protocol happens after the whole request: the bytes after its
+        /// body reach the new protocol. When the body has not all come, the answer is a `500`
+        /// and nothing switches.
+        #[tokio::test]
+        async fn a_switch_comes_only_after_the_request_body() {
+            for whole in [true, false] {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let (mut c, _server) = pipe(1 << 16, move |mut req| {
+                    let _ = tx.send(on_upgrade(&mut req));
+                    async {
+                        let mut res = http::Response::new(empty());
+                        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        res.headers_mut()
+                            .insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                        res.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        res
+                    }
+                });
+                let body: &[u8] = match whole {
+                    true => b"12345after",
+                    false => b"123",
+                };
+                let mut wire = b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\nContent-Length: 5\r\n\r\n".to_vec();
+                wire.extend_from_slice(body);
+                c.write_all(&wire).await.unwrap();
+                let upgrade = rx
+                    .recv()
+                    .await
+                    .unwrap()
+                    .expect("the request asked to switch");
+                if whole {
+                    let head = head_of(&mut c).await;
+                    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+                    let mut up = upgrade.await.expect("the connection switched");
+                    let mut after = [0u8; 5];
+                    up.read_exact(&mut after).await.unwrap();
+                    assert_eq!(&after, b"after");
+                } else {
+                    let out = String::from_utf8(to_end(&mut c).await).unwrap();
+                    assert!(out.starts_with("HTTP/1.1 500 "), "{out}");
+                    assert!(out.contains("connection: close\r\n"), "{out}");
+                    assert!(upgrade.await.is_err());
+                }
+            }
+        }
+
+        /// A connection waiting for its next head holds no read buffer (an idle keep-alive
+        /// connection costs its socket and task only); the bytes that come are read whole.
+        #[tokio::test]
+        async fn a_waiting_connection_holds_no_read_buffer() {
+            let (mut c, server) = tokio::io::duplex(1 << 16);
+            let wire: Shared = Arc::new(Mutex::new(Wire {
+                io: Some(Box::new(server)),
+                buf: spare::take(),
+                body: Framing::Done,
+                eof: false,
+                cont: None,
+                broken: false,
+                exchange: 0,
+            }));
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            assert!(lock(&wire).poll_fill(&mut cx).is_pending());
+            assert_eq!(lock(&wire).buf.capacity(), 0);
+            let head = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(6000));
+            c.write_all(head.as_bytes()).await.unwrap();
+            let mut w = lock(&wire);
+            while w.buf.len() < head.len() {
+                assert!(matches!(w.poll_fill(&mut cx), Poll::Ready(Ok(true))));
+            }
+            assert_eq!(&w.buf[..], head.as_bytes());
+        }
+
+        /// A head longer than the limit is refused with `431` though no line of it ended (the
+        /// connection parses only when a line may have ended, and when past the limit).
+        #[tokio::test]
+        async fn a_head_past_the_limit_without_a_line_end_is_refused() {
+            let (mut c, _server) = pipe(1 << 20, |_req| async { http::Response::new(empty()) });
+            let line = format!("GET /{}", "a".repeat(MAX + 10));
+            for piece in line.as_bytes().chunks(1000) {
+                c.write_all(piece).await.unwrap();
+            }
+            let out = String::from_utf8(to_end(&mut c).await).unwrap();
+            assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
         }
     }
 }
