@@ -115,6 +115,26 @@ fn bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
+/// The refusal of a head longer than `max`: a bare LF if one is in its first `max` bytes (the
+/// likelier cause, and what the client must fix), else its size.
+fn past_limit(buf: &[u8], max: usize) -> Refusal {
+    match bare_lf(&buf[..max.min(buf.len())]) {
+        true => Refusal::BareLf,
+        false => Refusal::TooLarge,
+    }
+}
+
+/// True when the error httparse found in `buf` lies past its first `max + 1` bytes: a reader
+/// of those alone would have found the head too large first.
+fn error_past(buf: &[u8], max: usize) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let first = &buf[..(max + 1).min(buf.len())];
+    matches!(
+        httparse::Request::new(&mut fields).parse(first),
+        Ok(httparse::Status::Partial)
+    )
+}
+
 fn malformed(e: httparse::Error) -> Refusal {
     Refusal::Malformed(match e {
         httparse::Error::HeaderName => "invalid header name",
@@ -142,18 +162,14 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
     let (len, count, method, target, minor) = {
         let mut fields = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
+        // Each verdict depends only on bytes every way of cutting them has shown: a head past
+        // the limit is judged by its first `max` bytes, an error by the bytes up to it.
         let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) if n > max => return Err(Refusal::TooLarge),
+            Ok(httparse::Status::Complete(n)) if n > max => return Err(past_limit(buf, max)),
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > max => {
-                return Err(match bare_lf(buf) {
-                    true => Refusal::BareLf,
-                    false => Refusal::TooLarge,
-                });
-            }
+            Ok(httparse::Status::Partial) if buf.len() > max => return Err(past_limit(buf, max)),
             Ok(httparse::Status::Partial) => return Ok(None),
-            // A bare LF is named first: it is the likelier cause, and what the client must fix.
-            Err(_) if bare_lf(buf) => return Err(Refusal::BareLf),
+            Err(_) if buf.len() > max && error_past(buf, max) => return Err(past_limit(buf, max)),
             Err(e) => return Err(malformed(e)),
         };
         let base = buf.as_ptr() as usize;
@@ -1437,13 +1453,45 @@ mod tests {
             b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
         ];
-        for wire in streams {
-            let whole = format!("{:?}", read_all(wire, &[], 1 << 16));
+        let same_however_cut = |wire: &[u8], max: usize| {
+            let whole = format!("{:?}", read_all(wire, &[], max));
             for cut in 0..=wire.len() {
-                assert_eq!(format!("{:?}", read_all(wire, &[cut], 1 << 16)), whole);
+                assert_eq!(format!("{:?}", read_all(wire, &[cut], max)), whole);
             }
             let ones = vec![1; wire.len()];
-            assert_eq!(format!("{:?}", read_all(wire, &ones, 1 << 16)), whole);
+            assert_eq!(format!("{:?}", read_all(wire, &ones, max)), whole);
+        };
+        for wire in streams {
+            same_however_cut(wire, 1 << 16);
+        }
+        // Refusals too: an error seen before the line's bare LF, and heads past a limit of 64
+        // bytes, judged by their first 64 bytes whatever comes after.
+        let long = "a".repeat(70);
+        let refused = [
+            (
+                b"\x0f\n".to_vec(),
+                Refusal::Malformed("invalid method or request line"),
+            ),
+            (
+                format!("GET /{long} HTTP/1.1\r\nX\x01: y\r\n\r\n").into_bytes(),
+                Refusal::TooLarge,
+            ),
+            (
+                format!("GET /{long} HTTP/1.1\nHost: x\r\n\r\n").into_bytes(),
+                Refusal::TooLarge,
+            ),
+            (
+                format!("GET / HTTP/1.1\nX: {long}\r\n\r\n").into_bytes(),
+                Refusal::BareLf,
+            ),
+        ];
+        for (wire, why) in refused {
+            same_however_cut(&wire, 64);
+            assert_eq!(
+                read_all(&wire, &[], 64).1,
+                Some(why.to_string()),
+                "{wire:?}"
+            );
         }
         let (read, stop) = read_all(streams[0], &[], 1 << 16);
         let seen: Vec<_> = read
