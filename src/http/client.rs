@@ -354,7 +354,7 @@ impl Pool {
             };
             let home: Arc<dyn Home> = self.idle.clone();
             match upstream::exchange(conn, req, home).await {
-                Ok(res) => return Ok(res.map(UpBody::H1)),
+                Ok(res) => return Ok(res.map(UpBody::Left)),
                 Err(Failed {
                     failure,
                     back: Some(back),
@@ -405,7 +405,7 @@ impl Pool {
                 }
             };
             match sender.try_send_request(req).await {
-                Ok(res) => return Ok(res.map(UpBody::H2)),
+                Ok(res) => return Ok(res.map(UpBody::Right)),
                 Err(mut e) => match e.take_message() {
                     Some(back) if !retried => {
                         // The connection went away before this stream started (GOAWAY/close).

@@ -18,7 +18,7 @@
 //! `Content-Length` or `Transfer-Encoding` of the response is copied.
 
 use crate::http::h1::{self, Framing, Next, write_field};
-use crate::http::headers::content_length;
+use crate::http::headers::{content_length, ends_in_chunked, lists};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -136,22 +136,10 @@ fn error_past(buf: &[u8], max: usize) -> bool {
 }
 
 fn malformed(e: httparse::Error) -> Refusal {
-    Refusal::Malformed(match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line end",
-        httparse::Error::Status => "invalid request line",
-        httparse::Error::Token => "invalid method or request line",
-        httparse::Error::TooManyHeaders => return Refusal::TooManyFields,
-        httparse::Error::Version => "not HTTP/1.0 or HTTP/1.1",
-    })
-}
-
-/// `value`, a comma-separated list, holds `token` (in any case).
-fn lists(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    match e {
+        httparse::Error::TooManyHeaders => Refusal::TooManyFields,
+        e => Refusal::Malformed(h1::head_fault(e)),
+    }
 }
 
 /// Parses a request head from the front of `buf`, taking it out if whole. `max` is the most
@@ -227,12 +215,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
                     return Err(Refusal::ChunkedOnHttp10);
                 }
                 // The last coding of the last field decides.
-                let last = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .find(|c| !c.is_empty());
-                chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                chunked = Some(ends_in_chunked(value.as_bytes()));
             }
             "connection" => {
                 close |= lists(value.as_bytes(), b"close");
@@ -605,44 +588,9 @@ impl Body for ClientBody {
     }
 }
 
-/// A request body as the handler gets it: from rouse's HTTP/1.1 connection, or hyper's HTTP/2
-/// one.
-#[derive(Debug)]
-pub enum RequestBody {
-    /// Over HTTP/1.1.
-    H1(ClientBody),
-    /// A stream of an HTTP/2 connection.
-    H2(hyper::body::Incoming),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::H1(b) => b.is_end_stream(),
-            RequestBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::H1(b) => b.size_hint(),
-            RequestBody::H2(b) => b.size_hint(),
-        }
-    }
-}
+/// A request body as the handler gets it: `Left` from rouse's HTTP/1.1 connection, `Right`
+/// a stream of hyper's HTTP/2 one.
+pub type RequestBody = http_body_util::Either<ClientBody, hyper::body::Incoming>;
 
 /// The client's connection after a `101`: its socket and the bytes it sent past the request.
 pub struct Upgraded {
@@ -1172,7 +1120,7 @@ pub async fn serve<C, F, B>(
         };
         let http10 = request.version() == Version::HTTP_10;
         let head = request.method() == Method::HEAD;
-        let mut req = request.map(|()| RequestBody::H1(ClientBody::new(&wire, body, exchange)));
+        let mut req = request.map(|()| RequestBody::Left(ClientBody::new(&wire, body, exchange)));
         let upgrade = upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut()
@@ -1470,7 +1418,7 @@ mod tests {
         let refused = [
             (
                 b"\x0f\n".to_vec(),
-                Refusal::Malformed("invalid method or request line"),
+                Refusal::Malformed("invalid method or start line"),
             ),
             (
                 format!("GET /{long} HTTP/1.1\r\nX\x01: y\r\n\r\n").into_bytes(),
@@ -1613,12 +1561,7 @@ mod tests {
     const MAX: usize = 16 << 10;
 
     async fn ours(wire: &[u8], piece: usize) -> Verdict {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen = Record::default();
-        let rec = seen.clone();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
+        judged(wire, piece, |tcp, rec| async move {
             let (_stop, stop) = watch::channel(false);
             let settings = Settings {
                 max_head: MAX,
@@ -1642,19 +1585,12 @@ mod tests {
                 stop,
             )
             .await;
-        });
-        let status = exchange(addr, wire, piece).await;
-        server.abort();
-        verdict(&seen, status)
+        })
+        .await
     }
 
     async fn hypers(wire: &[u8]) -> Verdict {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen = Record::default();
-        let rec = seen.clone();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = l.accept().await.unwrap();
+        judged(wire, usize::MAX, |tcp, rec| async move {
             let svc = hyper::service::service_fn(move |req| {
                 let rec = rec.clone();
                 async move { Ok::<_, std::convert::Infallible>(record(req, rec).await) }
@@ -1663,8 +1599,26 @@ mod tests {
                 .max_buf_size(MAX)
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                 .await;
+        })
+        .await
+    }
+
+    /// Serves one loopback connection with `server`, sends it `wire` in pieces of `piece`
+    /// bytes, and says what the server made of it.
+    async fn judged<S, F>(wire: &[u8], piece: usize, server: S) -> Verdict
+    where
+        S: FnOnce(tokio::net::TcpStream, Record) -> F + Send + 'static,
+        F: Future<Output = ()> + Send,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Record::default();
+        let rec = seen.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            server(tcp, rec).await;
         });
-        let status = exchange(addr, wire, usize::MAX).await;
+        let status = exchange(addr, wire, piece).await;
         server.abort();
         verdict(&seen, status)
     }

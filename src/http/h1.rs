@@ -244,3 +244,17 @@ pub fn write_field(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     dst.extend_from_slice(value.as_bytes());
     dst.extend_from_slice(b"\r\n");
 }
+
+/// What httparse found wrong in a head, in words for whoever sent it (a client's request or a
+/// backend's response).
+pub fn head_fault(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line end",
+        httparse::Error::Status => "invalid status code",
+        httparse::Error::Token => "invalid method or start line",
+        httparse::Error::TooManyHeaders => "too many header fields",
+        httparse::Error::Version => "not HTTP/1.0 or HTTP/1.1",
+    }
+}

@@ -353,6 +353,27 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// The items of a comma-separated field value, trimmed, empty ones skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// `value`, a comma-separated list, holds `token` (in any case).
+pub fn lists(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// A `Transfer-Encoding` value whose last coding is `chunked`: the last coding decides where
+/// the body ends (RFC 9112 §6.3).
+pub fn ends_in_chunked(value: &[u8]) -> bool {
+    tokens(value)
+        .last()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// A `Content-Length` value as hyper reads it: decimal digits, or a list of equal ones (RFC
 /// 9110 §8.6); anything else, or a number past `u64`, is `None`. The request framing check
 /// and the upstream connection both read lengths with it.

@@ -422,7 +422,7 @@ impl Protocols {
                 let last = Arc::new(AtomicU64::new(crate::clock::now_ms()));
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (h, info) = (handler.clone(), info.clone());
-                    async move { Ok::<_, Infallible>(h.call(req.map(RequestBody::H2), info).await) }
+                    async move { Ok::<_, Infallible>(h.call(req.map(RequestBody::Right), info).await) }
                 });
                 let svc = Noted {
                     inner: svc,

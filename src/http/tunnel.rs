@@ -28,9 +28,7 @@ pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .any(|v| crate::http::headers::lists(v.as_bytes(), b"upgrade"));
     wants
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()

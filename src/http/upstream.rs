@@ -18,9 +18,9 @@
 
 use crate::http::downstream::RequestBody;
 use crate::http::h1::{
-    Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, next_frame, write_field,
+    Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, head_fault, next_frame, write_field,
 };
-use crate::http::headers::content_length;
+use crate::http::headers::{content_length, ends_in_chunked, tokens};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -309,7 +309,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(Failure::Head("more than 100 header fields"));
             }
-            Err(e) => return Err(Failure::Head(head_error(e))),
+            Err(e) => return Err(Failure::Head(head_fault(e))),
         };
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -354,25 +354,19 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
             }
             "transfer-encoding" => {
                 // The last coding of the last field decides.
-                let last = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .find(|c| !c.is_empty());
-                chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                chunked = Some(ends_in_chunked(value.as_bytes()));
                 true
             }
             "connection" => {
                 let mut others = false;
-                for t in value.as_bytes().split(|&b| b == b',') {
-                    let t = t.trim_ascii();
+                for t in tokens(value.as_bytes()) {
                     let (c, k) = (
                         t.eq_ignore_ascii_case(b"close"),
                         t.eq_ignore_ascii_case(b"keep-alive"),
                     );
                     close |= c;
                     keep |= k;
-                    others |= !(c || k || t.is_empty() || t.eq_ignore_ascii_case(b"upgrade"));
+                    others |= !(c || k || t.eq_ignore_ascii_case(b"upgrade"));
                 }
                 !others
             }
@@ -428,18 +422,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
         reuse,
         keep_alive,
     }))
-}
-
-fn head_error(e: httparse::Error) -> &'static str {
-    match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line end",
-        httparse::Error::Status => "invalid status code",
-        httparse::Error::Token => "invalid token",
-        httparse::Error::TooManyHeaders => "too many header fields",
-        httparse::Error::Version => "not HTTP/1.x",
-    }
 }
 
 /// How the request body goes out.
@@ -983,51 +965,15 @@ impl Body for H1Body {
     }
 }
 
-/// An upstream response body: from rouse's own HTTP/1.1 connection, or hyper's HTTP/2 one.
-#[derive(Debug)]
-pub enum UpBody {
-    /// Over HTTP/1.1.
-    H1(H1Body),
-    /// Over the shared h2c connection.
-    H2(Incoming),
-}
+/// An upstream response body: `Left` from rouse's own HTTP/1.1 connection, `Right` from
+/// hyper's HTTP/2 one.
+pub type UpBody = http_body_util::Either<H1Body, Incoming>;
 
-impl UpBody {
-    /// The upstream connection of an upgrade the backend accepted (`101`).
-    pub fn upgraded(&mut self) -> Option<Upgraded> {
-        match self {
-            UpBody::H1(b) => b.upgraded(),
-            UpBody::H2(_) => None,
-        }
-    }
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::H1(b) => b.is_end_stream(),
-            UpBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::H1(b) => b.size_hint(),
-            UpBody::H2(b) => b.size_hint(),
-        }
+/// The upstream connection of an upgrade the backend accepted (`101`).
+pub fn upgraded(body: &mut UpBody) -> Option<Upgraded> {
+    match body {
+        UpBody::Left(b) => b.upgraded(),
+        UpBody::Right(_) => None,
     }
 }
 

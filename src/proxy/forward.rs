@@ -139,7 +139,9 @@ pub async fn forward(
                 let status = res.status().as_u16();
                 let switching = status == 101 && client_upgrade.is_some();
                 // An upgraded connection is the tunnel's; it never returns to the pool.
-                let upstream_upgrade = switching.then(|| res.body_mut().upgraded()).flatten();
+                let upstream_upgrade = switching
+                    .then(|| crate::http::upstream::upgraded(res.body_mut()))
+                    .flatten();
                 let proto = res.headers().get(header::UPGRADE).cloned();
                 let done =
                     Completion::new(lease, ctx.start, status, active).with_record(record.take());
