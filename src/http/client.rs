@@ -319,102 +319,122 @@ impl Pool {
 
     /// Sends an HTTP/1.1 request; the response body takes the connection back to the pool
     /// once it has been read to its end.
-    pub async fn send_h1(
+    ///
+    /// Written as a function returning an `async move` block rather than an `async fn`, which
+    /// would keep its arguments twice in the future (as given, and again as locals): this future
+    /// is part of what every request holds while it waits.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn send_h1(
         &self,
         addr: SocketAddr,
         mut req: Request<OutBody>,
-    ) -> Result<Response<UpBody>, SendError> {
-        // A pooled connection may turn out closed; then the request comes back unsent and goes
-        // out once more on a fresh connection, which is never stale.
-        let mut fresh = false;
-        // A request that could not be replayed (a body, or not idempotent) never goes out on a
-        // connection idle long enough to be closing under it: the backend may close it just as
-        // the request is written, and then nothing can be done but a 502.
-        let replayable_kind = can_replay(&req);
-        loop {
-            let pooled = if fresh {
-                None
-            } else {
-                self.take_idle(!replayable_kind)
-            };
-            let (conn, risky) = match pooled {
-                Some((c, idle_for)) => (c, idle_for >= RISKY_IDLE),
-                None => {
-                    fresh = true;
-                    match self.connect_h1(addr).await {
-                        Ok(c) => (c, false),
-                        Err(error) => {
-                            return Err(SendError::Connect {
-                                req: Box::new(req),
-                                error,
-                            });
+    ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
+        async move {
+            // A pooled connection may turn out closed; then the request comes back unsent and goes
+            // out once more on a fresh connection, which is never stale.
+            let mut fresh = false;
+            // A request that could not be replayed (a body, or not idempotent) never goes out on a
+            // connection idle long enough to be closing under it: the backend may close it just as
+            // the request is written, and then nothing can be done but a 502.
+            let replayable_kind = can_replay(&req);
+            loop {
+                let pooled = if fresh {
+                    None
+                } else {
+                    self.take_idle(!replayable_kind)
+                };
+                let (conn, risky) = match pooled {
+                    Some((c, idle_for)) => (c, idle_for >= RISKY_IDLE),
+                    None => {
+                        fresh = true;
+                        match self.connect_h1(addr).await {
+                            Ok(c) => (c, false),
+                            Err(error) => {
+                                return Err(SendError::Connect {
+                                    req: Box::new(req),
+                                    error,
+                                });
+                            }
                         }
                     }
-                }
-            };
-            let home: Arc<dyn Home> = self.idle.clone();
-            match upstream::exchange(conn, req, home).await {
-                Ok(res) => return Ok(res.map(UpBody::Left)),
-                Err(Failed {
-                    failure,
-                    back: Some(back),
-                    unsent,
-                }) => {
-                    if unsent && fresh {
-                        // A brand-new connection that took nothing: the backend closed it at
-                        // once. The request never left rouse.
-                        let error = match failure {
-                            Failure::Write(e) => ConnectError::Io(e),
-                            _ => ConnectError::Io(std::io::ErrorKind::ConnectionReset.into()),
-                        };
-                        return Err(SendError::Connect { req: back, error });
+                };
+                let home: Arc<dyn Home> = self.idle.clone();
+                match upstream::exchange(conn, req, home).await {
+                    Ok(res) => return Ok(res.map(UpBody::Left)),
+                    Err(Failed {
+                        failure,
+                        back: Some(back),
+                        unsent,
+                    }) => {
+                        if unsent && fresh {
+                            // A brand-new connection that took nothing: the backend closed it at
+                            // once. The request never left rouse.
+                            let error = match failure {
+                                Failure::Write(e) => ConnectError::Io(e),
+                                _ => ConnectError::Io(std::io::ErrorKind::ConnectionReset.into()),
+                            };
+                            return Err(SendError::Connect { req: back, error });
+                        }
+                        if unsent {
+                            debug!(%addr, "pooled connection was closed; retrying on a new one");
+                        } else if risky && replayable_kind {
+                            // Sent, but the reused connection failed before any answer: most
+                            // likely the backend closed it as idle just then. An idempotent
+                            // request without a body goes out once more, on a fresh connection.
+                            debug!(%addr, error = %failure, "reused connection failed before an answer; replaying on a new one");
+                        } else {
+                            return Err(SendError::Failed(failure));
+                        }
+                        req = *back;
+                        fresh = true;
                     }
-                    if unsent {
-                        debug!(%addr, "pooled connection was closed; retrying on a new one");
-                    } else if risky && replayable_kind {
-                        // Sent, but the reused connection failed before any answer: most
-                        // likely the backend closed it as idle just then. An idempotent
-                        // request without a body goes out once more, on a fresh connection.
-                        debug!(%addr, error = %failure, "reused connection failed before an answer; replaying on a new one");
-                    } else {
-                        return Err(SendError::Failed(failure));
-                    }
-                    req = *back;
-                    fresh = true;
+                    Err(Failed { failure, .. }) => return Err(SendError::Failed(failure)),
                 }
-                Err(Failed { failure, .. }) => return Err(SendError::Failed(failure)),
             }
         }
     }
 
     /// Sends a request over the endpoint's shared HTTP/2 connection.
-    pub async fn send_h2(
+    ///
+    /// Written as a function returning an `async move` block rather than an `async fn`, which
+    /// would keep its arguments twice in the future (as given, and again as locals): this future
+    /// is part of what every request holds while it waits.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn send_h2(
         &self,
         addr: SocketAddr,
         mut req: Request<OutBody>,
-    ) -> Result<Response<UpBody>, SendError> {
-        let mut retried = false;
-        loop {
-            let mut sender = match self.h2_sender(addr).await {
-                Ok(s) => s,
-                Err(error) => {
-                    return Err(SendError::Connect {
-                        req: Box::new(req),
-                        error,
-                    });
-                }
-            };
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok(res.map(UpBody::Right)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !retried => {
-                        // The connection went away before this stream started (GOAWAY/close).
-                        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                        req = back;
-                        retried = true;
+    ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
+        async move {
+            let mut retried = false;
+            loop {
+                let mut sender = match self.h2_sender(addr).await {
+                    Ok(s) => s,
+                    Err(error) => {
+                        return Err(SendError::Connect {
+                            req: Box::new(req),
+                            error,
+                        });
                     }
-                    _ => return Err(SendError::Failed(Failure::H2(e.into_error()))),
-                },
+                };
+                match sender.try_send_request(req).await {
+                    Ok(res) => return Ok(res.map(UpBody::Right)),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if !retried => {
+                            // The connection went away before this stream started (GOAWAY/close).
+                            *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            req = back;
+                            retried = true;
+                        }
+                        _ => return Err(SendError::Failed(Failure::H2(e.into_error()))),
+                    },
+                }
             }
         }
     }

@@ -692,88 +692,98 @@ pub struct Failed {
 
 /// Sends `req` over `conn` and reads the response head; the body reads the rest, and takes
 /// the connection home when done.
-pub async fn exchange(
+///
+/// Written as a function returning an `async move` block rather than an `async fn`, which
+/// would keep its arguments twice in the future (as given, and again as locals): this future
+/// is part of what every request holds while it waits.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub fn exchange(
     mut conn: Box<Conn>,
     mut req: Request<OutBody>,
     home: Arc<dyn Home>,
-) -> Result<Response<H1Body>, Failed> {
-    let head_only = req.method() == Method::HEAD;
-    let asks_upgrade = req.headers().contains_key(header::UPGRADE);
-    let sending = sending(&req);
-    encode_head(&mut conn.head, &req, sending);
-    let mut written = 0;
-    if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
-        return Err(Failed {
-            failure: Failure::Write(e),
-            unsent: written == 0,
-            back: (written == 0 || !sending.has_body()).then(|| Box::new(req)),
-        });
-    }
-    let mut pump = sending
-        .has_body()
-        .then(|| Pump::new(std::mem::replace(req.body_mut(), OutBody::Empty), sending));
-    let mut read_any = false;
-    let head = poll_fn(|cx| {
-        if let Some(p) = &mut pump
-            && !p.done()
-        {
-            match p.poll(&mut conn.io, cx) {
-                Poll::Ready(Err(PumpError::Body(why))) => {
-                    return Poll::Ready(Err(Failure::RequestBody(why)));
+) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
+    async move {
+        let head_only = req.method() == Method::HEAD;
+        let asks_upgrade = req.headers().contains_key(header::UPGRADE);
+        let sending = sending(&req);
+        encode_head(&mut conn.head, &req, sending);
+        let mut written = 0;
+        if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
+            return Err(Failed {
+                failure: Failure::Write(e),
+                unsent: written == 0,
+                back: (written == 0 || !sending.has_body()).then(|| Box::new(req)),
+            });
+        }
+        let mut pump = sending
+            .has_body()
+            .then(|| Pump::new(std::mem::replace(req.body_mut(), OutBody::Empty), sending));
+        let mut read_any = false;
+        let head = poll_fn(|cx| {
+            if let Some(p) = &mut pump
+                && !p.done()
+            {
+                match p.poll(&mut conn.io, cx) {
+                    Poll::Ready(Err(PumpError::Body(why))) => {
+                        return Poll::Ready(Err(Failure::RequestBody(why)));
+                    }
+                    // The backend stopped reading; it may have answered first.
+                    Poll::Ready(Err(PumpError::Write(e))) => {
+                        tracing::debug!(error = %e, "the backend stopped taking the request body");
+                        pump = None;
+                    }
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
                 }
-                // The backend stopped reading; it may have answered first.
-                Poll::Ready(Err(PumpError::Write(e))) => {
-                    tracing::debug!(error = %e, "the backend stopped taking the request body");
-                    pump = None;
-                }
-                Poll::Ready(Ok(())) | Poll::Pending => {}
             }
+            conn.poll_head(cx, &mut read_any, head_only)
+        })
+        .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(failure) => {
+                let replayable = !sending.has_body() && !read_any && conn.buf.is_empty();
+                return Err(Failed {
+                    failure,
+                    unsent: false,
+                    back: replayable.then(|| Box::new(req)),
+                });
+            }
+        };
+        // A request body the backend stopped taking leaves the connection unfit for reuse (one
+        // still being sent is judged when the response ends).
+        let broken = sending.has_body() && pump.is_none();
+        let body = match head.status.as_u16() {
+            101 if asks_upgrade => Framing::Done,
+            101 => {
+                return Err(Failed {
+                    failure: Failure::UnaskedSwitch,
+                    unsent: false,
+                    back: None,
+                });
+            }
+            _ => head.body,
+        };
+        let mut out = H1Body {
+            conn: Some(conn),
+            body,
+            pump: pump.filter(|p| !p.done()).map(Box::new),
+            reuse: head.reuse && !broken,
+            keep_alive: head.keep_alive,
+            home: Some(home),
+            upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
+        };
+        if out.body == Framing::Done && !out.upgrade {
+            out.finish();
         }
-        conn.poll_head(cx, &mut read_any, head_only)
-    })
-    .await;
-    let head = match head {
-        Ok(h) => h,
-        Err(failure) => {
-            let replayable = !sending.has_body() && !read_any && conn.buf.is_empty();
-            return Err(Failed {
-                failure,
-                unsent: false,
-                back: replayable.then(|| Box::new(req)),
-            });
-        }
-    };
-    // A request body the backend stopped taking leaves the connection unfit for reuse (one
-    // still being sent is judged when the response ends).
-    let broken = sending.has_body() && pump.is_none();
-    let body = match head.status.as_u16() {
-        101 if asks_upgrade => Framing::Done,
-        101 => {
-            return Err(Failed {
-                failure: Failure::UnaskedSwitch,
-                unsent: false,
-                back: None,
-            });
-        }
-        _ => head.body,
-    };
-    let mut out = H1Body {
-        conn: Some(conn),
-        body,
-        pump: pump.filter(|p| !p.done()).map(Box::new),
-        reuse: head.reuse && !broken,
-        keep_alive: head.keep_alive,
-        home: Some(home),
-        upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
-    };
-    if out.body == Framing::Done && !out.upgrade {
-        out.finish();
+        let mut res = Response::new(out);
+        *res.status_mut() = head.status;
+        *res.version_mut() = head.version;
+        *res.headers_mut() = head.headers;
+        Ok(res)
     }
-    let mut res = Response::new(out);
-    *res.status_mut() = head.status;
-    *res.version_mut() = head.version;
-    *res.headers_mut() = head.headers;
-    Ok(res)
 }
 
 /// A response body read from an upstream HTTP/1.1 connection, by whoever polls it.

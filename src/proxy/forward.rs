@@ -66,139 +66,156 @@ pub struct Ctx {
 }
 
 /// Forwards `req` to `rev` and returns the response to stream back.
-pub async fn forward(
+///
+/// Written as a function returning an `async move` block rather than an `async fn`, which
+/// would keep its arguments twice in the future (as given, and again as locals): this future
+/// is part of what every request holds while it waits.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub fn forward(
     rev: &Arc<Revision>,
     mut req: Request<RequestBody>,
     mut ctx: Ctx,
     record: &mut Option<Box<Record>>,
-) -> Result<Response<Body>, ProxyError> {
-    let taken = ctx.lease.take();
-    // Not demand (`no_wake`): it must never wait or wake the revision, retries included.
-    let quiet = taken.is_some();
-    let active = match taken {
-        Some(_) => rev.begin_quiet(),
-        None => rev.begin(ctx.proxied),
-    };
-    // gRPC for backends with a gRPC port of their own goes there, over h2c.
-    let to_grpc = ctx.grpc && rev.settings().grpc_port.is_some();
-    let protocol = match to_grpc {
-        true => Protocol::H2c,
-        false => rev.protocol.for_request(req.version()),
-    };
-    if ctx.upgrade.is_some() && protocol == Protocol::H2c {
-        return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
-    }
-    let acquired = match taken {
-        Some(lease) => Acquired {
-            lease,
-            waited: None,
-            cold: false,
-        },
-        None => {
-            if let Some(r) = record {
-                r.holding(rev.is_cold());
-            }
-            rev.acquire(declared_len(&req), ctx.deadline).await?
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
+    async move {
+        let taken = ctx.lease.take();
+        // Not demand (`no_wake`): it must never wait or wake the revision, retries included.
+        let quiet = taken.is_some();
+        let active = match taken {
+            Some(_) => rev.begin_quiet(),
+            None => rev.begin(ctx.proxied),
+        };
+        // gRPC for backends with a gRPC port of their own goes there, over h2c.
+        let to_grpc = ctx.grpc && rev.settings().grpc_port.is_some();
+        let protocol = match to_grpc {
+            true => Protocol::H2c,
+            false => rev.protocol.for_request(req.version()),
+        };
+        if ctx.upgrade.is_some() && protocol == Protocol::H2c {
+            return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
         }
-    };
-    if let Some(r) = record {
-        r.acquired(acquired.waited, acquired.cold);
-    }
-    // One settings snapshot for the whole request.
-    let settings = rev.settings();
-    let tls_upstream = settings.pool.tls.is_some();
-    prepare(&mut req, protocol, tls_upstream, &ctx);
-    let client_upgrade = ctx.upgrade.and_then(|proto| {
-        tunnel::mark(req.headers_mut(), proto);
-        crate::http::downstream::on_upgrade(&mut req)
-    });
-    // Only a request with a body can have it fail.
-    let fault =
-        (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
-    let mut req = req.map(|b| OutBody::Client(b, fault.clone()));
-    let mark_cold = acquired.cold && settings.cold_start.header;
-    let mut lease = acquired.lease;
-    let mut retried = false;
-    loop {
-        let ep = lease.endpoint().clone();
-        let to = match to_grpc {
-            true => ep.grpc.unwrap_or(ep.addr),
-            false => ep.addr,
+        let acquired = match taken {
+            Some(lease) => Acquired {
+                lease,
+                waited: None,
+                cold: false,
+            },
+            None => {
+                if let Some(r) = record {
+                    r.holding(rev.is_cold());
+                }
+                rev.acquire(declared_len(&req), ctx.deadline).await?
+            }
         };
         if let Some(r) = record {
-            r.send(to, req.headers_mut());
+            r.acquired(acquired.waited, acquired.cold);
         }
-        // The send path (connect, handshake, exchange) is the largest state of this future;
-        // boxing it keeps a request that is only waiting in the queue small.
-        let sent = match protocol {
-            Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(to, req)).await,
-            Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await,
-        };
-        match sent {
-            Ok(mut res) => {
-                let status = res.status().as_u16();
-                let switching = status == 101 && client_upgrade.is_some();
-                // An upgraded connection is the tunnel's; it never returns to the pool.
-                let upstream_upgrade = switching
-                    .then(|| crate::http::upstream::upgraded(res.body_mut()))
-                    .flatten();
-                let proto = res.headers().get(header::UPGRADE).cloned();
-                let done =
-                    Completion::new(lease, ctx.start, status, active).with_record(record.take());
-                let mut res = match (client_upgrade, upstream_upgrade) {
-                    (Some(client), Some(upstream)) => {
-                        let (mut parts, _) = res.into_parts();
-                        headers::strip_hop_by_hop(&mut parts.headers);
-                        if let Some(p) = proto {
-                            tunnel::mark(&mut parts.headers, p);
+        // One settings snapshot for the whole request.
+        let settings = rev.settings();
+        let tls_upstream = settings.pool.tls.is_some();
+        prepare(&mut req, protocol, tls_upstream, &ctx);
+        let client_upgrade = ctx.upgrade.and_then(|proto| {
+            tunnel::mark(req.headers_mut(), proto);
+            crate::http::downstream::on_upgrade(&mut req)
+        });
+        // Only a request with a body can have it fail.
+        let fault =
+            (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
+        let mut req = req.map(|b| OutBody::Client(b, fault.clone()));
+        let mark_cold = acquired.cold && settings.cold_start.header;
+        let mut lease = acquired.lease;
+        let mut retried = false;
+        loop {
+            let ep = lease.endpoint().clone();
+            let to = match to_grpc {
+                true => ep.grpc.unwrap_or(ep.addr),
+                false => ep.addr,
+            };
+            if let Some(r) = record {
+                r.send(to, req.headers_mut());
+            }
+            // The send path (connect, handshake, exchange) is the largest state of this future;
+            // boxing it keeps a request that is only waiting in the queue small.
+            let sent = match protocol {
+                Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(to, req)).await,
+                Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await,
+            };
+            match sent {
+                Ok(mut res) => {
+                    let status = res.status().as_u16();
+                    let switching = status == 101 && client_upgrade.is_some();
+                    // An upgraded connection is the tunnel's; it never returns to the pool.
+                    let upstream_upgrade = switching
+                        .then(|| crate::http::upstream::upgraded(res.body_mut()))
+                        .flatten();
+                    let proto = res.headers().get(header::UPGRADE).cloned();
+                    let done = Completion::new(lease, ctx.start, status, active)
+                        .with_record(record.take());
+                    let mut res = match (client_upgrade, upstream_upgrade) {
+                        (Some(client), Some(upstream)) => {
+                            let (mut parts, _) = res.into_parts();
+                            headers::strip_hop_by_hop(&mut parts.headers);
+                            if let Some(p) = proto {
+                                tunnel::mark(&mut parts.headers, p);
+                            }
+                            tunnel::spawn(
+                                client,
+                                upstream,
+                                (done, ctx.cut.hold()),
+                                ctx.timeouts.idle,
+                            );
+                            Response::from_parts(parts, Body::empty())
                         }
-                        tunnel::spawn(client, upstream, (done, ctx.cut.hold()), ctx.timeouts.idle);
-                        Response::from_parts(parts, Body::empty())
+                        _ => {
+                            let limits = Limits {
+                                idle: ctx.timeouts.idle,
+                                deadline: ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams),
+                            };
+                            respond(res, done, limits, ctx.cut)
+                        }
+                    };
+                    if mark_cold {
+                        res.headers_mut()
+                            .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
                     }
-                    _ => {
-                        let limits = Limits {
-                            idle: ctx.timeouts.idle,
-                            deadline: ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams),
-                        };
-                        respond(res, done, limits, ctx.cut)
+                    return Ok(res);
+                }
+                Err(SendError::Failed(source)) => {
+                    let recorded = fault.as_ref().and_then(|f| f.reason()).map(str::to_owned);
+                    if let Some(reason) =
+                        recorded.or_else(|| source.h2().and_then(client_body_error))
+                    {
+                        return Err(ProxyError::ClientBody(reason));
                     }
-                };
-                if mark_cold {
-                    res.headers_mut()
-                        .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+                    return Err(ProxyError::Upstream {
+                        endpoint: to,
+                        source,
+                    });
                 }
-                return Ok(res);
-            }
-            Err(SendError::Failed(source)) => {
-                let recorded = fault.as_ref().and_then(|f| f.reason()).map(str::to_owned);
-                if let Some(reason) = recorded.or_else(|| source.h2().and_then(client_body_error)) {
-                    return Err(ProxyError::ClientBody(reason));
+                Err(SendError::Connect { req: back, error }) => {
+                    ep.metrics.connect_errors.inc();
+                    ep.eject(settings.eject_for);
+                    debug!(endpoint = %to, %error, retried, "connect failed");
+                    if retried {
+                        return Err(connect_error(to, error));
+                    }
+                    // The request never left rouse: give the slot back and take one elsewhere (the
+                    // failed endpoint is now ejected, so it is chosen again only if it is the last).
+                    retried = true;
+                    drop(lease);
+                    let again = match quiet {
+                        true => (rev.held() == 0).then(|| rev.try_acquire()).flatten(),
+                        false => rev.acquire(0, ctx.deadline).await.ok().map(|a| a.lease),
+                    };
+                    lease = match again {
+                        Some(l) => l,
+                        None => return Err(connect_error(to, error)),
+                    };
+                    req = *back;
                 }
-                return Err(ProxyError::Upstream {
-                    endpoint: to,
-                    source,
-                });
-            }
-            Err(SendError::Connect { req: back, error }) => {
-                ep.metrics.connect_errors.inc();
-                ep.eject(settings.eject_for);
-                debug!(endpoint = %to, %error, retried, "connect failed");
-                if retried {
-                    return Err(connect_error(to, error));
-                }
-                // The request never left rouse: give the slot back and take one elsewhere (the
-                // failed endpoint is now ejected, so it is chosen again only if it is the last).
-                retried = true;
-                drop(lease);
-                let again = match quiet {
-                    true => (rev.held() == 0).then(|| rev.try_acquire()).flatten(),
-                    false => rev.acquire(0, ctx.deadline).await.ok().map(|a| a.lease),
-                };
-                lease = match again {
-                    Some(l) => l,
-                    None => return Err(connect_error(to, error)),
-                };
-                req = *back;
             }
         }
     }

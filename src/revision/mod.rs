@@ -464,113 +464,124 @@ impl Revision {
     ///
     /// `body_bytes` is the declared request body size (counted against `max_bytes` while held);
     /// `deadline` is the request's own deadline, if it has one.
-    pub async fn acquire(
+    ///
+    /// Written as a function returning an `async move` block rather than an `async fn`, which
+    /// would keep its arguments twice in the future (as given, and again as locals): this future
+    /// is part of what every request holds while it waits.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn acquire(
         self: &Arc<Self>,
         body_bytes: u64,
         deadline: Option<Instant>,
-    ) -> Result<Acquired, ProxyError> {
-        if self.queue.is_empty()
-            && let Some(lease) = self.try_acquire()
-        {
-            return Ok(Acquired {
-                lease,
-                waited: None,
-                cold: false,
-            });
-        }
-        let cold = self.is_cold();
-        if cold {
-            // Tell the autoscaler now rather than at its next tick.
-            self.demand.notify_one();
-            if let Some(f) = self.failure(None) {
-                return Err(self.start_failed(f));
-            }
-        }
-        let settings = self.settings.load();
-        if !cold
-            && let Some(target) = settings.limits.target_wait
-            && !self.can_grow()
-            && let Some(predicted) = self.queue.overloaded(target)
-        {
-            // A standing queue that cannot get more capacity: holding this request would only
-            // make it, and everyone behind it, wait past the point of use. Say so now.
-            self.metrics.reject(Code::Overloaded);
-            return Err(ProxyError::Overloaded {
-                revision: self.name.to_string(),
-                predicted,
-            });
-        }
-        let hold = self
-            .queue
-            .enter(
-                &settings.limits,
-                body_bytes,
-                cold.then_some(&self.cold_since),
-                &self.metrics.queue_wait,
-            )
-            .map_err(|why| self.refused(why))?;
-        if cold {
-            self.cold_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(hold.since);
-        }
-        let wait_limit = settings.limits.max_wait.map(|w| hold.since + w);
-        let shed_after = settings.limits.target_wait.filter(|_| !cold);
-        drop(settings);
-        let until = clock::earliest(wait_limit, deadline);
-        let mut woken = false;
-        loop {
-            if woken
-                && let Some(target) = shed_after
-                && hold.waited() > target
-                && !self.is_cold()
-                && !self.can_grow()
+    ) -> impl Future<Output = Result<Acquired, ProxyError>> {
+        async move {
+            if self.queue.is_empty()
+                && let Some(lease) = self.try_acquire()
             {
-                // Held past target_wait by a revision that cannot get more capacity: sustained
-                // overload. Whatever this wake-up brought goes to the next in line, who has
-                // waited less; this request learns now, not at max_wait, that it will not be
-                // served soon (head drop, as CoDel does).
-                self.queue.pass_on();
+                return Ok(Acquired {
+                    lease,
+                    waited: None,
+                    cold: false,
+                });
+            }
+            let cold = self.is_cold();
+            if cold {
+                // Tell the autoscaler now rather than at its next tick.
+                self.demand.notify_one();
+                if let Some(f) = self.failure(None) {
+                    return Err(self.start_failed(f));
+                }
+            }
+            let settings = self.settings.load();
+            if !cold
+                && let Some(target) = settings.limits.target_wait
+                && !self.can_grow()
+                && let Some(predicted) = self.queue.overloaded(target)
+            {
+                // A standing queue that cannot get more capacity: holding this request would only
+                // make it, and everyone behind it, wait past the point of use. Say so now.
                 self.metrics.reject(Code::Overloaded);
                 return Err(ProxyError::Overloaded {
                     revision: self.name.to_string(),
-                    predicted: self.queue.overloaded(Duration::ZERO).unwrap_or(target),
+                    predicted,
                 });
             }
-            let notified = self.queue.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(lease) = self.try_acquire() {
-                let waited = hold.waited();
-                // Before the hold is dropped: the last one to leave forgets the cold start.
-                self.end_cold_start();
-                return Ok(Acquired {
-                    lease,
-                    waited: Some(waited),
-                    cold,
-                });
+            let hold = self
+                .queue
+                .enter(
+                    &settings.limits,
+                    body_bytes,
+                    cold.then_some(&self.cold_since),
+                    &self.metrics.queue_wait,
+                )
+                .map_err(|why| self.refused(why))?;
+            if cold {
+                self.cold_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(hold.since);
             }
-            if self.is_cold()
-                && let Some(f) = self.failure(Some(hold.since))
-            {
-                return Err(self.start_failed(f));
-            }
-            woken = true;
-            match until {
-                None => notified.await,
-                Some(t) => {
-                    if tokio::time::timeout_at(t, notified).await.is_err() {
-                        let waited = hold.waited();
-                        if deadline.is_some_and(|d| d <= t) && wait_limit.is_none_or(|w| w > t) {
-                            // The request's own deadline came first: the caller reports it.
-                            return Err(ProxyError::RequestTimeout(waited));
+            let wait_limit = settings.limits.max_wait.map(|w| hold.since + w);
+            let shed_after = settings.limits.target_wait.filter(|_| !cold);
+            drop(settings);
+            let until = clock::earliest(wait_limit, deadline);
+            let mut woken = false;
+            loop {
+                if woken
+                    && let Some(target) = shed_after
+                    && hold.waited() > target
+                    && !self.is_cold()
+                    && !self.can_grow()
+                {
+                    // Held past target_wait by a revision that cannot get more capacity: sustained
+                    // overload. Whatever this wake-up brought goes to the next in line, who has
+                    // waited less; this request learns now, not at max_wait, that it will not be
+                    // served soon (head drop, as CoDel does).
+                    self.queue.pass_on();
+                    self.metrics.reject(Code::Overloaded);
+                    return Err(ProxyError::Overloaded {
+                        revision: self.name.to_string(),
+                        predicted: self.queue.overloaded(Duration::ZERO).unwrap_or(target),
+                    });
+                }
+                let notified = self.queue.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(lease) = self.try_acquire() {
+                    let waited = hold.waited();
+                    // Before the hold is dropped: the last one to leave forgets the cold start.
+                    self.end_cold_start();
+                    return Ok(Acquired {
+                        lease,
+                        waited: Some(waited),
+                        cold,
+                    });
+                }
+                if self.is_cold()
+                    && let Some(f) = self.failure(Some(hold.since))
+                {
+                    return Err(self.start_failed(f));
+                }
+                woken = true;
+                match until {
+                    None => notified.await,
+                    Some(t) => {
+                        if tokio::time::timeout_at(t, notified).await.is_err() {
+                            let waited = hold.waited();
+                            if deadline.is_some_and(|d| d <= t) && wait_limit.is_none_or(|w| w > t)
+                            {
+                                // The request's own deadline came first: the caller reports it.
+                                return Err(ProxyError::RequestTimeout(waited));
+                            }
+                            self.metrics.reject(Code::QueueTimeout);
+                            return Err(ProxyError::QueueTimeout {
+                                revision: self.name.to_string(),
+                                waited,
+                            });
                         }
-                        self.metrics.reject(Code::QueueTimeout);
-                        return Err(ProxyError::QueueTimeout {
-                            revision: self.name.to_string(),
-                            waited,
-                        });
                     }
                 }
             }

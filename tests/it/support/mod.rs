@@ -175,12 +175,25 @@ impl Backend {
         // Not a port-0 pick: the kernel could give it a port that rouse has just picked for a
         // backend process another test starts, and then answer that process's readiness
         // checks in its place.
-        Backend::start_on(name, dead_addr().await).await
+        // The port was free when picked and may be taken before it is bound again: then
+        // another is picked.
+        for _ in 0..100 {
+            if let Ok(listener) = TcpListener::bind(dead_addr().await).await {
+                return Backend::serve(name, listener);
+            }
+        }
+        panic!("no free port for a backend after 100 tries");
     }
 
     /// Starts a backend on a given address (one that something else was told to use).
     pub async fn start_on(name: &str, at: SocketAddr) -> Backend {
-        let listener = TcpListener::bind(at).await.unwrap();
+        let listener = TcpListener::bind(at)
+            .await
+            .unwrap_or_else(|e| panic!("a backend cannot listen on {at}: {e}"));
+        Backend::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let name: Arc<str> = name.into();
