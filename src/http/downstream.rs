@@ -1094,8 +1094,10 @@ pub async fn serve<C, F, B>(
     let hangup = Hangup(&wire);
     let mut pending = Pending::default();
     loop {
-        let parsed = match next_head(&wire, &settings, &mut stop).await {
-            Ok(p) => p,
+        // The request is made from the head by a plain function, so that none of the head's
+        // pieces stays in this future while the request is answered.
+        let (req, mut asked, keep_alive) = match next_head(&wire, &settings, &mut stop).await {
+            Ok(parsed) => start(parsed, &wire),
             Err(NoHead::Closed | NoHead::Io) => break,
             Err(NoHead::Refused(why)) => {
                 pending.buf.extend_from_slice(&refused(why));
@@ -1103,30 +1105,6 @@ pub async fn serve<C, F, B>(
                 break;
             }
         };
-        let Parsed {
-            request,
-            body,
-            keep_alive,
-            expect_continue,
-            upgrade,
-            trailers,
-        } = parsed;
-        let exchange = {
-            let mut w = lock(&wire);
-            w.body = body;
-            w.cont = expect_continue.then_some(0);
-            w.exchange += 1;
-            w.exchange
-        };
-        let http10 = request.version() == Version::HTTP_10;
-        let head = request.method() == Method::HEAD;
-        let mut req = request.map(|()| RequestBody::Left(ClientBody::new(&wire, body, exchange)));
-        let upgrade = upgrade.then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(UpgradeSlot(Arc::new(Mutex::new(Some(rx)))));
-            tx
-        });
         let res = {
             let mut call = pin!(call(req));
             let (mut freed, mut watch) = (false, true);
@@ -1159,12 +1137,6 @@ pub async fn serve<C, F, B>(
         };
         let Some(res) = res else {
             break;
-        };
-        let mut asked = Asked {
-            http10,
-            head,
-            trailers,
-            upgrade,
         };
         let (parts, body) = res.into_parts();
         let mut close = !keep_alive || *stop.borrow();
@@ -1239,6 +1211,42 @@ pub async fn serve<C, F, B>(
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     }
     drop(hangup);
+}
+
+/// Starts an exchange with the head `parsed`: the request for the handler, with its body read
+/// from `wire`, what the response must know of it, and whether the client may send another.
+fn start(parsed: Parsed, wire: &Shared) -> (Request<RequestBody>, Asked, bool) {
+    let Parsed {
+        request,
+        body,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        trailers,
+    } = parsed;
+    let exchange = {
+        let mut w = lock(wire);
+        w.body = body;
+        w.cont = expect_continue.then_some(0);
+        w.exchange += 1;
+        w.exchange
+    };
+    let http10 = request.version() == Version::HTTP_10;
+    let head = request.method() == Method::HEAD;
+    let mut req = request.map(|()| RequestBody::Left(ClientBody::new(wire, body, exchange)));
+    let upgrade = upgrade.then(|| {
+        let (tx, rx) = oneshot::channel();
+        req.extensions_mut()
+            .insert(UpgradeSlot(Arc::new(Mutex::new(Some(rx)))));
+        tx
+    });
+    let asked = Asked {
+        http10,
+        head,
+        trailers,
+        upgrade,
+    };
+    (req, asked, keep_alive)
 }
 
 /// Closes the connection's socket when dropped, if it is still there.

@@ -33,6 +33,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -159,29 +160,30 @@ impl Proxy {
     /// Serves one request; `proxied` marks one that an activator sent (the front that knows
     /// the activator's conventions decides), counted apart in the revision's statistics.
     ///
-    /// Written as a function returning an `async move` block rather than an `async fn`, which
-    /// would keep its arguments twice in the future (as given, and again as locals): this future
-    /// is part of what every request holds while it waits.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice"
-    )]
+    /// The request is routed when this is called, before the future is first polled: the
+    /// future then holds only what the answer still needs (the forwarding, boxed), not the
+    /// routing's request and locals, since it is part of what every request holds while it
+    /// waits.
     pub fn serve(
         &self,
         req: Request<RequestBody>,
         conn: ConnInfo,
         proxied: bool,
     ) -> impl Future<Output = Response<Body>> {
+        let mut record = self.observer.begin(
+            req.method(),
+            req.uri().path(),
+            req.version(),
+            req.headers(),
+            conn.peer,
+        );
+        let head = req.method() == http::Method::HEAD;
+        let routed = self.route(req, conn, proxied, &mut record);
         async move {
-            let mut record = self.observer.begin(
-                req.method(),
-                req.uri().path(),
-                req.version(),
-                req.headers(),
-                conn.peer,
-            );
-            let head = req.method() == http::Method::HEAD;
-            let res = self.route(req, conn, proxied, &mut record).await;
+            let (res, mut record) = match routed {
+                Routed::Answer(res) => (*res, record),
+                Routed::Forward(forwarding) => forwarding.await,
+            };
             // Still here: rouse answered itself (a proxied response's record went with its body).
             if let Some(r) = &mut record {
                 r.status = res.status().as_u16();
@@ -199,180 +201,179 @@ impl Proxy {
         }
     }
 
-    /// Routes and forwards one request; `record`, if any, is filled in on the way and goes
-    /// with a proxied response's body.
-    ///
-    /// Written as a function returning an `async move` block rather than an `async fn`, which
-    /// would keep its arguments twice in the future (as given, and again as locals): this future
-    /// is part of what every request holds while it waits.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice"
-    )]
-    fn route(
-        &self,
+    /// Routes one request: rouse's own answer, or the forwarding to a revision, which takes
+    /// `record` along (it goes with a proxied response's body, or comes back with rouse's
+    /// answer). `record`, if any, is filled in on the way.
+    fn route<'a>(
+        &'a self,
         mut req: Request<RequestBody>,
         conn: ConnInfo,
         proxied: bool,
         record: &mut Option<Box<Record>>,
-    ) -> impl Future<Output = Response<Body>> {
-        async move {
-            let start = Instant::now();
-            let answer = Answer {
-                dialect: self.dialect,
-                // gRPC runs over HTTP/2 only, so HTTP/1.1 requests skip the header lookup.
-                grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
-            };
-            let https_port = self.https_port.load(Ordering::Relaxed);
-            // The cluster-local listener is never redirected: only public cleartext is.
-            let public_cleartext = !conn.secure && !conn.internal;
-            if https_port != 0 && public_cleartext && self.redirect_all.load(Ordering::Relaxed) {
-                return redirect_to_https(&mut req, https_port, answer);
+    ) -> Routed<'a> {
+        let start = Instant::now();
+        let answer = Answer {
+            dialect: self.dialect,
+            // gRPC runs over HTTP/2 only, so HTTP/1.1 requests skip the header lookup.
+            grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
+        };
+        let https_port = self.https_port.load(Ordering::Relaxed);
+        // The cluster-local listener is never redirected: only public cleartext is.
+        let public_cleartext = !conn.secure && !conn.internal;
+        if https_port != 0 && public_cleartext && self.redirect_all.load(Ordering::Relaxed) {
+            return Routed::Answer(Box::new(redirect_to_https(&mut req, https_port, answer)));
+        }
+        let mut host = match request_host(&mut req) {
+            Ok(h) => h,
+            Err(e) => {
+                self.metrics.unrouted(e.code());
+                return Routed::Answer(Box::new(e.into_response_as(answer)));
             }
-            let mut host = match request_host(&mut req) {
-                Ok(h) => h,
-                Err(e) => {
-                    self.metrics.unrouted(e.code());
-                    return e.into_response_as(answer);
-                }
-            };
-            if let Some(r) = record {
-                r.host.clone_from(&host);
-            }
-            if let Some(front) = &self.front {
-                match front.intercept(&mut req, &host) {
-                    Intercept::Answer(res) => return *res,
-                    Intercept::Pass => {}
-                    Intercept::Reroute(h) => {
-                        rewrite_authority(&mut req, &h);
-                        host = h.to_str().unwrap_or_default().to_owned();
-                        if let Some(r) = record {
-                            r.host.clone_from(&host);
-                        }
+        };
+        if let Some(r) = record {
+            r.host.clone_from(&host);
+        }
+        if let Some(front) = &self.front {
+            match front.intercept(&mut req, &host) {
+                Intercept::Answer(res) => return Routed::Answer(res),
+                Intercept::Pass => {}
+                Intercept::Reroute(h) => {
+                    rewrite_authority(&mut req, &h);
+                    host = h.to_str().unwrap_or_default().to_owned();
+                    if let Some(r) = record {
+                        r.host.clone_from(&host);
                     }
                 }
             }
-            let upgrade = tunnel::requested(req.headers());
-            // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
-            // header that a route sets.
-            if let Err(e) = headers::strip_request_hop_by_hop(req.headers_mut()) {
-                self.metrics.unrouted(Code::BadRequest);
-                return ProxyError::BadRequest(e.to_string()).into_response_as(answer);
+        }
+        let upgrade = tunnel::requested(req.headers());
+        // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
+        // header that a route sets.
+        if let Err(e) = headers::strip_request_hop_by_hop(req.headers_mut()) {
+            self.metrics.unrouted(Code::BadRequest);
+            return Routed::Answer(Box::new(
+                ProxyError::BadRequest(e.to_string()).into_response_as(answer),
+            ));
+        }
+        // The cookie that pins a new client of a sticky service, for the response.
+        let mut set_cookie = None;
+        let (rev, timeouts, host, quiet) = {
+            let table = self.table.load();
+            let Some(svc) = table.service(&host, conn.internal) else {
+                self.metrics.unrouted(Code::NoService);
+                return Routed::Answer(Box::new(
+                    ProxyError::NoService(host).into_response_as(answer),
+                ));
+            };
+            if svc.redirect_to_https && https_port != 0 && public_cleartext {
+                return Routed::Answer(Box::new(redirect_to_https(&mut req, https_port, answer)));
             }
-            // The cookie that pins a new client of a sticky service, for the response.
-            let mut set_cookie = None;
-            let (rev, timeouts, host, quiet) = {
-                let table = self.table.load();
-                let Some(svc) = table.service(&host, conn.internal) else {
-                    self.metrics.unrouted(Code::NoService);
-                    return ProxyError::NoService(host).into_response_as(answer);
-                };
-                if svc.redirect_to_https && https_port != 0 && public_cleartext {
-                    return redirect_to_https(&mut req, https_port, answer);
+            let Some(route) = svc.route(req.uri().path(), req.headers()) else {
+                self.metrics.unrouted(Code::NoRoute);
+                let path = req.uri().path().to_owned();
+                return Routed::Answer(Box::new(
+                    ProxyError::NoRoute { host, path }.into_response_as(answer),
+                ));
+            };
+            // Not demand: judged on what the client sent, before any header is set; cloned
+            // out only when it matches (health checks, bots).
+            let quiet = svc
+                .quiet
+                .as_ref()
+                .filter(|q| q.matches(req.uri().path(), req.headers()))
+                .map(|q| (q.answer.clone(), q.answered.clone(), q.passed.clone()));
+            for (k, v) in route.set_headers.iter() {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            // The client's host stays what forwarding headers report.
+            if let Some(h) = &route.rewrite_host {
+                rewrite_authority(&mut req, h);
+            }
+            let arm = match &svc.sticky {
+                None => route.pick(req.headers()),
+                Some(sticky) => {
+                    let (arm, pin) = route.pick_for(req.headers(), sticky);
+                    set_cookie = pin;
+                    arm
                 }
-                let Some(route) = svc.route(req.uri().path(), req.headers()) else {
-                    self.metrics.unrouted(Code::NoRoute);
-                    let path = req.uri().path().to_owned();
-                    return ProxyError::NoRoute { host, path }.into_response_as(answer);
-                };
-                // Not demand: judged on what the client sent, before any header is set; cloned
-                // out only when it matches (health checks, bots).
-                let quiet = svc
-                    .quiet
-                    .as_ref()
-                    .filter(|q| q.matches(req.uri().path(), req.headers()))
-                    .map(|q| (q.answer.clone(), q.answered.clone(), q.passed.clone()));
-                for (k, v) in route.set_headers.iter() {
-                    req.headers_mut().insert(k.clone(), v.clone());
-                }
-                // The client's host stays what forwarding headers report.
-                if let Some(h) = &route.rewrite_host {
-                    rewrite_authority(&mut req, h);
-                }
-                let arm = match &svc.sticky {
-                    None => route.pick(req.headers()),
-                    Some(sticky) => {
-                        let (arm, pin) = route.pick_for(req.headers(), sticky);
-                        set_cookie = pin;
-                        arm
+            };
+            for (k, v) in arm.set_headers.iter() {
+                req.headers_mut().insert(k.clone(), v.clone());
+            }
+            (arm.revision.clone(), svc.timeouts, host, quiet)
+        };
+        if let Some(r) = record {
+            r.service = Some(rev.service.clone());
+            r.revision = Some(rev.name.clone());
+        }
+        // A request that is not demand takes a free slot at once or gets its answer: it never
+        // waits, never pokes the autoscaler, and is not counted as activity.
+        let lease = match quiet {
+            None => None,
+            Some((answer, answered, passed)) => {
+                match rev.held().eq(&0).then(|| rev.try_acquire()).flatten() {
+                    Some(l) => {
+                        passed.inc();
+                        Some(l)
                     }
-                };
-                for (k, v) in arm.set_headers.iter() {
-                    req.headers_mut().insert(k.clone(), v.clone());
-                }
-                (arm.revision.clone(), svc.timeouts, host, quiet)
-            };
-            if let Some(r) = record {
-                r.service = Some(rev.service.clone());
-                r.revision = Some(rev.name.clone());
-            }
-            // A request that is not demand takes a free slot at once or gets its answer: it never
-            // waits, never pokes the autoscaler, and is not counted as activity.
-            let lease = match quiet {
-                None => None,
-                Some((answer, answered, passed)) => {
-                    match rev.held().eq(&0).then(|| rev.try_acquire()).flatten() {
-                        Some(l) => {
-                            passed.inc();
-                            Some(l)
-                        }
-                        None => {
-                            answered.inc();
-                            rev.metrics
-                                .record(answer.status, start.elapsed().as_secs_f64());
-                            return placeholder(&answer, false);
-                        }
+                    None => {
+                        answered.inc();
+                        rev.metrics
+                            .record(answer.status, start.elapsed().as_secs_f64());
+                        return Routed::Answer(Box::new(placeholder(&answer, false)));
                     }
                 }
-            };
-            let deadline = timeouts.request.map(|d| start + d);
-            let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
-            // A request that is not demand has its slot already; the cold answers below (which
-            // wake the revision) are not for it.
-            let cold = lease.is_none() && rev.is_cold();
-            if cold && let Some(p) = rev.settings().cold_start.placeholder.clone() {
-                rev.poke();
-                rev.metrics.record(p.status, start.elapsed().as_secs_f64());
-                let mut res = placeholder(&p, rev.settings().cold_start.header);
-                starting(&mut res, rev.starting_for());
-                pin(&mut res, set_cookie);
-                return res;
             }
-            if cold
-            && let Some(page) = rev.settings().cold_start.waiting_page.clone()
-            && crate::http::waiting::wanted(req.method(), req.headers())
-            // After a failed start, its 503 with the reason says more than "starting".
-            && !matches!(rev.phase(), crate::revision::phase::Phase::Failed { .. })
-            {
-                // The page reloads itself; each reload is demand, so the start goes on.
-                rev.poke();
-                rev.metrics.record(503, start.elapsed().as_secs_f64());
-                let so_far = rev.starting_for();
-                let page = crate::http::waiting::with_progress(&page, so_far);
-                let mut res = waiting_page(page, rev.settings().cold_start.header);
-                starting(&mut res, so_far);
-                // Its reloads come back to this revision, not to a new roll of the split.
-                pin(&mut res, set_cookie);
-                return res;
-            }
-            // Boxed: the handler future lives inside the client connection for the whole request,
-            // held ones included, so it must stay small; and a boxed future is not laid out twice
-            // by the two branches below.
-            let ctx = Ctx {
-                client: conn.client,
-                proto: if conn.secure { "https" } else { "http" },
-                dialect: self.dialect,
-                proxied,
-                host,
-                start,
-                deadline,
-                timeouts,
-                upgrade,
-                grpc: answer.grpc,
-                cut: conn.cut,
-                lease,
-            };
-            let forwarding = Box::pin(forward(&rev, req, ctx, record));
+        };
+        let deadline = timeouts.request.map(|d| start + d);
+        let start_by = clock::earliest(timeouts.response_start.map(|d| start + d), deadline);
+        // A request that is not demand has its slot already; the cold answers below (which
+        // wake the revision) are not for it.
+        let cold = lease.is_none() && rev.is_cold();
+        if cold && let Some(p) = rev.settings().cold_start.placeholder.clone() {
+            rev.poke();
+            rev.metrics.record(p.status, start.elapsed().as_secs_f64());
+            let mut res = placeholder(&p, rev.settings().cold_start.header);
+            starting(&mut res, rev.starting_for());
+            pin(&mut res, set_cookie);
+            return Routed::Answer(Box::new(res));
+        }
+        if cold
+        && let Some(page) = rev.settings().cold_start.waiting_page.clone()
+        && crate::http::waiting::wanted(req.method(), req.headers())
+        // After a failed start, its 503 with the reason says more than "starting".
+        && !matches!(rev.phase(), crate::revision::phase::Phase::Failed { .. })
+        {
+            // The page reloads itself; each reload is demand, so the start goes on.
+            rev.poke();
+            rev.metrics.record(503, start.elapsed().as_secs_f64());
+            let so_far = rev.starting_for();
+            let page = crate::http::waiting::with_progress(&page, so_far);
+            let mut res = waiting_page(page, rev.settings().cold_start.header);
+            starting(&mut res, so_far);
+            // Its reloads come back to this revision, not to a new roll of the split.
+            pin(&mut res, set_cookie);
+            return Routed::Answer(Box::new(res));
+        }
+        let ctx = Ctx {
+            client: conn.client,
+            proto: if conn.secure { "https" } else { "http" },
+            dialect: self.dialect,
+            proxied,
+            host,
+            start,
+            deadline,
+            timeouts,
+            upgrade,
+            grpc: answer.grpc,
+            cut: conn.cut,
+            lease,
+        };
+        let mut record = record.take();
+        // Boxed: the handler future lives inside the client connection for the whole request,
+        // held ones included, so it must stay small.
+        Routed::Forward(Box::pin(async move {
+            let forwarding = forward(&rev, req, ctx, &mut record);
             let result = match start_by {
                 None => forwarding.await,
                 Some(t) => match tokio::time::timeout_at(t, forwarding).await {
@@ -380,7 +381,7 @@ impl Proxy {
                     Err(_) => Err(timeout_error(timeouts, deadline, t)),
                 },
             };
-            match result {
+            let res = match result {
                 Ok(mut res) => {
                     pin(&mut res, set_cookie);
                     res
@@ -398,10 +399,25 @@ impl Proxy {
                         .record(e.status().as_u16(), start.elapsed().as_secs_f64());
                     e.into_response_as(answer)
                 }
-            }
-        }
+            };
+            (res, record)
+        }))
     }
 }
+
+/// Where routing sent a request.
+enum Routed<'a> {
+    /// rouse answers it itself. Boxed: a held request's future carries this enum, and the
+    /// forwarding is the common case.
+    Answer(Box<Response<Body>>),
+    /// It is forwarded.
+    Forward(Forwarding<'a>),
+}
+
+/// A request's forwarding: resolves to the answer, with the request's record unless the
+/// response's body took it.
+type Forwarding<'a> =
+    Pin<Box<dyn Future<Output = (Response<Body>, Option<Box<Record>>)> + Send + 'a>>;
 
 impl Proxy {
     /// An HTTP/1.1 request head refused before it could be routed (see `http::downstream`):
