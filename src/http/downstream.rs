@@ -110,6 +110,26 @@ pub struct Parsed {
     pub trailers: bool,
 }
 
+/// Fields the proxy adds to a request it forwards: `X-Forwarded-For`, `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and `Forwarded`.
+const ADDED_FIELDS: usize = 4;
+
+/// The capacity to ask of a header map for `fields` read: room for the fields the proxy adds,
+/// so the map is not grown and rehashed on the way, and no more than its table's size gives
+/// anyway. A map of capacity `n` gets a table of the next power of two of `n + n/3` slots, of
+/// which three quarters hold entries (http's `HeaderMap`): asking for exactly three quarters
+/// of the smallest table that fits keeps the table that small (seven fields would get
+/// sixteen slots and room for twelve; six get eight slots and room for six). Each room is an
+/// entry of about 100 bytes, held as long as the request is.
+fn map_room(fields: usize) -> usize {
+    let need = fields + ADDED_FIELDS;
+    let mut slots = need.next_power_of_two();
+    if slots - slots / 4 < need {
+        slots *= 2;
+    }
+    slots - slots / 4
+}
+
 /// True when a line of `head` ends in LF without CR.
 fn bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
@@ -192,8 +212,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Room for the forwarding fields the proxy adds, so the map is not grown and rehashed.
-    let mut headers = HeaderMap::with_capacity(count + 6);
+    let mut headers = HeaderMap::with_capacity(map_room(count));
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let (mut close, mut keep, mut expect, mut upgrade, mut trailers) =
@@ -1386,6 +1405,38 @@ mod tests {
         let p = parse_head(&mut buf, 1 << 16).unwrap().unwrap();
         assert_eq!(p.body, Framing::Length(2));
         assert_eq!(&buf[..], b"hiGET / HTTP/1.1\r\n");
+    }
+
+    /// The header map has room for the forwarding fields and no more than its table gives:
+    /// after them, a request read with a few fields fills it without a growth.
+    #[test]
+    fn the_header_map_has_room_for_the_forwarding_fields_only() {
+        for fields in 0..=40 {
+            let room = map_room(fields);
+            assert!(room >= fields + ADDED_FIELDS, "{fields}");
+            let map = HeaderMap::<HeaderValue>::with_capacity(room);
+            assert_eq!(
+                map.capacity(),
+                room,
+                "{fields}: the table is the smallest that fits"
+            );
+            // Half the room would not do: the table is not larger than it must be.
+            assert!(room / 2 < fields + ADDED_FIELDS, "{fields}");
+        }
+        let head = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut req = parse(head).unwrap().unwrap().request;
+        let before = req.headers().capacity();
+        assert_eq!(before, 6);
+        let h = req.headers_mut();
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        assert_eq!(req.headers().capacity(), before, "no growth");
     }
 
     #[test]
