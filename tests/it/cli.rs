@@ -178,7 +178,15 @@ async fn run_listens_where_the_flags_say_and_names_an_address_in_use() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(body, "b2", "the reload applied, on the --listen address");
-    let text = std::fs::read_to_string(&log).unwrap();
+    // The log line comes after the new table is in place: it is waited for, not assumed.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("config reloaded") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert!(text.contains("config reloaded"), "{text}");
     assert!(!text.contains("change only on restart"), "{text}");
     let first = text.lines().next().expect("a log line");
