@@ -7,6 +7,7 @@
 pub mod autoscaler;
 pub mod keep_warm;
 pub mod kpa;
+pub mod port_holder;
 pub mod process;
 pub mod scaler;
 pub mod set;

@@ -7,6 +7,7 @@
 //! every few milliseconds and reported the moment it passes, and the manager publishes the new
 //! endpoint set immediately, which wakes held requests with no probe period in between.
 
+use super::port_holder::{self, Holder};
 use super::scaler::{Backoff, Scaler};
 use crate::config::{self, Ready};
 use crate::probe::Check;
@@ -37,6 +38,8 @@ const PROBE_FAST_FOR: Duration = Duration::from_millis(50);
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// Longest a single probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often a port found held by another process is looked at again.
+const FOREIGN_EVERY: Duration = Duration::from_millis(100);
 /// A process that exits sooner than this after becoming ready counts towards backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
@@ -79,9 +82,23 @@ impl Scaler for ProcessScaler {
 }
 
 enum Event {
-    Ready { id: u64, boot: Duration },
-    Failed { id: u64, reason: String },
-    Exited { id: u64, reason: String },
+    Ready {
+        id: u64,
+        boot: Duration,
+    },
+    Failed {
+        id: u64,
+        reason: String,
+    },
+    Exited {
+        id: u64,
+        reason: String,
+    },
+    /// The process exited before it was ready because another process took its port.
+    PortTaken {
+        id: u64,
+        by: String,
+    },
 }
 
 struct Instance {
@@ -173,6 +190,14 @@ async fn manage(
                         rev.metrics.start_failure();
                     }
                     publish(&rev, &mut live);
+                }
+                Event::PortTaken { id, by } => {
+                    // No failure and no backoff: the next pass of the loop starts it again,
+                    // on a port picked afresh.
+                    forget_grpc(&rev, &live, id);
+                    live.retain(|i| i.id != id);
+                    warn!(service = %rev.service, revision = %rev.name, holder = %by,
+                        "backend could not listen: its port was taken by another process; starting it on another port");
                 }
                 Event::Exited { id, reason } => {
                     let short_lived = live
@@ -357,11 +382,26 @@ async fn run_instance(
         }
     };
     // Boot: probe until ready, unless the process exits, misses its deadline, or is stopped.
+    // A probe answered by a listener outside the backend's process group is not the
+    // backend's answer: its port was taken after rouse picked it.
     let deadline = started + spec.boot_timeout.0;
+    let leader = group.0.and_then(|p| u32::try_from(p.as_raw()).ok());
+    let mut foreign: Option<Holder> = None;
     let ready = async {
         loop {
             if probe(addr, &spec.ready).await {
-                return;
+                match held_by(addr.port(), leader).await {
+                    Holder::Group | Holder::Unknown => return,
+                    h => {
+                        if foreign.is_none() {
+                            warn!(backend = %label, %addr, holder = %h.describe(),
+                                "the backend's port answers, but another process listens on it");
+                        }
+                        foreign = Some(h);
+                        tokio::time::sleep(FOREIGN_EVERY).await;
+                        continue;
+                    }
+                }
             }
             let every = if started.elapsed() < PROBE_FAST_FOR {
                 PROBE_FAST
@@ -378,14 +418,29 @@ async fn run_instance(
         status = child.wait() => {
             // Let the output readers catch the last lines the process wrote.
             tokio::time::sleep(Duration::from_millis(20)).await;
+            // A backend that could not listen because its port was taken meanwhile did
+            // nothing wrong: it is started again on another port.
+            if let h @ Holder::Foreign(_) = held_by(addr.port(), leader).await {
+                let _ = events.send(Event::PortTaken { id, by: h.describe() });
+                return;
+            }
             let reason = format!("process exited before it was ready: {}", describe(status));
             let _ = events.send(Event::Failed { id, reason });
             return;
         }
         () = tokio::time::sleep_until(deadline) => {
             let reason = format!(
-                "process was not ready within the {:?} boot timeout{}",
+                "process was not ready within the {:?} boot timeout{}{}",
                 spec.boot_timeout.0,
+                match &foreign {
+                    Some(h) => format!(
+                        "; port {} is listened on by {}, outside the backend's process group \
+                         (the command must listen on PORT itself, not hand it to another program)",
+                        addr.port(),
+                        h.describe()
+                    ),
+                    None => String::new(),
+                },
                 match last_err.lock().unwrap_or_else(|p| p.into_inner()).as_str() {
                     "" => String::new(),
                     l => format!("; last stderr line: {l}"),
@@ -419,6 +474,17 @@ async fn run_instance(
             info!(%addr, backend = %label, "backend stopped");
         }
     }
+}
+
+/// Who listens on `port`, read off the request path's threads. `leader` is the backend's
+/// process group (its members may outlive the process rouse started).
+async fn held_by(port: u16, leader: Option<u32>) -> Holder {
+    let Some(leader) = leader else {
+        return Holder::Unknown;
+    };
+    tokio::task::spawn_blocking(move || port_holder::holder(port, leader))
+        .await
+        .unwrap_or(Holder::Unknown)
 }
 
 /// A backend's process group: the process and every process it forked (a server's workers).

@@ -743,3 +743,69 @@ async fn scaling_down_to_one_keeps_the_oldest_process() {
         assert!(!pid_alive(p), "{p} still runs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_whose_port_is_taken_before_it_listens_is_started_again_on_another() {
+    // The first boot starts another program on the backend's port before listening itself,
+    // as anything else on the machine might in the window between rouse's pick and the
+    // backend's bind: the probe it answers is not the backend's, and the backend then fails to
+    // listen. The held request must go to a backend started again elsewhere.
+    let pid_file = temp_dir("port-taken").join("intruder.pid");
+    let gw = scaled(
+        Rev::new("r"),
+        Scale::new(backend(&[(
+            "STEAL_PORT_FILE",
+            &pid_file.display().to_string(),
+        )])),
+    )
+    .await;
+    let c = h1_client();
+    let got = get(&c, gw.addr(), "x", "/", &[]).await;
+    let intruder = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let _cleanup = KillOnDrop(vec![intruder.clone()]);
+    assert!(running(&intruder), "the other program {intruder:?} ran");
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert!(got.body.starts_with("r "), "answered by {:?}", got.body);
+    assert_eq!(got.header("rouse-cold-start"), "true");
+    // Nothing was counted as a failed start, and later requests stay with the backend.
+    for _ in 0..5 {
+        let again = get(&c, gw.addr(), "x", "/", &[]).await;
+        assert!(again.body.starts_with("r "), "answered by {:?}", again.body);
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "rouse_backend_start_failures_total{service=\"svc\",revision=\"r\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_hands_its_port_to_another_program_is_told_so() {
+    // The command starts a server outside its own process group (as `docker run -p` has the
+    // docker daemon's proxy listen) and stays running: the answers on the port are not its
+    // own, so it never becomes ready, and the start failure says why.
+    let pid_file = temp_dir("port-handed").join("server.pid");
+    let script = format!(
+        "setsid python3 -m http.server \"$PORT\" --bind 127.0.0.1 >/dev/null 2>&1 & echo $! > {}; sleep 30",
+        pid_file.display()
+    );
+    let process = Process::new(&["sh", "-c", &script])
+        .ready_http_get("/")
+        .boot_timeout("1s")
+        .stop_grace("100ms");
+    let gw = scaled(Rev::new("r"), Scale::new(process)).await;
+    let got = get(&h1_client(), gw.addr(), "x", "/", &[]).await;
+    let server = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let _cleanup = KillOnDrop(vec![server.trim().to_owned()]);
+    assert_eq!(got.header("rouse-error"), "start-failed", "{}", got.body);
+    assert!(
+        got.body.contains("outside the backend's process group")
+            && got.body.contains(&format!("process {}", server.trim())),
+        "{}",
+        got.body
+    );
+}

@@ -8,6 +8,9 @@
 #   WORKER_PID_FILE fork a worker that ignores SIGTERM and sleeps, and write its pid here
 #   IGNORE_SIGTERM  the server itself ignores SIGTERM (a backend that hangs on shutdown)
 #   PID_FILE        write the process id here first thing
+#   STEAL_PORT_FILE on the first boot only (this file does not exist yet): before listening,
+#                   start another program, in a session of its own, that listens on PORT and
+#                   answers "intruder"; write its pid here; then try to listen (and fail)
 # Requests: ?delay=MS sleeps before answering; /exit answers then exits with status 1;
 # ?echo=NAME,... returns each named request header as x-echo-NAME. A request with
 # K-Network-Probe: probe is answered 200 at once with its K-Network-Hash echoed, as Knative's
@@ -28,6 +31,28 @@ if once and not os.path.exists(once):
     open(once, "w").close()
     print("first boot fails", file=sys.stderr, flush=True)
     sys.exit(4)
+steal = os.environ.get("STEAL_PORT_FILE")
+if steal and not os.path.exists(steal):
+    if os.fork() == 0:
+        # Not this backend's: its own session and process group, as any other program.
+        os.setsid()
+        class Intruder(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-length", "8")
+                self.end_headers()
+                self.wfile.write(b"intruder")
+            def log_message(self, *args):
+                pass
+        srv = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Intruder)
+        with open(steal + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(steal + ".tmp", steal)
+        srv.serve_forever()
+    while not os.path.exists(steal):
+        time.sleep(0.01)
+    # Long enough for a readiness probe to reach the intruder first.
+    time.sleep(0.3)
 time.sleep(int(os.environ.get("BOOT_DELAY_MS", "0")) / 1000)
 if os.environ.get("WORKER_PID_FILE"):
     worker = os.fork()
