@@ -65,21 +65,31 @@ pub struct Ctx {
     pub lease: Option<Lease>,
 }
 
-/// Forwards `req` to `rev` and returns the response to stream back.
+/// Forwards `req` to `rev`: what `finish` makes of the result (the response to stream back,
+/// or rouse's answer for an error), with the request's record unless the response's body
+/// took it. `start_by` is the time limit up to the response's head.
 ///
-/// Written as a function returning an `async move` block rather than an `async fn`, which
-/// would keep its arguments twice in the future (as given, and again as locals): this future
-/// is part of what every request holds while it waits.
+/// This future is what every held request keeps while it waits, so it keeps each thing once:
+/// it is a function returning an `async move` block (an `async fn` keeps its arguments twice,
+/// as given and again as locals); it waits for a slot with the request and its context in
+/// place, borrowed; and what follows the slot (the rewrite, the exchange, a retry) runs in a
+/// future of its own, boxed once the slot is taken, which the request and context move into.
+/// A request waiting for a slot holds none of that later state.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-pub fn forward(
-    rev: &Arc<Revision>,
-    mut req: Request<RequestBody>,
+pub fn forward<'a, F>(
+    rev: Arc<Revision>,
+    req: Request<RequestBody>,
     mut ctx: Ctx,
-    record: &mut Option<Box<Record>>,
-) -> impl Future<Output = Result<Response<Body>, ProxyError>> {
+    mut record: Option<Box<Record>>,
+    start_by: Option<Instant>,
+    finish: F,
+) -> impl Future<Output = (Response<Body>, Option<Box<Record>>)> + Send + 'a
+where
+    F: FnOnce(&Arc<Revision>, Result<Response<Body>, ProxyError>) -> Response<Body> + Send + 'a,
+{
     async move {
         let taken = ctx.lease.take();
         // Not demand (`no_wake`): it must never wait or wake the revision, retries included.
@@ -95,8 +105,13 @@ pub fn forward(
             false => rev.protocol.for_request(req.version()),
         };
         if ctx.upgrade.is_some() && protocol == Protocol::H2c {
-            return Err(ProxyError::UpgradeOverH2c(rev.name.to_string()));
+            let e = ProxyError::UpgradeOverH2c(rev.name.to_string());
+            return (finish(&rev, Err(e)), record);
         }
+        // Boxed, and only with a time limit: the common case keeps eight bytes for it.
+        let mut sleep = start_by.map(|t| Box::pin(tokio::time::sleep_until(t)));
+        // For the answer when the limit runs out, after the context has moved on.
+        let (timeouts, deadline) = (ctx.timeouts, ctx.deadline);
         let acquired = match taken {
             Some(lease) => Acquired {
                 lease,
@@ -104,15 +119,123 @@ pub fn forward(
                 cold: false,
             },
             None => {
-                if let Some(r) = record {
+                if let Some(r) = &mut record {
                     r.holding(rev.is_cold());
                 }
-                rev.acquire(declared_len(&req), ctx.deadline).await?
+                let acquire = std::pin::pin!(rev.acquire(declared_len(&req), ctx.deadline));
+                match (Within {
+                    fut: acquire,
+                    sleep: sleep.as_mut().map(|s| s.as_mut()),
+                })
+                .await
+                {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(e)) => return (finish(&rev, Err(e)), record),
+                    Err(fired) => {
+                        let e = timeout_error(timeouts, deadline, fired);
+                        return (finish(&rev, Err(e)), record);
+                    }
+                }
             }
         };
-        if let Some(r) = record {
+        if let Some(r) = &mut record {
             r.acquired(acquired.waited, acquired.cold);
         }
+        let mut exchange = Box::pin(exchange(
+            &rev,
+            req,
+            ctx,
+            Taken {
+                acquired,
+                active,
+                quiet,
+                protocol,
+                to_grpc,
+            },
+            &mut record,
+        ));
+        let result = match (Within {
+            fut: exchange.as_mut(),
+            sleep: sleep.as_mut().map(|s| s.as_mut()),
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(fired) => Err(timeout_error(timeouts, deadline, fired)),
+        };
+        drop(exchange);
+        (finish(&rev, result), record)
+    }
+}
+
+/// `fut`'s output, or the deadline if `sleep` (the request's time limit) ends first. Both are
+/// pinned where the caller keeps them, so this holds two references.
+struct Within<'f, 's, F> {
+    fut: std::pin::Pin<&'f mut F>,
+    sleep: Option<std::pin::Pin<&'s mut tokio::time::Sleep>>,
+}
+
+impl<F: Future> Future for Within<'_, '_, F> {
+    type Output = Result<F::Output, Instant>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        if let Poll::Ready(v) = self.fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let Some(s) = &mut self.sleep else {
+            return Poll::Pending;
+        };
+        match s.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(s.deadline())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// What the wait for a slot hands on to the exchange.
+struct Taken {
+    acquired: Acquired,
+    active: crate::revision::Active,
+    quiet: bool,
+    protocol: Protocol,
+    to_grpc: bool,
+}
+
+/// The time limit up to the response's head ran out at `fired`: which limit it was.
+pub fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> ProxyError {
+    match (deadline, t.response_start) {
+        (Some(d), _) if d <= fired => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
+        (_, Some(rs)) => ProxyError::ResponseStartTimeout(rs),
+        _ => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
+    }
+}
+
+/// Everything after the slot is taken: the request rewritten for the upstream, sent (once more
+/// elsewhere if the connection failed before anything was sent), and the response made ready
+/// to stream back.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn exchange<'a>(
+    rev: &'a Arc<Revision>,
+    mut req: Request<RequestBody>,
+    ctx: Ctx,
+    taken: Taken,
+    record: &'a mut Option<Box<Record>>,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+    async move {
+        let Taken {
+            acquired,
+            active,
+            quiet,
+            protocol,
+            to_grpc,
+        } = taken;
         // One settings snapshot for the whole request.
         let settings = rev.settings();
         let tls_upstream = settings.pool.tls.is_some();
@@ -137,10 +260,11 @@ pub fn forward(
             if let Some(r) = record {
                 r.send(to, req.headers_mut());
             }
-            // The send path (connect, handshake, exchange) is the largest state of this future;
-            // boxing it keeps a request that is only waiting in the queue small.
+            // This future is boxed when it is built, which copies all of it: HTTP/1.1's send
+            // path (under 2 KB) is kept in it, rather than in a second allocation; HTTP/2's
+            // (hyper's client, tens of KB) is boxed apart.
             let sent = match protocol {
-                Protocol::Http1 | Protocol::Auto => Box::pin(ep.pool.send_h1(to, req)).await,
+                Protocol::Http1 | Protocol::Auto => ep.pool.send_h1(to, req).await,
                 Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await,
             };
             match sent {

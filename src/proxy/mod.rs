@@ -17,7 +17,7 @@ pub mod sticky;
 
 use self::completion::Body;
 use self::forward::{COLD_START_HEADER, Ctx, forward};
-use self::router::{RouteTable, Timeouts};
+use self::router::RouteTable;
 use crate::clock;
 use crate::error::{Answer, Code, Dialect, ProxyError, is_grpc};
 use crate::http::body::ProxyBody;
@@ -369,19 +369,11 @@ impl Proxy {
             cut: conn.cut,
             lease,
         };
-        let mut record = record.take();
-        // Boxed: the handler future lives inside the client connection for the whole request,
-        // held ones included, so it must stay small.
-        Routed::Forward(Box::pin(async move {
-            let forwarding = forward(&rev, req, ctx, &mut record);
-            let result = match start_by {
-                None => forwarding.await,
-                Some(t) => match tokio::time::timeout_at(t, forwarding).await {
-                    Ok(r) => r,
-                    Err(_) => Err(timeout_error(timeouts, deadline, t)),
-                },
-            };
-            let res = match result {
+        let throttle = &self.throttle;
+        // What the forwarding's result becomes: the response with the sticky cookie, or
+        // rouse's answer for the error, counted and logged.
+        let finish = move |rev: &Arc<Revision>, result: Result<Response<Body>, ProxyError>| {
+            match result {
                 Ok(mut res) => {
                     pin(&mut res, set_cookie);
                     res
@@ -394,14 +386,23 @@ impl Proxy {
                         }
                         e => e,
                     };
-                    report(&rev, &e, &self.throttle);
+                    report(rev, &e, throttle);
                     rev.metrics
                         .record(e.status().as_u16(), start.elapsed().as_secs_f64());
                     e.into_response_as(answer)
                 }
-            };
-            (res, record)
-        }))
+            }
+        };
+        // Boxed: the handler future lives inside the client connection for the whole request,
+        // held ones included, so it must stay small.
+        Routed::Forward(Box::pin(forward(
+            rev,
+            req,
+            ctx,
+            record.take(),
+            start_by,
+            finish,
+        )))
     }
 }
 
@@ -482,14 +483,6 @@ impl Throttle {
         }
         *last = second;
         Some(std::mem::take(held))
-    }
-}
-
-fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> ProxyError {
-    match (deadline, t.response_start) {
-        (Some(d), _) if d <= fired => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
-        (_, Some(rs)) => ProxyError::ResponseStartTimeout(rs),
-        _ => ProxyError::RequestTimeout(t.request.unwrap_or_default()),
     }
 }
 

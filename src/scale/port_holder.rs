@@ -6,10 +6,10 @@
 //! group; and a backend that exits before it is ready because its port was taken is started
 //! again on another port, not reported as failed.
 //!
-//! Linux only, read from `/proc`: the listening sockets of the network namespace
-//! (`/proc/net/tcp`, `/proc/net/tcp6`) give the socket's inode, and the processes' open files
-//! (`/proc/PID/fd`) who holds it. Wherever that cannot be told (no `/proc`, no listening
-//! socket listed), the probe's word is taken as before.
+//! Linux only. The kernel's socket diagnostics (netlink `sock_diag`) give the inode of the
+//! socket listening on the port, and the processes' open files (`/proc/PID/fd`) who holds it.
+//! Wherever that cannot be told (no netlink, no listening socket found), the probe's word is
+//! taken as before.
 
 use std::path::Path;
 
@@ -39,19 +39,16 @@ impl Holder {
 /// Who holds the socket listening on `port`, when the backend's process group is `group` (the
 /// pid of the process rouse started, which leads its group).
 pub fn holder(port: u16, group: u32) -> Holder {
-    holder_in(Path::new("/proc"), port, group)
+    match listening(port) {
+        Some(inodes) if !inodes.is_empty() => held(Path::new("/proc"), &inodes, group),
+        _ => Holder::Unknown,
+    }
 }
 
-fn holder_in(proc: &Path, port: u16, group: u32) -> Holder {
-    let mut inodes = Vec::new();
-    for table in ["net/tcp", "net/tcp6"] {
-        listening(&proc.join(table), port, &mut inodes);
-    }
-    if inodes.is_empty() {
-        return Holder::Unknown;
-    }
+/// Who holds one of the sockets `inodes`, read from the process files under `proc`.
+fn held(proc: &Path, inodes: &[u64], group: u32) -> Holder {
     // The process rouse started holds it itself, the usual case: one directory to read.
-    if holds(proc, group, &inodes) {
+    if holds(proc, group, inodes) {
         return Holder::Group;
     }
     let mut foreign = None;
@@ -60,10 +57,10 @@ fn holder_in(proc: &Path, port: u16, group: u32) -> Holder {
             continue;
         }
         if pgrp(proc, pid) == Some(group) {
-            if holds(proc, pid, &inodes) {
+            if holds(proc, pid, inodes) {
                 return Holder::Group;
             }
-        } else if foreign.is_none() && holds(proc, pid, &inodes) {
+        } else if foreign.is_none() && holds(proc, pid, inodes) {
             foreign = Some((pid, name(proc, pid)));
         }
     }
@@ -72,34 +69,90 @@ fn holder_in(proc: &Path, port: u16, group: u32) -> Holder {
     Holder::Foreign(foreign)
 }
 
-/// Adds the inodes of the sockets listening on `port` in the table at `path`. The kernel lists
-/// listening sockets before connected ones, so reading stops at the first line that is not
-/// one: a host with many connections does not have them all formatted for this.
-fn listening(path: &Path, port: u16, inodes: &mut Vec<u64>) {
-    use std::io::BufRead;
-    let Ok(file) = std::fs::File::open(path) else {
-        return;
+/// The inodes of the TCP sockets (IPv4 and IPv6) listening on `port`, asked of the kernel's
+/// socket diagnostics with a filter for listening sockets on that port: the kernel walks only
+/// its table of listening sockets. (`/proc/net/tcp*` would do, but the kernel writes those
+/// from its whole connection table, a walk of milliseconds on a machine with much memory,
+/// however few connections there are, and this runs on every cold start.) `None` when the
+/// kernel cannot be asked.
+fn listening(port: u16) -> Option<Vec<u64>> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, send, socket,
     };
-    for line in std::io::BufReader::new(file).lines().skip(1) {
-        let Ok(line) = line else { return };
-        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 10 {
-            return;
-        }
-        if fields[3] != "0A" {
-            return;
-        }
-        let local_port = fields[1]
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        if local_port == Some(port)
-            && let Ok(inode) = fields[9].parse::<u64>()
-            && inode != 0
-        {
-            inodes.push(inode);
+    use std::os::fd::AsRawFd;
+    // linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h.
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST_DUMP: u16 = 0x01 | 0x300;
+    const TCP_LISTEN: u8 = 10;
+    const HEADER: usize = 16;
+    // struct inet_diag_msg: family, state, timer, retrans, then the socket id (sport at 4),
+    // expires, rqueue, wqueue, uid, inode (at 68).
+    const MSG_LEN: usize = 72;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .ok()?;
+    let fd = fd.as_raw_fd();
+    let mut inodes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    for family in [libc_family::INET, libc_family::INET6] {
+        // struct nlmsghdr, then struct inet_diag_req_v2: family, protocol (TCP), no
+        // extensions, padding, the states wanted (listening only), the socket id with the
+        // source port (big-endian) and the rest zero.
+        const REQ_LEN: usize = HEADER + 56;
+        let mut req = [0u8; REQ_LEN];
+        req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req[6..8].copy_from_slice(&NLM_F_REQUEST_DUMP.to_ne_bytes());
+        req[8..12].copy_from_slice(&u32::from(family).to_ne_bytes());
+        req[16] = family;
+        req[17] = 6;
+        req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        req[24..26].copy_from_slice(&port.to_be_bytes());
+        send(fd, &req, MsgFlags::empty()).ok()?;
+        'replies: loop {
+            let n = recv(fd, &mut buf, MsgFlags::empty()).ok()?;
+            if n == 0 {
+                break;
+            }
+            let mut at = 0;
+            while at + HEADER <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().ok()?) as usize;
+                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().ok()?);
+                if len < HEADER || at + len > n {
+                    return None;
+                }
+                match kind {
+                    NLMSG_DONE => break 'replies,
+                    NLMSG_ERROR => return None,
+                    SOCK_DIAG_BY_FAMILY if len >= HEADER + MSG_LEN => {
+                        let m = &buf[at + HEADER..at + len];
+                        let sport = u16::from_be_bytes([m[4], m[5]]);
+                        let inode = u32::from_ne_bytes(m[68..72].try_into().ok()?);
+                        // The kernel filters too; checked again all the same.
+                        if m[1] == TCP_LISTEN && sport == port && inode != 0 {
+                            inodes.push(u64::from(inode));
+                        }
+                    }
+                    _ => {}
+                }
+                // Messages are aligned to four bytes.
+                at += (len + 3) & !3;
+            }
         }
     }
+    Some(inodes)
+}
+
+/// The address families asked about.
+mod libc_family {
+    pub const INET: u8 = 2;
+    pub const INET6: u8 = 10;
 }
 
 /// Whether process `pid` has one of `inodes` open.
@@ -173,25 +226,19 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_read_up_to_the_first_connected_socket_and_names_may_hold_parens() {
+    fn an_ipv6_listener_is_found_too() {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            // No IPv6 on this machine's loopback: nothing to find.
+            return;
+        };
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(holder(port, me()), Holder::Group);
+    }
+
+    #[test]
+    fn the_holder_is_found_among_the_groups_processes_and_named_outside_it() {
         let dir = std::env::temp_dir().join(format!("rouse-holder-{}", me()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("net")).unwrap();
-        let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-        let row = |port: u16, st: &str, inode: u64| {
-            format!(
-                "   0: 0100007F:{port:04X} 00000000:0000 {st} 00000000:00000000 00:00000000 00000000  1000        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
-            )
-        };
-        // Port 8080 listens with inode 11; a connected socket on it (inode 12) comes after a
-        // connected line, so it is never read.
-        let tcp = format!(
-            "{head}{}{}{}",
-            row(8080, "0A", 11),
-            row(9000, "01", 13),
-            row(8080, "0A", 12)
-        );
-        std::fs::write(dir.join("net/tcp"), tcp).unwrap();
         let proc_of = |pid: u32, pgrp: u32, name: &str, inode: Option<u64>| {
             let p = dir.join(pid.to_string());
             std::fs::create_dir_all(p.join("fd")).unwrap();
@@ -208,13 +255,15 @@ mod tests {
         proc_of(100, 100, "sh", None);
         proc_of(101, 100, "a (b) c", Some(11));
         proc_of(200, 200, "other", Some(12));
-        // The socket is held by a worker of group 100, found through its pgrp.
-        assert_eq!(holder_in(&dir, 8080, 100), Holder::Group);
+        // Socket 11 is held by a worker of group 100, found through its pgrp (its name has a
+        // space and parentheses, which the stat line is read past).
+        assert_eq!(held(&dir, &[11], 100), Holder::Group);
         assert_eq!(
-            holder_in(&dir, 8080, 200),
+            held(&dir, &[11], 200),
             Holder::Foreign(Some((101, "a (b) c".to_owned())))
         );
-        assert_eq!(holder_in(&dir, 9000, 100), Holder::Unknown);
+        // Nobody here holds socket 13: someone rouse cannot see.
+        assert_eq!(held(&dir, &[13], 100), Holder::Foreign(None));
         assert_eq!(pgrp(&dir, 101), Some(100));
         std::fs::remove_dir_all(&dir).unwrap();
     }
