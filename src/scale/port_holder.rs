@@ -86,6 +86,9 @@ fn listening(port: u16) -> Option<Vec<u64>> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLM_F_REQUEST_DUMP: u16 = 0x01 | 0x300;
     const TCP_LISTEN: u8 = 10;
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    const IPPROTO_TCP: u8 = 6;
     const HEADER: usize = 16;
     // struct inet_diag_msg: family, state, timer, retrans, then the socket id (sport at 4),
     // expires, rqueue, wqueue, uid, inode (at 68).
@@ -100,7 +103,7 @@ fn listening(port: u16) -> Option<Vec<u64>> {
     let fd = fd.as_raw_fd();
     let mut inodes = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
-    for family in [libc_family::INET, libc_family::INET6] {
+    for family in [AF_INET, AF_INET6] {
         // struct nlmsghdr, then struct inet_diag_req_v2: family, protocol (TCP), no
         // extensions, padding, the states wanted (listening only), the socket id with the
         // source port (big-endian) and the rest zero.
@@ -111,7 +114,7 @@ fn listening(port: u16) -> Option<Vec<u64>> {
         req[6..8].copy_from_slice(&NLM_F_REQUEST_DUMP.to_ne_bytes());
         req[8..12].copy_from_slice(&u32::from(family).to_ne_bytes());
         req[16] = family;
-        req[17] = 6;
+        req[17] = IPPROTO_TCP;
         req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
         req[24..26].copy_from_slice(&port.to_be_bytes());
         send(fd, &req, MsgFlags::empty()).ok()?;
@@ -147,12 +150,6 @@ fn listening(port: u16) -> Option<Vec<u64>> {
         }
     }
     Some(inodes)
-}
-
-/// The address families asked about.
-mod libc_family {
-    pub const INET: u8 = 2;
-    pub const INET6: u8 = 10;
 }
 
 /// Whether process `pid` has one of `inodes` open.
