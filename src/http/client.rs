@@ -330,7 +330,7 @@ impl Pool {
     pub fn send_h1(
         &self,
         addr: SocketAddr,
-        mut req: Request<OutBody>,
+        mut req: Box<Request<OutBody>>,
     ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
         async move {
             // A pooled connection may turn out closed; then the request comes back unsent and goes
@@ -350,14 +350,11 @@ impl Pool {
                     Some((c, idle_for)) => (c, idle_for >= RISKY_IDLE),
                     None => {
                         fresh = true;
-                        match self.connect_h1(addr).await {
+                        // Boxed: a connect is rare on a kept-alive pool, and its future (over
+                        // 1 KB, for TLS) would otherwise make every request's larger.
+                        match Box::pin(self.connect_h1(addr)).await {
                             Ok(c) => (c, false),
-                            Err(error) => {
-                                return Err(SendError::Connect {
-                                    req: Box::new(req),
-                                    error,
-                                });
-                            }
+                            Err(error) => return Err(SendError::Connect { req, error }),
                         }
                     }
                 };
@@ -388,7 +385,7 @@ impl Pool {
                         } else {
                             return Err(SendError::Failed(failure));
                         }
-                        req = *back;
+                        req = back;
                         fresh = true;
                     }
                     Err(Failed { failure, .. }) => return Err(SendError::Failed(failure)),
@@ -409,27 +406,22 @@ impl Pool {
     pub fn send_h2(
         &self,
         addr: SocketAddr,
-        mut req: Request<OutBody>,
+        mut req: Box<Request<OutBody>>,
     ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
         async move {
             let mut retried = false;
             loop {
                 let mut sender = match self.h2_sender(addr).await {
                     Ok(s) => s,
-                    Err(error) => {
-                        return Err(SendError::Connect {
-                            req: Box::new(req),
-                            error,
-                        });
-                    }
+                    Err(error) => return Err(SendError::Connect { req, error }),
                 };
-                match sender.try_send_request(req).await {
+                match sender.try_send_request(*req).await {
                     Ok(res) => return Ok(res.map(UpBody::Right)),
                     Err(mut e) => match e.take_message() {
                         Some(back) if !retried => {
                             // The connection went away before this stream started (GOAWAY/close).
                             *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                            req = back;
+                            *req = back;
                             retried = true;
                         }
                         _ => return Err(SendError::Failed(Failure::H2(e.into_error()))),

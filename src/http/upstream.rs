@@ -693,6 +693,11 @@ pub struct Failed {
 /// Sends `req` over `conn` and reads the response head; the body reads the rest, and takes
 /// the connection home when done.
 ///
+/// The request comes boxed, and is handed back in the same box: it passes through three
+/// futures on its way here (forwarding, pool, exchange), and a request of a few hundred bytes
+/// inline in each would be copied at every step and make the whole larger than the
+/// allocator's cheap sizes.
+///
 /// Written as a function returning an `async move` block rather than an `async fn`, which
 /// would keep its arguments twice in the future (as given, and again as locals): this future
 /// is part of what every request holds while it waits.
@@ -702,7 +707,7 @@ pub struct Failed {
 )]
 pub fn exchange(
     mut conn: Box<Conn>,
-    mut req: Request<OutBody>,
+    mut req: Box<Request<OutBody>>,
     home: Arc<dyn Home>,
 ) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
     async move {
@@ -715,7 +720,7 @@ pub fn exchange(
             return Err(Failed {
                 failure: Failure::Write(e),
                 unsent: written == 0,
-                back: (written == 0 || !sending.has_body()).then(|| Box::new(req)),
+                back: (written == 0 || !sending.has_body()).then_some(req),
             });
         }
         let mut pump = sending
@@ -748,7 +753,7 @@ pub fn exchange(
                 return Err(Failed {
                     failure,
                     unsent: false,
-                    back: replayable.then(|| Box::new(req)),
+                    back: replayable.then_some(req),
                 });
             }
         };
@@ -1307,7 +1312,7 @@ mod tests {
             .body(OutBody::Empty)
             .unwrap();
         let home = Arc::new(Kept(std::sync::Mutex::new(0)));
-        let res = exchange(Conn::new(Io::Tcp(tcp)), req, home).await;
+        let res = exchange(Conn::new(Io::Tcp(tcp)), Box::new(req), home).await;
         verdict(res.map_err(|_| ())).await
     }
 

@@ -110,8 +110,6 @@ where
         }
         // Boxed, and only with a time limit: the common case keeps eight bytes for it.
         let mut sleep = start_by.map(|t| Box::pin(tokio::time::sleep_until(t)));
-        // For the answer when the limit runs out, after the context has moved on.
-        let (timeouts, deadline) = (ctx.timeouts, ctx.deadline);
         let acquired = match taken {
             Some(lease) => Acquired {
                 lease,
@@ -122,18 +120,26 @@ where
                 if let Some(r) = &mut record {
                     r.holding(rev.is_cold());
                 }
-                let acquire = std::pin::pin!(rev.acquire(declared_len(&req), ctx.deadline));
-                match (Within {
-                    fut: acquire,
-                    sleep: sleep.as_mut().map(|s| s.as_mut()),
-                })
-                .await
-                {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => return (finish(&rev, Err(e)), record),
-                    Err(fired) => {
-                        let e = timeout_error(timeouts, deadline, fired);
-                        return (finish(&rev, Err(e)), record);
+                match rev.acquire_now() {
+                    Some(a) => a,
+                    None => {
+                        // Only a request that must wait pays for the wait's future, boxed:
+                        // inline, it would make every request's forwarding larger than the
+                        // allocator's cheap sizes.
+                        let mut acquire = Box::pin(rev.acquire(declared_len(&req), ctx.deadline));
+                        match (Within {
+                            fut: acquire.as_mut(),
+                            sleep: sleep.as_mut().map(|s| s.as_mut()),
+                        })
+                        .await
+                        {
+                            Ok(Ok(a)) => a,
+                            Ok(Err(e)) => return (finish(&rev, Err(e)), record),
+                            Err(fired) => {
+                                let e = timeout_error(ctx.timeouts, ctx.deadline, fired);
+                                return (finish(&rev, Err(e)), record);
+                            }
+                        }
                     }
                 }
             }
@@ -141,6 +147,9 @@ where
         if let Some(r) = &mut record {
             r.acquired(acquired.waited, acquired.cold);
         }
+        // For the answer when the limit runs out, after the context has moved on; taken here,
+        // not before the wait, so that a held request does not keep them twice.
+        let (timeouts, deadline) = (ctx.timeouts, ctx.deadline);
         let mut exchange = Box::pin(exchange(
             &rev,
             req,
@@ -217,10 +226,10 @@ pub fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> 
 /// Everything after the slot is taken: the request rewritten for the upstream, sent (once more
 /// elsewhere if the connection failed before anything was sent), and the response made ready
 /// to stream back.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice"
-)]
+///
+/// The rewrite runs before the future is made, so that the future keeps only what the
+/// exchange needs: the rewritten request, boxed, and the few fields of the context it reads.
+/// Kept small, this future's box is one the allocator serves from its per-thread cache.
 fn exchange<'a>(
     rev: &'a Arc<Revision>,
     mut req: Request<RequestBody>,
@@ -228,28 +237,35 @@ fn exchange<'a>(
     taken: Taken,
     record: &'a mut Option<Box<Record>>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+    let Taken {
+        acquired,
+        active,
+        quiet,
+        protocol,
+        to_grpc,
+    } = taken;
+    // One settings snapshot for the whole request.
+    let settings = rev.settings();
+    prepare(&mut req, protocol, settings.pool.tls.is_some(), &ctx);
+    let Ctx {
+        start,
+        deadline,
+        timeouts,
+        upgrade,
+        cut,
+        ..
+    } = ctx;
+    let client_upgrade = upgrade.and_then(|proto| {
+        tunnel::mark(req.headers_mut(), proto);
+        crate::http::downstream::on_upgrade(&mut req)
+    });
+    // Only a request with a body can have it fail.
+    let fault =
+        (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
+    let mut req = Box::new(req.map(|b| OutBody::Client(b, fault.clone())));
+    let mark_cold = acquired.cold && settings.cold_start.header;
+    let mut lease = acquired.lease;
     async move {
-        let Taken {
-            acquired,
-            active,
-            quiet,
-            protocol,
-            to_grpc,
-        } = taken;
-        // One settings snapshot for the whole request.
-        let settings = rev.settings();
-        let tls_upstream = settings.pool.tls.is_some();
-        prepare(&mut req, protocol, tls_upstream, &ctx);
-        let client_upgrade = ctx.upgrade.and_then(|proto| {
-            tunnel::mark(req.headers_mut(), proto);
-            crate::http::downstream::on_upgrade(&mut req)
-        });
-        // Only a request with a body can have it fail.
-        let fault =
-            (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
-        let mut req = req.map(|b| OutBody::Client(b, fault.clone()));
-        let mark_cold = acquired.cold && settings.cold_start.header;
-        let mut lease = acquired.lease;
         let mut retried = false;
         loop {
             let ep = lease.endpoint().clone();
@@ -260,8 +276,8 @@ fn exchange<'a>(
             if let Some(r) = record {
                 r.send(to, req.headers_mut());
             }
-            // This future is boxed when it is built, which copies all of it: HTTP/1.1's send
-            // path (under 2 KB) is kept in it, rather than in a second allocation; HTTP/2's
+            // HTTP/1.1's send path (under 300 bytes, the request boxed and a connect boxed
+            // apart) is kept in this future rather than in a second allocation; HTTP/2's
             // (hyper's client, tens of KB) is boxed apart.
             let sent = match protocol {
                 Protocol::Http1 | Protocol::Auto => ep.pool.send_h1(to, req).await,
@@ -276,8 +292,8 @@ fn exchange<'a>(
                         .then(|| crate::http::upstream::upgraded(res.body_mut()))
                         .flatten();
                     let proto = res.headers().get(header::UPGRADE).cloned();
-                    let done = Completion::new(lease, ctx.start, status, active)
-                        .with_record(record.take());
+                    let done =
+                        Completion::new(lease, start, status, active).with_record(record.take());
                     let mut res = match (client_upgrade, upstream_upgrade) {
                         (Some(client), Some(upstream)) => {
                             let (mut parts, _) = res.into_parts();
@@ -285,20 +301,15 @@ fn exchange<'a>(
                             if let Some(p) = proto {
                                 tunnel::mark(&mut parts.headers, p);
                             }
-                            tunnel::spawn(
-                                client,
-                                upstream,
-                                (done, ctx.cut.hold()),
-                                ctx.timeouts.idle,
-                            );
+                            tunnel::spawn(client, upstream, (done, cut.hold()), timeouts.idle);
                             Response::from_parts(parts, Body::empty())
                         }
                         _ => {
                             let limits = Limits {
-                                idle: ctx.timeouts.idle,
-                                deadline: ctx.deadline.filter(|_| !ctx.timeouts.exempt_streams),
+                                idle: timeouts.idle,
+                                deadline: deadline.filter(|_| !timeouts.exempt_streams),
                             };
-                            respond(res, done, limits, ctx.cut)
+                            respond(res, done, limits, cut)
                         }
                     };
                     if mark_cold {
@@ -332,13 +343,13 @@ fn exchange<'a>(
                     drop(lease);
                     let again = match quiet {
                         true => (rev.held() == 0).then(|| rev.try_acquire()).flatten(),
-                        false => rev.acquire(0, ctx.deadline).await.ok().map(|a| a.lease),
+                        false => rev.acquire(0, deadline).await.ok().map(|a| a.lease),
                     };
                     lease = match again {
                         Some(l) => l,
                         None => return Err(connect_error(to, error)),
                     };
-                    req = *back;
+                    req = back;
                 }
             }
         }

@@ -460,6 +460,19 @@ impl Revision {
         })
     }
 
+    /// A slot taken at once, as [`Revision::acquire`] takes it when nobody is waiting and one is
+    /// free; `None` when the request would have to wait.
+    pub fn acquire_now(self: &Arc<Self>) -> Option<Acquired> {
+        if !self.queue.is_empty() {
+            return None;
+        }
+        self.try_acquire().map(|lease| Acquired {
+            lease,
+            waited: None,
+            cold: false,
+        })
+    }
+
     /// Takes a slot, holding the request in the bounded queue while none is free.
     ///
     /// `body_bytes` is the declared request body size (counted against `max_bytes` while held);
@@ -478,14 +491,8 @@ impl Revision {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Acquired, ProxyError>> {
         async move {
-            if self.queue.is_empty()
-                && let Some(lease) = self.try_acquire()
-            {
-                return Ok(Acquired {
-                    lease,
-                    waited: None,
-                    cold: false,
-                });
+            if let Some(now) = self.acquire_now() {
+                return Ok(now);
             }
             let cold = self.is_cold();
             if cold {
