@@ -168,11 +168,16 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
     // Each field as (name start, name end, value start, value end) in the head.
     let mut at = [(0u32, 0u32, 0u32, 0u32); h1::MAX_HEADERS];
     let (len, count, method, target, minor) = {
-        let mut fields = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut fields);
+        let mut fields = h1::no_fields();
+        let mut req = httparse::Request::new(&mut []);
         // Each verdict depends only on bytes every way of cutting them has shown: a head past
         // the limit is judged by its first `max` bytes, an error by the bytes up to it.
-        let len = match req.parse(buf) {
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut req,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) if n > max => return Err(past_limit(buf, max)),
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > max => return Err(past_limit(buf, max)),

@@ -20,6 +20,13 @@ pub const MAX_HEAD: usize = 64 << 10;
 /// Most fields in a head or a trailer section (hyper's default as well).
 pub const MAX_HEADERS: usize = 100;
 
+/// Room for the fields of one head, as httparse fills it: left uninitialised, since the parser
+/// writes each slot before it is read, and zeroing the 3 KB of it cost more than reading a
+/// short head.
+pub fn no_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Longest chunk-size line accepted (size and extensions).
 pub const MAX_CHUNK_LINE: usize = 4 << 10;
 

@@ -18,7 +18,8 @@
 
 use crate::http::downstream::RequestBody;
 use crate::http::h1::{
-    Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, head_fault, next_frame, write_field,
+    self, Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, head_fault, next_frame,
+    write_field,
 };
 use crate::http::headers::{content_length, ends_in_chunked, tokens};
 use bytes::{Buf, Bytes, BytesMut};
@@ -300,9 +301,14 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
     // Each field as (name start, name end, value start, value end) in the head.
     let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, count, code, minor) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut fields);
-        let len = match res.parse(buf) {
+        let mut fields = h1::no_fields();
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(Failure::HeadTooLarge),
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
