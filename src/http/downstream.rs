@@ -20,7 +20,7 @@
 use crate::http::h1::{self, Framing, Next, write_field};
 use crate::http::headers::{content_length, ends_in_chunked, lists};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::future::{Future, poll_fn};
@@ -223,7 +223,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
     let (mut close, mut keep, mut expect, mut upgrade, mut trailers) =
         (false, false, false, false, false);
     for &(ns, ne, vs, ve) in &at[..count] {
-        let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
+        let name = h1::field_name(&raw[ns as usize..ne as usize])
             .map_err(|_| Refusal::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
             .map_err(|_| Refusal::Malformed("invalid header value"))?;
@@ -1439,7 +1439,10 @@ mod tests {
             "x-forwarded-host",
             "forwarded",
         ] {
-            h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+            h.insert(
+                http::header::HeaderName::from_static(name),
+                HeaderValue::from_static("v"),
+            );
         }
         assert_eq!(req.headers().capacity(), before, "no growth");
     }

@@ -378,6 +378,11 @@ pub fn ends_in_chunked(value: &[u8]) -> bool {
 /// 9110 §8.6); anything else, or a number past `u64`, is `None`. The request framing check
 /// and the upstream connection both read lengths with it.
 pub fn content_length(value: &[u8]) -> Option<u64> {
+    // The common case, one number of at most 19 digits (which cannot overflow), read without
+    // splitting or parsing a string.
+    if matches!(value.len(), 1..=19) && value.iter().all(u8::is_ascii_digit) {
+        return Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
+    }
     let mut n = None;
     for part in value.split(|b| *b == b',') {
         let part = part.trim_ascii();
@@ -441,6 +446,16 @@ mod tests {
         assert_eq!(content_length(b"+7"), None);
         assert_eq!(content_length(b""), None);
         assert_eq!(content_length(b"99999999999999999999"), None);
+        // One number alone is read without parsing a string, up to 19 digits; past that, the
+        // general reading takes it, up to u64's end.
+        assert_eq!(content_length(b"007"), Some(7));
+        assert_eq!(
+            content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(content_length(b"18446744073709551616"), None);
+        assert_eq!(content_length(b"4a"), None);
     }
 
     #[test]

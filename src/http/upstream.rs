@@ -23,7 +23,7 @@ use crate::http::h1::{
 };
 use crate::http::headers::{content_length, ends_in_chunked, tokens};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -342,7 +342,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Failu
     let mut keep = false;
     let mut keep_alive = None;
     for &(ns, ne, vs, ve) in &at[..count] {
-        let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
+        let name = h1::field_name(&raw[ns as usize..ne as usize])
             .map_err(|_| Failure::Head("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
             .map_err(|_| Failure::Head("invalid header value"))?;
