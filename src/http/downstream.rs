@@ -750,7 +750,6 @@ fn encode_head(
     asked: &Asked,
     close: &mut bool,
 ) -> Out {
-    use std::io::Write as _;
     // A switch keeps its `Connection: upgrade`; it ends the exchange in any case.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade.is_some();
     let none = HeaderMap::new();
@@ -800,7 +799,7 @@ fn encode_head(
         204 => Out::Nothing,
         304 => {
             if let Some(n) = length {
-                let _ = write!(dst, "content-length: {n}\r\n");
+                h1::write_length(dst, n);
             }
             Out::Nothing
         }
@@ -808,7 +807,7 @@ fn encode_head(
         // nothing of the `GET`'s.
         _ => match length.or(body_len.filter(|&n| n > 0 || !asked.head)) {
             Some(n) => {
-                let _ = write!(dst, "content-length: {n}\r\n");
+                h1::write_length(dst, n);
                 match asked.head {
                     true => Out::Nothing,
                     false => Out::Length(n),
@@ -906,7 +905,6 @@ async fn send_body<B>(
 where
     B: Body<Data = Bytes, Error = BoxError>,
 {
-    use std::io::Write as _;
     let mut body = pin!(body);
     // A chunk's closing CRLF, written with what follows it.
     let mut crlf = false;
@@ -1007,7 +1005,7 @@ where
                     if crlf {
                         pending.buf.extend_from_slice(b"\r\n");
                     }
-                    let _ = write!(pending.buf, "{:x}\r\n", data.len());
+                    h1::write_chunk_size(&mut pending.buf, data.len());
                     crlf = true;
                 }
                 Out::Close => {}

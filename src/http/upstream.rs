@@ -463,7 +463,6 @@ fn sending(req: &Request<OutBody>) -> Sending {
 
 /// Writes the head of `req` into `dst`, its framing as `body` says.
 fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
-    use std::io::Write as _;
     dst.clear();
     dst.extend_from_slice(req.method().as_str().as_bytes());
     dst.push(b' ');
@@ -482,7 +481,7 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
     match body {
         Sending::Nothing => {}
         Sending::Length(n) => {
-            let _ = write!(dst, "content-length: {n}\r\n");
+            h1::write_length(dst, n);
         }
         Sending::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -642,8 +641,9 @@ impl Pump {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) if self.chunked => {
-                        self.out
-                            .push_back(Bytes::from(format!("{:X}\r\n", data.len())));
+                        let mut line = Vec::with_capacity(18);
+                        h1::write_chunk_size(&mut line, data.len());
+                        self.out.push_back(Bytes::from(line));
                         self.out.push_back(data);
                         self.out.push_back(Bytes::from_static(b"\r\n"));
                     }
