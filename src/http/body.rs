@@ -17,6 +17,7 @@
 //! the upstream exchange), ends the exchange, and cuts the client's connection where that is
 //! the only way to stop an HTTP/1.1 response (`cut`). The client sees the stream fail.
 
+use crate::http::h1::{Carries, Verbatim};
 use crate::http::upstream::UpBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -50,7 +51,7 @@ impl Exchange for () {
 
 /// A response body; `E` is what ends with a streamed upstream body.
 #[derive(Debug)]
-pub struct ProxyBody<E = ()>(Kind<E>);
+pub struct ProxyBody<E = ()>(Kind<E>, Option<Verbatim>);
 
 #[derive(Debug)]
 enum Kind<E> {
@@ -130,19 +131,20 @@ impl Limits {
 impl<E> ProxyBody<E> {
     /// A complete body of rouse's own.
     pub fn full(b: impl Into<Bytes>) -> ProxyBody<E> {
-        ProxyBody(Kind::Full(Some(b.into())))
+        ProxyBody(Kind::Full(Some(b.into())), None)
     }
 
     /// An empty body.
     pub fn empty() -> ProxyBody<E> {
-        ProxyBody(Kind::Full(None))
+        ProxyBody(Kind::Full(None), None)
     }
 
     /// Streams an upstream body, polled by the client's connection; `done` ends with it.
-    pub fn upstream(inner: UpBody, done: E) -> ProxyBody<E>
+    pub fn upstream(mut inner: UpBody, done: E) -> ProxyBody<E>
     where
         E: Exchange,
     {
+        let verbatim = take_verbatim(&mut inner);
         let mut up = Streamed {
             inner,
             done: Some(done),
@@ -152,7 +154,7 @@ impl<E> ProxyBody<E> {
         if up.inner.is_end_stream() {
             up.finish(true);
         }
-        ProxyBody(Kind::Upstream(up))
+        ProxyBody(Kind::Upstream(up), verbatim)
     }
 
     /// Streams an upstream body under `limits`, through a task that enforces them whether or
@@ -160,7 +162,7 @@ impl<E> ProxyBody<E> {
     /// [`ProxyBody::upstream`]. `cut` is called when a limit ends the exchange, to close a
     /// client connection that nothing else would close.
     pub fn timed(
-        inner: UpBody,
+        mut inner: UpBody,
         done: E,
         limits: Limits,
         cut: impl FnOnce() + Send + 'static,
@@ -172,14 +174,38 @@ impl<E> ProxyBody<E> {
             return ProxyBody::upstream(inner, done);
         }
         let hint = inner.size_hint();
+        let verbatim = take_verbatim(&mut inner);
         let (tx, frames) = mpsc::channel(1);
         let outcome = Arc::new(AtomicU8::new(RUNNING));
         tokio::spawn(relay(inner, done, limits, tx, outcome.clone(), cut));
-        ProxyBody(Kind::Timed(Relayed {
-            frames,
-            outcome,
-            hint,
-        }))
+        ProxyBody(
+            Kind::Timed(Relayed {
+                frames,
+                outcome,
+                hint,
+            }),
+            verbatim,
+        )
+    }
+}
+
+fn take_verbatim(body: &mut UpBody) -> Option<Verbatim> {
+    match body {
+        UpBody::Left(b) => b.take_verbatim(),
+        UpBody::Right(_) => None,
+    }
+}
+
+impl<E> Carries for ProxyBody<E> {
+    fn take_verbatim(&mut self) -> Option<Verbatim> {
+        self.1.take()
+    }
+}
+
+/// Bodies made whole elsewhere (tests' handlers) carry none.
+impl Carries for http_body_util::combinators::BoxBody<Bytes, BoxError> {
+    fn take_verbatim(&mut self) -> Option<Verbatim> {
+        None
     }
 }
 
@@ -387,5 +413,34 @@ impl Drop for TunnelHold {
             .tunnels
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.0.tunnel_ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Materialising puts the backend's fields into the map before what rouse added, so that
+    /// an added cookie joins the backend's rather than replacing them; it happens once.
+    #[test]
+    fn materialised_fields_come_before_the_added_ones() {
+        let lines = Bytes::from_static(b"Set-Cookie: b=2\r\nX-A:  1 \r\nx-a: 2\r\n");
+        let mut res = Response::new(ProxyBody::<()>(
+            Kind::Full(None),
+            Some(Verbatim::new(lines, Some(7), false)),
+        ));
+        res.headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        crate::http::h1::materialise(&mut res);
+        let h = res.headers();
+        let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["b=2", "a=1"]);
+        let xa: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(h[header::CONTENT_LENGTH], "7");
+        assert_eq!(h.len(), 5);
+        assert!(res.body_mut().take_verbatim().is_none());
+        crate::http::h1::materialise(&mut res);
+        assert_eq!(res.headers().len(), 5, "a second call adds nothing");
     }
 }

@@ -17,7 +17,7 @@
 //! [`h1`], the same decoder as the upstream side's. The writer owns the response framing: no
 //! `Content-Length` or `Transfer-Encoding` of the response is copied.
 
-use crate::http::h1::{self, Framing, Next, write_field};
+use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::headers::{content_length, ends_in_chunked, lists};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -740,12 +740,14 @@ fn write_date(dst: &mut Vec<u8>) {
     });
 }
 
-/// Writes the head of a response into `dst` and says how its body goes out. `close`: the
+/// Writes the head of a response into `dst` and says how its body goes out: `verbatim`'s
+/// lines (the backend's fields as it wrote them), if any, then `headers`. `close`: the
 /// connection closes after it (it may be set here, for a body that must run to the close).
 fn encode_head(
     dst: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    verbatim: Option<&Verbatim>,
     body_len: Option<u64>,
     asked: &Asked,
     close: &mut bool,
@@ -753,15 +755,15 @@ fn encode_head(
     // A switch keeps its `Connection: upgrade`; it ends the exchange in any case.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade.is_some();
     let none = HeaderMap::new();
-    let (status, headers, body_len) = match status.is_informational() && !switching {
+    let (status, headers, verbatim, body_len) = match status.is_informational() && !switching {
         // A final answer cannot be `1xx` (another `1xx` would be read as the final answer's
         // forerunner, and a `101` nobody asked for as a switch): it becomes an empty `500`, and
         // the connection closes, as hyper's server does.
         true => {
             *close = true;
-            (StatusCode::INTERNAL_SERVER_ERROR, &none, Some(0))
+            (StatusCode::INTERNAL_SERVER_ERROR, &none, None, Some(0))
         }
-        false => (status, headers, body_len),
+        false => (status, headers, verbatim, body_len),
     };
     dst.extend_from_slice(match asked.http10 {
         true => b"HTTP/1.0 ",
@@ -774,6 +776,11 @@ fn encode_head(
     let code = status.as_u16();
     let mut length = None;
     let mut date = false;
+    if let Some(v) = verbatim {
+        dst.extend_from_slice(v.lines());
+        length = v.length;
+        date = v.date;
+    }
     for (name, value) in headers {
         // The framing and the connection's fate are this function's to write.
         match *name {
@@ -1100,7 +1107,7 @@ pub async fn serve<C, F, B>(
 ) where
     C: FnMut(Request<RequestBody>) -> F,
     F: Future<Output = http::Response<B>>,
-    B: Body<Data = Bytes, Error = BoxError>,
+    B: Body<Data = Bytes, Error = BoxError> + Carries,
 {
     let wire: Shared = Arc::new(Mutex::new(Wire {
         io: Some(io),
@@ -1160,7 +1167,8 @@ pub async fn serve<C, F, B>(
         let Some(res) = res else {
             break;
         };
-        let (parts, body) = res.into_parts();
+        let (parts, mut body) = res.into_parts();
+        let verbatim = body.take_verbatim();
         let mut close = !keep_alive || *stop.borrow();
         {
             // Too late for `100 Continue` once the answer starts: the client that waited for it
@@ -1195,6 +1203,7 @@ pub async fn serve<C, F, B>(
             &mut pending.buf,
             parts.status,
             &parts.headers,
+            verbatim.as_ref(),
             len,
             &asked,
             &mut close,
@@ -1445,6 +1454,52 @@ mod tests {
         assert_eq!(req.headers().capacity(), before, "no growth");
     }
 
+    /// A backend's fields kept as it wrote them go out first and as they are, then the map's
+    /// (what rouse added); the length and the date come from them, not twice.
+    #[test]
+    fn verbatim_fields_go_out_as_written_then_the_map() {
+        let v = Verbatim::new(
+            Bytes::from_static(b"Server: x\r\nDate: Thu, 03 Dec 2026 12:00:00 GMT\r\nX-A:  1 \r\n"),
+            Some(5),
+            true,
+        );
+        let mut added = HeaderMap::new();
+        added.insert(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        let asked = |head| Asked {
+            http10: false,
+            head,
+            trailers: false,
+            upgrade: None,
+        };
+        let write = |status, asked: &Asked, len| {
+            let (mut dst, mut close) = (Vec::new(), false);
+            let out = encode_head(&mut dst, status, &added, Some(&v), len, asked, &mut close);
+            (String::from_utf8(dst).unwrap(), out, close)
+        };
+        let fields =
+            "Server: x\r\nDate: Thu, 03 Dec 2026 12:00:00 GMT\r\nX-A:  1 \r\nset-cookie: a=1\r\n";
+        // HEAD: the length is the head's, and no body follows.
+        let (head, out, close) = write(StatusCode::OK, &asked(true), None);
+        assert_eq!(
+            head,
+            format!("HTTP/1.1 200 OK\r\n{fields}content-length: 5\r\n\r\n")
+        );
+        assert!(matches!(out, Out::Nothing) && !close);
+        let (head, out, _) = write(StatusCode::OK, &asked(false), Some(5));
+        assert_eq!(
+            head,
+            format!("HTTP/1.1 200 OK\r\n{fields}content-length: 5\r\n\r\n")
+        );
+        assert!(matches!(out, Out::Length(5)));
+        // A final `1xx` is a bare 500: none of the backend's fields go with it.
+        let (head, _, close) = write(StatusCode::CONTINUE, &asked(false), None);
+        assert!(
+            head.starts_with("HTTP/1.1 500 Internal Server Error\r\ndate: "),
+            "{head}"
+        );
+        assert!(!head.contains("Server: x") && close, "{head}");
+    }
+
     #[test]
     fn a_bare_lf_in_trailers_fails_the_body() {
         let wire =
@@ -1637,9 +1692,10 @@ mod tests {
                 |req| {
                     let rec = rec.clone();
                     async move {
-                        record(req, rec)
-                            .await
-                            .map(|b| http_body_util::BodyExt::map_err(b, |e| match e {}))
+                        record(req, rec).await.map(|b| {
+                            use http_body_util::BodyExt as _;
+                            b.map_err(|e| match e {}).boxed()
+                        })
                     }
                 },
                 |why| {

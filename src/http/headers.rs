@@ -96,9 +96,12 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) -> Result<(), Ambiguous
 /// The `timeout=N` of a `Keep-Alive` value, less a margin: a second, or half of it if shorter,
 /// so that a pooled connection is given up before the backend closes it. The upstream
 /// connection reads it while parsing a response head.
-pub(crate) fn keep_alive_timeout(v: &HeaderValue) -> Option<Duration> {
-    let secs: u64 = v
-        .to_str()
+pub(crate) fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
+    // Visible ASCII only, as `HeaderValue::to_str` reads a value.
+    if !v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b)) {
+        return None;
+    }
+    let secs: u64 = std::str::from_utf8(v)
         .ok()?
         .split(',')
         .filter_map(|p| p.trim().split_once('='))
@@ -423,7 +426,7 @@ mod tests {
 
     #[test]
     fn keep_alive_timeouts_are_read_with_a_margin() {
-        let t = |v: &'static str| keep_alive_timeout(&HeaderValue::from_static(v));
+        let t = |v: &'static str| keep_alive_timeout(v.as_bytes());
         assert_eq!(t("timeout=5, max=100"), Some(Duration::from_secs(4)));
         assert_eq!(t("max=100, Timeout=2"), Some(Duration::from_secs(1)));
         assert_eq!(t("timeout=1"), Some(Duration::from_millis(500)));

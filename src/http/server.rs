@@ -65,8 +65,12 @@ pub struct ConnInfo {
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
-    /// The body of its responses.
-    type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static;
+    /// The body of its responses, which may carry a proxied response's fields as the backend
+    /// wrote them ([`crate::http::h1::Carries`]).
+    type Body: http_body::Body<Data = Bytes, Error = BoxError>
+        + crate::http::h1::Carries
+        + Send
+        + 'static;
 
     /// Answers one request.
     fn call(
@@ -422,7 +426,12 @@ impl Protocols {
                 let last = Arc::new(AtomicU64::new(crate::clock::now_ms()));
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (h, info) = (handler.clone(), info.clone());
-                    async move { Ok::<_, Infallible>(h.call(req.map(RequestBody::Right), info).await) }
+                    async move {
+                        let mut res = h.call(req.map(RequestBody::Right), info).await;
+                        // hyper writes the map only.
+                        crate::http::h1::materialise(&mut res);
+                        Ok::<_, Infallible>(res)
+                    }
                 });
                 let svc = Noted {
                     inner: svc,

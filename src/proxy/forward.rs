@@ -313,6 +313,7 @@ fn exchange<'a>(
                         }
                     };
                     if mark_cold {
+                        crate::http::h1::materialise(&mut res);
                         res.headers_mut()
                             .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
                     }

@@ -564,6 +564,7 @@ pub const STARTING_FOR_HEADER: HeaderName = HeaderName::from_static("rouse-start
 /// Adds the cookie that pins a client of a sticky service, if one is due.
 fn pin(res: &mut Response<Body>, set_cookie: Option<HeaderValue>) {
     if let Some(c) = set_cookie {
+        crate::http::h1::materialise(res);
         res.headers_mut().append(header::SET_COOKIE, c);
     }
 }
