@@ -10,7 +10,8 @@
 #            connection: no panic, the same requests, bodies and verdict however the bytes
 #            are cut
 #   upstream any bytes as a backend's response to rouse's own HTTP/1.1 connection: no panic,
-#            the same answer however the bytes are cut; and any request's head as written
+#            the same answer however the bytes are cut, and the same head read into a map
+#            and kept as written; and any request's head as written
 #            upstream parses back as exactly one request with the same method, target, fields
 #
 #   scripts/fuzz.sh                      # every target, 60 s each

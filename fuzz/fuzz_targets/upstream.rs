@@ -2,7 +2,9 @@
 //!
 //! - any bytes as a backend's response, read whole, cut in two at up to 65 points, and (for
 //!   short inputs) one byte at a time: no panic, and the same answer however the bytes are
-//!   cut, since the network decides how they arrive;
+//!   cut, since the network decides how they arrive; and its head read both ways, into a map
+//!   and kept as the backend wrote it for the client: the same verdict, and lines that are
+//!   whole fields holding what the map holds (`verbatim_agrees`);
 //! - a request built from the bytes (method, target and fields, whatever `http` accepts)
 //!   written as a head: it parses back as exactly one request, ending where it was written to
 //!   end, with the same method, target and fields, so no request can become two.
@@ -11,9 +13,12 @@
 
 use http::{HeaderName, HeaderValue, Method, Request};
 use libfuzzer_sys::fuzz_target;
-use rouse::http::upstream::{OutBody, head_bytes, read_whole};
+use rouse::http::upstream::{OutBody, head_bytes, read_whole, verbatim_agrees};
 
 fn response(data: &[u8]) {
+    if let Err(e) = verbatim_agrees(data) {
+        panic!("{e}: {:?}", String::from_utf8_lossy(data));
+    }
     let whole = format!("{:?}", read_whole(data, &[], false));
     for cut in (0..=data.len()).step_by((data.len() / 64).max(1)) {
         assert_eq!(

@@ -778,8 +778,8 @@ fn encode_head(
     let mut date = false;
     if let Some(v) = verbatim {
         dst.extend_from_slice(v.lines());
-        length = v.length;
-        date = v.date;
+        length = v.length();
+        date = v.date();
     }
     for (name, value) in headers {
         // The framing and the connection's fate are this function's to write.
