@@ -53,7 +53,7 @@ fn request(data: &[u8]) -> Option<Request<OutBody>> {
 }
 
 fn head(req: &Request<OutBody>) {
-    let bytes = head_bytes(req);
+    let bytes = head_bytes(req, None);
     let mut fields = vec![httparse::EMPTY_HEADER; req.headers().len() + 2];
     let mut parsed = httparse::Request::new(&mut fields);
     let len = match parsed.parse(&bytes) {

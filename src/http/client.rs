@@ -161,7 +161,7 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-pub use crate::http::upstream::{BodyFault, Failure, OutBody};
+pub use crate::http::upstream::{BodyFault, Failure, OutBody, Outgoing};
 
 /// A pooled connection idle this long may be closing as it is reused: an idempotent request
 /// without a body sent on it keeps a copy of its head, to be replayed on a new connection if
@@ -188,7 +188,7 @@ pub enum SendError {
     /// No connection could be made; the request never left rouse and is handed back.
     Connect {
         /// The untouched request.
-        req: Box<Request<OutBody>>,
+        req: Box<Outgoing>,
         /// What went wrong.
         error: ConnectError,
     },
@@ -330,7 +330,7 @@ impl Pool {
     pub fn send_h1(
         &self,
         addr: SocketAddr,
-        mut req: Box<Request<OutBody>>,
+        mut req: Box<Outgoing>,
     ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
         async move {
             // A pooled connection may turn out closed; then the request comes back unsent and goes
@@ -406,22 +406,30 @@ impl Pool {
     pub fn send_h2(
         &self,
         addr: SocketAddr,
-        mut req: Box<Request<OutBody>>,
+        out: Box<Outgoing>,
     ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
         async move {
+            let Outgoing { mut req, hop } = *out;
+            // HTTP/2's head is written from the map alone.
+            if let Some(hop) = hop {
+                hop.into_map(req.headers_mut());
+            }
             let mut retried = false;
             loop {
                 let mut sender = match self.h2_sender(addr).await {
                     Ok(s) => s,
-                    Err(error) => return Err(SendError::Connect { req, error }),
+                    Err(error) => {
+                        let req = Box::new(Outgoing { req, hop: None });
+                        return Err(SendError::Connect { req, error });
+                    }
                 };
-                match sender.try_send_request(*req).await {
+                match sender.try_send_request(req).await {
                     Ok(res) => return Ok(res.map(UpBody::Right)),
                     Err(mut e) => match e.take_message() {
                         Some(back) if !retried => {
                             // The connection went away before this stream started (GOAWAY/close).
                             *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                            *req = back;
+                            req = back;
                             retried = true;
                         }
                         _ => return Err(SendError::Failed(Failure::H2(e.into_error()))),

@@ -282,6 +282,114 @@ pub fn add_forwarded(
     }
 }
 
+/// This hop's forwarding fields for a request that arrived with none of its own (most do):
+/// what [`add_forwarded`] (or, with no `proto`, [`add_forwarded_knative`]) would put into the
+/// map, kept aside for the HTTP/1.1 writer to write straight into the upstream head. Adding
+/// four fields to the map, making their values and dropping them again cost more than a
+/// thousand instructions for every request.
+#[derive(Debug)]
+pub struct Hop {
+    client: ClientAddr,
+    /// `http` or `https`; `None` for Knative's convention, which adds `X-Forwarded-For` only.
+    proto: Option<&'static str>,
+    host: String,
+}
+
+impl Hop {
+    /// The hop for a request with `headers`, when it has none of the forwarding fields
+    /// (their values would have to be joined with this hop's); `None` otherwise, and the
+    /// fields go into the map. `proto`: as for [`add_forwarded`], or `None` for Knative's
+    /// convention.
+    pub fn deferred(
+        headers: &HeaderMap,
+        client: &ClientAddr,
+        proto: Option<&'static str>,
+        host: &str,
+    ) -> Option<Hop> {
+        let had = Forwarding::present(headers);
+        let none = !(had.xff || had.proto || had.host || had.forwarded);
+        none.then(|| Hop {
+            client: client.clone(),
+            proto,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Writes the fields, each `name: value` and its CRLF, as [`Hop::into_map`] would add them.
+    pub fn write(&self, dst: &mut Vec<u8>) {
+        dst.extend_from_slice(b"x-forwarded-for: ");
+        dst.extend_from_slice(self.client.ip.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+        let Some(proto) = self.proto else {
+            return;
+        };
+        dst.extend_from_slice(b"x-forwarded-proto: ");
+        dst.extend_from_slice(proto.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+        // A host that is no field value (never one rouse routed) leaves out what holds it.
+        if !self
+            .host
+            .bytes()
+            .all(|b| b == b'\t' || (b' ' <= b && b != 0x7f))
+        {
+            return;
+        }
+        dst.extend_from_slice(b"x-forwarded-host: ");
+        dst.extend_from_slice(self.host.as_bytes());
+        dst.extend_from_slice(b"\r\nforwarded: for=");
+        dst.extend_from_slice(self.client.node.as_bytes());
+        if !self.host.is_empty() {
+            dst.extend_from_slice(b";host=\"");
+            dst.extend_from_slice(self.host.as_bytes());
+            dst.push(b'"');
+        }
+        dst.extend_from_slice(b";proto=");
+        dst.extend_from_slice(proto.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+
+    /// Adds the fields to `headers`, which has none of them: for an exchange whose head is
+    /// written from the map.
+    pub fn into_map(self, headers: &mut HeaderMap) {
+        match self.proto {
+            Some(proto) => add_forwarded(headers, &self.client, proto, &self.host),
+            None => add_forwarded_knative(headers, &self.client),
+        }
+    }
+}
+
+/// Whether the hop for `headers` is kept aside, and if so, that its written fields are the
+/// ones [`Hop::into_map`] adds, byte for byte, in the same order (for the fuzz target and
+/// tests): `Ok(kept)`, or what differs.
+pub fn hop_agrees(
+    headers: &HeaderMap,
+    client: &ClientAddr,
+    proto: Option<&'static str>,
+    host: &str,
+) -> Result<bool, String> {
+    let Some(hop) = Hop::deferred(headers, client, proto, host) else {
+        return Ok(false);
+    };
+    let mut written = Vec::new();
+    hop.write(&mut written);
+    let mut map = headers.clone();
+    hop.into_map(&mut map);
+    let mut added = Vec::new();
+    for (name, value) in &map {
+        if !headers.contains_key(name) {
+            crate::http::h1::write_field(&mut added, name, value);
+        }
+    }
+    match written == added {
+        true => Ok(true),
+        false => Err(format!(
+            "written {:?}, the map's {:?}",
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&added)
+        )),
+    }
+}
+
 /// Knative's forwarding convention: when the request has no `Forwarded`, one is synthesized
 /// from the `X-Forwarded-*` headers it arrived with (the first node carries `host` and
 /// `proto`); then this hop's client is appended to `X-Forwarded-For` only.
@@ -438,6 +546,52 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("keep-alive").is_none() && h.get("x-kept").is_some());
+    }
+
+    /// The forwarding fields kept aside for the HTTP/1.1 writer are written as the map would
+    /// hold them, for both conventions and both address families; a request with any
+    /// forwarding field of its own has them joined in the map instead.
+    #[test]
+    fn a_hop_kept_aside_is_written_as_the_map_holds_it() {
+        let v4 = ClientAddr::new("192.0.2.7".parse().unwrap());
+        let v6 = ClientAddr::new("2001:db8::1".parse().unwrap());
+        let mut plain = HeaderMap::new();
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        for client in [&v4, &v6] {
+            for proto in [Some("http"), Some("https"), None] {
+                for host in ["example.com", "h.example:8080", "", "bad\u{1}host"] {
+                    assert_eq!(
+                        hop_agrees(&plain, client, proto, host),
+                        Ok(true),
+                        "{host:?}"
+                    );
+                }
+            }
+        }
+        let mut written = Vec::new();
+        Hop::deferred(&plain, &v6, Some("https"), "a.example")
+            .unwrap()
+            .write(&mut written);
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            "x-forwarded-for: 2001:db8::1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: a.example\r\n\
+             forwarded: for=\"[2001:db8::1]\";host=\"a.example\";proto=https\r\n"
+        );
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            let mut had = plain.clone();
+            had.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            assert_eq!(
+                hop_agrees(&had, &v4, Some("http"), "h"),
+                Ok(false),
+                "{name}"
+            );
+        }
     }
 
     #[test]

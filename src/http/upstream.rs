@@ -21,7 +21,7 @@ use crate::http::h1::{
     self, Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, Verbatim, head_fault, next_frame,
     write_field,
 };
-use crate::http::headers::{content_length, ends_in_chunked, tokens};
+use crate::http::headers::{Hop, content_length, ends_in_chunked, tokens};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -583,7 +583,7 @@ fn sending(req: &Request<OutBody>) -> Sending {
 }
 
 /// Writes the head of `req` into `dst`, its framing as `body` says.
-fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
+fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>, body: Sending) {
     dst.clear();
     dst.extend_from_slice(req.method().as_str().as_bytes());
     dst.push(b' ');
@@ -599,6 +599,9 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
         }
         write_field(dst, name, value);
     }
+    if let Some(hop) = hop {
+        hop.write(dst);
+    }
     match body {
         Sending::Nothing => {}
         Sending::Length(n) => {
@@ -609,11 +612,35 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, body: Sending) {
     dst.extend_from_slice(b"\r\n");
 }
 
-/// The head this connection writes for `req` (for the fuzz target and tests).
-pub fn head_bytes(req: &Request<OutBody>) -> Vec<u8> {
+/// The head this connection writes for `req` and `hop` (for the fuzz target and tests).
+pub fn head_bytes(req: &Request<OutBody>, hop: Option<&Hop>) -> Vec<u8> {
     let mut dst = Vec::new();
-    encode_head(&mut dst, req, sending(req));
+    encode_head(&mut dst, req, hop, sending(req));
     dst
+}
+
+/// A request on its way upstream, and this hop's forwarding fields when they are kept aside
+/// for the HTTP/1.1 writer ([`Hop`]). It reads as its request.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The request.
+    pub req: Request<OutBody>,
+    /// The forwarding fields the HTTP/1.1 writer adds to the head, if the map lacks them.
+    pub hop: Option<Hop>,
+}
+
+impl std::ops::Deref for Outgoing {
+    type Target = Request<OutBody>;
+
+    fn deref(&self) -> &Request<OutBody> {
+        &self.req
+    }
+}
+
+impl std::ops::DerefMut for Outgoing {
+    fn deref_mut(&mut self) -> &mut Request<OutBody> {
+        &mut self.req
+    }
 }
 
 /// The body of a request sent upstream: the client's, or none, for a request replayed after its
@@ -812,7 +839,7 @@ pub struct Failed {
     pub failure: Failure,
     /// The request, handed back untouched when it can go out again: nothing of it was
     /// written (`unsent`), or it has no body and nothing of the response was read.
-    pub back: Option<Box<Request<OutBody>>>,
+    pub back: Option<Box<Outgoing>>,
     /// Nothing of the request was written.
     pub unsent: bool,
 }
@@ -834,14 +861,14 @@ pub struct Failed {
 )]
 pub fn exchange(
     mut conn: Box<Conn>,
-    mut req: Box<Request<OutBody>>,
+    mut req: Box<Outgoing>,
     home: Arc<dyn Home>,
 ) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
     async move {
         let head_only = req.method() == Method::HEAD;
         let asks_upgrade = req.headers().contains_key(header::UPGRADE);
         let sending = sending(&req);
-        encode_head(&mut conn.head, &req, sending);
+        encode_head(&mut conn.head, &req, req.hop.as_ref(), sending);
         let mut written = 0;
         if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
             return Err(Failed {
@@ -1435,8 +1462,12 @@ mod tests {
 
     #[test]
     fn request_heads_carry_the_framing_they_need() {
-        let enc =
-            |req: Request<OutBody>| (sending(&req), String::from_utf8(head_bytes(&req)).unwrap());
+        let enc = |req: Request<OutBody>| {
+            (
+                sending(&req),
+                String::from_utf8(head_bytes(&req, None)).unwrap(),
+            )
+        };
         let get = Request::get("/a?b=1")
             .header("host", "x")
             .body(OutBody::Empty)
@@ -1573,7 +1604,8 @@ mod tests {
             .body(OutBody::Empty)
             .unwrap();
         let home = Arc::new(Kept(std::sync::Mutex::new(0)));
-        let mut res = exchange(Conn::new(Io::Tcp(tcp)), Box::new(req), home).await;
+        let req = Box::new(Outgoing { req, hop: None });
+        let mut res = exchange(Conn::new(Io::Tcp(tcp)), req, home).await;
         if let Ok(res) = &mut res {
             crate::http::h1::materialise(res);
         }
@@ -1726,7 +1758,7 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(OutBody::Empty)
             .unwrap();
-        let head = head_bytes(&req);
+        let head = head_bytes(&req, None);
         let mut fields = [httparse::EMPTY_HEADER; 16];
         let mut parsed = httparse::Request::new(&mut fields);
         let len = match parsed.parse(&head).unwrap() {

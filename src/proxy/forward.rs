@@ -9,9 +9,9 @@ use super::router::Timeouts;
 use crate::config::Protocol;
 use crate::error::{Dialect, ProxyError};
 use crate::http::body::{Cut, Limits};
-use crate::http::client::{BodyFault, ConnectError, OutBody, SendError};
+use crate::http::client::{BodyFault, ConnectError, OutBody, Outgoing, SendError};
 use crate::http::downstream::RequestBody;
-use crate::http::headers::{self, ClientAddr};
+use crate::http::headers::{self, ClientAddr, Hop};
 use crate::http::tunnel;
 use crate::http::upstream::UpBody;
 use crate::observe::Record;
@@ -246,7 +246,7 @@ fn exchange<'a>(
     } = taken;
     // One settings snapshot for the whole request.
     let settings = rev.settings();
-    prepare(&mut req, protocol, settings.pool.tls.is_some(), &ctx);
+    let hop = prepare(&mut req, protocol, settings.pool.tls.is_some(), &ctx);
     let Ctx {
         start,
         deadline,
@@ -262,7 +262,10 @@ fn exchange<'a>(
     // Only a request with a body can have it fail.
     let fault =
         (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
-    let mut req = Box::new(req.map(|b| OutBody::Client(b, fault.clone())));
+    let mut req = Box::new(Outgoing {
+        req: req.map(|b| OutBody::Client(b, fault.clone())),
+        hop,
+    });
     let mark_cold = acquired.cold && settings.cold_start.header;
     let mut lease = acquired.lease;
     async move {
@@ -389,15 +392,32 @@ fn respond(res: Response<UpBody>, done: Completion, limits: Limits, cut: Cut) ->
     Response::from_parts(parts, Body::timed(body, done, limits, move || cut.fire()))
 }
 
-/// Rewrites a client request into the upstream request for `protocol`.
-fn prepare(req: &mut Request<RequestBody>, protocol: Protocol, tls: bool, ctx: &Ctx) {
+/// Rewrites a client request into the upstream request for `protocol`. The forwarding fields
+/// of a request that came without any are kept aside for the HTTP/1.1 writer (the hop
+/// returned); HTTP/2's, and those that join earlier hops', go into the map.
+fn prepare(
+    req: &mut Request<RequestBody>,
+    protocol: Protocol,
+    tls: bool,
+    ctx: &Ctx,
+) -> Option<Hop> {
     let host = ctx.host.as_str();
     let h = req.headers_mut();
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     h.remove(header::EXPECT);
-    match ctx.dialect {
-        Dialect::Rouse => headers::add_forwarded(h, &ctx.client, ctx.proto, host),
-        Dialect::Knative => headers::add_forwarded_knative(h, &ctx.client),
+    let proto = match ctx.dialect {
+        Dialect::Rouse => Some(ctx.proto),
+        Dialect::Knative => None,
+    };
+    let hop = match protocol {
+        Protocol::Http1 | Protocol::Auto => Hop::deferred(h, &ctx.client, proto, host),
+        Protocol::H2c => None,
+    };
+    if hop.is_none() {
+        match proto {
+            Some(proto) => headers::add_forwarded(h, &ctx.client, proto, host),
+            None => headers::add_forwarded_knative(h, &ctx.client),
+        }
     }
     let pq = req
         .uri()
@@ -433,4 +453,5 @@ fn prepare(req: &mut Request<RequestBody>, protocol: Protocol, tls: bool, ctx: &
             req.headers_mut().remove(header::HOST);
         }
     }
+    hop
 }
