@@ -166,7 +166,7 @@ fn malformed(e: httparse::Error) -> Refusal {
 /// bytes a head may take. The verdict depends only on the bytes, never on how they were cut.
 pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refusal> {
     // Each field as (name start, name end, value start, value end) in the head.
-    let mut at = [(0u32, 0u32, 0u32, 0u32); h1::MAX_HEADERS];
+    let mut at = h1::Spans::new();
     let (len, count, method, target, minor) = {
         let mut fields = h1::no_fields();
         let mut req = httparse::Request::new(&mut []);
@@ -187,13 +187,12 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         };
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        let mut count = 0;
-        for (slot, f) in at.iter_mut().zip(req.headers.iter()) {
+        for f in req.headers.iter() {
             let n = offset(f.name.as_bytes());
             let v = offset(f.value);
-            *slot = (n, n + f.name.len() as u32, v, v + f.value.len() as u32);
-            count += 1;
+            at.push((n, n + f.name.len() as u32, v, v + f.value.len() as u32));
         }
+        let count = at.len();
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
             .map_err(|_| Refusal::Malformed("invalid method"))?;
         if method == Method::CONNECT {

@@ -76,6 +76,11 @@ pub fn no_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEAD
     [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
+/// Where each field of a head is, as (name start, name end, value start, value end): room
+/// for [`MAX_HEADERS`] of them, not zeroed (3.2 KB cleared for every request and every
+/// response, when an array, cost about 200 instructions per request).
+pub type Spans = smallvec::SmallVec<[(u32, u32, u32, u32); MAX_HEADERS]>;
+
 /// Longest chunk-size line accepted (size and extensions).
 pub const MAX_CHUNK_LINE: usize = 4 << 10;
 

@@ -18,8 +18,7 @@
 
 use crate::http::downstream::RequestBody;
 use crate::http::h1::{
-    self, Chunk, Framing, MAX_HEAD, MAX_HEADERS, Malformed, Next, Verbatim, head_fault, next_frame,
-    write_field,
+    self, Chunk, Framing, MAX_HEAD, Malformed, Next, Verbatim, head_fault, next_frame, write_field,
 };
 use crate::http::headers::{Hop, content_length, ends_in_chunked, tokens};
 use bytes::{Buf, Bytes, BytesMut};
@@ -357,7 +356,7 @@ fn parse_head(
     verbatim: bool,
 ) -> Result<Option<Head>, Failure> {
     // Each field as (name start, name end, value start, value end) in the head.
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut at = h1::Spans::new();
     let (len, count, code, minor) = {
         let mut fields = h1::no_fields();
         let mut res = httparse::Response::new(&mut []);
@@ -377,13 +376,12 @@ fn parse_head(
         };
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        let mut count = 0;
-        for (slot, f) in at.iter_mut().zip(res.headers.iter()) {
+        for f in res.headers.iter() {
             let n = offset(f.name.as_bytes());
             let v = offset(f.value);
-            *slot = (n, n + f.name.len() as u32, v, v + f.value.len() as u32);
-            count += 1;
+            at.push((n, n + f.name.len() as u32, v, v + f.value.len() as u32));
         }
+        let count = at.len();
         (len, count, res.code.unwrap_or(0), res.version.unwrap_or(1))
     };
     let status = StatusCode::from_u16(code).map_err(|_| Failure::Head("invalid status code"))?;
@@ -1360,7 +1358,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many: String = (0..=h1::MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         assert!(err(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).contains("100"));
     }
 
