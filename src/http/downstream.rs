@@ -1045,9 +1045,14 @@ async fn next_head(
     wire: &Shared,
     settings: &Settings,
     stop: &mut watch::Receiver<bool>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> Result<Parsed, NoHead> {
-    let deadline = tokio::time::Instant::now() + settings.head_timeout;
-    let mut timer = pin!(tokio::time::sleep_until(deadline));
+    // The connection's one timer: set again only if it would fire after this limit (never, as
+    // each head's limit is later than the last one's), or when it fires before it.
+    let limit = tokio::time::Instant::now() + settings.head_timeout;
+    if limit < timer.deadline() {
+        timer.as_mut().reset(limit);
+    }
     // Bytes already parsed without a whole head: only a line end after them can complete it,
     // so a head that arrives in many pieces is not parsed from its start for each.
     let mut parsed = 0;
@@ -1078,7 +1083,9 @@ async fn next_head(
             // A stopping listener closes a connection between requests at once; a request
             // already arriving is served.
             () = stopped(stop), if idle => return Err(NoHead::Closed),
-            () = &mut timer => return Err(NoHead::Closed),
+            () = poll_fn(|cx| crate::clock::poll_until(timer.as_mut(), limit, cx)) => {
+                return Err(NoHead::Closed);
+            }
         }
     }
 }
@@ -1121,18 +1128,23 @@ pub async fn serve<C, F, B>(
     // when the last request body kept elsewhere goes.
     let hangup = Hangup(&wire);
     let mut pending = Pending::default();
+    // The time limit on each request head, one timer for the connection (see `next_head`).
+    let mut timer = pin!(tokio::time::sleep_until(
+        tokio::time::Instant::now() + settings.head_timeout
+    ));
     loop {
         // The request is made from the head by a plain function, so that none of the head's
         // pieces stays in this future while the request is answered.
-        let (req, mut asked, keep_alive) = match next_head(&wire, &settings, &mut stop).await {
-            Ok(parsed) => start(parsed, &wire),
-            Err(NoHead::Closed | NoHead::Io) => break,
-            Err(NoHead::Refused(why)) => {
-                pending.buf.extend_from_slice(&refused(why));
-                let _ = poll_fn(|cx| pending.poll_write(cx, &wire)).await;
-                break;
-            }
-        };
+        let (req, mut asked, keep_alive) =
+            match next_head(&wire, &settings, &mut stop, timer.as_mut()).await {
+                Ok(parsed) => start(parsed, &wire),
+                Err(NoHead::Closed | NoHead::Io) => break,
+                Err(NoHead::Refused(why)) => {
+                    pending.buf.extend_from_slice(&refused(why));
+                    let _ = poll_fn(|cx| pending.poll_write(cx, &wire)).await;
+                    break;
+                }
+            };
         let res = {
             let mut call = pin!(call(req));
             let (mut freed, mut watch) = (false, true);
@@ -2139,6 +2151,30 @@ mod tests {
                     assert!(upgrade.await.is_err());
                 }
             }
+        }
+
+        /// The time limit on a head counts from when the connection starts waiting for it:
+        /// after answers, an idle connection closes a whole limit (10 s here) after the last
+        /// one, though its one timer was first set for the first head's limit.
+        #[tokio::test(start_paused = true)]
+        async fn an_idle_connection_closes_a_whole_limit_after_its_last_answer() {
+            let (mut c, _server) = pipe(1 << 16, |_req| async { http::Response::new(empty()) });
+            for _ in 0..2 {
+                c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let head = head_of(&mut c).await;
+                assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+                // Past the first head's limit by the second round (6 s + 6 s > 10 s).
+                tokio::time::sleep(Duration::from_secs(6)).await;
+            }
+            let waited = tokio::time::Instant::now();
+            assert_eq!(to_end(&mut c).await, b"");
+            assert_eq!(
+                waited.elapsed(),
+                Duration::from_secs(4),
+                "10 s after the last answer"
+            );
         }
 
         /// A connection waiting for its next head holds no read buffer (an idle keep-alive

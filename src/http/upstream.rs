@@ -1358,7 +1358,9 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let many: String = (0..=h1::MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many: String = (0..=h1::MAX_HEADERS)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
         assert!(err(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).contains("100"));
     }
 
