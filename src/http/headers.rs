@@ -300,19 +300,25 @@ impl Hop {
     /// (their values would have to be joined with this hop's); `None` otherwise, and the
     /// fields go into the map. `proto`: as for [`add_forwarded`], or `None` for Knative's
     /// convention.
+    /// The host is taken from `host` only when the hop is kept aside.
     pub fn deferred(
         headers: &HeaderMap,
         client: &ClientAddr,
         proto: Option<&'static str>,
-        host: &str,
+        host: &mut String,
     ) -> Option<Hop> {
         let had = Forwarding::present(headers);
         let none = !(had.xff || had.proto || had.host || had.forwarded);
         none.then(|| Hop {
             client: client.clone(),
             proto,
-            host: host.to_owned(),
+            host: std::mem::take(host),
         })
+    }
+
+    /// The host the request is addressed to.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Writes the fields, each `name: value` and its CRLF, as [`Hop::into_map`] would add them.
@@ -367,7 +373,7 @@ pub fn hop_agrees(
     proto: Option<&'static str>,
     host: &str,
 ) -> Result<bool, String> {
-    let Some(hop) = Hop::deferred(headers, client, proto, host) else {
+    let Some(hop) = Hop::deferred(headers, client, proto, &mut host.to_owned()) else {
         return Ok(false);
     };
     let mut written = Vec::new();
@@ -569,9 +575,14 @@ mod tests {
             }
         }
         let mut written = Vec::new();
-        Hop::deferred(&plain, &v6, Some("https"), "a.example")
-            .unwrap()
-            .write(&mut written);
+        let mut host = "a.example".to_owned();
+        let hop = Hop::deferred(&plain, &v6, Some("https"), &mut host).unwrap();
+        assert_eq!(
+            (host.as_str(), hop.host()),
+            ("", "a.example"),
+            "the host moves"
+        );
+        hop.write(&mut written);
         assert_eq!(
             String::from_utf8(written).unwrap(),
             "x-forwarded-for: 2001:db8::1\r\nx-forwarded-proto: https\r\n\

@@ -233,7 +233,7 @@ pub fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> 
 fn exchange<'a>(
     rev: &'a Arc<Revision>,
     mut req: Request<RequestBody>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     taken: Taken,
     record: &'a mut Option<Box<Record>>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
@@ -246,7 +246,7 @@ fn exchange<'a>(
     } = taken;
     // One settings snapshot for the whole request.
     let settings = rev.settings();
-    let hop = prepare(&mut req, protocol, settings.pool.tls.is_some(), &ctx);
+    let hop = prepare(&mut req, protocol, settings.pool.tls.is_some(), &mut ctx);
     let Ctx {
         start,
         deadline,
@@ -399,9 +399,8 @@ fn prepare(
     req: &mut Request<RequestBody>,
     protocol: Protocol,
     tls: bool,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
 ) -> Option<Hop> {
-    let host = ctx.host.as_str();
     let h = req.headers_mut();
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     h.remove(header::EXPECT);
@@ -409,9 +408,14 @@ fn prepare(
         Dialect::Rouse => Some(ctx.proto),
         Dialect::Knative => None,
     };
+    // The hop takes the host along (nothing after the rewrite reads it).
     let hop = match protocol {
-        Protocol::Http1 | Protocol::Auto => Hop::deferred(h, &ctx.client, proto, host),
+        Protocol::Http1 | Protocol::Auto => Hop::deferred(h, &ctx.client, proto, &mut ctx.host),
         Protocol::H2c => None,
+    };
+    let host = match &hop {
+        Some(hop) => hop.host(),
+        None => ctx.host.as_str(),
     };
     if hop.is_none() {
         match proto {
