@@ -9,6 +9,19 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// `t` as nanoseconds since this process's clock epoch, at least 1 (for a value an atomic can
+/// hold, 0 meaning none); an instant before the epoch counts as 1.
+pub fn nanos(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The instant [`nanos`] gave `n` for.
+pub fn at_nanos(n: u64) -> Instant {
+    epoch() + std::time::Duration::from_nanos(n)
+}
+
 /// Milliseconds since the first call in this process.
 pub fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)

@@ -17,6 +17,7 @@
 //! the upstream exchange), ends the exchange, and cuts the client's connection where that is
 //! the only way to stop an HTTP/1.1 response (`cut`). The client sees the stream fail.
 
+pub use crate::http::cut::{Cut, TunnelHold};
 use crate::http::h1::{Carries, Verbatim};
 use crate::http::upstream::UpBody;
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Error type of [`ProxyBody`].
@@ -342,77 +343,6 @@ impl<E: Exchange + Unpin> Body for ProxyBody<E> {
             Kind::Upstream(up) => up.inner.size_hint(),
             Kind::Timed(r) => r.hint,
         }
-    }
-}
-
-/// A per-connection switch that closes the connection at once, for what can only be stopped
-/// that way (an HTTP/1.1 response cut by a time limit while the client does not read). It also
-/// counts the tunnels (upgraded connections) that outlive the connection's HTTP exchange, so
-/// that the connection keeps its place under the listener's limit until they end.
-#[derive(Debug, Clone, Default)]
-pub struct Cut(Arc<CutInner>);
-
-#[derive(Debug, Default)]
-struct CutInner {
-    fire: Notify,
-    tunnels: std::sync::atomic::AtomicUsize,
-    tunnel_ended: Notify,
-    /// A tunnel was ever taken over from the connection: it switched protocols.
-    switched: std::sync::atomic::AtomicBool,
-}
-
-impl Cut {
-    /// Asks the connection to close now.
-    pub fn fire(&self) {
-        self.0.fire.notify_one();
-    }
-
-    /// Resolves once the switch has fired (even if it fired before this was called).
-    pub async fn fired(&self) {
-        self.0.fire.notified().await;
-    }
-
-    /// Marks a tunnel taken over from this connection as open until the guard drops.
-    pub fn hold(&self) -> TunnelHold {
-        self.0
-            .switched
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.0
-            .tunnels
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        TunnelHold(self.0.clone())
-    }
-
-    /// True once a tunnel was taken over from the connection (it switched protocols): its
-    /// bytes are no longer HTTP/1.1 requests.
-    pub fn switched(&self) -> bool {
-        self.0.switched.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Resolves once no tunnel of this connection is open.
-    pub async fn tunnels_closed(&self) {
-        loop {
-            let ended = self.0.tunnel_ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.0.tunnels.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-}
-
-/// An open tunnel of a connection (see [`Cut::hold`]).
-#[derive(Debug)]
-pub struct TunnelHold(Arc<CutInner>);
-
-impl Drop for TunnelHold {
-    fn drop(&mut self) {
-        self.0
-            .tunnels
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.0.tunnel_ended.notify_waiters();
     }
 }
 

@@ -17,6 +17,7 @@
 //! [`h1`], the same decoder as the upstream side's. The writer owns the response framing: no
 //! `Content-Length` or `Transfer-Encoding` of the response is copied.
 
+use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::headers::{content_length, ends_in_chunked, lists};
 use bytes::{Buf, Bytes, BytesMut};
@@ -1110,6 +1111,7 @@ pub async fn serve<C, F, B>(
     refused: impl Fn(Refusal) -> Bytes,
     settings: Settings,
     mut stop: watch::Receiver<bool>,
+    cut: Cut,
 ) where
     C: FnMut(Request<RequestBody>) -> F,
     F: Future<Output = http::Response<B>>,
@@ -1128,10 +1130,12 @@ pub async fn serve<C, F, B>(
     // when the last request body kept elsewhere goes.
     let hangup = Hangup(&wire);
     let mut pending = Pending::default();
-    // The time limit on each request head, one timer for the connection (see `next_head`).
+    // The connection's one timer: the time limit on each request head (see `next_head`), and
+    // the one a request in progress asks to be woken at (`Cut::wake_at`).
     let mut timer = pin!(tokio::time::sleep_until(
         tokio::time::Instant::now() + settings.head_timeout
     ));
+    cut.wakes();
     loop {
         // The request is made from the head by a plain function, so that none of the head's
         // pieces stays in this future while the request is answered.
@@ -1148,9 +1152,22 @@ pub async fn serve<C, F, B>(
         let res = {
             let mut call = pin!(call(req));
             let (mut freed, mut watch) = (false, true);
-            poll_fn(|cx| {
+            let res = poll_fn(|cx| {
                 if let Poll::Ready(res) = call.as_mut().poll(cx) {
                     return Poll::Ready(Some(res));
+                }
+                // The request's time limit, if it asked to be woken at it: once the timer
+                // reaches it, the request is polled again, and finds it passed.
+                if let Some(t) = cut.wake_time() {
+                    if t < timer.deadline() {
+                        timer.as_mut().reset(t);
+                    }
+                    if crate::clock::poll_until(timer.as_mut(), t, cx).is_ready() {
+                        cut.woken();
+                        if let Poll::Ready(res) = call.as_mut().poll(cx) {
+                            return Poll::Ready(Some(res));
+                        }
+                    }
                 }
                 let mut w = lock(&wire);
                 if !freed {
@@ -1173,7 +1190,9 @@ pub async fn serve<C, F, B>(
                 }
                 Poll::Pending
             })
-            .await
+            .await;
+            cut.woken();
+            res
         };
         let Some(res) = res else {
             break;
@@ -1715,6 +1734,7 @@ mod tests {
                 },
                 settings,
                 stop,
+                Cut::default(),
             )
             .await;
         })
@@ -1863,6 +1883,7 @@ mod tests {
                     },
                     settings,
                     stop,
+                    Cut::default(),
                 )
                 .await;
             })

@@ -2,12 +2,13 @@
 //! HTTP/1.1 server connection ([`downstream`]), the framing both HTTP/1.1 sides share
 //! ([`h1`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]) with its own HTTP/1.1 connection ([`upstream`]),
-//! the response body ([`body`]), header rewriting
+//! the response body ([`body`]), the per-connection switch ([`cut`]), header rewriting
 //! ([`headers`]), upgraded connections ([`tunnel`]) and the page browsers get while a
 //! revision starts ([`waiting`]).
 
 pub mod body;
 pub mod client;
+pub mod cut;
 pub mod downstream;
 pub mod h1;
 pub mod headers;

@@ -414,6 +414,7 @@ impl Protocols {
                     |why| h.refused(why),
                     self.http1,
                     stop,
+                    cut.clone(),
                 );
                 tokio::select! {
                     biased;

@@ -108,8 +108,14 @@ where
             let e = ProxyError::UpgradeOverH2c(rev.name.to_string());
             return (finish(&rev, Err(e)), record);
         }
-        // Boxed, and only with a time limit: the common case keeps eight bytes for it.
-        let mut sleep = start_by.map(|t| Box::pin(tokio::time::sleep_until(t)));
+        // The time limit up to the response's head: an HTTP/1.1 connection's task wakes the
+        // request at it (one timer for the connection, `Cut::wake_at`), and the request reads
+        // the clock when polled; otherwise a timer of its own, boxed, and only with a time
+        // limit: the common case keeps eight bytes for it.
+        let (mut sleep, limit) = match start_by {
+            Some(t) if ctx.cut.wake_at(t) => (None, Some(t)),
+            t => (t.map(|t| Box::pin(tokio::time::sleep_until(t))), None),
+        };
         let acquired = match taken {
             Some(lease) => Acquired {
                 lease,
@@ -130,6 +136,7 @@ where
                         match (Within {
                             fut: acquire.as_mut(),
                             sleep: sleep.as_mut().map(|s| s.as_mut()),
+                            limit,
                         })
                         .await
                         {
@@ -166,6 +173,7 @@ where
         let result = match (Within {
             fut: exchange.as_mut(),
             sleep: sleep.as_mut().map(|s| s.as_mut()),
+            limit,
         })
         .await
         {
@@ -177,11 +185,13 @@ where
     }
 }
 
-/// `fut`'s output, or the deadline if `sleep` (the request's time limit) ends first. Both are
+/// `fut`'s output, or the deadline if `sleep` (the request's time limit) ends first, or if
+/// `limit` has passed when this is polled (the connection's task wakes it then). Both are
 /// pinned where the caller keeps them, so this holds two references.
 struct Within<'f, 's, F> {
     fut: std::pin::Pin<&'f mut F>,
     sleep: Option<std::pin::Pin<&'s mut tokio::time::Sleep>>,
+    limit: Option<Instant>,
 }
 
 impl<F: Future> Future for Within<'_, '_, F> {
@@ -194,6 +204,11 @@ impl<F: Future> Future for Within<'_, '_, F> {
         use std::task::Poll;
         if let Poll::Ready(v) = self.fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
+        }
+        if let Some(l) = self.limit
+            && Instant::now() >= l
+        {
+            return Poll::Ready(Err(l));
         }
         let Some(s) = &mut self.sleep else {
             return Poll::Pending;

@@ -1,0 +1,116 @@
+//! The per-connection switch that closes a client connection at once, counts the tunnels
+//! that outlive it, and carries the time a request in progress asks its connection's task to
+//! wake it at. Apart from the response body, so that the HTTP/1.1 server connection can hold
+//! one without depending on what bodies are made of.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A per-connection switch that closes the connection at once, for what can only be stopped
+/// that way (an HTTP/1.1 response cut by a time limit while the client does not read). It also
+/// counts the tunnels (upgraded connections) that outlive the connection's HTTP exchange, so
+/// that the connection keeps its place under the listener's limit until they end.
+#[derive(Debug, Clone, Default)]
+pub struct Cut(Arc<CutInner>);
+
+#[derive(Debug, Default)]
+struct CutInner {
+    fire: Notify,
+    tunnels: std::sync::atomic::AtomicUsize,
+    tunnel_ended: Notify,
+    /// A tunnel was ever taken over from the connection: it switched protocols.
+    switched: std::sync::atomic::AtomicBool,
+    /// The connection's task wakes its request at the time the request asks ([`Cut::wake_at`]).
+    wakes: std::sync::atomic::AtomicBool,
+    /// That time, as nanoseconds on [`crate::clock::nanos`]; 0 for none.
+    wake: std::sync::atomic::AtomicU64,
+}
+
+impl Cut {
+    /// Asks the connection to close now.
+    pub fn fire(&self) {
+        self.0.fire.notify_one();
+    }
+
+    /// Resolves once the switch has fired (even if it fired before this was called).
+    pub async fn fired(&self) {
+        self.0.fire.notified().await;
+    }
+
+    /// Marks a tunnel taken over from this connection as open until the guard drops.
+    pub fn hold(&self) -> TunnelHold {
+        self.0
+            .switched
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.0
+            .tunnels
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        TunnelHold(self.0.clone())
+    }
+
+    /// True once a tunnel was taken over from the connection (it switched protocols): its
+    /// bytes are no longer HTTP/1.1 requests.
+    pub fn switched(&self) -> bool {
+        self.0.switched.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// From now on the connection's own task wakes its request in progress at the time the
+    /// request asks for: an HTTP/1.1 connection, which keeps one timer for all its time limits
+    /// (see `http::downstream`).
+    pub fn wakes(&self) {
+        self.0.wakes.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the connection's task to wake the request in progress at `t`, its time limit, so
+    /// that the request need not set a timer of its own (setting one and taking it out of
+    /// tokio's wheel again cost about 700 instructions per request); false if the connection
+    /// does not (HTTP/2, whose streams share it), and the request keeps its own timer.
+    pub fn wake_at(&self, t: Instant) -> bool {
+        if !self.0.wakes.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.0.wake.store(crate::clock::nanos(t), Ordering::Relaxed);
+        true
+    }
+
+    /// The time the request in progress asked to be woken at, if any.
+    pub fn wake_time(&self) -> Option<Instant> {
+        match self.0.wake.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(crate::clock::at_nanos(n)),
+        }
+    }
+
+    /// The request in progress is answered, or was woken: no more waking for it.
+    pub fn woken(&self) {
+        self.0.wake.store(0, Ordering::Relaxed);
+    }
+
+    /// Resolves once no tunnel of this connection is open.
+    pub async fn tunnels_closed(&self) {
+        loop {
+            let ended = self.0.tunnel_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.0.tunnels.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// An open tunnel of a connection (see [`Cut::hold`]).
+#[derive(Debug)]
+pub struct TunnelHold(Arc<CutInner>);
+
+impl Drop for TunnelHold {
+    fn drop(&mut self) {
+        self.0
+            .tunnels
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.tunnel_ended.notify_waiters();
+    }
+}
