@@ -517,19 +517,19 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 
 /// Removes a `:port` suffix from a host (keeps IPv6 brackets intact).
 pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
+    let b = host.as_bytes();
+    if b.first() == Some(&b'[') {
+        return match memchr::memchr(b']', b) {
             Some(end) => &host[..=end],
             None => host,
         };
     }
-    match host.rfind(':') {
-        Some(i)
-            if host[i + 1..].bytes().all(|b| b.is_ascii_digit())
-                && host[..i].find(':').is_none() =>
-        {
-            &host[..i]
-        }
+    // The port: the digits after the last colon, when no other colon comes before it (an
+    // IPv6 address without brackets has no port). Read as bytes, from the end.
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let colon = b.len() - digits;
+    match colon.checked_sub(1) {
+        Some(at) if b[at] == b':' && memchr::memchr(b':', &b[..at]).is_none() => &host[..at],
         _ => host,
     }
 }
@@ -632,6 +632,34 @@ mod tests {
         assert_eq!(strip_port("a.example"), "a.example");
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("::1"), "::1");
+        // The same as reading it as text from the last colon, for any mix of the bytes that
+        // matter.
+        fn by_text(host: &str) -> &str {
+            if host.starts_with('[') {
+                return host.find(']').map_or(host, |end| &host[..=end]);
+            }
+            match host.rfind(':') {
+                Some(i)
+                    if host[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                        && host[..i].find(':').is_none() =>
+                {
+                    &host[..i]
+                }
+                _ => host,
+            }
+        }
+        let alphabet = ['a', '1', ':', '[', ']', '.'];
+        let mut hosts = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = hosts
+                .iter()
+                .flat_map(|h| alphabet.iter().map(move |c| format!("{h}{c}")))
+                .collect();
+            hosts.extend(longer);
+        }
+        for h in &hosts {
+            assert_eq!(strip_port(h), by_text(h), "{h:?}");
+        }
     }
 
     #[test]

@@ -406,6 +406,8 @@ fn parse_head(
     let mut keep_alive = None;
     let mut date = false;
     let mut crlf = true;
+    // A `Connection` naming other fields is kept, for the proxy's stripping.
+    let mut names_others = false;
     let head = &buf[..len];
     for (i, &(ns, ne, vs, ve)) in fields.iter().enumerate() {
         let value = &head[vs as usize..ve as usize];
@@ -439,6 +441,7 @@ fn parse_head(
                     keep |= k;
                     others |= !(c || k || t.eq_ignore_ascii_case(b"upgrade"));
                 }
+                names_others |= others;
                 others
             }
             Role::KeepAlive => {
@@ -492,15 +495,9 @@ fn parse_head(
     };
     // A length the framing does not follow goes to the client as the map path reads it.
     let plain_length = !bad_length && !odd_length && (chunked.is_none() || length.is_none());
-    let as_is = verbatim
-        && crlf
-        && plain_length
-        && !status.is_informational()
-        // Every field kept is one a client may get as it is: a `Connection` naming others
-        // needs the proxy's stripping.
-        && fields.iter().enumerate().all(|(i, &(ns, ne, ..))| {
-            kept & (1 << i) == 0 || role(&head[ns as usize..ne as usize]) != Role::Connection
-        });
+    // Every field kept must be one a client may get as it is: a `Connection` naming others
+    // needs the proxy's stripping.
+    let as_is = verbatim && crlf && plain_length && !status.is_informational() && !names_others;
     let mut raw = buf.split_to(len);
     let (headers, verbatim) = match as_is {
         true => {

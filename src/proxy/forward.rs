@@ -417,8 +417,16 @@ fn prepare(
     ctx: &mut Ctx,
 ) -> Option<Hop> {
     let h = req.headers_mut();
+    // One pass over the names instead of a hash lookup each (most requests have neither).
+    let (mut expect, mut has_host) = (false, false);
+    for k in h.keys() {
+        expect |= k == header::EXPECT;
+        has_host |= k == header::HOST;
+    }
     // rouse answers `Expect: 100-continue` itself when the body is first read.
-    h.remove(header::EXPECT);
+    if expect {
+        h.remove(header::EXPECT);
+    }
     let proto = match ctx.dialect {
         Dialect::Rouse => Some(ctx.proto),
         Dialect::Knative => None,
@@ -448,9 +456,7 @@ fn prepare(
             *req.uri_mut() = Uri::from(pq);
             *req.version_mut() = Version::HTTP_11;
             // A route may have set Host; an HTTP/2 client sent none, only an authority.
-            if !req.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(host)
-            {
+            if !has_host && let Ok(v) = HeaderValue::from_str(host) {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
