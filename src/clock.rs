@@ -1,5 +1,6 @@
 //! A cheap monotonic millisecond clock on `tokio::time::Instant`, so deadlines stored in
-//! atomics follow paused time in tests.
+//! atomics follow paused time in tests; and a timer that serves a limit which keeps moving
+//! later ([`poll_until`]).
 
 use std::sync::OnceLock;
 use tokio::time::Instant;
@@ -7,19 +8,6 @@ use tokio::time::Instant;
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
-}
-
-/// `t` as nanoseconds since this process's clock epoch, at least 1 (for a value an atomic can
-/// hold, 0 meaning none); an instant before the epoch counts as 1.
-pub fn nanos(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-/// The instant [`nanos`] gave `n` for.
-pub fn at_nanos(n: u64) -> Instant {
-    epoch() + std::time::Duration::from_nanos(n)
 }
 
 /// Milliseconds since the first call in this process.

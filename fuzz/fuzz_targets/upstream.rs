@@ -7,13 +7,16 @@
 //!   whole fields holding what the map holds (`verbatim_agrees`);
 //! - a request built from the bytes (method, target and fields, whatever `http` accepts)
 //!   written as a head: it parses back as exactly one request, ending where it was written to
-//!   end, with the same method, target and fields, so no request can become two.
+//!   end, with the same method, target and fields, so no request can become two; and so does
+//!   its head with this hop's forwarding fields written after its own (`Hop`).
 
 #![no_main]
 
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use libfuzzer_sys::fuzz_target;
+use rouse::http::headers::{ClientAddr, Hop};
 use rouse::http::upstream::{OutBody, head_bytes, read_whole, verbatim_agrees};
+use std::net::{IpAddr, Ipv6Addr};
 
 fn response(data: &[u8]) {
     if let Err(e) = verbatim_agrees(data) {
@@ -53,8 +56,26 @@ fn request(data: &[u8]) -> Option<Request<OutBody>> {
 }
 
 fn head(req: &Request<OutBody>) {
-    let bytes = head_bytes(req, None);
-    let mut fields = vec![httparse::EMPTY_HEADER; req.headers().len() + 2];
+    check(req, None, req.headers());
+    // With this hop's forwarding fields kept aside (the request has none of its own): the head
+    // holds them after its own fields, as the map would.
+    let client = ClientAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let host = || "h.example".to_owned();
+    if let (Some(hop), Some(again)) = (
+        Hop::deferred(req.headers(), &client, Some("https"), &mut host()),
+        Hop::deferred(req.headers(), &client, Some("https"), &mut host()),
+    ) {
+        let mut with = req.headers().clone();
+        again.into_map(&mut with);
+        check(req, Some(&hop), &with);
+    }
+}
+
+/// The head written for `req` (and `hop`'s fields) parses back as exactly one request, with
+/// `req`'s method and target and `expected`'s fields in order (the framing aside).
+fn check(req: &Request<OutBody>, hop: Option<&Hop>, expected: &HeaderMap) {
+    let bytes = head_bytes(req, hop);
+    let mut fields = vec![httparse::EMPTY_HEADER; expected.len() + 2];
     let mut parsed = httparse::Request::new(&mut fields);
     let len = match parsed.parse(&bytes) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -72,8 +93,7 @@ fn head(req: &Request<OutBody>) {
     let framing = |n: &str| {
         n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
     };
-    let sent: Vec<(&str, &[u8])> = req
-        .headers()
+    let sent: Vec<(&str, &[u8])> = expected
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes().trim_ascii()))
         .filter(|(n, _)| !framing(n))

@@ -22,9 +22,12 @@ struct CutInner {
     tunnel_ended: Notify,
     /// A tunnel was ever taken over from the connection: it switched protocols.
     switched: std::sync::atomic::AtomicBool,
-    /// The connection's task wakes its request at the time the request asks ([`Cut::wake_at`]).
-    wakes: std::sync::atomic::AtomicBool,
-    /// That time, as nanoseconds on [`crate::clock::nanos`]; 0 for none.
+    /// Set when the connection's task wakes its request at the time the request asks
+    /// ([`Cut::wake_at`]): the instant that time is counted from, the connection's start (every
+    /// request's limit is later). Per connection, so that it is on the same clock as the
+    /// requests (in tests, each runtime's paused clock is its own).
+    wakes: std::sync::OnceLock<Instant>,
+    /// That time, as nanoseconds after `wakes` plus one; 0 for none.
     wake: std::sync::atomic::AtomicU64,
 }
 
@@ -58,9 +61,10 @@ impl Cut {
 
     /// From now on the connection's own task wakes its request in progress at the time the
     /// request asks for: an HTTP/1.1 connection, which keeps one timer for all its time limits
-    /// (see `http::downstream`).
+    /// (see `http::downstream`). The request must be polled by that task (as the handler's
+    /// future is), not spawned apart: only that task is woken.
     pub fn wakes(&self) {
-        self.0.wakes.store(true, Ordering::Relaxed);
+        let _ = self.0.wakes.set(Instant::now());
     }
 
     /// Asks the connection's task to wake the request in progress at `t`, its time limit, so
@@ -68,18 +72,21 @@ impl Cut {
     /// tokio's wheel again cost about 700 instructions per request); false if the connection
     /// does not (HTTP/2, whose streams share it), and the request keeps its own timer.
     pub fn wake_at(&self, t: Instant) -> bool {
-        if !self.0.wakes.load(Ordering::Relaxed) {
+        let Some(base) = self.0.wakes.get() else {
             return false;
-        }
-        self.0.wake.store(crate::clock::nanos(t), Ordering::Relaxed);
+        };
+        let n =
+            u64::try_from(t.saturating_duration_since(*base).as_nanos()).unwrap_or(u64::MAX - 1);
+        self.0.wake.store(n + 1, Ordering::Relaxed);
         true
     }
 
     /// The time the request in progress asked to be woken at, if any.
     pub fn wake_time(&self) -> Option<Instant> {
+        let base = self.0.wakes.get()?;
         match self.0.wake.load(Ordering::Relaxed) {
             0 => None,
-            n => Some(crate::clock::at_nanos(n)),
+            n => Some(*base + std::time::Duration::from_nanos(n - 1)),
         }
     }
 

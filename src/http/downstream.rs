@@ -1066,8 +1066,9 @@ async fn next_head(
     stop: &mut watch::Receiver<bool>,
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> Result<Parsed, NoHead> {
-    // The connection's one timer: set again only if it would fire after this limit (never, as
-    // each head's limit is later than the last one's), or when it fires before it.
+    // The connection's one timer: set again only if it would fire after this limit (rarely:
+    // each head's limit is later than the last one's, but a request's own limit may have moved
+    // the timer later), or when it fires before it.
     let limit = tokio::time::Instant::now() + settings.head_timeout;
     if limit < timer.deadline() {
         timer.as_mut().reset(limit);
@@ -1256,6 +1257,9 @@ pub async fn serve<C, F, B>(
             &asked,
             &mut close,
         );
+        // Its lines are a slice of the upstream read buffer, which they would keep shared
+        // while the body streams.
+        drop(verbatim);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(tx) = asked.upgrade.take()
         {

@@ -1,5 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop stripping (RFC 9110 §7.6.1) and
-//! the forwarding headers (`X-Forwarded-*`, RFC 7239 `Forwarded`).
+//! the forwarding headers (`X-Forwarded-*`, RFC 7239 `Forwarded`), put into the map or, for a
+//! request that came without any and goes out over HTTP/1.1, kept aside for the head's writer
+//! ([`Hop`]).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;

@@ -15,6 +15,11 @@
 //! exchange and the connection is dropped. `1xx` answers other than `101` are skipped. A
 //! connection goes back to its pool only when the response was read to its end, the request's
 //! body was sent whole, nothing more arrived, and neither side said `close`.
+//!
+//! A response's fields usually go to the client as the backend wrote them
+//! ([`h1::Verbatim`]): the head's lines are kept, the connection's own fields and the length
+//! taken out in place, and no `HeaderMap` is built. The request's forwarding fields, when kept
+//! aside ([`Outgoing`]), are written into the head after the map's.
 
 use crate::http::downstream::RequestBody;
 use crate::http::h1::{
@@ -413,10 +418,12 @@ fn parse_head(
         let value = &head[vs as usize..ve as usize];
         let client_gets = match role(&head[ns as usize..ne as usize]) {
             Role::Length => {
-                // A length written other than as its number (`5, 5`, `05`) is kept in the
-                // map as written.
+                // A length written other than as its number (`5, 5`, `05`), or given twice, is
+                // kept in the map as written.
                 odd_length |= value.first() == Some(&b'0') && value.len() > 1
-                    || !value.iter().all(u8::is_ascii_digit);
+                    || !value.iter().all(u8::is_ascii_digit)
+                    || length.is_some()
+                    || bad_length;
                 match content_length(value) {
                     Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                     _ => bad_length = true,
@@ -1393,6 +1400,7 @@ mod tests {
             (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n", false),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", false),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 02\r\n\r\nok", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n", false),
         ];
         for &(wire, kept) in corpus {
             let what = String::from_utf8_lossy(wire);

@@ -109,8 +109,9 @@ where
             return (finish(&rev, Err(e)), record);
         }
         // The time limit up to the response's head: an HTTP/1.1 connection's task wakes the
-        // request at it (one timer for the connection, `Cut::wake_at`), and the request reads
-        // the clock when polled; otherwise a timer of its own, boxed, and only with a time
+        // request at it (one timer for the connection, `Cut::wake_at`; this future must be
+        // polled by that task, never spawned apart), and the request reads the clock when
+        // polled; otherwise a timer of its own, boxed, and only with a time
         // limit: the common case keeps eight bytes for it.
         let (mut sleep, limit) = match start_by {
             Some(t) if ctx.cut.wake_at(t) => (None, Some(t)),
