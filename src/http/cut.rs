@@ -3,8 +3,10 @@
 //! wake it at. Apart from the response body, so that the HTTP/1.1 server connection can hold
 //! one without depending on what bodies are made of.
 
+use atomic_waker::AtomicWaker;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -17,7 +19,11 @@ pub struct Cut(Arc<CutInner>);
 
 #[derive(Debug, Default)]
 struct CutInner {
-    fire: Notify,
+    /// Set once the switch has fired; it stays set.
+    fire: AtomicBool,
+    /// The one task that waits for it ([`Cut::fired`]): the connection's, which polls it each
+    /// time it is woken, so a poll must be cheap (a `Notify` takes its lock at every poll).
+    fire_waker: AtomicWaker,
     tunnels: std::sync::atomic::AtomicUsize,
     tunnel_ended: Notify,
     /// A tunnel was ever taken over from the connection: it switched protocols.
@@ -34,12 +40,25 @@ struct CutInner {
 impl Cut {
     /// Asks the connection to close now.
     pub fn fire(&self) {
-        self.0.fire.notify_one();
+        self.0.fire.store(true, Ordering::Release);
+        self.0.fire_waker.wake();
     }
 
-    /// Resolves once the switch has fired (even if it fired before this was called).
+    /// Resolves once the switch has fired (even if it fired before this was called). One task
+    /// waits for it: the waker of the last poll is the one woken.
     pub async fn fired(&self) {
-        self.0.fire.notified().await;
+        std::future::poll_fn(|cx| {
+            if self.0.fire.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.0.fire_waker.register(cx.waker());
+            // Fired between the load and the registration: its wake found no waker.
+            match self.0.fire.load(Ordering::Acquire) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await;
     }
 
     /// Marks a tunnel taken over from this connection as open until the guard drops.
@@ -119,5 +138,33 @@ impl Drop for TunnelHold {
             .tunnels
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         self.0.tunnel_ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_switch_wakes_its_waiter_and_stays_fired() {
+        let cut = Cut::default();
+        let waiting = tokio::spawn({
+            let cut = cut.clone();
+            async move { cut.fired().await }
+        });
+        // Waiting, and polled again with nothing fired: it keeps waiting.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished());
+        cut.fire();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter is woken")
+            .unwrap();
+        // Fired before it is asked: it resolves at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), cut.fired())
+            .await
+            .expect("a fired switch stays fired");
     }
 }

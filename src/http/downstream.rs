@@ -112,20 +112,21 @@ pub struct Parsed {
 }
 
 /// Fields the proxy adds to a request it forwards: `X-Forwarded-For`, `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Forwarded`.
+/// `X-Forwarded-Host` and `Forwarded`. They go into the header map only when the request
+/// carries one of them already, or is HTTP/1.0 (otherwise the HTTP/1.1 writer adds them to the
+/// head it writes, `headers::Hop`); such a map gets room for them as it is read.
 const ADDED_FIELDS: usize = 4;
 
-/// The capacity to ask of a header map for `fields` read: room for the fields the proxy adds,
-/// so the map is not grown and rehashed on the way, and no more than its table's size gives
-/// anyway. A map of capacity `n` gets a table of the next power of two of `n + n/3` slots, of
-/// which three quarters hold entries (http's `HeaderMap`): asking for exactly three quarters
-/// of the smallest table that fits keeps the table that small (seven fields would get
-/// sixteen slots and room for twelve; six get eight slots and room for six). Each room is an
-/// entry of about 100 bytes, held as long as the request is.
+/// The capacity to ask of a header map for `fields` read: the smallest table that holds them.
+/// A map of capacity `n` gets a table of the next power of two of `n + n/3` slots, of which
+/// three quarters hold entries (http's `HeaderMap`): asking for exactly three quarters of the
+/// smallest table that fits keeps the table that small (three fields get four slots; four
+/// get eight and room for six). Each room is an entry of about 100 bytes, held as long as the
+/// request is, and a map that must grow later (a route's `set_headers`, the forwarding fields
+/// of an HTTP/2 upstream) doubles once.
 fn map_room(fields: usize) -> usize {
-    let need = fields + ADDED_FIELDS;
-    let mut slots = need.next_power_of_two();
-    if slots - slots / 4 < need {
+    let mut slots = fields.next_power_of_two();
+    if slots - slots / 4 < fields {
         slots *= 2;
     }
     slots - slots / 4
@@ -235,11 +236,11 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(map_room(count));
+    let mut headers = h1::maps::take(map_room(count));
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
-    let (mut close, mut keep, mut expect, mut upgrade, mut trailers) =
-        (false, false, false, false, false);
+    let (mut close, mut keep, mut expect, mut upgrade, mut trailers, mut forwarded) =
+        (false, false, false, false, false, false);
     for &(ns, ne, vs, ve) in &at[..count] {
         let name = h1::field_name(&raw[ns as usize..ne as usize])
             .map_err(|_| Refusal::Malformed("invalid header name"))?;
@@ -266,9 +267,15 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
             "expect" => expect = value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
             "upgrade" => upgrade = version == Version::HTTP_11,
             "te" => trailers = lists(value.as_bytes(), b"trailers"),
+            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded" => {
+                forwarded = true;
+            }
             _ => {}
         }
         headers.append(name, value);
+    }
+    if forwarded || version == Version::HTTP_10 {
+        headers.reserve(ADDED_FIELDS);
     }
     let body = match (chunked, length) {
         (Some(_), Some(_)) => return Err(Refusal::LengthAndChunked),
@@ -1059,11 +1066,12 @@ enum NoHead {
     Io,
 }
 
-/// Waits for the next request head.
-async fn next_head(
+/// Waits for the next request head. `stopping` resolves when the listener stops; it is the
+/// connection's, polled here only while no request is arriving.
+async fn next_head<S: Future<Output = ()>>(
     wire: &Shared,
     settings: &Settings,
-    stop: &mut watch::Receiver<bool>,
+    mut stopping: Pin<&mut S>,
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> Result<Parsed, NoHead> {
     // The connection's one timer: set again only if it would fire after this limit (rarely:
@@ -1102,7 +1110,7 @@ async fn next_head(
             },
             // A stopping listener closes a connection between requests at once; a request
             // already arriving is served.
-            () = stopped(stop), if idle => return Err(NoHead::Closed),
+            () = stopping.as_mut(), if idle => return Err(NoHead::Closed),
             () = poll_fn(|cx| crate::clock::poll_until(timer.as_mut(), limit, cx)) => {
                 return Err(NoHead::Closed);
             }
@@ -1129,7 +1137,7 @@ pub async fn serve<C, F, B>(
     mut call: C,
     refused: impl Fn(Refusal) -> Bytes,
     settings: Settings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     cut: Cut,
 ) where
     C: FnMut(Request<RequestBody>) -> F,
@@ -1155,11 +1163,17 @@ pub async fn serve<C, F, B>(
         tokio::time::Instant::now() + settings.head_timeout
     ));
     cut.wakes();
+    // The connection waits for the listener's stop with one waiter, registered once and kept
+    // until the connection ends: a wait made anew between each two requests cost a
+    // registration and a removal under the lock all the listener's connections share. Once it
+    // has resolved, `next_head` returns and the loop ends, so it is never polled again.
+    let mut watcher = stop.clone();
+    let mut stopping = pin!(stopped(&mut watcher));
     loop {
         // The request is made from the head by a plain function, so that none of the head's
         // pieces stays in this future while the request is answered.
         let (req, mut asked, keep_alive) =
-            match next_head(&wire, &settings, &mut stop, timer.as_mut()).await {
+            match next_head(&wire, &settings, stopping.as_mut(), timer.as_mut()).await {
                 Ok(parsed) => start(parsed, &wire),
                 Err(NoHead::Closed | NoHead::Io) => break,
                 Err(NoHead::Refused(why)) => {
@@ -1474,10 +1488,10 @@ mod tests {
     /// The header map has room for the forwarding fields and no more than its table gives:
     /// after them, a request read with a few fields fills it without a growth.
     #[test]
-    fn the_header_map_has_room_for_the_forwarding_fields_only() {
+    fn the_header_map_has_room_for_its_fields_and_the_forwarding_ones_where_they_go() {
         for fields in 0..=40 {
             let room = map_room(fields);
-            assert!(room >= fields + ADDED_FIELDS, "{fields}");
+            assert!(room >= fields, "{fields}");
             let map = HeaderMap::<HeaderValue>::with_capacity(room);
             assert_eq!(
                 map.capacity(),
@@ -1485,25 +1499,41 @@ mod tests {
                 "{fields}: the table is the smallest that fits"
             );
             // Half the room would not do: the table is not larger than it must be.
-            assert!(room / 2 < fields + ADDED_FIELDS, "{fields}");
+            assert!(room / 2 < fields.max(1), "{fields}");
         }
-        let head = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut req = parse(head).unwrap().unwrap().request;
-        let before = req.headers().capacity();
-        assert_eq!(before, 6);
-        let h = req.headers_mut();
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "forwarded",
+        let add = |req: &mut Request<()>| {
+            for name in [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "forwarded",
+            ] {
+                req.headers_mut().append(
+                    http::header::HeaderName::from_static(name),
+                    HeaderValue::from_static("v"),
+                );
+            }
+        };
+        // The forwarding fields go into the map when the client sent one already, or spoke
+        // HTTP/1.0: the map has room for them, and does not grow.
+        for head in [
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nForwarded: for=192.0.2.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
         ] {
-            h.insert(
-                http::header::HeaderName::from_static(name),
-                HeaderValue::from_static("v"),
-            );
+            let mut req = parse(head).unwrap().unwrap().request;
+            let before = req.headers().capacity();
+            assert!(before >= req.headers().len() + ADDED_FIELDS, "{head:?}");
+            add(&mut req);
+            assert_eq!(req.headers().capacity(), before, "no growth: {head:?}");
         }
-        assert_eq!(req.headers().capacity(), before, "no growth");
+        // Otherwise the HTTP/1.1 writer adds them to the head, and the map holds the head's
+        // fields only.
+        let req = parse("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nUser-Agent: u\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .request;
+        assert_eq!(req.headers().capacity(), 3);
     }
 
     /// A backend's fields kept as it wrote them go out first and as they are, then the map's
@@ -1902,29 +1932,55 @@ mod tests {
             C: FnMut(Request<RequestBody>) -> F + Send + 'static,
             F: Future<Output = Reply> + Send + 'static,
         {
+            let (stopper, stop) = watch::channel(false);
             tokio::spawn(async move {
-                let (_stop, stop) = watch::channel(false);
-                let settings = Settings {
-                    max_head: MAX,
-                    head_timeout: Duration::from_secs(10),
-                };
-                serve(
-                    Box::new(io),
-                    call,
-                    |why| {
-                        let code = if why.too_large() { 431 } else { 400 };
-                        let text = why.to_string();
-                        let len = text.len();
-                        Bytes::from(format!(
-                            "HTTP/1.1 {code} No\r\ncontent-length: {len}\r\n\r\n{text}"
-                        ))
-                    },
-                    settings,
-                    stop,
-                    Cut::default(),
-                )
-                .await;
+                // Kept while serving: a listener gone stops its connections.
+                let _stopper = stopper;
+                serving(io, call, stop).await;
             })
+        }
+
+        /// [`serve_on`], stopped when `stop` turns true.
+        fn serve_stopped_by<T, C, F>(
+            io: T,
+            call: C,
+            stop: watch::Receiver<bool>,
+        ) -> tokio::task::JoinHandle<()>
+        where
+            T: Transport,
+            C: FnMut(Request<RequestBody>) -> F + Send + 'static,
+            F: Future<Output = Reply> + Send + 'static,
+        {
+            tokio::spawn(serving(io, call, stop))
+        }
+
+        /// A connection served by `call` until `stop` turns true.
+        async fn serving<T, C, F>(io: T, call: C, stop: watch::Receiver<bool>)
+        where
+            T: Transport,
+            C: FnMut(Request<RequestBody>) -> F + Send + 'static,
+            F: Future<Output = Reply> + Send + 'static,
+        {
+            let settings = Settings {
+                max_head: MAX,
+                head_timeout: Duration::from_secs(10),
+            };
+            serve(
+                Box::new(io),
+                call,
+                |why| {
+                    let code = if why.too_large() { 431 } else { 400 };
+                    let text = why.to_string();
+                    let len = text.len();
+                    Bytes::from(format!(
+                        "HTTP/1.1 {code} No\r\ncontent-length: {len}\r\n\r\n{text}"
+                    ))
+                },
+                settings,
+                stop,
+                Cut::default(),
+            )
+            .await;
         }
 
         /// A pipe of `cap` bytes each way, served by `call`; the client's end.
@@ -2210,6 +2266,54 @@ mod tests {
                     assert!(upgrade.await.is_err());
                 }
             }
+        }
+
+        /// A stopping listener closes a connection idle between requests at once, though the
+        /// connection's wait for the stop began before its first request; an answer in
+        /// progress is finished first, and says the connection closes.
+        #[tokio::test]
+        async fn a_stop_closes_an_idle_connection_and_finishes_an_answer_first() {
+            let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+            let (stopper, stop) = watch::channel(false);
+            let (mut c, server) = tokio::io::duplex(1 << 16);
+            let served =
+                serve_stopped_by(server, |_req| async { http::Response::new(empty()) }, stop);
+            for _ in 0..3 {
+                c.write_all(get).await.unwrap();
+                let head = head_of(&mut c).await;
+                assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+                assert!(!head.contains("connection: close"), "{head}");
+            }
+            stopper.send_replace(true);
+            assert_eq!(to_end(&mut c).await, b"", "closed without a word");
+            served.await.unwrap();
+
+            // Stopped while a request is answered: the answer comes whole, then the end.
+            let (stopper, stop) = watch::channel(false);
+            let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+            let answered = std::sync::Mutex::new(Some(answered));
+            let (mut c, server) = tokio::io::duplex(1 << 16);
+            let served = serve_stopped_by(
+                server,
+                move |_req| {
+                    let wait = answered.lock().unwrap().take();
+                    async move {
+                        if let Some(w) = wait {
+                            let _ = w.await;
+                        }
+                        http::Response::new(empty())
+                    }
+                },
+                stop,
+            );
+            c.write_all(get).await.unwrap();
+            tokio::task::yield_now().await;
+            stopper.send_replace(true);
+            answer.send(()).unwrap();
+            let out = String::from_utf8(to_end(&mut c).await).unwrap();
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+            assert!(out.contains("connection: close\r\n"), "{out}");
+            served.await.unwrap();
         }
 
         /// The time limit on a head counts from when the connection starts waiting for it:

@@ -8,14 +8,61 @@
 //!
 //! Beside the framing, the small pieces of a head both sides read and write: room for
 //! httparse's fields and where they lie, field names, field lines, lengths and chunk sizes,
-//! each written for the request path's cost (it runs twice for every proxied request); and a
+//! each written for the request path's cost (it runs twice for every proxied request); a
 //! response's fields as the backend wrote them ([`Verbatim`]), which the upstream connection
-//! keeps and the client's connection copies out.
+//! keeps and the client's connection copies out; and request header maps kept for reuse
+//! ([`maps`]): the client's connection takes them, the upstream connection gives them back.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::Response;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
+
+/// Request header maps kept per thread for the next request head: a map is two allocations (its
+/// table and its entries), taken for every request and freed once its head has gone upstream.
+/// A kept map is emptied, its room kept; it is taken again only for a head that asks the same
+/// room, so a held request never keeps more room than its head needs.
+pub mod maps {
+    use http::header::HeaderMap;
+    use std::cell::RefCell;
+
+    /// At most this many kept per thread; more are freed.
+    const KEPT: usize = 64;
+    /// Larger maps are freed: a rare head with many fields does not keep its room.
+    const LARGEST: usize = 48;
+
+    thread_local! {
+        static KEPT_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty map with room for `room` entries: a kept one of exactly that room, or a new one.
+    pub fn take(room: usize) -> HeaderMap {
+        let kept = KEPT_MAPS.with_borrow_mut(|kept| match kept.last() {
+            Some(m) if m.capacity() == room => kept.pop(),
+            _ => None,
+        });
+        kept.unwrap_or_else(|| HeaderMap::with_capacity(room))
+    }
+
+    /// How many maps this thread keeps.
+    #[cfg(test)]
+    pub fn kept() -> usize {
+        KEPT_MAPS.with_borrow(Vec::len)
+    }
+
+    /// Keeps `map`, emptied, for another request.
+    pub fn put(mut map: HeaderMap) {
+        if map.capacity() == 0 || map.capacity() > LARGEST {
+            return;
+        }
+        map.clear();
+        KEPT_MAPS.with_borrow_mut(|kept| {
+            if kept.len() < KEPT {
+                kept.push(map);
+            }
+        });
+    }
+}
 
 /// Why a body's framing could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -468,6 +515,31 @@ pub fn head_fault(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_map_comes_back_empty_and_only_for_its_own_room() {
+        use http::header::{HOST, USER_AGENT};
+        let mut map = maps::take(6);
+        assert_eq!((map.len(), map.capacity()), (0, 6));
+        map.insert(HOST, HeaderValue::from_static("a"));
+        map.append(USER_AGENT, HeaderValue::from_static("b"));
+        map.append(USER_AGENT, HeaderValue::from_static("c"));
+        let before = maps::kept();
+        maps::put(map);
+        assert_eq!(maps::kept(), before + 1);
+        // Another room does not take it: a held request keeps no more room than it asked.
+        let other = maps::take(12);
+        assert_eq!((other.len(), other.capacity()), (0, 12));
+        assert_eq!(maps::kept(), before + 1);
+        let again = maps::take(6);
+        assert_eq!(maps::kept(), before);
+        assert_eq!((again.len(), again.capacity()), (0, 6));
+        assert!(again.get(HOST).is_none() && again.get_all(USER_AGENT).iter().next().is_none());
+        // A large map, or one that never had room, is not kept.
+        maps::put(HeaderMap::with_capacity(100));
+        maps::put(HeaderMap::new());
+        assert_eq!(maps::kept(), before);
+    }
 
     #[test]
     fn chunk_sizes_are_written_in_hex() {

@@ -913,6 +913,9 @@ pub fn exchange(
                 });
             }
         };
+        // The request is done with: its header map is kept for the next head read on this
+        // thread.
+        h1::maps::put(std::mem::take(req.headers_mut()));
         // A request body the backend stopped taking leaves the connection unfit for reuse (one
         // still being sent is judged when the response ends).
         let broken = sending.has_body() && pump.is_none();

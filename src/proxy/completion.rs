@@ -17,7 +17,7 @@ pub type Body = ProxyBody<Completion>;
 #[derive(Debug)]
 pub struct Completion {
     lease: Option<Lease>,
-    _active: Active,
+    active: Active,
     start: Instant,
     status: u16,
     /// The access log line and spans, when observed; ends with the exchange.
@@ -30,7 +30,7 @@ impl Completion {
     pub fn new(lease: Lease, start: Instant, status: u16, active: Active) -> Completion {
         Completion {
             lease: Some(lease),
-            _active: active,
+            active,
             start,
             status,
             record: None,
@@ -45,10 +45,13 @@ impl Completion {
 
     fn finish(&mut self, clean: bool) {
         if let Some(lease) = self.lease.take() {
-            lease
-                .revision()
-                .metrics
-                .record(self.status, self.start.elapsed().as_secs_f64());
+            // One reading of the clock for the latency and the end of the request's activity.
+            let now = Instant::now();
+            lease.revision().metrics.record(
+                self.status,
+                now.saturating_duration_since(self.start).as_secs_f64(),
+            );
+            self.active.end_at(now);
         }
         if let Some(mut r) = self.record.take() {
             r.status = self.status;

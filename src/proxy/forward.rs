@@ -96,7 +96,8 @@ where
         let quiet = taken.is_some();
         let active = match taken {
             Some(_) => rev.begin_quiet(),
-            None => rev.begin(ctx.proxied),
+            // Active since it arrived: the clock read then serves.
+            None => rev.begin_at(ctx.proxied, ctx.start),
         };
         // gRPC for backends with a gRPC port of their own goes there, over h2c.
         let to_grpc = ctx.grpc && rev.settings().grpc_port.is_some();

@@ -381,7 +381,11 @@ impl Revision {
     /// Counts a request as active (held or proxied) until the guard drops; `proxied` marks
     /// one that an activator sent, counted in both windows.
     pub fn begin(self: &Arc<Self>, proxied: bool) -> Active {
-        let now = Instant::now();
+        self.begin_at(proxied, Instant::now())
+    }
+
+    /// [`Revision::begin`] for a request that arrived at `now`, read by the caller already.
+    pub fn begin_at(self: &Arc<Self>, proxied: bool, now: Instant) -> Active {
         self.stats.arrive(now);
         // A read first: the flag is rarely set, and a write on every request would bounce the
         // cache line between cores.
@@ -652,19 +656,28 @@ pub struct Active {
     rev: Arc<Revision>,
     /// Sent by an activator: also counted in the revision's proxied statistics.
     proxied: bool,
-    /// Counted in the statistics at all (not for requests that are not demand).
+    /// Counted in the statistics (not for requests that are not demand), and not ended yet.
     counted: bool,
+}
+
+impl Active {
+    /// The request ends at `now`, read by the caller already; dropping it then counts nothing
+    /// more.
+    pub fn end_at(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.counted) {
+            return;
+        }
+        self.rev.stats.depart(now);
+        if self.proxied {
+            self.rev.proxied.depart(now);
+        }
+    }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        if !self.counted {
-            return;
-        }
-        let now = Instant::now();
-        self.rev.stats.depart(now);
-        if self.proxied {
-            self.rev.proxied.depart(now);
+        if self.counted {
+            self.end_at(Instant::now());
         }
     }
 }
