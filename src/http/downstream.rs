@@ -1085,7 +1085,7 @@ async fn next_head<S: Future<Output = ()>>(
     // so a head that arrives in many pieces is not parsed from its start for each.
     let mut parsed = 0;
     loop {
-        {
+        let idle = {
             let mut w = lock(wire);
             let len = w.buf.len();
             if len > parsed
@@ -1100,8 +1100,8 @@ async fn next_head<S: Future<Output = ()>>(
             if w.eof {
                 return Err(NoHead::Closed);
             }
-        }
-        let idle = lock(wire).buf.is_empty();
+            w.buf.is_empty()
+        };
         tokio::select! {
             biased;
             r = poll_fn(|cx| lock(wire).poll_fill(cx)) => match r {

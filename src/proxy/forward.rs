@@ -261,8 +261,9 @@ fn exchange<'a>(
         protocol,
         to_grpc,
     } = taken;
-    // One settings snapshot for the whole request.
-    let settings = rev.settings();
+    // One settings snapshot for the rewrite and the cold mark, borrowed: it is dropped before
+    // the exchange's future runs.
+    let settings = rev.settings_now();
     let hop = prepare(&mut req, protocol, settings.pool.tls.is_some(), &mut ctx);
     let Ctx {
         start,
@@ -284,6 +285,8 @@ fn exchange<'a>(
         hop,
     });
     let mark_cold = acquired.cold && settings.cold_start.header;
+    let eject_for = settings.eject_for;
+    drop(settings);
     let mut lease = acquired.lease;
     async move {
         let mut retried = false;
@@ -353,7 +356,7 @@ fn exchange<'a>(
                 }
                 Err(SendError::Connect { req: back, error }) => {
                     ep.metrics.connect_errors.inc();
-                    ep.eject(settings.eject_for);
+                    ep.eject(eject_for);
                     debug!(endpoint = %to, %error, retried, "connect failed");
                     if retried {
                         return Err(connect_error(to, error));

@@ -180,6 +180,12 @@ impl Revision {
         self.settings.load_full()
     }
 
+    /// The current settings, borrowed for a moment (no count of references taken): not to be
+    /// held across an `.await`.
+    pub fn settings_now(&self) -> arc_swap::Guard<Arc<RevisionSettings>> {
+        self.settings.load()
+    }
+
     /// Replaces the settings (on reload) and lets held requests re-check against them.
     pub fn update(&self, settings: RevisionSettings) {
         self.settings.store(Arc::new(settings));
