@@ -1145,6 +1145,68 @@ async fn next_head<S: Future<Output = ()>>(
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A connection's wait for its listener's stop: one waiter on the listener's watch,
+    /// registered at the first poll and kept, and polled again only when the watch woke it.
+    /// Polling the waiter itself each time the connection waits for a head takes the lock of
+    /// the watch that all the listener's connections share; this takes none.
+    struct StopWait<F> {
+        #[pin]
+        wait: F,
+        // Set when the watch woke the waiter, and at first.
+        woke: Arc<Woke>,
+        // The waker the waiter is polled with: it marks `woke`, then wakes the connection.
+        waker: std::task::Waker,
+    }
+}
+
+/// Whether the watch woke a [`StopWait`]'s waiter, and the connection's task to wake then.
+#[derive(Default)]
+struct Woke {
+    woke: std::sync::atomic::AtomicBool,
+    task: atomic_waker::AtomicWaker,
+}
+
+impl std::task::Wake for Woke {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woke.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future<Output = ()>> StopWait<F> {
+    fn new(wait: F) -> StopWait<F> {
+        let woke = Arc::new(Woke::default());
+        woke.woke.store(true, std::sync::atomic::Ordering::Relaxed);
+        StopWait {
+            wait,
+            waker: std::task::Waker::from(woke.clone()),
+            woke,
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for StopWait<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        this.woke.task.register(cx.waker());
+        if !this
+            .woke
+            .woke
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Poll::Pending;
+        }
+        this.wait.poll(&mut Context::from_waker(this.waker))
+    }
+}
+
 /// Resolves once `rx` turns true: the listener is stopping (also when its owner is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
@@ -1195,7 +1257,7 @@ pub async fn serve<C, F, B>(
     // registration and a removal under the lock all the listener's connections share. Once it
     // has resolved, `next_head` returns and the loop ends, so it is never polled again.
     let mut watcher = stop.clone();
-    let mut stopping = pin!(stopped(&mut watcher));
+    let mut stopping = pin!(StopWait::new(stopped(&mut watcher)));
     loop {
         // The request is made from the head by a plain function, so that none of the head's
         // pieces stays in this future while the request is answered.
