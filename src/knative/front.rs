@@ -75,7 +75,8 @@ impl Handler for QueueHandler {
     type Body = Body;
 
     async fn call(&self, mut req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
-        match headers::classify(req.headers()) {
+        let read = headers::read(req.headers());
+        match read.kind {
             Kind::NetworkProbe => {
                 if self.drainer.is_draining() {
                     return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -92,9 +93,10 @@ impl Handler for QueueHandler {
                 self.drainer.touch();
                 // Only Knative's stats tell activator-sent requests apart, so this front
                 // decides it for the shared request path.
-                let proxied = headers::is_proxied(req.headers());
-                headers::restore_request_headers(req.headers_mut());
-                self.proxy.serve(req, conn, proxied).await
+                if read.rewritten {
+                    headers::restore_request_headers(req.headers_mut());
+                }
+                self.proxy.serve(req, conn, read.proxied).await
             }
         }
     }

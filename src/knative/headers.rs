@@ -39,53 +39,66 @@ pub enum Kind {
     Traffic,
 }
 
-/// Classifies a request the way queue-proxy's drainer and health handler do.
-pub fn classify(h: &HeaderMap) -> Kind {
-    // One pass over the names instead of a hash lookup per Knative header: on plain traffic
-    // the marker headers are absent, and comparing a standard name with them is one branch.
-    let (mut has_probe, mut has_kubelet) = (false, false);
-    for k in h.keys() {
-        has_probe |= k == NETWORK_PROBE;
-        has_kubelet |= k == KUBELET_PROBE;
-    }
-    let probe = if has_probe {
-        h.get(&NETWORK_PROBE).map(|v| v.as_bytes())
-    } else {
-        None
-    };
-    if probe == Some(b"probe") {
-        return Kind::NetworkProbe;
-    }
-    let agent = h
-        .get(header::USER_AGENT)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let health_agent = HEALTH_CHECK_AGENTS
-        .iter()
-        .any(|p| agent.starts_with(p.as_bytes()));
-    if probe.is_some() || health_agent || has_kubelet {
-        let value = String::from_utf8_lossy(probe.unwrap_or_default()).into_owned();
-        return Kind::HealthCheck(value);
-    }
-    Kind::Traffic
+/// What a queue-proxy reads of a request's headers, found in one pass over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// Probe, health check or traffic.
+    pub kind: Kind,
+    /// An activator sent it (`K-Proxy-Request: activator`), so its concurrency is reported as
+    /// proxied.
+    pub proxied: bool,
+    /// It carries the activator's or the ingress's rewrites, for
+    /// [`restore_request_headers`] to undo.
+    pub rewritten: bool,
 }
 
-/// True when an activator sent this request, so its concurrency is reported as proxied.
-pub fn is_proxied(headers: &HeaderMap) -> bool {
-    headers
-        .get(&PROXY_REQUEST)
-        .is_some_and(|v| v.as_bytes() == b"activator")
+/// Reads a request's headers as queue-proxy's drainer, health handler and stats do, in one
+/// pass over the fields rather than a lookup for each Knative header: on plain traffic the
+/// Knative headers are absent, and telling a common name from each of them is one branch.
+pub fn read(h: &HeaderMap) -> Read {
+    // Of a field given more than once, the first counts, as a lookup would find it.
+    let (mut probe, mut agent, mut proxy, mut kubelet, mut rewritten) =
+        (None, None, None, false, false);
+    for (k, v) in h {
+        if k == header::USER_AGENT {
+            agent = agent.or(Some(v.as_bytes()));
+        } else if k == NETWORK_PROBE {
+            probe = probe.or(Some(v.as_bytes()));
+        } else if k == KUBELET_PROBE {
+            kubelet = true;
+        } else if k == PROXY_REQUEST {
+            proxy = proxy.or(Some(v.as_bytes()));
+        } else if k == ORIGINAL_HOST
+            || k == SERVING_REVISION
+            || k == SERVING_NAMESPACE
+            || k == NETWORK_HASH
+        {
+            rewritten = true;
+        }
+    }
+    let kind = if probe == Some(b"probe") {
+        Kind::NetworkProbe
+    } else if probe.is_some()
+        || kubelet
+        || HEALTH_CHECK_AGENTS
+            .iter()
+            .any(|p| agent.is_some_and(|a| a.starts_with(p.as_bytes())))
+    {
+        Kind::HealthCheck(String::from_utf8_lossy(probe.unwrap_or_default()).into_owned())
+    } else {
+        Kind::Traffic
+    };
+    Read {
+        kind,
+        proxied: proxy == Some(b"activator"),
+        rewritten,
+    }
 }
 
 /// Undoes the activator's and ingress's rewrites before a request reaches the app: `Host` comes
 /// back from `K-Original-Host`, and the routing and probe headers are removed.
+/// Called only for a request [`read`] found `rewritten`.
 pub fn restore_request_headers(h: &mut HeaderMap) {
-    let rewritten = h.keys().any(|k| {
-        k == ORIGINAL_HOST || k == SERVING_REVISION || k == SERVING_NAMESPACE || k == NETWORK_HASH
-    });
-    if !rewritten {
-        return;
-    }
     if let Some(host) = h.remove(&ORIGINAL_HOST)
         && !host.is_empty()
     {
@@ -112,32 +125,71 @@ mod tests {
     #[test]
     fn classifies_like_queue_proxy() {
         assert_eq!(
-            classify(&headers(&[("k-network-probe", "probe")])),
+            read(&headers(&[("k-network-probe", "probe")])).kind,
             Kind::NetworkProbe
         );
         assert_eq!(
-            classify(&headers(&[
+            read(&headers(&[
                 ("k-network-probe", "queue"),
                 ("user-agent", "kube-probe/1.30")
-            ])),
+            ]))
+            .kind,
             Kind::HealthCheck("queue".into())
         );
         assert_eq!(
-            classify(&headers(&[("user-agent", "kube-probe/1.30")])),
+            read(&headers(&[("user-agent", "kube-probe/1.30")])).kind,
             Kind::HealthCheck(String::new())
         );
         assert_eq!(
-            classify(&headers(&[("user-agent", "Knative-Activator-Probe")])),
+            read(&headers(&[("user-agent", "Knative-Activator-Probe")])).kind,
             Kind::HealthCheck(String::new())
         );
         assert_eq!(
-            classify(&headers(&[("k-network-probe", "activator")])),
+            read(&headers(&[("k-network-probe", "activator")])).kind,
             Kind::HealthCheck("activator".into())
         );
         assert_eq!(
-            classify(&headers(&[("user-agent", "curl/8")])),
+            read(&headers(&[("user-agent", "curl/8")])).kind,
             Kind::Traffic
         );
+    }
+
+    #[test]
+    fn finds_the_activator_and_the_rewrites_in_the_same_pass() {
+        let mut h = headers(&[("k-proxy-request", "activator"), ("user-agent", "curl/8")]);
+        let r = read(&h);
+        assert_eq!(
+            (r.kind, r.proxied, r.rewritten),
+            (Kind::Traffic, true, false)
+        );
+        // The first value counts, as a lookup finds it.
+        h.append("k-proxy-request", http::HeaderValue::from_static("other"));
+        h.append(
+            "user-agent",
+            http::HeaderValue::from_static("kube-probe/1.30"),
+        );
+        assert_eq!((read(&h).kind, read(&h).proxied), (Kind::Traffic, true));
+        let mut h = headers(&[("k-proxy-request", "other"), ("user-agent", "curl/8")]);
+        h.append(
+            "k-proxy-request",
+            http::HeaderValue::from_static("activator"),
+        );
+        assert!(!read(&h).proxied);
+        for name in [
+            "k-original-host",
+            "knative-serving-revision",
+            "knative-serving-namespace",
+            "k-network-hash",
+        ] {
+            let r = read(&headers(&[("host", "a"), (name, "x")]));
+            assert_eq!(
+                (r.kind, r.proxied, r.rewritten),
+                (Kind::Traffic, false, true)
+            );
+        }
+        assert!(!read(&headers(&[("host", "a"), ("x-other", "1")])).rewritten);
+        let r = read(&headers(&[("k-kubelet-probe", "1")]));
+        assert_eq!(r.kind, Kind::HealthCheck(String::new()));
     }
 
     #[test]
