@@ -67,7 +67,12 @@ pub struct Revision {
     /// Protocol spoken to endpoints.
     pub protocol: Protocol,
     settings: ArcSwap<RevisionSettings>,
+    /// `settings.container_concurrency`, read by every request's slot taking without loading
+    /// the settings.
+    container_concurrency: AtomicU32,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// The endpoint set is empty, read by every request's routing without loading the set.
+    no_endpoints: AtomicBool,
     queue: Queue,
     /// Pre-resolved metric handles.
     pub metrics: RevisionMetrics,
@@ -117,7 +122,9 @@ impl Revision {
             service: spec.service,
             name: spec.name,
             protocol: spec.protocol,
+            container_concurrency: AtomicU32::new(spec.settings.container_concurrency),
             settings: ArcSwap::from_pointee(spec.settings),
+            no_endpoints: AtomicBool::new(endpoints.is_empty()),
             endpoints: ArcSwap::from_pointee(endpoints),
             queue: Queue::default(),
             root_metrics: metrics.clone(),
@@ -188,6 +195,8 @@ impl Revision {
 
     /// Replaces the settings (on reload) and lets held requests re-check against them.
     pub fn update(&self, settings: RevisionSettings) {
+        self.container_concurrency
+            .store(settings.container_concurrency, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
         self.queue.wake_all();
     }
@@ -337,7 +346,7 @@ impl Revision {
 
     /// True while the revision has no endpoint at all.
     pub fn is_cold(&self) -> bool {
-        self.endpoints.load().is_empty()
+        self.no_endpoints.load(Ordering::Relaxed)
     }
 
     /// Signals demand without holding a request (used by placeholder answers).
@@ -438,6 +447,8 @@ impl Revision {
         } else {
             self.starting_at.store(0, Ordering::Relaxed);
         }
+        self.no_endpoints
+            .store(endpoints.is_empty(), Ordering::Relaxed);
         self.endpoints.store(Arc::new(endpoints));
         self.queue.wake_all();
         self.endpoints_changed.notify_one();
@@ -462,7 +473,7 @@ impl Revision {
     /// Takes a slot on some endpoint without waiting.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
         let eps = self.endpoints.load();
-        let i = balance::pick(&eps, self.settings.load().container_concurrency)?;
+        let i = balance::pick(&eps, self.container_concurrency.load(Ordering::Relaxed))?;
         self.leased.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             rev: self.clone(),
