@@ -112,10 +112,23 @@ pub struct Parsed {
 }
 
 /// Fields the proxy adds to a request it forwards: `X-Forwarded-For`, `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Forwarded`. They go into the header map only when the request
-/// carries one of them already, or is HTTP/1.0 (otherwise the HTTP/1.1 writer adds them to the
-/// head it writes, `headers::Hop`); such a map gets room for them as it is read.
+/// `X-Forwarded-Host` and `Forwarded`. Going to an HTTP/1.1 upstream, they go into the header
+/// map only when the request carries one of them already (otherwise the writer adds them to the
+/// head it writes, `headers::Hop`), and such a map is given room for them; going to an h2c
+/// upstream, they always go into the map, which grows for them then.
 const ADDED_FIELDS: usize = 4;
+
+/// True when a field name is one of the forwarding fields ([`ADDED_FIELDS`]), told by its
+/// length first, as most names are not.
+fn forwarding_name(name: &[u8]) -> bool {
+    match name.len() {
+        9 => h1::is_name(name, b"forwarded"),
+        15 => h1::is_name(name, b"x-forwarded-for"),
+        16 => h1::is_name(name, b"x-forwarded-host"),
+        17 => h1::is_name(name, b"x-forwarded-proto"),
+        _ => false,
+    }
+}
 
 /// The capacity to ask of a header map for `fields` read: the smallest table that holds them.
 /// A map of capacity `n` gets a table of the next power of two of `n + n/3` slots, of which
@@ -260,11 +273,21 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = h1::maps::take(map_room(count));
+    // Room for the forwarding fields only where they will go into the map, decided before it
+    // is taken: a map grown afterwards would come back to the kept ones with a room no head
+    // asks for.
+    let forwarded = at[..count]
+        .iter()
+        .any(|&(ns, ne, _, _)| forwarding_name(&raw[ns as usize..ne as usize]));
+    let room = match forwarded {
+        true => map_room(count + ADDED_FIELDS),
+        false => map_room(count),
+    };
+    let mut headers = h1::maps::take(room);
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
-    let (mut close, mut keep, mut expect, mut upgrade, mut trailers, mut forwarded) =
-        (false, false, false, false, false, false);
+    let (mut close, mut keep, mut expect, mut upgrade, mut trailers) =
+        (false, false, false, false, false);
     for &(ns, ne, vs, ve) in &at[..count] {
         let name = h1::field_name(&raw[ns as usize..ne as usize])
             .map_err(|_| Refusal::Malformed("invalid header name"))?;
@@ -291,15 +314,9 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
             "expect" => expect = value.as_bytes().eq_ignore_ascii_case(b"100-continue"),
             "upgrade" => upgrade = version == Version::HTTP_11,
             "te" => trailers = lists(value.as_bytes(), b"trailers"),
-            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded" => {
-                forwarded = true;
-            }
             _ => {}
         }
         headers.append(name, value);
-    }
-    if forwarded || version == Version::HTTP_10 {
-        headers.reserve(ADDED_FIELDS);
     }
     let body = match (chunked, length) {
         (Some(_), Some(_)) => return Err(Refusal::LengthAndChunked),
@@ -1112,11 +1129,8 @@ async fn next_head<S: Future<Output = ()>>(
         let idle = {
             let mut w = lock(wire);
             let len = w.buf.len();
-            // The first try parses at once: nearly every head comes whole in one read.
             if len > parsed
-                && (parsed == 0
-                    || memchr::memchr(b'\n', &w.buf[parsed..]).is_some()
-                    || len > settings.max_head)
+                && (memchr::memchr(b'\n', &w.buf[parsed..]).is_some() || len > settings.max_head)
             {
                 match parse_head(&mut w.buf, settings.max_head) {
                     Ok(Some(p)) => return Ok(p),
@@ -1603,18 +1617,28 @@ mod tests {
                 );
             }
         };
-        // The forwarding fields go into the map when the client sent one already, or spoke
-        // HTTP/1.0: the map has room for them, and does not grow.
+        // The forwarding fields go into the map when the client sent one already: the map
+        // is taken with room for them, and does not grow.
         for head in [
             "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n",
             "GET / HTTP/1.1\r\nForwarded: for=192.0.2.1\r\nHost: x\r\n\r\n",
-            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nx-forwarded-HOST: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n\r\n",
         ] {
             let mut req = parse(head).unwrap().unwrap().request;
             let before = req.headers().capacity();
-            assert!(before >= req.headers().len() + ADDED_FIELDS, "{head:?}");
+            assert_eq!(before, map_room(2 + ADDED_FIELDS), "{head:?}");
             add(&mut req);
             assert_eq!(req.headers().capacity(), before, "no growth: {head:?}");
+        }
+        // Names near them are not them.
+        for name in [
+            "forwarder",
+            "x-forwarded-fox",
+            "x-forwarded-hosts",
+            "x-forwarded",
+        ] {
+            assert!(!forwarding_name(name.as_bytes()), "{name}");
         }
         // Otherwise the HTTP/1.1 writer adds them to the head, and the map holds the head's
         // fields only.

@@ -73,6 +73,8 @@ pub struct Revision {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// The endpoint set is empty, read by every request's routing without loading the set.
     no_endpoints: AtomicBool,
+    /// Held by a writer of the endpoint set and `no_endpoints`, so the two agree.
+    endpoints_write: Mutex<()>,
     queue: Queue,
     /// Pre-resolved metric handles.
     pub metrics: RevisionMetrics,
@@ -125,6 +127,7 @@ impl Revision {
             container_concurrency: AtomicU32::new(spec.settings.container_concurrency),
             settings: ArcSwap::from_pointee(spec.settings),
             no_endpoints: AtomicBool::new(endpoints.is_empty()),
+            endpoints_write: Mutex::new(()),
             endpoints: ArcSwap::from_pointee(endpoints),
             queue: Queue::default(),
             root_metrics: metrics.clone(),
@@ -447,9 +450,17 @@ impl Revision {
         } else {
             self.starting_at.store(0, Ordering::Relaxed);
         }
-        self.no_endpoints
-            .store(endpoints.is_empty(), Ordering::Relaxed);
-        self.endpoints.store(Arc::new(endpoints));
+        {
+            // Two writers at once (an endpoint watch and a port watch) must not leave the flag
+            // telling of one set and the snapshot holding the other.
+            let _one = self
+                .endpoints_write
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.no_endpoints
+                .store(endpoints.is_empty(), Ordering::Relaxed);
+            self.endpoints.store(Arc::new(endpoints));
+        }
         self.queue.wake_all();
         self.endpoints_changed.notify_one();
     }
