@@ -3,10 +3,9 @@
 //! wake it at. Apart from the response body, so that the HTTP/1.1 server connection can hold
 //! one without depending on what bodies are made of.
 
-use atomic_waker::AtomicWaker;
+use super::signal::Signal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::sync::atomic::Ordering;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -19,11 +18,9 @@ pub struct Cut(Arc<CutInner>);
 
 #[derive(Debug, Default)]
 struct CutInner {
-    /// Set once the switch has fired; it stays set.
-    fire: AtomicBool,
-    /// The one task that waits for it ([`Cut::fired`]): the connection's, which polls it each
-    /// time it is woken, so a poll must be cheap (a `Notify` takes its lock at every poll).
-    fire_waker: AtomicWaker,
+    /// Set once the switch has fired; it stays set. The one task that waits for it
+    /// ([`Cut::fired`]) is the connection's, which polls it each time it is woken.
+    fire: Signal,
     tunnels: std::sync::atomic::AtomicUsize,
     tunnel_ended: Notify,
     /// A tunnel was ever taken over from the connection: it switched protocols.
@@ -40,25 +37,13 @@ struct CutInner {
 impl Cut {
     /// Asks the connection to close now.
     pub fn fire(&self) {
-        self.0.fire.store(true, Ordering::Release);
-        self.0.fire_waker.wake();
+        self.0.fire.set();
     }
 
     /// Resolves once the switch has fired (even if it fired before this was called). One task
     /// waits for it: the waker of the last poll is the one woken.
     pub async fn fired(&self) {
-        std::future::poll_fn(|cx| {
-            if self.0.fire.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.0.fire_waker.register(cx.waker());
-            // Fired between the load and the registration: its wake found no waker.
-            match self.0.fire.load(Ordering::Acquire) {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            }
-        })
-        .await;
+        std::future::poll_fn(|cx| self.0.fire.poll_set(cx)).await;
     }
 
     /// Marks a tunnel taken over from this connection as open until the guard drops.

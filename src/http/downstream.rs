@@ -20,6 +20,7 @@
 use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::headers::{content_length, ends_in_chunked, lists};
+use crate::http::signal::{self, Signal};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -415,20 +416,18 @@ const DRAIN_MAX: u64 = 64 << 10;
 /// connection gives its buffer up while its request is answered and takes one again for the
 /// next head, so a held request costs no buffer and a busy thread no allocation.
 mod spare {
+    use crate::http::kept::Kept;
     use bytes::BytesMut;
-    use std::cell::RefCell;
-
-    /// At most this many kept per thread; more are freed.
-    const KEPT: usize = 64;
 
     thread_local! {
-        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        /// At most 64 kept per thread; more are freed.
+        static SPARE: Kept<BytesMut> = const { Kept::new(64) };
     }
 
     /// A buffer for a read: a kept one, or a new one.
     pub fn take() -> BytesMut {
         SPARE
-            .with_borrow_mut(Vec::pop)
+            .with(|kept| kept.take_if(|_| true))
             .unwrap_or_else(|| BytesMut::with_capacity(super::FIRST_READ))
     }
 
@@ -439,11 +438,7 @@ mod spare {
         if !buf.try_reclaim(super::FIRST_READ) || buf.capacity() > 2 * super::BODY_READ {
             return;
         }
-        SPARE.with_borrow_mut(|kept| {
-            if kept.len() < KEPT {
-                kept.push(buf);
-            }
-        });
+        SPARE.with(|kept| kept.put(buf));
     }
 }
 
@@ -1167,38 +1162,19 @@ pin_project_lite::pin_project! {
     struct StopWait<F> {
         #[pin]
         wait: F,
-        // Set when the watch woke the waiter, and at first.
-        woke: Arc<Woke>,
-        // The waker the waiter is polled with: it marks `woke`, then wakes the connection.
+        // Set when the watch woke the waiter, and at first; it wakes the connection's task.
+        woke: Arc<Signal>,
+        // The waker the waiter is polled with: it sets `woke`.
         waker: std::task::Waker,
-    }
-}
-
-/// Whether the watch woke a [`StopWait`]'s waiter, and the connection's task to wake then.
-#[derive(Default)]
-struct Woke {
-    woke: std::sync::atomic::AtomicBool,
-    task: atomic_waker::AtomicWaker,
-}
-
-impl std::task::Wake for Woke {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woke.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
     }
 }
 
 impl<F: Future<Output = ()>> StopWait<F> {
     fn new(wait: F) -> StopWait<F> {
-        let woke = Arc::new(Woke::default());
-        woke.woke.store(true, std::sync::atomic::Ordering::Relaxed);
+        let woke = Arc::new(Signal::new_set());
         StopWait {
             wait,
-            waker: std::task::Waker::from(woke.clone()),
+            waker: signal::waker(&woke),
             woke,
         }
     }
@@ -1209,12 +1185,8 @@ impl<F: Future<Output = ()>> Future for StopWait<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        this.woke.task.register(cx.waker());
-        if !this
-            .woke
-            .woke
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
+        this.woke.register(cx);
+        if !this.woke.take() {
             return Poll::Pending;
         }
         this.wait.poll(&mut Context::from_waker(this.waker))

@@ -23,31 +23,28 @@ use http_body::Frame;
 /// A kept map is emptied, its room kept; it is taken again only for a head that asks the same
 /// room, so a held request never keeps more room than its head needs.
 pub mod maps {
+    use crate::http::kept::Kept;
     use http::header::HeaderMap;
-    use std::cell::RefCell;
 
-    /// At most this many kept per thread; more are freed.
-    const KEPT: usize = 64;
     /// Larger maps are freed: a rare head with many fields does not keep its room.
     const LARGEST: usize = 48;
 
     thread_local! {
-        static KEPT_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+        /// At most 64 kept per thread; more are freed.
+        static KEPT_MAPS: Kept<HeaderMap> = const { Kept::new(64) };
     }
 
     /// An empty map with room for `room` entries: a kept one of exactly that room, or a new one.
     pub fn take(room: usize) -> HeaderMap {
-        let kept = KEPT_MAPS.with_borrow_mut(|kept| match kept.last() {
-            Some(m) if m.capacity() == room => kept.pop(),
-            _ => None,
-        });
-        kept.unwrap_or_else(|| HeaderMap::with_capacity(room))
+        KEPT_MAPS
+            .with(|kept| kept.take_if(|m| m.capacity() == room))
+            .unwrap_or_else(|| HeaderMap::with_capacity(room))
     }
 
     /// How many maps this thread keeps.
     #[cfg(test)]
     pub fn kept() -> usize {
-        KEPT_MAPS.with_borrow(Vec::len)
+        KEPT_MAPS.with(Kept::len)
     }
 
     /// Keeps `map`, emptied, for another request.
@@ -56,11 +53,7 @@ pub mod maps {
             return;
         }
         map.clear();
-        KEPT_MAPS.with_borrow_mut(|kept| {
-            if kept.len() < KEPT {
-                kept.push(map);
-            }
-        });
+        KEPT_MAPS.with(|kept| kept.put(map));
     }
 }
 

@@ -3,7 +3,8 @@
 //! ([`h1`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]) with its own HTTP/1.1 connection ([`upstream`]),
 //! the response body ([`body`]), the per-connection switch ([`cut`]), header rewriting
-//! ([`headers`]), upgraded connections ([`tunnel`]) and the page browsers get while a
+//! ([`headers`]), a flag one task waits for without a lock ([`signal`]), values kept per
+//! thread for reuse ([`kept`]), upgraded connections ([`tunnel`]) and the page browsers get while a
 //! revision starts ([`waiting`]).
 
 pub mod body;
@@ -12,7 +13,9 @@ pub mod cut;
 pub mod downstream;
 pub mod h1;
 pub mod headers;
+pub mod kept;
 pub mod server;
+pub mod signal;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -73,7 +73,8 @@ pub struct Revision {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// The endpoint set is empty, read by every request's routing without loading the set.
     no_endpoints: AtomicBool,
-    /// Held by a writer of the endpoint set and `no_endpoints`, so the two agree.
+    /// Held by a writer of the endpoint set and `no_endpoints` from reading the set to writing
+    /// both ([`Revision::write_endpoints`]).
     endpoints_write: Mutex<()>,
     queue: Queue,
     /// Pre-resolved metric handles.
@@ -242,41 +243,42 @@ impl Revision {
     pub fn set_grpc_addrs(&self, by_endpoint: &[(SocketAddr, SocketAddr)]) {
         *self.grpc_addrs.lock().unwrap_or_else(|p| p.into_inner()) =
             by_endpoint.iter().copied().collect();
-        let old = self.endpoints();
         let want = |e: &Endpoint| by_endpoint.iter().find(|(a, _)| *a == e.addr).map(|g| g.1);
-        if old.iter().all(|e| e.grpc == want(e)) {
-            return;
-        }
-        let next = old
-            .iter()
-            .map(|e| match e.grpc == want(e) {
-                true => e.clone(),
-                false => self.make_endpoint(e.addr),
-            })
-            .collect();
-        self.set_endpoints(next);
+        self.write_endpoints(|old| {
+            if old.iter().all(|e| e.grpc == want(e)) {
+                return (None, ());
+            }
+            let next = old
+                .iter()
+                .map(|e| match e.grpc == want(e) {
+                    true => e.clone(),
+                    false => self.make_endpoint(e.addr),
+                })
+                .collect();
+            (Some(next), ())
+        });
     }
 
     /// Sets the endpoints by address, keeping the live state of those already present.
     /// Returns the endpoints that were removed (their in-flight requests keep running).
     pub fn set_endpoint_addrs(&self, addrs: &[SocketAddr]) -> Vec<Arc<Endpoint>> {
-        let old = self.endpoints();
-        let next: Vec<Arc<Endpoint>> = addrs
-            .iter()
-            .map(|a| {
-                old.iter()
-                    .find(|e| e.addr == *a)
-                    .cloned()
-                    .unwrap_or_else(|| self.make_endpoint(*a))
-            })
-            .collect();
-        let removed = old
-            .iter()
-            .filter(|e| !addrs.contains(&e.addr))
-            .cloned()
-            .collect();
-        self.set_endpoints(next);
-        removed
+        self.write_endpoints(|old| {
+            let next: Vec<Arc<Endpoint>> = addrs
+                .iter()
+                .map(|a| {
+                    old.iter()
+                        .find(|e| e.addr == *a)
+                        .cloned()
+                        .unwrap_or_else(|| self.make_endpoint(*a))
+                })
+                .collect();
+            let removed = old
+                .iter()
+                .filter(|e| !addrs.contains(&e.addr))
+                .cloned()
+                .collect();
+            (Some(next), removed)
+        })
     }
 
     /// Replaces every endpoint with a fresh one (new pool) in one swap; requests already on the
@@ -437,6 +439,25 @@ impl Revision {
 
     /// Replaces the endpoint set and wakes every held request to try the new set.
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.write_endpoints(|_| (Some(endpoints), ()));
+    }
+
+    /// Writes the endpoint set as `change` makes it from the current one (`None`: unchanged),
+    /// then wakes every held request to try the new set. Writers go one at a time, so two at
+    /// once (an endpoint watch and a port watch) neither lose one another's change nor leave
+    /// `no_endpoints` telling of one set while the snapshot holds the other.
+    fn write_endpoints<R>(
+        &self,
+        change: impl FnOnce(&[Arc<Endpoint>]) -> (Option<Vec<Arc<Endpoint>>>, R),
+    ) -> R {
+        let one = self
+            .endpoints_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (next, out) = change(&self.endpoints.load());
+        let Some(endpoints) = next else {
+            return out;
+        };
         if endpoints.is_empty() {
             // The last endpoint went while some are wanted (a crash): a start begins again.
             if self.desired.load(Ordering::Relaxed) > 0 {
@@ -450,19 +471,13 @@ impl Revision {
         } else {
             self.starting_at.store(0, Ordering::Relaxed);
         }
-        {
-            // Two writers at once (an endpoint watch and a port watch) must not leave the flag
-            // telling of one set and the snapshot holding the other.
-            let _one = self
-                .endpoints_write
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            self.no_endpoints
-                .store(endpoints.is_empty(), Ordering::Relaxed);
-            self.endpoints.store(Arc::new(endpoints));
-        }
+        self.no_endpoints
+            .store(endpoints.is_empty(), Ordering::Relaxed);
+        self.endpoints.store(Arc::new(endpoints));
+        drop(one);
         self.queue.wake_all();
         self.endpoints_changed.notify_one();
+        out
     }
 
     /// Requests held right now.
@@ -800,6 +815,36 @@ mod tests {
         max_wait: Some(Duration::from_secs(5)),
         target_wait: None,
     };
+
+    #[test]
+    fn a_second_writer_of_the_endpoints_starts_from_the_first_ones_set() {
+        let r = rev(1, 1, LIMITS);
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut second = None;
+        r.write_endpoints(|old| {
+            // A second writer (an endpoint watch) comes while the first (a port watch) has
+            // read the set and not yet written its own.
+            let (started, starting) = std::sync::mpsc::channel();
+            let r2 = r.clone();
+            second = Some(std::thread::spawn(move || {
+                started.send(()).unwrap();
+                r2.set_endpoint_addrs(&[addr(1000), addr(1001)])
+            }));
+            starting.recv().unwrap();
+            for _ in 0..100 {
+                std::thread::yield_now();
+            }
+            let next = vec![old[0].clone(), r.make_endpoint(addr(1002))];
+            (Some(next), ())
+        });
+        let removed = second.unwrap().join().unwrap();
+        // It read the first writer's set, so it removed what that one added.
+        let removed: Vec<_> = removed.iter().map(|e| e.addr).collect();
+        assert_eq!(removed, [addr(1002)]);
+        let now: Vec<_> = r.endpoints().iter().map(|e| e.addr).collect();
+        assert_eq!(now, [addr(1000), addr(1001)]);
+        assert!(!r.is_cold());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn waiter_gets_the_released_slot_and_bounds_hold() {
