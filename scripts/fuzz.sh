@@ -12,7 +12,8 @@
 #   upstream any bytes as a backend's response to rouse's own HTTP/1.1 connection: no panic,
 #            the same answer however the bytes are cut, and the same head read into a map
 #            and kept as written; and any request's head as written
-#            upstream parses back as exactly one request with the same method, target, fields
+#            upstream parses back as exactly one request with the same method, target, fields;
+#            and any bytes read as a head by rouse's reader and by httparse alike
 #
 #   scripts/fuzz.sh                      # every target, 60 s each
 #   FUZZ_SECONDS=900 scripts/fuzz.sh config

@@ -8,7 +8,9 @@
 //! - a request built from the bytes (method, target and fields, whatever `http` accepts)
 //!   written as a head: it parses back as exactly one request, ending where it was written to
 //!   end, with the same method, target and fields, so no request can become two; and so does
-//!   its head with this hop's forwarding fields written after its own (`Hop`).
+//!   its head with this hop's forwarding fields written after its own (`Hop`);
+//! - any bytes as a response head and as a request head through rouse's reading of head lines
+//!   (`http::head`) and through httparse: the same verdict, length, start line and fields.
 
 #![no_main]
 
@@ -19,6 +21,9 @@ use rouse::http::upstream::{OutBody, head_bytes, read_whole, verbatim_agrees};
 use std::net::{IpAddr, Ipv6Addr};
 
 fn response(data: &[u8]) {
+    if let Err(e) = rouse::http::head::agrees_with_httparse(data) {
+        panic!("{e}: {:?}", String::from_utf8_lossy(data));
+    }
     if let Err(e) = verbatim_agrees(data) {
         panic!("{e}: {:?}", String::from_utf8_lossy(data));
     }

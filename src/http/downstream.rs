@@ -1,5 +1,5 @@
-//! rouse's own server side of HTTP/1.1: the client's connection. Request heads are parsed with
-//! `httparse` straight from the connection's buffer, the handler runs in the connection's own
+//! rouse's own server side of HTTP/1.1: the client's connection. Request heads are read
+//! straight from the connection's buffer (`http::head`, which reads as httparse does), the handler runs in the connection's own
 //! task, the request body is read from the socket by whoever polls it, and the response head is
 //! written from the response's parts, with the body's framing decided here.
 //!
@@ -19,6 +19,7 @@
 
 use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
+use crate::http::head;
 use crate::http::headers::{content_length, ends_in_chunked, lists};
 use crate::http::signal::{self, Signal};
 use bytes::{Buf, Bytes, BytesMut};
@@ -184,15 +185,11 @@ fn past_limit(buf: &[u8], max: usize) -> Refusal {
     }
 }
 
-/// True when the error httparse found in `buf` lies past its first `max + 1` bytes: a reader
+/// True when the error found in `buf` lies past its first `max + 1` bytes: a reader
 /// of those alone would have found the head too large first.
 fn error_past(buf: &[u8], max: usize) -> bool {
-    let mut fields = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
     let first = &buf[..(max + 1).min(buf.len())];
-    matches!(
-        httparse::Request::new(&mut fields).parse(first),
-        Ok(httparse::Status::Partial)
-    )
+    matches!(head::request(first, &mut h1::Spans::new()), Ok(None))
 }
 
 fn malformed(e: httparse::Error) -> Refusal {
@@ -225,41 +222,24 @@ fn own_copy(head: &[u8]) -> Bytes {
 pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refusal> {
     // Each field as (name start, name end, value start, value end) in the head.
     let mut at = h1::Spans::new();
-    let (len, count, method, target, minor) = {
-        let mut fields = h1::no_fields();
-        let mut req = httparse::Request::new(&mut []);
-        // Each verdict depends only on bytes every way of cutting them has shown: a head past
-        // the limit is judged by its first `max` bytes, an error by the bytes up to it.
-        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
-            buf,
-            &mut fields,
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(n)) if n > max => return Err(past_limit(buf, max)),
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > max => return Err(past_limit(buf, max)),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) if buf.len() > max && error_past(buf, max) => return Err(past_limit(buf, max)),
-            Err(e) => return Err(malformed(e)),
-        };
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for f in req.headers.iter() {
-            let n = offset(f.name.as_bytes());
-            let v = offset(f.value);
-            at.push((n, n + f.name.len() as u32, v, v + f.value.len() as u32));
-        }
-        let count = at.len();
-        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-            .map_err(|_| Refusal::Malformed("invalid method"))?;
-        if method == Method::CONNECT {
-            return Err(Refusal::Connect);
-        }
-        let path = req.path.unwrap_or("");
-        let target = (offset(path.as_bytes()), path.len() as u32);
-        (len, count, method, target, req.version.unwrap_or(1))
+    // Each verdict depends only on bytes every way of cutting them has shown: a head past the
+    // limit is judged by its first `max` bytes, an error by the bytes up to it.
+    let (len, line) = match head::request(buf, &mut at) {
+        Ok(Some((n, _))) if n > max => return Err(past_limit(buf, max)),
+        Ok(Some(read)) => read,
+        Ok(None) if buf.len() > max => return Err(past_limit(buf, max)),
+        Ok(None) => return Ok(None),
+        Err(_) if buf.len() > max && error_past(buf, max) => return Err(past_limit(buf, max)),
+        Err(e) => return Err(malformed(e)),
     };
+    let count = at.len();
+    let (ms, ml) = (line.method.0 as usize, line.method.1 as usize);
+    let method =
+        Method::from_bytes(&buf[ms..ms + ml]).map_err(|_| Refusal::Malformed("invalid method"))?;
+    if method == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    let (target, minor) = (line.target, line.minor);
     if bare_lf(&buf[..len]) {
         return Err(Refusal::BareLf);
     }

@@ -1,6 +1,6 @@
 //! HTTP on the wire, and nothing about revisions: the listener ([`server`]) with rouse's own
 //! HTTP/1.1 server connection ([`downstream`]), the framing both HTTP/1.1 sides share
-//! ([`h1`]), TLS ([`tls`]), the
+//! ([`h1`]) and their reading of head lines ([`head`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]) with its own HTTP/1.1 connection ([`upstream`]),
 //! the response body ([`body`]), the per-connection switch ([`cut`]), header rewriting
 //! ([`headers`]), a flag one task waits for without a lock ([`signal`]), values kept per
@@ -12,6 +12,7 @@ pub mod client;
 pub mod cut;
 pub mod downstream;
 pub mod h1;
+pub mod head;
 pub mod headers;
 pub mod kept;
 pub mod server;

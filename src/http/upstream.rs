@@ -1,5 +1,5 @@
 //! rouse's own HTTP/1.1 upstream connection: the request head is written straight from the
-//! request's parts, the response head parsed with `httparse`, and the whole exchange runs in
+//! request's parts, the response head read by `http::head`, and the whole exchange runs in
 //! the task of the request itself.
 //!
 //! Why not hyper's client connection: it runs every connection as a task of its own, so each
@@ -341,7 +341,7 @@ fn role(name: &[u8]) -> Role {
 }
 
 /// Where the line of a field whose value ends at `value_end` ends (past its CRLF), if it ends
-/// in CRLF: httparse also takes a bare LF, which is not passed on verbatim.
+/// in CRLF: a head's reading also takes a bare LF, which is not passed on verbatim.
 fn crlf_line_end(head: &[u8], value_end: usize) -> Option<usize> {
     let rest = head.get(value_end..)?;
     let ows = rest
@@ -362,33 +362,16 @@ fn parse_head(
 ) -> Result<Option<Head>, Failure> {
     // Each field as (name start, name end, value start, value end) in the head.
     let mut at = h1::Spans::new();
-    let (len, count, code, minor) = {
-        let mut fields = h1::no_fields();
-        let mut res = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut res,
-            buf,
-            &mut fields,
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(Failure::HeadTooLarge),
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Failure::Head("more than 100 header fields"));
-            }
-            Err(e) => return Err(Failure::Head(head_fault(e))),
-        };
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for f in res.headers.iter() {
-            let n = offset(f.name.as_bytes());
-            let v = offset(f.value);
-            at.push((n, n + f.name.len() as u32, v, v + f.value.len() as u32));
+    let (len, minor, code) = match crate::http::head::response(buf, &mut at) {
+        Ok(Some((n, ..))) if n > MAX_HEAD => return Err(Failure::HeadTooLarge),
+        Ok(Some(read)) => read,
+        Ok(None) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Failure::Head("more than 100 header fields"));
         }
-        let count = at.len();
-        (len, count, res.code.unwrap_or(0), res.version.unwrap_or(1))
+        Err(e) => return Err(Failure::Head(head_fault(e))),
     };
+    let count = at.len();
     let status = StatusCode::from_u16(code).map_err(|_| Failure::Head("invalid status code"))?;
     let version = match minor {
         0 => Version::HTTP_10,
