@@ -147,7 +147,8 @@ fn map_room(fields: usize) -> usize {
     slots - slots / 4
 }
 
-/// True when a line of `head` ends in LF without CR.
+/// True when a line of `head` ends in LF without CR. For a head too large to read whole: a
+/// whole head's reading tells it line by line (`head::RequestLine::bare_lf`).
 ///
 /// Eight bytes at a time: a head's lines are short, and a `memchr` call per line cost about 40
 /// instructions each in set-up alone. In each word, a byte equal to LF becomes zero after the
@@ -240,7 +241,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         return Err(Refusal::Connect);
     }
     let (target, minor) = (line.target, line.minor);
-    if bare_lf(&buf[..len]) {
+    if line.bare_lf {
         return Err(Refusal::BareLf);
     }
     // The head gets an allocation of its own, sized to it: the fields are slices of it, and

@@ -18,13 +18,15 @@ use httparse::Error;
 /// `Ok(None)`: the bytes so far are a valid beginning, and more are needed.
 pub type Read<T> = Result<Option<T>, Error>;
 
-/// A request line: its method and target as (start, length) in the buffer, and the minor
-/// version.
+/// A request head's line and more: its method and target as (start, length) in the buffer,
+/// the minor version, and whether a line of the head ended in LF alone (which every line end
+/// the reading finds tells at no cost; a LF can be nowhere else in a head it accepts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLine {
     pub method: (u32, u32),
     pub target: (u32, u32),
     pub minor: u8,
+    pub bare_lf: bool,
 }
 
 /// The bytes a field name, a method and the other tokens of a head are made of (RFC 9110
@@ -140,16 +142,20 @@ fn line_end(buf: &[u8], i: usize, fault: Error) -> Read<usize> {
 }
 
 /// Past the empty lines before a start line (which a reader may ignore, RFC 9112 §2.2).
-fn skip_empty_lines(buf: &[u8]) -> Read<usize> {
-    let mut i = 0;
+/// Also whether one of them was a LF alone.
+fn skip_empty_lines(buf: &[u8]) -> Read<(usize, bool)> {
+    let (mut i, mut bare) = (0, false);
     loop {
         match buf.get(i) {
             None => return Ok(None),
             Some(b'\r' | b'\n') => match line_end(buf, i, Error::NewLine)? {
-                Some(next) => i = next,
+                Some(next) => {
+                    bare |= next == i + 1;
+                    i = next;
+                }
                 None => return Ok(None),
             },
-            Some(_) => return Ok(Some(i)),
+            Some(_) => return Ok(Some((i, bare))),
         }
     }
 }
@@ -176,7 +182,7 @@ fn version(buf: &[u8], i: usize) -> Read<(u8, usize)> {
 /// each field pushed onto `spans`. `spans` holds what was read so far if the answer is not a
 /// whole head.
 pub fn response(buf: &[u8], spans: &mut Spans) -> Read<(usize, u8, u16)> {
-    let Some(i) = skip_empty_lines(buf)? else {
+    let Some((i, _)) = skip_empty_lines(buf)? else {
         return Ok(None);
     };
     let Some((minor, mut i)) = version(buf, i)? else {
@@ -203,13 +209,13 @@ pub fn response(buf: &[u8], spans: &mut Spans) -> Read<(usize, u8, u16)> {
     let Some(i) = line_end(buf, i, Error::Status)? else {
         return Ok(None);
     };
-    Ok(fields(buf, i, spans)?.map(|len| (len, minor, code)))
+    Ok(fields(buf, i, spans)?.map(|(len, _)| (len, minor, code)))
 }
 
 /// Reads a request head from the front of `buf`: its length and request line, each field
 /// pushed onto `spans`.
 pub fn request(buf: &[u8], spans: &mut Spans) -> Read<(usize, RequestLine)> {
-    let Some(start) = skip_empty_lines(buf)? else {
+    let Some((start, empty_bare)) = skip_empty_lines(buf)? else {
         return Ok(None);
     };
     // The method: a token, then one space.
@@ -236,25 +242,33 @@ pub fn request(buf: &[u8], spans: &mut Spans) -> Read<(usize, RequestLine)> {
     let Some((minor, i)) = version(buf, te + 1)? else {
         return Ok(None);
     };
-    let Some(i) = line_end(buf, i, Error::NewLine)? else {
+    let Some(next) = line_end(buf, i, Error::NewLine)? else {
         return Ok(None);
     };
-    let line = RequestLine {
-        method,
-        target,
-        minor,
-    };
-    Ok(fields(buf, i, spans)?.map(|len| (len, line)))
+    let line_bare = next == i + 1;
+    Ok(fields(buf, next, spans)?.map(|(len, fields_bare)| {
+        let line = RequestLine {
+            method,
+            target,
+            minor,
+            bare_lf: empty_bare | line_bare | fields_bare,
+        };
+        (len, line)
+    }))
 }
 
-/// Reads the field lines from `i` to the empty line that ends them: where the head ends, each
-/// field pushed onto `spans` as (name start, name end, value start, value end), the value
-/// without the whitespace around it.
-pub fn fields(buf: &[u8], mut i: usize, spans: &mut Spans) -> Read<usize> {
+/// Reads the field lines from `i` to the empty line that ends them: where the head ends and
+/// whether a line ended in LF alone, each field pushed onto `spans` as (name start, name end,
+/// value start, value end), the value without the whitespace around it.
+pub fn fields(buf: &[u8], mut i: usize, spans: &mut Spans) -> Read<(usize, bool)> {
+    let mut bare = false;
     loop {
         match buf.get(i) {
             None => return Ok(None),
-            Some(b'\r' | b'\n') => return line_end(buf, i, Error::NewLine),
+            Some(b'\r' | b'\n') => {
+                let end = line_end(buf, i, Error::NewLine)?;
+                return Ok(end.map(|end| (end, bare | (end == i + 1))));
+            }
             Some(_) => {}
         }
         let ns = i;
@@ -278,6 +292,7 @@ pub fn fields(buf: &[u8], mut i: usize, spans: &mut Spans) -> Read<usize> {
         let Some(next) = line_end(buf, i, Error::HeaderValue)? else {
             return Ok(None);
         };
+        bare |= next == i + 1;
         i = next;
         let ve = match value.last() {
             Some(b' ' | b'\t') => {
@@ -331,6 +346,7 @@ pub fn httparse_request(buf: &[u8]) -> Read<(usize, RequestLine, Fields)> {
         method: span(req.method.unwrap_or("")),
         target: span(req.path.unwrap_or("")),
         minor: req.version.unwrap_or(1),
+        bare_lf: (0..len).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r')),
     };
     Ok(Some((len, line, at(buf, req.headers))))
 }
