@@ -24,6 +24,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 const CONNECTION_AT: usize = 0;
 const TE_AT: usize = 4;
 const TRANSFER_ENCODING_AT: usize = 5;
+const UPGRADE_AT: usize = 6;
 
 /// The position of `name` in [`HOP_BY_HOP`]. Matching the text costs a length comparison per
 /// candidate for most names, where comparing `HeaderName`s costs a comparison of the
@@ -90,8 +91,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// [`strip_hop_by_hop`] for a client's request, which is refused (nothing removed) if its
-/// framing is ambiguous.
-pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) -> Result<(), Ambiguous> {
+/// framing is ambiguous. Gives the protocol the client asked to switch to (its `Upgrade`, if
+/// its `Connection` lists `upgrade`), read before the stripping removes both: the same pass
+/// over the names tells whether either is there, so a request without them costs no lookup.
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) -> Result<Option<HeaderValue>, Ambiguous> {
     strip(headers, true)
 }
 
@@ -116,7 +119,7 @@ pub(crate) fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
     Some(d.saturating_sub(Duration::from_secs(1)).max(d / 2))
 }
 
-fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> {
+fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<Option<HeaderValue>, Ambiguous> {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut any = false;
     for k in headers.keys() {
@@ -126,11 +129,15 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> 
         }
     }
     if !any {
-        return Ok(());
+        return Ok(None);
     }
     if check_framing && present[TRANSFER_ENCODING_AT] {
         check_chunked(headers)?;
     }
+    let upgrade = match present[CONNECTION_AT] && present[UPGRADE_AT] {
+        true => upgrade_asked(headers),
+        false => None,
+    };
     // Names listed in `Connection` that are not hop-by-hop already (those are handled below,
     // and only if present); usually there are none, and nothing is allocated.
     let listed: Vec<HeaderName> = if present[CONNECTION_AT] {
@@ -173,7 +180,18 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<(), Ambiguous> 
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    Ok(())
+    Ok(upgrade)
+}
+
+/// The `Upgrade` value of a request that asks to switch protocols (`Connection: upgrade`).
+fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| lists(v.as_bytes(), b"upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -715,6 +733,32 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn the_upgrade_asked_for_is_read_before_it_is_stripped() {
+        let request = |connection: Option<&str>, upgrade: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "a".parse().unwrap());
+            if let Some(c) = connection {
+                h.insert(header::CONNECTION, c.parse().unwrap());
+            }
+            if let Some(u) = upgrade {
+                h.insert(header::UPGRADE, u.parse().unwrap());
+            }
+            let asked = strip_request_hop_by_hop(&mut h).unwrap();
+            // Whatever was asked, both fields are gone and the rest stays.
+            assert_eq!(h.len(), 1, "{h:?}");
+            asked
+        };
+        assert_eq!(
+            request(Some("keep-alive, Upgrade"), Some("websocket")).unwrap(),
+            "websocket"
+        );
+        assert_eq!(request(Some("keep-alive"), Some("websocket")), None);
+        assert_eq!(request(None, Some("websocket")), None);
+        assert_eq!(request(Some("upgrade"), None), None);
+        assert_eq!(request(None, None), None);
     }
 
     #[test]

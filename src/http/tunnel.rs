@@ -23,17 +23,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
-/// The `Upgrade` value of a request that asks to switch protocols (`Connection: upgrade`).
-pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| crate::http::headers::lists(v.as_bytes(), b"upgrade"));
-    wants
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
 /// Puts the upgrade request back on headers that hop-by-hop stripping cleaned.
 pub fn mark(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

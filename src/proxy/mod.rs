@@ -24,7 +24,6 @@ use crate::http::body::ProxyBody;
 use crate::http::downstream::RequestBody;
 use crate::http::headers::{self, strip_port};
 use crate::http::server::{ConnInfo, Handler};
-use crate::http::tunnel;
 use crate::metrics::Metrics;
 use crate::observe::{Observer, Record};
 use crate::revision::Revision;
@@ -246,15 +245,17 @@ impl Proxy {
                 }
             }
         }
-        let upgrade = tunnel::requested(req.headers());
         // Connection-scoped headers go first, so a client's `Connection: x` cannot remove a
-        // header that a route sets.
-        if let Err(e) = headers::strip_request_hop_by_hop(req.headers_mut()) {
-            self.metrics.unrouted(Code::BadRequest);
-            return Routed::Answer(Box::new(
-                ProxyError::BadRequest(e.to_string()).into_response_as(answer),
-            ));
-        }
+        // header that a route sets. The upgrade asked for is read on the way.
+        let upgrade = match headers::strip_request_hop_by_hop(req.headers_mut()) {
+            Ok(upgrade) => upgrade,
+            Err(e) => {
+                self.metrics.unrouted(Code::BadRequest);
+                return Routed::Answer(Box::new(
+                    ProxyError::BadRequest(e.to_string()).into_response_as(answer),
+                ));
+            }
+        };
         // The cookie that pins a new client of a sticky service, for the response.
         let mut set_cookie = None;
         let (rev, timeouts, host, quiet) = {
