@@ -147,40 +147,10 @@ fn map_room(fields: usize) -> usize {
     slots - slots / 4
 }
 
-/// True when a line of `head` ends in LF without CR. For a head too large to read whole: a
-/// whole head's reading tells it line by line (`head::RequestLine::bare_lf`).
-///
-/// Eight bytes at a time: a head's lines are short, and a `memchr` call per line cost about 40
-/// instructions each in set-up alone. In each word, a byte equal to LF becomes zero after the
-/// XOR, and `(x & 0x7f..) + 0x7f..` sets the high bit of every byte but a zero one, without a
-/// carry from one byte into the next (so no false matches).
-fn bare_lf(head: &[u8]) -> bool {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
-    let after_cr = |i: usize| i > 0 && head[i - 1] == b'\r';
-    let mut words = head.chunks_exact(8);
-    let mut base = 0;
-    for word in &mut words {
-        let x = u64::from_le_bytes(word.try_into().unwrap_or_default()) ^ LF;
-        let mut lfs = !(((x & LOW7) + LOW7) | x) & !LOW7;
-        while lfs != 0 {
-            // Little-endian: the lowest set bit is the first byte.
-            let i = base + (lfs.trailing_zeros() / 8) as usize;
-            if !after_cr(i) {
-                return true;
-            }
-            lfs &= lfs - 1;
-        }
-        base += 8;
-    }
-    let rest = words.remainder();
-    (0..rest.len()).any(|j| rest[j] == b'\n' && !after_cr(base + j))
-}
-
 /// The refusal of a head longer than `max`: a bare LF if one is in its first `max` bytes (the
 /// likelier cause, and what the client must fix), else its size.
 fn past_limit(buf: &[u8], max: usize) -> Refusal {
-    match bare_lf(&buf[..max.min(buf.len())]) {
+    match head::bare_lf(&buf[..max.min(buf.len())]) {
         true => Refusal::BareLf,
         false => Refusal::TooLarge,
     }
@@ -190,7 +160,7 @@ fn past_limit(buf: &[u8], max: usize) -> Refusal {
 /// of those alone would have found the head too large first.
 fn error_past(buf: &[u8], max: usize) -> bool {
     let first = &buf[..(max + 1).min(buf.len())];
-    matches!(head::request(first, &mut h1::Spans::new()), Ok(None))
+    matches!(head::request(first, &mut head::Spans::new()), Ok(None))
 }
 
 fn malformed(e: httparse::Error) -> Refusal {
@@ -222,7 +192,7 @@ fn own_copy(head: &[u8]) -> Bytes {
 /// bytes a head may take. The verdict depends only on the bytes, never on how they were cut.
 pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refusal> {
     // Each field as (name start, name end, value start, value end) in the head.
-    let mut at = h1::Spans::new();
+    let mut at = head::Spans::new();
     // Each verdict depends only on bytes every way of cutting them has shown: a head past the
     // limit is judged by its first `max` bytes, an error by the bytes up to it.
     let (len, line) = match head::request(buf, &mut at) {
@@ -1516,7 +1486,7 @@ mod tests {
         for (head, want) in cases {
             assert_eq!(parse(head).map(|_| ()), Err(want), "{head:?}");
         }
-        let many: String = (0..=h1::MAX_HEADERS)
+        let many: String = (0..=head::MAX_HEADERS)
             .map(|i| format!("x-{i}: v\r\n"))
             .collect();
         assert_eq!(
@@ -1646,38 +1616,6 @@ mod tests {
             "{head}"
         );
         assert!(!head.contains("Server: x") && close, "{head}");
-    }
-
-    /// The word-at-a-time reading of line ends finds what a reading line by line finds.
-    #[test]
-    fn bare_lf_reads_as_the_lines_do() {
-        // Random heads of up to 24 bytes of CR, LF, LF with its high bit set and another byte,
-        // crossing word edges at every place.
-        let by_lines =
-            |h: &[u8]| memchr::memchr_iter(b'\n', h).any(|i| i == 0 || h[i - 1] != b'\r');
-        let mut seen = [0usize; 2];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..200_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 25) as usize;
-            let head: Vec<u8> = (0..len)
-                .map(|k| match (seed >> (2 * k % 60)) & 3 {
-                    0 => b'\n',
-                    1 => b'\r',
-                    2 => 0x8a, // LF with the high bit set
-                    _ => b'a',
-                })
-                .collect();
-            let want = by_lines(&head);
-            seen[usize::from(want)] += 1;
-            assert_eq!(bare_lf(&head), want, "{head:?}");
-        }
-        assert!(seen[0] > 1000 && seen[1] > 1000, "{seen:?}");
-        assert!(!bare_lf(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(bare_lf(b"GET / HTTP/1.1\r\nHost: x\n\r\n"));
-        assert!(bare_lf(b"\n"));
     }
 
     /// A head's copy holds its bytes whatever its length, at each edge of the room it takes,
@@ -1948,7 +1886,7 @@ mod tests {
     #[tokio::test]
     async fn reads_requests_as_hyper_does() {
         let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(MAX + 100));
-        let many: String = (0..=h1::MAX_HEADERS)
+        let many: String = (0..=head::MAX_HEADERS)
             .map(|i| format!("x-{i}: v\r\n"))
             .collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");

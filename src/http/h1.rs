@@ -6,13 +6,13 @@
 //! take what is whole from the front of the buffer. The verdict never depends on how the bytes
 //! were cut by the network.
 //!
-//! Beside the framing, the small pieces of a head both sides read and write: room for
-//! httparse's fields and where they lie, field names, field lines, lengths and chunk sizes,
+//! Beside the framing, the small pieces of a head both sides read and write: field names, field lines, lengths and chunk sizes,
 //! each written for the request path's cost (it runs twice for every proxied request); a
 //! response's fields as the backend wrote them ([`Verbatim`]), which the upstream connection
 //! keeps and the client's connection copies out; and request header maps kept for reuse
 //! ([`maps`]): the client's connection takes them, the upstream connection gives them back.
 
+use super::head;
 use bytes::{Buf, Bytes, BytesMut};
 use http::Response;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -64,8 +64,6 @@ pub struct Malformed(pub &'static str);
 
 /// Most bytes a response head, or a trailer section, may take.
 pub const MAX_HEAD: usize = 64 << 10;
-/// Most fields in a head or a trailer section (hyper's default as well).
-pub const MAX_HEADERS: usize = 100;
 
 /// The name of a field as a head spells it. The names nearly every request and response
 /// carries are matched here (by length, then in any case) and given as http's own constants:
@@ -110,18 +108,6 @@ pub fn is_name(b: &[u8], lower: &[u8]) -> bool {
         x | case == y
     })
 }
-
-/// Room for the fields of one head, as httparse fills it: left uninitialised, since the parser
-/// writes each slot before it is read, and zeroing the 3 KB of it cost more than reading a
-/// short head.
-pub fn no_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
-    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
-}
-
-/// Where each field of a head is, as (name start, name end, value start, value end): room
-/// for [`MAX_HEADERS`] of them, not zeroed (1.6 KB cleared for every head, when an array:
-/// about 200 instructions per request for its two heads).
-pub type Spans = smallvec::SmallVec<[(u32, u32, u32, u32); MAX_HEADERS]>;
 
 /// Longest chunk-size line accepted (size and extensions).
 pub const MAX_CHUNK_LINE: usize = 4 << 10;
@@ -267,28 +253,21 @@ pub fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Malformed> {
             Ok(Step::Moved(Chunk::Size))
         }
         Chunk::Trailers => {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Partial) => match buf.len() > MAX_HEAD {
+            let mut at = head::Spans::new();
+            match head::fields(buf, 0, &mut at) {
+                Ok(None) => match buf.len() > MAX_HEAD {
                     true => Err(Malformed("trailer fields too large")),
                     false => Ok(Step::Need),
                 },
-                Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
-                    Err(Malformed("trailer fields too large"))
-                }
-                Ok(httparse::Status::Complete((len, _)))
-                    if memchr::memchr_iter(b'\n', &buf[..len])
-                        .any(|i| i == 0 || buf[i - 1] != b'\r') =>
-                {
-                    // As in a head: a line end another reader may not see as one.
-                    Err(Malformed("a trailer line ends in LF without CR"))
-                }
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut trailers = HeaderMap::with_capacity(fields.len());
-                    for f in fields.iter() {
-                        let name = field_name(f.name.as_bytes())
+                Ok(Some((len, _))) if len > MAX_HEAD => Err(Malformed("trailer fields too large")),
+                // As in a head: a line end another reader may not see as one.
+                Ok(Some((_, true))) => Err(Malformed("a trailer line ends in LF without CR")),
+                Ok(Some((len, false))) => {
+                    let mut trailers = HeaderMap::with_capacity(at.len());
+                    for &(ns, ne, vs, ve) in &at {
+                        let name = field_name(&buf[ns as usize..ne as usize])
                             .map_err(|_| Malformed("invalid trailer name"))?;
-                        let value = HeaderValue::from_bytes(f.value)
+                        let value = HeaderValue::from_bytes(&buf[vs as usize..ve as usize])
                             .map_err(|_| Malformed("invalid trailer value"))?;
                         trailers.append(name, value);
                     }

@@ -12,8 +12,15 @@
 //! The stricter rules rouse keeps beside these (a bare LF in a request, a head past the limit)
 //! stay with the callers, as they were with httparse.
 
-use super::h1::{MAX_HEADERS, Spans};
 use httparse::Error;
+
+/// Most fields in a head or a trailer section (hyper's default as well).
+pub const MAX_HEADERS: usize = 100;
+
+/// Where each field of a head is, as (name start, name end, value start, value end): room
+/// for [`MAX_HEADERS`] of them, not zeroed (1.6 KB cleared for every head, when an array:
+/// about 200 instructions per request for its two heads).
+pub type Spans = smallvec::SmallVec<[(u32, u32, u32, u32); MAX_HEADERS]>;
 
 /// `Ok(None)`: the bytes so far are a valid beginning, and more are needed.
 pub type Read<T> = Result<Option<T>, Error>;
@@ -108,13 +115,7 @@ fn value_end(buf: &[u8], mut i: usize) -> usize {
         }
         i += 1;
     }
-    while let Some(&b) = buf.get(i) {
-        if !VALUE[b as usize] {
-            break;
-        }
-        i += 1;
-    }
-    i
+    run_end(buf, i, &VALUE)
 }
 
 /// Where the run of bytes of `set` from `i` ends.
@@ -310,6 +311,12 @@ pub fn fields(buf: &[u8], mut i: usize, spans: &mut Spans) -> Read<(usize, bool)
     }
 }
 
+/// True when a line of `head` ends in LF alone: for bytes not read as a head, as those of a
+/// head too large to read whole (a head read whole tells it line by line).
+pub fn bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+}
+
 /// Each field as (name start, name end, value start, value end).
 type Fields = Vec<(u32, u32, u32, u32)>;
 
@@ -346,7 +353,7 @@ pub fn httparse_request(buf: &[u8]) -> Read<(usize, RequestLine, Fields)> {
         method: span(req.method.unwrap_or("")),
         target: span(req.path.unwrap_or("")),
         minor: req.version.unwrap_or(1),
-        bare_lf: (0..len).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r')),
+        bare_lf: bare_lf(&buf[..len]),
     };
     Ok(Some((len, line, at(buf, req.headers))))
 }
@@ -511,6 +518,14 @@ mod tests {
             Err(Error::TooManyHeaders)
         );
         agrees_with_httparse(&head).unwrap();
+    }
+
+    #[test]
+    fn a_bare_lf_is_a_line_end_without_its_cr() {
+        assert!(!bare_lf(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(bare_lf(b"GET / HTTP/1.1\r\nHost: x\n\r\n"));
+        assert!(bare_lf(b"\n"));
+        assert!(!bare_lf(b""));
     }
 
     #[test]

@@ -361,7 +361,7 @@ fn parse_head(
     verbatim: bool,
 ) -> Result<Option<Head>, Failure> {
     // Each field as (name start, name end, value start, value end) in the head.
-    let mut at = h1::Spans::new();
+    let mut at = crate::http::head::Spans::new();
     let (len, minor, code) = match crate::http::head::response(buf, &mut at) {
         Ok(Some((n, ..))) if n > MAX_HEAD => return Err(Failure::HeadTooLarge),
         Ok(Some(read)) => read,
@@ -1094,25 +1094,27 @@ pub fn verbatim_agrees(wire: &[u8]) -> Result<Option<bool>, String> {
     let mut again = b"HTTP/1.1 200 OK\r\n".to_vec();
     again.extend_from_slice(lines);
     again.extend_from_slice(b"\r\n");
-    let mut slots = h1::no_fields();
-    let mut res = httparse::Response::new(&mut []);
-    let whole = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut res, &again, &mut slots);
+    let whole = crate::http::head::httparse_response(&again);
     let ends = lines.iter().filter(|&&c| c == b'\n').count();
     let crs = lines.iter().filter(|&&c| c == b'\r').count();
-    if whole != Ok(httparse::Status::Complete(again.len()))
-        || ends != res.headers.len()
-        || crs != ends
-        || !(lines.is_empty() || lines.ends_with(b"\r\n"))
-    {
-        return Err(format!("the lines are not whole fields: {lines:?}"));
-    }
+    let fields = match whole {
+        Ok(Some((len, _, _, fields)))
+            if len == again.len()
+                && fields.len() == ends
+                && crs == ends
+                && (lines.is_empty() || lines.ends_with(b"\r\n")) =>
+        {
+            fields
+        }
+        _ => return Err(format!("the lines are not whole fields: {lines:?}")),
+    };
     let mut read = HeaderMap::new();
-    for f in res.headers.iter() {
-        match (
-            h1::field_name(f.name.as_bytes()),
-            HeaderValue::from_bytes(f.value),
-        ) {
+    for (ns, ne, vs, ve) in fields {
+        let (name, value) = (
+            &again[ns as usize..ne as usize],
+            &again[vs as usize..ve as usize],
+        );
+        match (h1::field_name(name), HeaderValue::from_bytes(value)) {
             (Ok(n), Ok(v)) => read.append(n, v),
             _ => return Err(format!("a field of the lines is invalid: {lines:?}")),
         };
@@ -1348,7 +1350,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let many: String = (0..=h1::MAX_HEADERS)
+        let many: String = (0..=crate::http::head::MAX_HEADERS)
             .map(|i| format!("x-{i}: v\r\n"))
             .collect();
         assert!(err(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).contains("100"));
