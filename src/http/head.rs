@@ -370,9 +370,10 @@ fn at(buf: &[u8], fields: &[httparse::Header<'_>]) -> Fields {
         .collect()
 }
 
-/// Whether [`response`] and [`request`] read `buf` as httparse does: the same verdict (the
-/// same error for an error) and, for a whole head, the same length, start line and fields.
-/// Both ways of reading it: as a response and as a request.
+/// Whether [`response`], [`request`] and [`fields`] read `buf` as httparse does: the same
+/// verdict (the same error for an error) and, for a whole head, the same length, start line
+/// and fields. Three ways of reading it: as a response, as a request, and as a trailer
+/// section (field lines alone).
 #[doc(hidden)]
 pub fn agrees_with_httparse(buf: &[u8]) -> Result<(), String> {
     let mut spans = Spans::new();
@@ -386,6 +387,16 @@ pub fn agrees_with_httparse(buf: &[u8]) -> Result<(), String> {
     let theirs = httparse_request(buf);
     if ours != theirs {
         return Err(format!("as a request: ours {ours:?}, httparse {theirs:?}"));
+    }
+    let mut spans = Spans::new();
+    let ours = fields(buf, 0, &mut spans).map(|r| r.map(|(l, bare)| (l, bare, spans.to_vec())));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let theirs = httparse::parse_headers(buf, &mut slots).map(|r| match r {
+        httparse::Status::Partial => None,
+        httparse::Status::Complete((len, read)) => Some((len, bare_lf(&buf[..len]), at(buf, read))),
+    });
+    if ours != theirs {
+        return Err(format!("as trailers: ours {ours:?}, httparse {theirs:?}"));
     }
     Ok(())
 }
