@@ -76,6 +76,10 @@ pub struct Revision {
     /// Held by a writer of the endpoint set and `no_endpoints` from reading the set to writing
     /// both ([`Revision::write_endpoints`]).
     endpoints_write: Mutex<()>,
+    /// Held by a writer of `settings` and `container_concurrency` across both stores
+    /// ([`Revision::update`]), so two reloads at once cannot leave one's limit beside the
+    /// other's settings.
+    settings_write: Mutex<()>,
     queue: Queue,
     /// Pre-resolved metric handles.
     pub metrics: RevisionMetrics,
@@ -129,6 +133,7 @@ impl Revision {
             settings: ArcSwap::from_pointee(spec.settings),
             no_endpoints: AtomicBool::new(endpoints.is_empty()),
             endpoints_write: Mutex::new(()),
+            settings_write: Mutex::new(()),
             endpoints: ArcSwap::from_pointee(endpoints),
             queue: Queue::default(),
             root_metrics: metrics.clone(),
@@ -199,9 +204,14 @@ impl Revision {
 
     /// Replaces the settings (on reload) and lets held requests re-check against them.
     pub fn update(&self, settings: RevisionSettings) {
+        let one = self
+            .settings_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.container_concurrency
             .store(settings.container_concurrency, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
+        drop(one);
         self.queue.wake_all();
     }
 
@@ -844,6 +854,40 @@ mod tests {
         let now: Vec<_> = r.endpoints().iter().map(|e| e.addr).collect();
         assert_eq!(now, [addr(1000), addr(1001)]);
         assert!(!r.is_cold());
+    }
+
+    #[test]
+    fn a_reload_waits_for_one_under_way_and_stores_its_limit_with_its_settings() {
+        let r = rev(1, 1, LIMITS);
+        let settings = |cc| {
+            let mut s = (*r.settings()).clone();
+            s.container_concurrency = cc;
+            s
+        };
+        let (first, second) = (settings(5), settings(7));
+        // The first reload is under way (the test holds its place); a second must not store
+        // anything until it is done.
+        let one = r.settings_write.lock().unwrap();
+        let r2 = r.clone();
+        let (started, starting) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            started.send(()).unwrap();
+            r2.update(second);
+        });
+        starting.recv().unwrap();
+        for _ in 0..100 {
+            std::thread::yield_now();
+        }
+        assert_eq!(r.container_concurrency.load(Ordering::Relaxed), 1);
+        assert_eq!(r.settings().container_concurrency, 1);
+        r.container_concurrency
+            .store(first.container_concurrency, Ordering::Relaxed);
+        r.settings.store(Arc::new(first));
+        drop(one);
+        other.join().unwrap();
+        // The limit the hot path reads and the settings are the second reload's, both.
+        assert_eq!(r.container_concurrency.load(Ordering::Relaxed), 7);
+        assert_eq!(r.settings().container_concurrency, 7);
     }
 
     #[tokio::test(start_paused = true)]
