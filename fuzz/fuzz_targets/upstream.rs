@@ -16,7 +16,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use libfuzzer_sys::fuzz_target;
-use rouse::http::headers::{ClientAddr, Hop};
+use rouse::http::headers::{ClientAddr, Hop, Host};
 use rouse::http::upstream::{OutBody, head_bytes, read_whole, verbatim_agrees};
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -65,7 +65,7 @@ fn head(req: &Request<OutBody>) {
     // With this hop's forwarding fields kept aside (the request has none of its own): the head
     // holds them after its own fields, as the map would.
     let client = ClientAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST));
-    let host = || "h.example".to_owned();
+    let host = || Host::from_text("h.example").unwrap();
     if let (Some(hop), Some(again)) = (
         Hop::deferred(req.headers(), &client, Some("https"), &mut host()),
         Hop::deferred(req.headers(), &client, Some("https"), &mut host()),

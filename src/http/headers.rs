@@ -261,7 +261,7 @@ pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &ClientAddr,
     proto: &'static str,
-    host: &str,
+    host: &Host,
 ) {
     let had = Forwarding::present(headers);
     // Up to four headers are added: one growth of the map instead of one per insert.
@@ -271,11 +271,10 @@ pub fn add_forwarded(
     if !had.proto {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !had.host
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+    if !had.host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.value().clone());
     }
+    let host = host.as_str();
     let prev = had
         .forwarded
         .then(|| joined(headers, &header::FORWARDED))
@@ -312,7 +311,49 @@ pub struct Hop {
     client: ClientAddr,
     /// `http` or `https`; `None` for Knative's convention, which adds `X-Forwarded-For` only.
     proto: Option<&'static str>,
-    host: String,
+    host: Host,
+}
+
+/// The host a request is addressed to, as it came: the `Host` field's value or the URI's
+/// authority, visible ASCII only. It keeps the header value it was read from (which shares
+/// the bytes of the request's head), so that routing and forwarding a request copy no text.
+#[derive(Clone, Debug)]
+pub struct Host(HeaderValue);
+
+impl Host {
+    /// No host: what is left where one was taken away.
+    pub const NONE: Host = Host(HeaderValue::from_static(""));
+
+    /// `value` as a host; `None` unless it is visible ASCII (spaces and tabs included).
+    pub fn new(value: HeaderValue) -> Option<Host> {
+        value.to_str().is_ok().then_some(Host(value))
+    }
+
+    /// `text` as a host, copied; `None` unless it is visible ASCII.
+    pub fn from_text(text: &str) -> Option<Host> {
+        HeaderValue::from_str(text).ok().and_then(Host::new)
+    }
+
+    /// The host as text.
+    pub fn as_str(&self) -> &str {
+        // Checked to be visible ASCII when made, so this cannot fail.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The host's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The host as a header value (sharing its bytes).
+    pub fn value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    /// Whether there is no host.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Hop {
@@ -325,19 +366,19 @@ impl Hop {
         headers: &HeaderMap,
         client: &ClientAddr,
         proto: Option<&'static str>,
-        host: &mut String,
+        host: &mut Host,
     ) -> Option<Hop> {
         let had = Forwarding::present(headers);
         let none = !(had.xff || had.proto || had.host || had.forwarded);
         none.then(|| Hop {
             client: client.clone(),
             proto,
-            host: std::mem::take(host),
+            host: std::mem::replace(host, Host::NONE),
         })
     }
 
     /// The host the request is addressed to.
-    pub fn host(&self) -> &str {
+    pub fn host(&self) -> &Host {
         &self.host
     }
 
@@ -352,14 +393,7 @@ impl Hop {
         dst.extend_from_slice(b"x-forwarded-proto: ");
         dst.extend_from_slice(proto.as_bytes());
         dst.extend_from_slice(b"\r\n");
-        // A host that is no field value (never one rouse routed) leaves out what holds it.
-        if !self
-            .host
-            .bytes()
-            .all(|b| b == b'\t' || (b' ' <= b && b != 0x7f))
-        {
-            return;
-        }
+        // A host is visible ASCII, so it is a field value as it is.
         dst.extend_from_slice(b"x-forwarded-host: ");
         dst.extend_from_slice(self.host.as_bytes());
         dst.extend_from_slice(b"\r\nforwarded: for=");
@@ -391,9 +425,9 @@ pub fn hop_agrees(
     headers: &HeaderMap,
     client: &ClientAddr,
     proto: Option<&'static str>,
-    host: &str,
+    host: &Host,
 ) -> Result<bool, String> {
-    let Some(hop) = Hop::deferred(headers, client, proto, &mut host.to_owned()) else {
+    let Some(hop) = Hop::deferred(headers, client, proto, &mut host.clone()) else {
         return Ok(false);
     };
     let mut written = Vec::new();
@@ -586,20 +620,26 @@ mod tests {
         plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         for client in [&v4, &v6] {
             for proto in [Some("http"), Some("https"), None] {
-                for host in ["example.com", "h.example:8080", "", "bad\u{1}host"] {
+                for host in ["example.com", "h.example:8080", "", "a b\tc"] {
+                    let host = Host::from_text(host).unwrap();
                     assert_eq!(
-                        hop_agrees(&plain, client, proto, host),
+                        hop_agrees(&plain, client, proto, &host),
                         Ok(true),
                         "{host:?}"
                     );
                 }
             }
         }
+        // What is not visible ASCII is no host: nothing that could not be a field value is
+        // ever written into a head.
+        for not in ["bad\u{1}host", "b\u{e9}", "a\r\nb", "a\x7f"] {
+            assert!(Host::from_text(not).is_none(), "{not:?}");
+        }
         let mut written = Vec::new();
-        let mut host = "a.example".to_owned();
+        let mut host = Host::from_text("a.example").unwrap();
         let hop = Hop::deferred(&plain, &v6, Some("https"), &mut host).unwrap();
         assert_eq!(
-            (host.as_str(), hop.host()),
+            (host.as_str(), hop.host().as_str()),
             ("", "a.example"),
             "the host moves"
         );
@@ -619,7 +659,7 @@ mod tests {
             let mut had = plain.clone();
             had.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
             assert_eq!(
-                hop_agrees(&had, &v4, Some("http"), "h"),
+                hop_agrees(&had, &v4, Some("http"), &Host::from_text("h").unwrap()),
                 Ok(false),
                 "{name}"
             );
@@ -801,7 +841,7 @@ mod tests {
             &mut h,
             &ClientAddr::new("::1".parse().unwrap()),
             "http",
-            "a.example",
+            &Host::from_text("a.example").unwrap(),
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 10.0.0.2, ::1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");

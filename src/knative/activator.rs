@@ -17,6 +17,7 @@ use super::headers::{KUBELET_PROBE, NETWORK_HASH, NETWORK_PROBE, ORIGINAL_HOST};
 use super::headers::{SERVING_NAMESPACE, SERVING_REVISION};
 use crate::http::body::{PLAIN, text};
 use crate::http::downstream::RequestBody;
+use crate::http::headers::Host;
 use crate::proxy::completion::Body;
 use crate::proxy::{Front, Intercept};
 use http::header::{self, HeaderValue};
@@ -61,7 +62,7 @@ fn is_kubelet_probe(h: &http::HeaderMap) -> bool {
 }
 
 impl Front for ActivatorFront {
-    fn intercept(&self, req: &mut Request<RequestBody>, host: &str) -> Intercept {
+    fn intercept(&self, req: &mut Request<RequestBody>, host: &Host) -> Intercept {
         answer_or_route(&self.domain, &self.draining, req.headers_mut(), host)
     }
 }
@@ -71,7 +72,7 @@ fn answer_or_route(
     domain: &str,
     draining: &AtomicBool,
     h: &mut http::HeaderMap,
-    host: &str,
+    host: &Host,
 ) -> Intercept {
     if is_kubelet_probe(h) {
         return Intercept::Answer(Box::new(if draining.load(Ordering::Relaxed) {
@@ -114,12 +115,13 @@ fn answer_or_route(
     };
     h.remove(&SERVING_REVISION);
     h.remove(&SERVING_NAMESPACE);
-    if !h.contains_key(&ORIGINAL_HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        h.insert(ORIGINAL_HOST, v);
+    if !h.contains_key(&ORIGINAL_HOST) {
+        h.insert(ORIGINAL_HOST, host.value().clone());
     }
-    match named.and_then(|n| HeaderValue::try_from(n).ok()) {
+    match named
+        .and_then(|n| HeaderValue::try_from(n).ok())
+        .and_then(Host::new)
+    {
         Some(v) => Intercept::Reroute(v),
         None => Intercept::Pass,
     }
@@ -159,30 +161,66 @@ mod tests {
     async fn probes_are_answered_as_knatives_activator_answers_them() {
         let up = AtomicBool::new(false);
         let mut h = headers(&[("k-network-probe", "activator")]);
-        let (s, _, body) = answered(answer_or_route("cluster.local", &up, &mut h, "x")).await;
+        let (s, _, body) = answered(answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("x").unwrap(),
+        ))
+        .await;
         assert_eq!((s, body.as_str()), (StatusCode::OK, "activator"));
 
         let mut h = headers(&[("k-network-probe", "probe"), ("k-network-hash", "abc")]);
-        let (s, hs, _) = answered(answer_or_route("cluster.local", &up, &mut h, "x")).await;
+        let (s, hs, _) = answered(answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("x").unwrap(),
+        ))
+        .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(hs["k-network-hash"], "abc");
 
         let mut h = headers(&[("k-network-probe", "probe")]);
-        let (s, _, body) = answered(answer_or_route("cluster.local", &up, &mut h, "x")).await;
+        let (s, _, body) = answered(answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("x").unwrap(),
+        ))
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(body.contains("K-Network-Hash"), "{body}");
 
         let mut h = headers(&[("k-network-probe", "queue")]);
-        let (s, _, body) = answered(answer_or_route("cluster.local", &up, &mut h, "x")).await;
+        let (s, _, body) = answered(answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("x").unwrap(),
+        ))
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(body.contains("\"queue\""), "{body}");
 
         let mut h = headers(&[("user-agent", "kube-probe/1.37")]);
-        let (s, _, _) = answered(answer_or_route("cluster.local", &up, &mut h, "x")).await;
+        let (s, _, _) = answered(answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("x").unwrap(),
+        ))
+        .await;
         assert_eq!(s, StatusCode::OK);
         up.store(true, Ordering::Relaxed);
         let mut h = headers(&[("user-agent", "kube-probe/1.37")]);
-        let (s, _, body) = answered(answer_or_route("cluster.local", &up, &mut h, "x")).await;
+        let (s, _, body) = answered(answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("x").unwrap(),
+        ))
+        .await;
         assert_eq!(
             (s, body.as_str()),
             (StatusCode::INTERNAL_SERVER_ERROR, "shutting down\n")
@@ -198,11 +236,16 @@ mod tests {
             ("knative-serving-namespace", "apps"),
             ("k-network-hash", "stale"),
         ]);
-        let i = answer_or_route("cluster.local", &up, &mut h, "hello.example.com");
+        let i = answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("hello.example.com").unwrap(),
+        );
         let Intercept::Reroute(to) = i else {
             panic!("{i:?}")
         };
-        assert_eq!(to, "hello-00001.apps.svc.cluster.local");
+        assert_eq!(to.as_str(), "hello-00001.apps.svc.cluster.local");
         assert_eq!(h["k-original-host"], "hello.example.com");
         for gone in [
             "knative-serving-revision",
@@ -214,13 +257,23 @@ mod tests {
 
         // Without the headers the Host is the route; an original host already set stays.
         let mut h = headers(&[("k-original-host", "first.example.com")]);
-        let i = answer_or_route("cluster.local", &up, &mut h, "r.ns.svc.cluster.local");
+        let i = answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("r.ns.svc.cluster.local").unwrap(),
+        );
         assert!(matches!(i, Intercept::Pass), "{i:?}");
         assert_eq!(h["k-original-host"], "first.example.com");
 
         // Only one of the two headers: routed by Host, and neither is forwarded.
         let mut h = headers(&[("knative-serving-revision", "r")]);
-        let i = answer_or_route("cluster.local", &up, &mut h, "r.ns.svc");
+        let i = answer_or_route(
+            "cluster.local",
+            &up,
+            &mut h,
+            &Host::from_text("r.ns.svc").unwrap(),
+        );
         assert!(matches!(i, Intercept::Pass), "{i:?}");
         assert!(!h.contains_key("knative-serving-revision"));
         assert_eq!(h["k-original-host"], "r.ns.svc");

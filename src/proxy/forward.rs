@@ -11,7 +11,7 @@ use crate::error::{Dialect, ProxyError};
 use crate::http::body::{Cut, Limits};
 use crate::http::client::{BodyFault, ConnectError, OutBody, Outgoing, SendError};
 use crate::http::downstream::RequestBody;
-use crate::http::headers::{self, ClientAddr, Hop};
+use crate::http::headers::{self, ClientAddr, Hop, Host};
 use crate::http::tunnel;
 use crate::http::upstream::UpBody;
 use crate::observe::Record;
@@ -47,7 +47,7 @@ pub struct Ctx {
     /// Sent by an activator (counted apart in the revision's statistics).
     pub proxied: bool,
     /// The host the request is addressed to.
-    pub host: String,
+    pub host: Host,
     /// When the request arrived.
     pub start: Instant,
     /// The request's own deadline (`timeouts.request`).
@@ -443,7 +443,7 @@ fn prepare(
     };
     let host = match &hop {
         Some(hop) => hop.host(),
-        None => ctx.host.as_str(),
+        None => &ctx.host,
     };
     if hop.is_none() {
         match proto {
@@ -461,8 +461,8 @@ fn prepare(
             *req.uri_mut() = Uri::from(pq);
             *req.version_mut() = Version::HTTP_11;
             // A route may have set Host; an HTTP/2 client sent none, only an authority.
-            if !has_host && let Ok(v) = HeaderValue::from_str(host) {
-                req.headers_mut().insert(header::HOST, v);
+            if !has_host {
+                req.headers_mut().insert(header::HOST, host.value().clone());
             }
         }
         Protocol::H2c => {
@@ -471,7 +471,7 @@ fn prepare(
                 .headers()
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or(host);
+                .unwrap_or(host.as_str());
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = authority.parse().ok();

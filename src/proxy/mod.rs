@@ -22,7 +22,7 @@ use crate::clock;
 use crate::error::{Answer, Code, Dialect, ProxyError, is_grpc};
 use crate::http::body::ProxyBody;
 use crate::http::downstream::RequestBody;
-use crate::http::headers::{self, strip_port};
+use crate::http::headers::{self, Host, strip_port};
 use crate::http::server::{ConnInfo, Handler};
 use crate::metrics::Metrics;
 use crate::observe::{Observer, Record};
@@ -71,14 +71,14 @@ pub enum Intercept {
     /// Routed by its host, as it came.
     Pass,
     /// Routed by this host instead: `Host` (and the URI's authority) become it.
-    Reroute(HeaderValue),
+    Reroute(Host),
 }
 
 /// A step some roles put before routing (Knative's activator contract: its probes, and the
 /// revision named by headers rather than the host). Synchronous: it reads and edits headers.
 pub trait Front: Send + Sync + std::fmt::Debug + 'static {
     /// Looks at a request whose host (`host`) is known and checked.
-    fn intercept(&self, req: &mut Request<RequestBody>, host: &str) -> Intercept;
+    fn intercept(&self, req: &mut Request<RequestBody>, host: &Host) -> Intercept;
 }
 
 impl Proxy {
@@ -230,18 +230,20 @@ impl Proxy {
             }
         };
         if let Some(r) = record {
-            r.host.clone_from(&host);
+            r.host.clear();
+            r.host.push_str(host.as_str());
         }
         if let Some(front) = &self.front {
             match front.intercept(&mut req, &host) {
                 Intercept::Answer(res) => return Routed::Answer(res),
                 Intercept::Pass => {}
                 Intercept::Reroute(h) => {
-                    rewrite_authority(&mut req, &h);
-                    host = h.to_str().unwrap_or_default().to_owned();
+                    rewrite_authority(&mut req, h.value());
                     if let Some(r) = record {
-                        r.host.clone_from(&host);
+                        r.host.clear();
+                        r.host.push_str(h.as_str());
                     }
+                    host = h;
                 }
             }
         }
@@ -260,10 +262,10 @@ impl Proxy {
         let mut set_cookie = None;
         let (rev, timeouts, host, quiet) = {
             let table = self.table.load();
-            let Some(svc) = table.service(&host, conn.internal) else {
+            let Some(svc) = table.service(host.as_str(), conn.internal) else {
                 self.metrics.unrouted(Code::NoService);
                 return Routed::Answer(Box::new(
-                    ProxyError::NoService(host).into_response_as(answer),
+                    ProxyError::NoService(host.as_str().to_owned()).into_response_as(answer),
                 ));
             };
             if svc.redirect_to_https && https_port != 0 && public_cleartext {
@@ -273,7 +275,11 @@ impl Proxy {
                 self.metrics.unrouted(Code::NoRoute);
                 let path = req.uri().path().to_owned();
                 return Routed::Answer(Box::new(
-                    ProxyError::NoRoute { host, path }.into_response_as(answer),
+                    ProxyError::NoRoute {
+                        host: host.as_str().to_owned(),
+                        path,
+                    }
+                    .into_response_as(answer),
                 ));
             };
             // Not demand: judged on what the client sent, before any header is set; cloned
@@ -492,7 +498,7 @@ impl Throttle {
 /// backend to read differently (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, or an
 /// HTTP/2 `host` that differs from `:authority`, are refused; for an HTTP/1.1 absolute-form
 /// target the authority wins and `Host` is rewritten to it.
-fn request_host(req: &mut Request<RequestBody>) -> Result<String, ProxyError> {
+fn request_host(req: &mut Request<RequestBody>) -> Result<Host, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -501,12 +507,12 @@ fn request_host(req: &mut Request<RequestBody>) -> Result<String, ProxyError> {
         ));
     }
     let Some(authority) = req.uri().authority() else {
-        return match host.and_then(|h| h.to_str().ok()) {
-            Some(h) if !h.is_empty() => Ok(h.to_owned()),
-            _ => Err(ProxyError::MissingHost),
+        return match host.filter(|h| !h.is_empty()).cloned().and_then(Host::new) {
+            Some(h) => Ok(h),
+            None => Err(ProxyError::MissingHost),
         };
     };
-    let authority = authority.as_str().to_owned();
+    let authority = Host::from_text(authority.as_str()).ok_or(ProxyError::MissingHost)?;
     match host {
         Some(h) if !h.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => {
             if req.version() == Version::HTTP_2 {
@@ -515,9 +521,8 @@ fn request_host(req: &mut Request<RequestBody>) -> Result<String, ProxyError> {
                         .into(),
                 ));
             }
-            if let Ok(v) = HeaderValue::from_str(&authority) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+            req.headers_mut()
+                .insert(header::HOST, authority.value().clone());
         }
         _ => {}
     }
@@ -543,7 +548,7 @@ fn redirect_to_https(req: &mut Request<RequestBody>, port: u16, answer: Answer) 
         Ok(h) => h,
         Err(e) => return e.into_response_as(answer),
     };
-    let name = strip_port(&host);
+    let name = strip_port(host.as_str());
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 {
         format!("https://{name}{pq}")
