@@ -547,16 +547,23 @@ enum Sending {
     Chunked,
 }
 
-/// How `req`'s body goes out.
-fn sending(req: &Request<OutBody>) -> Sending {
-    let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
-        let n = content_length(first.as_bytes());
-        // Both server sides refuse disagreeing or unreadable lengths before a request gets
-        // here; never forward one nobody can trust.
-        if let Some(n) = n.filter(|&n| lengths.all(|v| content_length(v.as_bytes()) == Some(n))) {
-            return Sending::Length(n);
-        }
+/// What writing a request's head found out in its one pass over the fields.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// How the body goes out, which the head's framing says.
+    sending: Sending,
+    /// The request asks to switch protocols (`Upgrade`).
+    asks_upgrade: bool,
+}
+
+/// How `req`'s body goes out: by its `Content-Length` fields when there are some that agree
+/// (`lengths`: the first one's value, and whether every other said the same), otherwise as
+/// its body says.
+fn sending(req: &Request<OutBody>, lengths: Option<(Option<u64>, bool)>) -> Sending {
+    // Both server sides refuse disagreeing or unreadable lengths before a request gets here;
+    // never forward one nobody can trust.
+    if let Some((Some(n), true)) = lengths {
+        return Sending::Length(n);
     }
     if req.body().is_end_stream() {
         return Sending::Nothing;
@@ -567,27 +574,39 @@ fn sending(req: &Request<OutBody>) -> Sending {
     }
 }
 
-/// Writes the head of `req` into `dst`, its framing as `body` says.
-fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>, body: Sending) {
+/// Writes the head of `req` into `dst`, with its framing: the lengths among its fields are
+/// read in the same pass as they are left out (a route may have set one).
+fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>) -> Written {
     dst.clear();
     dst.extend_from_slice(req.method().as_str().as_bytes());
     dst.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
+    let (mut lengths, mut asks_upgrade) = (None, false);
     for (name, value) in req.headers() {
         // The framing is this function's to write, never a field's to claim: a stray
         // `Transfer-Encoding` or a second length would make the backend read a body that is
         // not there, or a second request out of one.
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(value.as_bytes());
+            lengths = match lengths {
+                None => Some((n, true)),
+                Some((first, agree)) => Some((first, agree && n.is_some() && n == first)),
+            };
+            continue;
+        }
+        asks_upgrade |= name == header::UPGRADE;
         write_field(dst, name, value);
     }
     if let Some(hop) = hop {
         hop.write(dst);
     }
-    match body {
+    let sending = sending(req, lengths);
+    match sending {
         Sending::Nothing => {}
         Sending::Length(n) => {
             h1::write_length(dst, n);
@@ -595,12 +614,16 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>, bod
         Sending::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     dst.extend_from_slice(b"\r\n");
+    Written {
+        sending,
+        asks_upgrade,
+    }
 }
 
 /// The head this connection writes for `req` and `hop` (for the fuzz target and tests).
 pub fn head_bytes(req: &Request<OutBody>, hop: Option<&Hop>) -> Vec<u8> {
     let mut dst = Vec::new();
-    encode_head(&mut dst, req, hop, sending(req));
+    encode_head(&mut dst, req, hop);
     dst
 }
 
@@ -851,9 +874,10 @@ pub fn exchange(
 ) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
     async move {
         let head_only = req.method() == Method::HEAD;
-        let asks_upgrade = req.headers().contains_key(header::UPGRADE);
-        let sending = sending(&req);
-        encode_head(&mut conn.head, &req, req.hop.as_ref(), sending);
+        let Written {
+            sending,
+            asks_upgrade,
+        } = encode_head(&mut conn.head, &req, req.hop.as_ref());
         let mut written = 0;
         if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
             return Err(Failed {
@@ -1456,10 +1480,10 @@ mod tests {
     #[test]
     fn request_heads_carry_the_framing_they_need() {
         let enc = |req: Request<OutBody>| {
-            (
-                sending(&req),
-                String::from_utf8(head_bytes(&req, None)).unwrap(),
-            )
+            let mut head = Vec::new();
+            let written = encode_head(&mut head, &req, None);
+            assert_eq!(head, head_bytes(&req, None));
+            (written.sending, String::from_utf8(head).unwrap())
         };
         let get = Request::get("/a?b=1")
             .header("host", "x")
@@ -1502,6 +1526,30 @@ mod tests {
             assert_eq!(s, Sending::Nothing, "{lengths:?}");
             assert!(!text.contains("content-length"), "{text}");
         }
+        // A length that agrees with one that cannot be read, in either order, is not trusted.
+        for lengths in [["3", "x"], ["x", "3"]] {
+            let mut b = Request::post("/");
+            for l in lengths {
+                b = b.header("content-length", l);
+            }
+            assert_eq!(enc(b.body(OutBody::Empty).unwrap()).0, Sending::Nothing);
+        }
+        // Whether it asks to switch protocols is read in the same pass; the field is written.
+        let mut head = Vec::new();
+        let ws = Request::get("/")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(OutBody::Empty)
+            .unwrap();
+        let written = encode_head(&mut head, &ws, None);
+        assert!(written.asks_upgrade);
+        assert!(
+            String::from_utf8(head)
+                .unwrap()
+                .contains("\r\nupgrade: websocket\r\n")
+        );
+        let written = encode_head(&mut Vec::new(), &Request::new(OutBody::Empty), None);
+        assert!(!written.asks_upgrade);
     }
 
     /// What a client made of a response: the head, or that it was refused; and then the body
