@@ -7,6 +7,7 @@
 #   scripts/bench.sh            # quick mode, under 3 minutes
 #   scripts/bench.sh full       # full mode, under 15 minutes
 #   BENCH_MD=out.md BENCH_JSON=out.json scripts/bench.sh full
+#   PGO=1 scripts/bench.sh full  # rouse built with scripts/pgo.sh (about 9 minutes more)
 #
 # Installs wrk, nghttp2-client (h2load), nginx and haproxy from Debian's packages if missing,
 # builds rouse with the dist profile (what ships), and stops everything it started on exit. Loopback only.
@@ -41,10 +42,17 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 # The binary as a container image would ship it: glibc linked in statically (no ld.so, no
 # shared libc mapped), relative relocations packed. It measures the same code; only the idle
 # memory differs (about 1.5 MB less RSS than the dynamically linked build).
+# PGO=1: that build profile-guided (scripts/pgo.sh).
 TRIPLE=x86_64-unknown-linux-gnu
-RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
-  CARGO_TARGET_DIR="$ROOT/target/static" cargo build --profile dist --locked -q --target $TRIPLE
-ROUSE="$ROOT/target/static/$TRIPLE/dist/rouse"
+STATIC="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
+if [ "${PGO:-0}" = 1 ]; then
+  ROUSE=$(PGO_TARGET=$TRIPLE PGO_RUSTFLAGS="$STATIC" PGO_DIR="$ROOT/target/pgo-static" \
+    "$ROOT/scripts/pgo.sh")
+else
+  RUSTFLAGS="$STATIC" \
+    CARGO_TARGET_DIR="$ROOT/target/static" cargo build --profile dist --locked -q --target $TRIPLE
+  ROUSE="$ROOT/target/static/$TRIPLE/dist/rouse"
+fi
 
 WORK=$(mktemp -d /tmp/rouse-bench.XXXXXX)
 PIDS=()

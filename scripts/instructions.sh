@@ -5,6 +5,7 @@
 #
 #   scripts/instructions.sh                          # all but gateway-accesslog, HTTP/1.1, 10 conns
 #   TARGETS="nginx haproxy" scripts/instructions.sh  # no Rust build
+#   PGO=1 scripts/instructions.sh                    # rouse built with scripts/pgo.sh
 #
 # Target `gateway-accesslog` is the gateway writing a JSON access log line per request to a
 # file (the writer task included): what the access log costs. Run it with
@@ -52,8 +53,15 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 # Only rouse's targets need rouse: nginx and haproxy alone are measured without a Rust build.
-if $rouse; then cargo build --profile dist --locked -q; fi
+# PGO=1: the profile-guided build (scripts/pgo.sh, about 9 minutes more) instead of the plain one.
 ROUSE="$ROOT/target/dist/rouse"
+if $rouse; then
+  if [ "${PGO:-0}" = 1 ]; then
+    ROUSE=$("$ROOT/scripts/pgo.sh")
+  else
+    cargo build --profile dist --locked -q
+  fi
+fi
 
 WORK=$(mktemp -d /tmp/rouse-instr.XXXXXX)
 PIDS=()
