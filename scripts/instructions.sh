@@ -6,10 +6,15 @@
 #   scripts/instructions.sh                          # all but gateway-accesslog, HTTP/1.1, 10 conns
 #   TARGETS="nginx haproxy" scripts/instructions.sh  # no Rust build
 #   PGO=1 scripts/instructions.sh                    # rouse built with scripts/pgo.sh
+#   KEEP_PROFILES=DIR scripts/instructions.sh        # also keep callgrind's files (cg.TARGET.N)
 #
 # Target `gateway-accesslog` is the gateway writing a JSON access log line per request to a
 # file (the writer task included): what the access log costs. Run it with
 # TARGETS=gateway-accesslog.
+#
+# Target `gateway-1cpu` is the gateway on one CPU (`taskset -c 1`), where rouse runs tokio's
+# single-threaded runtime, as in `scripts/bench.sh` and in a pod limited to one CPU: the
+# multi-threaded scheduler's share of the count. Run it with TARGETS=gateway-1cpu.
 #
 # Target `gateway-1000hosts` is the gateway with 1,000 services shaped as the Knative ingress
 # makes them (two routes each: Knative's probe route and the path), the requests going to the
@@ -186,6 +191,11 @@ count() { # target n -> instructions
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
       ;;
+    gateway-1cpu)
+      port=$GW
+      RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
     gateway-accesslog)
       port=$GW
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -237,6 +247,7 @@ count() { # target n -> instructions
   kill -"$stop" "$vg"
   wait "$vg" || true
   trap - EXIT
+  if [ -n "${KEEP_PROFILES:-}" ]; then mkdir -p "$KEEP_PROFILES" && cp "$out" "$KEEP_PROFILES/"; fi
   awk '/^summary:/ {print $2}' "$out"
 }
 

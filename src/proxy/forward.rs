@@ -66,7 +66,7 @@ pub struct Ctx {
 }
 
 /// Forwards `req` to `rev`: what `finish` makes of the result (the response to stream back,
-/// or rouse's answer for an error), with the request's record unless the response's body
+/// or rouse's answer for an error), given the request's record unless the response's body
 /// took it. `start_by` is the time limit up to the response's head.
 ///
 /// This future is what every held request keeps while it waits, so it keeps each thing once:
@@ -86,9 +86,15 @@ pub fn forward<'a, F>(
     mut record: Option<Box<Record>>,
     start_by: Option<Instant>,
     finish: F,
-) -> impl Future<Output = (Response<Body>, Option<Box<Record>>)> + Send + 'a
+) -> impl Future<Output = Response<Body>> + Send + 'a
 where
-    F: FnOnce(&Arc<Revision>, Result<Response<Body>, ProxyError>) -> Response<Body> + Send + 'a,
+    F: FnOnce(
+            &Arc<Revision>,
+            Result<Response<Body>, ProxyError>,
+            Option<Box<Record>>,
+        ) -> Response<Body>
+        + Send
+        + 'a,
 {
     async move {
         let taken = ctx.lease.take();
@@ -107,7 +113,7 @@ where
         };
         if ctx.upgrade.is_some() && protocol == Protocol::H2c {
             let e = ProxyError::UpgradeOverH2c(rev.name.to_string());
-            return (finish(&rev, Err(e)), record);
+            return finish(&rev, Err(e), record);
         }
         // The time limit up to the response's head: an HTTP/1.1 connection's task wakes the
         // request at it (one timer for the connection, `Cut::wake_at`; this future must be
@@ -143,10 +149,10 @@ where
                         .await
                         {
                             Ok(Ok(a)) => a,
-                            Ok(Err(e)) => return (finish(&rev, Err(e)), record),
+                            Ok(Err(e)) => return finish(&rev, Err(e), record),
                             Err(fired) => {
                                 let e = timeout_error(ctx.timeouts, ctx.deadline, fired);
-                                return (finish(&rev, Err(e)), record);
+                                return finish(&rev, Err(e), record);
                             }
                         }
                     }
@@ -183,7 +189,7 @@ where
             Err(fired) => Err(timeout_error(timeouts, deadline, fired)),
         };
         drop(exchange);
-        (finish(&rev, result), record)
+        finish(&rev, result, record)
     }
 }
 

@@ -177,26 +177,16 @@ impl Proxy {
             conn.peer,
         );
         let head = req.method() == http::Method::HEAD;
-        let routed = self.route(req, conn, proxied, &mut record);
+        let routed = self.route(req, conn, proxied, head, &mut record);
         async move {
-            let (res, mut record) = match routed {
-                Routed::Answer(res) => (*res, record),
+            match routed {
+                Routed::Answer(res) => {
+                    answered(record, &res, head);
+                    *res
+                }
+                // The forwarding finishes the record it took.
                 Routed::Forward(forwarding) => forwarding.await,
-            };
-            // Still here: rouse answered itself (a proxied response's record went with its body).
-            if let Some(r) = &mut record {
-                r.status = res.status().as_u16();
-                r.bytes = match head {
-                    true => 0,
-                    false => http_body::Body::size_hint(res.body()).exact().unwrap_or(0),
-                };
-                r.error = res
-                    .headers()
-                    .get("rouse-error")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
             }
-            res
         }
     }
 
@@ -208,6 +198,7 @@ impl Proxy {
         mut req: Request<RequestBody>,
         conn: ConnInfo,
         proxied: bool,
+        head: bool,
         record: &mut Option<Box<Record>>,
     ) -> Routed<'a> {
         let start = Instant::now();
@@ -378,9 +369,12 @@ impl Proxy {
         };
         let throttle = &self.throttle;
         // What the forwarding's result becomes: the response with the sticky cookie, or
-        // rouse's answer for the error, counted and logged.
-        let finish = move |rev: &Arc<Revision>, result: Result<Response<Body>, ProxyError>| {
-            match result {
+        // rouse's answer for the error, counted and logged; and the request's record, if
+        // the response's body did not take it, finished.
+        let finish = move |rev: &Arc<Revision>,
+                           result: Result<Response<Body>, ProxyError>,
+                           record: Option<Box<Record>>| {
+            let res = match result {
                 Ok(mut res) => {
                     pin(&mut res, set_cookie);
                     res
@@ -398,7 +392,9 @@ impl Proxy {
                         .record(e.status().as_u16(), start.elapsed().as_secs_f64());
                     e.into_response_as(answer)
                 }
-            }
+            };
+            answered(record, &res, head);
+            res
         };
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small.
@@ -422,10 +418,25 @@ enum Routed<'a> {
     Forward(Forwarding<'a>),
 }
 
-/// A request's forwarding: resolves to the answer, with the request's record unless the
-/// response's body took it.
-type Forwarding<'a> =
-    Pin<Box<dyn Future<Output = (Response<Body>, Option<Box<Record>>)> + Send + 'a>>;
+/// A request's forwarding: resolves to the answer.
+type Forwarding<'a> = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
+
+/// rouse answered a request itself with `res` (a proxied response's record goes with its
+/// body): what the request's record, if it has one, says of the answer. The record is
+/// written out as it is dropped, here.
+fn answered(record: Option<Box<Record>>, res: &Response<Body>, head: bool) {
+    let Some(mut r) = record else { return };
+    r.status = res.status().as_u16();
+    r.bytes = match head {
+        true => 0,
+        false => http_body::Body::size_hint(res.body()).exact().unwrap_or(0),
+    };
+    r.error = res
+        .headers()
+        .get("rouse-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+}
 
 impl Proxy {
     /// An HTTP/1.1 request head refused before it could be routed (see `http::downstream`):
