@@ -7,6 +7,7 @@
 #   TARGETS="nginx haproxy" scripts/instructions.sh  # no Rust build
 #   PGO=1 scripts/instructions.sh                    # rouse built with scripts/pgo.sh
 #   KEEP_PROFILES=DIR scripts/instructions.sh        # also keep callgrind's files (cg.TARGET.N)
+#   CONNS=1 scripts/instructions.sh                  # one connection instead of 10
 #
 # Target `gateway-accesslog` is the gateway writing a JSON access log line per request to a
 # file (the writer task included): what the access log costs. Run it with
@@ -35,6 +36,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 N1=${N1:-1000}
 N2=${N2:-6000}
+# Connections the load uses; CONNS=1 counts what a lone client's requests cost, each of which
+# finds the runtime asleep (the c=1 latency rows of scripts/bench.sh).
+CONNS=${CONNS:-10}
 TARGETS=${TARGETS:-gateway gateway-1000hosts sidecar nginx haproxy}
 rouse=false nginx=false haproxy=false
 for t in $TARGETS; do
@@ -239,7 +243,7 @@ count() { # target n -> instructions
   trap "kill -9 $vg 2>/dev/null || true" EXIT
   wait_port "$port"
   local done_n
-  done_n=$(h2load --h1 -n "$n" -c 10 "http://127.0.0.1:$port/" 2>&1 | awk '/^requests:/ {print $8}')
+  done_n=$(h2load --h1 -n "$n" -c "$CONNS" "http://127.0.0.1:$port/" 2>&1 | awk '/^requests:/ {print $8}')
   if [ "$done_n" != "$n" ]; then
     echo "error: $target served $done_n of $n requests" >&2
     exit 1
