@@ -109,6 +109,49 @@ async fn access_log_writes_one_json_line_per_request_with_its_fields() {
     assert_eq!(second["bytes"], missing.body.len() as u64);
 }
 
+/// rouse's own answer after routing (here a backend that refuses connections) is logged with
+/// the status and error code the client got, and a HEAD request's answer with no bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_forwarding_is_logged_with_the_answer_the_client_got() {
+    let down = dead_addr().await;
+    let log = temp_dir("access-failed").join("access.log");
+    let gw = Cfg::new()
+        .access_log(log.to_str().unwrap(), "json")
+        .service(Svc::single(Rev::new("r").endpoint(down)))
+        .start()
+        .await;
+    let c = h1_client();
+    let got = get(&c, gw.addr(), "x", "/down", &[]).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.body);
+    let code = got.header("rouse-error");
+    assert!(!code.is_empty(), "rouse's answer names its error");
+    let head = send(
+        &c,
+        Request::head(format!("http://{}/down-head", gw.addr()))
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::BAD_GATEWAY);
+    let lines = lines(&log, 2).await;
+    assert_eq!(lines.len(), 2, "one line per request: {lines:#?}");
+    let json = |path: &str| -> serde_json::Value {
+        let line = lines.iter().find(|l| l.contains(path)).unwrap();
+        serde_json::from_str(line).unwrap()
+    };
+    let get_line = json("\"/down\"");
+    assert_eq!(get_line["status"], 502);
+    assert_eq!(get_line["error"], code);
+    assert_eq!(get_line["revision"], "r");
+    assert_eq!(get_line["bytes"], got.body.len() as u64);
+    assert!(got.body.len() > 0, "the 502 explains itself");
+    let head_line = json("\"/down-head\"");
+    assert_eq!(head_line["status"], 502);
+    assert_eq!(head_line["error"], code);
+    assert_eq!(head_line["bytes"], 0, "a HEAD answer has no body");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_templates_fill_their_fields_and_mark_held_requests() {
     let b = Backend::start("b").await;
