@@ -145,7 +145,7 @@ async fn a_failed_forwarding_is_logged_with_the_answer_the_client_got() {
     assert_eq!(get_line["error"], code);
     assert_eq!(get_line["revision"], "r");
     assert_eq!(get_line["bytes"], got.body.len() as u64);
-    assert!(got.body.len() > 0, "the 502 explains itself");
+    assert!(!got.body.is_empty(), "the 502 explains itself");
     let head_line = json("\"/down-head\"");
     assert_eq!(head_line["status"], 502);
     assert_eq!(head_line["error"], code);
