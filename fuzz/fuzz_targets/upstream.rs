@@ -64,7 +64,7 @@ fn head(req: &Request<OutBody>) {
     check(req, None, req.headers());
     // With this hop's forwarding fields kept aside (the request has none of its own): the head
     // holds them after its own fields, as the map would.
-    let client = ClientAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let client = std::sync::Arc::new(ClientAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST)));
     let host = || Host::from_text("h.example").unwrap();
     if let (Some(hop), Some(again)) = (
         Hop::deferred(req.headers(), &client, Some("https"), &mut host()),

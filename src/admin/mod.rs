@@ -9,10 +9,10 @@ pub mod status;
 
 use crate::discovery::Outside;
 use crate::http::body::{PLAIN, ProxyBody, text};
-use crate::http::downstream::RequestBody;
 use crate::http::server::{ConnInfo, Handler};
+use crate::http::upstream::Outgoing;
 use crate::metrics::Metrics;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use std::sync::Arc;
 
 const JSON: &str = "application/json";
@@ -76,7 +76,7 @@ impl Admin {
 impl Handler for Admin {
     type Body = ProxyBody;
 
-    async fn call(&self, req: Request<RequestBody>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn call(&self, req: Box<Outgoing>, _conn: ConnInfo) -> Response<ProxyBody> {
         match req.uri().path() {
             "/metrics" => text(
                 StatusCode::OK,

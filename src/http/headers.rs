@@ -5,6 +5,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
@@ -308,7 +309,8 @@ pub fn add_forwarded(
 /// thousand instructions for every request.
 #[derive(Debug)]
 pub struct Hop {
-    client: ClientAddr,
+    /// Shared with the connection's other requests.
+    client: Arc<ClientAddr>,
     /// `http` or `https`; `None` for Knative's convention, which adds `X-Forwarded-For` only.
     proto: Option<&'static str>,
     host: Host,
@@ -364,7 +366,7 @@ impl Hop {
     /// The host is taken from `host` only when the hop is kept aside.
     pub fn deferred(
         headers: &HeaderMap,
-        client: &ClientAddr,
+        client: &Arc<ClientAddr>,
         proto: Option<&'static str>,
         host: &mut Host,
     ) -> Option<Hop> {
@@ -427,7 +429,8 @@ pub fn hop_agrees(
     proto: Option<&'static str>,
     host: &Host,
 ) -> Result<bool, String> {
-    let Some(hop) = Hop::deferred(headers, client, proto, &mut host.clone()) else {
+    let client = Arc::new(client.clone());
+    let Some(hop) = Hop::deferred(headers, &client, proto, &mut host.clone()) else {
         return Ok(false);
     };
     let mut written = Vec::new();
@@ -637,7 +640,7 @@ mod tests {
         }
         let mut written = Vec::new();
         let mut host = Host::from_text("a.example").unwrap();
-        let hop = Hop::deferred(&plain, &v6, Some("https"), &mut host).unwrap();
+        let hop = Hop::deferred(&plain, &Arc::new(v6.clone()), Some("https"), &mut host).unwrap();
         assert_eq!(
             (host.as_str(), hop.host().as_str()),
             ("", "a.example"),

@@ -5,6 +5,7 @@
 use crate::http::body::{BoxError, Cut};
 use crate::http::downstream::{self, Refusal, RequestBody, stopped};
 use crate::http::headers::ClientAddr;
+use crate::http::upstream::Outgoing;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -52,8 +53,9 @@ pub async fn bind(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The client's address formatted for forwarding headers, once per connection.
-    pub client: ClientAddr,
+    /// The client's address formatted for forwarding headers, once per connection, and
+    /// shared: each request counts one reference instead of copying two header values.
+    pub client: Arc<ClientAddr>,
     /// True on the TLS listener.
     pub secure: bool,
     /// True on the cluster-local listener, the one that also serves cluster-local services.
@@ -75,7 +77,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn call(
         &self,
-        req: Request<RequestBody>,
+        req: Box<Outgoing>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 
@@ -410,7 +412,7 @@ impl Protocols {
                 let h = &*handler;
                 let conn = downstream::serve(
                     Box::new(io),
-                    |req| h.call(req, info.clone()),
+                    |req| h.call(Outgoing::boxed(req), info.clone()),
                     |why| h.refused(why),
                     self.http1,
                     stop,
@@ -428,7 +430,8 @@ impl Protocols {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (h, info) = (handler.clone(), info.clone());
                     async move {
-                        let mut res = h.call(req.map(RequestBody::Right), info).await;
+                        let req = Outgoing::boxed(req.map(RequestBody::Right));
+                        let mut res = h.call(req, info).await;
                         // hyper writes the map only.
                         crate::http::h1::materialise(&mut res);
                         Ok::<_, Infallible>(res)
@@ -552,7 +555,7 @@ pub async fn serve<H: Handler>(
                 let cut = Cut::default();
                 let conn = ConnInfo {
                     peer,
-                    client: ClientAddr::new(peer.ip()),
+                    client: Arc::new(ClientAddr::new(peer.ip())),
                     secure: tls.is_some(),
                     internal: settings.internal,
                     cut: cut.clone(),

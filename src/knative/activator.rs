@@ -16,8 +16,8 @@
 use super::headers::{KUBELET_PROBE, NETWORK_HASH, NETWORK_PROBE, ORIGINAL_HOST};
 use super::headers::{SERVING_NAMESPACE, SERVING_REVISION};
 use crate::http::body::{PLAIN, text};
-use crate::http::downstream::RequestBody;
 use crate::http::headers::Host;
+use crate::http::upstream::OutBody;
 use crate::proxy::completion::Body;
 use crate::proxy::{Front, Intercept};
 use http::header::{self, HeaderValue};
@@ -62,7 +62,7 @@ fn is_kubelet_probe(h: &http::HeaderMap) -> bool {
 }
 
 impl Front for ActivatorFront {
-    fn intercept(&self, req: &mut Request<RequestBody>, host: &Host) -> Intercept {
+    fn intercept(&self, req: &mut Request<OutBody>, host: &Host) -> Intercept {
         answer_or_route(&self.domain, &self.draining, req.headers_mut(), host)
     }
 }

@@ -10,8 +10,8 @@ use super::drain::{Drainer, Phase};
 use super::headers::{self, Kind};
 use super::stat::StatReporter;
 use crate::http::body::{PLAIN, ProxyBody, text};
-use crate::http::downstream::RequestBody;
 use crate::http::server::{ConnInfo, Handler};
+use crate::http::upstream::{OutBody, Outgoing};
 use crate::probe::Prober;
 use crate::proxy::Proxy;
 use crate::proxy::completion::Body;
@@ -26,7 +26,7 @@ fn reply<E>(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Proxy
 
 /// A side port that serves one path: `Some(404)` with `message` for any other.
 fn only_path(
-    req: &Request<RequestBody>,
+    req: &Request<OutBody>,
     path: &str,
     message: &'static str,
 ) -> Option<Response<ProxyBody>> {
@@ -74,7 +74,7 @@ impl QueueHandler {
 
 impl QueueHandler {
     /// Answers Knative's network probe at once, with its hash echoed.
-    fn network_probe(&self, req: &Request<RequestBody>) -> Response<Body> {
+    fn network_probe(&self, req: &Request<OutBody>) -> Response<Body> {
         if self.drainer.is_draining() {
             return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
         }
@@ -95,7 +95,7 @@ impl Handler for QueueHandler {
     /// (about 200 bytes copied three times per request).
     fn call(
         &self,
-        mut req: Request<RequestBody>,
+        mut req: Box<Outgoing>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         let read = headers::read(req.headers());
@@ -127,7 +127,7 @@ pub struct StatsHandler(pub Arc<StatReporter>);
 impl Handler for StatsHandler {
     type Body = ProxyBody;
 
-    async fn call(&self, req: Request<RequestBody>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn call(&self, req: Box<Outgoing>, _conn: ConnInfo) -> Response<ProxyBody> {
         if let Some(not_found) = only_path(
             &req,
             "/metrics",
@@ -163,7 +163,7 @@ impl AdminHandler {
 impl Handler for AdminHandler {
     type Body = ProxyBody;
 
-    async fn call(&self, req: Request<RequestBody>, _conn: ConnInfo) -> Response<ProxyBody> {
+    async fn call(&self, req: Box<Outgoing>, _conn: ConnInfo) -> Response<ProxyBody> {
         if let Some(not_found) = only_path(
             &req,
             "/wait-for-drain",

@@ -10,7 +10,6 @@ use crate::config::Protocol;
 use crate::error::{Dialect, ProxyError};
 use crate::http::body::{Cut, Limits};
 use crate::http::client::{BodyFault, ConnectError, OutBody, Outgoing, SendError};
-use crate::http::downstream::RequestBody;
 use crate::http::headers::{self, ClientAddr, Hop, Host};
 use crate::http::tunnel;
 use crate::http::upstream::UpBody;
@@ -28,7 +27,7 @@ use tracing::debug;
 pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
 
 /// Declared request body size, for the queue's byte bound.
-fn declared_len(req: &Request<RequestBody>) -> u64 {
+fn declared_len(req: &Request<OutBody>) -> u64 {
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +38,7 @@ fn declared_len(req: &Request<RequestBody>) -> u64 {
 /// What `forward` needs besides the revision and the request.
 pub struct Ctx {
     /// The client's address, formatted for forwarding headers.
-    pub client: ClientAddr,
+    pub client: Arc<ClientAddr>,
     /// `http` or `https`: how the client reached rouse.
     pub proto: &'static str,
     /// Whose forwarding-header conventions to follow.
@@ -71,17 +70,18 @@ pub struct Ctx {
 ///
 /// This future is what every held request keeps while it waits, so it keeps each thing once:
 /// it is a function returning an `async move` block (an `async fn` keeps its arguments twice,
-/// as given and again as locals); it waits for a slot with the request and its context in
-/// place, borrowed; and what follows the slot (the rewrite, the exchange, a retry) runs in a
-/// future of its own, boxed once the slot is taken, which the request and context move into.
-/// A request waiting for a slot holds none of that later state.
+/// as given and again as locals); it waits for a slot with the request (boxed since the
+/// listener, [`Outgoing`]) and its context in place, borrowed; and what follows the slot (the
+/// rewrite, the exchange, a retry) runs in a future of its own, boxed once the slot is taken,
+/// which the request and context move into. A request waiting for a slot holds none of that
+/// later state.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
 pub fn forward<'a, F>(
     rev: Arc<Revision>,
-    req: Request<RequestBody>,
+    req: Box<Outgoing>,
     mut ctx: Ctx,
     mut record: Option<Box<Record>>,
     start_by: Option<Instant>,
@@ -250,12 +250,12 @@ pub fn timeout_error(t: Timeouts, deadline: Option<Instant>, fired: Instant) -> 
 /// elsewhere if the connection failed before anything was sent), and the response made ready
 /// to stream back.
 ///
-/// The rewrite runs before the future is made, so that the future keeps only what the
-/// exchange needs: the rewritten request, boxed, and the few fields of the context it reads.
+/// The rewrite runs before the future is made, in the request's box, so that the future
+/// keeps only what the exchange needs: that box, and the few fields of the context it reads.
 /// Kept small, this future's box is one the allocator serves from its per-thread cache.
 fn exchange<'a>(
     rev: &'a Arc<Revision>,
-    mut req: Request<RequestBody>,
+    mut req: Box<Outgoing>,
     mut ctx: Ctx,
     taken: Taken,
     record: &'a mut Option<Box<Record>>,
@@ -270,7 +270,7 @@ fn exchange<'a>(
     // One settings snapshot for the rewrite and the cold mark, borrowed: it is dropped before
     // the exchange's future runs.
     let settings = rev.settings_now();
-    let hop = prepare(&mut req, protocol, settings.pool.tls.is_some(), &mut ctx);
+    req.hop = prepare(&mut req, protocol, settings.pool.tls.is_some(), &mut ctx);
     let Ctx {
         start,
         deadline,
@@ -281,15 +281,15 @@ fn exchange<'a>(
     } = ctx;
     let client_upgrade = upgrade.and_then(|proto| {
         tunnel::mark(req.headers_mut(), proto);
-        crate::http::downstream::on_upgrade(&mut req)
+        crate::http::downstream::on_upgrade(&mut req.req)
     });
-    // Only a request with a body can have it fail.
+    // Only a request with a body can have it fail; where it records that goes into the body
+    // in place.
     let fault =
         (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(BodyFault::default()));
-    let mut req = Box::new(Outgoing {
-        req: req.map(|b| OutBody::Client(b, fault.clone())),
-        hop,
-    });
+    if let OutBody::Client(_, watch) = req.body_mut() {
+        watch.clone_from(&fault);
+    }
     let mark_cold = acquired.cold && settings.cold_start.header;
     let eject_for = settings.eject_for;
     drop(settings);
@@ -422,7 +422,7 @@ fn respond(res: Response<UpBody>, done: Completion, limits: Limits, cut: Cut) ->
 /// of a request that came without any are kept aside for the HTTP/1.1 writer (the hop
 /// returned); HTTP/2's, and those that join earlier hops', go into the map.
 fn prepare(
-    req: &mut Request<RequestBody>,
+    req: &mut Request<OutBody>,
     protocol: Protocol,
     tls: bool,
     ctx: &mut Ctx,

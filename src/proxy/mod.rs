@@ -21,7 +21,7 @@ use self::router::RouteTable;
 use crate::clock;
 use crate::error::{Answer, Code, Dialect, ProxyError, is_grpc};
 use crate::http::body::ProxyBody;
-use crate::http::downstream::RequestBody;
+use crate::http::client::{OutBody, Outgoing};
 use crate::http::headers::{self, Host, strip_port};
 use crate::http::server::{ConnInfo, Handler};
 use crate::metrics::Metrics;
@@ -78,7 +78,7 @@ pub enum Intercept {
 /// revision named by headers rather than the host). Synchronous: it reads and edits headers.
 pub trait Front: Send + Sync + std::fmt::Debug + 'static {
     /// Looks at a request whose host (`host`) is known and checked.
-    fn intercept(&self, req: &mut Request<RequestBody>, host: &Host) -> Intercept;
+    fn intercept(&self, req: &mut Request<OutBody>, host: &Host) -> Intercept;
 }
 
 impl Proxy {
@@ -165,7 +165,7 @@ impl Proxy {
     /// waits.
     pub fn serve(
         &self,
-        req: Request<RequestBody>,
+        req: Box<Outgoing>,
         conn: ConnInfo,
         proxied: bool,
     ) -> impl Future<Output = Response<Body>> {
@@ -195,7 +195,7 @@ impl Proxy {
     /// answer). `record`, if any, is filled in on the way.
     fn route<'a>(
         &'a self,
-        mut req: Request<RequestBody>,
+        mut req: Box<Outgoing>,
         conn: ConnInfo,
         proxied: bool,
         head: bool,
@@ -454,7 +454,7 @@ impl Handler for Proxy {
 
     fn call(
         &self,
-        req: Request<RequestBody>,
+        req: Box<Outgoing>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
         self.serve(req, conn, false)
@@ -509,7 +509,7 @@ impl Throttle {
 /// backend to read differently (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, or an
 /// HTTP/2 `host` that differs from `:authority`, are refused; for an HTTP/1.1 absolute-form
 /// target the authority wins and `Host` is rewritten to it.
-fn request_host(req: &mut Request<RequestBody>) -> Result<Host, ProxyError> {
+fn request_host(req: &mut Request<OutBody>) -> Result<Host, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -542,7 +542,7 @@ fn request_host(req: &mut Request<RequestBody>) -> Result<Host, ProxyError> {
 
 /// Points the request at `host`: the `Host` header, and the URI's authority where it has one
 /// (HTTP/2, or an HTTP/1.1 absolute-form target), so no reader sees the old name.
-fn rewrite_authority(req: &mut Request<RequestBody>, host: &HeaderValue) {
+fn rewrite_authority(req: &mut Request<OutBody>, host: &HeaderValue) {
     req.headers_mut().insert(header::HOST, host.clone());
     if req.uri().authority().is_some() {
         let mut parts = req.uri().clone().into_parts();
@@ -554,7 +554,7 @@ fn rewrite_authority(req: &mut Request<RequestBody>, host: &HeaderValue) {
 }
 
 /// 301 to the same host and path over HTTPS.
-fn redirect_to_https(req: &mut Request<RequestBody>, port: u16, answer: Answer) -> Response<Body> {
+fn redirect_to_https(req: &mut Request<OutBody>, port: u16, answer: Answer) -> Response<Body> {
     let host = match request_host(req) {
         Ok(h) => h,
         Err(e) => return e.into_response_as(answer),
