@@ -113,7 +113,7 @@ async fn access_log_writes_one_json_line_per_request_with_its_fields() {
 /// the status and error code the client got, and a HEAD request's answer with no bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_forwarding_is_logged_with_the_answer_the_client_got() {
-    let down = dead_addr().await;
+    let down = refusing_addr();
     let log = temp_dir("access-failed").join("access.log");
     let gw = Cfg::new()
         .access_log(log.to_str().unwrap(), "json")

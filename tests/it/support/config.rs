@@ -190,12 +190,30 @@ impl Cfg {
         Config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
     }
 
-    /// Starts an in-process gateway on ephemeral ports, or says why it cannot start.
+    /// Starts an in-process gateway on free ports, or says why it cannot start.
+    ///
+    /// A listener asked for on `127.0.0.1:0` (each of them, by default) gets a
+    /// port from [`dead_addr`](super::dead_addr) rather than from the kernel's ephemeral range:
+    /// rouse picks its process backends' ports there, and a test's gateway that bound one
+    /// before the backend did would receive that backend's readiness probes (and then the
+    /// requests of another test) as requests of its own.
     pub async fn try_start(&self) -> std::io::Result<Gateway> {
-        Gateway::start(self.parse()).await
+        let any = Value::from("127.0.0.1:0");
+        let mut map = self.0.clone();
+        for key in ["listen", "admin", "listen_internal"] {
+            if map.0.get(key) == Some(&any) {
+                map = map.set(key, super::dead_addr().await.to_string());
+            }
+        }
+        if let Some(tls) = map.0.get_mut("tls").and_then(Value::as_mapping_mut)
+            && tls.get("listen") == Some(&any)
+        {
+            tls.insert("listen".into(), super::dead_addr().await.to_string().into());
+        }
+        Gateway::start(Cfg(map).parse()).await
     }
 
-    /// Starts an in-process gateway on ephemeral ports.
+    /// Starts an in-process gateway on free ports.
     pub async fn start(&self) -> Gateway {
         self.try_start().await.expect("gateway starts")
     }

@@ -1,5 +1,8 @@
 //! Test fixtures: a typed config builder, counting backends, HTTP clients and a subprocess
-//! runner for the real binary. Everything binds `127.0.0.1:0`.
+//! runner for the real binary. Everything binds loopback. The gateways and backends tests
+//! start listen on ports below the kernel's ephemeral range ([`dead_addr`]), away from the
+//! ports rouse picks in that range for its process backends; clients and [`refusing_addr`]
+//! take ephemeral ones.
 //!
 //! The library items the suites use are imported here, and only here, and re-exported.
 
@@ -262,7 +265,7 @@ where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = TcpListener::bind(dead_addr().await).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
