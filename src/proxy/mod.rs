@@ -191,8 +191,9 @@ impl Proxy {
     }
 
     /// Routes one request: rouse's own answer, or the forwarding to a revision, which takes
-    /// `record` along (it goes with a proxied response's body, or comes back with rouse's
-    /// answer). `record`, if any, is filled in on the way.
+    /// `record` along (it goes with a proxied response's body, or the forwarding finishes it
+    /// with rouse's answer, which has no body to count when `head`). `record`, if any, is
+    /// filled in on the way.
     fn route<'a>(
         &'a self,
         mut req: Box<Outgoing>,

@@ -63,14 +63,7 @@ async fn access_log_writes_one_json_line_per_request_with_its_fields() {
     let missing = get(&c, gw.addr(), "nowhere.test", "/x", &[]).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     // A last request marks the end: three requests, three lines, in order.
-    let head = send(
-        &c,
-        Request::head(format!("http://{}/last", gw.addr()))
-            .header("host", "shop.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let head = head(&c, gw.addr(), "shop.test", "/last").await;
     assert_eq!(head.status, StatusCode::OK);
     let got = lines(&log, 3).await;
     let last: serde_json::Value = serde_json::from_str(&got[2]).unwrap();
@@ -125,14 +118,7 @@ async fn a_failed_forwarding_is_logged_with_the_answer_the_client_got() {
     assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.body);
     let code = got.header("rouse-error");
     assert!(!code.is_empty(), "rouse's answer names its error");
-    let head = send(
-        &c,
-        Request::head(format!("http://{}/down-head", gw.addr()))
-            .header("host", "x")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let head = head(&c, gw.addr(), "x", "/down-head").await;
     assert_eq!(head.status, StatusCode::BAD_GATEWAY);
     let lines = lines(&log, 2).await;
     assert_eq!(lines.len(), 2, "one line per request: {lines:#?}");

@@ -379,6 +379,17 @@ pub async fn get(
     send(client, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// `HEAD path` to `addr` with `Host: host`.
+pub async fn head(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Got {
+    let req = Request::head(format!("http://{addr}{path}")).header("host", host);
+    send(client, req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
 /// Sends a request and collects the response.
 pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
     collect(client.request(req).await.expect("request completes")).await
