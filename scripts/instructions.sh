@@ -13,9 +13,11 @@
 # file (the writer task included): what the access log costs. Run it with
 # TARGETS=gateway-accesslog.
 #
-# Target `gateway-1cpu` is the gateway on one CPU (`taskset -c 1`), where rouse runs tokio's
-# single-threaded runtime, as in `scripts/bench.sh` and in a pod limited to one CPU: the
-# multi-threaded scheduler's share of the count. Run it with TARGETS=gateway-1cpu.
+# Target `gateway-1cpu` is the gateway on one CPU (`taskset -c 1`), where rouse runs one
+# single-threaded runtime for everything, as in `scripts/bench.sh` and in a pod limited to one
+# CPU. Target `gateway-stealing` is the gateway on tokio's work-stealing runtime
+# (`--work-stealing`) instead of its worker threads. Run them with TARGETS=gateway-1cpu and
+# TARGETS=gateway-stealing.
 #
 # Target `gateway-1000hosts` is the gateway with 1,000 services shaped as the Knative ingress
 # makes them (two routes each: Knative's probe route and the path), the requests going to the
@@ -199,6 +201,11 @@ count() { # target n -> instructions
       port=$GW
       RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
+    gateway-stealing)
+      port=$GW
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" --work-stealing gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
       ;;
     gateway-accesslog)
       port=$GW

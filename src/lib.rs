@@ -7,7 +7,8 @@
 //! [`scale`] (the autoscaler and the scalers), [`discovery`] (where endpoints come from),
 //! [`knative`] (Knative's wire contracts), `kubernetes` (EndpointSlices, workload scaling and
 //! leader election, behind the `kubernetes` feature), [`config`], [`admin`], and the small shared pieces
-//! [`error`], [`metrics`], [`probe`] and [`clock`]. No module imports one that imports it back
+//! [`error`], [`metrics`], [`probe`], [`clock`] and [`workers`] (the threads that serve
+//! client connections). No module imports one that imports it back
 //! (a test checks). See `docs/architecture.md` for the map and the request flow.
 
 pub mod admin;
@@ -26,3 +27,4 @@ pub mod proxy;
 pub mod revision;
 pub mod roles;
 pub mod scale;
+pub mod workers;

@@ -22,6 +22,21 @@ struct Cli {
     /// or `json` (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROUSE_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Threads that serve client connections, each with a runtime of its own; a connection,
+    /// its requests and their upstream connections stay on the thread that took it. Default:
+    /// one per CPU available to the process. With 1, one thread runs everything.
+    #[arg(long, global = true, value_name = "N", env = "ROUSE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+    /// Serve on tokio's work-stealing runtime instead, whose threads share all tasks: one
+    /// connection's HTTP/2 streams can then use every CPU. For loads that arrive over a few
+    /// HTTP/2 connections; the per-thread workers cost less per request.
+    #[arg(
+        long,
+        global = true,
+        env = "ROUSE_WORK_STEALING",
+        conflicts_with = "workers"
+    )]
+    work_stealing: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,7 +153,11 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = cli.log_format;
+    let process = Process {
+        log: cli.log_format,
+        workers: cli.workers,
+        work_stealing: cli.work_stealing,
+    };
     match cli.command {
         Command::Validate { config } => {
             let Some(config) = config.path() else {
@@ -156,14 +175,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            serve(log, "rouse sidecar", sidecar(settings))
+            serve(process, "rouse sidecar", sidecar(settings))
         }
         Command::Gateway {
             config,
             listen,
             admin,
         } => serve(
-            log,
+            process,
             "rouse",
             gateway(config.path(), Overrides { listen, admin }),
         ),
@@ -180,7 +199,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            serve(log, "rouse activator", activator(cfg, quiet))
+            serve(process, "rouse activator", activator(cfg, quiet))
         }
         #[cfg(feature = "kubernetes")]
         Command::Inject {
@@ -324,11 +343,18 @@ fn inject(file: &std::path::Path, opts: &rouse::kubernetes::inject::Options) -> 
     }
 }
 
+/// How the process runs a role: its log format and its threads.
+struct Process {
+    log: LogFormat,
+    workers: Option<u16>,
+    work_stealing: bool,
+}
+
 /// Runs a role until it stops: logging, the open-file limit, the runtime, and the exit status.
-fn serve(log: LogFormat, label: &str, role: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    init_logging(log);
+fn serve(p: Process, label: &str, role: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging(p.log);
     raise_fd_limit();
-    match runtime().and_then(|rt| rt.block_on(role)) {
+    match runtime(&p).and_then(|rt| rt.block_on(role)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{label}: {e:#}");
@@ -352,16 +378,31 @@ fn raise_fd_limit() {
     }
 }
 
-/// One CPU available (a pinned sidecar, a 1-CPU container): a single-threaded runtime, which
-/// skips the work-stealing scheduler's cross-thread bookkeeping; otherwise one worker per CPU.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut b = if cpus == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+/// The role's runtime. One worker (one CPU available, as for a pinned sidecar or a 1-CPU
+/// container, or `--workers 1`): a single-threaded runtime that does everything. More: the
+/// role's control work on a single-threaded runtime here, and the client connections on that
+/// many worker threads ([`rouse::workers`]), installed before the role makes its listeners.
+/// `--work-stealing`: tokio's shared scheduler, one thread per CPU.
+fn runtime(p: &Process) -> anyhow::Result<tokio::runtime::Runtime> {
+    if p.work_stealing {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime");
+    }
+    let n = match p.workers {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    b.enable_all()
+    if n > 1 {
+        let workers =
+            rouse::workers::Workers::start(n).context("cannot start the worker threads")?;
+        if rouse::workers::install(workers).is_err() {
+            anyhow::bail!("worker threads were started twice");
+        }
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .context("cannot start the async runtime")
 }

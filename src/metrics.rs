@@ -488,6 +488,19 @@ impl Collector for ConnectionGauges {
         for (listener, c) in &self.0 {
             ConstCounter::new(c.waits()).encode(e.encode_family(&[("listener", *listener)])?)?;
         }
+        if let Some(workers) = crate::workers::installed() {
+            let mut e = encoder.encode_descriptor(
+                "rouse_worker_connections",
+                "Client connections open on a worker thread (--workers), all listeners together",
+                None,
+                gauge.metric_type(),
+            )?;
+            for (i, open) in workers.open().into_iter().enumerate() {
+                let v = i64::try_from(open).unwrap_or(i64::MAX);
+                let worker = i.to_string();
+                ConstGauge::new(v).encode(e.encode_family(&[("worker", worker.as_str())])?)?;
+            }
+        }
         Ok(())
     }
 }

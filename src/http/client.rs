@@ -145,7 +145,10 @@ async fn reap(set: Weak<IdleSet>) {
 /// Connections to one endpoint.
 pub struct Pool {
     settings: PoolSettings,
-    idle: Arc<IdleSet>,
+    /// One set per worker thread ([`crate::workers`]): a connection is registered with the
+    /// poller of the worker that opened it, and taken again only there, so its readiness
+    /// never has to cross threads. One set when there are no workers.
+    idle: Box<[Arc<IdleSet>]>,
     h2: Mutex<Option<http2::SendRequest<OutBody>>>,
     /// Single-flight gate for opening the h2 connection, so a burst of first requests shares
     /// one connection instead of each opening its own. Taken only when no usable connection
@@ -216,13 +219,16 @@ pub enum ConnectError {
 impl Pool {
     /// An empty pool.
     pub fn new(settings: PoolSettings) -> Pool {
-        Pool {
-            idle: Arc::new(IdleSet {
+        let set = || {
+            Arc::new(IdleSet {
                 conns: Mutex::default(),
                 reaping: AtomicBool::new(false),
                 max_idle: settings.max_idle,
                 idle_timeout: settings.idle_timeout,
-            }),
+            })
+        };
+        Pool {
+            idle: (0..crate::workers::count()).map(|_| set()).collect(),
             settings,
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -234,7 +240,7 @@ impl Pool {
     /// one idle for less than [`RISKY_IDLE`] (the others stay pooled for requests that can be
     /// replayed).
     fn take_idle(&self, recent_only: bool) -> Option<(Box<Conn>, Duration)> {
-        let mut idle = self.idle.lock();
+        let mut idle = self.here().lock();
         let now = Instant::now();
         while let Some(c) = idle.last() {
             let idle_for = now.saturating_duration_since(c.since);
@@ -251,9 +257,14 @@ impl Pool {
         None
     }
 
+    /// This thread's idle set.
+    fn here(&self) -> &Arc<IdleSet> {
+        &self.idle[crate::workers::index() % self.idle.len()]
+    }
+
     /// Number of idle HTTP/1.1 connections (for tests and metrics).
     pub fn idle_len(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.iter().map(|s| s.lock().len()).sum()
     }
 
     async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
@@ -358,7 +369,7 @@ impl Pool {
                         }
                     }
                 };
-                let home: Arc<dyn Home> = self.idle.clone();
+                let home: Arc<dyn Home> = self.here().clone();
                 match upstream::exchange(conn, req, home).await {
                     Ok(res) => return Ok(res.map(UpBody::Left)),
                     Err(Failed {

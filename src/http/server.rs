@@ -6,6 +6,7 @@ use crate::http::body::{BoxError, Cut};
 use crate::http::downstream::{self, Refusal, RequestBody, stopped};
 use crate::http::headers::ClientAddr;
 use crate::http::upstream::Outgoing;
+use crate::workers::Workers;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -117,6 +118,9 @@ impl Default for ServerSettings {
 /// the limit held new ones back. Shared with whoever reports them.
 #[derive(Debug)]
 pub struct Connections {
+    /// Where the connections run: on the worker threads, if the process has them
+    /// ([`crate::workers`]); otherwise on the runtime that serves the listener.
+    workers: Option<Arc<Workers>>,
     limit: usize,
     permits: Arc<Semaphore>,
     waits: AtomicU64,
@@ -125,10 +129,21 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// At most `limit` connections open at once (at least 1).
+    /// At most `limit` connections open at once (at least 1), run on the process's workers if
+    /// it has them.
     pub fn new(limit: usize) -> Arc<Connections> {
+        Connections::build(limit, crate::workers::installed().cloned())
+    }
+
+    /// At most `limit` connections open at once, run on `workers`.
+    pub fn on(limit: usize, workers: Arc<Workers>) -> Arc<Connections> {
+        Connections::build(limit, Some(workers))
+    }
+
+    fn build(limit: usize, workers: Option<Arc<Workers>>) -> Arc<Connections> {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Connections {
+            workers,
             limit,
             permits: Arc::new(Semaphore::new(limit)),
             waits: AtomicU64::new(0),
@@ -496,6 +511,55 @@ impl Protocols {
     }
 }
 
+/// An accepted client connection and what serving it takes.
+struct Accepted<H> {
+    protocols: Arc<Protocols>,
+    handler: Arc<H>,
+    peer: SocketAddr,
+    secure: bool,
+    internal: bool,
+    stop: watch::Receiver<bool>,
+    tls: Option<TlsListener>,
+    /// Its place under the listener's connection limit.
+    permit: OwnedSemaphorePermit,
+}
+
+impl<H: Handler> Accepted<H> {
+    /// Serves the connection to its end, on the runtime that polls this.
+    async fn serve(self, stream: TcpStream) {
+        let Accepted {
+            protocols: p,
+            handler: h,
+            peer,
+            secure,
+            internal,
+            stop,
+            tls,
+            permit,
+        } = self;
+        // Held for the connection's life: its place under the limit. A WebSocket (or any
+        // upgrade) taken over from it is still this client's connection, so the place is
+        // kept until its tunnel ends too.
+        let _permit = permit;
+        let cut = Cut::default();
+        let conn = ConnInfo {
+            peer,
+            client: Arc::new(ClientAddr::new(peer.ip())),
+            secure,
+            internal,
+            cut: cut.clone(),
+        };
+        match tls {
+            None => p.serve_tcp(stream, h, conn, stop).await,
+            // The handshake runs here, not in the accept loop, so a slow client cannot hold
+            // up others. Boxed, so that the TLS session's state is not part of every plain
+            // connection's task.
+            Some(t) => Box::pin(p.serve_tls(stream, t, h, conn, stop)).await,
+        }
+        cut.tunnels_closed().await;
+    }
+}
+
 /// Serves `listener` until `stop` turns true, then stops accepting, asks every connection to
 /// finish its current exchange (HTTP/1.1: close after the response; HTTP/2: GOAWAY), and waits
 /// for them up to `drain`. Returns the number of connections still open when it gave up.
@@ -552,30 +616,32 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let cut = Cut::default();
-                let conn = ConnInfo {
+                let conn = Accepted {
+                    protocols: protocols.clone(),
+                    handler: handler.clone(),
                     peer,
-                    client: Arc::new(ClientAddr::new(peer.ip())),
                     secure: tls.is_some(),
                     internal: settings.internal,
-                    cut: cut.clone(),
+                    stop: stop.clone(),
+                    tls: tls.clone(),
+                    permit,
                 };
-                let (p, stop, tls, h) = (protocols.clone(), stop.clone(), tls.clone(), handler.clone());
-                connections.spawn(async move {
-                    // Held for the connection's life: its place under the limit. A WebSocket
-                    // (or any upgrade) taken over from it is still this client's connection,
-                    // so the place is kept until its tunnel ends too.
-                    let _permit = permit;
-                    let held = cut.clone();
-                    match tls {
-                        None => p.serve_tcp(stream, h, conn, stop).await,
-                        // The handshake runs here, not in the accept loop, so a slow client
-                        // cannot hold up others. Boxed, so that the TLS session's state is not
-                        // part of every plain connection's task.
-                        Some(t) => Box::pin(p.serve_tls(stream, t, h, conn, stop)).await,
+                match &conns.workers {
+                    None => {
+                        connections.spawn(conn.serve(stream));
                     }
-                    held.tunnels_closed().await;
-                });
+                    // Taken off this runtime's poller and put on the worker's, where the
+                    // connection stays.
+                    Some(workers) => match stream.into_std() {
+                        Ok(stream) => workers.spawn(connections.track_future(async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => conn.serve(stream).await,
+                                Err(e) => debug!(%peer, error = %e, "cannot move the connection to a worker"),
+                            }
+                        })),
+                        Err(e) => debug!(%peer, error = %e, "cannot move the connection to a worker"),
+                    },
+                }
             }
         }
     }

@@ -23,3 +23,4 @@ mod timeouts;
 mod tls;
 mod upstream;
 mod websocket;
+mod workers;

@@ -1,0 +1,251 @@
+//! Worker threads: a single-threaded runtime per CPU, each serving the client connections the
+//! listeners hand it.
+//!
+//! tokio's default scheduler shares every task among its threads (work stealing): a request's
+//! task may run on one thread while its sockets' readiness arrives on another, and each wakeup
+//! pays for the queues and atomics that sharing needs. The workers here share nothing but the
+//! proxy's state: a client connection stays on the worker that took it, with its requests,
+//! their upstream exchanges and the pooled upstream connections they use (one pool shard per
+//! worker, [`index`]), as nginx and HAProxy keep a connection on one worker. The listeners
+//! hand each new connection to the worker with the fewest open; control work (configuration,
+//! scaling, discovery, admin) stays on the runtime the role runs on.
+//!
+//! The price: one connection never uses more than one CPU, which matters to an HTTP/2 client
+//! that sends everything over one connection. `--work-stealing` keeps tokio's shared
+//! scheduler for such loads.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+thread_local! {
+    /// This thread's worker number; 0 on any other thread.
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The process's workers, once [`install`]ed.
+static INSTALLED: OnceLock<Arc<Workers>> = OnceLock::new();
+
+/// This thread's worker number (0 on a thread that is not a worker), for state kept per worker.
+pub fn index() -> usize {
+    INDEX.get()
+}
+
+/// How many workers serve connections: 1 when none are installed (one runtime does it all).
+pub fn count() -> usize {
+    INSTALLED.get().map_or(1, |w| w.len())
+}
+
+/// The process's workers, if any are installed.
+pub fn installed() -> Option<&'static Arc<Workers>> {
+    INSTALLED.get()
+}
+
+/// Makes `workers` the process's: the listeners made from now on hand their connections to
+/// them. Once per process; a second call is refused and returns what it was given.
+pub fn install(workers: Arc<Workers>) -> Result<(), Arc<Workers>> {
+    INSTALLED.set(workers)
+}
+
+/// One worker: its runtime, and the client connections open on it.
+struct Worker {
+    handle: Handle,
+    open: Arc<AtomicUsize>,
+}
+
+/// A set of worker threads, each with a single-threaded runtime. Dropping it stops them and
+/// drops the tasks still on them.
+pub struct Workers {
+    workers: Box<[Worker]>,
+    /// Each thread's stop, and the thread.
+    threads: Mutex<Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("open", &self.open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// Starts `n` workers (at least 1), named `rouse-worker-0` and on.
+    pub fn start(n: usize) -> std::io::Result<Arc<Workers>> {
+        let mut workers = Vec::with_capacity(n.max(1));
+        let mut threads = Vec::with_capacity(n.max(1));
+        for i in 0..n.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            workers.push(Worker {
+                handle: rt.handle().clone(),
+                open: Arc::default(),
+            });
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("rouse-worker-{i}"))
+                .spawn(move || {
+                    INDEX.set(i);
+                    // Until told to stop (or the set is dropped): the runtime drives its
+                    // connections' sockets and timers while it waits here.
+                    let _ = rt.block_on(stopped);
+                })?;
+            threads.push((stop, thread));
+        }
+        Ok(Arc::new(Workers {
+            workers: workers.into_boxed_slice(),
+            threads: Mutex::new(threads),
+        }))
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Never: a set has at least one worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Client connections open on each worker, in worker order.
+    pub fn open(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.open.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Runs one client connection, `conn`, on the worker with the fewest open (the first of
+    /// them on a tie), counted there until it ends.
+    pub fn spawn<F>(&self, conn: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let w = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+            .expect("a set has at least one worker");
+        // Counted from here, not from when the worker first polls it: the next connection,
+        // accepted before that, must see this one.
+        let open = Open::new(&w.open);
+        w.handle.spawn(async move {
+            let _open = open;
+            conn.await;
+        });
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let threads = std::mem::take(self.threads.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let mut running = Vec::with_capacity(threads.len());
+        for (stop, thread) in threads {
+            let _ = stop.send(());
+            running.push(thread);
+        }
+        // A worker's runtime drops its tasks as its thread ends; not waited for from inside a
+        // runtime, where blocking would stall that runtime's other tasks.
+        if Handle::try_current().is_err() {
+            for thread in running {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// One open connection counted on its worker, until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each connection goes to the worker with the fewest open, counted from the moment it is
+    /// handed over until its future ends, and runs on that worker's thread.
+    #[test]
+    fn connections_go_to_the_least_busy_worker_and_are_counted_until_they_end() {
+        let workers = Workers::start(2).unwrap();
+        assert_eq!(workers.len(), 2);
+        let (ran, threads) = std::sync::mpsc::channel();
+        let mut ends = Vec::new();
+        for _ in 0..3 {
+            let (end, ended) = oneshot::channel::<()>();
+            ends.push(end);
+            let ran = ran.clone();
+            workers.spawn(async move {
+                let me = std::thread::current().name().map(str::to_owned);
+                ran.send((me, index())).unwrap();
+                let _ = ended.await;
+            });
+        }
+        assert_eq!(workers.open(), [2, 1]);
+        let mut seen: Vec<_> = (0..3).map(|_| threads.recv().unwrap()).collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (Some("rouse-worker-0".to_owned()), 0),
+                (Some("rouse-worker-0".to_owned()), 0),
+                (Some("rouse-worker-1".to_owned()), 1),
+            ]
+        );
+        // The first connection (on worker 0) ends: the next goes to worker 0 again, the one
+        // with the fewest open now that both have one.
+        ends.remove(0).send(()).unwrap();
+        for _ in 0..5000 {
+            if workers.open() == [1, 1] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(workers.open(), [1, 1]);
+        let (end, ended) = oneshot::channel::<()>();
+        workers.spawn(async move {
+            let _ = ended.await;
+        });
+        assert_eq!(workers.open(), [2, 1]);
+        drop(end);
+        drop(ends);
+    }
+
+    /// Dropping the set stops its threads, and the connections still on them are dropped
+    /// (and uncounted) with their runtimes.
+    #[test]
+    fn dropping_the_set_stops_its_threads() {
+        let workers = Workers::start(2).unwrap();
+        let counts: Vec<_> = workers.workers.iter().map(|w| w.open.clone()).collect();
+        let (_end, ended) = oneshot::channel::<()>();
+        workers.spawn(async move {
+            let _ = ended.await;
+        });
+        assert_eq!(workers.open(), [1, 0]);
+        drop(workers);
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn off_the_workers_the_index_is_zero_and_one_runtime_counts_as_one() {
+        assert_eq!(index(), 0);
+        // No test installs workers: the process's count is one.
+        assert_eq!(count(), 1);
+        assert!(installed().is_none());
+    }
+}
