@@ -281,7 +281,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    h1::maps::release(std::mem::replace(request.headers_mut(), headers));
     Ok(Some(Parsed {
         request,
         keep_alive: match version {
@@ -766,13 +766,15 @@ fn encode_head(
 ) -> Out {
     // A switch keeps its `Connection: upgrade`; it ends the exchange in any case.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && asked.upgrade.is_some();
-    let none = HeaderMap::new();
+    // Made only when needed: even an empty map costs its drop.
+    let none;
     let (status, headers, verbatim, body_len) = match status.is_informational() && !switching {
         // A final answer cannot be `1xx` (another `1xx` would be read as the final answer's
         // forerunner, and a `101` nobody asked for as a switch): it becomes an empty `500`, and
         // the connection closes, as hyper's server does.
         true => {
             *close = true;
+            none = HeaderMap::new();
             (StatusCode::INTERNAL_SERVER_ERROR, &none, None, Some(0))
         }
         false => (status, headers, verbatim, body_len),
@@ -1300,6 +1302,7 @@ pub async fn serve<C, F, B>(
         // Its lines are a slice of the upstream read buffer, which they would keep shared
         // while the body streams.
         drop(verbatim);
+        h1::maps::release(parts.headers);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(tx) = asked.upgrade.take()
         {

@@ -50,10 +50,21 @@ pub mod maps {
     /// Keeps `map`, emptied, for another request.
     pub fn put(mut map: HeaderMap) {
         if map.capacity() == 0 || map.capacity() > LARGEST {
-            return;
+            return release(map);
         }
         map.clear();
         KEPT_MAPS.with(|kept| kept.put(map));
+    }
+
+    /// Lets go of `map`. A map without room (`HeaderMap::new()`, which `Request::new` and
+    /// `Response::new` put in place before the real map replaces it) has nothing allocated:
+    /// no table, entries or extra values, since the first insert is what allocates them. It
+    /// is forgotten rather than dropped, as its drop still walks all three: about 60
+    /// instructions, five times a request. Any other map is dropped.
+    pub fn release(map: HeaderMap) {
+        if map.capacity() == 0 {
+            std::mem::forget(map);
+        }
     }
 }
 
@@ -511,6 +522,45 @@ mod tests {
         maps::put(HeaderMap::with_capacity(100));
         maps::put(HeaderMap::new());
         assert_eq!(maps::kept(), before);
+    }
+
+    /// A released map that holds anything, or has room for anything, is dropped: its values
+    /// go (their owner sees it), and nothing it owns is forgotten. Only a map without room,
+    /// which owns nothing, is not dropped.
+    #[test]
+    fn only_a_map_without_room_is_let_go_undropped() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Owner(Arc<AtomicUsize>, Vec<u8>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                &self.1
+            }
+        }
+        impl Drop for Owner {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let value = || {
+            let bytes = bytes::Bytes::from_owner(Owner(dropped.clone(), b"v".to_vec()));
+            HeaderValue::from_maybe_shared(bytes).unwrap()
+        };
+        let mut map = HeaderMap::new();
+        map.insert(http::header::HOST, value());
+        map.append(http::header::HOST, value());
+        maps::release(map);
+        assert_eq!(dropped.load(Ordering::SeqCst), 2, "both values dropped");
+        // Emptied, it keeps its room: still dropped (its table and entries freed).
+        let mut map = HeaderMap::new();
+        map.insert(http::header::HOST, value());
+        map.clear();
+        assert_eq!(dropped.load(Ordering::SeqCst), 3);
+        assert!(map.capacity() > 0);
+        maps::release(map);
+        assert_eq!(HeaderMap::<HeaderValue>::new().capacity(), 0);
+        maps::release(HeaderMap::new());
     }
 
     #[test]

@@ -936,8 +936,9 @@ pub fn exchange(
             }
         };
         // The request is done with: its header map is kept for the next head read on this
-        // thread.
-        h1::maps::put(std::mem::take(req.headers_mut()));
+        // thread, moved out rather than taken, which would leave an empty map to drop.
+        let Outgoing { req, .. } = *req;
+        h1::maps::put(req.into_parts().0.headers);
         // A request body the backend stopped taking leaves the connection unfit for reuse (one
         // still being sent is judged when the response ends).
         let broken = sending.has_body() && pump.is_none();
@@ -968,7 +969,7 @@ pub fn exchange(
         let mut res = Response::new(out);
         *res.status_mut() = head.status;
         *res.version_mut() = head.version;
-        *res.headers_mut() = head.headers;
+        h1::maps::release(std::mem::replace(res.headers_mut(), head.headers));
         Ok(res)
     }
 }
