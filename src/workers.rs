@@ -4,11 +4,12 @@
 //! tokio's default scheduler shares every task among its threads (work stealing): a request's
 //! task may run on one thread while its sockets' readiness arrives on another, and each wakeup
 //! pays for the queues and atomics that sharing needs. The workers here share nothing but the
-//! proxy's state: a client connection stays on the worker that took it, with its requests,
-//! their upstream exchanges and the pooled upstream connections they use (one pool shard per
-//! worker, [`index`]), as nginx and HAProxy keep a connection on one worker. The listeners
-//! hand each new connection to the worker with the fewest open; control work (configuration,
-//! scaling, discovery, admin) stays on the runtime the role runs on.
+//! proxy's state: a client connection stays on the worker it was handed to, with its requests
+//! and their upstream exchanges, and the upstream connections a worker opens go back to its
+//! own idle set (found by [`index`]), as nginx and HAProxy keep a connection on one worker.
+//! The listeners accept on a thread of their own and hand each new connection to the worker
+//! with the fewest open; control work (configuration, scaling, discovery, admin) stays on the
+//! runtime the role runs on.
 //!
 //! The price: one connection never uses more than one CPU, which matters to an HTTP/2 client
 //! that sends everything over one connection. `--work-stealing` keeps tokio's shared
@@ -21,21 +22,17 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 thread_local! {
-    /// This thread's worker number; 0 on any other thread.
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// This thread's worker number; none on any other thread.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The process's workers, once [`install`]ed.
 static INSTALLED: OnceLock<Arc<Workers>> = OnceLock::new();
 
-/// This thread's worker number (0 on a thread that is not a worker), for state kept per worker.
-pub fn index() -> usize {
+/// This thread's worker number (none on a thread that is not a worker), for state kept per
+/// worker.
+pub fn index() -> Option<usize> {
     INDEX.get()
-}
-
-/// How many workers serve connections: 1 when none are installed (one runtime does it all).
-pub fn count() -> usize {
-    INSTALLED.get().map_or(1, |w| w.len())
 }
 
 /// The process's workers, if any are installed.
@@ -49,6 +46,9 @@ pub fn install(workers: Arc<Workers>) -> Result<(), Arc<Workers>> {
     INSTALLED.set(workers)
 }
 
+/// A thread of the set: what tells it to stop, and the thread.
+type Running = (oneshot::Sender<()>, std::thread::JoinHandle<()>);
+
 /// One worker: its runtime, and the client connections open on it.
 struct Worker {
     handle: Handle,
@@ -59,8 +59,12 @@ struct Worker {
 /// drops the tasks still on them.
 pub struct Workers {
     workers: Box<[Worker]>,
+    /// The listeners' accept loops run here: not on a worker, where they would wait behind
+    /// its requests, nor on the role's runtime, where they would wait behind a reload or a
+    /// burst of Kubernetes events.
+    acceptor: Handle,
     /// Each thread's stop, and the thread.
-    threads: Mutex<Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>>,
+    threads: Mutex<Vec<Running>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -72,33 +76,35 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// Starts `n` workers (at least 1), named `rouse-worker-0` and on.
+    /// Starts `n` workers (at least 1), named `rouse-worker-0` and on, and the thread that
+    /// accepts for them, `rouse-accept`.
     pub fn start(n: usize) -> std::io::Result<Arc<Workers>> {
         let mut workers = Vec::with_capacity(n.max(1));
-        let mut threads = Vec::with_capacity(n.max(1));
+        let mut threads = Vec::with_capacity(n.max(1) + 1);
         for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let (handle, thread) = runtime_thread(format!("rouse-worker-{i}"), Some(i))?;
             workers.push(Worker {
-                handle: rt.handle().clone(),
+                handle,
                 open: Arc::default(),
             });
-            let (stop, stopped) = oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name(format!("rouse-worker-{i}"))
-                .spawn(move || {
-                    INDEX.set(i);
-                    // Until told to stop (or the set is dropped): the runtime drives its
-                    // connections' sockets and timers while it waits here.
-                    let _ = rt.block_on(stopped);
-                })?;
-            threads.push((stop, thread));
+            threads.push(thread);
         }
+        let (acceptor, thread) = runtime_thread("rouse-accept".to_owned(), None)?;
+        threads.push(thread);
         Ok(Arc::new(Workers {
             workers: workers.into_boxed_slice(),
+            acceptor,
             threads: Mutex::new(threads),
         }))
+    }
+
+    /// Runs a listener's accept loop, `accept`, on the accepting thread.
+    pub fn accept<F>(&self, accept: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.acceptor.spawn(accept)
     }
 
     /// How many workers there are.
@@ -158,6 +164,23 @@ impl Drop for Workers {
     }
 }
 
+/// A thread named `name` running a single-threaded runtime until told to stop; `index` is
+/// its worker number, if it is a worker.
+fn runtime_thread(name: String, index: Option<usize>) -> std::io::Result<(Handle, Running)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        INDEX.set(index);
+        // Until told to stop (or the set is dropped): the runtime drives its tasks' sockets
+        // and timers while it waits here.
+        let _ = rt.block_on(stopped);
+    })?;
+    Ok((handle, (stop, thread)))
+}
+
 /// One open connection counted on its worker, until dropped.
 struct Open(Arc<AtomicUsize>);
 
@@ -202,9 +225,9 @@ mod tests {
         assert_eq!(
             seen,
             [
-                (Some("rouse-worker-0".to_owned()), 0),
-                (Some("rouse-worker-0".to_owned()), 0),
-                (Some("rouse-worker-1".to_owned()), 1),
+                (Some("rouse-worker-0".to_owned()), Some(0)),
+                (Some("rouse-worker-0".to_owned()), Some(0)),
+                (Some("rouse-worker-1".to_owned()), Some(1)),
             ]
         );
         // The first connection (on worker 0) ends: the next goes to worker 0 again, the one
@@ -242,10 +265,9 @@ mod tests {
     }
 
     #[test]
-    fn off_the_workers_the_index_is_zero_and_one_runtime_counts_as_one() {
-        assert_eq!(index(), 0);
-        // No test installs workers: the process's count is one.
-        assert_eq!(count(), 1);
+    fn off_the_workers_there_is_no_index() {
+        assert_eq!(index(), None);
+        // No test installs workers.
         assert!(installed().is_none());
     }
 }

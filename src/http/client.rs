@@ -142,12 +142,33 @@ async fn reap(set: Weak<IdleSet>) {
     }
 }
 
+/// The most recently used idle connection of `set` that is still open, and how long it was
+/// idle (see [`Pool::take_idle`]); expired and closed ones on top of it are dropped.
+fn take_from(set: &IdleSet, recent_only: bool) -> Option<(Box<Conn>, Duration)> {
+    let mut idle = set.lock();
+    let now = Instant::now();
+    while let Some(c) = idle.last() {
+        let idle_for = now.saturating_duration_since(c.since);
+        if c.expires > now && !c.sender.is_closed() {
+            if recent_only && idle_for >= RISKY_IDLE {
+                // The top of the stack is the most recently used: the rest are older.
+                return None;
+            }
+            let c = idle.pop()?;
+            return Some((c.sender, idle_for));
+        }
+        idle.pop();
+    }
+    None
+}
+
 /// Connections to one endpoint.
 pub struct Pool {
     settings: PoolSettings,
-    /// One set per worker thread ([`crate::workers`]): a connection is registered with the
-    /// poller of the worker that opened it, and taken again only there, so its readiness
-    /// never has to cross threads. One set when there are no workers.
+    /// One set per worker thread ([`crate::workers`]) and one for any other thread: a
+    /// connection is registered with the poller of the worker that opened it and goes back to
+    /// that worker's set, which that worker takes from first, so its readiness seldom has to
+    /// cross threads. One set when there are no workers.
     idle: Box<[Arc<IdleSet>]>,
     h2: Mutex<Option<http2::SendRequest<OutBody>>>,
     /// Single-flight gate for opening the h2 connection, so a burst of first requests shares
@@ -228,38 +249,34 @@ impl Pool {
             })
         };
         Pool {
-            idle: (0..crate::workers::count()).map(|_| set()).collect(),
+            idle: (0..crate::workers::installed().map_or(1, |w| w.len() + 1))
+                .map(|_| set())
+                .collect(),
             settings,
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The warmest idle connection that has not expired, and how long it was idle.
-    /// The most recently used idle connection that is still open; with `recent_only`, only
-    /// one idle for less than [`RISKY_IDLE`] (the others stay pooled for requests that can be
-    /// replayed).
-    fn take_idle(&self, recent_only: bool) -> Option<(Box<Conn>, Duration)> {
-        let mut idle = self.here().lock();
-        let now = Instant::now();
-        while let Some(c) = idle.last() {
-            let idle_for = now.saturating_duration_since(c.since);
-            if c.expires > now && !c.sender.is_closed() {
-                if recent_only && idle_for >= RISKY_IDLE {
-                    // The top of the stack is the most recently used: the rest are older.
-                    return None;
-                }
-                let c = idle.pop()?;
-                return Some((c.sender, idle_for));
-            }
-            idle.pop();
-        }
-        None
+    /// The most recently used idle connection that is still open, how long it was idle, and
+    /// the set it came from (where it goes back); with `recent_only`, only one idle for less
+    /// than [`RISKY_IDLE`] (the others stay pooled for requests that can be replayed).
+    ///
+    /// This thread's own set first; only when it has none, another's, rather than open a
+    /// connection more: a backend that serves one connection at a time must get its idle one
+    /// back whichever worker the next request came in on.
+    fn take_idle(&self, recent_only: bool) -> Option<(Box<Conn>, Duration, &Arc<IdleSet>)> {
+        let here = self.slot();
+        let sets = self.idle.len();
+        (0..sets).find_map(|k| {
+            let set = &self.idle[(here + k) % sets];
+            take_from(set, recent_only).map(|(c, idle_for)| (c, idle_for, set))
+        })
     }
 
-    /// This thread's idle set.
-    fn here(&self) -> &Arc<IdleSet> {
-        &self.idle[crate::workers::index() % self.idle.len()]
+    /// The index of this thread's idle set: one per worker, and one for any other thread.
+    fn slot(&self) -> usize {
+        crate::workers::index().map_or(0, |i| (i + 1) % self.idle.len())
     }
 
     /// Number of idle HTTP/1.1 connections (for tests and metrics).
@@ -357,19 +374,20 @@ impl Pool {
                 } else {
                     self.take_idle(!replayable_kind)
                 };
-                let (conn, risky) = match pooled {
-                    Some((c, idle_for)) => (c, idle_for >= RISKY_IDLE),
+                let (conn, risky, home) = match pooled {
+                    Some((c, idle_for, set)) => (c, idle_for >= RISKY_IDLE, set),
                     None => {
                         fresh = true;
                         // Boxed: a connect is rare on a kept-alive pool, and its future (over
                         // 1 KB, for TLS) would otherwise make every request's larger.
                         match Box::pin(self.connect_h1(addr)).await {
-                            Ok(c) => (c, false),
+                            // Home to this thread's set, whose poller it is registered with.
+                            Ok(c) => (c, false, &self.idle[self.slot()]),
                             Err(error) => return Err(SendError::Connect { req, error }),
                         }
                     }
                 };
-                let home: Arc<dyn Home> = self.here().clone();
+                let home: Arc<dyn Home> = home.clone();
                 match upstream::exchange(conn, req, home).await {
                     Ok(res) => return Ok(res.map(UpBody::Left)),
                     Err(Failed {

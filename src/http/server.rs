@@ -571,81 +571,37 @@ pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     settings: ServerSettings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     drain: Duration,
     tls: Option<TlsListener>,
     conns: Arc<Connections>,
 ) -> usize {
-    let protocols = Arc::new(Protocols::new(settings));
     let connections = TaskTracker::new();
-    loop {
-        let permit = match conns.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let waits = conns.waits.fetch_add(1, Ordering::Relaxed) + 1;
-                // Once a second at most: a listener at its limit waits at every accept.
-                let second = crate::clock::now_ms() / 1000;
-                if conns.warned.swap(second, Ordering::Relaxed) != second {
-                    warn!(
-                        limit = conns.limit,
-                        waits,
-                        "client connection limit reached (limits.max_connections); new connections wait until one closes"
-                    );
-                }
-                tokio::select! {
-                    biased;
-                    () = stopped(&mut stop) => break,
-                    p = conns.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                }
-            }
-        };
-        tokio::select! {
-            biased;
-            () = stopped(&mut stop) => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Typically EMFILE: back off briefly instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
+    let accepting = Accepting {
+        handler,
+        settings,
+        stop,
+        tls,
+        conns: conns.clone(),
+        connections: connections.clone(),
+    };
+    match &conns.workers {
+        None => accepting.run(listener).await,
+        // On the workers' accepting thread, its socket moved to that thread's poller.
+        Some(workers) => match listener.into_std() {
+            Ok(listener) => {
+                let accept = workers.accept(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accepting.run(listener).await,
+                        Err(e) => warn!(error = %e, "cannot accept on the accepting thread"),
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = Accepted {
-                    protocols: protocols.clone(),
-                    handler: handler.clone(),
-                    peer,
-                    secure: tls.is_some(),
-                    internal: settings.internal,
-                    stop: stop.clone(),
-                    tls: tls.clone(),
-                    permit,
-                };
-                match &conns.workers {
-                    None => {
-                        connections.spawn(conn.serve(stream));
-                    }
-                    // Taken off this runtime's poller and put on the worker's, where the
-                    // connection stays.
-                    Some(workers) => match stream.into_std() {
-                        Ok(stream) => workers.spawn(connections.track_future(async move {
-                            match TcpStream::from_std(stream) {
-                                Ok(stream) => conn.serve(stream).await,
-                                Err(e) => debug!(%peer, error = %e, "cannot move the connection to a worker"),
-                            }
-                        })),
-                        Err(e) => debug!(%peer, error = %e, "cannot move the connection to a worker"),
-                    },
-                }
+                });
+                // Only a panic in the loop fails this; the listener is gone either way.
+                let _ = accept.await;
             }
-        }
+            Err(e) => warn!(error = %e, "cannot accept on the accepting thread"),
+        },
     }
-    drop(listener);
     connections.close();
     if tokio::time::timeout(drain, connections.wait())
         .await
@@ -656,4 +612,97 @@ pub async fn serve<H: Handler>(
     let open = connections.len();
     warn!(open, "drain timeout reached with connections still open");
     open
+}
+
+/// A listener's accept loop and what it hands each connection.
+struct Accepting<H> {
+    handler: Arc<H>,
+    settings: ServerSettings,
+    stop: watch::Receiver<bool>,
+    tls: Option<TlsListener>,
+    conns: Arc<Connections>,
+    /// Every connection accepted, for the drain to wait for.
+    connections: TaskTracker,
+}
+
+impl<H: Handler> Accepting<H> {
+    /// Accepts until `stop` turns true, then closes the listener.
+    async fn run(self, listener: TcpListener) {
+        let Accepting {
+            handler,
+            settings,
+            mut stop,
+            tls,
+            conns,
+            connections,
+        } = self;
+        let protocols = Arc::new(Protocols::new(settings));
+        loop {
+            let permit = match conns.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let waits = conns.waits.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Once a second at most: a listener at its limit waits at every accept.
+                    let second = crate::clock::now_ms() / 1000;
+                    if conns.warned.swap(second, Ordering::Relaxed) != second {
+                        warn!(
+                            limit = conns.limit,
+                            waits,
+                            "client connection limit reached (limits.max_connections); new connections wait until one closes"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        () = stopped(&mut stop) => break,
+                        p = conns.permits.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Typically EMFILE: back off briefly instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let conn = Accepted {
+                        protocols: protocols.clone(),
+                        handler: handler.clone(),
+                        peer,
+                        secure: tls.is_some(),
+                        internal: settings.internal,
+                        stop: stop.clone(),
+                        tls: tls.clone(),
+                        permit,
+                    };
+                    match &conns.workers {
+                        None => {
+                            connections.spawn(conn.serve(stream));
+                        }
+                        // Taken off this runtime's poller and put on the worker's, where the
+                        // connection stays.
+                        Some(workers) => match stream.into_std() {
+                            Ok(stream) => workers.spawn(connections.track_future(async move {
+                                match TcpStream::from_std(stream) {
+                                    Ok(stream) => conn.serve(stream).await,
+                                    Err(e) => debug!(%peer, error = %e, "cannot move the connection to a worker"),
+                                }
+                            })),
+                            Err(e) => debug!(%peer, error = %e, "cannot move the connection to a worker"),
+                        },
+                    }
+                }
+            }
+        }
+    }
 }

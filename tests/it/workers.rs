@@ -5,7 +5,8 @@
 use crate::support::*;
 use http::StatusCode;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -40,33 +41,65 @@ fn threads(pid: u32) -> Vec<String> {
     names
 }
 
-/// One keep-alive request on a new connection, which stays open.
-async fn kept(listen: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(listen).await.unwrap();
-    // One byte of body, with its length.
-    s.write_all(b"GET /?size=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let res = read_response(&mut s).await;
-    assert!(
-        res.starts_with("HTTP/1.1 200") && res.ends_with("\r\n\r\nx"),
-        "{res}"
-    );
-    s
+/// A backend that numbers its connections from 1 and answers each request with its
+/// connection's number; `GET /slow` answers after 300 ms. Returns its address, the count of
+/// connections accepted and of requests being answered now.
+async fn numbering_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let (c, b) = (conns.clone(), busy.clone());
+    let addr = serve_each(move |mut s| {
+        let number = c.fetch_add(1, Ordering::SeqCst) + 1;
+        let busy = b.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some(end) = head_in(&mut s, &mut buf).await {
+                let slow = buf.starts_with(b"GET /slow ");
+                buf.drain(..end);
+                busy.fetch_add(1, Ordering::SeqCst);
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let body = number.to_string();
+                let res = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let sent = s.write_all(res.as_bytes()).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, conns, busy)
 }
 
-/// With `--workers 3` the process runs three worker threads; six client connections opened
-/// one after another are spread two to a worker, and each worker opens an upstream connection
-/// of its own and reuses it (three upstream connections for six requests, none at once);
-/// closed, they are counted off again.
+/// Sends `GET path` on `s` (kept alive); the backend connection's number it was answered on.
+async fn ask(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let res = read_response(s).await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    res.rsplit("\r\n\r\n").next().unwrap().to_owned()
+}
+
+/// With `--workers 3` the process runs three worker threads (and one that accepts for them),
+/// and client connections opened one after another are spread one to a worker. An idle upstream connection is found on any
+/// worker before a new one is opened (a backend that serves one connection at a time keeps
+/// being served); once each worker has one of its own, each uses its own. Closed client
+/// connections are counted off again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_connections() {
-    let b = Backend::start("b").await;
+    let (backend, upstream, busy) = numbering_backend().await;
     let (listen, admin) = (dead_addr().await, dead_addr().await);
     let cfg = Cfg::new()
         .listen(listen)
         .admin_at(admin)
-        .service(Svc::single(Rev::new("r").endpoint(b.addr)))
+        .service(Svc::single(Rev::new("r").endpoint(backend)))
         .write("workers");
     let p = Proc(
         Command::new(bin())
@@ -90,6 +123,7 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
         ["rouse-worker-0", "rouse-worker-1", "rouse-worker-2"],
         "{names:?}"
     );
+    assert!(names.iter().any(|n| n == "rouse-accept"), "{names:?}");
     // The readiness checks' connections are gone before the test's own are counted: only
     // the scrape's own connection is open then.
     let mut open = Vec::new();
@@ -102,26 +136,65 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
     }
     assert_eq!(open.iter().sum::<u64>(), 1, "{open:?}");
     let mut conns = Vec::new();
-    for _ in 0..6 {
-        conns.push(kept(listen).await);
+    for _ in 0..3 {
+        conns.push(TcpStream::connect(listen).await.unwrap());
     }
-    assert_eq!(b.seen.requests.load(Ordering::SeqCst), 6);
+    // One request at a time, each client connection on a worker of its own: the one upstream
+    // connection opened for the first is idle when the others come, and they take it.
+    for c in &mut conns {
+        assert_eq!(ask(c, "/").await, "1");
+    }
     assert_eq!(
-        b.seen.connections.load(Ordering::SeqCst),
-        3,
-        "one upstream connection per worker, reused by its next request"
+        upstream.load(Ordering::SeqCst),
+        1,
+        "the idle connection was reused"
     );
-    // Six, two on each worker, and the scrape's own.
+    // Three at once: each worker opens one more, or takes the idle one first.
+    let mut slow = Vec::new();
+    for (i, mut c) in conns.drain(..).enumerate() {
+        slow.push(tokio::spawn(async move {
+            let n = ask(&mut c, "/slow").await;
+            (c, n)
+        }));
+        // Each has reached the backend before the next starts, so which connection each
+        // takes does not depend on timing.
+        for _ in 0..400 {
+            if busy.load(Ordering::SeqCst) == i + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(busy.load(Ordering::SeqCst), i + 1);
+    }
+    let mut answered = Vec::new();
+    for t in slow {
+        let (c, n) = t.await.unwrap();
+        conns.push(c);
+        answered.push(n);
+    }
+    assert_eq!(answered, ["1", "2", "3"]);
+    assert_eq!(upstream.load(Ordering::SeqCst), 3);
+    // Now each worker has an idle connection of its own, and uses it: one shared stack of
+    // idle connections would give all three the one returned last.
+    for _ in 0..3 {
+        let mut got = Vec::new();
+        for c in &mut conns {
+            got.push(ask(c, "/").await);
+        }
+        assert_eq!(got, ["1", "2", "3"]);
+    }
+    assert_eq!(upstream.load(Ordering::SeqCst), 3);
+    // Three, one on each worker, and the scrape's own.
     for _ in 0..200 {
         open = per_worker(admin).await;
-        if open.iter().sum::<u64>() == 7 {
+        if open.iter().sum::<u64>() == 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(open.len(), 3, "{open:?}");
-    assert_eq!(open.iter().sum::<u64>(), 7, "{open:?}");
-    assert!(open.iter().all(|&n| n >= 2), "{open:?}");
+    assert_eq!(open.iter().sum::<u64>(), 4, "{open:?}");
+    assert!(open.iter().all(|&n| n >= 1), "{open:?}");
     drop(conns);
     for _ in 0..200 {
         open = per_worker(admin).await;
@@ -197,7 +270,7 @@ async fn work_stealing_serves_and_bad_worker_counts_are_refused() {
     assert!(
         !threads(p.0.id())
             .iter()
-            .any(|n| n.starts_with("rouse-worker")),
+            .any(|n| n.starts_with("rouse-worker") || n == "rouse-accept"),
         "{:?}",
         threads(p.0.id())
     );
