@@ -57,7 +57,9 @@ pub struct ProxyBody<E = ()>(Kind<E>, Option<Verbatim>);
 #[derive(Debug)]
 enum Kind<E> {
     Full(Option<Bytes>),
-    Upstream(Streamed<E>),
+    /// Boxed: the response moves a dozen times on its way from the exchange to the client's
+    /// connection, and the upstream body with what ends with it is most of its size.
+    Upstream(Box<Streamed<E>>),
     Timed(Relayed),
 }
 
@@ -146,10 +148,10 @@ impl<E> ProxyBody<E> {
         E: Exchange,
     {
         let verbatim = take_verbatim(&mut inner);
-        let mut up = Streamed {
+        let mut up = Box::new(Streamed {
             inner,
             done: Some(done),
-        };
+        });
         // A body that is already complete (no content) must still free its slot and connection
         // even if the server never polls it.
         if up.inner.is_end_stream() {
