@@ -132,18 +132,9 @@ impl Connections {
     /// At most `limit` connections open at once (at least 1), run on the process's workers if
     /// it has them.
     pub fn new(limit: usize) -> Arc<Connections> {
-        Connections::build(limit, crate::workers::installed().cloned())
-    }
-
-    /// At most `limit` connections open at once, run on `workers`.
-    pub fn on(limit: usize, workers: Arc<Workers>) -> Arc<Connections> {
-        Connections::build(limit, Some(workers))
-    }
-
-    fn build(limit: usize, workers: Option<Arc<Workers>>) -> Arc<Connections> {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Connections {
-            workers,
+            workers: crate::workers::installed().cloned(),
             limit,
             permits: Arc::new(Semaphore::new(limit)),
             waits: AtomicU64::new(0),

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use http::StatusCode;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,6 +28,20 @@ async fn per_worker(admin: std::net::SocketAddr) -> Vec<u64> {
         .collect();
     got.sort();
     got.into_iter().map(|(_, v)| v).collect()
+}
+
+/// [`per_worker`], read again (for up to 5 s) until the workers hold `total` connections in
+/// all, the scrape's own included; the last reading.
+async fn open_in_all(admin: std::net::SocketAddr, total: u64) -> Vec<u64> {
+    let mut open = Vec::new();
+    for _ in 0..200 {
+        open = per_worker(admin).await;
+        if open.iter().sum::<u64>() == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    open
 }
 
 /// The names of a process's threads.
@@ -101,16 +115,7 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
         .admin_at(admin)
         .service(Svc::single(Rev::new("r").endpoint(backend)))
         .write("workers");
-    let p = Proc(
-        Command::new(bin())
-            .args(["--workers", "3", "gateway"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let p = run_binary_with(&["--workers", "3"], &cfg);
     wait_ready(listen).await;
     wait_ready(admin).await;
     let names = threads(p.0.id());
@@ -126,14 +131,7 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
     assert!(names.iter().any(|n| n == "rouse-accept"), "{names:?}");
     // The readiness checks' connections are gone before the test's own are counted: only
     // the scrape's own connection is open then.
-    let mut open = Vec::new();
-    for _ in 0..200 {
-        open = per_worker(admin).await;
-        if open.iter().sum::<u64>() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let open = open_in_all(admin, 1).await;
     assert_eq!(open.iter().sum::<u64>(), 1, "{open:?}");
     let mut conns = Vec::new();
     for _ in 0..3 {
@@ -185,24 +183,12 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
     }
     assert_eq!(upstream.load(Ordering::SeqCst), 3);
     // Three, one on each worker, and the scrape's own.
-    for _ in 0..200 {
-        open = per_worker(admin).await;
-        if open.iter().sum::<u64>() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let open = open_in_all(admin, 4).await;
     assert_eq!(open.len(), 3, "{open:?}");
     assert_eq!(open.iter().sum::<u64>(), 4, "{open:?}");
     assert!(open.iter().all(|&n| n >= 1), "{open:?}");
     drop(conns);
-    for _ in 0..200 {
-        open = per_worker(admin).await;
-        if open.iter().sum::<u64>() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let open = open_in_all(admin, 1).await;
     assert_eq!(
         open.iter().sum::<u64>(),
         1,
@@ -252,16 +238,7 @@ async fn work_stealing_serves_and_bad_worker_counts_are_refused() {
     let (code, err) = refused(&["--workers", "2"], None);
     assert_eq!(code, Some(0), "{err}");
 
-    let p = Proc(
-        Command::new(bin())
-            .args(["--work-stealing", "gateway", c])
-            .env_remove("ROUSE_WORKERS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let p = run_binary_with(&["--work-stealing"], &cfg);
     wait_ready(listen).await;
     wait_ready(admin).await;
     let got = get(&h1_client(), listen, "x", "/", &[]).await;

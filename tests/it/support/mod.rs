@@ -651,10 +651,21 @@ pub fn bin() -> &'static str {
 
 /// Runs `rouse run --config <config>` with its output discarded.
 pub fn run_binary(config: &std::path::Path) -> Proc {
+    run_binary_with(&[], config)
+}
+
+/// Runs `rouse <options> gateway --config <config>` with its output discarded; `options` are
+/// the process-wide ones (`--workers`, `--work-stealing`), which the environment does not add
+/// to.
+pub fn run_binary_with(options: &[&str], config: &std::path::Path) -> Proc {
     Proc(
         std::process::Command::new(bin())
+            .args(options)
             .args(["gateway", "--config"])
             .arg(config)
+            .env_remove("ROUSE_WORKERS")
+            .env_remove("ROUSE_WORK_STEALING")
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
