@@ -8,6 +8,7 @@
 #   PGO=1 scripts/instructions.sh                    # rouse built with scripts/pgo.sh
 #   KEEP_PROFILES=DIR scripts/instructions.sh        # also keep callgrind's files (cg.TARGET.N)
 #   CONNS=1 scripts/instructions.sh                  # one connection instead of 10
+#   ROUSE_BIN=path scripts/instructions.sh           # that rouse binary, no build (an A/B)
 #
 # Target `gateway-accesslog` is the gateway writing a JSON access log line per request to a
 # file (the writer task included): what the access log costs. Run it with
@@ -18,6 +19,12 @@
 # CPU. Target `gateway-stealing` is the gateway on tokio's work-stealing runtime
 # (`--work-stealing`) instead of its worker threads. Run them with TARGETS=gateway-1cpu and
 # TARGETS=gateway-stealing.
+#
+# Targets `gateway-h2c` and `gateway-grpc` are the gateway serving HTTP/2 clients (h2c with
+# prior knowledge, 10 streams at a time on each connection): `gateway-h2c` to the same HTTP/1.1
+# backend, `gateway-grpc` unary gRPC calls (a 5-byte message, `te: trailers`) to an h2c backend
+# (the backend nginx's HTTP/2 port), as in the gRPC row of `scripts/bench.sh`. Run them with
+# TARGETS="gateway-h2c gateway-grpc".
 #
 # Target `gateway-1000hosts` is the gateway with 1,000 services shaped as the Knative ingress
 # makes them (two routes each: Knative's probe route and the path), the requests going to the
@@ -65,8 +72,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 # Only rouse's targets need rouse: nginx and haproxy alone are measured without a Rust build.
 # PGO=1: the profile-guided build (scripts/pgo.sh, about 9 minutes more) instead of the plain one.
-ROUSE="$ROOT/target/dist/rouse"
-if $rouse; then
+ROUSE=${ROUSE_BIN:-$ROOT/target/dist/rouse}
+if $rouse && [ -z "${ROUSE_BIN:-}" ]; then
   if [ "${PGO:-0}" = 1 ]; then
     ROUSE=$("$ROOT/scripts/pgo.sh")
   else
@@ -83,7 +90,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-BE=18180; NX=18186; HP=18188; GW=18194; SC=18198
+BE=18180; BE_H2=18181; NX=18186; HP=18188; GW=18194; SC=18198
 cat > "$WORK/nginx.conf" <<EOF
 worker_processes 1;
 # One process, so that stopping it by its PID stops it all.
@@ -95,7 +102,7 @@ events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $WORK/b; proxy_temp_path $WORK/p; fastcgi_temp_path $WORK/f;
   uwsgi_temp_path $WORK/u; scgi_temp_path $WORK/s;
-  server { listen 127.0.0.1:$BE; location / { return 200 'ok'; } } }
+  server { listen 127.0.0.1:$BE; listen 127.0.0.1:$BE_H2 http2; location / { return 200 'ok'; } } }
 EOF
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)
@@ -161,6 +168,19 @@ EOF
 
 { cat "$WORK/gw.yaml"; echo "access_log: { to: $WORK/access.log, format: json }"; } > "$WORK/gw-log.yaml"
 
+cat > "$WORK/gw-grpc.yaml" <<EOF
+listen: "127.0.0.1:$GW"
+watch_interval: 0s
+services:
+  - name: bench
+    hosts: ["*"]
+    traffic: [{ revision: g, percent: 100 }]
+    revisions:
+      - { name: g, protocol: h2c, endpoints: ["127.0.0.1:$BE_H2"] }
+EOF
+# A gRPC message: uncompressed, empty.
+printf '\x00\x00\x00\x00\x00' > "$WORK/grpc.bin"
+
 {
   echo "listen: \"127.0.0.1:$GW\""
   echo "watch_interval: 0s"
@@ -190,7 +210,9 @@ wait_port() {
 }
 
 count() { # target n -> instructions
-  local target=$1 n=$2 out="$WORK/cg.$1.$2" port stop=INT
+  local target=$1 n=$2 out="$WORK/cg.$1.$2" port stop=INT path=/
+  # The load: HTTP/1.1 keep-alive unless the target says otherwise.
+  local load=(--h1)
   case $target in
     gateway)
       port=$GW
@@ -206,6 +228,19 @@ count() { # target n -> instructions
       port=$GW
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$ROUSE" --work-stealing gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
+    gateway-h2c)
+      port=$GW
+      load=(-m 10)
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" gateway --config "$WORK/gw.yaml" >/dev/null 2>&1 &
+      ;;
+    gateway-grpc)
+      port=$GW
+      path=/grpc.Bench/Unary
+      load=(-m 10 -d "$WORK/grpc.bin" -H "content-type: application/grpc" -H "te: trailers")
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$ROUSE" gateway --config "$WORK/gw-grpc.yaml" >/dev/null 2>&1 &
       ;;
     gateway-accesslog)
       port=$GW
@@ -250,7 +285,8 @@ count() { # target n -> instructions
   trap "kill -9 $vg 2>/dev/null || true" EXIT
   wait_port "$port"
   local done_n
-  done_n=$(h2load --h1 -n "$n" -c "$CONNS" "http://127.0.0.1:$port/" 2>&1 | awk '/^requests:/ {print $8}')
+  done_n=$(h2load "${load[@]}" -n "$n" -c "$CONNS" "http://127.0.0.1:$port$path" 2>&1 |
+    awk '/^requests:/ {print $8}')
   if [ "$done_n" != "$n" ]; then
     echo "error: $target served $done_n of $n requests" >&2
     exit 1

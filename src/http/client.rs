@@ -11,10 +11,11 @@
 //! the end (the body takes it home itself); a response abandoned half-way closes its
 //! connection.
 
+use crate::http::inline::Inline;
 use crate::http::upstream::{self, Conn, Failed, Home, Io, UpBody};
 use http::{Request, Response};
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -330,6 +331,19 @@ impl Pool {
         if let Some(s) = current() {
             return Ok(s);
         }
+        // Connecting (TCP, TLS, the HTTP/2 handshake) is boxed apart: inline, its futures
+        // made every request's send future tens of kilobytes, copied into place for each
+        // request although the connection is almost always there already.
+        Box::pin(self.h2_connect(addr, current)).await
+    }
+
+    /// Opens the endpoint's HTTP/2 connection, unless another request did while this one
+    /// waited for its turn to.
+    async fn h2_connect(
+        &self,
+        addr: SocketAddr,
+        current: impl Fn() -> Option<http2::SendRequest<OutBody>>,
+    ) -> Result<http2::SendRequest<OutBody>, ConnectError> {
         let _gate = self.h2_connecting.lock().await;
         if let Some(s) = current() {
             return Ok(s);
@@ -474,12 +488,14 @@ async fn h2_over<I>(io: I, addr: SocketAddr) -> Result<http2::SendRequest<OutBod
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let exec = Inline::new();
+    let (sender, conn) = http2::Builder::new(exec.clone())
         .handshake(io)
         .await
         .map_err(ConnectError::Handshake)?;
+    // Each request's body and response run inside the connection's task.
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = crate::http::inline::drive(exec, conn).await {
             debug!(%addr, error = %e, "upstream h2 connection ended with an error");
         }
     });

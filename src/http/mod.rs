@@ -3,7 +3,8 @@
 //! ([`h1`]) and their reading of head lines ([`head`]), TLS ([`tls`]), the
 //! upstream client and its pools ([`client`]) with its own HTTP/1.1 connection ([`upstream`]),
 //! the response body ([`body`]), the per-connection switch ([`cut`]), header rewriting
-//! ([`headers`]), a flag one task waits for without a lock ([`signal`]), values kept per
+//! ([`headers`]), a flag one task waits for without a lock ([`signal`]), the executor that runs HTTP/2's
+//! streams inside their connection's task ([`inline`]), values kept per
 //! thread for reuse ([`kept`]), upgraded connections ([`tunnel`]) and the page browsers get while a
 //! revision starts ([`waiting`]).
 
@@ -14,6 +15,7 @@ pub mod downstream;
 pub mod h1;
 pub mod head;
 pub mod headers;
+pub mod inline;
 pub mod kept;
 pub mod server;
 pub mod signal;

@@ -5,13 +5,14 @@
 use crate::http::body::{BoxError, Cut};
 use crate::http::downstream::{self, Refusal, RequestBody, stopped};
 use crate::http::headers::ClientAddr;
+use crate::http::inline::{self, Inline};
 use crate::http::upstream::Outgoing;
 use crate::workers::Workers;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::sys::socket::{self, MsgFlags};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -262,11 +263,11 @@ trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
+impl<I, S> Graceful for http2::Connection<I, S, Inline>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
     S: ConnService,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::Body>,
+    Inline: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::Body>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http2::Connection::graceful_shutdown(self);
@@ -378,22 +379,20 @@ impl<S: ConnService> hyper::service::Service<Request<Incoming>> for Noted<S> {
 /// The HTTP/1.1 and HTTP/2 settings every connection of a listener shares.
 struct Protocols {
     http1: downstream::Settings,
-    http2: http2::Builder<TokioExecutor>,
+    /// HTTP/2's limit on a request's header list, in bytes.
+    max_header_list: u32,
     header_read_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl Protocols {
     fn new(settings: ServerSettings) -> Self {
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         Protocols {
             http1: downstream::Settings {
                 max_head: settings.max_header_bytes,
                 head_timeout: settings.header_read_timeout,
             },
-            http2: h2,
+            max_header_list: u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX),
             header_read_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
         }
@@ -447,8 +446,13 @@ impl Protocols {
                     inner: svc,
                     last: last.clone(),
                 };
-                let conn = self.http2.serve_connection(TokioIo::new(io), svc);
-                let run = run(conn, stop, Some((last, self.idle_timeout)));
+                // Each connection its own executor: its streams run in this task.
+                let exec = Inline::new();
+                let conn = http2::Builder::new(exec.clone())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(self.max_header_list)
+                    .serve_connection(TokioIo::new(io), svc);
+                let run = inline::drive(exec, run(conn, stop, Some((last, self.idle_timeout))));
                 if let Err(e) = Box::pin(run).await {
                     debug!(%peer, error = %e, "client connection ended with an error");
                 }
