@@ -397,16 +397,17 @@ impl Verbatim {
             length,
             date: _,
         } = *self.0;
-        let mut rest = lines.as_ref();
+        // Each line ends in CRLF and a name holds no CR, LF or colon, so a line's end is its
+        // first LF and its name ends at its first colon: memchr finds both a word at a time,
+        // where a search for the pair CRLF went byte by byte.
+        let all = lines.as_ref();
         let mut at = 0;
-        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
-            let line = &rest[..end];
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                let value = line[colon + 1..].trim_ascii();
-                let from = at
-                    + colon
-                    + 1
-                    + (line[colon + 1..].len() - line[colon + 1..].trim_ascii_start().len());
+        while let Some(nl) = memchr::memchr(b'\n', &all[at..]) {
+            let line = &all[at..at + nl.saturating_sub(1)];
+            if let Some(colon) = memchr::memchr(b':', line) {
+                let after = &line[colon + 1..];
+                let value = after.trim_ascii();
+                let from = at + colon + 1 + (after.len() - after.trim_ascii_start().len());
                 // Both were checked when the head was read, so neither fails here.
                 if let (Ok(name), Ok(value)) = (
                     field_name(&line[..colon]),
@@ -415,8 +416,7 @@ impl Verbatim {
                     map.append(name, value);
                 }
             }
-            rest = &rest[end + 2..];
-            at += end + 2;
+            at += nl + 1;
         }
         if let Some(n) = length {
             map.append(http::header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -498,6 +498,29 @@ pub fn head_fault(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_lines_go_into_the_map_as_their_fields() {
+        let lines = Bytes::from_static(
+            b"Server:  nginx \t\r\nx-a:1\r\nEmpty:\r\nX-A: two words\r\nWeird.Name_1:\tv:w\r\n",
+        );
+        let mut map = HeaderMap::new();
+        map.insert("rouse-added", HeaderValue::from_static("first"));
+        Verbatim::new(lines, Some(12), false).into_map(&mut map);
+        let all = |n: &str| {
+            map.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("server"), ["nginx"]);
+        assert_eq!(all("x-a"), ["1", "two words"]);
+        assert_eq!(all("empty"), [""]);
+        assert_eq!(all("weird.name_1"), ["v:w"]);
+        assert_eq!(all("content-length"), ["12"]);
+        assert_eq!(all("rouse-added"), ["first"]);
+        assert_eq!(map.len(), 7);
+    }
 
     #[test]
     fn a_kept_map_comes_back_empty_and_only_for_its_own_room() {
