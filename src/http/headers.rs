@@ -207,6 +207,10 @@ pub struct ClientAddr {
     pub ip: HeaderValue,
     /// `192.0.2.1` or `"[2001:db8::1]"`, as RFC 7239 `for=` writes it.
     pub node: HeaderValue,
+    /// The `Forwarded` value of a request that came without one, with the host and scheme it
+    /// was made for: a connection's requests mostly share both, and each made the same value
+    /// again (a string, and its check as a header value).
+    forwarded: std::sync::OnceLock<(Host, &'static str, HeaderValue)>,
 }
 
 impl ClientAddr {
@@ -221,8 +225,49 @@ impl ClientAddr {
         ClientAddr {
             ip: HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("unknown")),
             node: HeaderValue::try_from(node).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded: std::sync::OnceLock::new(),
         }
     }
+
+    /// `for=NODE;host="HOST";proto=PROTO`, this hop's `Forwarded` value for a request that came
+    /// with none: made once for the first host and scheme asked for, and kept.
+    fn forwarded(&self, host: &Host, proto: &'static str) -> Option<HeaderValue> {
+        if let Some((h, p, v)) = self.forwarded.get()
+            && *p == proto
+            && h.as_str() == host.as_str()
+        {
+            return Some(v.clone());
+        }
+        let v = forwarded_value(None, self, host.as_str(), proto)?;
+        let _ = self.forwarded.set((host.clone(), proto, v.clone()));
+        Some(v)
+    }
+}
+
+/// A `Forwarded` value: the earlier hops' (`prev`), then this hop's element.
+fn forwarded_value(
+    prev: Option<&str>,
+    client: &ClientAddr,
+    host: &str,
+    proto: &str,
+) -> Option<HeaderValue> {
+    let node = client.node.to_str().unwrap_or("unknown");
+    let mut fwd =
+        String::with_capacity(prev.map_or(0, |p| p.len() + 2) + node.len() + host.len() + 32);
+    if let Some(p) = prev {
+        fwd.push_str(p);
+        fwd.push_str(", ");
+    }
+    fwd.push_str("for=");
+    fwd.push_str(node);
+    if !host.is_empty() {
+        fwd.push_str(";host=\"");
+        fwd.push_str(host);
+        fwd.push('"');
+    }
+    fwd.push_str(";proto=");
+    fwd.push_str(proto);
+    HeaderValue::try_from(fwd).ok()
 }
 
 /// Which forwarding headers a request arrived with, found in one pass over its names rather
@@ -275,29 +320,15 @@ pub fn add_forwarded(
     if !had.host {
         headers.insert(X_FORWARDED_HOST.clone(), host.value().clone());
     }
-    let host = host.as_str();
     let prev = had
         .forwarded
         .then(|| joined(headers, &header::FORWARDED))
         .flatten();
-    let node = client.node.to_str().unwrap_or("unknown");
-    let mut fwd = String::with_capacity(
-        prev.as_ref().map_or(0, |p| p.len() + 2) + node.len() + host.len() + 32,
-    );
-    if let Some(p) = &prev {
-        fwd.push_str(p);
-        fwd.push_str(", ");
-    }
-    fwd.push_str("for=");
-    fwd.push_str(node);
-    if !host.is_empty() {
-        fwd.push_str(";host=\"");
-        fwd.push_str(host);
-        fwd.push('"');
-    }
-    fwd.push_str(";proto=");
-    fwd.push_str(proto);
-    if let Ok(v) = HeaderValue::try_from(fwd) {
+    let value = match prev {
+        None => client.forwarded(host, proto),
+        Some(prev) => forwarded_value(Some(&prev), client, host.as_str(), proto),
+    };
+    if let Some(v) = value {
         headers.insert(header::FORWARDED, v);
     }
 }
@@ -853,5 +884,38 @@ mod tests {
             h.get("forwarded").unwrap(),
             "for=\"[::1]\";host=\"a.example\";proto=http"
         );
+    }
+
+    #[test]
+    fn a_connections_forwarded_value_is_made_once_and_only_for_its_host_and_scheme() {
+        let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+        let forwarded = |host: &str, proto: &'static str, prev: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(p) = prev {
+                h.insert("forwarded", p.parse().unwrap());
+            }
+            add_forwarded(&mut h, &client, proto, &Host::from_text(host).unwrap());
+            h.get("forwarded").unwrap().clone()
+        };
+        let first = forwarded("a.example", "http", None);
+        assert_eq!(first, "for=192.0.2.7;host=\"a.example\";proto=http");
+        // The same value again, shared rather than made anew.
+        let again = forwarded("a.example", "http", None);
+        assert_eq!(again, first);
+        assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        // Another host or scheme, or earlier hops, get values of their own.
+        assert_eq!(
+            forwarded("b.example", "http", None),
+            "for=192.0.2.7;host=\"b.example\";proto=http"
+        );
+        assert_eq!(
+            forwarded("a.example", "https", None),
+            "for=192.0.2.7;host=\"a.example\";proto=https"
+        );
+        assert_eq!(
+            forwarded("a.example", "http", Some("for=198.51.100.1")),
+            "for=198.51.100.1, for=192.0.2.7;host=\"a.example\";proto=http"
+        );
+        assert_eq!(forwarded("a.example", "http", None), first);
     }
 }
