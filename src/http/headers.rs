@@ -129,6 +129,18 @@ fn strip(headers: &mut HeaderMap, check_framing: bool) -> Result<Option<HeaderVa
             any = true;
         }
     }
+    // A lone `TE: trailers` (every gRPC request) is what would be put back: it stays where
+    // it is, instead of being taken out and inserted again. Only as written here: HTTP/2
+    // allows no other spelling (h2 refuses `Trailers`), so any other is written anew.
+    if present[TE_AT] {
+        let mut te = headers.get_all(header::TE).iter();
+        if let (Some(v), None) = (te.next(), te.next())
+            && v.as_bytes() == b"trailers"
+        {
+            present[TE_AT] = false;
+            any = present.iter().any(|&p| p);
+        }
+    }
     if !any {
         return Ok(None);
     }
@@ -785,6 +797,30 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "yes");
+    }
+
+    #[test]
+    fn a_lone_te_trailers_stays_and_any_other_te_is_cut_to_it_or_removed() {
+        let strip_te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+            for v in values {
+                h.append(header::TE, v.parse().unwrap());
+            }
+            let _ = strip_request_hop_by_hop(&mut h).unwrap();
+            assert_eq!(h.get(header::CONTENT_TYPE).unwrap(), "application/grpc");
+            h.get_all(header::TE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip_te(&["trailers"]), ["trailers"]);
+        assert_eq!(strip_te(&["Trailers"]), ["trailers"]);
+        assert_eq!(strip_te(&["trailers", "trailers"]), ["trailers"]);
+        assert_eq!(strip_te(&["deflate, trailers"]), ["trailers"]);
+        assert_eq!(strip_te(&["gzip", "trailers"]), ["trailers"]);
+        assert!(strip_te(&["deflate"]).is_empty());
+        assert!(strip_te(&["trailersx"]).is_empty());
     }
 
     #[test]
