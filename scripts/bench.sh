@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh            # quick mode, under 3 minutes
 #   scripts/bench.sh full       # full mode, under 15 minutes
+#   scripts/bench.sh c1         # HTTP/1.1 c=1 only, 10 rounds of 3 s: how often rouse's
+#                               # added latency is below nginx's and HAProxy's (ROUNDS=N)
 #   BENCH_MD=out.md BENCH_JSON=out.json scripts/bench.sh full
 #   PGO=1 scripts/bench.sh full  # rouse built with scripts/pgo.sh (about 9 minutes more)
 #
@@ -16,10 +18,12 @@
 set -euo pipefail
 
 MODE=${1:-quick}
+MODES="c1 c50 h2c tls grpc"
 case "$MODE" in
   quick) ROUNDS=2; DUR=2 ;;
   full) ROUNDS=3; DUR=8 ;;
-  *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
+  c1) ROUNDS=${ROUNDS:-10}; DUR=3; MODES=c1 ;;
+  *) echo "usage: $0 [quick|full|c1]" >&2; exit 2 ;;
 esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -291,7 +295,7 @@ measure() { # round target mode
 
 echo "rouse benchmark, $MODE mode: $ROUNDS rounds x ${DUR}s, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for round in $(seq "$ROUNDS"); do
-  for mode in c1 c50 h2c tls grpc; do
+  for mode in $MODES; do
     # Interleaved: every target once per mode per round, direct first as the round's baseline.
     targets="direct nginx haproxy rouse"
     # The sidecar forwards HTTP/2 clients over h2c to the app's one port, which the
@@ -351,6 +355,20 @@ for o in out:
 lines += ["", f"rouse h2c req/s ÷ nginx h2c req/s: {rouse_h2 / nginx_h2:.2f}" if nginx_h2 else "",
           f"rouse RSS idle: gateway {int(rss_idle) / 1024:.1f} MB, sidecar {int(rss_idle_sidecar) / 1024:.1f} MB"
           + (f"; Knative's queue-proxy {int(rss_idle_kq) / 1024:.1f} MB" if int(rss_idle_kq) else "")]
+# How often rouse led both nginx and HAProxy, round by round (the targets ask for the medians
+# and how often it holds): at c=1 by a lower p50, at c=50 by more requests per second.
+def lead(mode, better):
+    rounds = sorted({r["round"] for r in rows if r["mode"] == mode})
+    by = {(r["round"], r["target"]): r for r in rows if r["mode"] == mode}
+    won = [k for k in rounds
+           if all((k, t) in by for t in ("rouse", "nginx", "haproxy"))
+           and all(better(by[(k, "rouse")], by[(k, t)]) for t in ("nginx", "haproxy"))]
+    return len(won), len(rounds)
+for mode, label, better in (("c1", "c=1 p50", lambda a, b: a["p50_us"] < b["p50_us"]),
+                            ("c50", "c=50 req/s", lambda a, b: a["rps"] > b["rps"])):
+    won, n = lead(mode, better)
+    if n:
+        lines.append(f"rouse ahead of both nginx and HAProxy ({label}): {won} of {n} rounds")
 text = "\n".join(lines)
 print(text)
 if md_out:
