@@ -63,7 +63,8 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.3
-  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Waited for, so that bash does not report each as Killed on stderr.
+  for p in "${PIDS[@]:-}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
