@@ -15,6 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -24,7 +25,7 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// work-stealing runtime (`--work-stealing`), to tokio as tasks of their own instead, so that
 /// the streams of one connection still spread over the CPUs, which is what that runtime is
 /// chosen for.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Inline(Arc<Inbox>);
 
 #[derive(Default)]
@@ -35,6 +36,10 @@ struct Inbox {
     jobs: Mutex<Vec<Job>>,
     /// The connection's task, woken when a job is handed over.
     waker: atomic_waker::AtomicWaker,
+    /// The drive is being polled, and takes what is handed over before that poll ends: no
+    /// wakeup is needed (hyper hands over nearly everything from inside that poll, and each
+    /// wakeup cost a second poll of the whole connection).
+    polling: AtomicBool,
 }
 
 impl Inline {
@@ -49,11 +54,27 @@ impl Inline {
         }))
     }
 
+    /// Anything handed over and not yet taken.
+    fn pending(&self) -> bool {
+        !self
+            .0
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     fn take(&self, into: &mut FuturesUnordered<Job>) -> bool {
         let mut jobs = self.0.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let any = !jobs.is_empty();
         into.extend(jobs.drain(..));
         any
+    }
+}
+
+impl Default for Inline {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -68,7 +89,9 @@ where
         }
         let job = AssertUnwindSafe(fut).catch_unwind().map(|r| {
             if r.is_err() {
-                tracing::error!("a stream's task panicked; its connection goes on");
+                tracing::error!(
+                    "a future of an HTTP/2 connection panicked; the connection goes on"
+                );
             }
         });
         self.0
@@ -76,7 +99,9 @@ where
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Box::pin(job));
-        self.0.waker.wake();
+        if !self.0.polling.load(Ordering::SeqCst) {
+            self.0.waker.wake();
+        }
     }
 }
 
@@ -88,28 +113,44 @@ pub async fn drive<F: Future>(exec: Inline, main: F) -> F::Output {
     // for it only when dropped.
     let mut main = std::pin::pin!(Some(main));
     let mut out = None;
-    let mut jobs = FuturesUnordered::new();
+    // With a future that never ends and is never woken among the jobs: FuturesUnordered
+    // wakes its task again whenever it has polled every future it holds in one go, to let
+    // other tasks run, and with the one job a client connection mostly has (its reading and
+    // writing), that was every time, each wakeup costing a second poll of the connection.
+    // With this one there, it has never polled them all.
+    let mut jobs: FuturesUnordered<Job> = FuturesUnordered::new();
+    jobs.push(Box::pin(std::future::pending()));
+    // Its one poll done here, where the set's wakeup of its task (it has polled all it
+    // holds) goes nowhere.
+    let _ = jobs.poll_next_unpin(&mut Context::from_waker(std::task::Waker::noop()));
     std::future::poll_fn(|cx: &mut Context<'_>| {
         exec.0.waker.register(cx.waker());
-        loop {
-            // The jobs first: on the client side one of them is the connection's reading and
-            // writing, and a connection the backend has closed must be seen closed before the
-            // dispatch (`main`) starts a queued request on it; that request is then handed
-            // back unsent, to go out on a new connection, instead of failing.
-            while let Poll::Ready(Some(())) = jobs.poll_next_unpin(cx) {}
-            if let Some(m) = main.as_mut().as_pin_mut()
-                && let Poll::Ready(v) = m.poll(cx)
-            {
-                out = Some(v);
-                main.set(None);
-            }
-            // Jobs handed over by the connection's poll (or by another job's) are polled
-            // before this poll ends: each must be polled before it can ask to be woken.
-            if !exec.take(&mut jobs) {
-                break;
-            }
+        exec.0.polling.store(true, Ordering::SeqCst);
+        // The jobs first: on the client side one of them is the connection's reading and
+        // writing, and a connection the backend has closed must be seen closed before the
+        // dispatch (`main`) starts a queued request on it; that request is then handed back
+        // unsent, to go out on a new connection, instead of failing.
+        while let Poll::Ready(Some(())) = jobs.poll_next_unpin(cx) {}
+        if let Some(m) = main.as_mut().as_pin_mut()
+            && let Poll::Ready(v) = m.poll(cx)
+        {
+            out = Some(v);
+            main.set(None);
         }
-        if jobs.is_empty()
+        // Jobs handed over by the connection's poll (or by another job's) are polled before
+        // this poll ends: each must be polled before it can ask to be woken. The connection
+        // is not polled again for them: what a job needs of it, it asks for with a wakeup.
+        while exec.take(&mut jobs) {
+            while let Poll::Ready(Some(())) = jobs.poll_next_unpin(cx) {}
+        }
+        exec.0.polling.store(false, Ordering::SeqCst);
+        // A job handed over from another thread after the last look, while `polling` was
+        // still set, woke no one: this poll is its wakeup.
+        if exec.pending() {
+            cx.waker().wake_by_ref();
+        }
+        // Only the future that never ends is left.
+        if jobs.len() == 1
             && let Some(v) = out.take()
         {
             return Poll::Ready(v);
@@ -193,6 +234,45 @@ mod tests {
         );
         release.send(()).unwrap();
         drive.await.unwrap();
+    }
+
+    /// The connection's future, counting its polls; on its first it hands over a job that
+    /// ends at once, and it ends when `end` is sent.
+    struct Counted {
+        exec: Inline,
+        polls: Arc<AtomicUsize>,
+        end: oneshot::Receiver<()>,
+    }
+
+    impl Future for Counted {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.exec.execute(async {});
+            }
+            Pin::new(&mut self.end).poll(cx).map(|_| ())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_is_polled_again_only_when_woken() {
+        let exec = Inline::new();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (end, rx) = oneshot::channel();
+        let main = Counted {
+            exec: exec.clone(),
+            polls: polls.clone(),
+            end: rx,
+        };
+        let drive = tokio::spawn(drive(exec, main));
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        // Neither the job handed over nor its end made the drive poll the connection again.
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        end.send(()).unwrap();
+        drive.await.unwrap();
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
