@@ -11,13 +11,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// `rouse_worker_connections` per worker, in worker order, from the admin listener.
-async fn per_worker(admin: std::net::SocketAddr) -> Vec<u64> {
-    let text = raw(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+/// `rouse_worker_connections` per worker, in worker order, from a metrics page.
+fn per_worker_in(text: &str) -> Vec<u64> {
     let mut got: Vec<(usize, u64)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("rouse_worker_connections{worker=\""))
@@ -30,18 +25,58 @@ async fn per_worker(admin: std::net::SocketAddr) -> Vec<u64> {
     got.into_iter().map(|(_, v)| v).collect()
 }
 
-/// [`per_worker`], read again (for up to 5 s) until the workers hold `total` connections in
-/// all, the scrape's own included; the last reading.
-async fn open_in_all(admin: std::net::SocketAddr, total: u64) -> Vec<u64> {
-    let mut open = Vec::new();
-    for _ in 0..200 {
-        open = per_worker(admin).await;
-        if open.iter().sum::<u64>() == total {
-            break;
+/// [`per_worker_in`] the admin listener's metrics, over a connection of its own.
+async fn per_worker(admin: std::net::SocketAddr) -> Vec<u64> {
+    let text = raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    per_worker_in(&text)
+}
+
+/// One kept-alive connection to the admin listener that reads the per-worker gauge, itself
+/// counted on worker 0 alone. A connection of its own for each reading would be counted on
+/// whichever worker it landed, and still for a moment after its answer, while the test's next
+/// connections are placed by the fewest open.
+struct Scrape(TcpStream);
+
+impl Scrape {
+    /// Connected again until its connection is the only one open and is on worker 0: the
+    /// readiness checks' connections may still be counted when it first connects.
+    async fn on_first_worker(admin: std::net::SocketAddr) -> Scrape {
+        let mut open = Vec::new();
+        for _ in 0..20 {
+            let mut s = Scrape(TcpStream::connect(admin).await.unwrap());
+            open = s.open_in_all(1).await;
+            if open.first() == Some(&1) {
+                return s;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        panic!("the scrape's connection never had worker 0 to itself: {open:?}");
     }
-    open
+
+    async fn per_worker(&mut self) -> Vec<u64> {
+        self.0
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        per_worker_in(&read_response(&mut self.0).await)
+    }
+
+    /// Read again (for up to 5 s) until the workers hold `total` connections in all, this
+    /// one included; the last reading.
+    async fn open_in_all(&mut self, total: u64) -> Vec<u64> {
+        let mut open = Vec::new();
+        for _ in 0..200 {
+            open = self.per_worker().await;
+            if open.iter().sum::<u64>() == total {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        open
+    }
 }
 
 /// The names of a process's threads.
@@ -129,10 +164,10 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
         "{names:?}"
     );
     assert!(names.iter().any(|n| n == "rouse-accept"), "{names:?}");
-    // The readiness checks' connections are gone before the test's own are counted: only
-    // the scrape's own connection is open then.
-    let open = open_in_all(admin, 1).await;
-    assert_eq!(open.iter().sum::<u64>(), 1, "{open:?}");
+    // The readiness checks' connections are gone before the test's own are made, and the
+    // scrape's is on worker 0: the three go to workers 1 and 2, then to worker 0, the first
+    // of three with one each.
+    let mut scrape = Scrape::on_first_worker(admin).await;
     let mut conns = Vec::new();
     for _ in 0..3 {
         conns.push(TcpStream::connect(listen).await.unwrap());
@@ -183,12 +218,12 @@ async fn connections_spread_over_the_workers_and_each_keeps_its_own_upstream_con
     }
     assert_eq!(upstream.load(Ordering::SeqCst), 3);
     // Three, one on each worker, and the scrape's own.
-    let open = open_in_all(admin, 4).await;
+    let open = scrape.open_in_all(4).await;
     assert_eq!(open.len(), 3, "{open:?}");
     assert_eq!(open.iter().sum::<u64>(), 4, "{open:?}");
     assert!(open.iter().all(|&n| n >= 1), "{open:?}");
     drop(conns);
-    let open = open_in_all(admin, 1).await;
+    let open = scrape.open_in_all(1).await;
     assert_eq!(
         open.iter().sum::<u64>(),
         1,

@@ -649,7 +649,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rouse")
 }
 
-/// Runs `rouse run --config <config>` with its output discarded.
+/// Runs `rouse gateway --config <config>` with its output discarded.
 pub fn run_binary(config: &std::path::Path) -> Proc {
     run_binary_with(&[], config)
 }
