@@ -10,6 +10,7 @@
 #                               # added latency is below nginx's and HAProxy's (ROUNDS=N)
 #   BENCH_MD=out.md BENCH_JSON=out.json scripts/bench.sh full
 #   PGO=1 scripts/bench.sh full  # rouse built with scripts/pgo.sh (about 9 minutes more)
+#   FORWARDING=0 scripts/bench.sh  # nginx and HAProxy without the forwarding fields rouse adds
 #
 # Installs wrk, nghttp2-client (h2load), nginx and haproxy from Debian's packages if missing,
 # builds rouse with the dist profile (what ships), and stops everything it started on exit. Loopback only.
@@ -110,13 +111,31 @@ http {
 EOF
 }
 
+# The same job for every proxy: rouse gives each request X-Forwarded-For, -Proto and -Host and
+# Forwarded (the backend then parses four more fields, on the CPU it shares with the proxy),
+# so nginx and HAProxy are set to send the same four, as an ingress would. FORWARDING=0 leaves
+# them forwarding nothing, as the runs before 2026-12-04 evening did.
+NG_FWD="" NG_GRPC_FWD="" HA_FWD=""
+if [ "${FORWARDING:-1}" = 1 ]; then
+  NG_FWD='proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header Forwarded "for=$remote_addr;host=\"$host\";proto=$scheme";'
+  NG_GRPC_FWD='grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      grpc_set_header X-Forwarded-Proto $scheme; grpc_set_header X-Forwarded-Host $host;
+      grpc_set_header Forwarded "for=$remote_addr;host=\"$host\";proto=$scheme";'
+  HA_FWD='  option forwardfor
+  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header Forwarded "for=%[src];host=\"%[req.hdr(host)]\";proto=%[ssl_fc,iif(https,http)]"'
+fi
 nginx_conf backend "server { listen 127.0.0.1:$BE; listen 127.0.0.1:$BE_H2 http2; location / { return 200 'ok'; } }
   server { listen 127.0.0.1:$BE_TLS ssl http2; $TLS_NGINX location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server 127.0.0.1:$BE; keepalive 128; }
   upstream be_h2 { server 127.0.0.1:$BE_H2; keepalive 128; }
   server { listen 127.0.0.1:$NG; listen 127.0.0.1:$NG_H2 http2; listen 127.0.0.1:$NG_TLS ssl http2; $TLS_NGINX
-    location /grpc. { grpc_pass grpc://be_h2; }
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    location /grpc. { grpc_pass grpc://be_h2; $NG_GRPC_FWD }
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      $NG_FWD } }"
 cat > "$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -131,6 +150,7 @@ frontend f
   bind 127.0.0.1:$HA
   bind 127.0.0.1:$HA_H2 proto h2
   bind 127.0.0.1:$HA_TLS ssl crt $WORK/haproxy.pem alpn h2,http/1.1
+$HA_FWD
   use_backend g if { path_beg /grpc. }
   default_backend b
 backend b

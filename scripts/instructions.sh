@@ -9,6 +9,7 @@
 #   KEEP_PROFILES=DIR scripts/instructions.sh        # also keep callgrind's files (cg.TARGET.N)
 #   CONNS=1 scripts/instructions.sh                  # one connection instead of 10
 #   ROUSE_BIN=path scripts/instructions.sh           # that rouse binary, no build (an A/B)
+#   FORWARDING=0 scripts/instructions.sh             # nginx and HAProxy add no forwarding fields
 #
 # Target `gateway-accesslog` is the gateway writing a JSON access log line per request to a
 # file (the writer task included): what the access log costs. Run it with
@@ -113,6 +114,19 @@ PIDS+=($!)
 # rouse and HAProxy do, and keepalive_requests on both sides keeps nginx from closing a
 # connection every 1,000 requests (its default, client side and, since 1.15.3, upstream).
 mkdir -p "$WORK/nx/logs"
+# The same job as rouse's: each request gets X-Forwarded-For, -Proto and -Host and Forwarded,
+# the four fields rouse adds, from nginx and HAProxy as well. FORWARDING=0 leaves them
+# forwarding nothing, as the counts before 2026-12-04 evening did.
+NG_FWD="" HA_FWD=""
+if [ "${FORWARDING:-1}" = 1 ]; then
+  NG_FWD='proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header Forwarded "for=$remote_addr;host=\"$host\";proto=$scheme";'
+  HA_FWD='  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header Forwarded "for=%[src];host=\"%[req.hdr(host)]\";proto=http"'
+fi
 cat > "$WORK/nginx-proxy.conf" <<EOF
 worker_processes 1;
 # One process, so that callgrind counts all of it and SIGINT (fast shutdown) ends it.
@@ -127,7 +141,7 @@ http { access_log off; keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$BE; keepalive 32; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$NX;
     location / { proxy_pass http://backend; proxy_http_version 1.1;
-      proxy_set_header Connection ""; } } }
+      proxy_set_header Connection ""; $NG_FWD } } }
 EOF
 if $nginx; then
   "$NGINX" -t -q -c "$WORK/nginx-proxy.conf" -p "$WORK/nx"
@@ -148,6 +162,7 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:$HP
+$HA_FWD
   default_backend be
 backend be
   server s1 127.0.0.1:$BE
