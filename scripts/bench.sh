@@ -111,23 +111,8 @@ http {
 EOF
 }
 
-# The same job for every proxy: rouse gives each request X-Forwarded-For, -Proto and -Host and
-# Forwarded (the backend then parses four more fields, on the CPU it shares with the proxy),
-# so nginx and HAProxy are set to send the same four, as an ingress would. FORWARDING=0 leaves
-# them forwarding nothing, as the runs before 2026-12-04 evening did.
-NG_FWD="" NG_GRPC_FWD="" HA_FWD=""
-if [ "${FORWARDING:-1}" = 1 ]; then
-  NG_FWD='proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header Forwarded "for=$remote_addr;host=\"$host\";proto=$scheme";'
-  NG_GRPC_FWD='grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      grpc_set_header X-Forwarded-Proto $scheme; grpc_set_header X-Forwarded-Host $host;
-      grpc_set_header Forwarded "for=$remote_addr;host=\"$host\";proto=$scheme";'
-  HA_FWD='  option forwardfor
-  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  http-request set-header Forwarded "for=%[src];host=\"%[req.hdr(host)]\";proto=%[ssl_fc,iif(https,http)]"'
-fi
+# nginx and HAProxy do rouse's job: NG_FWD, NG_GRPC_FWD, HA_FWD (see the file).
+. "$ROOT/scripts/forwarding.sh"
 nginx_conf backend "server { listen 127.0.0.1:$BE; listen 127.0.0.1:$BE_H2 http2; location / { return 200 'ok'; } }
   server { listen 127.0.0.1:$BE_TLS ssl http2; $TLS_NGINX location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server 127.0.0.1:$BE; keepalive 128; }

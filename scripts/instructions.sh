@@ -114,19 +114,9 @@ PIDS+=($!)
 # rouse and HAProxy do, and keepalive_requests on both sides keeps nginx from closing a
 # connection every 1,000 requests (its default, client side and, since 1.15.3, upstream).
 mkdir -p "$WORK/nx/logs"
-# The same job as rouse's: each request gets X-Forwarded-For, -Proto and -Host and Forwarded,
-# the four fields rouse adds, from nginx and HAProxy as well. FORWARDING=0 leaves them
-# forwarding nothing, as the counts before 2026-12-04 evening did.
-NG_FWD="" HA_FWD=""
-if [ "${FORWARDING:-1}" = 1 ]; then
-  NG_FWD='proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header Forwarded "for=$remote_addr;host=\"$host\";proto=$scheme";'
-  HA_FWD='  option forwardfor
-  http-request set-header X-Forwarded-Proto http
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  http-request set-header Forwarded "for=%[src];host=\"%[req.hdr(host)]\";proto=http"'
-fi
+# nginx and HAProxy do rouse's job: NG_FWD and HA_FWD (see the file); plain HTTP only here.
+HA_PROTO=http
+. "$ROOT/scripts/forwarding.sh"
 cat > "$WORK/nginx-proxy.conf" <<EOF
 worker_processes 1;
 # One process, so that callgrind counts all of it and SIGINT (fast shutdown) ends it.
