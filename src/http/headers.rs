@@ -250,7 +250,7 @@ impl ClientAddr {
         {
             return Some(v.clone());
         }
-        let v = forwarded_value(None, self, host.as_str(), proto)?;
+        let v = forwarded_value(None, self, host, proto)?;
         let _ = self.forwarded.set((host.clone(), proto, v.clone()));
         Some(v)
     }
@@ -260,26 +260,32 @@ impl ClientAddr {
 fn forwarded_value(
     prev: Option<&str>,
     client: &ClientAddr,
-    host: &str,
+    host: &Host,
     proto: &str,
 ) -> Option<HeaderValue> {
-    let node = client.node.to_str().unwrap_or("unknown");
-    let mut fwd =
-        String::with_capacity(prev.map_or(0, |p| p.len() + 2) + node.len() + host.len() + 32);
+    let mut fwd = Vec::with_capacity(
+        prev.map_or(0, |p| p.len() + 2) + client.node.len() + host.as_bytes().len() + 32,
+    );
     if let Some(p) = prev {
-        fwd.push_str(p);
-        fwd.push_str(", ");
+        fwd.extend_from_slice(p.as_bytes());
+        fwd.extend_from_slice(b", ");
     }
-    fwd.push_str("for=");
-    fwd.push_str(node);
-    if !host.is_empty() {
-        fwd.push_str(";host=\"");
-        fwd.push_str(host);
-        fwd.push('"');
-    }
-    fwd.push_str(";proto=");
-    fwd.push_str(proto);
+    write_forwarded_element(&mut fwd, client, host, proto);
     HeaderValue::try_from(fwd).ok()
+}
+
+/// This hop's `Forwarded` element, `for=NODE;host="HOST";proto=PROTO` (no `host` for an empty
+/// one): the one writer of it, for the map and for an HTTP/1.1 head written directly.
+fn write_forwarded_element(dst: &mut Vec<u8>, client: &ClientAddr, host: &Host, proto: &str) {
+    dst.extend_from_slice(b"for=");
+    dst.extend_from_slice(client.node.as_bytes());
+    if !host.is_empty() {
+        dst.extend_from_slice(b";host=\"");
+        dst.extend_from_slice(host.as_bytes());
+        dst.push(b'"');
+    }
+    dst.extend_from_slice(b";proto=");
+    dst.extend_from_slice(proto.as_bytes());
 }
 
 /// Which forwarding headers a request arrived with, found in one pass over its names rather
@@ -338,7 +344,7 @@ pub fn add_forwarded(
         .flatten();
     let value = match prev {
         None => client.forwarded(host, proto),
-        Some(prev) => forwarded_value(Some(&prev), client, host.as_str(), proto),
+        Some(prev) => forwarded_value(Some(&prev), client, host, proto),
     };
     if let Some(v) = value {
         headers.insert(header::FORWARDED, v);
@@ -441,15 +447,8 @@ impl Hop {
         // A host is visible ASCII, so it is a field value as it is.
         dst.extend_from_slice(b"x-forwarded-host: ");
         dst.extend_from_slice(self.host.as_bytes());
-        dst.extend_from_slice(b"\r\nforwarded: for=");
-        dst.extend_from_slice(self.client.node.as_bytes());
-        if !self.host.is_empty() {
-            dst.extend_from_slice(b";host=\"");
-            dst.extend_from_slice(self.host.as_bytes());
-            dst.push(b'"');
-        }
-        dst.extend_from_slice(b";proto=");
-        dst.extend_from_slice(proto.as_bytes());
+        dst.extend_from_slice(b"\r\nforwarded: ");
+        write_forwarded_element(dst, &self.client, &self.host, proto);
         dst.extend_from_slice(b"\r\n");
     }
 
