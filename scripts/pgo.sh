@@ -6,6 +6,9 @@
 #   scripts/pgo.sh                                   # target/pgo/use/dist/rouse
 #   PGO_TARGET=x86_64-unknown-linux-gnu PGO_RUSTFLAGS="-C target-feature=+crt-static" \
 #     PGO_DIR=target/pgo-static scripts/pgo.sh       # the static build scripts/bench.sh measures
+#   PGO_FEATURES=kubernetes scripts/pgo.sh           # with cargo features (the container image)
+#   PGO_STEP=instrumented scripts/pgo.sh             # only the instrumented build: the image's
+#                                                    # layer of compiled dependencies
 #
 # The training load is broad rather than the benchmarks' alone: the gateway over HTTP/1.1 at
 # 1 and 50 connections, with request bodies, split traffic, a revision with a concurrency
@@ -21,6 +24,11 @@ cd "$ROOT"
 DIR=$(realpath -m "${PGO_DIR:-$ROOT/target/pgo}")
 TARGET_ARGS=()
 if [ -n "${PGO_TARGET:-}" ]; then TARGET_ARGS=(--target "$PGO_TARGET"); fi
+if [ -n "${PGO_FEATURES:-}" ]; then TARGET_ARGS+=(--features "$PGO_FEATURES"); fi
+case "${PGO_STEP:-all}" in
+  all | instrumented) ;;
+  *) echo "pgo: PGO_STEP is '$PGO_STEP'; use 'all' (the default) or 'instrumented'" >&2; exit 2 ;;
+esac
 
 need=()
 command -v h2load >/dev/null || need+=(nghttp2-client)
@@ -41,13 +49,14 @@ fi
 
 build() { # target dir, profile flag
   RUSTFLAGS="${PGO_RUSTFLAGS:-} $2" CARGO_TARGET_DIR="$1" \
-    cargo build --profile dist --locked -q "${TARGET_ARGS[@]}" >&2
+    cargo build --profile dist --locked -q --bin rouse "${TARGET_ARGS[@]}" >&2
   echo "$1/${PGO_TARGET:+$PGO_TARGET/}dist/rouse"
 }
 
 rm -rf "$DIR/data"
 echo "pgo: building the instrumented binary" >&2
 GEN=$(build "$DIR/gen" "-Cprofile-generate=$DIR/data")
+if [ "${PGO_STEP:-all}" = instrumented ]; then echo "$GEN"; exit 0; fi
 
 W=$(mktemp -d /tmp/rouse-pgo.XXXXXX)
 PIDS=()
