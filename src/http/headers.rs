@@ -246,7 +246,7 @@ impl ClientAddr {
     fn forwarded(&self, host: &Host, proto: &'static str) -> Option<HeaderValue> {
         if let Some((h, p, v)) = self.forwarded.get()
             && *p == proto
-            && h.as_str() == host.as_str()
+            && h.as_bytes() == host.as_bytes()
         {
             return Some(v.clone());
         }
@@ -377,7 +377,10 @@ impl Host {
 
     /// `value` as a host; `None` unless it is visible ASCII (spaces and tabs included).
     pub fn new(value: HeaderValue) -> Option<Host> {
-        value.to_str().is_ok().then_some(Host(value))
+        // A header value holds no control byte but tab, nor DEL (http's rule for every way of
+        // making one), so it is visible ASCII exactly when it is ASCII: checked a word at a
+        // time, where `to_str` tests each byte against both bounds.
+        value.as_bytes().is_ascii().then_some(Host(value))
     }
 
     /// `text` as a host, copied; `None` unless it is visible ASCII.
@@ -616,21 +619,26 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 
 /// Removes a `:port` suffix from a host (keeps IPv6 brackets intact).
 pub fn strip_port(host: &str) -> &str {
-    let b = host.as_bytes();
+    // The cut is at an ASCII byte (`:`), so always between characters.
+    &host[..strip_port_bytes(host.as_bytes()).len()]
+}
+
+/// [`strip_port`] on a host's bytes, as the route table looks a request's host up.
+pub fn strip_port_bytes(b: &[u8]) -> &[u8] {
     if b.first() == Some(&b'[') {
         return match memchr::memchr(b']', b) {
-            Some(end) => &host[..=end],
-            None => host,
+            Some(end) => &b[..=end],
+            None => b,
         };
     }
     // The port: the digits after the last colon, when no other colon comes before it (an
-    // IPv6 address without brackets has no port). Read as bytes, from the end.
+    // IPv6 address without brackets has no port). Read from the end.
     let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
     let colon = b.len() - digits;
     match colon.checked_sub(1) {
         // A plain scan: a host is short, shorter than `memchr`'s set-up is worth.
-        Some(at) if b[at] == b':' && !b[..at].contains(&b':') => &host[..at],
-        _ => host,
+        Some(at) if b[at] == b':' && !b[..at].contains(&b':') => &b[..at],
+        _ => b,
     }
 }
 
@@ -730,6 +738,34 @@ mod tests {
         assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(content_length(b"18446744073709551616"), None);
         assert_eq!(content_length(b"4a"), None);
+    }
+
+    #[test]
+    fn a_host_is_what_reads_as_text() {
+        // Every byte a header value may hold, alone and between others: a host is made of
+        // exactly the values `to_str` reads.
+        let mut made = 0;
+        for b in 0..=255u8 {
+            for bytes in [
+                vec![b],
+                vec![b'a', b, b'b'],
+                [b"a.example:80".as_slice(), &[b]].concat(),
+            ] {
+                let Ok(v) = HeaderValue::from_bytes(&bytes) else {
+                    continue;
+                };
+                made += 1;
+                let text = v.to_str().ok().map(str::to_owned);
+                let host = Host::new(v);
+                assert_eq!(host.is_some(), text.is_some(), "{:?}", bytes.escape_ascii());
+                if let (Some(h), Some(t)) = (host, text) {
+                    assert_eq!(h.as_str(), t);
+                }
+            }
+        }
+        // Tab, space to `~`, and obs-text (0x80 and up) make values; the other controls and
+        // DEL do not.
+        assert_eq!(made, 3 * (1 + 95 + 128));
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl Proxy {
         let mut set_cookie = None;
         let (rev, timeouts, host, quiet) = {
             let table = self.table.load();
-            let Some(svc) = table.service(host.as_str(), conn.internal) else {
+            let Some(svc) = table.service(host.as_bytes(), conn.internal) else {
                 self.metrics.unrouted(Code::NoService);
                 return Routed::Answer(Box::new(
                     ProxyError::NoService(host.as_str().to_owned()).into_response_as(answer),

@@ -12,7 +12,7 @@ use super::split::Split;
 use super::sticky::{self, Pin, Sticky};
 use crate::config::{self, Config};
 use crate::discovery;
-use crate::http::headers::strip_port;
+use crate::http::headers::strip_port_bytes;
 use crate::http::tls::TlsError;
 use crate::metrics::Metrics;
 use crate::revision::Revision;
@@ -235,13 +235,31 @@ impl Service {
     }
 }
 
+/// A host name of the table, found by the bytes of a request's host: a request's host is
+/// looked up as it came, without being checked as text again (each check read every byte).
+/// Hashed and compared as those bytes, so that a lookup by `[u8]` finds it.
+#[derive(Debug, PartialEq, Eq)]
+struct HostKey(Box<str>);
+
+impl std::hash::Hash for HostKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for HostKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// The whole snapshot.
 #[derive(Debug)]
 pub struct RouteTable {
     /// Looked up for every request: hashed with foldhash rather than SipHash, which cost a
     /// few hundred instructions for a short name. The keys come from configuration, so no
     /// client can choose what collides.
-    hosts: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
+    hosts: HashMap<HostKey, usize, foldhash::fast::RandomState>,
     wildcard: Option<usize>,
     services: Box<[Service]>,
     revisions: Vec<Arc<Revision>>,
@@ -278,7 +296,7 @@ impl RouteTable {
                 if h == "*" {
                     wildcard.get_or_insert(si);
                 } else {
-                    hosts.entry(h.into_boxed_str()).or_insert(si);
+                    hosts.entry(HostKey(h.into_boxed_str())).or_insert(si);
                 }
             }
             let name: Arc<str> = s.name.as_str().into();
@@ -405,10 +423,10 @@ impl RouteTable {
 
     /// The service for a Host or `:authority` value (port and case ignored), as a listener
     /// sees it: only the cluster-local listener (`internal`) sees cluster-local services.
-    pub fn service(&self, host: &str, internal: bool) -> Option<&Service> {
-        let h = strip_port(host);
-        let i = if h.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts.get(h.to_ascii_lowercase().as_str())
+    pub fn service(&self, host: impl AsRef<[u8]>, internal: bool) -> Option<&Service> {
+        let h = strip_port_bytes(host.as_ref());
+        let i = if h.iter().any(u8::is_ascii_uppercase) {
+            self.hosts.get(h.to_ascii_lowercase().as_slice())
         } else {
             self.hosts.get(h)
         };
@@ -440,7 +458,7 @@ impl RouteTable {
             .hosts
             .iter()
             .filter(|(_, s)| **s == i)
-            .map(|(h, _)| &**h)
+            .map(|(h, _)| &*h.0)
             .collect();
         out.sort_unstable();
         if self.wildcard == Some(i) {
@@ -540,6 +558,47 @@ services:
         );
         assert_eq!(pick(&t, "other", "/", &[("rouse-tag", "next")]), "three");
         assert_eq!(pick(&t, "other", "/", &[("rouse-tag", "nope")]), "one");
+    }
+
+    #[test]
+    fn a_host_is_found_by_its_bytes_in_any_case_without_its_port() {
+        let yaml = YAML.replace(
+            r#"hosts: ["A.example", "*"]"#,
+            r#"hosts: ["A.example", "[::1]"]"#,
+        );
+        let t = RouteTable::build(
+            &Config::parse(&yaml).unwrap(),
+            &Arc::new(Metrics::new()),
+            None,
+        )
+        .unwrap();
+        let name = |host: &[u8]| t.service(host, false).map(|s| s.name.to_string());
+        for host in [
+            &b"a.example"[..],
+            b"A.Example",
+            b"a.example:8080",
+            b"A.EXAMPLE:80",
+            b"[::1]",
+            b"[::1]:8443",
+        ] {
+            assert_eq!(
+                name(host).as_deref(),
+                Some("a"),
+                "{:?}",
+                host.escape_ascii()
+            );
+        }
+        // Not a name of the table: a port that is not digits, a second colon, a byte past
+        // ASCII (a host value may hold one; it matches no configured name and breaks nothing).
+        for host in [
+            &b"a.example:x"[..],
+            b"a.example:80:80",
+            b"b.example",
+            b"a.exampl\xe9",
+            b"",
+        ] {
+            assert_eq!(name(host), None, "{:?}", host.escape_ascii());
+        }
     }
 
     #[test]
