@@ -20,7 +20,7 @@
 use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::head;
-use crate::http::headers::{content_length, ends_in_chunked, lists};
+use crate::http::headers::{content_length, ends_in_chunked, is_forwarding_name, lists};
 use crate::http::signal::{self, Signal};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -120,18 +120,6 @@ pub struct Parsed {
 /// upstream, they always go into the map, which grows for them then.
 const ADDED_FIELDS: usize = 4;
 
-/// True when a field name is one of the forwarding fields ([`ADDED_FIELDS`]), told by its
-/// length first, as most names are not.
-fn forwarding_name(name: &[u8]) -> bool {
-    match name.len() {
-        9 => h1::is_name(name, b"forwarded"),
-        15 => h1::is_name(name, b"x-forwarded-for"),
-        16 => h1::is_name(name, b"x-forwarded-host"),
-        17 => h1::is_name(name, b"x-forwarded-proto"),
-        _ => false,
-    }
-}
-
 /// The capacity to ask of a header map for `fields` read: the smallest table that holds them.
 /// A map of capacity `n` gets a table of the next power of two of `n + n/3` slots, of which
 /// three quarters hold entries (http's `HeaderMap`): asking for exactly three quarters of the
@@ -230,7 +218,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
     // asks for.
     let forwarded = at[..count]
         .iter()
-        .any(|&(ns, ne, _, _)| forwarding_name(&raw[ns as usize..ne as usize]));
+        .any(|&(ns, ne, _, _)| is_forwarding_name(&raw[ns as usize..ne as usize]));
     let room = match forwarded {
         true => map_room(count + ADDED_FIELDS),
         false => map_room(count),
@@ -1564,7 +1552,7 @@ mod tests {
             "x-forwarded-hosts",
             "x-forwarded",
         ] {
-            assert!(!forwarding_name(name.as_bytes()), "{name}");
+            assert!(!is_forwarding_name(name.as_bytes()), "{name}");
         }
         // Otherwise the HTTP/1.1 writer adds them to the head, and the map holds the head's
         // fields only.

@@ -3,6 +3,7 @@
 //! request that came without any and goes out over HTTP/1.1, kept aside for the head's writer
 //! ([`Hop`]).
 
+use crate::http::h1;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -288,6 +289,19 @@ fn write_forwarded_element(dst: &mut Vec<u8>, client: &ClientAddr, host: &Host, 
     dst.extend_from_slice(proto.as_bytes());
 }
 
+/// True when a field name (in any case) is one of the forwarding fields this hop adds to:
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` or `Forwarded`. Told by its
+/// length first, as most names are not.
+pub fn is_forwarding_name(name: &[u8]) -> bool {
+    match name.len() {
+        9 => h1::is_name(name, b"forwarded"),
+        15 => h1::is_name(name, b"x-forwarded-for"),
+        16 => h1::is_name(name, b"x-forwarded-host"),
+        17 => h1::is_name(name, b"x-forwarded-proto"),
+        _ => false,
+    }
+}
+
 /// Which forwarding headers a request arrived with, found in one pass over its names rather
 /// than one hash lookup each: most requests have none of them.
 struct Forwarding {
@@ -422,9 +436,21 @@ impl Hop {
         proto: Option<&'static str>,
         host: &mut Host,
     ) -> Option<Hop> {
-        let had = Forwarding::present(headers);
-        let none = !(had.xff || had.proto || had.host || had.forwarded);
-        none.then(|| Hop {
+        let forwarded = headers
+            .keys()
+            .any(|k| is_forwarding_name(k.as_str().as_bytes()));
+        Hop::unless_forwarded(forwarded, client, proto, host)
+    }
+
+    /// [`Hop::deferred`] for a caller that has read the names already: `forwarded` tells
+    /// whether any of them is a forwarding field ([`is_forwarding_name`]).
+    pub fn unless_forwarded(
+        forwarded: bool,
+        client: &Arc<ClientAddr>,
+        proto: Option<&'static str>,
+        host: &mut Host,
+    ) -> Option<Hop> {
+        (!forwarded).then(|| Hop {
             client: client.clone(),
             proto,
             host: std::mem::replace(host, Host::NONE),

@@ -428,11 +428,13 @@ fn prepare(
     ctx: &mut Ctx,
 ) -> Option<Hop> {
     let h = req.headers_mut();
-    // One pass over the names instead of a hash lookup each (most requests have neither).
-    let (mut expect, mut has_host) = (false, false);
+    // One pass over the names instead of a hash lookup each (most requests have none of
+    // these), which also tells whether the client sent forwarding fields of its own.
+    let (mut expect, mut has_host, mut forwarded) = (false, false, false);
     for k in h.keys() {
         expect |= k == header::EXPECT;
         has_host |= k == header::HOST;
+        forwarded |= headers::is_forwarding_name(k.as_str().as_bytes());
     }
     // rouse answers `Expect: 100-continue` itself when the body is first read.
     if expect {
@@ -444,7 +446,9 @@ fn prepare(
     };
     // The hop takes the host along (nothing after the rewrite reads it).
     let hop = match protocol {
-        Protocol::Http1 | Protocol::Auto => Hop::deferred(h, &ctx.client, proto, &mut ctx.host),
+        Protocol::Http1 | Protocol::Auto => {
+            Hop::unless_forwarded(forwarded, &ctx.client, proto, &mut ctx.host)
+        }
         Protocol::H2c => None,
     };
     let host = match &hop {

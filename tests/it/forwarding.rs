@@ -222,6 +222,53 @@ async fn forwarding_headers_and_hop_by_hop_stripping() {
 }
 
 #[tokio::test]
+async fn any_forwarding_field_a_client_sent_is_joined_not_repeated() {
+    // Each forwarding field alone, in any case: the request's fields then go out from its map,
+    // this hop's joined to the client's, and never a second field of the same name.
+    let a = Backend::start("a").await;
+    let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
+    let sent = [
+        (
+            "X-Forwarded-For",
+            "10.1.2.3",
+            "x-forwarded-for",
+            "10.1.2.3, 127.0.0.1",
+        ),
+        ("x-forwarded-PROTO", "https", "x-forwarded-proto", "https"),
+        (
+            "X-Forwarded-Host",
+            "lb.example",
+            "x-forwarded-host",
+            "lb.example",
+        ),
+        (
+            "FORWARDED",
+            "for=10.1.2.3",
+            "forwarded",
+            "for=10.1.2.3, for=127.0.0.1;host=\"x\";proto=http",
+        ),
+    ];
+    for (name, value, lower, want) in sent {
+        let head =
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\nConnection: close\r\n\r\n");
+        let out = raw(gw.addr(), head.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{name}: {out}");
+        let h = a.last_headers();
+        let all: Vec<_> = h.get_all(lower).iter().collect();
+        assert_eq!(all, [want], "{name}");
+        // The other three are this hop's, once each.
+        for other in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            assert_eq!(h.get_all(other).iter().count(), 1, "{name}: {other}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn malformed_and_oversized_requests_get_4xx() {
     let a = Backend::start("a").await;
     let gw = Cfg::single(Rev::new("r").endpoint(a.addr)).start().await;
