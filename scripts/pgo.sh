@@ -53,8 +53,15 @@ build() { # target dir, profile flag
   echo "$1/${PGO_TARGET:+$PGO_TARGET/}dist/rouse"
 }
 
+# What the two builds compile: a source changed between them would be built with a profile
+# of other code, which the compiler drops function by function with a warning, and the result
+# would be neither build.
+sources() {
+  find src Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum
+}
 rm -rf "$DIR/data"
 echo "pgo: building the instrumented binary" >&2
+SOURCES=$(sources)
 GEN=$(build "$DIR/gen" "-Cprofile-generate=$DIR/data")
 if [ "${PGO_STEP:-all}" = instrumented ]; then echo "$GEN"; exit 0; fi
 
@@ -157,5 +164,14 @@ kill -TERM "$GW_PID" "$SC_PID"
 wait "$GW_PID" "$SC_PID" 2>/dev/null || true
 "$PROFDATA" merge -o "$DIR/rouse.profdata" "$DIR/data"
 
+unchanged() {
+  if [ "$(sources)" != "$SOURCES" ]; then
+    echo "pgo: the sources changed while the profile was made; run again with them left as they are" >&2
+    exit 1
+  fi
+}
+unchanged
 echo "pgo: building with the profile" >&2
-build "$DIR/use" "-Cprofile-use=$DIR/rouse.profdata"
+USE=$(build "$DIR/use" "-Cprofile-use=$DIR/rouse.profdata")
+unchanged
+echo "$USE"
