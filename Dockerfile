@@ -16,15 +16,17 @@
 # follow the profile, which changes with the source, and are compiled again).
 FROM rust:1.95-bookworm AS build
 ARG PGO=1
+# The training's backend and client, and llvm-profdata, only for the profile-guided build.
 RUN apt-get update && apt-get install -y --no-install-recommends cmake clang \
-      nginx nghttp2-client openssl \
-    && rm -rf /var/lib/apt/lists/* \
-    && if [ "$PGO" != 0 ]; then rustup component add llvm-tools; fi
+    && if [ "$PGO" != 0 ]; then \
+         apt-get install -y --no-install-recommends nginx nghttp2-client openssl \
+         && rustup component add llvm-tools; fi \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches benches
 COPY scripts/pgo.sh scripts/pgo.sh
-RUN mkdir -p src tests/it tests/k8s && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir -p src config tests/it tests/k8s && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > tests/it/main.rs && echo 'fn main() {}' > tests/k8s/main.rs \
     && if [ "$PGO" != 0 ]; then PGO_STEP=instrumented PGO_FEATURES=kubernetes scripts/pgo.sh; \
        else cargo build --profile dist --locked --features kubernetes --bin rouse; fi || true

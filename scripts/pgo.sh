@@ -48,16 +48,18 @@ if [ ! -x "$PROFDATA" ]; then
 fi
 
 build() { # target dir, profile flag
+  # Called as `$(build ...)`, where bash does not stop at a failed command by itself: without
+  # the exit, a failed build would hand on the binary an earlier run left in the same place.
   RUSTFLAGS="${PGO_RUSTFLAGS:-} $2" CARGO_TARGET_DIR="$1" \
-    cargo build --profile dist --locked -q --bin rouse "${TARGET_ARGS[@]}" >&2
+    cargo build --profile dist --locked -q --bin rouse "${TARGET_ARGS[@]}" >&2 || exit 1
   echo "$1/${PGO_TARGET:+$PGO_TARGET/}dist/rouse"
 }
 
-# What the two builds compile: a source changed between them would be built with a profile
-# of other code, which the compiler drops function by function with a warning, and the result
-# would be neither build.
+# What the two builds compile (`config/` for the built-in demo's file): a source changed
+# between them would be built with a profile of other code, which the compiler drops function
+# by function with a warning, and the result would be neither build.
 sources() {
-  find src Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum
+  find src config Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum
 }
 rm -rf "$DIR/data"
 echo "pgo: building the instrumented binary" >&2
