@@ -13,7 +13,8 @@
 #            the same answer however the bytes are cut, and the same head read into a map
 #            and kept as written; and any request's head as written
 #            upstream parses back as exactly one request with the same method, target, fields;
-#            and any bytes read as a head by rouse's reader and by httparse alike
+#            any bytes read as a head by rouse's reader and by httparse alike; and a client's
+#            head whose fields are kept as written goes upstream holding what the map holds
 #
 #   scripts/fuzz.sh                      # every target, 60 s each
 #   FUZZ_SECONDS=900 scripts/fuzz.sh config

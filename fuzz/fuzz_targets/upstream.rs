@@ -10,14 +10,17 @@
 //!   end, with the same method, target and fields, so no request can become two; and so does
 //!   its head with this hop's forwarding fields written after its own (`Hop`);
 //! - any bytes as a response head and as a request head through rouse's reading of head lines
-//!   (`http::head`) and through httparse: the same verdict, length, start line and fields.
+//!   (`http::head`) and through httparse: the same verdict, length, start line and fields;
+//! - any bytes as a client's request head whose fields are kept as the client wrote them: the
+//!   upstream head written from them parses back as exactly one request with the fields the
+//!   map reading gives and one length (`kept_agrees`).
 
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use libfuzzer_sys::fuzz_target;
 use rouse::http::headers::{ClientAddr, Hop, Host};
-use rouse::http::upstream::{OutBody, head_bytes, read_whole, verbatim_agrees};
+use rouse::http::upstream::{OutBody, head_bytes, kept_agrees, read_whole, verbatim_agrees};
 use std::net::{IpAddr, Ipv6Addr};
 
 fn response(data: &[u8]) {
@@ -25,6 +28,9 @@ fn response(data: &[u8]) {
         panic!("{e}: {:?}", String::from_utf8_lossy(data));
     }
     if let Err(e) = verbatim_agrees(data) {
+        panic!("{e}: {:?}", String::from_utf8_lossy(data));
+    }
+    if let Err(e) = kept_agrees(data) {
         panic!("{e}: {:?}", String::from_utf8_lossy(data));
     }
     let whole = format!("{:?}", read_whole(data, &[], false));

@@ -449,11 +449,12 @@ impl Pool {
     pub fn send_h2(
         &self,
         addr: SocketAddr,
-        out: Box<Outgoing>,
+        mut out: Box<Outgoing>,
     ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
         async move {
-            let Outgoing { mut req, hop } = *out;
             // HTTP/2's head is written from the map alone.
+            out.materialise();
+            let Outgoing { mut req, hop, .. } = *out;
             if let Some(hop) = hop {
                 hop.into_map(req.headers_mut());
             }
@@ -462,7 +463,11 @@ impl Pool {
                 let mut sender = match self.h2_sender(addr).await {
                     Ok(s) => s,
                     Err(error) => {
-                        let req = Box::new(Outgoing { req, hop: None });
+                        let req = Box::new(Outgoing {
+                            req,
+                            hop: None,
+                            fields: None,
+                        });
                         return Err(SendError::Connect { req, error });
                     }
                 };

@@ -21,6 +21,7 @@ use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::head;
 use crate::http::headers::{content_length, ends_in_chunked, is_forwarding_name, lists};
+use crate::http::lines::Lines;
 use crate::http::signal::{self, Signal};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -99,8 +100,11 @@ impl Refusal {
 /// A request head and what the connection must know of it.
 #[derive(Debug)]
 pub struct Parsed {
-    /// Method, target, version and every field, as the client sent them.
+    /// Method, target, version and every field, as the client sent them: in the map, or,
+    /// for a head that allows it, in `fields` as written, the map empty.
     pub request: Request<()>,
+    /// The fields as the client wrote them, when the map does not hold them.
+    pub fields: Option<Lines>,
     /// How its body is framed.
     pub body: Framing,
     /// The client may send another request after this one.
@@ -111,6 +115,17 @@ pub struct Parsed {
     pub upgrade: bool,
     /// `TE: trailers`: the client takes trailer fields in a chunked response.
     pub trailers: bool,
+}
+
+impl Parsed {
+    /// The request with every field in its map.
+    pub fn into_request(self) -> Request<()> {
+        let mut request = self.request;
+        if let Some(lines) = self.fields {
+            lines.into_map(request.headers_mut());
+        }
+        request
+    }
 }
 
 /// Fields the proxy adds to a request it forwards: `X-Forwarded-For`, `X-Forwarded-Proto`,
@@ -176,9 +191,45 @@ fn own_copy(head: &[u8]) -> Bytes {
     room!(64, 96, 128, 192, 256, 384, 512, 768, 1024)
 }
 
+/// Where a head's `Host` field is and where its `Content-Length` is, if it has one, when its
+/// fields can go to the backend as the client wrote them: one `Host`, at most one
+/// `Content-Length`, and none of the fields the proxy reads or edits (hop-by-hop ones, which it
+/// strips; forwarding ones, which it joins; `Expect`, which it answers).
+fn plain(head: &[u8], fields: &[(u32, u32, u32, u32)]) -> Option<(usize, Option<usize>)> {
+    let (mut host, mut length) = (None, None);
+    for (i, &(ns, ne, _, _)) in fields.iter().enumerate() {
+        let name = &head[ns as usize..ne as usize];
+        let is = |n: &[u8]| h1::is_name(name, n);
+        match name.len() {
+            2 if is(b"te") => return None,
+            4 if is(b"host") => match host {
+                None => host = Some(i),
+                Some(_) => return None,
+            },
+            6 if is(b"expect") => return None,
+            7 if is(b"upgrade") => return None,
+            9 if is(b"forwarded") => return None,
+            10 if is(b"connection") || is(b"keep-alive") => return None,
+            14 if is(b"content-length") => match length {
+                None => length = Some(i),
+                Some(_) => return None,
+            },
+            15 if is(b"x-forwarded-for") => return None,
+            16 if is(b"proxy-connection") || is(b"x-forwarded-host") => return None,
+            17 if is(b"transfer-encoding") || is(b"x-forwarded-proto") => return None,
+            18 if is(b"proxy-authenticate") => return None,
+            // Longer than a `HeaderName` may be: the map's reading refuses it.
+            n if n >= 1 << 16 => return None,
+            _ => {}
+        }
+    }
+    host.map(|h| (h, length))
+}
+
 /// Parses a request head from the front of `buf`, taking it out if whole. `max` is the most
 /// bytes a head may take. The verdict depends only on the bytes, never on how they were cut.
-pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refusal> {
+/// With `keep`, a head that allows it keeps its fields as written ([`Parsed::fields`]).
+pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<Parsed>, Refusal> {
     // Each field as (name start, name end, value start, value end) in the head.
     let mut at = head::Spans::new();
     // Each verdict depends only on bytes every way of cutting them has shown: a head past the
@@ -213,10 +264,64 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let fields = &at[..count];
+    // A head with nothing the proxy reads or edits but its `Host` keeps its lines as written
+    // (see `lines`); any other is read into the map.
+    if keep
+        && uri.authority().is_none()
+        && let Some((host, length)) = plain(&raw, fields)
+    {
+        let length = match length {
+            None => None,
+            Some(i) => {
+                let (vs, ve) = (fields[i].2 as usize, fields[i].3 as usize);
+                let value = &raw[vs..ve];
+                match content_length(value) {
+                    _ if value.contains(&b',') => return Err(Refusal::LengthUnreadable),
+                    None => return Err(Refusal::LengthUnreadable),
+                    Some(n) => Some((i, n)),
+                }
+            }
+        };
+        let (hs, he) = (fields[host].2 as usize, fields[host].3 as usize);
+        let host = HeaderValue::from_maybe_shared(raw.slice(hs..he))
+            .map_err(|_| Refusal::Malformed("invalid header value"))?;
+        // The lines run from the first field to the empty line that ends the head (a CRLF: a
+        // bare LF was refused); a line ends where the next begins.
+        let to = len - 2;
+        let line_end = |i: usize| fields.get(i + 1).map_or(to, |f| f.0 as usize);
+        let cut = length.map_or((to, to), |(i, _)| (fields[i].0 as usize, line_end(i)));
+        let from = fields[0].0 as usize;
+        let body = match length {
+            None | Some((_, 0)) => Framing::Done,
+            Some((_, n)) => Framing::Length(n),
+        };
+        let lines = Lines::new(
+            raw,
+            (from, to),
+            cut,
+            host,
+            length.map(|(_, n)| n),
+            map_room(count),
+        );
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        return Ok(Some(Parsed {
+            request,
+            fields: Some(lines),
+            body,
+            keep_alive: version == Version::HTTP_11,
+            expect_continue: false,
+            upgrade: false,
+            trailers: false,
+        }));
+    }
     // Room for the forwarding fields only where they will go into the map, decided before it
     // is taken: a map grown afterwards would come back to the kept ones with a room no head
     // asks for.
-    let forwarded = at[..count]
+    let forwarded = fields
         .iter()
         .any(|&(ns, ne, _, _)| is_forwarding_name(&raw[ns as usize..ne as usize]));
     let room = match forwarded {
@@ -272,6 +377,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refu
     h1::maps::release(std::mem::replace(request.headers_mut(), headers));
     Ok(Some(Parsed {
         request,
+        fields: None,
         keep_alive: match version {
             Version::HTTP_10 => keep && !close,
             _ => !close,
@@ -308,7 +414,7 @@ pub fn read_all(wire: &[u8], pieces: &[usize], max: usize) -> (Vec<Whole>, Optio
     let mut read = Vec::new();
     loop {
         let parsed = loop {
-            match parse_head(&mut buf, max) {
+            match parse_head(&mut buf, max, true) {
                 Ok(Some(p)) => break p,
                 Ok(None) if feed(&mut buf) => {}
                 Ok(None) if buf.is_empty() => return (read, None),
@@ -330,7 +436,7 @@ pub fn read_all(wire: &[u8], pieces: &[usize], max: usize) -> (Vec<Whole>, Optio
                 Err(m) => return (read, Some(m.to_string())),
             }
         }
-        read.push((parsed.request, data, trailers));
+        read.push((parsed.into_request(), data, trailers));
     }
 }
 
@@ -521,6 +627,9 @@ pub struct ClientBody {
     exchange: u64,
     /// Bytes still to come, when the body has a length.
     left: Option<u64>,
+    /// The request's fields as the client wrote them, when its map does not hold them: here
+    /// only on the way to the handler ([`ClientBody::take_fields`]).
+    fields: Option<Lines>,
 }
 
 impl std::fmt::Debug for ClientBody {
@@ -533,7 +642,7 @@ impl std::fmt::Debug for ClientBody {
 }
 
 impl ClientBody {
-    fn new(wire: &Shared, framing: Framing, exchange: u64) -> ClientBody {
+    fn new(wire: &Shared, framing: Framing, exchange: u64, fields: Option<Lines>) -> ClientBody {
         ClientBody {
             wire: (framing != Framing::Done).then(|| wire.clone()),
             exchange,
@@ -542,7 +651,14 @@ impl ClientBody {
                 Framing::Done => Some(0),
                 _ => None,
             },
+            fields,
         }
+    }
+
+    /// The request's fields as the client wrote them, taken out, if its map does not hold
+    /// them (see [`Parsed::fields`]).
+    pub fn take_fields(&mut self) -> Option<Lines> {
+        self.fields.take()
     }
 }
 
@@ -693,6 +809,10 @@ pub struct Settings {
     /// Time to receive a request head, counted from when the connection waits for it (so
     /// also the longest a connection stays idle between requests).
     pub head_timeout: Duration,
+    /// A head that allows it keeps its fields as the client wrote them ([`Parsed::fields`]):
+    /// for a handler that reads fields only after putting them into the map
+    /// ([`crate::http::server::Handler::keeps_fields`]).
+    pub keep_fields: bool,
 }
 
 /// How the response body goes out.
@@ -1068,7 +1188,7 @@ async fn next_head<S: Future<Output = ()>>(
             if len > parsed
                 && (memchr::memchr(b'\n', &w.buf[parsed..]).is_some() || len > settings.max_head)
             {
-                match parse_head(&mut w.buf, settings.max_head) {
+                match parse_head(&mut w.buf, settings.max_head, settings.keep_fields) {
                     Ok(Some(p)) => return Ok(p),
                     Ok(None) => parsed = len,
                     Err(r) => return Err(NoHead::Refused(r)),
@@ -1332,6 +1452,7 @@ pub async fn serve<C, F, B>(
 fn start(parsed: Parsed, wire: &Shared) -> (Request<RequestBody>, Asked, bool) {
     let Parsed {
         request,
+        fields,
         body,
         keep_alive,
         expect_continue,
@@ -1347,7 +1468,8 @@ fn start(parsed: Parsed, wire: &Shared) -> (Request<RequestBody>, Asked, bool) {
     };
     let http10 = request.version() == Version::HTTP_10;
     let head = request.method() == Method::HEAD;
-    let mut req = request.map(|()| RequestBody::Left(ClientBody::new(wire, body, exchange)));
+    let mut req =
+        request.map(|()| RequestBody::Left(ClientBody::new(wire, body, exchange, fields)));
     let upgrade = upgrade.then(|| {
         let (tx, rx) = oneshot::channel();
         req.extensions_mut()
@@ -1406,7 +1528,7 @@ mod tests {
 
     fn parse(s: &str) -> Result<Option<Parsed>, Refusal> {
         let mut buf = BytesMut::from(s.as_bytes());
-        parse_head(&mut buf, 64 << 10)
+        parse_head(&mut buf, 64 << 10, true)
     }
 
     #[test]
@@ -1416,9 +1538,18 @@ mod tests {
             .unwrap();
         assert_eq!(p.request.method(), Method::POST);
         assert_eq!(p.request.uri(), "/a?b");
-        assert_eq!(p.request.headers()["host"], "x");
         assert_eq!(p.body, Framing::Length(5));
         assert!(p.keep_alive);
+        // Its fields are kept as written; its map is empty until they are put into it.
+        assert!(p.request.headers().is_empty());
+        let lines = p.fields.as_ref().unwrap();
+        assert_eq!(
+            (lines.host().as_bytes(), lines.length()),
+            (&b"x"[..], Some(5))
+        );
+        let req = p.into_request();
+        assert_eq!(req.headers()["host"], "x");
+        assert_eq!(req.headers()["content-length"], "5");
         let p = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(p.body, Framing::Done);
         assert!(!p.keep_alive);
@@ -1487,9 +1618,62 @@ mod tests {
         let mut big =
             BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000)).as_bytes());
         assert_eq!(
-            parse_head(&mut big, 8192).map(|_| ()),
+            parse_head(&mut big, 8192, true).map(|_| ()),
             Err(Refusal::TooLarge)
         );
+    }
+
+    /// A head keeps its fields as written only when the proxy reads none of them but its one
+    /// `Host`: each field it reads or edits, in any case, sends the head to the map, as do a
+    /// second `Host` or length, no `Host`, and a target with an authority.
+    #[test]
+    fn only_heads_with_nothing_to_read_but_the_host_keep_their_lines() {
+        let kept = |head: &str| parse(head).unwrap().unwrap().fields.is_some();
+        for name in [
+            "TE",
+            "Expect",
+            "Upgrade",
+            "Forwarded",
+            "Connection",
+            "Keep-Alive",
+            "X-Forwarded-For",
+            "Proxy-Connection",
+            "X-Forwarded-Host",
+            "Transfer-Encoding",
+            "X-Forwarded-Proto",
+            "Proxy-Authenticate",
+        ] {
+            for name in [name.to_owned(), name.to_ascii_lowercase()] {
+                let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{name}: chunked\r\n\r\n");
+                assert!(!kept(&head), "{name}");
+                // The field alone decides: the same head with another name keeps its lines.
+                let near = format!("GET / HTTP/1.1\r\nHost: x\r\n{name}x: chunked\r\n\r\n");
+                assert!(kept(&near), "{name}x");
+            }
+        }
+        for head in [
+            "GET / HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\n",
+        ] {
+            assert!(!kept(head), "{head:?}");
+        }
+        for head in [
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.0\r\nAccept: */*\r\nHOST: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 0\r\nHost: x\r\nX-Forwarded: 1\r\n\r\n",
+        ] {
+            assert!(kept(head), "{head:?}");
+        }
+        // The framing and the connection's fate are what the map's reading gives.
+        let p = parse("GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert!(!p.keep_alive && p.body == Framing::Done && p.fields.is_some());
+        let p = parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(p.keep_alive && p.body == Framing::Done);
+        assert_eq!(p.fields.unwrap().length(), Some(0));
     }
 
     #[test]
@@ -1497,7 +1681,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\n"[..],
         );
-        let p = parse_head(&mut buf, 1 << 16).unwrap().unwrap();
+        let p = parse_head(&mut buf, 1 << 16, true).unwrap().unwrap();
         assert_eq!(p.body, Framing::Length(2));
         assert_eq!(&buf[..], b"hiGET / HTTP/1.1\r\n");
     }
@@ -1556,11 +1740,17 @@ mod tests {
         }
         // Otherwise the HTTP/1.1 writer adds them to the head, and the map holds the head's
         // fields only.
-        let req = parse("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nUser-Agent: u\r\n\r\n")
+        let req = parse("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nConnection: x\r\n\r\n")
             .unwrap()
             .unwrap()
             .request;
         assert_eq!(req.headers().capacity(), 3);
+        // A head with nothing the proxy reads but its host keeps no map at all.
+        let p = parse("GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nUser-Agent: u\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.request.headers().capacity(), 0);
+        assert!(p.fields.is_some());
     }
 
     /// A backend's fields kept as it wrote them go out first and as they are, then the map's
@@ -1811,11 +2001,20 @@ mod tests {
             let settings = Settings {
                 max_head: MAX,
                 head_timeout: Duration::from_secs(10),
+                keep_fields: true,
             };
             serve(
                 Box::new(tcp),
-                |req| {
+                |mut req: Request<RequestBody>| {
                     let rec = rec.clone();
+                    // Every field, also those kept as the client wrote them.
+                    let kept = match req.body_mut() {
+                        RequestBody::Left(b) => b.take_fields(),
+                        RequestBody::Right(_) => None,
+                    };
+                    if let Some(lines) = kept {
+                        lines.into_map(req.headers_mut());
+                    }
                     async move {
                         record(req, rec).await.map(|b| {
                             use http_body_util::BodyExt as _;
@@ -1991,6 +2190,7 @@ mod tests {
             let settings = Settings {
                 max_head: MAX,
                 head_timeout: Duration::from_secs(10),
+                keep_fields: true,
             };
             serve(
                 Box::new(io),

@@ -397,30 +397,36 @@ impl Verbatim {
             length,
             date: _,
         } = *self.0;
-        // Each line ends in CRLF and a name holds no CR, LF or colon, so a line's end is its
-        // first LF and its name ends at its first colon: memchr finds both a word at a time,
-        // where a search for the pair CRLF went byte by byte.
-        let all = lines.as_ref();
-        let mut at = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &all[at..]) {
-            let line = &all[at..at + nl.saturating_sub(1)];
-            if let Some(colon) = memchr::memchr(b':', line) {
-                let after = &line[colon + 1..];
-                let value = after.trim_ascii();
-                let from = at + colon + 1 + (after.len() - after.trim_ascii_start().len());
-                // Both were checked when the head was read, so neither fails here.
-                if let (Ok(name), Ok(value)) = (
-                    field_name(&line[..colon]),
-                    HeaderValue::from_maybe_shared(lines.slice(from..from + value.len())),
-                ) {
-                    map.append(name, value);
-                }
-            }
-            at += nl + 1;
-        }
+        append_lines(&lines, map);
         if let Some(n) = length {
             map.append(http::header::CONTENT_LENGTH, HeaderValue::from(n));
         }
+    }
+}
+
+/// Appends each field of `lines` (whole field lines, each `name:` OWS `value` OWS CRLF, with
+/// valid names and values) to `map`, in their order.
+pub fn append_lines(lines: &Bytes, map: &mut HeaderMap) {
+    // Each line ends in CRLF and a name holds no CR, LF or colon, so a line's end is its first
+    // LF and its name ends at its first colon: memchr finds both a word at a time, where a
+    // search for the pair CRLF went byte by byte.
+    let all = lines.as_ref();
+    let mut at = 0;
+    while let Some(nl) = memchr::memchr(b'\n', &all[at..]) {
+        let line = &all[at..at + nl.saturating_sub(1)];
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let after = &line[colon + 1..];
+            let value = after.trim_ascii();
+            let from = at + colon + 1 + (after.len() - after.trim_ascii_start().len());
+            // Both were checked when the head was read, so neither fails here.
+            if let (Ok(name), Ok(value)) = (
+                field_name(&line[..colon]),
+                HeaderValue::from_maybe_shared(lines.slice(from..from + value.len())),
+            ) {
+                map.append(name, value);
+            }
+        }
+        at += nl + 1;
     }
 }
 
@@ -438,12 +444,23 @@ pub trait Carries {
 /// client's writer, a route's response headers, a sticky cookie). Call it before editing, so
 /// that an edit meant to replace a field finds it.
 pub fn materialise<B: Carries>(res: &mut Response<B>) {
-    let Some(verbatim) = res.body_mut().take_verbatim() else {
-        return;
-    };
-    let added = std::mem::take(res.headers_mut());
-    let map = res.headers_mut();
-    verbatim.into_map(map);
+    if let Some(verbatim) = res.body_mut().take_verbatim() {
+        fill_before(res.headers_mut(), HeaderMap::new(), |map| {
+            verbatim.into_map(map)
+        });
+    }
+}
+
+/// Puts what `fill` appends into `map` before the fields `map` held, `fresh` (an empty map)
+/// taking its place: for the fields a message kept as written, which came before anything
+/// rouse added.
+pub fn fill_before(map: &mut HeaderMap, fresh: HeaderMap, fill: impl FnOnce(&mut HeaderMap)) {
+    let added = std::mem::replace(map, fresh);
+    fill(map);
+    if added.is_empty() {
+        // Nearly always: nothing was added yet. A map without room is not walked to drop.
+        return maps::release(added);
+    }
     let mut name = None;
     for (k, v) in added {
         // A name comes with its first value only.

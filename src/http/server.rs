@@ -76,6 +76,14 @@ pub trait Handler: Send + Sync + 'static {
         + Send
         + 'static;
 
+    /// True when the handler calls [`Outgoing::materialise`] before it reads or edits a
+    /// request's fields other than its host, and would rather get an HTTP/1.1 request with its
+    /// fields kept as the client wrote them ([`Outgoing::fields`]). Otherwise every request
+    /// comes with its fields in its map. Asked once for each connection.
+    fn keeps_fields(&self) -> bool {
+        false
+    }
+
     /// Answers one request.
     fn call(
         &self,
@@ -391,6 +399,8 @@ impl Protocols {
             http1: downstream::Settings {
                 max_head: settings.max_header_bytes,
                 head_timeout: settings.header_read_timeout,
+                // Each handler says (`Handler::keeps_fields`).
+                keep_fields: false,
             },
             max_header_list: u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX),
             header_read_timeout: settings.header_read_timeout,
@@ -419,7 +429,10 @@ impl Protocols {
                     Box::new(io),
                     |req| h.call(Outgoing::boxed(req), info.clone()),
                     |why| h.refused(why),
-                    self.http1,
+                    downstream::Settings {
+                        keep_fields: h.keeps_fields(),
+                        ..self.http1
+                    },
                     stop,
                     cut.clone(),
                 );

@@ -26,8 +26,9 @@ use crate::http::h1::{
     self, Chunk, Framing, MAX_HEAD, Malformed, Next, Verbatim, head_fault, next_frame, write_field,
 };
 use crate::http::headers::{Hop, content_length, ends_in_chunked, tokens};
+use crate::http::lines::Lines;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -575,8 +576,14 @@ fn sending(req: &Request<OutBody>, lengths: Option<(Option<u64>, bool)>) -> Send
 }
 
 /// Writes the head of `req` into `dst`, with its framing: the lengths among its fields are
-/// read in the same pass as they are left out (a route may have set one).
-fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>) -> Written {
+/// read in the same pass as they are left out (a route may have set one). `fields`, the
+/// client's fields kept as written, go first, as they came before anything in the map.
+fn encode_head(
+    dst: &mut Vec<u8>,
+    req: &Request<OutBody>,
+    fields: Option<&Lines>,
+    hop: Option<&Hop>,
+) -> Written {
     dst.clear();
     dst.extend_from_slice(req.method().as_str().as_bytes());
     dst.push(b' ');
@@ -584,6 +591,11 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>) -> 
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut lengths, mut asks_upgrade) = (None, false);
+    if let Some(f) = fields {
+        // They hold no `Upgrade` and no `Transfer-Encoding`, and their length is read already.
+        f.write(dst);
+        lengths = f.length().map(|n| (Some(n), true));
+    }
     for (name, value) in req.headers() {
         // The framing is this function's to write, never a field's to claim: a stray
         // `Transfer-Encoding` or a second length would make the backend read a body that is
@@ -623,7 +635,7 @@ fn encode_head(dst: &mut Vec<u8>, req: &Request<OutBody>, hop: Option<&Hop>) -> 
 /// The head this connection writes for `req` and `hop` (for the fuzz target and tests).
 pub fn head_bytes(req: &Request<OutBody>, hop: Option<&Hop>) -> Vec<u8> {
     let mut dst = Vec::new();
-    encode_head(&mut dst, req, hop);
+    encode_head(&mut dst, req, None, hop);
     dst
 }
 
@@ -640,15 +652,46 @@ pub struct Outgoing {
     pub req: Request<OutBody>,
     /// The forwarding fields the HTTP/1.1 writer adds to the head, if the map lacks them.
     pub hop: Option<Hop>,
+    /// The client's fields as it wrote them, which the HTTP/1.1 writer copies, when the map
+    /// does not hold them ([`Lines`]): only for a handler that calls
+    /// [`Outgoing::materialise`] before it reads or edits a field.
+    pub fields: Option<Lines>,
 }
 
 impl Outgoing {
-    /// `req` as rouse carries it: boxed once, its body not yet watched for faults, no hop.
-    pub fn boxed(req: Request<RequestBody>) -> Box<Outgoing> {
+    /// `req` as rouse carries it: boxed once, its body not yet watched for faults, no hop. A
+    /// request whose fields its client's connection kept as written (only for a handler that
+    /// asks for it, [`crate::http::server::Handler::keeps_fields`]) keeps them so.
+    pub fn boxed(mut req: Request<RequestBody>) -> Box<Outgoing> {
+        let fields = match req.body_mut() {
+            RequestBody::Left(body) => body.take_fields(),
+            RequestBody::Right(_) => None,
+        };
         Box::new(Outgoing {
             req: req.map(|b| OutBody::Client(b, None)),
             hop: None,
+            fields,
         })
+    }
+
+    /// Sets the field `name` to `value` in the map, in place of any the request has: of one
+    /// kept as the client wrote it too, which first puts those into the map.
+    pub fn set_field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if self.fields.as_ref().is_some_and(|f| f.names(name)) {
+            self.materialise();
+        }
+        self.req.headers_mut().insert(name.clone(), value.clone());
+    }
+
+    /// Puts the fields kept as the client wrote them into the map, before whatever the map
+    /// held: for everything that reads or edits a request's fields other than its host.
+    pub fn materialise(&mut self) {
+        let Some(lines) = self.fields.take() else {
+            return;
+        };
+        // The map a head read into one takes, from the thread's kept ones.
+        let map = h1::maps::take(lines.room());
+        h1::fill_before(self.req.headers_mut(), map, |map| lines.into_map(map));
     }
 }
 
@@ -892,7 +935,7 @@ pub fn exchange(
         let Written {
             sending,
             asks_upgrade,
-        } = encode_head(&mut conn.head, &req, req.hop.as_ref());
+        } = encode_head(&mut conn.head, &req, req.fields.as_ref(), req.hop.as_ref());
         let mut written = 0;
         if let Err(e) = poll_fn(|cx| conn.poll_write_head(cx, &mut written)).await {
             return Err(Failed {
@@ -1170,6 +1213,82 @@ pub fn verbatim_agrees(wire: &[u8]) -> Result<Option<bool>, String> {
         true => Ok(Some(true)),
         false => Err(format!("into_map differs: {into:?}, {mapped:?}")),
     }
+}
+
+/// Reads `wire` as a client's request head and, when its fields are kept as the client wrote
+/// them, writes the upstream head from them, for the fuzz target and tests: `Ok(Some(()))`
+/// when that head parses back as exactly one request, ending where it was written to end,
+/// with the request's method and target, every field the map reading gives (names in any
+/// case, values as the map holds them, those of one name in their order) but the length, and the length once, as a
+/// number; `Ok(None)` when no head is read or its fields go into the map; what differs
+/// otherwise.
+pub fn kept_agrees(wire: &[u8]) -> Result<Option<()>, String> {
+    let mut buf = BytesMut::from(wire);
+    let Ok(Some(parsed)) = crate::http::downstream::parse_head(&mut buf, MAX_HEAD, true) else {
+        return Ok(None);
+    };
+    let Some(lines) = parsed.fields.clone() else {
+        return Ok(None);
+    };
+    let mut map = HeaderMap::new();
+    lines.clone().into_map(&mut map);
+    let req = parsed.request.map(|()| OutBody::Empty);
+    let mut bytes = Vec::new();
+    encode_head(&mut bytes, &req, Some(&lines), None);
+    let mut fields = vec![httparse::EMPTY_HEADER; map.len() + 2];
+    let mut back = httparse::Request::new(&mut fields);
+    match back.parse(&bytes) {
+        Ok(httparse::Status::Complete(n)) if n == bytes.len() => {}
+        other => return Err(format!("{other:?}: {:?}", String::from_utf8_lossy(&bytes))),
+    }
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if back.method != Some(req.method().as_str()) || back.path != Some(target) {
+        return Err(format!(
+            "the start line differs: {:?}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    let is_length = |n: &str| n.eq_ignore_ascii_case("content-length");
+    let want: Vec<(String, &[u8])> = map
+        .iter()
+        .filter(|(n, _)| !is_length(n.as_str()))
+        .map(|(n, v)| (n.to_string(), v.as_bytes()))
+        .collect();
+    let mut got: Vec<(String, &[u8])> = back
+        .headers
+        .iter()
+        .filter(|h| !is_length(h.name))
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii()))
+        .collect();
+    // Fields of different names may come in any order (RFC 9110 §5.3), and the map holds
+    // each name's values together; those of one name keep their order.
+    let mut want = want;
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let lengths: Vec<&[u8]> = back
+        .headers
+        .iter()
+        .filter(|h| is_length(h.name))
+        .map(|h| h.value)
+        .collect();
+    let length = lines.length().map(|n| n.to_string());
+    let written = match lengths[..] {
+        [] => None,
+        [one] => Some(String::from_utf8_lossy(one).into_owned()),
+        _ => {
+            return Err(format!(
+                "more than one length: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+    };
+    if got != want || written != length {
+        return Err(format!(
+            "the fields differ: {:?} against {map:?}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    Ok(Some(()))
 }
 
 /// A whole response as this connection reads it, from `wire` arriving in pieces of the given
@@ -1493,11 +1612,69 @@ mod tests {
         }
     }
 
+    /// A request whose fields the client's connection kept goes out with its lines as the
+    /// client wrote them (case and spacing), its length once and last, and what the map holds
+    /// (what rouse added) after them; put into the map, the same fields go out as the map
+    /// writes them.
+    #[test]
+    fn kept_fields_go_out_as_written_with_the_length_once() {
+        let wire = "POST /u?q HTTP/1.1\r\nHost: a.test\r\nX-A:  1 \r\nContent-Length: 3\r\nUser-Agent: t\r\n\r\n";
+        let mut buf = BytesMut::from(wire.as_bytes());
+        let p = crate::http::downstream::parse_head(&mut buf, 1 << 16, true)
+            .unwrap()
+            .unwrap();
+        let lines = p.fields.clone().unwrap();
+        let mut req = p.request.map(|()| OutBody::Empty);
+        req.headers_mut()
+            .insert("x-added", HeaderValue::from_static("r"));
+        let mut head = Vec::new();
+        let written = encode_head(&mut head, &req, Some(&lines), None);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /u?q HTTP/1.1\r\nHost: a.test\r\nX-A:  1 \r\nUser-Agent: t\r\nx-added: r\r\ncontent-length: 3\r\n\r\n"
+        );
+        assert_eq!(written.sending, Sending::Length(3));
+        assert!(!written.asks_upgrade);
+        let mut out = Outgoing {
+            req,
+            hop: None,
+            fields: Some(lines),
+        };
+        out.materialise();
+        assert!(out.fields.is_none());
+        assert_eq!(
+            String::from_utf8(head_bytes(&out, None)).unwrap(),
+            "POST /u?q HTTP/1.1\r\nhost: a.test\r\nx-a: 1\r\nuser-agent: t\r\nx-added: r\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    /// Heads whose fields are kept as written go upstream holding what the map reading
+    /// holds; heads whose fields go into the map are not judged here.
+    #[test]
+    fn kept_request_fields_go_upstream_as_the_map_holds_them() {
+        let kept = [
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /x?y HTTP/1.0\r\nX-A:\t1 \t\r\nhost: a\r\nx-a: 2\r\nX-Empty:\r\n\r\n",
+            "POST /u HTTP/1.1\r\nContent-Length: 3\r\nHost: a\r\nX-Obs: caf\u{e9}\r\n\r\nabc",
+            "PUT / HTTP/1.1\r\nHost: a\r\nX-Z: z\r\nContent-Length: 0\r\n\r\n",
+        ];
+        for head in kept {
+            assert_eq!(kept_agrees(head.as_bytes()), Ok(Some(())), "{head:?}");
+        }
+        for other in [
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            assert_eq!(kept_agrees(other.as_bytes()), Ok(None), "{other:?}");
+        }
+    }
+
     #[test]
     fn request_heads_carry_the_framing_they_need() {
         let enc = |req: Request<OutBody>| {
             let mut head = Vec::new();
-            let written = encode_head(&mut head, &req, None);
+            let written = encode_head(&mut head, &req, None, None);
             assert_eq!(head, head_bytes(&req, None));
             (written.sending, String::from_utf8(head).unwrap())
         };
@@ -1557,14 +1734,14 @@ mod tests {
             .header("upgrade", "websocket")
             .body(OutBody::Empty)
             .unwrap();
-        let written = encode_head(&mut head, &ws, None);
+        let written = encode_head(&mut head, &ws, None, None);
         assert!(written.asks_upgrade);
         assert!(
             String::from_utf8(head)
                 .unwrap()
                 .contains("\r\nupgrade: websocket\r\n")
         );
-        let written = encode_head(&mut Vec::new(), &Request::new(OutBody::Empty), None);
+        let written = encode_head(&mut Vec::new(), &Request::new(OutBody::Empty), None, None);
         assert!(!written.asks_upgrade);
     }
 
@@ -1661,7 +1838,11 @@ mod tests {
             .body(OutBody::Empty)
             .unwrap();
         let home = Arc::new(Kept(std::sync::Mutex::new(0)));
-        let req = Box::new(Outgoing { req, hop: None });
+        let req = Box::new(Outgoing {
+            req,
+            hop: None,
+            fields: None,
+        });
         let mut res = exchange(Conn::new(Io::Tcp(tcp)), req, home).await;
         if let Ok(res) = &mut res {
             crate::http::h1::materialise(res);

@@ -98,20 +98,33 @@ impl Handler for QueueHandler {
         mut req: Box<Outgoing>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send {
-        let read = headers::read(req.headers());
+        let read = match &req.fields {
+            Some(lines) => headers::read_lines(lines),
+            None => headers::read(req.headers()),
+        };
         match read.kind {
             Kind::Traffic => {
                 self.drainer.touch();
                 // Only Knative's stats tell activator-sent requests apart, so this front
                 // decides it for the shared request path.
                 if read.rewritten {
+                    req.materialise();
                     headers::restore_request_headers(req.headers_mut());
                 }
                 Either::Left(Either::Left(self.proxy.serve(req, conn, read.proxied)))
             }
             Kind::HealthCheck(probe) => Either::Left(Either::Right(self.health(probe))),
-            Kind::NetworkProbe => Either::Right(std::future::ready(self.network_probe(&req))),
+            Kind::NetworkProbe => {
+                req.materialise();
+                Either::Right(std::future::ready(self.network_probe(&req)))
+            }
         }
+    }
+
+    /// As the proxy it hands traffic to: it reads the Knative fields of fields kept as the
+    /// client wrote them, and puts them into the map before it edits or echoes any.
+    fn keeps_fields(&self) -> bool {
+        self.proxy.keeps_fields()
     }
 
     fn refused(&self, why: crate::http::downstream::Refusal) -> bytes::Bytes {

@@ -2,6 +2,8 @@
 //! queue-proxy reads them: which requests are probes, which an activator sent, and which of
 //! the activator's rewrites to undo before the app sees a request.
 
+use crate::http::h1;
+use crate::http::lines::Lines;
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
@@ -57,41 +59,78 @@ pub struct Read {
 /// Knative headers are absent, and telling a common name from each of them is one branch.
 pub fn read(h: &HeaderMap) -> Read {
     // Of a field given more than once, the first counts, as a lookup would find it.
-    let (mut probe, mut agent, mut proxy, mut kubelet, mut rewritten) =
-        (None, None, None, false, false);
+    let mut seen = Seen::default();
     for (k, v) in h {
         if k == header::USER_AGENT {
-            agent = agent.or(Some(v.as_bytes()));
+            seen.agent = seen.agent.or(Some(v.as_bytes()));
         } else if k == NETWORK_PROBE {
-            probe = probe.or(Some(v.as_bytes()));
+            seen.probe = seen.probe.or(Some(v.as_bytes()));
         } else if k == KUBELET_PROBE {
-            kubelet = true;
+            seen.kubelet = true;
         } else if k == PROXY_REQUEST {
-            proxy = proxy.or(Some(v.as_bytes()));
+            seen.proxy = seen.proxy.or(Some(v.as_bytes()));
         } else if k == ORIGINAL_HOST
             || k == SERVING_REVISION
             || k == SERVING_NAMESPACE
             || k == NETWORK_HASH
         {
-            rewritten = true;
+            seen.rewritten = true;
         }
     }
-    let kind = if probe == Some(b"probe") {
-        Kind::NetworkProbe
-    } else if probe.is_some()
-        || kubelet
-        || HEALTH_CHECK_AGENTS
-            .iter()
-            .any(|p| agent.is_some_and(|a| a.starts_with(p.as_bytes())))
-    {
-        Kind::HealthCheck(String::from_utf8_lossy(probe.unwrap_or_default()).into_owned())
-    } else {
-        Kind::Traffic
-    };
-    Read {
-        kind,
-        proxied: proxy == Some(b"activator"),
-        rewritten,
+    seen.judge()
+}
+
+/// [`read`] for a request's fields kept as its client wrote them ([`Lines`]), names in any
+/// case: the same answer as for the map they would make.
+pub fn read_lines(lines: &Lines) -> Read {
+    let mut seen = Seen::default();
+    for (k, v) in lines.iter() {
+        // Every Knative name is letters and `-`, which `is_name` compares in any case.
+        let is = |name: &HeaderName| h1::is_name(k, name.as_str().as_bytes());
+        match k.len() {
+            10 if is(&header::USER_AGENT) => seen.agent = seen.agent.or(Some(v)),
+            15 if is(&NETWORK_PROBE) => seen.probe = seen.probe.or(Some(v)),
+            15 if is(&KUBELET_PROBE) => seen.kubelet = true,
+            15 if is(&PROXY_REQUEST) => seen.proxy = seen.proxy.or(Some(v)),
+            15 if is(&ORIGINAL_HOST) => seen.rewritten = true,
+            14 if is(&NETWORK_HASH) => seen.rewritten = true,
+            24 if is(&SERVING_REVISION) => seen.rewritten = true,
+            25 if is(&SERVING_NAMESPACE) => seen.rewritten = true,
+            _ => {}
+        }
+    }
+    seen.judge()
+}
+
+/// The Knative fields a pass over a request's fields found: the first value of each.
+#[derive(Default)]
+struct Seen<'a> {
+    probe: Option<&'a [u8]>,
+    agent: Option<&'a [u8]>,
+    proxy: Option<&'a [u8]>,
+    kubelet: bool,
+    rewritten: bool,
+}
+
+impl Seen<'_> {
+    fn judge(self) -> Read {
+        let kind = if self.probe == Some(b"probe") {
+            Kind::NetworkProbe
+        } else if self.probe.is_some()
+            || self.kubelet
+            || HEALTH_CHECK_AGENTS
+                .iter()
+                .any(|p| self.agent.is_some_and(|a| a.starts_with(p.as_bytes())))
+        {
+            Kind::HealthCheck(String::from_utf8_lossy(self.probe.unwrap_or_default()).into_owned())
+        } else {
+            Kind::Traffic
+        };
+        Read {
+            kind,
+            proxied: self.proxy == Some(b"activator"),
+            rewritten: self.rewritten,
+        }
     }
 }
 
@@ -120,6 +159,47 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    /// Fields kept as the client wrote them, in any case, read as the map they make.
+    #[test]
+    fn kept_fields_read_as_their_map() {
+        let fields = [
+            "K-Network-Probe: probe",
+            "k-network-probe: queue",
+            "User-Agent: kube-probe/1.30",
+            "USER-AGENT: Knative-Activator-Probe",
+            "user-agent: curl/8",
+            "K-Proxy-Request: activator",
+            "k-proxy-request: other",
+            "K-Kubelet-Probe: 1",
+            "K-Original-Host: a.example",
+            "Knative-Serving-Revision: r",
+            "KNATIVE-SERVING-NAMESPACE: n",
+            "k-network-HASH: h",
+            "X-Other: 1",
+            "K-Network-Probex: probe",
+        ];
+        // Each field alone, and each pair in both orders (the first value of a name counts).
+        let mut heads: Vec<String> = fields.iter().map(|f| format!("{f}\r\n")).collect();
+        for a in fields {
+            for b in fields {
+                heads.push(format!("{a}\r\n{b}\r\n"));
+            }
+        }
+        for lines in heads {
+            let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+            let mut buf = bytes::BytesMut::from(head.as_bytes());
+            let parsed = crate::http::downstream::parse_head(&mut buf, 1 << 16, true)
+                .unwrap()
+                .unwrap();
+            let kept = parsed.fields.clone().expect("kept as written");
+            assert_eq!(
+                read_lines(&kept),
+                read(parsed.into_request().headers()),
+                "{head:?}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,12 @@ impl Observer {
         }
     }
 
+    /// True when requests are logged or traced: their records read their fields.
+    #[inline]
+    pub fn observes(&self) -> bool {
+        self.access.is_some() || self.tracer.is_some()
+    }
+
     /// A record for a request arriving now, or `None` when nothing is observed (the common
     /// case: one branch, inlined into the request path).
     #[inline]
@@ -88,7 +94,7 @@ impl Observer {
         headers: &HeaderMap,
         client: SocketAddr,
     ) -> Option<Box<Record>> {
-        if self.access.is_none() && self.tracer.is_none() {
+        if !self.observes() {
             return None;
         }
         self.record(method, path, version, headers, client)

@@ -17,7 +17,7 @@ use crate::observe::Record;
 use crate::revision::{Acquired, Lease, Revision};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Request, Response, Version};
+use http::{Response, Version};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -27,7 +27,10 @@ use tracing::debug;
 pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-start");
 
 /// Declared request body size, for the queue's byte bound.
-fn declared_len(req: &Request<OutBody>) -> u64 {
+fn declared_len(req: &Outgoing) -> u64 {
+    if let Some(f) = &req.fields {
+        return f.length().unwrap_or(0);
+    }
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -421,16 +424,18 @@ fn respond(res: Response<UpBody>, done: Completion, limits: Limits, cut: Cut) ->
 /// Rewrites a client request into the upstream request for `protocol`. The forwarding fields
 /// of a request that came without any are kept aside for the HTTP/1.1 writer (the hop
 /// returned); HTTP/2's, and those that join earlier hops', go into the map.
-fn prepare(
-    req: &mut Request<OutBody>,
-    protocol: Protocol,
-    tls: bool,
-    ctx: &mut Ctx,
-) -> Option<Hop> {
-    let h = req.headers_mut();
+fn prepare(req: &mut Outgoing, protocol: Protocol, tls: bool, ctx: &mut Ctx) -> Option<Hop> {
+    // HTTP/2's head is written from the map alone.
+    if protocol == Protocol::H2c {
+        req.materialise();
+    }
+    // Fields kept as the client wrote them hold its `Host`, and no `Expect` or forwarding
+    // field (`Lines`).
+    let kept = req.fields.is_some();
+    let h = req.req.headers_mut();
     // One pass over the names instead of a hash lookup each (most requests have none of
     // these), which also tells whether the client sent forwarding fields of its own.
-    let (mut expect, mut has_host, mut forwarded) = (false, false, false);
+    let (mut expect, mut has_host, mut forwarded) = (false, kept, false);
     for k in h.keys() {
         expect |= k == header::EXPECT;
         has_host |= k == header::HOST;

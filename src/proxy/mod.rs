@@ -165,10 +165,14 @@ impl Proxy {
     /// waits.
     pub fn serve(
         &self,
-        req: Box<Outgoing>,
+        mut req: Box<Outgoing>,
         conn: ConnInfo,
         proxied: bool,
     ) -> impl Future<Output = Response<Body>> {
+        // The access log and the traces read the request's fields.
+        if self.observer.observes() {
+            req.materialise();
+        }
         let mut record = self.observer.begin(
             req.method(),
             req.uri().path(),
@@ -226,6 +230,7 @@ impl Proxy {
             r.host.push_str(host.as_str());
         }
         if let Some(front) = &self.front {
+            req.materialise();
             match front.intercept(&mut req, &host) {
                 Intercept::Answer(res) => return Routed::Answer(res),
                 Intercept::Pass => {}
@@ -260,10 +265,13 @@ impl Proxy {
                     ProxyError::NoService(host.as_str().to_owned()).into_response_as(answer),
                 ));
             };
+            if svc.reads_fields() {
+                req.materialise();
+            }
             if svc.redirect_to_https && https_port != 0 && public_cleartext {
                 return Routed::Answer(Box::new(redirect_to_https(&mut req, https_port, answer)));
             }
-            let Some(route) = svc.route(req.uri().path(), req.headers()) else {
+            let Some(route) = svc.route(req.uri().path(), &*req) else {
                 self.metrics.unrouted(Code::NoRoute);
                 let path = req.uri().path().to_owned();
                 return Routed::Answer(Box::new(
@@ -282,7 +290,7 @@ impl Proxy {
                 .filter(|q| q.matches(req.uri().path(), req.headers()))
                 .map(|q| (q.answer.clone(), q.answered.clone(), q.passed.clone()));
             for (k, v) in route.set_headers.iter() {
-                req.headers_mut().insert(k.clone(), v.clone());
+                req.set_field(k, v);
             }
             // The client's host stays what forwarding headers report.
             if let Some(h) = &route.rewrite_host {
@@ -297,7 +305,7 @@ impl Proxy {
                 }
             };
             for (k, v) in arm.set_headers.iter() {
-                req.headers_mut().insert(k.clone(), v.clone());
+                req.set_field(k, v);
             }
             (arm.revision.clone(), svc.timeouts, host, quiet)
         };
@@ -336,6 +344,10 @@ impl Proxy {
             starting(&mut res, rev.starting_for());
             pin(&mut res, set_cookie);
             return Routed::Answer(Box::new(res));
+        }
+        if cold {
+            // The waiting page is for browsers, told by their `Accept`.
+            req.materialise();
         }
         if cold
         && let Some(page) = rev.settings().cold_start.waiting_page.clone()
@@ -453,6 +465,12 @@ impl Proxy {
 impl Handler for Proxy {
     type Body = Body;
 
+    /// Not when requests are logged or traced, or a Knative front reads their headers: those
+    /// put every request's fields into the map at once.
+    fn keeps_fields(&self) -> bool {
+        self.front.is_none() && !self.observer.observes()
+    }
+
     fn call(
         &self,
         req: Box<Outgoing>,
@@ -510,7 +528,18 @@ impl Throttle {
 /// backend to read differently (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, or an
 /// HTTP/2 `host` that differs from `:authority`, are refused; for an HTTP/1.1 absolute-form
 /// target the authority wins and `Host` is rewritten to it.
-fn request_host(req: &mut Request<OutBody>) -> Result<Host, ProxyError> {
+fn request_host(req: &mut Outgoing) -> Result<Host, ProxyError> {
+    // Fields kept as the client wrote them have one `Host`, and the target no authority.
+    if let Some(f) = &req.fields {
+        return match Some(f.host())
+            .filter(|h| !h.is_empty())
+            .cloned()
+            .and_then(Host::new)
+        {
+            Some(h) => Ok(h),
+            None => Err(ProxyError::MissingHost),
+        };
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -555,7 +584,7 @@ fn rewrite_authority(req: &mut Request<OutBody>, host: &HeaderValue) {
 }
 
 /// 301 to the same host and path over HTTPS.
-fn redirect_to_https(req: &mut Request<OutBody>, port: u16, answer: Answer) -> Response<Body> {
+fn redirect_to_https(req: &mut Outgoing, port: u16, answer: Answer) -> Response<Body> {
     let host = match request_host(req) {
         Ok(h) => h,
         Err(e) => return e.into_response_as(answer),

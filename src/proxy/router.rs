@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::discovery;
 use crate::http::headers::strip_port_bytes;
 use crate::http::tls::TlsError;
+use crate::http::upstream::Outgoing;
 use crate::metrics::Metrics;
 use crate::revision::Revision;
 use crate::revision::registry::Registry;
@@ -27,6 +28,26 @@ use std::time::Duration;
 pub const TAG_HEADER: HeaderName = HeaderName::from_static("rouse-tag");
 
 type Headers = Box<[(HeaderName, HeaderValue)]>;
+
+/// What a route's header match reads of a request: whether a field has a value.
+pub trait Fields {
+    /// True when one of the values of the field `name` is `value`.
+    fn has(&self, name: &HeaderName, value: &HeaderValue) -> bool;
+}
+
+impl Fields for HeaderMap {
+    fn has(&self, name: &HeaderName, value: &HeaderValue) -> bool {
+        self.get_all(name).iter().any(|x| x == value)
+    }
+}
+
+/// A request as the proxy carries it: the fields in its map, and those kept as the client
+/// wrote them, if any.
+impl Fields for Outgoing {
+    fn has(&self, name: &HeaderName, value: &HeaderValue) -> bool {
+        self.headers().has(name, value) || self.fields.as_ref().is_some_and(|f| f.has(name, value))
+    }
+}
 
 /// One arm of a split.
 #[derive(Debug)]
@@ -67,12 +88,8 @@ pub struct Route {
 }
 
 impl Route {
-    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
-        path.starts_with(&*self.path)
-            && self
-                .headers
-                .iter()
-                .all(|(k, v)| headers.get_all(k).iter().any(|x| x == v))
+    fn matches<F: Fields + ?Sized>(&self, path: &str, fields: &F) -> bool {
+        path.starts_with(&*self.path) && self.headers.iter().all(|(k, v)| fields.has(k, v))
     }
 
     /// Every arm, in the config's order.
@@ -213,14 +230,27 @@ pub struct Service {
     pub sticky: Option<Sticky>,
     /// Requests that are not demand.
     pub quiet: Option<Quiet>,
+    /// Its routing reads or edits a request's fields other than its host (see
+    /// [`Service::reads_fields`]).
+    reads_fields: bool,
 }
 
 impl Service {
+    /// True when routing a request to this service reads its fields other than the host in
+    /// ways that need them in the map: a route that rewrites the host, an arm chosen by tag, a
+    /// sticky pin, requests that are not demand (matched by their fields). Such a request has
+    /// its fields in its map before it is routed. (A route's header match reads fields kept
+    /// as written too, [`Fields`], and a field a route or an arm sets replaces one the client
+    /// sent, `Outgoing::set_field`.)
+    pub fn reads_fields(&self) -> bool {
+        self.reads_fields
+    }
+
     /// The first route that matches, else the default.
-    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
+    pub fn route<F: Fields + ?Sized>(&self, path: &str, fields: &F) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.matches(path, headers))
+            .find(|r| r.matches(path, fields))
             .or(self.default.as_ref())
     }
 
@@ -380,8 +410,15 @@ impl RouteTable {
                 rollouts.push(r.clone());
                 d.rollout = Some(r);
             }
+            let reads_fields = s.sticky.is_some()
+                || s.no_wake.is_some()
+                || routes
+                    .iter()
+                    .chain(&default)
+                    .any(|r| r.rewrite_host.is_some() || r.tagged);
             services.push(Service {
                 name: name.clone(),
+                reads_fields,
                 default,
                 routes: routes.into(),
                 cluster_local: s.visibility == config::Visibility::ClusterLocal,

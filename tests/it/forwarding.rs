@@ -268,6 +268,83 @@ async fn any_forwarding_field_a_client_sent_is_joined_not_repeated() {
     }
 }
 
+/// A request with nothing for the proxy to read but its host reaches the backend with its
+/// fields as the client wrote them (names' case, spacing, order), this hop's forwarding fields
+/// once each and its length once, after them; a route that sets a field the client sent
+/// replaces it rather than adding a second, and a request with a field the proxy reads goes
+/// out from its map.
+#[tokio::test]
+async fn a_clients_fields_go_upstream_as_written_and_a_route_replaces_them() {
+    use tokio::io::AsyncWriteExt;
+    // A backend for each service, each kept to one connection (the pool reuses it).
+    let backends = [
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let at = |i: usize| backends[i].local_addr().unwrap();
+    let gw = Cfg::new()
+        .service(
+            Svc::new("plain")
+                .host("plain")
+                .only(Rev::new("p").endpoint(at(0))),
+        )
+        .service(
+            Svc::new("routed")
+                .host("routed")
+                .route(Route::new("/").set_header("x-custom", "route").to("r"))
+                .revision(Rev::new("r").endpoint(at(1))),
+        )
+        .start()
+        .await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut upstream: [Option<tokio::net::TcpStream>; 2] = [None, None];
+    let mut exchange = async |to: usize, head: &str| {
+        client.write_all(head.as_bytes()).await.unwrap();
+        if upstream[to].is_none() {
+            upstream[to] = Some(backends[to].accept().await.unwrap().0);
+        }
+        let up = upstream[to].as_mut().unwrap();
+        let got = read_head(up).await;
+        up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        assert!(read_response(&mut client).await.ends_with("ok"));
+        got
+    };
+    let fields = "Host: plain\r\nX-Custom:  as written \r\nContent-Length: 0\r\nUser-Agent: t\r\n";
+    let got = exchange(0, &format!("POST /p?q HTTP/1.1\r\n{fields}\r\n")).await;
+    let lines = "POST /p?q HTTP/1.1\r\nHost: plain\r\nX-Custom:  as written \r\nUser-Agent: t\r\n";
+    assert!(got.starts_with(lines), "{got}");
+    for (field, times) in [
+        ("x-forwarded-for: 127.0.0.1\r\n", 1),
+        ("x-forwarded-proto: http\r\n", 1),
+        ("x-forwarded-host: plain\r\n", 1),
+        ("content-length: 0\r\n", 1),
+        ("Content-Length", 0),
+    ] {
+        assert_eq!(got.matches(field).count(), times, "{field:?} in {got}");
+    }
+    // A route's field replaces the client's.
+    let got = exchange(
+        1,
+        "GET / HTTP/1.1\r\nHost: routed\r\nX-Custom: client\r\n\r\n",
+    )
+    .await;
+    let custom: Vec<_> = got
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-custom:"))
+        .collect();
+    assert_eq!(custom, ["x-custom: route"], "{got}");
+    // A field the proxy reads (here one it strips) sends the request out from its map.
+    let got = exchange(
+        0,
+        "GET / HTTP/1.1\r\nHost: plain\r\nKeep-Alive: 5\r\nX-A: 1\r\n\r\n",
+    )
+    .await;
+    assert!(got.contains("\r\nhost: plain\r\nx-a: 1\r\n"), "{got}");
+    assert!(!got.to_ascii_lowercase().contains("keep-alive"), "{got}");
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_requests_get_4xx() {
     let a = Backend::start("a").await;
