@@ -28,8 +28,9 @@ pub const COLD_START_HEADER: HeaderName = HeaderName::from_static("rouse-cold-st
 
 /// Declared request body size, for the queue's byte bound.
 fn declared_len(req: &Outgoing) -> u64 {
-    if let Some(f) = &req.fields {
-        return f.length().unwrap_or(0);
+    // A route may have set a length in the map of a request whose lines have none.
+    if let Some(n) = req.fields.as_ref().and_then(|f| f.length()) {
+        return n;
     }
     req.headers()
         .get(header::CONTENT_LENGTH)
@@ -499,4 +500,38 @@ fn prepare(req: &mut Outgoing, protocol: Protocol, tls: bool, ctx: &mut Ctx) -> 
         }
     }
     hop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::downstream::parse_head;
+    use bytes::BytesMut;
+
+    fn kept(head: &str) -> Outgoing {
+        let mut buf = BytesMut::from(head.as_bytes());
+        let p = parse_head(&mut buf, 1 << 16, true).unwrap().unwrap();
+        assert!(p.fields.is_some(), "{head:?}");
+        Outgoing {
+            fields: p.fields.clone(),
+            req: p.request.map(|()| OutBody::Empty),
+            hop: None,
+        }
+    }
+
+    /// The queue's byte bound counts a request's declared length: its own, kept with its
+    /// lines, or else one a route set in its map.
+    #[test]
+    fn the_declared_length_is_the_lines_or_else_the_maps() {
+        let with = kept("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(declared_len(&with), 7);
+        let mut without = kept("POST / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(declared_len(&without), 0);
+        without.set_field(&header::CONTENT_LENGTH, &HeaderValue::from_static("9"));
+        assert!(
+            without.fields.is_some(),
+            "the lines hold no length to replace"
+        );
+        assert_eq!(declared_len(&without), 9);
+    }
 }

@@ -345,7 +345,7 @@ impl Proxy {
             pin(&mut res, set_cookie);
             return Routed::Answer(Box::new(res));
         }
-        if cold {
+        if cold && rev.settings().cold_start.waiting_page.is_some() {
             // The waiting page is for browsers, told by their `Accept`.
             req.materialise();
         }
