@@ -350,7 +350,7 @@ pub fn add_forwarded(
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !had.host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.value().clone());
+        headers.insert(X_FORWARDED_HOST.clone(), host.to_value());
     }
     let prev = had
         .forwarded
@@ -380,21 +380,39 @@ pub struct Hop {
 }
 
 /// The host a request is addressed to, as it came: the `Host` field's value or the URI's
-/// authority, visible ASCII only. It keeps the header value it was read from (which shares
-/// the bytes of the request's head), so that routing and forwarding a request copy no text.
+/// authority, visible ASCII only. It keeps the bytes it was read from (which it shares with
+/// the request's head), so that routing and forwarding a request copy no text: as a header
+/// value when it came in one, or as the bytes of a head's field kept as written
+/// (`lines::Lines`), which a header value would check once more, byte by byte.
 #[derive(Clone, Debug)]
-pub struct Host(HeaderValue);
+pub struct Host(Held);
+
+#[derive(Clone, Debug)]
+enum Held {
+    Value(HeaderValue),
+    /// Bytes a head's reading accepted as a field value.
+    Raw(bytes::Bytes),
+}
 
 impl Host {
     /// No host: what is left where one was taken away.
-    pub const NONE: Host = Host(HeaderValue::from_static(""));
+    pub const NONE: Host = Host(Held::Raw(bytes::Bytes::from_static(b"")));
 
     /// `value` as a host; `None` unless it is visible ASCII (spaces and tabs included).
     pub fn new(value: HeaderValue) -> Option<Host> {
         // A header value holds no control byte but tab, nor DEL (http's rule for every way of
         // making one), so it is visible ASCII exactly when it is ASCII: checked a word at a
         // time, where `to_str` tests each byte against both bounds.
-        value.as_bytes().is_ascii().then_some(Host(value))
+        value
+            .as_bytes()
+            .is_ascii()
+            .then_some(Host(Held::Value(value)))
+    }
+
+    /// A field value a head's reading accepted (no control byte but tab, no DEL: what a header
+    /// value may hold) as a host; `None` unless it is ASCII.
+    pub fn from_field(value: bytes::Bytes) -> Option<Host> {
+        value.is_ascii().then_some(Host(Held::Raw(value)))
     }
 
     /// `text` as a host, copied; `None` unless it is visible ASCII.
@@ -404,23 +422,31 @@ impl Host {
 
     /// The host as text.
     pub fn as_str(&self) -> &str {
-        // Checked to be visible ASCII when made, so this cannot fail.
-        self.0.to_str().unwrap_or_default()
+        // Checked to be ASCII when made, so this cannot fail.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
     /// The host's bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        match &self.0 {
+            Held::Value(v) => v.as_bytes(),
+            Held::Raw(b) => b,
+        }
     }
 
-    /// The host as a header value (sharing its bytes).
-    pub fn value(&self) -> &HeaderValue {
-        &self.0
+    /// The host as a header value, sharing its bytes.
+    pub fn to_value(&self) -> HeaderValue {
+        match &self.0 {
+            Held::Value(v) => v.clone(),
+            // Bytes a head's reading accepted are a valid value; the check cannot fail.
+            Held::Raw(b) => HeaderValue::from_maybe_shared(b.clone())
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+        }
     }
 
     /// Whether there is no host.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 }
 
@@ -782,10 +808,19 @@ mod tests {
                 };
                 made += 1;
                 let text = v.to_str().ok().map(str::to_owned);
-                let host = Host::new(v);
+                // The same bytes as a head's field kept as written make the same host.
+                let field = Host::from_field(bytes::Bytes::from(bytes.clone()));
+                let host = Host::new(v.clone());
                 assert_eq!(host.is_some(), text.is_some(), "{:?}", bytes.escape_ascii());
-                if let (Some(h), Some(t)) = (host, text) {
-                    assert_eq!(h.as_str(), t);
+                assert_eq!(
+                    field.is_some(),
+                    text.is_some(),
+                    "{:?}",
+                    bytes.escape_ascii()
+                );
+                if let (Some(h), Some(f), Some(t)) = (host, field, text) {
+                    assert_eq!((h.as_str(), f.as_str()), (&t[..], &t[..]));
+                    assert_eq!((h.to_value(), f.to_value()), (v.clone(), v));
                 }
             }
         }

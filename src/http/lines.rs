@@ -31,7 +31,8 @@ struct Kept {
     /// The `Content-Length` line (empty when there is none), which the writer leaves out: it
     /// frames the body itself, from `length`.
     cut: (u32, u32),
-    host: HeaderValue,
+    /// Where the `Host` value is in `head`.
+    host: (u32, u32),
     length: Option<u64>,
     /// The room a header map takes for these fields (`downstream::map_room`).
     room: u16,
@@ -39,23 +40,24 @@ struct Kept {
 
 impl Lines {
     /// `head[from..to]` are whole field lines as [`Lines`] describes, `cut` the
-    /// `Content-Length` line among them (or an empty range), `host` the `Host` value,
-    /// `length` the length and `room` what a header map of them is taken with.
+    /// `Content-Length` line among them (or an empty range), `head[host.0..host.1]` the `Host`
+    /// value, `length` the length and `room` what a header map of them is taken with.
     pub fn new(
         head: Bytes,
         (from, to): (usize, usize),
         cut: (usize, usize),
-        host: HeaderValue,
+        host: (usize, usize),
         length: Option<u64>,
         room: usize,
     ) -> Lines {
         debug_assert!(from <= to && to <= head.len() && from <= cut.0 && cut.1 <= to);
+        debug_assert!(from <= host.0 && host.0 <= host.1 && host.1 <= to);
         Lines(Box::new(Kept {
             head,
             from: from as u32,
             to: to as u32,
             cut: (cut.0 as u32, cut.1 as u32),
-            host,
+            host: (host.0 as u32, host.1 as u32),
             length,
             room: room.min(u16::MAX as usize) as u16,
         }))
@@ -67,9 +69,11 @@ impl Lines {
         self.0.room as usize
     }
 
-    /// The `Host` value.
-    pub fn host(&self) -> &HeaderValue {
-        &self.0.host
+    /// The `Host` value, as the head's reading accepted it (a valid field value), sharing
+    /// the head's bytes.
+    pub fn host(&self) -> Bytes {
+        let (s, e) = self.0.host;
+        self.0.head.slice(s as usize..e as usize)
     }
 
     /// The `Content-Length`, if the request has one.
@@ -137,7 +141,7 @@ mod tests {
             head.clone(),
             (from, head.len() - 2),
             cut,
-            HeaderValue::from_static("a"),
+            (at(b"a\r\nX-A"), at(b"a\r\nX-A") + 1),
             Some(2),
             6,
         )
@@ -149,10 +153,7 @@ mod tests {
         lines().write(&mut dst);
         assert_eq!(dst, b"Host: a\r\nX-A:  1 \r\nX-B: 2\r\n");
         let l = lines();
-        assert_eq!(
-            (l.host(), l.length()),
-            (&HeaderValue::from_static("a"), Some(2))
-        );
+        assert_eq!((&l.host()[..], l.length()), (&b"a"[..], Some(2)));
     }
 
     #[test]

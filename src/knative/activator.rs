@@ -116,7 +116,7 @@ fn answer_or_route(
     h.remove(&SERVING_REVISION);
     h.remove(&SERVING_NAMESPACE);
     if !h.contains_key(&ORIGINAL_HOST) {
-        h.insert(ORIGINAL_HOST, host.value().clone());
+        h.insert(ORIGINAL_HOST, host.to_value());
     }
     match named
         .and_then(|n| HeaderValue::try_from(n).ok())

@@ -478,7 +478,7 @@ fn prepare(req: &mut Outgoing, protocol: Protocol, tls: bool, ctx: &mut Ctx) -> 
             *req.version_mut() = Version::HTTP_11;
             // A route may have set Host; an HTTP/2 client sent none, only an authority.
             if !has_host {
-                req.headers_mut().insert(header::HOST, host.value().clone());
+                req.headers_mut().insert(header::HOST, host.to_value());
             }
         }
         Protocol::H2c => {

@@ -235,7 +235,7 @@ impl Proxy {
                 Intercept::Answer(res) => return Routed::Answer(res),
                 Intercept::Pass => {}
                 Intercept::Reroute(h) => {
-                    rewrite_authority(&mut req, h.value());
+                    rewrite_authority(&mut req, &h.to_value());
                     if let Some(r) = record {
                         r.host.clear();
                         r.host.push_str(h.as_str());
@@ -533,8 +533,7 @@ fn request_host(req: &mut Outgoing) -> Result<Host, ProxyError> {
     if let Some(f) = &req.fields {
         return match Some(f.host())
             .filter(|h| !h.is_empty())
-            .cloned()
-            .and_then(Host::new)
+            .and_then(Host::from_field)
         {
             Some(h) => Ok(h),
             None => Err(ProxyError::MissingHost),
@@ -562,8 +561,7 @@ fn request_host(req: &mut Outgoing) -> Result<Host, ProxyError> {
                         .into(),
                 ));
             }
-            req.headers_mut()
-                .insert(header::HOST, authority.value().clone());
+            req.headers_mut().insert(header::HOST, authority.to_value());
         }
         _ => {}
     }
