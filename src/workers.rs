@@ -16,8 +16,10 @@
 //! scheduler for such loads.
 
 use std::cell::Cell;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -139,10 +141,7 @@ impl Workers {
         // Counted from here, not from when the worker first polls it: the next connection,
         // accepted before that, must see this one.
         let open = Open::new(&w.open);
-        w.handle.spawn(async move {
-            let _open = open;
-            conn.await;
-        });
+        w.handle.spawn(Counted { conn, _open: open });
     }
 }
 
@@ -181,6 +180,27 @@ fn runtime_thread(name: String, index: Option<usize>) -> std::io::Result<(Handle
     Ok((handle, (stop, thread)))
 }
 
+pin_project_lite::pin_project! {
+    /// A connection's future and its place in its worker's count, which ends when the future
+    /// is dropped (as soon as it is done). The future is polled where it lies: an `async` block
+    /// that awaited it kept it twice, once as what the block captured and once as what it
+    /// awaited, and a connection's task is most of what a held HTTP/1.1 request costs (7.2 KB
+    /// a held request with two workers against 4.8 KB with one, before).
+    struct Counted<F> {
+        #[pin]
+        conn: F,
+        _open: Open,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Counted<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().conn.poll(cx)
+    }
+}
+
 /// One open connection counted on its worker, until dropped.
 struct Open(Arc<AtomicUsize>);
 
@@ -200,6 +220,26 @@ impl Drop for Open {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection's task holds its future once, beside its count.
+    #[test]
+    fn a_counted_connection_is_its_future_and_a_pointer() {
+        let conn = async {
+            let held = [7u8; 4096];
+            std::future::pending::<()>().await;
+            std::hint::black_box(&held);
+        };
+        let size = std::mem::size_of_val(&conn);
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = Counted {
+            conn,
+            _open: Open::new(&count),
+        };
+        assert!(std::mem::size_of_val(&counted) <= size + 16, "{size}");
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        drop(counted);
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+    }
 
     /// Each connection goes to the worker with the fewest open, counted from the moment it is
     /// handed over until its future ends, and runs on that worker's thread.
