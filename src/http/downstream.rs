@@ -20,7 +20,9 @@
 use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::head;
-use crate::http::headers::{content_length, ends_in_chunked, is_forwarding_name, lists};
+use crate::http::headers::{
+    content_length, ends_in_chunked, hop_by_hop_index, is_forwarding_name, lists,
+};
 use crate::http::lines::Lines;
 use crate::http::signal::{self, Signal};
 use bytes::{Buf, Bytes, BytesMut};
@@ -201,25 +203,18 @@ fn plain(head: &[u8], fields: &[(u32, u32, u32, u32)]) -> Option<(usize, Option<
         let name = &head[ns as usize..ne as usize];
         let is = |n: &[u8]| h1::is_name(name, n);
         match name.len() {
-            2 if is(b"te") => return None,
             4 if is(b"host") => match host {
                 None => host = Some(i),
                 Some(_) => return None,
             },
-            6 if is(b"expect") => return None,
-            7 if is(b"upgrade") => return None,
-            9 if is(b"forwarded") => return None,
-            10 if is(b"connection") || is(b"keep-alive") => return None,
             14 if is(b"content-length") => match length {
                 None => length = Some(i),
                 Some(_) => return None,
             },
-            15 if is(b"x-forwarded-for") => return None,
-            16 if is(b"proxy-connection") || is(b"x-forwarded-host") => return None,
-            17 if is(b"transfer-encoding") || is(b"x-forwarded-proto") => return None,
-            18 if is(b"proxy-authenticate") => return None,
+            6 if is(b"expect") => return None,
             // Longer than a `HeaderName` may be: the map's reading refuses it.
             n if n >= 1 << 16 => return None,
+            _ if hop_by_hop_index(name).is_some() || is_forwarding_name(name) => return None,
             _ => {}
         }
     }

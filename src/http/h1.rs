@@ -17,6 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::Response;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
+use std::ops::Range;
 
 /// Request header maps kept per thread for the next request head: a map is two allocations (its
 /// table and its entries), taken for every request and freed once its head has gone upstream.
@@ -407,27 +408,33 @@ impl Verbatim {
 /// Appends each field of `lines` (whole field lines, each `name:` OWS `value` OWS CRLF, with
 /// valid names and values) to `map`, in their order.
 pub fn append_lines(lines: &Bytes, map: &mut HeaderMap) {
+    for (name, value) in field_spans(lines) {
+        // Both were checked when the head was read, so neither fails here.
+        if let (Ok(name), Ok(value)) = (
+            field_name(&lines[name]),
+            HeaderValue::from_maybe_shared(lines.slice(value)),
+        ) {
+            map.append(name, value);
+        }
+    }
+}
+
+/// Where each field of `lines` (whole field lines, each `name:` OWS `value` OWS CRLF) lies:
+/// its name, and its value without the whitespace around it, in their order.
+pub fn field_spans(lines: &[u8]) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
     // Each line ends in CRLF and a name holds no CR, LF or colon, so a line's end is its first
     // LF and its name ends at its first colon: memchr finds both a word at a time, where a
     // search for the pair CRLF went byte by byte.
-    let all = lines.as_ref();
-    let mut at = 0;
-    while let Some(nl) = memchr::memchr(b'\n', &all[at..]) {
-        let line = &all[at..at + nl.saturating_sub(1)];
-        if let Some(colon) = memchr::memchr(b':', line) {
-            let after = &line[colon + 1..];
-            let value = after.trim_ascii();
-            let from = at + colon + 1 + (after.len() - after.trim_ascii_start().len());
-            // Both were checked when the head was read, so neither fails here.
-            if let (Ok(name), Ok(value)) = (
-                field_name(&line[..colon]),
-                HeaderValue::from_maybe_shared(lines.slice(from..from + value.len())),
-            ) {
-                map.append(name, value);
-            }
-        }
-        at += nl + 1;
-    }
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', lines).filter_map(move |nl| {
+        let at = start;
+        start = nl + 1;
+        let line = &lines[at..nl.saturating_sub(1).max(at)];
+        let colon = memchr::memchr(b':', line)?;
+        let after = &line[colon + 1..];
+        let from = at + colon + 1 + (after.len() - after.trim_ascii_start().len());
+        Some((at..at + colon, from..from + after.trim_ascii().len()))
+    })
 }
 
 /// A response body that may carry its head's fields as the backend wrote them

@@ -28,18 +28,25 @@ const TE_AT: usize = 4;
 const TRANSFER_ENCODING_AT: usize = 5;
 const UPGRADE_AT: usize = 6;
 
-/// The position of `name` in [`HOP_BY_HOP`]. Matching the text costs a length comparison per
-/// candidate for most names, where comparing `HeaderName`s costs a comparison of the
-/// representation against each of the seven.
+/// The position of `name` in [`HOP_BY_HOP`].
 fn hop_by_hop_at(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "proxy-connection" => Some(2),
-        "proxy-authenticate" => Some(3),
-        "te" => Some(4),
-        "transfer-encoding" => Some(5),
-        "upgrade" => Some(6),
+    hop_by_hop_index(name.as_str().as_bytes())
+}
+
+/// The position in [`HOP_BY_HOP`] of a field named `name` in any case, as a head spells it.
+/// Told by its length first, as most names are not one of them, then eight bytes at a time
+/// (`h1::is_name`), where comparing `HeaderName`s costs a comparison of the representation
+/// against each of the seven.
+pub fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    let is = |n: &[u8]| h1::is_name(name, n);
+    match name.len() {
+        10 if is(b"connection") => Some(CONNECTION_AT),
+        10 if is(b"keep-alive") => Some(1),
+        16 if is(b"proxy-connection") => Some(2),
+        18 if is(b"proxy-authenticate") => Some(3),
+        2 if is(b"te") => Some(TE_AT),
+        17 if is(b"transfer-encoding") => Some(TRANSFER_ENCODING_AT),
+        7 if is(b"upgrade") => Some(UPGRADE_AT),
         _ => None,
     }
 }
@@ -790,6 +797,23 @@ mod tests {
         assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(content_length(b"18446744073709551616"), None);
         assert_eq!(content_length(b"4a"), None);
+    }
+
+    /// The names are the table's, in any case, and nothing near them is one.
+    #[test]
+    fn hop_by_hop_names_are_found_in_any_case() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            let name = h.as_str();
+            assert_eq!(hop_by_hop_index(name.as_bytes()), Some(i), "{name}");
+            assert_eq!(
+                hop_by_hop_index(name.to_ascii_uppercase().as_bytes()),
+                Some(i)
+            );
+            assert_eq!(hop_by_hop_at(h), Some(i));
+            assert_eq!(hop_by_hop_index(format!("{name}s").as_bytes()), None);
+            assert_eq!(hop_by_hop_index(&name.as_bytes()[1..]), None);
+        }
+        assert_eq!(hop_by_hop_index(b"trailer"), None);
     }
 
     #[test]

@@ -95,15 +95,7 @@ impl Lines {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let k = &*self.0;
         let all = &k.head[k.from as usize..k.to as usize];
-        // Each line ends in CRLF, and a name holds no colon: memchr finds both a word at a
-        // time.
-        let mut start = 0;
-        memchr::memchr_iter(b'\n', all).filter_map(move |nl| {
-            let line = &all[start..nl.saturating_sub(1).max(start)];
-            start = nl + 1;
-            let colon = memchr::memchr(b':', line)?;
-            Some((&line[..colon], line[colon + 1..].trim_ascii()))
-        })
+        crate::http::h1::field_spans(all).map(move |(name, value)| (&all[name], &all[value]))
     }
 
     /// True when a field is named `name`.

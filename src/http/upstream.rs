@@ -1273,7 +1273,7 @@ pub fn kept_agrees(wire: &[u8]) -> Result<Option<()>, String> {
         ));
     }
     let is_length = |n: &str| n.eq_ignore_ascii_case("content-length");
-    let want: Vec<(String, &[u8])> = map
+    let mut want: Vec<(String, &[u8])> = map
         .iter()
         .filter(|(n, _)| !is_length(n.as_str()))
         .map(|(n, v)| (n.to_string(), v.as_bytes()))
@@ -1286,7 +1286,6 @@ pub fn kept_agrees(wire: &[u8]) -> Result<Option<()>, String> {
         .collect();
     // Fields of different names may come in any order (RFC 9110 §5.3), and the map holds
     // each name's values together; those of one name keep their order.
-    let mut want = want;
     want.sort_by(|a, b| a.0.cmp(&b.0));
     got.sort_by(|a, b| a.0.cmp(&b.0));
     let lengths: Vec<&[u8]> = back
