@@ -293,6 +293,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<P
         let lines = Lines::new(
             raw,
             (from, to),
+            fields,
             cut,
             host,
             length.map(|(_, n)| n),

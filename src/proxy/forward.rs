@@ -467,14 +467,19 @@ fn prepare(req: &mut Outgoing, protocol: Protocol, tls: bool, ctx: &mut Ctx) -> 
             None => headers::add_forwarded_knative(h, &ctx.client),
         }
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = || {
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
     match protocol {
         Protocol::Http1 | Protocol::Auto => {
-            *req.uri_mut() = Uri::from(pq);
+            // Most targets are in origin form already (a path and query, no scheme or
+            // authority), which is what an HTTP/1.1 upstream is sent: kept as they are.
+            if req.uri().scheme().is_some() || req.uri().path_and_query().is_none() {
+                *req.uri_mut() = Uri::from(pq());
+            }
             *req.version_mut() = Version::HTTP_11;
             // A route may have set Host; an HTTP/2 client sent none, only an authority.
             if !has_host {
@@ -491,7 +496,7 @@ fn prepare(req: &mut Outgoing, protocol: Protocol, tls: bool, ctx: &mut Ctx) -> 
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = authority.parse().ok();
-            parts.path_and_query = Some(pq);
+            parts.path_and_query = Some(pq());
             if let Ok(uri) = Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
             }
