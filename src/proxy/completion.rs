@@ -81,3 +81,17 @@ impl Drop for Completion {
         self.finish(false);
     }
 }
+#[cfg(test)]
+mod tests {
+    /// A proxied response moves a dozen times from the exchange to the client's connection:
+    /// at 128 bytes or less each move is a few loads and stores, past that a call to
+    /// `memcpy` (see `http::body`'s `Kind`).
+    #[test]
+    fn a_proxied_response_is_small_enough_to_move_inline() {
+        use std::mem::size_of;
+        type Res = http::Response<super::Body>;
+        assert!(size_of::<Res>() <= 128, "{}", size_of::<Res>());
+        let result = size_of::<Result<Res, crate::error::ProxyError>>();
+        assert!(result <= 128, "{result}");
+    }
+}
