@@ -21,12 +21,12 @@ use crate::http::cut::Cut;
 use crate::http::h1::{self, Carries, Framing, Next, Verbatim, write_field};
 use crate::http::head;
 use crate::http::headers::{
-    content_length, ends_in_chunked, hop_by_hop_index, is_forwarding_name, lists,
+    Hop, content_length, ends_in_chunked, hop_by_hop_index, is_forwarding_name, lists,
 };
 use crate::http::lines::Lines;
 use crate::http::signal::{self, Signal};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::future::{Future, poll_fn};
@@ -103,10 +103,13 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Parsed {
     /// Method, target, version and every field, as the client sent them: in the map, or,
-    /// for a head that allows it, in `fields` as written, the map empty.
-    pub request: Request<()>,
-    /// The fields as the client wrote them, when the map does not hold them.
-    pub fields: Option<Lines>,
+    /// for a head that allows it, in its `fields` as written, the map empty. Its body is
+    /// [`OutBody::Empty`] until the connection starts the exchange.
+    ///
+    /// Boxed as the handler takes it, from the start: the request (about 250 bytes) is made
+    /// in its box, and the head's way to the handler moves a pointer, where a request made on
+    /// the stack was copied ten times (about 300 instructions a request).
+    pub request: Box<Outgoing>,
     /// How its body is framed.
     pub body: Framing,
     /// The client may send another request after this one.
@@ -123,11 +126,27 @@ impl Parsed {
     /// The request with every field in its map.
     pub fn into_request(self) -> Request<()> {
         let mut request = self.request;
-        if let Some(lines) = self.fields {
-            lines.into_map(request.headers_mut());
-        }
-        request
+        request.materialise();
+        request.req.map(|_| ())
     }
+}
+
+/// A request as the head gives it, in its box, its fields in the map or as `fields`.
+fn boxed_request(
+    method: Method,
+    uri: Uri,
+    version: Version,
+    fields: Option<Lines>,
+) -> Box<Outgoing> {
+    let mut request = Box::new(Outgoing {
+        req: Request::new(OutBody::Empty),
+        hop: None,
+        fields,
+    });
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    request
 }
 
 /// Fields the proxy adds to a request it forwards: `X-Forwarded-For`, `X-Forwarded-Proto`,
@@ -299,13 +318,8 @@ pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<P
             length.map(|(_, n)| n),
             map_room(count),
         );
-        let mut request = Request::new(());
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
         return Ok(Some(Parsed {
-            request,
-            fields: Some(lines),
+            request: boxed_request(method, uri, version, Some(lines)),
             body,
             keep_alive: version == Version::HTTP_11,
             expect_continue: false,
@@ -365,14 +379,10 @@ pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<P
         (None, Some(0) | None) => Framing::Done,
         (None, Some(n)) => Framing::Length(n),
     };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
+    let mut request = boxed_request(method, uri, version, None);
     h1::maps::release(std::mem::replace(request.headers_mut(), headers));
     Ok(Some(Parsed {
         request,
-        fields: None,
         keep_alive: match version {
             Version::HTTP_10 => keep && !close,
             _ => !close,
@@ -622,9 +632,6 @@ pub struct ClientBody {
     exchange: u64,
     /// Bytes still to come, when the body has a length.
     left: Option<u64>,
-    /// The request's fields as the client wrote them, when its map does not hold them: here
-    /// only on the way to the handler ([`ClientBody::take_fields`]).
-    fields: Option<Lines>,
 }
 
 impl std::fmt::Debug for ClientBody {
@@ -637,7 +644,7 @@ impl std::fmt::Debug for ClientBody {
 }
 
 impl ClientBody {
-    fn new(wire: &Shared, framing: Framing, exchange: u64, fields: Option<Lines>) -> ClientBody {
+    fn new(wire: &Shared, framing: Framing, exchange: u64) -> ClientBody {
         ClientBody {
             wire: (framing != Framing::Done).then(|| wire.clone()),
             exchange,
@@ -646,14 +653,7 @@ impl ClientBody {
                 Framing::Done => Some(0),
                 _ => None,
             },
-            fields,
         }
-    }
-
-    /// The request's fields as the client wrote them, taken out, if its map does not hold
-    /// them (see [`Parsed::fields`]).
-    pub fn take_fields(&mut self) -> Option<Lines> {
-        self.fields.take()
     }
 }
 
@@ -726,6 +726,130 @@ impl Body for ClientBody {
 /// A request body as the handler gets it: `Left` from rouse's HTTP/1.1 connection, `Right`
 /// a stream of hyper's HTTP/2 one.
 pub type RequestBody = http_body_util::Either<ClientBody, hyper::body::Incoming>;
+
+/// A request on its way through rouse to its backend, and this hop's forwarding fields when
+/// they are kept aside for the HTTP/1.1 writer ([`Hop`]). It reads as its request.
+///
+/// The listener boxes each request as one of these before its handler sees it
+/// ([`Outgoing::boxed`]), and the box goes on to the backend as it is: the routing, the
+/// forwarding and the exchange each move a pointer, not the request (about 250 bytes), and
+/// the exchange fills in the hop and where the body records its failure in place.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The request.
+    pub req: Request<OutBody>,
+    /// The forwarding fields the HTTP/1.1 writer adds to the head, if the map lacks them.
+    pub hop: Option<Hop>,
+    /// The client's fields as it wrote them, which the HTTP/1.1 writer copies, when the map
+    /// does not hold them ([`Lines`]): only for a handler that calls
+    /// [`Outgoing::materialise`] before it reads or edits a field.
+    pub fields: Option<Lines>,
+}
+
+impl Outgoing {
+    /// `req` as rouse carries it: boxed once, its body not yet watched for faults, no hop, its
+    /// fields in the map. (An HTTP/1.1 connection makes its requests in their boxes,
+    /// [`Parsed::request`], some with their fields kept as written.)
+    pub fn boxed(req: Request<RequestBody>) -> Box<Outgoing> {
+        Box::new(Outgoing {
+            req: req.map(|b| OutBody::Client(b, None)),
+            hop: None,
+            fields: None,
+        })
+    }
+
+    /// Sets the field `name` to `value` in the map, in place of any the request has: of one
+    /// kept as the client wrote it too, which first puts those into the map.
+    pub fn set_field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if self.fields.as_ref().is_some_and(|f| f.names(name)) {
+            self.materialise();
+        }
+        self.req.headers_mut().insert(name.clone(), value.clone());
+    }
+
+    /// Puts the fields kept as the client wrote them into the map, before whatever the map
+    /// held: for everything that reads or edits a request's fields other than its host.
+    pub fn materialise(&mut self) {
+        let Some(lines) = self.fields.take() else {
+            return;
+        };
+        // The map a head read into one takes, from the thread's kept ones.
+        let map = h1::maps::take(lines.room());
+        h1::fill_before(self.req.headers_mut(), map, |map| lines.into_map(map));
+    }
+}
+
+impl std::ops::Deref for Outgoing {
+    type Target = Request<OutBody>;
+
+    fn deref(&self) -> &Request<OutBody> {
+        &self.req
+    }
+}
+
+impl std::ops::DerefMut for Outgoing {
+    fn deref_mut(&mut self) -> &mut Request<OutBody> {
+        &mut self.req
+    }
+}
+
+/// The body of a request sent upstream: the client's, or none, for a request replayed after its
+/// client's (empty) body was spent on a connection that failed.
+#[derive(Debug)]
+pub enum OutBody {
+    /// The client's request body, streamed, with where to record its failure.
+    Client(RequestBody, Option<Arc<BodyFault>>),
+    /// No body.
+    Empty,
+}
+
+/// Where a client's request body records how it failed. The upstream exchange only learns
+/// that the body it was sending failed; the fault is the client's, and this is how the proxy
+/// learns it.
+#[derive(Debug, Default)]
+pub struct BodyFault(std::sync::OnceLock<String>);
+
+impl BodyFault {
+    /// Why the client's body failed, if it did.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            OutBody::Client(b, fault) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, fault) {
+                    let _ = f.0.set(e.to_string());
+                }
+                polled
+            }
+            OutBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Client(b, _) => b.is_end_stream(),
+            OutBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OutBody::Client(b, _) => b.size_hint(),
+            OutBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// The client's connection after a `101`: its socket and the bytes it sent past the request.
 pub struct Upgraded {
@@ -1271,7 +1395,7 @@ pub async fn serve<C, F, B>(
     stop: watch::Receiver<bool>,
     cut: Cut,
 ) where
-    C: FnMut(Request<RequestBody>) -> F,
+    C: FnMut(Box<Outgoing>) -> F,
     F: Future<Output = http::Response<B>>,
     B: Body<Data = Bytes, Error = BoxError> + Carries,
 {
@@ -1444,10 +1568,9 @@ pub async fn serve<C, F, B>(
 
 /// Starts an exchange with the head `parsed`: the request for the handler, with its body read
 /// from `wire`, what the response must know of it, and whether the client may send another.
-fn start(parsed: Parsed, wire: &Shared) -> (Request<RequestBody>, Asked, bool) {
+fn start(parsed: Parsed, wire: &Shared) -> (Box<Outgoing>, Asked, bool) {
     let Parsed {
-        request,
-        fields,
+        mut request,
         body,
         keep_alive,
         expect_continue,
@@ -1463,11 +1586,12 @@ fn start(parsed: Parsed, wire: &Shared) -> (Request<RequestBody>, Asked, bool) {
     };
     let http10 = request.version() == Version::HTTP_10;
     let head = request.method() == Method::HEAD;
-    let mut req =
-        request.map(|()| RequestBody::Left(ClientBody::new(wire, body, exchange, fields)));
+    let client = RequestBody::Left(ClientBody::new(wire, body, exchange));
+    *request.body_mut() = OutBody::Client(client, None);
     let upgrade = upgrade.then(|| {
         let (tx, rx) = oneshot::channel();
-        req.extensions_mut()
+        request
+            .extensions_mut()
             .insert(UpgradeSlot(Arc::new(Mutex::new(Some(rx)))));
         tx
     });
@@ -1477,7 +1601,7 @@ fn start(parsed: Parsed, wire: &Shared) -> (Request<RequestBody>, Asked, bool) {
         trailers,
         upgrade,
     };
-    (req, asked, keep_alive)
+    (request, asked, keep_alive)
 }
 
 /// Closes the connection's socket when dropped, if it is still there.
@@ -1521,6 +1645,18 @@ fn drain(wire: &Shared) -> bool {
 mod tests {
     use super::*;
 
+    impl Outgoing {
+        /// The request as a handler of the client's side reads it: every field in the map,
+        /// the client's body.
+        fn into_client(mut self: Box<Self>) -> Request<RequestBody> {
+            self.materialise();
+            self.req.map(|b| match b {
+                OutBody::Client(b, _) => b,
+                OutBody::Empty => unreachable!("the connection gave the request its body"),
+            })
+        }
+    }
+
     fn parse(s: &str) -> Result<Option<Parsed>, Refusal> {
         let mut buf = BytesMut::from(s.as_bytes());
         parse_head(&mut buf, 64 << 10, true)
@@ -1537,7 +1673,7 @@ mod tests {
         assert!(p.keep_alive);
         // Its fields are kept as written; its map is empty until they are put into it.
         assert!(p.request.headers().is_empty());
-        let lines = p.fields.as_ref().unwrap();
+        let lines = p.request.fields.as_ref().unwrap();
         assert_eq!((&lines.host()[..], lines.length()), (&b"x"[..], Some(5)));
         let req = p.into_request();
         assert_eq!(req.headers()["host"], "x");
@@ -1620,7 +1756,7 @@ mod tests {
     /// second `Host` or length, no `Host`, and a target with an authority.
     #[test]
     fn only_heads_with_nothing_to_read_but_the_host_keep_their_lines() {
-        let kept = |head: &str| parse(head).unwrap().unwrap().fields.is_some();
+        let kept = |head: &str| parse(head).unwrap().unwrap().request.fields.is_some();
         for name in [
             "TE",
             "Expect",
@@ -1660,12 +1796,12 @@ mod tests {
         }
         // The framing and the connection's fate are what the map's reading gives.
         let p = parse("GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap().unwrap();
-        assert!(!p.keep_alive && p.body == Framing::Done && p.fields.is_some());
+        assert!(!p.keep_alive && p.body == Framing::Done && p.request.fields.is_some());
         let p = parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(p.keep_alive && p.body == Framing::Done);
-        assert_eq!(p.fields.unwrap().length(), Some(0));
+        assert_eq!(p.request.fields.unwrap().length(), Some(0));
     }
 
     #[test]
@@ -1694,7 +1830,7 @@ mod tests {
             // Half the room would not do: the table is not larger than it must be.
             assert!(room / 2 < fields.max(1), "{fields}");
         }
-        let add = |req: &mut Request<()>| {
+        let add = |req: &mut Outgoing| {
             for name in [
                 "x-forwarded-for",
                 "x-forwarded-proto",
@@ -1742,7 +1878,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(p.request.headers().capacity(), 0);
-        assert!(p.fields.is_some());
+        assert!(p.request.fields.is_some());
     }
 
     /// A backend's fields kept as it wrote them go out first and as they are, then the map's
@@ -1997,16 +2133,10 @@ mod tests {
             };
             serve(
                 Box::new(tcp),
-                |mut req: Request<RequestBody>| {
+                |req: Box<Outgoing>| {
                     let rec = rec.clone();
                     // Every field, also those kept as the client wrote them.
-                    let kept = match req.body_mut() {
-                        RequestBody::Left(b) => b.take_fields(),
-                        RequestBody::Right(_) => None,
-                    };
-                    if let Some(lines) = kept {
-                        lines.into_map(req.headers_mut());
-                    }
+                    let req = req.into_client();
                     async move {
                         record(req, rec).await.map(|b| {
                             use http_body_util::BodyExt as _;
@@ -2184,9 +2314,10 @@ mod tests {
                 head_timeout: Duration::from_secs(10),
                 keep_fields: true,
             };
+            let mut call = call;
             serve(
                 Box::new(io),
-                call,
+                move |req: Box<Outgoing>| call(req.into_client()),
                 |why| {
                     let code = if why.too_large() { 431 } else { 400 };
                     let text = why.to_string();

@@ -427,7 +427,7 @@ impl Protocols {
                 let h = &*handler;
                 let conn = downstream::serve(
                     Box::new(io),
-                    |req| h.call(Outgoing::boxed(req), info.clone()),
+                    |req| h.call(req, info.clone()),
                     |why| h.refused(why),
                     downstream::Settings {
                         keep_fields: h.keeps_fields(),

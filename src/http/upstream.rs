@@ -21,14 +21,14 @@
 //! taken out in place, and no `HeaderMap` is built. The request's forwarding fields, when kept
 //! aside ([`Outgoing`]), are written into the head after the map's.
 
-use crate::http::downstream::RequestBody;
+pub use crate::http::downstream::{BodyFault, OutBody, Outgoing};
 use crate::http::h1::{
     self, Chunk, Framing, MAX_HEAD, Malformed, Next, Verbatim, head_fault, next_frame, write_field,
 };
 use crate::http::headers::{Hop, content_length, ends_in_chunked, tokens};
 use crate::http::lines::Lines;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -663,134 +663,6 @@ pub fn head_bytes(req: &Request<OutBody>, hop: Option<&Hop>) -> Vec<u8> {
     dst
 }
 
-/// A request on its way through rouse to its backend, and this hop's forwarding fields when
-/// they are kept aside for the HTTP/1.1 writer ([`Hop`]). It reads as its request.
-///
-/// The listener boxes each request as one of these before its handler sees it
-/// ([`Outgoing::boxed`]), and the box goes on to the backend as it is: the routing, the
-/// forwarding and the exchange each move a pointer, not the request (about 250 bytes), and
-/// the exchange fills in the hop and where the body records its failure in place.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The request.
-    pub req: Request<OutBody>,
-    /// The forwarding fields the HTTP/1.1 writer adds to the head, if the map lacks them.
-    pub hop: Option<Hop>,
-    /// The client's fields as it wrote them, which the HTTP/1.1 writer copies, when the map
-    /// does not hold them ([`Lines`]): only for a handler that calls
-    /// [`Outgoing::materialise`] before it reads or edits a field.
-    pub fields: Option<Lines>,
-}
-
-impl Outgoing {
-    /// `req` as rouse carries it: boxed once, its body not yet watched for faults, no hop. A
-    /// request whose fields its client's connection kept as written (only for a handler that
-    /// asks for it, [`crate::http::server::Handler::keeps_fields`]) keeps them so.
-    pub fn boxed(mut req: Request<RequestBody>) -> Box<Outgoing> {
-        let fields = match req.body_mut() {
-            RequestBody::Left(body) => body.take_fields(),
-            RequestBody::Right(_) => None,
-        };
-        Box::new(Outgoing {
-            req: req.map(|b| OutBody::Client(b, None)),
-            hop: None,
-            fields,
-        })
-    }
-
-    /// Sets the field `name` to `value` in the map, in place of any the request has: of one
-    /// kept as the client wrote it too, which first puts those into the map.
-    pub fn set_field(&mut self, name: &HeaderName, value: &HeaderValue) {
-        if self.fields.as_ref().is_some_and(|f| f.names(name)) {
-            self.materialise();
-        }
-        self.req.headers_mut().insert(name.clone(), value.clone());
-    }
-
-    /// Puts the fields kept as the client wrote them into the map, before whatever the map
-    /// held: for everything that reads or edits a request's fields other than its host.
-    pub fn materialise(&mut self) {
-        let Some(lines) = self.fields.take() else {
-            return;
-        };
-        // The map a head read into one takes, from the thread's kept ones.
-        let map = h1::maps::take(lines.room());
-        h1::fill_before(self.req.headers_mut(), map, |map| lines.into_map(map));
-    }
-}
-
-impl std::ops::Deref for Outgoing {
-    type Target = Request<OutBody>;
-
-    fn deref(&self) -> &Request<OutBody> {
-        &self.req
-    }
-}
-
-impl std::ops::DerefMut for Outgoing {
-    fn deref_mut(&mut self) -> &mut Request<OutBody> {
-        &mut self.req
-    }
-}
-
-/// The body of a request sent upstream: the client's, or none, for a request replayed after its
-/// client's (empty) body was spent on a connection that failed.
-#[derive(Debug)]
-pub enum OutBody {
-    /// The client's request body, streamed, with where to record its failure.
-    Client(RequestBody, Option<Arc<BodyFault>>),
-    /// No body.
-    Empty,
-}
-
-/// Where a client's request body records how it failed. The upstream exchange only learns
-/// that the body it was sending failed; the fault is the client's, and this is how the proxy
-/// learns it.
-#[derive(Debug, Default)]
-pub struct BodyFault(std::sync::OnceLock<String>);
-
-impl BodyFault {
-    /// Why the client's body failed, if it did.
-    pub fn reason(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
-    }
-}
-
-impl Body for OutBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            OutBody::Client(b, fault) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, fault) {
-                    let _ = f.0.set(e.to_string());
-                }
-                polled
-            }
-            OutBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            OutBody::Client(b, _) => b.is_end_stream(),
-            OutBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            OutBody::Client(b, _) => b.size_hint(),
-            OutBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
 /// The part of a request body still to be sent, sent as the exchange goes on.
 #[derive(Debug)]
 struct Pump {
@@ -1251,12 +1123,12 @@ pub fn kept_agrees(wire: &[u8]) -> Result<Option<()>, String> {
     let Ok(Some(parsed)) = crate::http::downstream::parse_head(&mut buf, MAX_HEAD, true) else {
         return Ok(None);
     };
-    let Some(lines) = parsed.fields.clone() else {
+    let Some(lines) = parsed.request.fields.clone() else {
         return Ok(None);
     };
     let mut map = HeaderMap::new();
     lines.clone().into_map(&mut map);
-    let req = parsed.request.map(|()| OutBody::Empty);
+    let req = parsed.request.req;
     let mut bytes = Vec::new();
     encode_head(&mut bytes, &req, Some(&lines), None);
     let mut fields = vec![httparse::EMPTY_HEADER; map.len() + 2];
@@ -1646,8 +1518,8 @@ mod tests {
         let p = crate::http::downstream::parse_head(&mut buf, 1 << 16, true)
             .unwrap()
             .unwrap();
-        let lines = p.fields.clone().unwrap();
-        let mut req = p.request.map(|()| OutBody::Empty);
+        let lines = p.request.fields.clone().unwrap();
+        let mut req = p.request.req;
         req.headers_mut()
             .insert("x-added", HeaderValue::from_static("r"));
         let mut head = Vec::new();

@@ -193,7 +193,7 @@ mod tests {
             let parsed = crate::http::downstream::parse_head(&mut buf, 1 << 16, true)
                 .unwrap()
                 .unwrap();
-            let kept = parsed.fields.clone().expect("kept as written");
+            let kept = parsed.request.fields.clone().expect("kept as written");
             assert_eq!(
                 read_lines(&kept),
                 read(parsed.into_request().headers()),

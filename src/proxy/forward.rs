@@ -516,12 +516,8 @@ mod tests {
     fn kept(head: &str) -> Outgoing {
         let mut buf = BytesMut::from(head.as_bytes());
         let p = parse_head(&mut buf, 1 << 16, true).unwrap().unwrap();
-        assert!(p.fields.is_some(), "{head:?}");
-        Outgoing {
-            fields: p.fields.clone(),
-            req: p.request.map(|()| OutBody::Empty),
-            hop: None,
-        }
+        assert!(p.request.fields.is_some(), "{head:?}");
+        *p.request
     }
 
     /// The queue's byte bound counts a request's declared length: its own, kept with its
