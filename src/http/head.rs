@@ -95,6 +95,7 @@ static TARGET: [bool; 256] = {
 /// and the same on `x ^ 0x7f..` with 0x01 marks DEL; a borrow can mark a byte above a marked
 /// one falsely, never one below, so the lowest mark is exact. A tab is the only marked byte a
 /// value may hold: the reading goes on past it.
+#[inline(always)]
 fn value_end(buf: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -119,12 +120,32 @@ fn value_end(buf: &[u8], mut i: usize) -> usize {
 }
 
 /// Where the run of bytes of `set` from `i` ends.
-fn run_end(buf: &[u8], i: usize, set: &[bool; 256]) -> usize {
-    i + buf.get(i..).map_or(0, |rest| {
-        rest.iter()
-            .position(|&b| !set[b as usize])
-            .unwrap_or(rest.len())
-    })
+///
+/// Four bytes a round while four are left, which tests the end of the buffer once for four
+/// bytes rather than for each (a name or a method is a few such rounds).
+fn run_end(buf: &[u8], mut i: usize, set: &[bool; 256]) -> usize {
+    while let Some(&[a, b, c, d]) = buf.get(i..i + 4) {
+        if !set[a as usize] {
+            return i;
+        }
+        if !set[b as usize] {
+            return i + 1;
+        }
+        if !set[c as usize] {
+            return i + 2;
+        }
+        if !set[d as usize] {
+            return i + 3;
+        }
+        i += 4;
+    }
+    while let Some(&b) = buf.get(i) {
+        if !set[b as usize] {
+            return i;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Past the line end at `i` (CRLF or a bare LF), `fault` if the byte there is neither or a CR
