@@ -7,7 +7,7 @@
 //! about a thousand instructions a request; copying the lines costs one `memcpy`. The
 //! downstream reader keeps such a request's lines ([`Lines`]) and its map stays empty; whoever
 //! reads or edits a request's fields puts the lines into the map first
-//! ([`crate::http::upstream::Outgoing::materialise`]), which gives the map the head read into
+//! ([`crate::http::downstream::Outgoing::materialise`]), which gives the map the head read into
 //! it would have held, field for field.
 
 use bytes::Bytes;
@@ -170,8 +170,8 @@ mod tests {
 
     /// The lines of `head` as the downstream reader keeps them, with the places of its
     /// fields as the head's reading found them.
-    fn kept(head: &'static [u8], host: &[u8], length: Option<u64>) -> Lines {
-        let head = Bytes::from_static(head);
+    fn kept(head: impl Into<Bytes>, host: &[u8], length: Option<u64>) -> Lines {
+        let head: Bytes = head.into();
         let mut spans = crate::http::head::Spans::new();
         let (len, _) = crate::http::head::request(&head, &mut spans)
             .unwrap()
@@ -206,7 +206,7 @@ mod tests {
 
     fn lines() -> Lines {
         kept(
-            b"POST / HTTP/1.1\r\nHost: a\r\nX-A:  1 \r\nContent-Length: 2\r\nX-B: 2\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: a\r\nX-A:  1 \r\nContent-Length: 2\r\nX-B: 2\r\n\r\n"[..],
             b"a",
             Some(2),
         )
@@ -230,8 +230,30 @@ mod tests {
             assert_eq!(read, again);
             assert_eq!(read.len(), if counted { 3 } else { 13 });
         }
+        // As many fields as the places hold, and one more.
+        for (n, counted) in [(11, true), (12, false)] {
+            let mut head = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+            for i in 0..n {
+                head.push_str(&format!("X-{i}: {i}\r\n"));
+            }
+            head.push_str("\r\n");
+            let l = kept(head.into_bytes(), b"h", None);
+            assert_eq!(l.0.count != FOUND_AGAIN, counted, "{n} fields and the host");
+            assert_eq!(l.iter().count(), n + 1);
+            let (name, value) = (format!("X-{}", n - 1), format!("{}", n - 1));
+            assert_eq!(l.iter().last(), Some((name.as_bytes(), value.as_bytes())));
+        }
+        // Few fields, but lines longer than the places' offsets reach.
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Long: {}\r\nX-B: 2\r\n\r\n",
+            "v".repeat(70_000)
+        );
+        let l = kept(long.into_bytes(), b"h", None);
+        assert_eq!(l.0.count, FOUND_AGAIN);
+        let lengths: Vec<_> = l.iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(lengths, [1, 70_000, 1]);
         let l = kept(
-            b"GET / HTTP/1.1\r\nHost:h \r\nX-Tab:\tv\tw\t\r\n\r\n",
+            &b"GET / HTTP/1.1\r\nHost:h \r\nX-Tab:\tv\tw\t\r\n\r\n"[..],
             b"h",
             None,
         );

@@ -520,6 +520,55 @@ mod tests {
         *p.request
     }
 
+    /// What `prepare` needs of the request's context, for a plain HTTP/1.1 request.
+    fn ctx() -> Ctx {
+        Ctx {
+            client: Arc::new(ClientAddr::new(
+                std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+            )),
+            proto: "http",
+            dialect: Dialect::Rouse,
+            proxied: false,
+            host: Host::from_field(bytes::Bytes::from_static(b"a.example")).unwrap(),
+            start: Instant::now(),
+            deadline: None,
+            timeouts: Timeouts::default(),
+            upgrade: None,
+            grpc: false,
+            cut: Cut::default(),
+            lease: None,
+        }
+    }
+
+    /// An HTTP/1.1 upstream gets the target in origin form: an absolute-form target is
+    /// rewritten to its path and query (`/` when it has none), one in origin form (or `*`)
+    /// goes as it came.
+    #[test]
+    fn an_http1_upstream_gets_the_target_in_origin_form() {
+        for (head, want) in [
+            (
+                "GET http://a.example/p?q HTTP/1.1\r\nHost: a.example\r\n\r\n",
+                "/p?q",
+            ),
+            (
+                "GET http://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+                "/",
+            ),
+            ("GET /p?q HTTP/1.1\r\nHost: a.example\r\n\r\n", "/p?q"),
+            ("OPTIONS * HTTP/1.1\r\nHost: a.example\r\n\r\n", "*"),
+        ] {
+            let mut buf = BytesMut::from(head.as_bytes());
+            let mut req = parse_head(&mut buf, 1 << 16, true)
+                .unwrap()
+                .unwrap()
+                .request;
+            prepare(&mut req, Protocol::Http1, false, &mut ctx());
+            assert_eq!(req.uri(), want, "{head:?}");
+            assert!(req.uri().scheme().is_none() && req.uri().authority().is_none());
+            assert_eq!(req.version(), Version::HTTP_11);
+        }
+    }
+
     /// The queue's byte bound counts a request's declared length: its own, kept with its
     /// lines, or else one a route set in its map.
     #[test]
