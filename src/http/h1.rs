@@ -409,7 +409,17 @@ impl Verbatim {
 /// Appends each field of `lines` (whole field lines, each `name:` OWS `value` OWS CRLF, with
 /// valid names and values) to `map`, in their order.
 pub fn append_lines(lines: &Bytes, map: &mut HeaderMap) {
-    for (name, value) in field_spans(lines) {
+    append_fields(lines, field_spans(lines), map);
+}
+
+/// Appends the fields of `lines` that `places` gives (each its name's range and its value's,
+/// as [`field_spans`] gives them) to `map`, in their order, the values sharing `lines`.
+pub fn append_fields(
+    lines: &Bytes,
+    places: impl Iterator<Item = (Range<usize>, Range<usize>)>,
+    map: &mut HeaderMap,
+) {
+    for (name, value) in places {
         // Both were checked when the head was read, so neither fails here.
         if let (Ok(name), Ok(value)) = (
             field_name(&lines[name]),
