@@ -1290,15 +1290,13 @@ async fn next_head<S: Future<Output = ()>>(
     wire: &Shared,
     settings: &Settings,
     mut stopping: Pin<&mut S>,
-    mut timer: Pin<&mut tokio::time::Sleep>,
+    timer: &mut crate::clock::Alarm<'_>,
 ) -> Result<Parsed, NoHead> {
     // The connection's one timer: set again only if it would fire after this limit (rarely:
     // each head's limit is later than the last one's, but a request's own limit may have moved
     // the timer later), or when it fires before it.
     let limit = tokio::time::Instant::now() + settings.head_timeout;
-    if limit < timer.deadline() {
-        timer.as_mut().reset(limit);
-    }
+    timer.no_later_than(limit);
     // Bytes already parsed without a whole head: only a line end after them can complete it,
     // so a head that arrives in many pieces is not parsed from its start for each.
     let mut parsed = 0;
@@ -1329,7 +1327,7 @@ async fn next_head<S: Future<Output = ()>>(
             // A stopping listener closes a connection between requests at once; a request
             // already arriving is served.
             () = stopping.as_mut(), if idle => return Err(NoHead::Closed),
-            () = poll_fn(|cx| crate::clock::poll_until(timer.as_mut(), limit, cx)) => {
+            () = poll_fn(|cx| timer.poll_until(limit, cx)) => {
                 return Err(NoHead::Closed);
             }
         }
@@ -1416,9 +1414,10 @@ pub async fn serve<C, F, B>(
     let mut pending = Pending::default();
     // The connection's one timer: the time limit on each request head (see `next_head`), and
     // the one a request in progress asks to be woken at (`Cut::wake_at`).
-    let mut timer = pin!(tokio::time::sleep_until(
+    let sleep = pin!(tokio::time::sleep_until(
         tokio::time::Instant::now() + settings.head_timeout
     ));
+    let mut timer = crate::clock::Alarm::new(sleep);
     cut.wakes();
     // The connection waits for the listener's stop with one waiter, registered once and kept
     // until the connection ends: a wait made anew between each two requests cost a
@@ -1430,7 +1429,7 @@ pub async fn serve<C, F, B>(
         // The request is made from the head by a plain function, so that none of the head's
         // pieces stays in this future while the request is answered.
         let (req, mut asked, keep_alive) =
-            match next_head(&wire, &settings, stopping.as_mut(), timer.as_mut()).await {
+            match next_head(&wire, &settings, stopping.as_mut(), &mut timer).await {
                 Ok(parsed) => start(parsed, &wire),
                 Err(NoHead::Closed | NoHead::Io) => break,
                 Err(NoHead::Refused(why)) => {
@@ -1449,10 +1448,8 @@ pub async fn serve<C, F, B>(
                 // The request's time limit, if it asked to be woken at it: once the timer
                 // reaches it, the request is polled again, and finds it passed.
                 if let Some(t) = cut.wake_time() {
-                    if t < timer.deadline() {
-                        timer.as_mut().reset(t);
-                    }
-                    if crate::clock::poll_until(timer.as_mut(), t, cx).is_ready() {
+                    timer.no_later_than(t);
+                    if timer.poll_until(t, cx).is_ready() {
                         cut.woken();
                         if let Poll::Ready(res) = call.as_mut().poll(cx) {
                             return Poll::Ready(Some(res));

@@ -158,12 +158,23 @@ impl Conn {
         if !self.buf.is_empty() {
             return true;
         }
-        let mut one = [0u8; 1];
-        let mut rb = ReadBuf::new(&mut one);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Ready means a byte or the end (or an error): either way not an idle HTTP/1.1
-        // connection any more.
-        self.io.tcp().poll_peek(&mut cx, &mut rb).is_ready()
+        let tcp = self.io.tcp();
+        // The socket is asked only when tokio knows it readable: an idle connection that got
+        // nothing since its last read costs no call here (nor a turn of the task's budget,
+        // as a peek through tokio would), and a peek that finds nothing clears the mark.
+        let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+            use std::os::fd::AsRawFd;
+            let mut one = [0u8; 1];
+            nix::sys::socket::recv(
+                tcp.as_raw_fd(),
+                &mut one,
+                nix::sys::socket::MsgFlags::MSG_PEEK,
+            )
+            .map_err(io::Error::from)
+        });
+        // A byte or the end (or an error): either way not an idle HTTP/1.1 connection any
+        // more.
+        !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Reads more from the backend into the buffer; `Ok(0)` is the connection's end.
@@ -1727,6 +1738,39 @@ mod tests {
             headers,
             body,
         }
+    }
+
+    /// An idle connection is told closed when the backend sent something or closed it, and
+    /// open when tokio still marks it readable from a read that emptied the socket but filled
+    /// its buffer exactly (a mark only a peek can clear).
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_once_its_backend_sends_or_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let mut conn = Conn::new(Io::Tcp(tcp));
+        assert!(!conn.is_closed(), "a connection nothing came on is open");
+        // Four bytes read into a buffer of four: the read does not clear tokio's mark.
+        peer.write_all(b"abcd").await.unwrap();
+        let mut four = [0u8; 4];
+        conn.io.read_exact(&mut four).await.unwrap();
+        assert!(!conn.is_closed(), "a stale readable mark is not a close");
+        assert!(
+            !conn.is_closed(),
+            "and stays open once the peek has cleared the mark"
+        );
+        peer.write_all(b"x").await.unwrap();
+        conn.io.tcp().readable().await.unwrap();
+        assert!(conn.is_closed(), "bytes nobody asked for");
+        assert!(conn.is_closed(), "a peek leaves them where they are");
+        let mut one = [0u8; 1];
+        conn.io.read_exact(&mut one).await.unwrap();
+        drop(peer);
+        conn.io.tcp().readable().await.unwrap();
+        assert!(conn.is_closed(), "the backend's end");
     }
 
     #[derive(Debug)]
