@@ -201,9 +201,9 @@ fn version(buf: &[u8], i: usize) -> Read<(u8, usize)> {
 }
 
 /// Reads a response head from the front of `buf`: its length, minor version and status code,
-/// each field pushed onto `spans`. `spans` holds what was read so far if the answer is not a
-/// whole head.
-pub fn response(buf: &[u8], spans: &mut Spans) -> Read<(usize, u8, u16)> {
+/// and whether a field line or the empty line that ends them ended in LF alone; each field
+/// pushed onto `spans`. `spans` holds what was read so far if the answer is not a whole head.
+pub fn response(buf: &[u8], spans: &mut Spans) -> Read<(usize, u8, u16, bool)> {
     let Some((i, _)) = skip_empty_lines(buf)? else {
         return Ok(None);
     };
@@ -231,7 +231,7 @@ pub fn response(buf: &[u8], spans: &mut Spans) -> Read<(usize, u8, u16)> {
     let Some(i) = line_end(buf, i, Error::Status)? else {
         return Ok(None);
     };
-    Ok(fields(buf, i, spans)?.map(|(len, _)| (len, minor, code)))
+    Ok(fields(buf, i, spans)?.map(|(len, bare)| (len, minor, code, bare)))
 }
 
 /// Reads a request head from the front of `buf`: its length and request line, each field
@@ -398,7 +398,7 @@ fn at(buf: &[u8], fields: &[httparse::Header<'_>]) -> Fields {
 #[doc(hidden)]
 pub fn agrees_with_httparse(buf: &[u8]) -> Result<(), String> {
     let mut spans = Spans::new();
-    let ours = response(buf, &mut spans).map(|r| r.map(|(l, v, c)| (l, v, c, spans.to_vec())));
+    let ours = response(buf, &mut spans).map(|r| r.map(|(l, v, c, _)| (l, v, c, spans.to_vec())));
     let theirs = httparse_response(buf);
     if ours != theirs {
         return Err(format!("as a response: ours {ours:?}, httparse {theirs:?}"));
@@ -552,6 +552,19 @@ mod tests {
         agrees_with_httparse(&head).unwrap();
     }
 
+    /// A response tells whether a field line or its end came with LF alone; the status line's
+    /// own end is not among them.
+    #[test]
+    fn a_response_tells_field_lines_that_end_in_lf_alone() {
+        let bare = |head: &[u8]| response(head, &mut Spans::new()).unwrap().unwrap().3;
+        assert!(!bare(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n"));
+        assert!(!bare(b"HTTP/1.1 200 OK\nA: 1\r\n\r\n"));
+        assert!(bare(b"HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\r\n"));
+        assert!(bare(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\n\r\n"));
+        assert!(bare(b"HTTP/1.1 200 OK\r\nA: 1\r\n\n"));
+        assert!(!bare(b"HTTP/1.1 204 No Content\r\n\r\n"));
+    }
+
     #[test]
     fn a_bare_lf_is_a_line_end_without_its_cr() {
         assert!(!bare_lf(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
@@ -567,8 +580,8 @@ mod tests {
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n\r\n");
         let mut spans = Spans::new();
-        let (len, minor, code) = response(&head, &mut spans).unwrap().unwrap();
-        assert_eq!((len, minor, code), (head.len(), 1, 200));
+        let (len, minor, code, bare) = response(&head, &mut spans).unwrap().unwrap();
+        assert_eq!((len, minor, code, bare), (head.len(), 1, 200, false));
         let (_, _, vs, ve) = spans[0];
         assert_eq!(
             &head[vs as usize..ve as usize],

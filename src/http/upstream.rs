@@ -352,17 +352,6 @@ fn role(name: &[u8]) -> Role {
     }
 }
 
-/// Where the line of a field whose value ends at `value_end` ends (past its CRLF), if it ends
-/// in CRLF: a head's reading also takes a bare LF, which is not passed on verbatim.
-fn crlf_line_end(head: &[u8], value_end: usize) -> Option<usize> {
-    let rest = head.get(value_end..)?;
-    let ows = rest
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    (rest.get(ows..ows + 2) == Some(b"\r\n")).then_some(value_end + ows + 2)
-}
-
 /// A mark for each of a head's fields (at most [`crate::http::head::MAX_HEADERS`]), as two
 /// words: a `u128` shifted by a field's index cost a dozen instructions for each mark and
 /// each test.
@@ -398,7 +387,7 @@ fn parse_head(
 ) -> Result<Option<Head>, Failure> {
     // Each field as (name start, name end, value start, value end) in the head.
     let mut at = crate::http::head::Spans::new();
-    let (len, minor, code) = match crate::http::head::response(buf, &mut at) {
+    let (len, minor, code, bare) = match crate::http::head::response(buf, &mut at) {
         Ok(Some((n, ..))) if n > MAX_HEAD => return Err(Failure::HeadTooLarge),
         Ok(Some(read)) => read,
         Ok(None) => return Ok(None),
@@ -429,7 +418,6 @@ fn parse_head(
     let mut keep = false;
     let mut keep_alive = None;
     let mut date = false;
-    let mut crlf = true;
     // A `Connection` naming other fields is kept, for the proxy's stripping.
     let mut names_others = false;
     let head = &buf[..len];
@@ -484,7 +472,6 @@ fn parse_head(
         };
         if client_gets {
             kept.set(i);
-            crlf &= crlf_line_end(head, ve as usize).is_some();
         }
     }
     // Transfer-Encoding in an HTTP/1.0 message is faulty framing (RFC 9112 §6.1); hyper's
@@ -522,23 +509,25 @@ fn parse_head(
     // A length the framing does not follow goes to the client as the map path reads it.
     let plain_length = !bad_length && !odd_length && (chunked.is_none() || length.is_none());
     // Every field kept must be one a client may get as it is: a `Connection` naming others
-    // needs the proxy's stripping.
-    let as_is = verbatim && crlf && plain_length && !status.is_informational() && !names_others;
+    // needs the proxy's stripping, and a line ending in LF alone is not passed on.
+    let as_is = verbatim && !bare && plain_length && !status.is_informational() && !names_others;
     let mut raw = buf.split_to(len);
     let (headers, verbatim) = match as_is {
         true => {
             // The kept lines move up over the dropped ones, in place: the lines only shrink.
+            // Every line ends in CRLF, so each one ends where the next begins, and the last
+            // where the head's empty line does; lines before the first dropped one stay put.
+            let end = len - 2;
             let mut to = fields.first().map_or(0, |f| f.0 as usize);
             let from = to;
-            for (i, &(ns, _, _, ve)) in fields.iter().enumerate() {
+            for (i, &(ns, ..)) in fields.iter().enumerate() {
                 if !kept.has(i) {
                     continue;
                 }
-                let (s, e) = (
-                    ns as usize,
-                    crlf_line_end(&raw, ve as usize).unwrap_or(ve as usize),
-                );
-                raw.copy_within(s..e, to);
+                let (s, e) = (ns as usize, fields.get(i + 1).map_or(end, |f| f.0 as usize));
+                if s != to {
+                    raw.copy_within(s..e, to);
+                }
                 to += e - s;
             }
             let lines = raw.freeze().slice(from..to);
@@ -1442,12 +1431,13 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 03 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", true),
             (b"HTTP/1.1 200 OK\r\nX-A:   spaced \t \r\nx-b:\r\nX-A:b\r\nKeep-Alive: timeout=5\r\nTE: x\r\nx-c: caf\xc3\xa9\r\ncontent-length: 0\r\n\r\n", true),
             (b"HTTP/1.1 200 OK\r\n\r\nto the end", true),
-            (b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nconnection: close\ncontent-length: 0\r\n\r\n", true),
             (b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\nContent-Length: 10\r\n\r\n", true),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n0\r\n\r\n", true),
-            // Read into the map: a kept line with a bare LF, a Connection naming another
-            // field, a length beside chunked, a switch.
+            // Read into the map: a line with a bare LF (a kept one, or one the client does
+            // not get), a Connection naming another field, a length beside chunked, a switch.
             (b"HTTP/1.1 200 OK\r\nx-a: 1\nx-b: 2\r\ncontent-length: 0\r\n\r\n", false),
+            (b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nconnection: close\ncontent-length: 0\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 0\r\n\n", false),
             (b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nx-secret: 1\r\ncontent-length: 0\r\n\r\n", false),
             (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", false),
             (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n", false),
