@@ -154,7 +154,7 @@ impl<E> ProxyBody<E> {
     where
         E: Exchange,
     {
-        let verbatim = take_verbatim(&mut inner);
+        let verbatim = inner.take_verbatim();
         let mut up = Box::new(Streamed {
             inner,
             done: Some(done),
@@ -185,7 +185,7 @@ impl<E> ProxyBody<E> {
             return ProxyBody::upstream(inner, done);
         }
         let hint = inner.size_hint();
-        let verbatim = take_verbatim(&mut inner);
+        let verbatim = inner.take_verbatim();
         let (tx, frames) = mpsc::channel(1);
         let outcome = Arc::new(AtomicU8::new(RUNNING));
         tokio::spawn(relay(inner, done, limits, tx, outcome.clone(), cut));
@@ -195,13 +195,6 @@ impl<E> ProxyBody<E> {
             hint,
             verbatim,
         })))
-    }
-}
-
-fn take_verbatim(body: &mut UpBody) -> Option<Verbatim> {
-    match body {
-        UpBody::Left(b) => b.take_verbatim(),
-        UpBody::Right(_) => None,
     }
 }
 

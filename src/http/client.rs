@@ -74,7 +74,7 @@ struct Idle {
 /// they expire and with the response bodies that bring them back.
 struct IdleSet {
     /// Most recently returned last, so reuse is LIFO (warm connections).
-    conns: Mutex<Vec<Idle>>,
+    conns: parking_lot::Mutex<Vec<Idle>>,
     /// True while a task is closing expired connections; set and cleared under the lock.
     reaping: AtomicBool,
     /// Idle connections kept at most.
@@ -90,9 +90,9 @@ impl std::fmt::Debug for IdleSet {
 }
 
 impl IdleSet {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Idle>> {
+        // Not a poisoning lock: a panic while holding it cannot leave the Vec inconsistent.
+        self.conns.lock()
     }
 }
 
@@ -127,7 +127,7 @@ async fn reap(set: Weak<IdleSet>) {
     loop {
         let next = {
             let Some(set) = set.upgrade() else { return };
-            let mut conns = set.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conns = set.conns.lock();
             let now = Instant::now();
             // Dropping a sender closes its idle connection.
             conns.retain(|c| c.expires > now && !c.sender.is_closed());
@@ -243,7 +243,7 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> Pool {
         let set = || {
             Arc::new(IdleSet {
-                conns: Mutex::default(),
+                conns: parking_lot::Mutex::default(),
                 reaping: AtomicBool::new(false),
                 max_idle: settings.max_idle,
                 idle_timeout: settings.idle_timeout,
@@ -403,7 +403,7 @@ impl Pool {
                 };
                 let home: Arc<dyn Home> = home.clone();
                 match upstream::exchange(conn, req, home).await {
-                    Ok(res) => return Ok(res.map(UpBody::Left)),
+                    Ok(res) => return Ok(res),
                     Err(Failed {
                         failure,
                         back: Some(back),

@@ -825,7 +825,7 @@ pub fn exchange(
     mut conn: Box<Conn>,
     mut req: Box<Outgoing>,
     home: Arc<dyn Home>,
-) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
+) -> impl Future<Output = Result<Response<UpBody>, Failed>> {
     async move {
         let head_only = req.method() == Method::HEAD;
         let Written {
@@ -905,7 +905,8 @@ pub fn exchange(
         if out.body == Framing::Done && !out.upgrade {
             out.finish();
         }
-        let mut res = Response::new(out);
+        // Made as the pool hands it on: mapping the body afterwards moves the response twice.
+        let mut res = Response::new(UpBody::Left(out));
         *res.status_mut() = head.status;
         *res.version_mut() = head.version;
         h1::maps::release(std::mem::replace(res.headers_mut(), head.headers));
@@ -1277,6 +1278,16 @@ impl Body for H1Body {
 /// An upstream response body: `Left` from rouse's own HTTP/1.1 connection, `Right` from
 /// hyper's HTTP/2 one.
 pub type UpBody = http_body_util::Either<H1Body, Incoming>;
+
+/// Only rouse's own HTTP/1.1 connection keeps fields as the backend wrote them.
+impl crate::http::h1::Carries for UpBody {
+    fn take_verbatim(&mut self) -> Option<Verbatim> {
+        match self {
+            UpBody::Left(b) => b.take_verbatim(),
+            UpBody::Right(_) => None,
+        }
+    }
+}
 
 /// The upstream connection of an upgrade the backend accepted (`101`).
 pub fn upgraded(body: &mut UpBody) -> Option<Upgraded> {

@@ -8,7 +8,7 @@
 //! would see an error as large as the clock value itself. The critical sections are a few
 //! arithmetic operations and never span an `.await`.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -85,8 +85,8 @@ impl ConcurrencyStats {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.0.lock()
     }
 
     /// A request became active.
