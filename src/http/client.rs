@@ -63,8 +63,9 @@ impl Default for PoolSettings {
 
 struct Idle {
     sender: Box<Conn>,
-    /// When it was returned.
-    since: Instant,
+    /// When it will have been idle for [`RISKY_IDLE`]: set when it is returned, so that taking
+    /// it compares two times rather than working out how long it was idle.
+    risky_at: Instant,
     /// When it is too old to reuse: the pool's idle timeout, or sooner if the backend said
     /// it closes idle connections sooner (`Keep-Alive: timeout=`).
     expires: Instant,
@@ -109,7 +110,7 @@ impl Home for IdleSet {
             let now = Instant::now();
             idle.push(Idle {
                 sender: conn,
-                since: now,
+                risky_at: now + RISKY_IDLE,
                 expires: now + keep,
             });
             // Closed on time, not only when the endpoint is next used: an idle connection
@@ -143,20 +144,20 @@ async fn reap(set: Weak<IdleSet>) {
     }
 }
 
-/// The most recently used idle connection of `set` that is still open, and how long it was
-/// idle (see [`Pool::take_idle`]); expired and closed ones on top of it are dropped.
-fn take_from(set: &IdleSet, recent_only: bool) -> Option<(Box<Conn>, Duration)> {
+/// The most recently used idle connection of `set` that is still open at `now`, and whether
+/// it was idle for [`RISKY_IDLE`] or more (see [`Pool::take_idle`]); expired and closed ones
+/// on top of it are dropped.
+fn take_from(set: &IdleSet, recent_only: bool, now: Instant) -> Option<(Box<Conn>, bool)> {
     let mut idle = set.lock();
-    let now = Instant::now();
     while let Some(c) = idle.last() {
-        let idle_for = now.saturating_duration_since(c.since);
         if c.expires > now && !c.sender.is_closed() {
-            if recent_only && idle_for >= RISKY_IDLE {
+            let risky = now >= c.risky_at;
+            if recent_only && risky {
                 // The top of the stack is the most recently used: the rest are older.
                 return None;
             }
             let c = idle.pop()?;
-            return Some((c.sender, idle_for));
+            return Some((c.sender, risky));
         }
         idle.pop();
     }
@@ -259,19 +260,24 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open, how long it was idle, and
-    /// the set it came from (where it goes back); with `recent_only`, only one idle for less
-    /// than [`RISKY_IDLE`] (the others stay pooled for requests that can be replayed).
+    /// The most recently used idle connection that is still open, whether it was idle for
+    /// [`RISKY_IDLE`] or more, and the set it came from (where it goes back); with
+    /// `recent_only`, only one idle for less (the others stay pooled for requests that can be
+    /// replayed). `now` is the time, or one read a moment ago.
     ///
     /// This thread's own set first; only when it has none, another's, rather than open a
     /// connection more: a backend that serves one connection at a time must get its idle one
     /// back whichever worker the next request came in on.
-    fn take_idle(&self, recent_only: bool) -> Option<(Box<Conn>, Duration, &Arc<IdleSet>)> {
+    fn take_idle(
+        &self,
+        recent_only: bool,
+        now: Instant,
+    ) -> Option<(Box<Conn>, bool, &Arc<IdleSet>)> {
         let here = self.slot();
         let sets = self.idle.len();
         (0..sets).find_map(|k| {
             let set = &self.idle[(here + k) % sets];
-            take_from(set, recent_only).map(|(c, idle_for)| (c, idle_for, set))
+            take_from(set, recent_only, now).map(|(c, risky)| (c, risky, set))
         })
     }
 
@@ -360,7 +366,9 @@ impl Pool {
     }
 
     /// Sends an HTTP/1.1 request; the response body takes the connection back to the pool
-    /// once it has been read to its end.
+    /// once it has been read to its end. `now` is a reading of the clock taken a moment ago,
+    /// if the caller has one (a request that did not wait: its arrival), to judge pooled
+    /// connections by; otherwise the clock is read.
     ///
     /// Written as a function returning an `async move` block rather than an `async fn`, which
     /// would keep its arguments twice in the future (as given, and again as locals): this future
@@ -373,6 +381,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         mut req: Box<Outgoing>,
+        now: Option<Instant>,
     ) -> impl Future<Output = Result<Response<UpBody>, SendError>> {
         async move {
             // A pooled connection may turn out closed; then the request comes back unsent and goes
@@ -386,10 +395,10 @@ impl Pool {
                 let pooled = if fresh {
                     None
                 } else {
-                    self.take_idle(!replayable_kind)
+                    self.take_idle(!replayable_kind, now.unwrap_or_else(Instant::now))
                 };
                 let (conn, risky, home) = match pooled {
-                    Some((c, idle_for, set)) => (c, idle_for >= RISKY_IDLE, set),
+                    Some(pooled) => pooled,
                     None => {
                         fresh = true;
                         // Boxed: a connect is rare on a kept-alive pool, and its future (over

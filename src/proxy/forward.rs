@@ -298,6 +298,9 @@ fn exchange<'a>(
     let eject_for = settings.eject_for;
     drop(settings);
     let mut lease = acquired.lease;
+    // The clock as the pool judges its idle connections by: a request that took its slot at
+    // once arrived a moment ago, and that reading serves; one that waited reads it anew.
+    let mut recent = acquired.waited.is_none().then_some(start);
     async move {
         let mut retried = false;
         loop {
@@ -313,7 +316,7 @@ fn exchange<'a>(
             // apart) is kept in this future rather than in a second allocation; HTTP/2's
             // (hyper's client, tens of KB) is boxed apart.
             let sent = match protocol {
-                Protocol::Http1 | Protocol::Auto => ep.pool.send_h1(to, req).await,
+                Protocol::Http1 | Protocol::Auto => ep.pool.send_h1(to, req, recent).await,
                 Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await,
             };
             match sent {
@@ -374,6 +377,7 @@ fn exchange<'a>(
                     // The request never left rouse: give the slot back and take one elsewhere (the
                     // failed endpoint is now ejected, so it is chosen again only if it is the last).
                     retried = true;
+                    recent = None;
                     drop(lease);
                     let again = match quiet {
                         true => (rev.held() == 0).then(|| rev.try_acquire()).flatten(),
