@@ -138,11 +138,17 @@ fn boxed_request(
     version: Version,
     fields: Option<Lines>,
 ) -> Box<Outgoing> {
-    let mut request = Box::new(Outgoing {
-        req: Request::new(OutBody::Empty),
-        hop: None,
-        fields,
-    });
+    // The box first, then the request written into it, rather than made on the stack and
+    // copied in.
+    let slot = Box::new_uninit();
+    let mut request = Box::write(
+        slot,
+        Outgoing {
+            req: Request::new(OutBody::Empty),
+            hop: None,
+            fields,
+        },
+    );
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;

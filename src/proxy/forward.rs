@@ -169,18 +169,24 @@ where
         // For the answer when the limit runs out, after the context has moved on; taken here,
         // not before the wait, so that a held request does not keep them twice.
         let (timeouts, deadline) = (ctx.timeouts, ctx.deadline);
-        let mut exchange = Box::pin(exchange(
-            &rev,
-            req,
-            ctx,
-            Taken {
-                acquired,
-                active,
-                quiet,
-                protocol,
-                to_grpc,
-            },
-            &mut record,
+        // The box first, then the future made into it: made first, the future (over 800
+        // bytes) was copied from the stack into its box.
+        let slot = Box::new_uninit();
+        let mut exchange = Box::into_pin(Box::write(
+            slot,
+            exchange(
+                &rev,
+                req,
+                ctx,
+                Taken {
+                    acquired,
+                    active,
+                    quiet,
+                    protocol,
+                    to_grpc,
+                },
+                &mut record,
+            ),
         ));
         let result = match (Within {
             fut: exchange.as_mut(),

@@ -410,15 +410,14 @@ impl Proxy {
             res
         };
         // Boxed: the handler future lives inside the client connection for the whole request,
-        // held ones included, so it must stay small.
-        Routed::Forward(Box::pin(forward(
-            rev,
-            req,
-            ctx,
-            record.take(),
-            start_by,
-            finish,
-        )))
+        // held ones included, so it must stay small. The box is taken first and the future
+        // made into it, rather than made on the stack and copied in.
+        let slot = Box::new_uninit();
+        let forwarding = Box::write(
+            slot,
+            forward(rev, req, ctx, record.take(), start_by, finish),
+        );
+        Routed::Forward(Box::into_pin(forwarding))
     }
 }
 
