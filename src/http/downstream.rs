@@ -760,11 +760,17 @@ impl Outgoing {
     /// fields in the map. (An HTTP/1.1 connection makes its requests in their boxes,
     /// [`Parsed::request`], some with their fields kept as written.)
     pub fn boxed(req: Request<RequestBody>) -> Box<Outgoing> {
-        Box::new(Outgoing {
-            req: req.map(|b| OutBody::Client(b, None)),
-            hop: None,
-            fields: None,
-        })
+        // The box first, then the request written into it, rather than made on the stack and
+        // copied in.
+        let slot = Box::new_uninit();
+        Box::write(
+            slot,
+            Outgoing {
+                req: req.map(|b| OutBody::Client(b, None)),
+                hop: None,
+                fields: None,
+            },
+        )
     }
 
     /// Sets the field `name` to `value` in the map, in place of any the request has: of one

@@ -87,18 +87,24 @@ where
             tokio::spawn(fut);
             return;
         }
-        let job = AssertUnwindSafe(fut).catch_unwind().map(|r| {
-            if r.is_err() {
-                tracing::error!(
-                    "a future of an HTTP/2 connection panicked; the connection goes on"
-                );
-            }
-        });
+        // The box first, then the job made into it, rather than made on the stack and copied
+        // in (a stream's future is a few KB).
+        let slot = Box::new_uninit();
+        let job = Box::write(
+            slot,
+            AssertUnwindSafe(fut).catch_unwind().map(|r| {
+                if r.is_err() {
+                    tracing::error!(
+                        "a future of an HTTP/2 connection panicked; the connection goes on"
+                    );
+                }
+            }),
+        );
         self.0
             .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Box::pin(job));
+            .push(Box::into_pin(job));
         if !self.0.polling.load(Ordering::SeqCst) {
             self.0.waker.wake();
         }

@@ -144,7 +144,11 @@ where
                         // Only a request that must wait pays for the wait's future, boxed:
                         // inline, it would make every request's forwarding larger than the
                         // allocator's cheap sizes.
-                        let mut acquire = Box::pin(rev.acquire(declared_len(&req), ctx.deadline));
+                        // Its box taken before the future is made into it (see below).
+                        let slot = Box::new_uninit();
+                        let acquire =
+                            Box::write(slot, rev.acquire(declared_len(&req), ctx.deadline));
+                        let mut acquire = Box::into_pin(acquire);
                         match (Within {
                             fut: acquire.as_mut(),
                             sleep: sleep.as_mut().map(|s| s.as_mut()),
@@ -323,7 +327,11 @@ fn exchange<'a>(
             // (hyper's client, tens of KB) is boxed apart.
             let sent = match protocol {
                 Protocol::Http1 | Protocol::Auto => ep.pool.send_h1(to, req, recent).await,
-                Protocol::H2c => Box::pin(ep.pool.send_h2(to, req)).await,
+                Protocol::H2c => {
+                    // Made in its box, not on the stack and copied in (see above).
+                    let slot = Box::new_uninit();
+                    Box::into_pin(Box::write(slot, ep.pool.send_h2(to, req))).await
+                }
             };
             match sent {
                 Ok(mut res) => {
