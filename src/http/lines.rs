@@ -159,6 +159,29 @@ impl Lines {
         known.map(slices).chain(again.map(slices))
     }
 
+    /// Calls `f` with each field's name and value, as [`Lines::iter`] gives them: a plain
+    /// loop over the known places, for a reader that takes every field (the sidecar's
+    /// Knative reading), where the iterator's chain of two kinds of places cost a few dozen
+    /// instructions a field.
+    pub fn for_each<'a>(&'a self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
+        let all = self.all();
+        match self.0.count {
+            FOUND_AGAIN => {
+                for (name, value) in h1::field_spans(all) {
+                    f(&all[name], &all[value]);
+                }
+            }
+            n => {
+                for &(ns, ne, vs, ve) in &self.0.spans[..n as usize] {
+                    f(
+                        &all[ns as usize..ne as usize],
+                        &all[vs as usize..ve as usize],
+                    );
+                }
+            }
+        }
+    }
+
     /// True when a field is named `name`.
     pub fn names(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
@@ -246,6 +269,9 @@ mod tests {
                 .collect();
             let read: Vec<_> = l.iter().collect();
             assert_eq!(read, again);
+            let mut each = Vec::new();
+            l.for_each(|n, v| each.push((n, v)));
+            assert_eq!(each, again);
             assert_eq!(read.len(), if counted { 3 } else { 13 });
             // The map gets the same fields either way.
             let mut found = HeaderMap::new();

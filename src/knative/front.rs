@@ -87,6 +87,9 @@ impl QueueHandler {
     }
 }
 
+/// A probe's answer, on its way.
+type Probing<'a> = std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
+
 impl Handler for QueueHandler {
     type Body = Body;
 
@@ -111,12 +114,15 @@ impl Handler for QueueHandler {
                     req.materialise();
                     headers::restore_request_headers(req.headers_mut());
                 }
-                Either::Left(Either::Left(self.proxy.serve(req, conn, read.proxied)))
+                Either::Left(self.proxy.serve(req, conn, read.proxied))
             }
-            Kind::HealthCheck(probe) => Either::Left(Either::Right(self.health(probe))),
+            // Probes (a few a second at most) get their futures boxed, so that traffic's
+            // future is the proxy's own behind one branch.
+            Kind::HealthCheck(probe) => Either::Right(Box::pin(self.health(probe)) as Probing<'_>),
             Kind::NetworkProbe => {
                 req.materialise();
-                Either::Right(std::future::ready(self.network_probe(&req)))
+                let res = self.network_probe(&req);
+                Either::Right(Box::pin(std::future::ready(res)) as Probing<'_>)
             }
         }
     }

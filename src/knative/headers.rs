@@ -84,7 +84,7 @@ pub fn read(h: &HeaderMap) -> Read {
 /// case: the same answer as for the map they would make.
 pub fn read_lines(lines: &Lines) -> Read {
     let mut seen = Seen::default();
-    for (k, v) in lines.iter() {
+    lines.for_each(|k, v| {
         // Every Knative name is letters and `-`, which `is_name` compares in any case.
         let is = |name: &HeaderName| h1::is_name(k, name.as_str().as_bytes());
         match k.len() {
@@ -98,7 +98,7 @@ pub fn read_lines(lines: &Lines) -> Read {
             25 if is(&SERVING_NAMESPACE) => seen.rewritten = true,
             _ => {}
         }
-    }
+    });
     seen.judge()
 }
 
