@@ -26,12 +26,15 @@ struct CutInner {
     /// A tunnel was ever taken over from the connection: it switched protocols.
     switched: std::sync::atomic::AtomicBool,
     /// Set when the connection's task wakes its request at the time the request asks
-    /// ([`Cut::wake_at`]): the instant that time is counted from, the connection's start (every
-    /// request's limit is later). Per connection, so that it is on the same clock as the
-    /// requests (in tests, each runtime's paused clock is its own).
-    wakes: std::sync::OnceLock<Instant>,
-    /// That time, as nanoseconds after `wakes` plus one; 0 for none.
-    wake: std::sync::atomic::AtomicU64,
+    /// ([`Cut::wake_at`]).
+    wakes: std::sync::atomic::AtomicBool,
+    /// That time, while a request in progress has one. An instant under a lock rather than
+    /// nanoseconds from a base in an atomic: making the one and the other of an instant cost
+    /// more than the uncontended lock (the connection's task alone takes it, bar the
+    /// request's one setting).
+    wake: parking_lot::Mutex<Option<Instant>>,
+    /// Whether `wake` holds a time: read without the lock for the requests that set none.
+    asked: std::sync::atomic::AtomicBool,
 }
 
 impl Cut {
@@ -68,7 +71,7 @@ impl Cut {
     /// (see `http::downstream`). The request must be polled by that task (as the handler's
     /// future is), not spawned apart: only that task is woken.
     pub fn wakes(&self) {
-        let _ = self.0.wakes.set(Instant::now());
+        self.0.wakes.store(true, Ordering::Relaxed);
     }
 
     /// Asks the connection's task to wake the request in progress at `t`, its time limit, so
@@ -76,27 +79,27 @@ impl Cut {
     /// tokio's wheel again cost about 700 instructions per request); false if the connection
     /// does not (HTTP/2, whose streams share it), and the request keeps its own timer.
     pub fn wake_at(&self, t: Instant) -> bool {
-        let Some(base) = self.0.wakes.get() else {
+        if !self.0.wakes.load(Ordering::Relaxed) {
             return false;
-        };
-        let n =
-            u64::try_from(t.saturating_duration_since(*base).as_nanos()).unwrap_or(u64::MAX - 1);
-        self.0.wake.store(n + 1, Ordering::Relaxed);
+        }
+        *self.0.wake.lock() = Some(t);
+        self.0.asked.store(true, Ordering::Release);
         true
     }
 
     /// The time the request in progress asked to be woken at, if any.
     pub fn wake_time(&self) -> Option<Instant> {
-        let base = self.0.wakes.get()?;
-        match self.0.wake.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(*base + std::time::Duration::from_nanos(n - 1)),
+        if !self.0.asked.load(Ordering::Acquire) {
+            return None;
         }
+        *self.0.wake.lock()
     }
 
     /// The request in progress is answered, or was woken: no more waking for it.
     pub fn woken(&self) {
-        self.0.wake.store(0, Ordering::Relaxed);
+        if self.0.asked.swap(false, Ordering::AcqRel) {
+            *self.0.wake.lock() = None;
+        }
     }
 
     /// Resolves once no tunnel of this connection is open.
