@@ -481,7 +481,7 @@ impl Pool {
                     }
                 };
                 match sender.try_send_request(req).await {
-                    Ok(res) => return Ok(res.map(UpBody::Right)),
+                    Ok(res) => return Ok(res.map(|b| UpBody::Right(Box::new(b)))),
                     Err(mut e) => match e.take_message() {
                         Some(back) if !retried => {
                             // The connection went away before this stream started (GOAWAY/close).

@@ -138,6 +138,42 @@ pub struct Conn {
     head: Vec<u8>,
     /// Size of the next read.
     next_read: usize,
+    /// The exchange whose response is being read, if any.
+    ex: Carrying,
+}
+
+/// What a connection knows of the exchange it carries while the response body is read. Kept
+/// in the connection's box rather than in the body: the response moves through several
+/// futures on its way to the client, and with a body of one pointer it is small enough
+/// (128 bytes) to move in a few loads and stores instead of a call to `memcpy` each time.
+#[derive(Debug)]
+struct Carrying {
+    body: Framing,
+    /// The rest of the request body, when the backend answered before taking all of it.
+    pump: Option<Box<Pump>>,
+    /// The connection may carry another exchange once this one is over.
+    reuse: bool,
+    keep_alive: Option<Duration>,
+    /// Where the connection goes back to when the body is over; none while it idles there
+    /// (an idle connection holding its set would keep the set alive).
+    home: Option<Arc<dyn Home>>,
+    /// A `101` the request asked for: the connection is the tunnel's.
+    upgrade: bool,
+    /// The head's fields as the backend wrote them, until the client's writer takes them.
+    verbatim: Option<Verbatim>,
+}
+
+impl Carrying {
+    /// No exchange.
+    const NONE: Carrying = Carrying {
+        body: Framing::Done,
+        pump: None,
+        reuse: false,
+        keep_alive: None,
+        home: None,
+        upgrade: false,
+        verbatim: None,
+    };
 }
 
 impl Conn {
@@ -149,6 +185,7 @@ impl Conn {
             buf: BytesMut::new(),
             head: Vec::new(),
             next_read: FIRST_READ,
+            ex: Carrying::NONE,
         })
     }
 
@@ -901,17 +938,22 @@ pub fn exchange(
             }
             _ => head.body,
         };
-        let mut out = H1Body {
-            conn: Some(conn),
+        let upgrade = head.status == StatusCode::SWITCHING_PROTOCOLS;
+        let kept = head.verbatim.is_some();
+        conn.ex = Carrying {
             body,
             pump: pump.filter(|p| !p.done()).map(Box::new),
             reuse: head.reuse && !broken,
             keep_alive: head.keep_alive,
             home: Some(home),
-            upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
+            upgrade,
             verbatim: head.verbatim,
         };
-        if out.body == Framing::Done && !out.upgrade {
+        let mut out = H1Body { conn: Some(conn) };
+        // A body that is already over sends its connection home at once, for a request the
+        // freed slot wakes; one whose fields were kept as written when they are taken, as
+        // they are in the connection's care until then.
+        if body == Framing::Done && !upgrade && !kept {
             out.finish();
         }
         // Made as the pool hands it on: mapping the body afterwards moves the response twice.
@@ -928,33 +970,28 @@ pub fn exchange(
 /// A response body read from an upstream HTTP/1.1 connection, by whoever polls it.
 #[derive(Debug)]
 pub struct H1Body {
-    /// The connection, until the body is over.
+    /// The connection, with the exchange's state ([`Carrying`]), until the body is over.
     conn: Option<Box<Conn>>,
-    body: Framing,
-    /// The rest of the request body, when the backend answered before taking all of it.
-    pump: Option<Box<Pump>>,
-    /// The connection may carry another exchange once this one is over.
-    reuse: bool,
-    keep_alive: Option<Duration>,
-    home: Option<Arc<dyn Home>>,
-    /// A `101` the request asked for: the connection is the tunnel's.
-    upgrade: bool,
-    /// The head's fields as the backend wrote them, until the client's writer takes them.
-    verbatim: Option<Verbatim>,
 }
 
 /// The head's fields as the backend wrote them, if they were kept so (the response's map is
 /// then empty).
 impl crate::http::h1::Carries for H1Body {
     fn take_verbatim(&mut self) -> Option<Verbatim> {
-        self.verbatim.take()
+        let conn = self.conn.as_mut()?;
+        let taken = conn.ex.verbatim.take();
+        // A body over from the start waited for this to send its connection home.
+        if conn.ex.body == Framing::Done && !conn.ex.upgrade {
+            self.finish();
+        }
+        taken
     }
 }
 
 impl H1Body {
     /// The connection of a `101 Switching Protocols` answer, for the tunnel.
     pub fn upgraded(&mut self) -> Option<Upgraded> {
-        if !self.upgrade {
+        if !self.conn.as_ref().is_some_and(|c| c.ex.upgrade) {
             return None;
         }
         let conn = *self.conn.take()?;
@@ -966,38 +1003,47 @@ impl H1Body {
 
     /// The body is over: the connection goes home if it can carry another exchange.
     fn finish(&mut self) {
-        self.body = Framing::Done;
-        let conn = self.conn.take();
-        let home = self.home.take();
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let ex = &mut conn.ex;
+        ex.body = Framing::Done;
         // The backend answered before the request body was all sent: the rest is dropped
         // with the connection.
-        let whole = self.pump.take().is_none_or(|p| p.done());
-        if let (Some(mut conn), Some(home)) = (conn, home)
-            && self.reuse
-            && !self.upgrade
+        let whole = ex.pump.take().is_none_or(|p| p.done());
+        if let Some(home) = ex.home.take()
+            && ex.reuse
+            && !ex.upgrade
             && whole
             && conn.buf.is_empty()
         {
+            let keep_alive = ex.keep_alive;
+            // Fields not taken by a writer point into the connection's old buffer.
+            ex.verbatim = None;
             // A buffer grown for a large body is not kept while the connection idles.
             if conn.next_read > FIRST_READ {
                 conn.buf = BytesMut::new();
                 conn.next_read = FIRST_READ;
             }
-            home.put(conn, self.keep_alive);
+            home.put(conn, keep_alive);
         }
     }
 
     /// Drives the rest of the request body, if any, as far as it goes without waiting.
     fn pump(&mut self, cx: &mut Context<'_>) {
-        let (Some(p), Some(conn)) = (&mut self.pump, &mut self.conn) else {
+        let Some(conn) = &mut self.conn else {
             return;
         };
-        match p.poll(&mut conn.io, cx) {
+        let Conn { io, ex, .. } = &mut **conn;
+        let Some(p) = &mut ex.pump else {
+            return;
+        };
+        match p.poll(io, cx) {
             Poll::Pending => {}
-            Poll::Ready(Ok(())) => self.pump = None,
+            Poll::Ready(Ok(())) => ex.pump = None,
             Poll::Ready(Err(_)) => {
-                self.pump = None;
-                self.reuse = false;
+                ex.pump = None;
+                ex.reuse = false;
             }
         }
     }
@@ -1008,9 +1054,9 @@ impl H1Body {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match next_frame(&mut conn.buf, &mut self.body)? {
+            match next_frame(&mut conn.buf, &mut conn.ex.body)? {
                 Next::Frame(f) => {
-                    if self.body == Framing::Done {
+                    if conn.ex.body == Framing::Done {
                         self.finish();
                     }
                     return Poll::Ready(Some(Ok(f)));
@@ -1023,9 +1069,9 @@ impl H1Body {
             }
             let n = ready!(conn.poll_fill(cx)).map_err(Failure::Read)?;
             if n == 0 {
-                return match self.body {
+                return match conn.ex.body {
                     Framing::Close => {
-                        self.reuse = false;
+                        conn.ex.reuse = false;
                         self.finish();
                         Poll::Ready(None)
                     }
@@ -1261,27 +1307,27 @@ impl Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Failure>>> {
         let this = self.get_mut();
-        if this.pump.is_some() {
+        if this.conn.as_ref().is_some_and(|c| c.ex.pump.is_some()) {
             this.pump(cx);
         }
         let polled = this.poll_next(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
-            // A broken body leaves the connection in an unknown state.
-            this.reuse = false;
+            // A broken body leaves the connection in an unknown state: it is dropped.
             this.conn = None;
-            this.body = Framing::Done;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body == Framing::Done
+        self.conn
+            .as_ref()
+            .is_none_or(|c| c.ex.body == Framing::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.body {
-            Framing::Done => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
+        match self.conn.as_ref().map(|c| c.ex.body) {
+            None | Some(Framing::Done) => SizeHint::with_exact(0),
+            Some(Framing::Length(n)) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }
@@ -1289,7 +1335,10 @@ impl Body for H1Body {
 
 /// An upstream response body: `Left` from rouse's own HTTP/1.1 connection, `Right` from
 /// hyper's HTTP/2 one.
-pub type UpBody = http_body_util::Either<H1Body, Incoming>;
+///
+/// Both sides are a pointer, so that the response moves inline (see [`Carrying`]); hyper's
+/// body (40 bytes) is boxed.
+pub type UpBody = http_body_util::Either<H1Body, Box<Incoming>>;
 
 /// Only rouse's own HTTP/1.1 connection keeps fields as the backend wrote them.
 impl crate::http::h1::Carries for UpBody {
@@ -1359,6 +1408,19 @@ mod tests {
     fn head(bytes: &[u8], head_only: bool) -> Result<Option<Head>, Failure> {
         let mut buf = BytesMut::from(bytes);
         parse_head(&mut buf, head_only, false)
+    }
+
+    /// The upstream response, and the results that carry it from the exchange to the
+    /// forwarding, move inline (see [`Carrying`]): 128 bytes or less.
+    #[test]
+    fn an_upstream_response_is_small_enough_to_move_inline() {
+        use std::mem::size_of;
+        type Res = Response<UpBody>;
+        assert!(size_of::<Res>() <= 128, "{}", size_of::<Res>());
+        let failed = size_of::<Result<Res, Failed>>();
+        assert!(failed <= 128, "{failed}");
+        let sent = size_of::<Result<Res, crate::http::client::SendError>>();
+        assert!(sent <= 128, "{sent}");
     }
 
     #[test]

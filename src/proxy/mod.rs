@@ -366,20 +366,6 @@ impl Proxy {
             pin(&mut res, set_cookie);
             return Routed::Answer(Box::new(res));
         }
-        let ctx = Ctx {
-            client: conn.client,
-            proto: if conn.secure { "https" } else { "http" },
-            dialect: self.dialect,
-            proxied,
-            host,
-            start,
-            deadline,
-            timeouts,
-            upgrade,
-            grpc: answer.grpc,
-            cut: conn.cut,
-            lease,
-        };
         let throttle = &self.throttle;
         // What the forwarding's result becomes: the response with the sticky cookie, or
         // rouse's answer for the error, counted and logged; and the request's record, if
@@ -411,11 +397,32 @@ impl Proxy {
         };
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small. The box is taken first and the future
-        // made into it, rather than made on the stack and copied in.
+        // made into it, rather than made on the stack and copied in; the context too is made
+        // in place, not first on the stack (over 200 bytes).
         let slot = Box::new_uninit();
         let forwarding = Box::write(
             slot,
-            forward(rev, req, ctx, record.take(), start_by, finish),
+            forward(
+                rev,
+                req,
+                Ctx {
+                    client: conn.client,
+                    proto: if conn.secure { "https" } else { "http" },
+                    dialect: self.dialect,
+                    proxied,
+                    host,
+                    start,
+                    deadline,
+                    timeouts,
+                    upgrade,
+                    grpc: answer.grpc,
+                    lease,
+                },
+                conn.cut,
+                record.take(),
+                start_by,
+                finish,
+            ),
         );
         Routed::Forward(Box::into_pin(forwarding))
     }

@@ -112,7 +112,9 @@ async fn every_response_framing_reaches_the_client_and_reuse_follows_the_answer(
 }
 
 /// Bodies that must not be read: after `HEAD`, and in `204` and `304` answers, whatever their
-/// `Content-Length` says; the connection carries the next request.
+/// `Content-Length` says, and an empty one; the connection carries the next request, and the
+/// answer's own fields (kept as the backend wrote them until the client's writer takes them)
+/// reach the client every time.
 #[tokio::test]
 async fn answers_without_a_body_leave_the_connection_ready() {
     for (method, answer) in [
@@ -121,6 +123,19 @@ async fn answers_without_a_body_leave_the_connection_ready() {
         (
             "GET",
             "HTTP/1.1 304 Not Modified\r\ncontent-length: 1000\r\n\r\n",
+        ),
+        (
+            "HEAD",
+            "HTTP/1.1 200 OK\r\nx-kept: head\r\ncontent-length: 1000\r\n\r\n",
+        ),
+        ("GET", "HTTP/1.1 204 No Content\r\nx-kept: 204\r\n\r\n"),
+        (
+            "GET",
+            "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nx-kept: 304\r\n\r\n",
+        ),
+        (
+            "GET",
+            "HTTP/1.1 200 OK\r\nx-kept: empty\r\ncontent-length: 0\r\n\r\n",
         ),
     ] {
         let be = scripted(answer.as_bytes().to_vec(), false).await;
@@ -138,6 +153,13 @@ async fn answers_without_a_body_leave_the_connection_ready() {
                 .expect("answered")
                 .unwrap();
             assert!(res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED);
+            if let Some(at) = answer.find("x-kept: ") {
+                let want = &answer[at + 8..at + answer[at..].find('\r').unwrap()];
+                assert_eq!(res.headers()["x-kept"], want, "{method} {answer:?}");
+            }
+            if answer.contains("ETag") {
+                assert_eq!(res.headers()["etag"], "\"v1\"", "{answer:?}");
+            }
             let body = res.into_body().collect().await.unwrap().to_bytes();
             assert!(body.is_empty(), "{answer:?}");
         }
