@@ -155,11 +155,17 @@ impl<E> ProxyBody<E> {
         E: Exchange,
     {
         let verbatim = inner.take_verbatim();
-        let mut up = Box::new(Streamed {
-            inner,
-            done: Some(done),
-            verbatim,
-        });
+        // The box first, then what it holds written into it, rather than made on the stack
+        // and copied in (over 128 bytes: a call to `memcpy`).
+        let slot = Box::new_uninit();
+        let mut up = Box::write(
+            slot,
+            Streamed {
+                inner,
+                done: Some(done),
+                verbatim,
+            },
+        );
         // A body that is already complete (no content) must still free its slot and connection
         // even if the server never polls it.
         if up.inner.is_end_stream() {

@@ -131,13 +131,8 @@ impl Parsed {
     }
 }
 
-/// A request as the head gives it, in its box, its fields in the map or as `fields`.
-fn boxed_request(
-    method: Method,
-    uri: Uri,
-    version: Version,
-    fields: Option<Lines>,
-) -> Box<Outgoing> {
+/// A request as the head gives it, in its box, its fields not yet in the map or kept.
+fn boxed_request(method: Method, uri: Uri, version: Version) -> Box<Outgoing> {
     // The box first, then the request written into it, rather than made on the stack and
     // copied in.
     let slot = Box::new_uninit();
@@ -146,7 +141,7 @@ fn boxed_request(
         Outgoing {
             req: Request::new(OutBody::Empty),
             hop: None,
-            fields,
+            fields: None,
         },
     );
     *request.method_mut() = method;
@@ -315,7 +310,10 @@ pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<P
             None | Some((_, 0)) => Framing::Done,
             Some((_, n)) => Framing::Length(n),
         };
-        let lines = Lines::new(
+        // The lines are made into the request's box, not on the stack and copied in (about
+        // 180 bytes).
+        let mut request = boxed_request(method, uri, version);
+        request.fields = Some(Lines::new(
             raw,
             (from, to),
             fields,
@@ -323,9 +321,9 @@ pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<P
             host,
             length.map(|(_, n)| n),
             map_room(count),
-        );
+        ));
         return Ok(Some(Parsed {
-            request: boxed_request(method, uri, version, Some(lines)),
+            request,
             body,
             keep_alive: version == Version::HTTP_11,
             expect_continue: false,
@@ -385,7 +383,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize, keep: bool) -> Result<Option<P
         (None, Some(0) | None) => Framing::Done,
         (None, Some(n)) => Framing::Length(n),
     };
-    let mut request = boxed_request(method, uri, version, None);
+    let mut request = boxed_request(method, uri, version);
     h1::maps::release(std::mem::replace(request.headers_mut(), headers));
     Ok(Some(Parsed {
         request,
