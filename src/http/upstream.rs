@@ -988,6 +988,20 @@ impl crate::http::h1::Carries for H1Body {
     }
 }
 
+/// A body dropped while over but not yet home (its fields kept as written never taken) sends
+/// its connection home; one dropped half-read drops it.
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.ex.body == Framing::Done && !c.ex.upgrade)
+        {
+            self.finish();
+        }
+    }
+}
+
 impl H1Body {
     /// The connection of a `101 Switching Protocols` answer, for the tunnel.
     pub fn upgraded(&mut self) -> Option<Upgraded> {
@@ -1855,6 +1869,50 @@ mod tests {
         fn put(self: Arc<Self>, _conn: Box<Conn>, _keep_alive: Option<Duration>) {
             *self.0.lock().unwrap() += 1;
         }
+    }
+
+    /// A response over from the start whose fields were kept as written goes home when they
+    /// are taken, not before (they are in the connection's care until then), or when it is
+    /// dropped without them; one dropped half-read does not go home.
+    #[tokio::test]
+    async fn a_bodiless_kept_response_goes_home_once_its_fields_are_taken_or_it_is_dropped() {
+        use crate::http::h1::Carries;
+        async fn answered(wire: &'static [u8]) -> (Response<UpBody>, Arc<Kept>) {
+            let tcp = TcpStream::connect(backend(wire, usize::MAX).await)
+                .await
+                .unwrap();
+            let home = Arc::new(Kept(std::sync::Mutex::new(0)));
+            let req = Request::get("/")
+                .header("host", "x")
+                .body(OutBody::Empty)
+                .unwrap();
+            let req = Box::new(Outgoing {
+                req,
+                hop: None,
+                fields: None,
+            });
+            let res = exchange(Conn::new(Io::Tcp(tcp)), req, home.clone()).await;
+            (res.expect("answered"), home)
+        }
+        let homes = |h: &Kept| *h.0.lock().unwrap();
+        const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\nx-kept: 1\r\n\r\n";
+        let (mut res, home) = answered(NO_CONTENT).await;
+        assert_eq!(homes(&home), 0, "home before its fields are taken");
+        let kept = res.body_mut().take_verbatim().expect("kept as written");
+        assert_eq!(kept.lines(), b"x-kept: 1\r\n");
+        assert_eq!(homes(&home), 1, "home once they are");
+        assert!(http_body::Body::is_end_stream(res.body()));
+        drop(res);
+        assert_eq!(homes(&home), 1, "home once only");
+
+        let (res, home) = answered(NO_CONTENT).await;
+        drop(res);
+        assert_eq!(homes(&home), 1, "dropped with its fields untaken");
+
+        let (res, home) =
+            answered(b"HTTP/1.1 200 OK\r\nx-kept: 1\r\ncontent-length: 10\r\n\r\nhello").await;
+        drop(res);
+        assert_eq!(homes(&home), 0, "dropped half-read");
     }
 
     async fn ours(wire: &'static [u8], piece: usize) -> Verdict {
