@@ -970,12 +970,16 @@ pub fn exchange(
 /// A response body read from an upstream HTTP/1.1 connection, by whoever polls it.
 #[derive(Debug)]
 pub struct H1Body {
-    /// The connection, with the exchange's state ([`Carrying`]), until the body is over.
+    /// The connection, with the exchange's state ([`Carrying`]), until the body is over and
+    /// its fields kept as written are taken.
     conn: Option<Box<Conn>>,
 }
 
 /// The head's fields as the backend wrote them, if they were kept so (the response's map is
-/// then empty).
+/// then empty). They are in the connection's care, so they must be taken before the body is
+/// first polled: a body read to its end sends its connection home and lets go of them.
+/// `ProxyBody::upstream` and `ProxyBody::timed`, the only readers of an upstream body, take
+/// them as they wrap it.
 impl crate::http::h1::Carries for H1Body {
     fn take_verbatim(&mut self) -> Option<Verbatim> {
         let conn = self.conn.as_mut()?;
@@ -989,13 +993,15 @@ impl crate::http::h1::Carries for H1Body {
 }
 
 /// A body dropped while over but not yet home (its fields kept as written never taken) sends
-/// its connection home; one dropped half-read drops it.
+/// its connection home; one dropped half-read drops it. Only on a runtime: the pool's reaper
+/// is a task, and a body dropped elsewhere (a runtime's own end) just closes its connection.
 impl Drop for H1Body {
     fn drop(&mut self) {
         if self
             .conn
             .as_ref()
             .is_some_and(|c| c.ex.body == Framing::Done && !c.ex.upgrade)
+            && tokio::runtime::Handle::try_current().is_ok()
         {
             self.finish();
         }
@@ -1909,10 +1915,17 @@ mod tests {
         drop(res);
         assert_eq!(homes(&home), 1, "dropped with its fields untaken");
 
+        // None of the body has come, so nothing but its framing keeps it from going home.
         let (res, home) =
-            answered(b"HTTP/1.1 200 OK\r\nx-kept: 1\r\ncontent-length: 10\r\n\r\nhello").await;
+            answered(b"HTTP/1.1 200 OK\r\nx-kept: 1\r\ncontent-length: 10\r\n\r\n").await;
         drop(res);
-        assert_eq!(homes(&home), 0, "dropped half-read");
+        assert_eq!(homes(&home), 0, "dropped before its body");
+
+        let (mut res, home) =
+            answered(b"HTTP/1.1 204 No Content\r\nx-kept: 1\r\nconnection: close\r\n\r\n").await;
+        assert!(res.body_mut().take_verbatim().is_some());
+        drop(res);
+        assert_eq!(homes(&home), 0, "the backend said close");
     }
 
     async fn ours(wire: &'static [u8], piece: usize) -> Verdict {

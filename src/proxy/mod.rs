@@ -397,8 +397,8 @@ impl Proxy {
         };
         // Boxed: the handler future lives inside the client connection for the whole request,
         // held ones included, so it must stay small. The box is taken first and the future
-        // made into it, rather than made on the stack and copied in; the context too is made
-        // in place, not first on the stack (over 200 bytes).
+        // made into it, rather than made on the stack and copied in; the context is written
+        // in the call too, which lets the compiler make it in place (over 200 bytes).
         let slot = Box::new_uninit();
         let forwarding = Box::write(
             slot,
