@@ -128,7 +128,7 @@ async fn reap(set: Weak<IdleSet>) {
     loop {
         let next = {
             let Some(set) = set.upgrade() else { return };
-            let mut conns = set.conns.lock();
+            let mut conns = set.lock();
             let now = Instant::now();
             // Dropping a sender closes its idle connection.
             conns.retain(|c| c.expires > now && !c.sender.is_closed());

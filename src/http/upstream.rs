@@ -164,6 +164,12 @@ struct Carrying {
 }
 
 impl Carrying {
+    /// The body is over and the connection is not a tunnel's: nothing keeps it from going
+    /// home but, when they were kept, the fields as written, until they are taken.
+    fn over(&self) -> bool {
+        self.body == Framing::Done && !self.upgrade
+    }
+
     /// No exchange.
     const NONE: Carrying = Carrying {
         body: Framing::Done,
@@ -938,22 +944,21 @@ pub fn exchange(
             }
             _ => head.body,
         };
-        let upgrade = head.status == StatusCode::SWITCHING_PROTOCOLS;
-        let kept = head.verbatim.is_some();
         conn.ex = Carrying {
             body,
             pump: pump.filter(|p| !p.done()).map(Box::new),
             reuse: head.reuse && !broken,
             keep_alive: head.keep_alive,
             home: Some(home),
-            upgrade,
+            upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
             verbatim: head.verbatim,
         };
-        let mut out = H1Body { conn: Some(conn) };
         // A body that is already over sends its connection home at once, for a request the
         // freed slot wakes; one whose fields were kept as written when they are taken, as
         // they are in the connection's care until then.
-        if body == Framing::Done && !upgrade && !kept {
+        let home_now = conn.ex.over() && conn.ex.verbatim.is_none();
+        let mut out = H1Body { conn: Some(conn) };
+        if home_now {
             out.finish();
         }
         // Made as the pool hands it on: mapping the body afterwards moves the response twice.
@@ -985,7 +990,7 @@ impl crate::http::h1::Carries for H1Body {
         let conn = self.conn.as_mut()?;
         let taken = conn.ex.verbatim.take();
         // A body over from the start waited for this to send its connection home.
-        if conn.ex.body == Framing::Done && !conn.ex.upgrade {
+        if conn.ex.over() {
             self.finish();
         }
         taken
@@ -997,10 +1002,7 @@ impl crate::http::h1::Carries for H1Body {
 /// is a task, and a body dropped elsewhere (a runtime's own end) just closes its connection.
 impl Drop for H1Body {
     fn drop(&mut self) {
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.ex.body == Framing::Done && !c.ex.upgrade)
+        if self.conn.as_ref().is_some_and(|c| c.ex.over())
             && tokio::runtime::Handle::try_current().is_ok()
         {
             self.finish();
@@ -1026,8 +1028,8 @@ impl H1Body {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        // What is left of the exchange's state is set anew by the next exchange.
         let ex = &mut conn.ex;
-        ex.body = Framing::Done;
         // The backend answered before the request body was all sent: the rest is dropped
         // with the connection.
         let whole = ex.pump.take().is_none_or(|p| p.done());
